@@ -1,0 +1,146 @@
+"""Re-chunking: exact ``batch_size`` batches from chunks of any size.
+
+Leftovers carry over to the next batch; nothing is dropped or duplicated. A
+batch that lies inside one chunk is a *view* of it (no copy); a batch spanning
+chunks is assembled with exactly one copy per field. At the end of a finite
+input the remainder becomes a final partial batch, unless ``drop_last``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from inputkit.chunk import Chunk
+from inputkit.messages import END, Failure
+from inputkit.queues import BoundedQueue, QueueClosed
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``n`` samples per field; ``copied`` tells whether assembling it copied data."""
+
+    fields: dict[str, np.ndarray]
+    n: int
+    nbytes: int
+    copied: bool
+
+
+class Rechunker:
+    """Pure re-chunking logic (no threads), easy to test exhaustively."""
+
+    def __init__(self, batch_size: int, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self._pending: deque[tuple[dict[str, np.ndarray], int]] = deque()
+        self._count = 0
+        self.dropped = 0  # samples dropped by drop_last at the end of the input
+
+    @property
+    def pending(self) -> int:
+        """Samples waiting for the next batch."""
+        return self._count
+
+    def add(self, fields: dict[str, np.ndarray], n: int) -> list[Batch]:
+        """Take a chunk of ``n`` samples; return the batches it completes (maybe none)."""
+        if n == 0:
+            return []
+        self._pending.append((fields, n))
+        self._count += n
+        batches = []
+        while self._count >= self.batch_size:
+            batches.append(self._take(self.batch_size))
+        return batches
+
+    def flush(self) -> Batch | None:
+        """End of input: the final partial batch, or None (nothing left, or drop_last)."""
+        if self._count == 0:
+            return None
+        if self.drop_last:
+            self.dropped += self._count
+            self._pending.clear()
+            self._count = 0
+            return None
+        return self._take(self._count)
+
+    def _take(self, k: int) -> Batch:
+        head, head_n = self._pending[0]
+        if head_n >= k:  # the whole batch lies in one chunk: hand out views
+            fields = {name: arr[:k] for name, arr in head.items()}
+            self._consume_head(head, head_n, k)
+            self._count -= k
+            return Batch(fields=fields, n=k, nbytes=_nbytes(fields), copied=False)
+        out = {name: np.empty((k, *arr.shape[1:]), dtype=arr.dtype) for name, arr in head.items()}
+        filled = 0
+        while filled < k:
+            head, head_n = self._pending[0]
+            take = min(head_n, k - filled)
+            for name, dest in out.items():
+                dest[filled:filled + take] = head[name][:take]
+            filled += take
+            self._consume_head(head, head_n, take)
+        self._count -= k
+        return Batch(fields=out, n=k, nbytes=_nbytes(out), copied=True)
+
+    def _consume_head(self, head: dict[str, np.ndarray], head_n: int, used: int) -> None:
+        if used == head_n:
+            self._pending.popleft()
+        else:
+            self._pending[0] = ({name: arr[used:] for name, arr in head.items()}, head_n - used)
+
+
+def _nbytes(fields: dict[str, np.ndarray]) -> int:
+    return sum(arr.nbytes for arr in fields.values())
+
+
+class BatcherThread:
+    """Moves chunks from the chunk queue through a Rechunker into the batch queue."""
+
+    def __init__(self, *, name: str, chunks: BoundedQueue, batches: BoundedQueue,
+                 batch_size: int, drop_last: bool, stop: threading.Event, where: str) -> None:
+        self.rechunker = Rechunker(batch_size, drop_last)
+        self._chunks = chunks
+        self._batches = batches
+        self._stop = stop
+        self._where = where
+        self.copied_batches = 0
+        self.view_batches = 0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._chunks.get(self._stop)
+                except QueueClosed:
+                    return
+                if isinstance(item, Chunk):
+                    for batch in self.rechunker.add(item.fields, item.n):
+                        if not self._emit(batch):
+                            return
+                elif item is END:
+                    last = self.rechunker.flush()
+                    if last is not None and not self._emit(last):
+                        return
+                    self._batches.put_control(END)
+                    return
+                elif isinstance(item, Failure):
+                    self._batches.put_control(item)
+                    return
+        except BaseException as exc:  # a bug in re-chunking must reach the consumer, not vanish
+            self._batches.put_control(Failure.capture(exc, self._where))
+
+    def _emit(self, batch: Batch) -> bool:
+        if batch.copied:
+            self.copied_batches += 1
+        else:
+            self.view_batches += 1
+        return self._batches.put(batch, batch.nbytes, self._stop)

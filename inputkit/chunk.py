@@ -1,0 +1,119 @@
+"""Chunks: what one fetch returns, checked and normalised before it enters a queue.
+
+The first chunk of an input fixes its *schema* (field names, dtypes, trailing
+shapes); every later chunk, from any worker or device, must match it. Checks run
+in the workers, off the consumer's path, and fail with a SourceError naming the
+source, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from inputkit.errors import SourceError
+
+FieldSpec = tuple[np.dtype, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A checked fetch result: ``n`` samples in each of ``fields``."""
+
+    fields: dict[str, np.ndarray]
+    n: int
+    nbytes: int
+    worker_id: int
+
+
+class ChunkSchema:
+    """Checks fetch results of one input; shared by all its workers (thread-safe)."""
+
+    def __init__(self, source_name: str) -> None:
+        self.source_name = source_name
+        self._lock = threading.Lock()
+        self._fields: dict[str, FieldSpec] | None = None
+
+    @property
+    def fields(self) -> dict[str, FieldSpec] | None:
+        """Field name -> (dtype, trailing shape), once the first chunk has arrived."""
+        return self._fields
+
+    def check(self, raw: object, worker_id: int) -> Chunk:
+        """Normalise ``raw`` to a Chunk, or raise a SourceError saying what is wrong."""
+        arrays = self._as_mapping(raw, worker_id)
+        lengths = {name: arr.shape[0] for name, arr in arrays.items()}
+        if len(set(lengths.values())) > 1:
+            found = ", ".join(f"{k}={v}" for k, v in lengths.items())
+            raise SourceError(self.source_name, f"fields have different leading lengths ({found}) "
+                              f"in one chunk from worker {worker_id}; every field needs one entry "
+                              "per sample")
+        spec = {name: (arr.dtype, arr.shape[1:]) for name, arr in arrays.items()}
+        expected = self._fields
+        if expected is None:
+            with self._lock:
+                if self._fields is None:
+                    self._fields = spec
+                expected = self._fields
+        if spec != expected:
+            self._explain_mismatch(expected, spec, worker_id)
+        n = next(iter(lengths.values()))
+        nbytes = sum(arr.nbytes for arr in arrays.values())
+        return Chunk(fields=arrays, n=n, nbytes=nbytes, worker_id=worker_id)
+
+    def _as_mapping(self, raw: object, worker_id: int) -> dict[str, np.ndarray]:
+        if isinstance(raw, Mapping):
+            items = list(raw.items())
+        elif isinstance(raw, np.ndarray):
+            raise SourceError(self.source_name, f"fetch returned a bare array of shape {raw.shape} "
+                              f"(worker {worker_id}); return a dict like {{'x': array}} or a list "
+                              "of arrays")
+        elif isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)):
+            items = [(str(i), value) for i, value in enumerate(raw)]
+        else:
+            what = "None" if raw is None else type(raw).__name__
+            raise SourceError(self.source_name, f"fetch returned {what} (worker {worker_id}); it "
+                              "must return a dict of numpy arrays (or a list of them), or raise "
+                              "inputkit.SourceExhausted at the end of the epoch")
+        if not items:
+            raise SourceError(self.source_name, f"fetch returned no fields (worker {worker_id}); "
+                              "return at least one array, even with zero samples")
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in items:
+            if not isinstance(name, str):
+                raise SourceError(self.source_name, f"field names must be strings, got {name!r}")
+            if not isinstance(value, np.ndarray):
+                raise SourceError(self.source_name, f"expected a numpy array, got "
+                                  f"{type(value).__name__}; convert it with np.asarray in fetch",
+                                  field=name)
+            if value.ndim == 0:
+                raise SourceError(self.source_name, "is a scalar (shape ()); every field needs a "
+                                  "leading sample dimension, e.g. np.array([label])", field=name)
+            if value.dtype.hasobject:
+                raise SourceError(self.source_name, f"has dtype {value.dtype}, which holds Python "
+                                  "objects; use a numeric or fixed-size dtype", field=name)
+            arrays[name] = value
+        return arrays
+
+    def _explain_mismatch(self, expected: dict[str, FieldSpec], got: dict[str, FieldSpec],
+                          worker_id: int) -> None:
+        missing = [k for k in expected if k not in got]
+        if missing:
+            raise SourceError(self.source_name, f"missing from a chunk of worker {worker_id}; "
+                              f"earlier chunks had fields {sorted(expected)}", field=missing[0])
+        extra = [k for k in got if k not in expected]
+        if extra:
+            raise SourceError(self.source_name, f"appeared in a chunk of worker {worker_id} but not "
+                              f"in earlier chunks (fields {sorted(expected)})", field=extra[0])
+        for name, (dtype, shape) in got.items():
+            want_dtype, want_shape = expected[name]
+            if dtype != want_dtype:
+                raise SourceError(self.source_name, f"dtype changed from {want_dtype} to {dtype} "
+                                  f"(worker {worker_id}); a field keeps one dtype", field=name)
+            if shape != want_shape:
+                raise SourceError(self.source_name, f"per-sample shape changed from "
+                                  f"{list(want_shape)} to {list(shape)} (worker {worker_id}); "
+                                  "a field keeps one shape per sample", field=name)

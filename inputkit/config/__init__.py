@@ -1,0 +1,1 @@
+"""Configuration: schemas (ConfigStore), composition with Hydra, and checking into a RunSpec."""

@@ -1,0 +1,92 @@
+"""Structured configs: the schema every inputkit config is checked against.
+
+The dataclasses are registered in Hydra's ConfigStore (``base_config``,
+``workers/base_workers``) and referenced from the YAML defaults lists in
+``conf/``, so a misspelt key or a wrong type fails at composition with the key
+named. Range checks (a positive batch size, a known device) live in
+:mod:`inputkit.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional
+
+from omegaconf import MISSING
+
+
+class WorkerKind(str, Enum):
+    """How fetch calls run. ``thread``: a thread pool inside the coordinator."""
+
+    thread = "thread"
+
+
+@dataclass
+class WorkersConfig:
+    kind: WorkerKind = WorkerKind.thread
+    count: int = 4
+
+
+@dataclass
+class QueueConfig:
+    # Chunks (fetch results) buffered between the workers and the batcher.
+    capacity: int = 16
+    # Exact batches buffered between the batcher and the device stage.
+    batch_capacity: int = 4
+
+
+@dataclass
+class DeviceStageConfig:
+    # Batches already copied to the device ahead of the consumer (CUDA only;
+    # on CPU the tensors share the batch's memory and nothing is copied).
+    prefetch: int = 2
+
+
+@dataclass
+class BenchConfig:
+    # Stop after this many seconds of streaming (null: no time limit).
+    seconds: Optional[float] = 10.0
+    # Stop after this many batches per device and input (null: no step limit).
+    steps: Optional[int] = None
+    # Only run this named input (null: every input).
+    input: Optional[str] = None
+    # Seconds between progress updates (plain lines when stdout is not a TTY).
+    progress_interval: float = 0.25
+
+
+@dataclass
+class InputConfig:
+    """One named input: a source, its workers, its queues and its batch size."""
+
+    source: Any = MISSING
+    batch_size: int = 256
+    drop_last: bool = False
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    device: DeviceStageConfig = field(default_factory=DeviceStageConfig)
+
+
+@dataclass
+class InputkitConfig(InputConfig):
+    """The root config: a single input at the top level, or several under ``inputs``.
+
+    Entries of ``inputs`` start from the top-level input keys and override what
+    they set, so ``inputs.val.batch_size=64`` changes only the val input.
+    """
+
+    devices: Any = "auto"
+    inputs: Dict[str, Any] = field(default_factory=dict)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device")
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=InputkitConfig)
+    store.store(group="workers", name="base_workers", node=WorkersConfig)

@@ -1,0 +1,195 @@
+"""Turn a composed config into a checked, typed run specification.
+
+Whatever the config came from (Hydra on the command line, ``inputkit.compose``,
+a user's own DictConfig or plain dict), it goes through :func:`load_spec`
+before anything starts: unknown keys, wrong types and out-of-range values fail
+here with a :class:`~inputkit.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
+from inputkit.errors import ConfigError
+
+DEFAULT_INPUT = "main"
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+_INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One named input, checked. ``source`` is the plain source config (with ``_target_``)."""
+
+    name: str
+    source: dict[str, Any]
+    batch_size: int
+    drop_last: bool
+    worker_kind: str
+    worker_count: int
+    chunk_capacity: int
+    batch_capacity: int
+    device_prefetch: int
+    key_prefix: str  # where this input's keys live: "" or "inputs.<name>."
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a Runner needs: the inputs, the requested devices and the bench limits."""
+
+    inputs: tuple[InputSpec, ...]
+    devices: tuple[str, ...]  # as configured; "auto" is resolved when the runner starts
+    bench_seconds: float | None
+    bench_steps: int | None
+    bench_input: str | None
+    progress_interval: float
+
+    def input(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.inputs)
+        raise ConfigError("bench.input", f"no input named '{name}'; this config declares: {known}")
+
+
+def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
+    """Check ``cfg`` against the schema and ranges; return the typed :class:`RunSpec`."""
+    root = _merge_into_schema(OmegaConf.structured(InputkitConfig), _without_hydra(cfg), prefix="")
+    inputs_node = root.inputs
+    if len(inputs_node) == 0:
+        specs = [_input_spec(DEFAULT_INPUT, root, key_prefix="")]
+    else:
+        specs = []
+        top = {k: OmegaConf.to_container(root[k]) if OmegaConf.is_config(root[k]) else root[k]
+               for k in INPUT_KEYS if not OmegaConf.is_missing(root, k)}
+        for name in inputs_node:
+            name = str(name)
+            prefix = f"inputs.{name}."
+            if not _INPUT_NAME_RE.match(name):
+                raise ConfigError(f"inputs.{name}", "input names must be identifiers (e.g. train, val)")
+            entry = inputs_node[name]
+            if entry is None:
+                entry = {}
+            elif not OmegaConf.is_dict(entry) and not isinstance(entry, Mapping):
+                raise ConfigError(f"inputs.{name}", f"expected a mapping of input keys, got {entry!r}")
+            schema = OmegaConf.structured(InputConfig)
+            base = _merge_into_schema(schema, top, prefix="")
+            entry_source = entry.get("source") if "source" in entry else None
+            if entry_source is not None and "_target_" in entry_source:
+                # A named input that names its own _target_ replaces the top-level source
+                # instead of merging into it: the new plugin does not inherit keys it may
+                # not accept. Without _target_, its keys tweak the top-level source.
+                base.source = None
+            node = _merge_into_schema(base, entry, prefix=prefix)
+            specs.append(_input_spec(name, node, key_prefix=prefix))
+    devices = _devices(root.devices)
+    bench = root.bench
+    seconds = bench.seconds
+    steps = bench.steps
+    if seconds is not None and seconds <= 0:
+        raise ConfigError("bench.seconds", f"must be positive or null, got {seconds}")
+    if steps is not None and steps <= 0:
+        raise ConfigError("bench.steps", f"must be a positive number of batches or null, got {steps}")
+    if bench.progress_interval <= 0:
+        raise ConfigError("bench.progress_interval", f"must be positive, got {bench.progress_interval}")
+    spec = RunSpec(
+        inputs=tuple(specs),
+        devices=devices,
+        bench_seconds=seconds,
+        bench_steps=steps,
+        bench_input=bench.input,
+        progress_interval=float(bench.progress_interval),
+    )
+    if bench.input is not None:
+        spec.input(bench.input)  # raises a ConfigError naming the known inputs
+    return spec
+
+
+def _without_hydra(cfg: Any) -> Any:
+    if isinstance(cfg, InputkitConfig):
+        return OmegaConf.structured(cfg)
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    elif isinstance(cfg, Mapping):
+        cfg = dict(cfg)
+    else:
+        raise ConfigError("", f"expected a DictConfig or a mapping, got {type(cfg).__name__}")
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def _merge_into_schema(schema: DictConfig, values: Any, prefix: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, values)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise _config_error(exc, prefix) from exc
+
+
+def _config_error(exc: OmegaConfBaseException, prefix: str) -> ConfigError:
+    key = getattr(exc, "full_key", "") or ""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "not in struct" in text or "Key '" in text and "not in" in text:
+        return ConfigError(prefix + key, "unknown key; check the spelling, or see "
+                           "`inputkit bench --cfg job` for the keys this config has")
+    return ConfigError(prefix + key, text)
+
+
+def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
+    p = key_prefix
+    if OmegaConf.is_missing(node, "source") or node.source is None:
+        raise ConfigError(p + "source", "no source configured; pick one with source=synthetic "
+                          "or set source._target_ to a fetch plugin")
+    source = OmegaConf.to_container(node.source, resolve=True)
+    if not isinstance(source, dict):
+        raise ConfigError(p + "source", f"expected a mapping with _target_, got {source!r}")
+    if not isinstance(source.get("_target_"), str) or not source["_target_"]:
+        raise ConfigError(p + "source._target_", "missing; name the fetch plugin to use, "
+                          "e.g. source._target_=mypkg.data:fetch")
+    checks = [
+        ("batch_size", node.batch_size, 1),
+        ("workers.count", node.workers.count, 1),
+        ("queue.capacity", node.queue.capacity, 1),
+        ("queue.batch_capacity", node.queue.batch_capacity, 1),
+        ("device.prefetch", node.device.prefetch, 1),
+    ]
+    for key, value, low in checks:
+        if value < low:
+            raise ConfigError(p + key, f"must be at least {low}, got {value}")
+    return InputSpec(
+        name=name,
+        source=source,
+        batch_size=int(node.batch_size),
+        drop_last=bool(node.drop_last),
+        worker_kind=node.workers.kind.value,
+        worker_count=int(node.workers.count),
+        chunk_capacity=int(node.queue.capacity),
+        batch_capacity=int(node.queue.batch_capacity),
+        device_prefetch=int(node.device.prefetch),
+        key_prefix=key_prefix,
+    )
+
+
+def _devices(value: Any) -> tuple[str, ...]:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ConfigError("devices", f"expected auto, cpu, cuda:N or a non-empty list of them, got {value!r}")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if text == "auto" and len(items) == 1:
+            out.append(text)
+        elif _DEVICE_RE.match(text):
+            out.append("cuda:0" if text == "cuda" else text)
+        else:
+            raise ConfigError("devices", f"unknown device {item!r}; use auto, cpu, cuda:N "
+                              "or a list such as devices=[cuda:0,cuda:1]")
+    return tuple(out)

@@ -1,0 +1,153 @@
+"""One input on one device: workers -> chunk queue -> batcher -> batch queue -> device stage.
+
+The coordinator owns every thread and queue of its chain: it starts them, is
+iterated by the consumer, and stops them (bounded joins; a thread that will not
+stop is reported by name with its stack). A failure in any stage reaches the
+consumer as the original exception and aborts the whole runner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from inputkit.batcher import BatcherThread
+from inputkit.chunk import ChunkSchema
+from inputkit.config.spec import InputSpec
+from inputkit.device import make_device_stage
+from inputkit.errors import InputkitError, WorkerFailure
+from inputkit.messages import END, Failure
+from inputkit.queues import BoundedQueue, QueueClosed
+from inputkit.sources.loader import BoundSource
+from inputkit.stats import CoordinatorStats
+from inputkit.workers import make_worker_pool
+
+
+class Abort:
+    """Shared by a runner's coordinators: the first failure stops them all."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.failure: Failure | None = None
+        self._lock = threading.Lock()
+
+    def fail(self, failure: Failure) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+        self.event.set()
+
+
+class Coordinator(Iterator[dict[str, Any]]):
+    """Feeds one device from one input. Iterate it for batches (dicts of tensors)."""
+
+    def __init__(self, spec: InputSpec, device: str, device_index: int, source: BoundSource,
+                 schema: ChunkSchema, abort: Abort) -> None:
+        self.spec = spec
+        self.device = device
+        self.device_index = device_index
+        self.label = f"input '{spec.name}' on {device}"
+        name = f"{spec.name}-{device_index}"
+        count = spec.worker_count
+        self._abort = abort
+        self._stop = threading.Event()
+        self.chunk_queue = BoundedQueue(f"{spec.name}/{device}/chunks", spec.chunk_capacity)
+        self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity)
+        self.workers = make_worker_pool(
+            spec.worker_kind, source=source, schema=schema,
+            worker_ids=list(range(device_index * count, (device_index + 1) * count)),
+            batch_size_hint=spec.batch_size, out=self.chunk_queue, label=self.label,
+        )
+        self.batcher = BatcherThread(
+            name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
+            batch_size=spec.batch_size, drop_last=spec.drop_last, stop=self._stop,
+            where=f"the batcher of {self.label}",
+        )
+        self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
+                                              self._stop, name, f"the device stage of {self.label}")
+        self._started_at: float | None = None
+        self._first_batch_s: float | None = None
+        self._batches = self._samples = self._bytes = 0
+        self._finished = False
+        self._closed = False
+
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        self.device_stage.start()
+        self.batcher.start()
+        self.workers.start()
+
+    def __iter__(self) -> Coordinator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._finished:
+            raise StopIteration
+        if self._closed:
+            raise InputkitError(f"{self.label}: the runner is closed; no more batches")
+        stop = self._abort.event
+        try:
+            item = self.device_stage.get(stop)
+        except QueueClosed:
+            item = None
+        if isinstance(item, tuple):
+            tensors, batch = item
+            if self._first_batch_s is None and self._started_at is not None:
+                self._first_batch_s = time.monotonic() - self._started_at
+            self._batches += 1
+            self._samples += batch.n
+            self._bytes += batch.nbytes
+            return tensors  # type: ignore[no-any-return]
+        if item is END:
+            self._finished = True
+            raise StopIteration
+        if isinstance(item, Failure):
+            self._abort.fail(item)
+            item.reraise()
+        failure = self._abort.failure
+        if failure is not None:
+            raise WorkerFailure(f"{self.label} stopped because {failure.where} failed: "
+                                f"{type(failure.exc).__name__}: {failure.exc}") from failure.exc
+        raise InputkitError(f"{self.label}: the runner was closed while waiting for a batch")
+
+    @property
+    def finished(self) -> bool:
+        """True once the epoch of a finite source has been fully delivered."""
+        return self._finished
+
+    def stop(self) -> None:
+        """Ask every stage to stop; does not wait."""
+        self._stop.set()
+        self.workers.stop()
+        for queue in self._queues():
+            queue.close()
+            queue.clear()  # free buffered memory now; wakes producers blocked on put
+
+    def join(self, deadline: float) -> list[str]:
+        """Wait for every thread until ``deadline``; describe the ones still running."""
+        stuck = self.workers.join(deadline)
+        self.batcher.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.batcher.thread.is_alive():
+            stuck.append(self.batcher.thread.name)
+        stuck.extend(self.device_stage.join(deadline))
+        self._closed = True
+        return stuck
+
+    def _queues(self) -> list[BoundedQueue]:
+        extra = self.device_stage.queue()
+        return [self.chunk_queue, self.batch_queue] + ([extra] if extra is not None else [])
+
+    def stats(self) -> CoordinatorStats:
+        now = time.monotonic()
+        return CoordinatorStats(
+            input=self.spec.name, device=self.device, batch_size=self.spec.batch_size,
+            batches=self._batches, samples=self._samples, bytes=self._bytes,
+            elapsed_s=(now - self._started_at) if self._started_at is not None else 0.0,
+            first_batch_s=self._first_batch_s, finished=self._finished,
+            workers=self.workers.stats(),
+            queues=tuple(q.stats() for q in self._queues()),
+            copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
+            dropped_samples=self.batcher.rechunker.dropped,
+        )

@@ -1,0 +1,190 @@
+"""A bounded FIFO between two pipeline stages, with statistics readable at any time.
+
+Producers block on a full queue (backpressure) and consumers on an empty one;
+both wait in short slices and re-check a stop event, so closing never hangs.
+The queue accounts how long it has been full and empty: a queue that is mostly
+full holds memory for nothing, one that is mostly empty starves its consumer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+_POLL_S = 0.05
+
+
+class QueueClosed(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``get`` once the queue is closed and drained."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of one queue.
+
+    ``time_full_s`` / ``time_empty_s``: seconds the queue spent at capacity / empty
+    since it was created. ``put_wait_s`` / ``get_wait_s``: seconds producers /
+    consumers spent blocked on it (summed over threads).
+    """
+
+    name: str
+    capacity: int
+    items: int
+    bytes: int
+    peak_items: int
+    peak_bytes: int
+    items_in: int
+    items_out: int
+    bytes_in: int
+    bytes_out: int
+    time_full_s: float
+    time_empty_s: float
+    put_wait_s: float
+    get_wait_s: float
+    elapsed_s: float
+
+    @property
+    def fill(self) -> float:
+        """Current fill as a fraction of capacity."""
+        return self.items / self.capacity if self.capacity else 0.0
+
+    @property
+    def full_fraction(self) -> float:
+        return self.time_full_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def empty_fraction(self) -> float:
+        return self.time_empty_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class BoundedQueue:
+    """FIFO of at most ``capacity`` payload items; control items bypass the bound."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"queue '{name}': capacity must be >= 1, got {capacity}")
+        self.name = name
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)
+        self._items: deque[tuple[Any, int, bool]] = deque()  # (item, nbytes, counts)
+        self._payload = 0  # items that count against capacity
+        self._bytes = 0
+        self._closed = False
+        self._created = time.monotonic()
+        self._since = self._created
+        self._time_full = 0.0
+        self._time_empty = 0.0
+        self._put_wait = 0.0
+        self._get_wait = 0.0
+        self._items_in = self._items_out = self._bytes_in = self._bytes_out = 0
+        self._peak_items = self._peak_bytes = 0
+
+    def put(self, item: Any, nbytes: int = 0, stop: threading.Event | None = None) -> bool:
+        """Append ``item``, waiting while the queue is full. False if closed or stopped."""
+        with self._lock:
+            if self._payload >= self.capacity and not self._closed:
+                began = time.monotonic()
+                while self._payload >= self.capacity and not self._closed:
+                    if stop is not None and stop.is_set():
+                        self._put_wait += time.monotonic() - began
+                        return False
+                    self._not_full.wait(_POLL_S)
+                self._put_wait += time.monotonic() - began
+            if self._closed:
+                return False
+            self._append(item, nbytes, counts=True)
+            return True
+
+    def put_control(self, item: Any) -> bool:
+        """Append a control message (end of input, an error) even when full. False if closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._append(item, 0, counts=False)
+            return True
+
+    def get(self, stop: threading.Event | None = None) -> Any:
+        """Remove and return the oldest item, waiting while empty.
+
+        Raises QueueClosed once closed and empty, or when ``stop`` is set while waiting.
+        """
+        with self._lock:
+            if not self._items:
+                began = time.monotonic()
+                while not self._items:
+                    if self._closed or (stop is not None and stop.is_set()):
+                        self._get_wait += time.monotonic() - began
+                        raise QueueClosed(self.name)
+                    self._not_empty.wait(_POLL_S)
+                self._get_wait += time.monotonic() - began
+            item, nbytes, counts = self._items.popleft()
+            if counts:
+                self._account()
+                self._payload -= 1
+                self._bytes -= nbytes
+                self._items_out += 1
+                self._bytes_out += nbytes
+                self._not_full.notify()
+            return item
+
+    def close(self) -> None:
+        """Wake every waiter; later puts fail, gets drain what is left then raise QueueClosed."""
+        with self._lock:
+            self._closed = True
+            self._not_full.notify_all()
+            self._not_empty.notify_all()
+
+    def clear(self) -> None:
+        """Drop everything buffered (used on shutdown, so producers blocked on put wake up)."""
+        with self._lock:
+            self._account()
+            self._items.clear()
+            self._payload = 0
+            self._bytes = 0
+            self._not_full.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> QueueStats:
+        with self._lock:
+            now = time.monotonic()
+            pending = now - self._since
+            full = self._time_full + (pending if self._payload >= self.capacity else 0.0)
+            empty = self._time_empty + (pending if self._payload == 0 else 0.0)
+            return QueueStats(
+                name=self.name, capacity=self.capacity, items=self._payload, bytes=self._bytes,
+                peak_items=self._peak_items, peak_bytes=self._peak_bytes,
+                items_in=self._items_in, items_out=self._items_out,
+                bytes_in=self._bytes_in, bytes_out=self._bytes_out,
+                time_full_s=full, time_empty_s=empty,
+                put_wait_s=self._put_wait, get_wait_s=self._get_wait,
+                elapsed_s=now - self._created,
+            )
+
+    def _append(self, item: Any, nbytes: int, counts: bool) -> None:
+        self._items.append((item, nbytes, counts))
+        if counts:
+            self._account()
+            self._payload += 1
+            self._bytes += nbytes
+            self._items_in += 1
+            self._bytes_in += nbytes
+            self._peak_items = max(self._peak_items, self._payload)
+            self._peak_bytes = max(self._peak_bytes, self._bytes)
+        self._not_empty.notify()
+
+    def _account(self) -> None:
+        """Close the current full/empty time segment before the fill changes."""
+        now = time.monotonic()
+        if self._payload >= self.capacity:
+            self._time_full += now - self._since
+        elif self._payload == 0:
+            self._time_empty += now - self._since
+        self._since = now

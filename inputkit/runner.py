@@ -1,0 +1,174 @@
+"""The Runner: every coordinator of a config (input x device), started and stopped together.
+
+::
+
+    cfg = inputkit.compose(overrides=["batch_size=32"])
+    with inputkit.Runner(cfg) as runner:
+        for batch in runner.device(0):       # dict of tensors on device 0
+            ...
+        for step in runner.steps():          # one batch per device, for data parallelism
+            ...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from inputkit.chunk import ChunkSchema
+from inputkit.config.spec import RunSpec, load_spec
+from inputkit.coordinator import Abort, Coordinator
+from inputkit.errors import InputkitError, ShutdownError
+from inputkit.sources.loader import BoundSource, build_source
+from inputkit.stats import RunnerStats
+
+Batch = dict[str, Any]
+
+
+class Runner:
+    """Builds one coordinator per input x device from ``cfg`` and hands out their batches.
+
+    ``cfg`` is a composed DictConfig (``inputkit.compose``), a plain mapping, or a
+    :class:`RunSpec`. ``inputs`` restricts which named inputs start (default: all).
+    Use it as a context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(self, cfg: Any, *, inputs: Sequence[str] | None = None) -> None:
+        self.spec: RunSpec = cfg if isinstance(cfg, RunSpec) else load_spec(cfg)
+        names = [s.name for s in self.spec.inputs]
+        if inputs is not None:
+            for name in inputs:
+                self.spec.input(name)  # ConfigError naming the known inputs
+            names = [n for n in names if n in set(inputs)]
+        self.input_names: tuple[str, ...] = tuple(names)
+        self.devices: tuple[str, ...] = ()
+        self._coordinators: dict[tuple[str, int], Coordinator] = {}
+        self._sources: list[BoundSource] = []
+        self._abort = Abort()
+        self._lock = threading.Lock()
+        self._state = "new"
+        self._started_at = 0.0
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Runner:
+        """Resolve devices, build the sources and start every coordinator."""
+        from inputkit.device import resolve_devices
+
+        with self._lock:
+            if self._state != "new":
+                raise InputkitError(f"Runner.start(): the runner is already {self._state}; "
+                                    "create a new Runner to start again")
+            self._state = "starting"
+        try:
+            self.devices = tuple(resolve_devices(self.spec.devices))
+            for name in self.input_names:
+                spec = self.spec.input(name)
+                source = build_source(spec.source, key=f"{spec.key_prefix}source")
+                self._sources.append(source)
+                schema = ChunkSchema(source.name)
+                for index, device in enumerate(self.devices):
+                    self._coordinators[(name, index)] = Coordinator(
+                        spec, device, index, source, schema, self._abort)
+            self._started_at = time.monotonic()
+            for coordinator in self._coordinators.values():
+                coordinator.start()
+        except BaseException:
+            self._state = "running"
+            self.close()
+            raise
+        self._state = "running"
+        return self
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop every thread and free every buffer; idempotent and safe from any thread.
+
+        Raises ShutdownError naming the threads (with their stacks) that did not stop
+        within ``timeout`` seconds, e.g. a fetch that never returns.
+        """
+        with self._lock:
+            if self._state in ("closed", "closing", "new"):
+                self._state = "closed" if self._state == "new" else self._state
+                return
+            self._state = "closing"
+        try:
+            deadline = time.monotonic() + timeout
+            for coordinator in self._coordinators.values():
+                coordinator.stop()
+            stuck: list[str] = []
+            for coordinator in self._coordinators.values():
+                stuck.extend(coordinator.join(deadline))
+            for source in self._sources:
+                source.close()
+        finally:
+            self._state = "closed"
+        if stuck:
+            raise ShutdownError(f"{len(stuck)} thread(s) did not stop within {timeout:g}s:\n"
+                                + "\n".join(stuck))
+
+    def __enter__(self) -> Runner:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.close()
+        except ShutdownError:
+            if exc is None:
+                raise
+            # The block's own exception matters more; the stuck threads are daemons.
+
+    # batches ---------------------------------------------------------------------------------
+
+    def device(self, index: int = 0, input: str | None = None) -> Coordinator:
+        """The iterator of batches (dicts of tensors on the device) for device ``index``."""
+        return self._coordinator(self._input_name(input), index)
+
+    def steps(self, input: str | None = None) -> Iterator[list[Batch | None]]:
+        """One batch per device per step, for data-parallel loops.
+
+        Ends when every device has finished its epoch (finite sources). Devices can
+        finish a step apart; a finished device contributes None to the last steps, so
+        no batch is ever dropped.
+        """
+        name = self._input_name(input)
+        coordinators = [self._coordinator(name, i) for i in range(len(self.devices))]
+        while True:
+            step = [next(c, None) for c in coordinators]
+            if all(batch is None for batch in step):
+                return
+            yield step
+
+    def stats(self) -> RunnerStats:
+        """A snapshot of every coordinator's statistics (cheap; any thread)."""
+        elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
+        return RunnerStats(elapsed_s=elapsed,
+                           coordinators=tuple(c.stats() for c in self._coordinators.values()))
+
+    def coordinators(self, input: str | None = None) -> list[Coordinator]:
+        """The coordinators of one input (or all), in device order."""
+        return [c for (name, _), c in self._coordinators.items() if input in (None, name)]
+
+    def _input_name(self, input: str | None) -> str:
+        if input is None:
+            if len(self.input_names) == 1:
+                return self.input_names[0]
+            raise InputkitError(f"this runner has inputs {', '.join(self.input_names)}; "
+                                "pass input=<name> to choose one")
+        if input not in self.input_names:
+            raise InputkitError(f"no running input named '{input}'; running: "
+                                f"{', '.join(self.input_names)}")
+        return input
+
+    def _coordinator(self, name: str, index: int) -> Coordinator:
+        if self._state != "running":
+            raise InputkitError(f"the runner is {self._state}; use `with Runner(cfg) as runner:` "
+                                "or call runner.start() first")
+        if not 0 <= index < len(self.devices):
+            raise InputkitError(f"device index {index} is out of range; this runner feeds "
+                                f"{len(self.devices)} device(s): {', '.join(self.devices)}")
+        return self._coordinators[(name, index)]
+

@@ -1,0 +1,116 @@
+"""Build a source from its config: import ``_target_``, construct it, check it can fetch."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inputkit.errors import ConfigError
+from inputkit.sources.protocol import FetchResult
+
+
+@dataclass(frozen=True)
+class BoundSource:
+    """A ready source: its display ``name`` (the ``_target_``), its ``fetch`` and the object."""
+
+    name: str
+    fetch: Callable[[int, int], FetchResult]
+    obj: Any
+
+    def close(self) -> None:
+        """Call the source's own ``close()`` if it has one (files, connections)."""
+        close = getattr(self.obj, "close", None)
+        if callable(close) and not inspect.isclass(self.obj):
+            close()
+
+
+def import_target(target: str, key: str = "source._target_") -> Any:
+    """Import ``pkg.module:attr`` or ``pkg.module.attr``; a ConfigError names ``key`` on failure."""
+    if ":" in target:
+        module_name, _, attr_path = target.partition(":")
+    else:
+        module_name, _, attr_path = target.rpartition(".")
+    if not module_name or not attr_path:
+        raise ConfigError(key, f"'{target}' is not an importable name; write it as "
+                          "pkg.module:function or pkg.module.Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(key, f"cannot import module '{module_name}' for '{target}': {exc}. "
+                          "Is the package installed, or its folder on PYTHONPATH?") from exc
+    except Exception as exc:
+        raise ConfigError(key, f"importing module '{module_name}' for '{target}' failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ConfigError(key, f"module '{module_name}' has no attribute '{attr_path}' "
+                              f"(from '{target}')") from exc
+    return obj
+
+
+def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
+    """Construct the source named by ``config['_target_']`` with the other keys as arguments.
+
+    - a class is instantiated with the keys as keyword arguments and must have ``fetch``;
+    - a function is the fetch itself; extra keys are passed to every call as keywords;
+    - an object with ``fetch`` (e.g. a module-level instance) is used as it is.
+    """
+    target = config.get("_target_")
+    if not isinstance(target, str):
+        raise ConfigError(f"{key}._target_", "missing; name the fetch plugin, e.g. mypkg.data:fetch")
+    kwargs = {k: _instantiate_nested(v) for k, v in config.items() if k != "_target_"}
+    obj = import_target(target, key=f"{key}._target_")
+    if inspect.isclass(obj):
+        try:
+            instance = obj(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(key, f"{target} rejected its arguments: {exc}") from exc
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(key, f"{target}: {exc}") from exc
+        except Exception as exc:
+            raise ConfigError(key, f"constructing {target} failed: {type(exc).__name__}: {exc}") from exc
+        fetch = getattr(instance, "fetch", None)
+        if not callable(fetch):
+            raise ConfigError(f"{key}._target_", f"{target} has no fetch(worker_id, batch_size_hint) "
+                              "method; see docs/plugins.md")
+        return BoundSource(name=target, fetch=fetch, obj=instance)
+    fetch = getattr(obj, "fetch", None)
+    if callable(fetch) and not inspect.isfunction(obj):
+        if kwargs:
+            raise ConfigError(key, f"{target} is an existing object; it takes no arguments "
+                              f"(got {', '.join(sorted(kwargs))})")
+        return BoundSource(name=target, fetch=fetch, obj=obj)
+    if callable(obj):
+        _check_fetch_signature(obj, target, kwargs, key)
+        bound = functools.partial(obj, **kwargs) if kwargs else obj
+        return BoundSource(name=target, fetch=bound, obj=obj)
+    raise ConfigError(f"{key}._target_", f"{target} is a {type(obj).__name__}, not a class, "
+                      "function or object with fetch(worker_id, batch_size_hint)")
+
+
+def _check_fetch_signature(fn: Callable[..., Any], target: str, kwargs: dict[str, Any],
+                           key: str) -> None:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: trust them
+    try:
+        signature.bind(0, 1, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(key, f"{target} cannot be called as fetch(worker_id, batch_size_hint"
+                          f"{''.join(', ' + k + '=...' for k in kwargs)}): {exc}") from exc
+
+
+def _instantiate_nested(value: Any) -> Any:
+    if isinstance(value, Mapping) and "_target_" in value:
+        from hydra.utils import instantiate
+
+        return instantiate(dict(value))
+    return value

@@ -1,0 +1,159 @@
+"""A synthetic source: declared fields, optional latency and CPU cost, optional finite epoch.
+
+It lets ``inputkit bench`` run with no data, and it models the two costs real
+sources have: waiting (``latency_ms``, released GIL, like I/O) and computing
+(``cpu_ms``, a pure-Python loop that holds the GIL, like Python-level decoding).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from inputkit.errors import SourceExhausted
+
+
+class SyntheticSource:
+    """Generates chunks of ``fields`` ({name: {shape, dtype}}).
+
+    Chunks have ``chunk_size`` samples, or a size drawn uniformly from
+    ``[chunk_size, chunk_size_max]`` (seeded per chunk index, so reproducible).
+    ``chunk_size=None`` uses the fetch's ``batch_size_hint``. With ``length`` the
+    source is finite: samples ``0 .. length-1`` are handed out exactly once across
+    all workers, then ``fetch`` raises :class:`SourceExhausted`. ``id_field`` adds an
+    int64 field holding each sample's index.
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, Mapping[str, Any]],
+        chunk_size: int | None = 64,
+        chunk_size_max: int | None = None,
+        latency_ms: float = 0.0,
+        cpu_ms: float = 0.0,
+        length: int | None = None,
+        id_field: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.fields = _parse_fields(fields)
+        if id_field is not None:
+            if id_field in self.fields:
+                raise ValueError(f"id_field '{id_field}' is also declared in fields; pick another name")
+            self.fields[id_field] = ((), np.dtype(np.int64))
+        if not self.fields:
+            raise ValueError("fields: declare at least one field, e.g. fields.x={shape:[8],dtype:float32}")
+        if chunk_size is not None and chunk_size < 0:
+            raise ValueError(f"chunk_size: must be >= 0 or null (the batch size), got {chunk_size}")
+        if chunk_size_max is not None:
+            if chunk_size is None or chunk_size_max < chunk_size:
+                raise ValueError(f"chunk_size_max ({chunk_size_max}) needs chunk_size set and "
+                                 f"<= chunk_size_max (chunk_size={chunk_size})")
+            if chunk_size_max == 0:
+                raise ValueError("chunk_size_max: must be positive, or every chunk would be empty")
+        elif chunk_size == 0:
+            raise ValueError("chunk_size: 0 makes every chunk empty; set chunk_size_max for "
+                             "random sizes that include empty chunks")
+        if latency_ms < 0 or cpu_ms < 0:
+            raise ValueError("latency_ms and cpu_ms must be >= 0")
+        if length is not None and length < 0:
+            raise ValueError(f"length: must be >= 0 or null (endless), got {length}")
+        self.chunk_size = chunk_size
+        self.chunk_size_max = chunk_size_max
+        self.latency_s = latency_ms / 1000.0
+        self.cpu_s = cpu_ms / 1000.0
+        self.length = length
+        self.id_field = id_field
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._next_sample = 0
+        self._next_chunk = 0
+        self._pools: dict[str, np.ndarray] = {}
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            index = self._next_chunk
+            self._next_chunk += 1
+            size = self._chunk_size(index, batch_size_hint)
+            start = self._next_sample
+            if self.length is not None:
+                if start >= self.length:
+                    raise SourceExhausted
+                size = min(size, self.length - start)
+            self._next_sample += size
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if self.cpu_s:
+            _spin(self.cpu_s)
+        return self._make_chunk(start, size)
+
+    def _chunk_size(self, index: int, hint: int) -> int:
+        if self.chunk_size_max is None:
+            return hint if self.chunk_size is None else self.chunk_size
+        rng = np.random.default_rng((self.seed, index))
+        return int(rng.integers(self.chunk_size, self.chunk_size_max + 1))  # type: ignore[arg-type]
+
+    def _make_chunk(self, start: int, size: int) -> dict[str, np.ndarray]:
+        chunk: dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in self.fields.items():
+            if name == self.id_field:
+                chunk[name] = np.arange(start, start + size, dtype=np.int64)
+            else:
+                # A fresh array per chunk, filled from a random pool: one memcpy, like a
+                # real source copying out of a file or a decoder, not a reused view.
+                chunk[name] = self._pool(name, shape, dtype, size)[:size].copy()
+        return chunk
+
+    def _pool(self, name: str, shape: tuple[int, ...], dtype: np.dtype, size: int) -> np.ndarray:
+        pool = self._pools.get(name)
+        if pool is None or len(pool) < size:
+            rng = np.random.default_rng((self.seed, len(self._pools), size))
+            full = (max(size, 1), *shape)
+            if dtype.kind == "f":
+                pool = rng.random(full, dtype=np.float32).astype(dtype)
+            else:  # small non-negative values fit every integer dtype; bool takes 0/1
+                pool = rng.integers(0, 2 if dtype.kind == "b" else 100, size=full, dtype=np.uint8)
+                pool = pool.astype(dtype)
+            self._pools[name] = pool  # a racing thread may build one too: both are valid
+        return pool
+
+
+def _parse_fields(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"fields: expected a mapping of name -> {{shape, dtype}}, got {fields!r}")
+    parsed = {}
+    for name, spec in fields.items():
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"fields.{name}: expected {{shape: [...], dtype: ...}}, got {spec!r}")
+        unknown = set(spec) - {"shape", "dtype"}
+        if unknown:
+            raise ValueError(f"fields.{name}: unknown keys {sorted(unknown)}; use shape and dtype")
+        shape = spec.get("shape", ())
+        if isinstance(shape, int):
+            shape = (shape,)
+        try:
+            shape = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"fields.{name}.shape: expected a list of ints, got {shape!r}") from None
+        if any(d < 0 for d in shape):
+            raise ValueError(f"fields.{name}.shape: dimensions must be >= 0, got {list(shape)}")
+        try:
+            dtype = np.dtype(spec.get("dtype", "float32"))
+        except TypeError:
+            raise ValueError(f"fields.{name}.dtype: {spec.get('dtype')!r} is not a numpy dtype "
+                             "(e.g. float32, uint8, int64)") from None
+        if dtype.kind not in "biuf":
+            raise ValueError(f"fields.{name}.dtype: {dtype} is not supported; use a bool, "
+                             "integer or floating dtype")
+        parsed[str(name)] = (shape, dtype)
+    return parsed
+
+
+def _spin(seconds: float) -> None:
+    """Burn CPU in Python bytecode (holding the GIL between switches), like pure-Python work."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass

@@ -1,0 +1,96 @@
+"""Statistics snapshots: plain dataclasses produced by the core, read by the CLI and reports.
+
+Rates are derived properties, so a snapshot is self-contained and cheap to take
+(``Runner.stats()`` takes a lock per queue and per pool, nothing more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inputkit.queues import QueueStats
+from inputkit.workers.base import WorkerPoolStats
+
+__all__ = ["CoordinatorStats", "QueueStats", "RunnerStats", "WorkerPoolStats"]
+
+
+class _Rates:
+    """Rates since start, derived from ``samples``, ``batches``, ``bytes`` and ``elapsed_s``."""
+
+    samples: int
+    batches: int
+    bytes: int
+    elapsed_s: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def batches_per_s(self) -> float:
+        return self.batches / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CoordinatorStats(_Rates):
+    """One input on one device: what the consumer received, and each stage's state.
+
+    ``queues`` lists the chain in order: chunk queue, batch queue, and on CUDA the
+    device prefetch queue. ``copied_batches`` were assembled from several chunks
+    (one copy); ``view_batches`` lay inside one chunk and were handed out without
+    a copy. ``first_batch_s``: seconds from start to the first batch delivered.
+    """
+
+    input: str
+    device: str
+    batch_size: int
+    batches: int
+    samples: int
+    bytes: int
+    elapsed_s: float
+    first_batch_s: float | None
+    finished: bool
+    workers: WorkerPoolStats
+    queues: tuple[QueueStats, ...]
+    copied_batches: int
+    view_batches: int
+    dropped_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(samples_per_s=self.samples_per_s, batches_per_s=self.batches_per_s,
+                    mb_per_s=self.mb_per_s)
+        return data
+
+
+@dataclass(frozen=True)
+class RunnerStats(_Rates):
+    """Every coordinator of a runner, in (input, device) order."""
+
+    elapsed_s: float
+    coordinators: tuple[CoordinatorStats, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(c.samples for c in self.coordinators)
+
+    @property
+    def batches(self) -> int:
+        return sum(c.batches for c in self.coordinators)
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.coordinators)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "elapsed_s": self.elapsed_s, "samples": self.samples, "batches": self.batches,
+            "bytes": self.bytes, "samples_per_s": self.samples_per_s,
+            "batches_per_s": self.batches_per_s, "mb_per_s": self.mb_per_s,
+            "coordinators": [c.to_dict() for c in self.coordinators],
+        }

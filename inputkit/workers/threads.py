@@ -1,0 +1,131 @@
+"""Thread workers: a pool of threads per coordinator, each calling fetch in a loop.
+
+Threads suit fetches that wait (I/O, remote services, numpy/C code that releases
+the GIL). Pure-Python CPU work serialises on the GIL; process workers are the
+answer to that (their own issue).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+
+import numpy as np
+
+from inputkit.chunk import ChunkSchema
+from inputkit.errors import SourceExhausted
+from inputkit.messages import END, Failure
+from inputkit.queues import BoundedQueue
+from inputkit.sources.loader import BoundSource
+from inputkit.workers.base import WorkerPoolStats
+
+IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
+_LATENCY_WINDOW = 1024
+
+
+class ThreadWorkerPool:
+    kind = "thread"
+
+    def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
+                 batch_size_hint: int, out: BoundedQueue, label: str) -> None:
+        self._source = source
+        self._schema = schema
+        self._ids = list(worker_ids)
+        self._hint = batch_size_hint
+        self._out = out
+        self._stop = threading.Event()  # the pool's own: a failure stops workers, not the batcher
+        self._label = label
+        self._lock = threading.Lock()
+        self._states = {wid: IDLE for wid in self._ids}
+        self._active = len(self._ids)
+        self._failed = False
+        self._chunks = self._samples = self._bytes = self._empty = 0
+        self._wall = self._cpu = 0.0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._threads = [
+            threading.Thread(target=self._run, args=(wid,), name=f"inputkit-{label}-fetch-{wid}",
+                             daemon=True)
+            for wid in self._ids
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, deadline: float) -> list[str]:
+        stuck = []
+        frames = None
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                frames = frames if frames is not None else sys._current_frames()
+                frame = frames.get(thread.ident or -1)
+                stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+                stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n{stack}")
+        return stuck
+
+    def stats(self) -> WorkerPoolStats:
+        with self._lock:
+            states = list(self._states.values())
+            latencies = np.array(self._latencies) if self._latencies else None
+            p50, p95 = (np.percentile(latencies, [50, 95]) * 1000.0) if latencies is not None \
+                else (0.0, 0.0)
+            return WorkerPoolStats(
+                kind=self.kind, workers=len(self._ids),
+                fetching=states.count(FETCHING), blocked=states.count(BLOCKED),
+                idle=states.count(IDLE), done=states.count(DONE),
+                chunks=self._chunks, samples=self._samples, bytes=self._bytes,
+                empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
+                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95),
+            )
+
+    def _run(self, wid: int) -> None:
+        fetch = self._source.fetch
+        states = self._states
+        try:
+            while not self._stop.is_set():
+                states[wid] = FETCHING
+                wall0, cpu0 = time.perf_counter(), time.thread_time()
+                try:
+                    raw = fetch(wid, self._hint)
+                except (SourceExhausted, StopIteration):
+                    return
+                wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+                chunk = self._schema.check(raw, wid)
+                with self._lock:
+                    self._wall += wall
+                    self._cpu += cpu
+                    self._latencies.append(wall)
+                    if chunk.n == 0:
+                        self._empty += 1
+                    else:
+                        self._chunks += 1
+                        self._samples += chunk.n
+                        self._bytes += chunk.nbytes
+                if chunk.n == 0:
+                    continue
+                states[wid] = BLOCKED
+                if not self._out.put(chunk, chunk.nbytes, self._stop):
+                    return
+                states[wid] = IDLE
+        except BaseException as exc:
+            with self._lock:
+                first = not self._failed
+                self._failed = True
+            self._stop.set()  # siblings stop after their current fetch
+            if first:
+                where = f"worker {wid} of {self._label} (source '{self._source.name}')"
+                self._out.put_control(Failure.capture(exc, where))
+        finally:
+            states[wid] = DONE
+            with self._lock:
+                self._active -= 1
+                last = self._active == 0 and not self._failed
+            if last and not self._stop.is_set():
+                self._out.put_control(END)
