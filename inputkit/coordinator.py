@@ -142,7 +142,8 @@ class Coordinator(Iterator[dict[str, Any]]):
     def stats(self) -> CoordinatorStats:
         now = time.monotonic()
         return CoordinatorStats(
-            input=self.spec.name, device=self.device, batch_size=self.spec.batch_size,
+            input=self.spec.name, device=self.device,
+            device_index=self.device_index, batch_size=self.spec.batch_size,
             batches=self._batches, samples=self._samples, bytes=self._bytes,
             elapsed_s=(now - self._started_at) if self._started_at is not None else 0.0,
             first_batch_s=self._first_batch_s, finished=self._finished,

@@ -48,6 +48,7 @@ class CoordinatorStats(_Rates):
 
     input: str
     device: str
+    device_index: int
     batch_size: int
     batches: int
     samples: int

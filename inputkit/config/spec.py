@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
@@ -116,6 +116,10 @@ def _without_hydra(cfg: Any) -> Any:
     if isinstance(cfg, InputkitConfig):
         return OmegaConf.structured(cfg)
     if OmegaConf.is_config(cfg):
+        if "hydra" in cfg:  # a job's config: resolve ours without Hydra's run-time keys
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                del cfg["hydra"]
         cfg = OmegaConf.to_container(cfg, resolve=True)
     elif isinstance(cfg, Mapping):
         cfg = dict(cfg)

@@ -1,0 +1,103 @@
+"""The ``inputkit`` command line (typer). Heavy imports (torch, hydra) wait for a command.
+
+``inputkit bench [OVERRIDES] [--cfg job] [--config-dir DIR] [--config-name NAME] [-m]``
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="inputkit",
+    help="Configuration-driven, observable, memory-safe training input.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
+                 "help_option_names": ["--help", "-h"]}
+
+
+@app.callback()
+def _root() -> None:
+    """inputkit feeds training input: declared in Hydra configs, measured, memory-safe."""
+
+
+@app.command(context_settings=_PASS_THROUGH)
+def bench(ctx: typer.Context) -> None:
+    """Stream batches from the configured input(s) and report throughput per device.
+
+    Arguments are Hydra overrides and flags, for example:
+
+    \b
+      inputkit bench batch_size=64 workers.count=8 devices=[cpu,cpu]
+      inputkit bench experiment=images bench.seconds=30
+      inputkit bench +source.my_arg=1 ~bench.steps
+      inputkit bench --cfg job                  print the composed config and exit
+      inputkit bench --config-dir ./conf        your configs, searched before ours
+      inputkit bench --config-name my_config    start from your own primary config
+      inputkit bench -m workers.count=1,2,4     sweep; ends with one comparison table
+
+    Config groups: source, workers, experiment. Every key: docs/configuration.md.
+    """
+    raise typer.Exit(_run_bench(list(ctx.args)))
+
+
+def _run_bench(argv: list[str]) -> int:
+    from rich.console import Console
+
+    from inputkit.errors import ConfigError, InputkitError
+
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        results = _bench_with_hydra(argv)
+        if results is not None and len(results) == 1 and "error" in results[0]:
+            raise results[0]["error"]
+    except ConfigError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        err.print("interrupted: the pipeline was stopped cleanly", markup=False)
+        return EXIT_INTERRUPTED
+    except InputkitError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
+    except Exception as exc:  # a user's fetch raised: its type, message and worker traceback
+        err.print(f"error: {type(exc).__name__}: {exc}", markup=False)
+        for note in getattr(exc, "__notes__", []):
+            err.print(note, markup=False)
+        return 1
+    if results is not None and len(results) > 1:
+        from inputkit.cli.bench import make_console
+        from inputkit.cli.render import sweep_table
+
+        points = [(r.get("overrides", []), r) for r in results]
+        make_console().print(sweep_table(points))
+        failed = [r for r in results if "error" in r]
+        for r in failed:
+            err.print(f"error in sweep point {' '.join(r.get('overrides', []))}: "
+                      f"{type(r['error']).__name__}: {r['error']}", markup=False)
+        return 1 if failed else 0
+    return 0
+
+
+def _bench_with_hydra(argv: list[str]) -> list[Any] | None:
+    from inputkit.cli.bench import bench_task, check_config
+    from inputkit.cli.hydra_app import run_with_hydra
+
+    # Hydra raises instead of printing and exiting, so errors get our one-line form.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    return run_with_hydra(argv, bench_task, prog="inputkit bench", check=check_config)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``inputkit`` and ``python -m inputkit``)."""
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="inputkit")

@@ -1,0 +1,165 @@
+"""``inputkit bench``: stream batches for a bounded time or number of steps, then summarise.
+
+One consumer thread per coordinator pulls batches as fast as the pipeline gives
+them (like one training loop per GPU that costs nothing), so the figures are the
+input pipeline's own ceiling. The main thread shows progress and, at the end,
+a summary table; the summary is also written as ``summary.json`` in the run
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from inputkit.cli.render import progress_line, summary_table
+from inputkit.config.spec import RunSpec, load_spec
+from inputkit.coordinator import Coordinator
+from inputkit.stats import RunnerStats
+
+
+class _Consumer:
+    """Pulls batches from one coordinator until the step limit, the end, or stop."""
+
+    def __init__(self, coordinator: Coordinator, steps: int | None, stop: threading.Event) -> None:
+        self.coordinator = coordinator
+        self.steps = steps
+        self.stop = stop
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"inputkit-bench-{coordinator.spec.name}-"
+                                            f"{coordinator.device_index}")
+
+    def _run(self) -> None:
+        try:
+            for count, _batch in enumerate(self.coordinator, start=1):
+                if self.stop.is_set() or (self.steps is not None and count >= self.steps):
+                    return
+        except BaseException as exc:
+            if not self.stop.is_set():
+                self.error = exc
+
+
+def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the bench for ``spec``; print progress and the summary; return the summary dict."""
+    from inputkit.runner import Runner
+
+    names = [spec.bench_input] if spec.bench_input else [s.name for s in spec.inputs]
+    runner = Runner(spec, inputs=names)
+    stop = threading.Event()
+    begun = time.monotonic()
+    with runner:
+        started = time.monotonic()  # the time limit counts from here, after start-up
+        startup_s = started - begun
+        consumers = [_Consumer(c, spec.bench_steps, stop) for c in runner.coordinators()]
+        for consumer in consumers:
+            consumer.thread.start()
+        limit = spec.bench_seconds
+        console.print(_banner(runner, spec, startup_s))
+        try:
+            _watch(runner, consumers, console, started, limit, spec.progress_interval)
+        finally:
+            stop.set()
+        final = runner.stats()
+        elapsed = time.monotonic() - started
+    for consumer in consumers:
+        consumer.thread.join(timeout=2.0)
+    errors = [c.error for c in consumers if c.error is not None]
+    if errors:
+        raise errors[0]
+    console.print(summary_table(final, title=f"inputkit bench: {elapsed:.1f} s"))
+    summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
+               **(extra or {})}
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        console.print(f"run directory: {output_dir}", highlight=False)
+    return summary
+
+
+def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
+    limits = []
+    if spec.bench_seconds is not None:
+        limits.append(f"{spec.bench_seconds:g} s")
+    if spec.bench_steps is not None:
+        limits.append(f"{spec.bench_steps} steps per device")
+    limit = " or ".join(limits) if limits else "the end of the epoch"
+    inputs = ", ".join(runner.input_names)
+    return (f"inputkit bench: input(s) {inputs} on {', '.join(runner.devices)}, "
+            f"until {limit} (start-up took {startup_s:.2f} s)")
+
+
+def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: float,
+           limit: float | None, interval: float) -> None:
+    """Show progress until every consumer is done or the time limit passes."""
+    previous: RunnerStats | None = None
+    live = None
+    if console.is_terminal:
+        from rich.live import Live
+
+        live = Live(console=console, refresh_per_second=max(1, int(1 / interval)), transient=True)
+        live.start()
+    plain_every = max(1.0, interval)
+    last_plain = started
+    try:
+        while any(c.thread.is_alive() for c in consumers):
+            now = time.monotonic()
+            if limit is not None and now - started >= limit:
+                return
+            for c in consumers:
+                c.thread.join(timeout=interval / max(1, len(consumers)))
+            snapshot = runner.stats()
+            if live is not None:
+                live.update(progress_line(snapshot, previous, now - started, limit))
+            elif time.monotonic() - last_plain >= plain_every:
+                last_plain = time.monotonic()
+                console.print(progress_line(snapshot, previous, now - started, limit).plain,
+                              highlight=False, markup=False, soft_wrap=True)
+            previous = snapshot
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def make_console() -> Console:
+    """stdout console; when it is not a terminal (CI, logs), wide enough for the tables."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 150))
+    return console
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast on bad values and unimportable sources, before any job starts."""
+    from inputkit.sources.loader import import_target
+
+    spec = load_spec(cfg)
+    for input_spec in spec.inputs:
+        import_target(input_spec.source["_target_"], key=f"{input_spec.key_prefix}source._target_")
+
+
+def bench_task(cfg: DictConfig) -> dict[str, Any]:
+    """The Hydra task behind ``inputkit bench``: one run (or one sweep point)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = None
+    extra: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True)}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        extra["overrides"] = list(hydra_cfg.overrides.task)
+    console = make_console()
+    try:
+        spec = load_spec(cfg)
+        return run_bench(spec, console, output_dir, extra)
+    except Exception as exc:
+        # Returned, not raised: Hydra would print its own "Error executing job" line, and a
+        # sweep goes on to its other points. The CLI raises it (single run) or lists it (sweep).
+        return {"error": exc, **extra}

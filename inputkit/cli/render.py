@@ -1,0 +1,100 @@
+"""Renderables for the CLI: the progress line, the per-device summary and the sweep table.
+
+They only read statistics snapshots; they never touch the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from inputkit.stats import CoordinatorStats, RunnerStats
+
+
+def _rate(now: float, before: float, dt: float) -> float:
+    return (now - before) / dt if dt > 0 else 0.0
+
+
+def progress_line(snapshot: RunnerStats, previous: RunnerStats | None, elapsed: float,
+                  limit: float | None) -> Text:
+    """One line: rates over the last interval (or since start), queue fill, elapsed time."""
+    if previous is not None and snapshot.elapsed_s > previous.elapsed_s:
+        dt = snapshot.elapsed_s - previous.elapsed_s
+        samples = _rate(snapshot.samples, previous.samples, dt)
+        batches = _rate(snapshot.batches, previous.batches, dt)
+        mbs = _rate(snapshot.bytes, previous.bytes, dt) / 1e6
+    else:
+        samples, batches, mbs = snapshot.samples_per_s, snapshot.batches_per_s, snapshot.mb_per_s
+    text = Text()
+    text.append(f"{samples:>12,.0f} samples/s", style="bold green")
+    text.append(f"  {batches:>9,.1f} batches/s", style="cyan")
+    text.append(f"  {mbs:>9,.1f} MB/s", style="magenta")
+    for c in snapshot.coordinators:
+        fills = "/".join(f"{q.items}" for q in c.queues)
+        caps = "/".join(f"{q.capacity}" for q in c.queues)
+        text.append(f"  [{c.input}@{c.device_index}:{c.device} q {fills} of {caps}]", style="dim")
+    clock = f"{elapsed:.1f}s" + (f" of {limit:g}s" if limit is not None else "")
+    text.append(f"  {clock}  batches {snapshot.batches:,}")
+    return text
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _queue_cell(c: CoordinatorStats, index: int) -> str:
+    if index >= len(c.queues):
+        return "-"
+    q = c.queues[index]
+    return f"{q.full_fraction:.0%} / {q.empty_fraction:.0%}"
+
+
+def summary_table(stats: RunnerStats, title: str) -> Table:
+    """Per input and device: totals, rates, first-batch latency, queue full/empty shares."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name, justify in [("input", "left"), ("device", "left"), ("batches", "right"),
+                          ("samples", "right"), ("samples/s", "right"), ("batches/s", "right"),
+                          ("MB/s", "right"), ("first batch", "right"),
+                          ("chunk q full/empty", "right"), ("batch q full/empty", "right"),
+                          ("fetch p50/p95", "right")]:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in stats.coordinators:
+        table.add_row(
+            c.input, f"{c.device_index}:{c.device}", f"{c.batches:,}", f"{c.samples:,}", f"{c.samples_per_s:,.0f}",
+            f"{c.batches_per_s:,.1f}", f"{c.mb_per_s:,.1f}", _seconds(c.first_batch_s),
+            _queue_cell(c, 0), _queue_cell(c, 1),
+            f"{c.workers.fetch_p50_ms:.1f} / {c.workers.fetch_p95_ms:.1f} ms",
+        )
+    if len(stats.coordinators) > 1:
+        table.add_row("all", "", f"{stats.batches:,}", f"{stats.samples:,}",
+                      f"{stats.samples_per_s:,.0f}", f"{stats.batches_per_s:,.1f}",
+                      f"{stats.mb_per_s:,.1f}", "", "", "", "", style="bold")
+    return table
+
+
+def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table:
+    """One row per sweep point: its overrides and its totals; the best throughput in bold."""
+    table = Table(title="inputkit bench sweep", title_justify="left", header_style="bold")
+    for name in ["#", "overrides", "samples/s", "batches/s", "MB/s", "first batch", "vs best"]:
+        table.add_column(name, justify="left" if name == "overrides" else "right")
+    rates = [summary["stats"]["samples_per_s"] for _, summary in points if "stats" in summary]
+    best = max(rates, default=0.0)
+    for index, (overrides, summary) in enumerate(points):
+        if "stats" not in summary:
+            error = summary.get("error")
+            table.add_row(str(index), " ".join(overrides), f"failed: {type(error).__name__}",
+                          "", "", "", "", style="red")
+            continue
+        totals = summary["stats"]
+        firsts = [c["first_batch_s"] for c in totals["coordinators"] if c["first_batch_s"] is not None]
+        share = totals["samples_per_s"] / best if best > 0 else 0.0
+        table.add_row(
+            str(index), " ".join(overrides) or "(defaults)", f"{totals['samples_per_s']:,.0f}",
+            f"{totals['batches_per_s']:,.1f}", f"{totals['mb_per_s']:,.1f}",
+            _seconds(max(firsts) if firsts else None), f"{share:.0%}",
+            style="bold" if best > 0 and totals["samples_per_s"] == best else None,
+        )
+    return table
