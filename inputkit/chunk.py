@@ -85,13 +85,13 @@ class ChunkSchema:
         for name, value in items:
             if not isinstance(name, str):
                 raise SourceError(self.source_name, f"field names must be strings, got {name!r}")
+            if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+                raise SourceError(self.source_name, f"is a scalar ({value!r}); every field needs a "
+                                  "leading sample dimension, e.g. np.array([label])", field=name)
             if not isinstance(value, np.ndarray):
                 raise SourceError(self.source_name, f"expected a numpy array, got "
                                   f"{type(value).__name__}; convert it with np.asarray in fetch",
                                   field=name)
-            if value.ndim == 0:
-                raise SourceError(self.source_name, "is a scalar (shape ()); every field needs a "
-                                  "leading sample dimension, e.g. np.array([label])", field=name)
             if value.dtype.hasobject:
                 raise SourceError(self.source_name, f"has dtype {value.dtype}, which holds Python "
                                   "objects; use a numeric or fixed-size dtype", field=name)

@@ -21,6 +21,16 @@ SHIPPED_CONFIGS = "pkg://inputkit.conf"
 DEFAULT_CONFIG_NAME = "config"
 
 
+def shipped_configs() -> str:
+    """Where our configs are: the installed package, or ``conf/`` beside a source checkout."""
+    import importlib.util
+
+    if importlib.util.find_spec("inputkit.conf") is not None:
+        return SHIPPED_CONFIGS
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "conf")
+    return f"file://{os.path.abspath(checkout)}"
+
+
 def search_path(config_dir: str | os.PathLike[str] | None = None) -> ConfigSearchPath:
     """Hydra's search path: Hydra's own configs, the user's folder, then ours, then schemas."""
     from hydra._internal.utils import create_config_search_path
@@ -30,7 +40,7 @@ def search_path(config_dir: str | os.PathLike[str] | None = None) -> ConfigSearc
     from inputkit.errors import ConfigError
 
     register_configs()
-    path = create_config_search_path(SHIPPED_CONFIGS)
+    path = create_config_search_path(shipped_configs())
     if config_dir is not None:
         absolute = os.path.abspath(os.fspath(config_dir))
         if not os.path.isdir(absolute):

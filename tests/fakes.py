@@ -1,0 +1,105 @@
+"""Sources that misbehave on purpose, shared by the tests (importable as ``fakes:...``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from inputkit import SourceExhausted
+
+
+class RandomChunks:
+    """A finite source of ``length`` ids in chunks of random size (0 .. max_chunk), thread-safe."""
+
+    def __init__(self, length: int = 1000, max_chunk: int = 50, seed: int = 0,
+                 dim: int = 3) -> None:
+        self.length = length
+        self.max_chunk = max_chunk
+        self.rng = np.random.default_rng(seed)
+        self.next = 0
+        self.dim = dim
+        self.lock = threading.Lock()
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        with self.lock:
+            if self.next >= self.length:
+                raise SourceExhausted
+            n = int(self.rng.integers(0, self.max_chunk + 1))
+            start, self.next = self.next, min(self.length, self.next + n)
+        ids = np.arange(start, self.next, dtype=np.int64)
+        x = np.repeat(ids[:, None].astype(np.float32), self.dim, axis=1)
+        return {"id": ids, "x": x}
+
+
+class Raising:
+    """Fails on the ``after``-th call with a distinctive exception type."""
+
+    def __init__(self, after: int = 3) -> None:
+        self.after = after
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        if calls >= self.after:
+            raise KeyError(f"record {calls} is corrupt")
+        return {"x": np.zeros((4, 2), np.float32)}
+
+
+class Returns:
+    """Returns ``kind`` of bad output after one good chunk (see BAD_OUTPUTS)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> object:
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        good = {"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int64)}
+        if first:
+            return good
+        return BAD_OUTPUTS[self.kind]()
+
+
+BAD_OUTPUTS = {
+    "none": lambda: None,
+    "scalar": lambda: {"x": np.float32(1.0), "y": np.zeros(4, np.int64)},
+    "list_value": lambda: {"x": [[0.0, 0.0]] * 4, "y": np.zeros(4, np.int64)},
+    "ragged": lambda: {"x": np.zeros((4, 2), np.float32), "y": np.zeros(3, np.int64)},
+    "dtype_change": lambda: {"x": np.zeros((4, 2), np.float64), "y": np.zeros(4, np.int64)},
+    "shape_change": lambda: {"x": np.zeros((4, 3), np.float32), "y": np.zeros(4, np.int64)},
+    "missing_field": lambda: {"x": np.zeros((4, 2), np.float32)},
+    "object_dtype": lambda: {"x": np.zeros((4, 2), np.float32),
+                             "y": np.array([None] * 4, dtype=object)},
+}
+
+
+class Slow:
+    """Every fetch sleeps ``seconds`` (a worker stuck in a slow remote call)."""
+
+    def __init__(self, seconds: float = 0.5) -> None:
+        self.seconds = seconds
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        time.sleep(self.seconds)
+        return {"x": np.zeros((batch_size_hint, 2), np.float32)}
+
+
+def fetch_ones(worker_id: int, batch_size_hint: int, width: int = 2) -> dict[str, np.ndarray]:
+    """A plain fetch function; ``width`` comes from the config as a keyword argument."""
+    return {"x": np.ones((batch_size_hint, width), np.float32),
+            "w": np.full(batch_size_hint, worker_id, np.int64)}
+
+
+def fetch_tuple(worker_id: int, batch_size_hint: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((5, 2), np.float32), np.ones(5, np.int64)
+
+
+NOT_CALLABLE = 42

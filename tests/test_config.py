@@ -1,0 +1,128 @@
+"""Composition, overrides and checking: bad values fail with the key named."""
+
+from __future__ import annotations
+
+import pytest
+
+import inputkit
+from inputkit import ConfigError, compose, load_spec
+
+
+def test_default_config_composes_into_a_single_main_input():
+    spec = load_spec(compose())
+    assert [s.name for s in spec.inputs] == ["main"]
+    main = spec.inputs[0]
+    assert main.batch_size == 256 and main.worker_kind == "thread" and main.worker_count == 4
+    assert main.source["_target_"] == "inputkit.sources.synthetic.SyntheticSource"
+    assert spec.devices == ("auto",) and spec.bench_seconds == 10
+
+
+def test_overrides_with_hydra_grammar():
+    cfg = compose(["batch_size=64", "workers.count=2", "devices=[cpu,cpu]",
+                   "source.latency_ms=5", "+source.fields.extra={shape:[2],dtype:float32}",
+                   "~source.fields.label"])
+    spec = load_spec(cfg)
+    main = spec.inputs[0]
+    assert (main.batch_size, main.worker_count) == (64, 2)
+    assert spec.devices == ("cpu", "cpu")
+    assert main.source["latency_ms"] == 5
+    assert set(main.source["fields"]) == {"image", "extra"}
+
+
+def test_experiment_group_sets_several_keys():
+    spec = load_spec(compose(["experiment=images"]))
+    assert spec.inputs[0].batch_size == 64
+    assert spec.inputs[0].source["fields"]["image"]["shape"] == [3, 224, 224]
+
+
+def test_named_inputs_inherit_top_level_keys_and_override_their_own():
+    spec = load_spec(compose(["experiment=train_val", "workers.count=3"]))
+    train, val = spec.input("train"), spec.input("val")
+    assert (train.batch_size, train.worker_count) == (256, 3)
+    assert (val.batch_size, val.worker_count) == (512, 1)
+    assert val.source["length"] == 20000 and train.source["length"] is None
+    assert val.key_prefix == "inputs.val."
+
+
+def test_input_names_must_be_identifiers():
+    with pytest.raises(ConfigError, match="must be identifiers") as info:
+        load_spec({"source": {"_target_": "a.b:c"}, "inputs": {"bad name": {}}})
+    assert info.value.key == "inputs.bad name"
+
+
+def test_named_input_with_its_own_target_replaces_the_source():
+    spec = load_spec({"source": {"_target_": "a.b:c", "x": 1},
+                      "inputs": {"val": {"source": {"_target_": "d.e:f"}}}})
+    assert spec.input("val").source == {"_target_": "d.e:f"}
+
+
+@pytest.mark.parametrize("overrides, key, text", [
+    (["batch_size=0"], "batch_size", "must be at least 1, got 0"),
+    (["workers.count=-2"], "workers.count", "must be at least 1"),
+    (["queue.capacity=0"], "queue.capacity", "must be at least 1"),
+    (["devices=tpu"], "devices", "unknown device 'tpu'"),
+    (["devices=[cpu,gpu7]"], "devices", "unknown device 'gpu7'"),
+    (["bench.seconds=-1"], "bench.seconds", "must be positive"),
+    (["bench.input=nope"], "bench.input", "no input named 'nope'"),
+    (["experiment=train_val", "inputs.val.batch_size=0"], "inputs.val.batch_size",
+     "must be at least 1"),
+])
+def test_out_of_range_values_name_the_key(overrides, key, text):
+    with pytest.raises(ConfigError, match=text) as info:
+        load_spec(compose(overrides))
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize("overrides, key, text", [
+    (["batchsize=3"], "batchsize", "unknown key"),
+    (["+bogus=1"], "bogus", "unknown key"),
+    (["workers.cont=3"], "workers.cont", "unknown key"),
+    (["batch_size=abc"], "batch_size", "could not be converted to Integer"),
+    (["workers.kind=fiber"], "workers.kind", "fiber"),
+    (["source=nope"], "source", "no config named 'nope' in group 'source'"),
+    (["~bench.seconds"], "bench.seconds", "cannot be deleted"),
+    (["batch_size=[1"], "override", "cannot parse"),
+])
+def test_unknown_keys_wrong_types_and_bad_overrides_name_the_key(overrides, key, text):
+    with pytest.raises(ConfigError, match=text) as info:
+        load_spec(compose(overrides))
+    assert info.value.key == key
+
+
+def test_plain_dict_config_is_checked_the_same_way():
+    with pytest.raises(ConfigError, match="unknown key") as info:
+        load_spec({"source": {"_target_": "x.y:z"}, "wokers": {"count": 2}})
+    assert info.value.key == "wokers"
+    with pytest.raises(ConfigError, match="source._target_: missing"):
+        load_spec({"source": {"fields": {}}})
+
+
+def test_user_config_dir_is_searched_before_ours(tmp_path):
+    (tmp_path / "source").mkdir()
+    # A user file with the same name as a shipped one wins.
+    (tmp_path / "source" / "synthetic.yaml").write_text(
+        "_target_: inputkit.sources.synthetic.SyntheticSource\n"
+        "fields: {z: {shape: [2], dtype: int32}}\nchunk_size: 3\n")
+    (tmp_path / "mine.yaml").write_text(
+        "defaults:\n  - base_config\n  - source: synthetic\n  - workers: single\n  - _self_\n"
+        "batch_size: 7\n")
+    spec = load_spec(compose(config_dir=tmp_path, config_name="mine"))
+    assert spec.inputs[0].batch_size == 7 and spec.inputs[0].worker_count == 1
+    assert set(spec.inputs[0].source["fields"]) == {"z"}
+
+
+def test_missing_config_dir_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        compose(config_dir=tmp_path / "nope")
+
+
+def test_importing_inputkit_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, inputkit; inputkit.compose(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert inputkit.__version__
