@@ -33,6 +33,8 @@ def test_experiment_group_sets_several_keys():
     spec = load_spec(compose(["experiment=images"]))
     assert spec.inputs[0].batch_size == 64
     assert spec.inputs[0].source["fields"]["image"]["shape"] == [3, 224, 224]
+    tiny = load_spec(compose(["experiment=tiny"])).inputs[0]
+    assert list(tiny.source["fields"]) == ["x"], "an experiment's source replaces the fields"
 
 
 def test_named_inputs_inherit_top_level_keys_and_override_their_own():

@@ -1,0 +1,146 @@
+"""The real command line, run as a subprocess from a folder outside the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "inputkit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def summaries(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("summary.json"))]
+
+
+def test_bench_with_overrides_streams_and_summarises_per_device(tmp_path):
+    out = run(["bench", "bench.steps=5", "batch_size=32", "workers.count=2",
+               "devices=[cpu,cpu]", "source.latency_ms=1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "0:cpu" in out.stdout and "1:cpu" in out.stdout and "samples/s" in out.stdout
+    [summary] = summaries(tmp_path / "outputs")
+    assert [c["batches"] for c in summary["stats"]["coordinators"]] == [5, 5]
+    assert summary["config"]["batch_size"] == 32
+    assert "devices=[cpu,cpu]" in summary["overrides"]
+    assert list((tmp_path / "outputs").rglob(".hydra/config.yaml"))
+
+
+def test_bench_prints_plain_progress_lines_when_not_a_tty(tmp_path):
+    out = run(["bench", "bench.seconds=2.5", "source.latency_ms=2"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    progress = [line for line in out.stdout.splitlines() if "batches/s" in line and "of 2.5s" in line]
+    assert progress, out.stdout
+    assert "\x1b[" not in out.stdout, "no terminal escape codes in plain output"
+
+
+def test_finite_experiment_ends_with_the_epoch(tmp_path):
+    out = run(["bench", "experiment=finite", "source.length=5000", "batch_size=64"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    [summary] = summaries(tmp_path / "outputs")
+    [coordinator] = summary["stats"]["coordinators"]
+    assert coordinator["samples"] == 5000 and coordinator["finished"]
+    assert coordinator["batches"] == 79  # 78 full batches of 64 and one of 8
+
+
+def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
+    out = run(["bench", "--cfg", "job", "batch_size=8", "+source.noise=0.5",
+               "~source.fields.label"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["batch_size"] == 8 and cfg["source"]["noise"] == 0.5
+    assert list(cfg["source"]["fields"]) == ["image"]
+    assert "hydra" not in cfg
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_user_config_dir_and_config_name(tmp_path):
+    conf = tmp_path / "myconf"
+    (conf / "source").mkdir(parents=True)
+    (conf / "source" / "ones.yaml").write_text("_target_: fakes:fetch_ones\nwidth: 3\n")
+    (conf / "train.yaml").write_text(
+        "defaults:\n  - base_config\n  - source: ones\n  - workers: single\n  - _self_\n"
+        "batch_size: 10\ndevices: cpu\nbench:\n  steps: 4\n")
+    out = run(["bench", "--config-dir", str(conf), "--config-name", "train"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    [summary] = summaries(tmp_path / "outputs")
+    [coordinator] = summary["stats"]["coordinators"]
+    assert coordinator["batches"] == 4 and coordinator["bytes"] == 4 * 10 * (3 * 4 + 8)
+    # and a shipped config with a user group option
+    out = run(["bench", "--config-dir", str(conf), "source=ones", "--cfg", "job"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["source"]["_target_"] == "fakes:fetch_ones"
+
+
+def test_multirun_sweep_ends_with_one_comparison_table(tmp_path):
+    out = run(["bench", "-m", "workers.count=1,2", "bench.steps=3", "batch_size=16"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "inputkit bench sweep" in out.stdout
+    table = out.stdout[out.stdout.index("inputkit bench sweep"):]
+    assert "workers.count=1" in table and "workers.count=2" in table and "100%" in table
+    points = summaries(tmp_path / "multirun")
+    assert len(points) == 2
+    assert sorted(p["config"]["workers"]["count"] for p in points) == [1, 2]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "error: batch_size: must be at least 1, got 0"),
+    ("workers.count=0", "error: workers.count: must be at least 1, got 0"),
+    ("devices=tpu", "error: devices: unknown device 'tpu'"),
+    ("source._target_=nowhere.mod:fetch", "error: source._target_: cannot import module 'nowhere.mod'"),
+    ("batchsize=3", "error: batchsize: unknown key"),
+    ("batch_size=many", "error: batch_size: Value 'many'"),
+    ("+source.colour=red", "error: source: inputkit.sources.synthetic.SyntheticSource rejected"),
+    ("source=missing", "error: source: no config named 'missing'"),
+])
+def test_bad_overrides_exit_2_with_one_line_naming_the_key(tmp_path, override, message):
+    out = run(["bench", override], tmp_path)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(message), out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "outputs").exists() or not summaries(tmp_path / "outputs")
+
+
+def test_a_failing_fetch_exits_1_with_its_error_and_worker_traceback(tmp_path):
+    (tmp_path / "conf" / "source").mkdir(parents=True)
+    (tmp_path / "conf" / "source" / "raising.yaml").write_text("_target_: fakes:Raising\nafter: 2\n")
+    out = run(["bench", "--config-dir", str(tmp_path / "conf"), "source=raising", "devices=cpu"],
+              tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: KeyError: 'record")
+    assert "raised in worker" in out.stderr and "fakes.py" in out.stderr
+
+
+def test_help_lists_bench_and_does_not_import_torch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "inputkit", "--help"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "bench" in out.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+    assert "inputkit.cli" in imported
+    assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
+    out = run(["bench", "--help"], tmp_path)
+    assert out.returncode == 0 and "--config-dir" in out.stdout
+
+
+def test_console_script_entry_point(tmp_path):
+    exe = shutil.which("inputkit", path=str(Path(sys.executable).parent))
+    assert exe, "the inputkit console script is installed beside this python"
+    out = subprocess.run([exe, "bench", "bench.steps=2", "devices=cpu"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert summaries(tmp_path / "outputs")

@@ -1,0 +1,35 @@
+"""The wheel carries the shipped configs (YAML silently left out of wheels is a classic bug)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_wheel_contains_every_shipped_config(tmp_path):
+    shipped = sorted(p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml"))
+    assert "config.yaml" in shipped and "source/synthetic.yaml" in shipped
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=280)
+    assert out.returncode == 0, out.stdout + out.stderr
+    [wheel] = tmp_path.glob("inputkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = [f for f in shipped if f"inputkit/conf/{f}" not in names]
+    assert not missing, f"configs missing from the wheel: {missing}"
+    assert "inputkit/cli/__init__.py" in names and "inputkit/workers/threads.py" in names
+
+
+def test_installed_package_finds_its_configs_inside_itself():
+    import inputkit
+    from inputkit.config.compose import SHIPPED_CONFIGS, shipped_configs
+
+    assert shipped_configs() == SHIPPED_CONFIGS
+    assert inputkit.load_spec(inputkit.compose()).inputs[0].name == "main"
