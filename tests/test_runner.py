@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import make_cfg, pipeline_threads
 
 import inputkit
 from inputkit import ConfigError, InputkitError, Runner, SourceError, WorkerFailure
-from conftest import make_cfg, pipeline_threads
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 

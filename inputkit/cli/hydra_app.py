@@ -35,11 +35,10 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
     job, so a bad value fails fast with one line. Returns the task's return values
     (one per job), or None when nothing ran (``--cfg``, ``--info``).
     """
+    from hydra import version
     from hydra._internal.hydra import Hydra
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
-
-    from hydra import version
 
     version.setbase("1.3")  # Hydra 1.3 defaults: no chdir into the run directory
     args = hydra_parser(prog).parse_args(argv)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -46,11 +46,11 @@ class DeviceStageConfig:
 @dataclass
 class BenchConfig:
     # Stop after this many seconds of streaming (null: no time limit).
-    seconds: Optional[float] = 10.0
+    seconds: float | None = 10.0
     # Stop after this many batches per device and input (null: no step limit).
-    steps: Optional[int] = None
+    steps: int | None = None
     # Only run this named input (null: every input).
-    input: Optional[str] = None
+    input: str | None = None
     # Seconds between progress updates (plain lines when stdout is not a TTY).
     progress_interval: float = 0.25
 
@@ -76,7 +76,7 @@ class InputkitConfig(InputConfig):
     """
 
     devices: Any = "auto"
-    inputs: Dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 

@@ -17,11 +17,11 @@ a source that keeps state (a cursor, a file handle) must guard it with a lock.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-FetchResult = Union[Mapping[str, np.ndarray], Sequence[np.ndarray]]
+FetchResult = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
 
 @runtime_checkable
