@@ -64,7 +64,8 @@ def summary_table(stats: RunnerStats, title: str) -> Table:
     for c in stats.coordinators:
         table.add_row(
             c.input, f"{c.device_index}:{c.device}", f"{c.batches:,}", f"{c.samples:,}",
-            f"{c.samples_per_s:,.0f}", f"{c.batches_per_s:,.1f}", f"{c.mb_per_s:,.1f}", _seconds(c.first_batch_s),
+            f"{c.samples_per_s:,.0f}", f"{c.batches_per_s:,.1f}", f"{c.mb_per_s:,.1f}",
+            _seconds(c.first_batch_s),
             _queue_cell(c, 0), _queue_cell(c, 1),
             f"{c.workers.fetch_p50_ms:.1f} / {c.workers.fetch_p95_ms:.1f} ms",
         )
