@@ -93,12 +93,12 @@ class Coordinator(Iterator[dict[str, Any]]):
         except QueueClosed:
             item = None
         if isinstance(item, tuple):
-            tensors, batch = item
+            tensors, n, nbytes = item
             if self._first_batch_s is None and self._started_at is not None:
                 self._first_batch_s = time.monotonic() - self._started_at
             self._batches += 1
-            self._samples += batch.n
-            self._bytes += batch.nbytes
+            self._samples += n
+            self._bytes += nbytes
             return tensors  # type: ignore[no-any-return]
         if item is END:
             self._finished = True

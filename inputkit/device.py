@@ -70,10 +70,10 @@ class CpuDeviceStage:
         pass
 
     def get(self, stop: threading.Event) -> Any:
-        """The next item: a dict of tensors, ``END`` or a ``Failure``."""
+        """The next item: ``(tensors, n, nbytes)``, ``END`` or a ``Failure``."""
         item = self._batches.get(stop)
         if isinstance(item, Batch):
-            return {name: _tensor(arr) for name, arr in item.fields.items()}, item
+            return {name: _tensor(arr) for name, arr in item.fields.items()}, item.n, item.nbytes
         return item
 
     def join(self, deadline: float) -> list[str]:
@@ -113,13 +113,13 @@ class CudaDeviceStage:
     def get(self, stop: threading.Event) -> Any:
         item = self._ready.get(stop)
         if isinstance(item, tuple):
-            tensors, event, batch = item
+            tensors, event, n, nbytes = item
             consumer = self._torch.cuda.current_stream(self._device)
             consumer.wait_event(event)
             for tensor in tensors.values():
                 # Tell the caching allocator the consumer's stream uses this memory too.
                 tensor.record_stream(consumer)
-            return tensors, batch
+            return tensors, n, nbytes
         return item
 
     def join(self, deadline: float) -> list[str]:
@@ -150,7 +150,8 @@ class CudaDeviceStage:
                     event = torch.cuda.Event()
                     event.record(self._stream)
                 self._staging.append((staging, event))
-                if not self._ready.put((tensors, event, item), item.nbytes, self._stop):
+                # The numpy batch is not kept: its bytes now live in the staging set.
+                if not self._ready.put((tensors, event, item.n, item.nbytes), item.nbytes, self._stop):
                     return
         except BaseException as exc:
             self._ready.put_control(Failure.capture(exc, self._where))

@@ -33,9 +33,8 @@ def progress_line(snapshot: RunnerStats, previous: RunnerStats | None, elapsed: 
     text.append(f"  {batches:>9,.1f} batches/s", style="cyan")
     text.append(f"  {mbs:>9,.1f} MB/s", style="magenta")
     for c in snapshot.coordinators:
-        fills = "/".join(f"{q.items}" for q in c.queues)
-        caps = "/".join(f"{q.capacity}" for q in c.queues)
-        text.append(f"  [{c.input}@{c.device_index}:{c.device} q {fills} of {caps}]", style="dim")
+        fills = " ".join(f"{q.name.rsplit('/', 1)[-1]} {q.items}/{q.capacity}" for q in c.queues)
+        text.append(f"  [{c.input}@{c.device_index}:{c.device} {fills}]", style="dim")
     clock = f"{elapsed:.1f}s" + (f" of {limit:g}s" if limit is not None else "")
     text.append(f"  {clock}  batches {snapshot.batches:,}")
     return text
