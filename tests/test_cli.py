@@ -144,3 +144,25 @@ def test_console_script_entry_point(tmp_path):
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert summaries(tmp_path / "outputs")
+
+
+def test_sigint_stops_cleanly_prints_the_partial_summary_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "inputkit", "bench", "bench.seconds=60",
+                             "devices=cpu"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert banner.startswith("inputkit bench:"), banner
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted after" in stdout and "0:cpu" in stdout
+    assert "stopped cleanly" in stderr and "Traceback" not in stderr

@@ -63,8 +63,11 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
             consumer.thread.start()
         limit = spec.bench_seconds
         console.print(_banner(runner, spec, startup_s))
+        interrupted = False
         try:
             _watch(runner, consumers, console, started, limit, spec.progress_interval)
+        except KeyboardInterrupt:
+            interrupted = True  # still stop cleanly and show what was measured
         finally:
             stop.set()
         final = runner.stats()
@@ -74,13 +77,16 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     errors = [c.error for c in consumers if c.error is not None]
     if errors:
         raise errors[0]
-    console.print(summary_table(final, title=f"inputkit bench: {elapsed:.1f} s"))
+    state = "interrupted after" if interrupted else "ran"
+    console.print(summary_table(final, title=f"inputkit bench {state} {elapsed:.1f} s"))
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
                **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         console.print(f"run directory: {output_dir}", highlight=False)
+    if interrupted:
+        raise KeyboardInterrupt
     return summary
 
 
