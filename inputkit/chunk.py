@@ -17,6 +17,7 @@ import numpy as np
 from inputkit.errors import SourceError
 
 FieldSpec = tuple[np.dtype, tuple[int, ...]]
+_TENSOR_KINDS = "biufc"  # numpy kinds torch.from_numpy accepts
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ class ChunkSchema:
                                   field=name)
             if value.dtype.hasobject:
                 raise SourceError(self.source_name, f"has dtype {value.dtype}, which holds Python "
-                                  "objects; use a numeric or fixed-size dtype", field=name)
+                                  "objects; use a numeric dtype", field=name)
+            if value.dtype.kind not in _TENSOR_KINDS:
+                raise SourceError(self.source_name, f"has dtype {value.dtype}, which cannot become a "
+                                  "tensor; use bool, integer, float or complex (encode strings as "
+                                  "integer ids or uint8 bytes)", field=name)
             arrays[name] = value
         return arrays
 

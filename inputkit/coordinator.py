@@ -26,18 +26,32 @@ from inputkit.workers import make_worker_pool
 
 
 class Abort:
-    """Shared by a runner's coordinators: the first failure stops them all."""
+    """Shared by a runner's coordinators: the first failure stops every worker of the runner.
+
+    The consumer of the coordinator where it happened re-raises the original
+    exception; every other consumer raises a WorkerFailure that names it.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.failure: Failure | None = None
+        self.origin: Coordinator | None = None
+        self._members: list[Coordinator] = []
         self._lock = threading.Lock()
 
-    def fail(self, failure: Failure) -> None:
+    def join(self, coordinator: Coordinator) -> None:
         with self._lock:
-            if self.failure is None:
-                self.failure = failure
+            self._members.append(coordinator)
+
+    def fail(self, failure: Failure, origin: Coordinator) -> None:
+        with self._lock:
+            if self.failure is not None:
+                return
+            self.failure, self.origin = failure, origin
+            members = list(self._members)
         self.event.set()
+        for member in members:
+            member.workers.stop()
 
 
 class Coordinator(Iterator[dict[str, Any]]):
@@ -48,7 +62,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.spec = spec
         self.device = device
         self.device_index = device_index
-        self.label = f"input '{spec.name}' on {device}"
+        self.label = f"input '{spec.name}' on device {device_index} ({device})"
         name = f"{spec.name}-{device_index}"
         count = spec.worker_count
         self._abort = abort
@@ -59,6 +73,7 @@ class Coordinator(Iterator[dict[str, Any]]):
             spec.worker_kind, source=source, schema=schema,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
             batch_size_hint=spec.batch_size, out=self.chunk_queue, label=self.label,
+            thread_prefix=f"inputkit-{name}", on_failure=lambda failure: abort.fail(failure, self),
         )
         self.batcher = BatcherThread(
             name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
@@ -67,7 +82,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         )
         self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
                                               self._stop, name, f"the device stage of {self.label}")
+        abort.join(self)
         self._started_at: float | None = None
+        self._finished_at: float | None = None
         self._first_batch_s: float | None = None
         self._batches = self._samples = self._bytes = 0
         self._finished = False
@@ -89,7 +106,7 @@ class Coordinator(Iterator[dict[str, Any]]):
             raise InputkitError(f"{self.label}: the runner is closed; no more batches")
         stop = self._abort.event
         try:
-            item = self.device_stage.get(stop)
+            item = None if stop.is_set() else self.device_stage.get(stop)
         except QueueClosed:
             item = None
         if isinstance(item, tuple):
@@ -102,11 +119,13 @@ class Coordinator(Iterator[dict[str, Any]]):
             return tensors  # type: ignore[no-any-return]
         if item is END:
             self._finished = True
+            self._finished_at = time.monotonic()
             raise StopIteration
-        if isinstance(item, Failure):
-            self._abort.fail(item)
-            item.reraise()
+        if isinstance(item, Failure):  # from the batcher or the device stage
+            self._abort.fail(item, self)
         failure = self._abort.failure
+        if failure is not None and self._abort.origin is self:
+            failure.reraise()
         if failure is not None:
             raise WorkerFailure(f"{self.label} stopped because {failure.where} failed: "
                                 f"{type(failure.exc).__name__}: {failure.exc}") from failure.exc
@@ -140,7 +159,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         return [self.chunk_queue, self.batch_queue] + ([extra] if extra is not None else [])
 
     def stats(self) -> CoordinatorStats:
-        now = time.monotonic()
+        now = self._finished_at or time.monotonic()  # a finished input's rates stop diluting
         return CoordinatorStats(
             input=self.spec.name, device=self.device,
             device_index=self.device_index, batch_size=self.spec.batch_size,

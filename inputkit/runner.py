@@ -41,7 +41,7 @@ class Runner:
         names = [s.name for s in self.spec.inputs]
         if inputs is not None:
             for name in inputs:
-                self.spec.input(name)  # ConfigError naming the known inputs
+                self.spec.input(name, key="Runner(inputs=...)")  # lists the known inputs
             names = [n for n in names if n in set(inputs)]
         self.input_names: tuple[str, ...] = tuple(names)
         self.devices: tuple[str, ...] = ()
@@ -164,9 +164,12 @@ class Runner:
         return input
 
     def _coordinator(self, name: str, index: int) -> Coordinator:
-        if self._state != "running":
-            raise InputkitError(f"the runner is {self._state}; use `with Runner(cfg) as runner:` "
+        if self._state == "new":
+            raise InputkitError("the runner has not started; use `with Runner(cfg) as runner:` "
                                 "or call runner.start() first")
+        if self._state != "running":
+            raise InputkitError(f"the runner is {self._state}; a Runner runs once, create a new "
+                                "one to start again")
         if not 0 <= index < len(self.devices):
             raise InputkitError(f"device index {index} is out of range; this runner feeds "
                                 f"{len(self.devices)} device(s): {', '.join(self.devices)}")

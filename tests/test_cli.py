@@ -36,6 +36,7 @@ def test_bench_with_overrides_streams_and_summarises_per_device(tmp_path):
     assert summary["config"]["batch_size"] == 32
     assert "devices=[cpu,cpu]" in summary["overrides"]
     assert list((tmp_path / "outputs").rglob(".hydra/config.yaml"))
+    assert not list((tmp_path / "outputs").rglob("*.log")), "no empty log files in the run dir"
 
 
 def test_bench_prints_plain_progress_lines_when_not_a_tty(tmp_path):
@@ -93,6 +94,13 @@ def test_multirun_sweep_ends_with_one_comparison_table(tmp_path):
     points = summaries(tmp_path / "multirun")
     assert len(points) == 2
     assert sorted(p["config"]["workers"]["count"] for p in points) == [1, 2]
+
+
+def test_a_bad_sweep_point_is_refused_before_any_point_runs(tmp_path):
+    out = run(["bench", "-m", "workers.count=2,0", "bench.steps=2"], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: workers.count: must be at least 1, got 0"
+    assert not summaries(tmp_path)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -124,6 +124,30 @@ def test_a_failure_on_one_device_stops_the_other_devices_consumer():
     assert all(isinstance(e, (KeyError, WorkerFailure)) for e in errors)
 
 
+def test_a_failure_stops_every_worker_of_the_runner_at_once():
+    # Nobody consumes, so most workers are blocked on full queues when one of them fails.
+    cfg = make_cfg({"_target_": "fakes:Raising", "after": 12}, batch_size=4,
+                   devices=["cpu", "cpu"], workers={"count": 2}, queue={"capacity": 1})
+
+    def fetchers():
+        return [t for t in pipeline_threads() if "-fetch-" in t.name]
+
+    with Runner(cfg) as runner:
+        deadline = time.monotonic() + 5
+        while fetchers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not fetchers(), "every worker, on every device, stops after the failure"
+        assert {t.name for t in pipeline_threads()} >= {"inputkit-main-0-batcher"}
+        errors = []
+        for device in (0, 1):
+            with pytest.raises((KeyError, WorkerFailure)) as info:
+                next(runner.device(device))
+            errors.append(info.value)
+    assert sum(isinstance(e, KeyError) for e in errors) == 1
+    [other] = [e for e in errors if isinstance(e, WorkerFailure)]
+    assert "stopped because worker" in str(other) and "KeyError" in str(other)
+
+
 def test_early_break_and_leaving_the_block_stop_every_thread_within_2s():
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [256]}}, "chunk_size": 7},
                    batch_size=32, devices=["cpu", "cpu"], workers={"count": 4},

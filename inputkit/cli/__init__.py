@@ -38,13 +38,13 @@ def bench(ctx: typer.Context) -> None:
     Arguments are Hydra overrides and flags, for example:
 
     \b
-      inputkit bench batch_size=64 workers.count=8 devices=[cpu,cpu]
+      inputkit bench batch_size=64 workers.count=8 devices=\\[cpu,cpu]
       inputkit bench experiment=images bench.seconds=30
-      inputkit bench +source.my_arg=1 ~bench.steps
-      inputkit bench --cfg job                  print the composed config and exit
-      inputkit bench --config-dir ./conf        your configs, searched before ours
-      inputkit bench --config-name my_config    start from your own primary config
-      inputkit bench -m workers.count=1,2,4     sweep; ends with one comparison table
+      inputkit bench +source.fields.y={dtype:int64} ~source.fields.label
+      inputkit bench --cfg job              print the composed config, run nothing
+      inputkit bench --config-dir ./conf    your configs, searched before ours
+      inputkit bench --config-name NAME     start from your own primary config
+      inputkit bench -m workers.count=1,2,4 sweep, then one comparison table
 
     Config groups: source, workers, experiment. Every key: docs/configuration.md.
     """

@@ -63,6 +63,8 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
             hydra.show_info(args.info, config_name=config_name, overrides=overrides)
             return None
         if args.multirun:
+            if check is not None:
+                _check_sweep_points(hydra, config_name, overrides, check)
             with translate_config_errors():
                 batches = hydra.multirun(config_name=config_name, task_function=task,
                                          overrides=overrides + ["hydra.mode=MULTIRUN"])
@@ -79,3 +81,21 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
         return [job.return_value]
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_sweep_points(hydra: Any, config_name: str, overrides: list[str],
+                        check: Callable[[DictConfig], None]) -> None:
+    """Compose and check every point of a sweep before the first job starts."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    with translate_config_errors():
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        batches = BasicSweeper.split_arguments(parsed, None)
+    for batch in batches:
+        for point in batch:
+            with translate_config_errors():
+                composed = hydra.compose_config(config_name=config_name, overrides=list(point),
+                                                run_mode=RunMode.RUN)
+            check(composed)

@@ -41,9 +41,9 @@ def config_error_from(exc: BaseException) -> ConfigError:
         match = _QUOTED_KEY.search(text)
         key = match.group(1) if match else ""
     if "does not support deletion" in f"{text} {omega}":
-        return ConfigError(key, "is part of inputkit's schema and cannot be deleted; set it instead "
-                           f"(e.g. {key}=null). ~key removes free-form keys: source arguments, "
-                           "source fields, inputs")
+        return ConfigError(key, "is part of inputkit's schema and cannot be deleted; set a value "
+                           "instead (docs/configuration.md lists each key). ~key removes free-form "
+                           "keys: source arguments, source fields, inputs")
     if isinstance(omega, (ConfigKeyError, ConfigAttributeError)) or "not in struct" in text \
             or "Could not override" in text:
         return ConfigError(key, "unknown key; check the spelling, or run `inputkit bench --cfg job` "

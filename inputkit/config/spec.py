@@ -51,12 +51,13 @@ class RunSpec:
     bench_input: str | None
     progress_interval: float
 
-    def input(self, name: str) -> InputSpec:
+    def input(self, name: str, key: str = "bench.input") -> InputSpec:
+        """The input called ``name``; a ConfigError naming ``key`` lists the known ones."""
         for spec in self.inputs:
             if spec.name == name:
                 return spec
         known = ", ".join(s.name for s in self.inputs)
-        raise ConfigError("bench.input", f"no input named '{name}'; this config declares: {known}")
+        raise ConfigError(key, f"no input named '{name}'; this config declares: {known}")
 
 
 def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:

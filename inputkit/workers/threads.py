@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,7 +31,8 @@ class ThreadWorkerPool:
     kind = "thread"
 
     def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
-                 batch_size_hint: int, out: BoundedQueue, label: str) -> None:
+                 batch_size_hint: int, out: BoundedQueue, label: str, thread_prefix: str,
+                 on_failure: Callable[[Failure], None]) -> None:
         self._source = source
         self._schema = schema
         self._ids = list(worker_ids)
@@ -38,6 +40,7 @@ class ThreadWorkerPool:
         self._out = out
         self._stop = threading.Event()  # the pool's own: a failure stops workers, not the batcher
         self._label = label
+        self._on_failure = on_failure
         self._lock = threading.Lock()
         self._states = {wid: IDLE for wid in self._ids}
         self._active = len(self._ids)
@@ -46,7 +49,7 @@ class ThreadWorkerPool:
         self._wall = self._cpu = 0.0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._threads = [
-            threading.Thread(target=self._run, args=(wid,), name=f"inputkit-{label}-fetch-{wid}",
+            threading.Thread(target=self._run, args=(wid,), name=f"{thread_prefix}-fetch-{wid}",
                              daemon=True)
             for wid in self._ids
         ]
@@ -121,7 +124,9 @@ class ThreadWorkerPool:
             self._stop.set()  # siblings stop after their current fetch
             if first:
                 where = f"worker {wid} of {self._label} (source '{self._source.name}')"
-                self._out.put_control(Failure.capture(exc, where))
+                failure = Failure.capture(exc, where)
+                self._out.put_control(failure)
+                self._on_failure(failure)  # stops every worker of the runner at once
         finally:
             states[wid] = DONE
             with self._lock:
