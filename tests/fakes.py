@@ -78,6 +78,7 @@ BAD_OUTPUTS = {
     "missing_field": lambda: {"x": np.zeros((4, 2), np.float32)},
     "object_dtype": lambda: {"x": np.zeros((4, 2), np.float32),
                              "y": np.array([None] * 4, dtype=object)},
+    "string_dtype": lambda: {"x": np.zeros((4, 2), np.float32), "y": np.array(["cat"] * 4)},
 }
 
 

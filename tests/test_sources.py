@@ -110,6 +110,7 @@ GOOD = {"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int64)}
     ("shape_change", "x", r"per-sample shape changed from \[2\] to \[3\]"),
     ("missing_field", "y", "missing from a chunk"),
     ("object_dtype", "y", "holds Python objects"),
+    ("string_dtype", "y", "dtype <U3, which cannot become a tensor"),
 ])
 def test_chunk_schema_explains_bad_fetch_results(kind, field, text):
     from fakes import BAD_OUTPUTS
