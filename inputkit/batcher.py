@@ -32,12 +32,16 @@ class Batch:
 class Rechunker:
     """Pure re-chunking logic (no threads), easy to test exhaustively."""
 
-    def __init__(self, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, batch_size: int, drop_last: bool = False,
+                 copy_borrowed: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self._pending: deque[tuple[dict[str, np.ndarray], int]] = deque()
+        # Borrowed chunks (shared-memory views) are copied into the batch unless the device
+        # stage copies anyway (CUDA staging), so a consumer never holds a worker's slot.
+        self.copy_borrowed = copy_borrowed
+        self._pending: deque[tuple[dict[str, np.ndarray], int, bool]] = deque()
         self._count = 0
         self.dropped = 0  # samples dropped by drop_last at the end of the input
 
@@ -46,11 +50,11 @@ class Rechunker:
         """Samples waiting for the next batch."""
         return self._count
 
-    def add(self, fields: dict[str, np.ndarray], n: int) -> list[Batch]:
+    def add(self, fields: dict[str, np.ndarray], n: int, borrowed: bool = False) -> list[Batch]:
         """Take a chunk of ``n`` samples; return the batches it completes (maybe none)."""
         if n == 0:
             return []
-        self._pending.append((fields, n))
+        self._pending.append((fields, n, borrowed))
         self._count += n
         batches = []
         while self._count >= self.batch_size:
@@ -69,29 +73,32 @@ class Rechunker:
         return self._take(self._count)
 
     def _take(self, k: int) -> Batch:
-        head, head_n = self._pending[0]
-        if head_n >= k:  # the whole batch lies in one chunk: hand out views
+        head, head_n, borrowed = self._pending[0]
+        if head_n >= k and not (borrowed and self.copy_borrowed):
+            # The whole batch lies in one chunk: hand out views, no copy.
             fields = {name: arr[:k] for name, arr in head.items()}
-            self._consume_head(head, head_n, k)
+            self._consume_head(head, head_n, borrowed, k)
             self._count -= k
             return Batch(fields=fields, n=k, nbytes=_nbytes(fields), copied=False)
         out = {name: np.empty((k, *arr.shape[1:]), dtype=arr.dtype) for name, arr in head.items()}
         filled = 0
         while filled < k:
-            head, head_n = self._pending[0]
+            head, head_n, borrowed = self._pending[0]
             take = min(head_n, k - filled)
             for name, dest in out.items():
                 dest[filled:filled + take] = head[name][:take]
             filled += take
-            self._consume_head(head, head_n, take)
+            self._consume_head(head, head_n, borrowed, take)
         self._count -= k
         return Batch(fields=out, n=k, nbytes=_nbytes(out), copied=True)
 
-    def _consume_head(self, head: dict[str, np.ndarray], head_n: int, used: int) -> None:
+    def _consume_head(self, head: dict[str, np.ndarray], head_n: int, borrowed: bool,
+                      used: int) -> None:
         if used == head_n:
             self._pending.popleft()
         else:
-            self._pending[0] = ({name: arr[used:] for name, arr in head.items()}, head_n - used)
+            rest = {name: arr[used:] for name, arr in head.items()}
+            self._pending[0] = (rest, head_n - used, borrowed)
 
 
 def _nbytes(fields: dict[str, np.ndarray]) -> int:
@@ -102,8 +109,9 @@ class BatcherThread:
     """Moves chunks from the chunk queue through a Rechunker into the batch queue."""
 
     def __init__(self, *, name: str, chunks: BoundedQueue, batches: BoundedQueue,
-                 batch_size: int, drop_last: bool, stop: threading.Event, where: str) -> None:
-        self.rechunker = Rechunker(batch_size, drop_last)
+                 batch_size: int, drop_last: bool, stop: threading.Event, where: str,
+                 copy_borrowed: bool = True) -> None:
+        self.rechunker = Rechunker(batch_size, drop_last, copy_borrowed)
         self._chunks = chunks
         self._batches = batches
         self._stop = stop
@@ -123,7 +131,7 @@ class BatcherThread:
                 except QueueClosed:
                     return
                 if isinstance(item, Chunk):
-                    for batch in self.rechunker.add(item.fields, item.n):
+                    for batch in self.rechunker.add(item.fields, item.n, item.borrowed):
                         if not self._emit(batch):
                             return
                 elif item is END:

@@ -28,6 +28,9 @@ class Chunk:
     n: int
     nbytes: int
     worker_id: int
+    # Views into a process worker's shared-memory slot: they must not reach the consumer
+    # (who may keep them and so hold the slot forever) unless the device stage copies them.
+    borrowed: bool = False
 
 
 class ChunkSchema:

@@ -57,8 +57,9 @@ class Abort:
 class Coordinator(Iterator[dict[str, Any]]):
     """Feeds one device from one input. Iterate it for batches (dicts of tensors)."""
 
-    def __init__(self, spec: InputSpec, device: str, device_index: int, source: BoundSource,
-                 schema: ChunkSchema, abort: Abort) -> None:
+    def __init__(self, spec: InputSpec, device: str, device_index: int,
+                 source: BoundSource | None, schema: ChunkSchema, abort: Abort,
+                 num_devices: int) -> None:
         self.spec = spec
         self.device = device
         self.device_index = device_index
@@ -70,15 +71,15 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.chunk_queue = BoundedQueue(f"{spec.name}/{device}/chunks", spec.chunk_capacity)
         self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity)
         self.workers = make_worker_pool(
-            spec.worker_kind, source=source, schema=schema,
+            spec, device, source=source, schema=schema,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
-            batch_size_hint=spec.batch_size, out=self.chunk_queue, label=self.label,
+            num_workers=count * num_devices, out=self.chunk_queue, label=self.label,
             thread_prefix=f"inputkit-{name}", on_failure=lambda failure: abort.fail(failure, self),
         )
         self.batcher = BatcherThread(
             name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
             batch_size=spec.batch_size, drop_last=spec.drop_last, stop=self._stop,
-            where=f"the batcher of {self.label}",
+            where=f"the batcher of {self.label}", copy_borrowed=device == "cpu",
         )
         self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
                                               self._stop, name, f"the device stage of {self.label}")

@@ -20,7 +20,11 @@ class ConfigError(InputkitError, ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.message = message
         super().__init__(f"{key}: {message}" if key else message)
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # survives the trip from a worker process
+        return (type(self), (self.key, self.message))
 
 
 class SourceError(InputkitError):
@@ -32,8 +36,12 @@ class SourceError(InputkitError):
     def __init__(self, source: str, message: str, field: str | None = None) -> None:
         self.source = source
         self.field = field
+        self.message = message
         where = f"source '{source}'" + (f", field '{field}'" if field is not None else "")
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        return (type(self), (self.source, self.message, self.field))
 
 
 class SourceExhausted(Exception):  # noqa: N818 - reads as a signal, like StopIteration

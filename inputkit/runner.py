@@ -22,7 +22,7 @@ from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator
 from inputkit.errors import InputkitError, ShutdownError
-from inputkit.sources.loader import BoundSource, build_source
+from inputkit.sources.loader import BoundSource, build_source, import_target
 from inputkit.stats import RunnerStats
 
 Batch = dict[str, Any]
@@ -67,12 +67,17 @@ class Runner:
             self.devices = tuple(resolve_devices(self.spec.devices))
             for name in self.input_names:
                 spec = self.spec.input(name)
-                source = build_source(spec.source, key=f"{spec.key_prefix}source")
-                self._sources.append(source)
-                schema = ChunkSchema(source.name)
+                key = f"{spec.key_prefix}source"
+                source: BoundSource | None = None
+                if spec.worker_kind == "thread":  # threads share one source object
+                    source = build_source(spec.source, key=key)
+                    self._sources.append(source)
+                else:  # each process builds its own; fail here, not in every worker
+                    import_target(spec.source["_target_"], key=f"{key}._target_")
+                schema = ChunkSchema(spec.source["_target_"])
                 for index, device in enumerate(self.devices):
                     self._coordinators[(name, index)] = Coordinator(
-                        spec, device, index, source, schema, self._abort)
+                        spec, device, index, source, schema, self._abort, len(self.devices))
             self._started_at = time.monotonic()
             for coordinator in self._coordinators.values():
                 coordinator.start()

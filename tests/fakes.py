@@ -104,3 +104,48 @@ def fetch_tuple(worker_id: int, batch_size_hint: int) -> tuple[np.ndarray, np.nd
 
 
 NOT_CALLABLE = 42
+
+
+class ExitsOnCall:
+    """Calls os._exit(code) on the ``on``-th fetch of worker 0 (a crash that skips cleanup)."""
+
+    def __init__(self, on: int = 3, code: int = 3) -> None:
+        self.on = on
+        self.code = code
+        self.calls = 0
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        import os
+
+        self.calls += 1
+        if worker_id == 0 and self.calls >= self.on:
+            os._exit(self.code)
+        return {"x": np.zeros((batch_size_hint, 2), np.float32)}
+
+
+class Sharded:
+    """A finite source sharded by setup(worker_id, num_workers): fine in separate processes."""
+
+    def __init__(self, length: int = 1000, max_chunk: int = 50, seed: int = 0) -> None:
+        self.length = length
+        self.max_chunk = max_chunk
+        self.seed = seed
+        self.worker: int | None = None
+        self.workers = 1
+        self.cursor = 0
+
+    def setup(self, worker_id: int, num_workers: int) -> None:
+        self.worker, self.workers = worker_id, num_workers
+        self.rng = np.random.default_rng((self.seed, worker_id))
+        # Worker w owns ids w, w + W, w + 2W, ...
+        self.mine = np.arange(worker_id, self.length, num_workers, dtype=np.int64)
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        if self.worker is None:
+            raise RuntimeError("setup() was not called before fetch()")
+        if self.cursor >= len(self.mine):
+            raise SourceExhausted
+        n = int(self.rng.integers(0, self.max_chunk + 1))
+        ids = self.mine[self.cursor:self.cursor + n]
+        self.cursor += len(ids)
+        return {"id": ids, "x": np.repeat(ids[:, None].astype(np.float32), 3, axis=1)}

@@ -17,15 +17,30 @@ from omegaconf import MISSING
 
 
 class WorkerKind(str, Enum):
-    """How fetch calls run. ``thread``: a thread pool inside the coordinator."""
+    """How fetch calls run: a thread pool in this process, or separate worker processes."""
 
     thread = "thread"
+    process = "process"
+
+
+class StartMethod(str, Enum):
+    """How worker processes start. forkserver (the default) forks each worker from a clean
+    server process that has preloaded numpy and the worker code: fast, and it inherits no
+    threads, locks or CUDA state from the training process (plain fork can deadlock on a
+    lock held by another thread at fork time). spawn starts fresh interpreters: slowest."""
+
+    fork = "fork"
+    forkserver = "forkserver"
+    spawn = "spawn"
 
 
 @dataclass
 class WorkersConfig:
     kind: WorkerKind = WorkerKind.thread
     count: int = 4
+    # Process workers only: how they start, and the size of one shared-memory slot.
+    start_method: StartMethod = StartMethod.forkserver
+    slot_bytes: Any = "16MiB"
 
 
 @dataclass

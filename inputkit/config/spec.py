@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
+from inputkit.config.sizes import parse_size
 from inputkit.errors import ConfigError
 
 DEFAULT_INPUT = "main"
@@ -34,6 +35,8 @@ class InputSpec:
     drop_last: bool
     worker_kind: str
     worker_count: int
+    start_method: str
+    slot_bytes: int
     chunk_capacity: int
     batch_capacity: int
     device_prefetch: int
@@ -174,6 +177,8 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         drop_last=bool(node.drop_last),
         worker_kind=node.workers.kind.value,
         worker_count=int(node.workers.count),
+        start_method=node.workers.start_method.value,
+        slot_bytes=parse_size(node.workers.slot_bytes, p + "workers.slot_bytes"),
         chunk_capacity=int(node.queue.capacity),
         batch_capacity=int(node.queue.batch_capacity),
         device_prefetch=int(node.device.prefetch),

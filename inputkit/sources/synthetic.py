@@ -16,6 +16,8 @@ import numpy as np
 
 from inputkit.errors import SourceExhausted
 
+_BLOCK = 1024  # chunk sizes are drawn in blocks of this many chunks
+
 
 class SyntheticSource:
     """Generates chunks of ``fields`` ({name: {shape, dtype}}).
@@ -26,6 +28,11 @@ class SyntheticSource:
     source is finite: samples ``0 .. length-1`` are handed out exactly once across
     all workers, then ``fetch`` raises :class:`SourceExhausted`. ``id_field`` adds an
     int64 field holding each sample's index.
+
+    Sharding: after ``setup(worker_id, num_workers)`` (the pipeline calls it in
+    every worker), worker ``w`` takes chunks ``w, w + num_workers, ...``: no shared
+    state, so it works the same in threads and in separate processes. Without
+    setup (calling ``fetch`` by hand), chunks come from one locked counter.
     """
 
     def __init__(
@@ -69,32 +76,56 @@ class SyntheticSource:
         self.id_field = id_field
         self.seed = seed
         self._lock = threading.Lock()
-        self._next_sample = 0
-        self._next_chunk = 0
+        self._next_chunk = 0  # the shared counter, used without setup()
+        self._num_workers: int | None = None
+        self._taken: dict[int, int] = {}  # chunks taken per worker, after setup()
+        self._starts: list[np.ndarray] = []  # cumulative chunk starts, in blocks
         self._pools: dict[str, np.ndarray] = {}
 
+    def setup(self, worker_id: int, num_workers: int) -> None:
+        """Shard by worker: worker ``w`` of ``num_workers`` takes every num_workers-th chunk."""
+        if num_workers < 1 or not 0 <= worker_id < num_workers:
+            raise ValueError(f"setup: worker_id {worker_id} is not in 0..{num_workers - 1}")
+        self._num_workers = num_workers
+
     def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
-        with self._lock:
-            index = self._next_chunk
-            self._next_chunk += 1
-            size = self._chunk_size(index, batch_size_hint)
-            start = self._next_sample
-            if self.length is not None:
-                if start >= self.length:
-                    raise SourceExhausted
-                size = min(size, self.length - start)
-            self._next_sample += size
+        if self._num_workers is None:
+            with self._lock:
+                index = self._next_chunk
+                self._next_chunk += 1
+        else:  # each worker id is used by one thread or process at a time
+            taken = self._taken.get(worker_id, 0)
+            self._taken[worker_id] = taken + 1
+            index = worker_id + self._num_workers * taken
+        start, size = self._span(index, batch_size_hint)
+        if self.length is not None:
+            if start >= self.length:
+                raise SourceExhausted
+            size = min(size, self.length - start)
         if self.latency_s:
             time.sleep(self.latency_s)
         if self.cpu_s:
             _spin(self.cpu_s)
         return self._make_chunk(start, size)
 
-    def _chunk_size(self, index: int, hint: int) -> int:
+    def _span(self, index: int, hint: int) -> tuple[int, int]:
+        """First sample and size of chunk ``index``: a pure function of the index."""
         if self.chunk_size_max is None:
-            return hint if self.chunk_size is None else self.chunk_size
-        rng = np.random.default_rng((self.seed, index))
-        return int(rng.integers(self.chunk_size, self.chunk_size_max + 1))  # type: ignore[arg-type]
+            size = hint if self.chunk_size is None else self.chunk_size
+            return index * size, size
+        block, offset = divmod(index, _BLOCK)
+        with self._lock:
+            while len(self._starts) <= block:
+                self._starts.append(self._start_block(len(self._starts)))
+            starts = self._starts[block]
+        return int(starts[offset]), int(starts[offset + 1] - starts[offset])
+
+    def _start_block(self, block: int) -> np.ndarray:
+        """Starts of chunks ``block*_BLOCK .. (block+1)*_BLOCK`` (one past the end included)."""
+        rng = np.random.default_rng((self.seed, block))
+        sizes = rng.integers(self.chunk_size, self.chunk_size_max + 1, size=_BLOCK)  # type: ignore[arg-type]
+        first = 0 if block == 0 else int(self._starts[block - 1][-1])
+        return first + np.concatenate(([0], np.cumsum(sizes)))
 
     def _make_chunk(self, start: int, size: int) -> dict[str, np.ndarray]:
         chunk: dict[str, np.ndarray] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from inputkit.chunk import ChunkSchema
+from inputkit.config.spec import InputSpec
 from inputkit.errors import ConfigError
 from inputkit.messages import Failure
 from inputkit.queues import BoundedQueue
@@ -12,16 +13,43 @@ from inputkit.sources.loader import BoundSource
 from inputkit.workers.base import WorkerPool, WorkerPoolStats
 from inputkit.workers.threads import ThreadWorkerPool
 
-__all__ = ["ThreadWorkerPool", "WorkerPool", "WorkerPoolStats", "make_worker_pool"]
+__all__ = ["ThreadWorkerPool", "WorkerPool", "WorkerPoolStats", "make_worker_pool", "slot_count"]
 
 
-def make_worker_pool(kind: str, *, source: BoundSource, schema: ChunkSchema,
-                     worker_ids: list[int], batch_size_hint: int, out: BoundedQueue,
-                     label: str, thread_prefix: str,
+def slot_count(spec: InputSpec, device: str) -> int:
+    """Shared-memory slots a process pool needs so that no stage waits on a slot.
+
+    A slot is held by a chunk in the chunk queue (capacity), by each worker writing
+    or waiting to put one (count), and by the batcher's current and leftover chunks
+    (2). On CUDA, uncopied batches may also pass the batch queue and the device
+    stage's staging copy (batch capacity + 2).
+    """
+    slots = spec.chunk_capacity + spec.worker_count + 2
+    if device != "cpu":
+        slots += spec.batch_capacity + 2
+    return slots
+
+
+def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,
+                     schema: ChunkSchema, worker_ids: list[int], num_workers: int,
+                     out: BoundedQueue, label: str, thread_prefix: str,
                      on_failure: Callable[[Failure], None]) -> WorkerPool:
-    """The pool for ``workers.kind``; the seam where process workers plug in."""
-    if kind == "thread":
-        return ThreadWorkerPool(source=source, schema=schema, worker_ids=worker_ids,
-                                batch_size_hint=batch_size_hint, out=out, label=label,
-                                thread_prefix=thread_prefix, on_failure=on_failure)
-    raise ConfigError("workers.kind", f"unknown worker kind '{kind}'; available: thread")
+    """The pool for ``workers.kind``: threads share ``source``; processes build their own."""
+    common = dict(schema=schema, worker_ids=worker_ids, num_workers=num_workers,
+                  batch_size_hint=spec.batch_size, out=out, label=label,
+                  thread_prefix=thread_prefix, on_failure=on_failure)
+    if spec.worker_kind == "thread":
+        if source is None:
+            raise ConfigError(f"{spec.key_prefix}workers.kind", "thread workers need the source "
+                              "built in this process")
+        return ThreadWorkerPool(source=source, **common)  # type: ignore[arg-type]
+    if spec.worker_kind == "process":
+        from inputkit.workers.processes import ProcessWorkerPool
+
+        return ProcessWorkerPool(
+            source_config=spec.source, source_key=f"{spec.key_prefix}source",
+            source_name=spec.source["_target_"], start_method=spec.start_method,
+            slots=slot_count(spec, device), slot_bytes=spec.slot_bytes,
+            **common)  # type: ignore[arg-type]
+    raise ConfigError(f"{spec.key_prefix}workers.kind",
+                      f"unknown worker kind '{spec.worker_kind}'; available: thread, process")

@@ -35,6 +35,13 @@ class WorkerPoolStats:
     fetch_cpu_s: float
     fetch_p50_ms: float
     fetch_p95_ms: float
+    # Process workers: shared-memory slots (reserved = slots x slot bytes), those holding a
+    # chunk now, and the bytes those chunks take. Thread workers use none.
+    shm_slots: int = 0
+    shm_slot_bytes: int = 0
+    shm_slots_in_use: int = 0
+    shm_bytes_in_use: int = 0
+    pids: tuple[int, ...] = ()
 
 
 class WorkerPool(Protocol):

@@ -31,9 +31,10 @@ class ThreadWorkerPool:
     kind = "thread"
 
     def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
-                 batch_size_hint: int, out: BoundedQueue, label: str, thread_prefix: str,
-                 on_failure: Callable[[Failure], None]) -> None:
+                 num_workers: int, batch_size_hint: int, out: BoundedQueue, label: str,
+                 thread_prefix: str, on_failure: Callable[[Failure], None]) -> None:
         self._source = source
+        self._num_workers = num_workers
         self._schema = schema
         self._ids = list(worker_ids)
         self._hint = batch_size_hint
@@ -92,6 +93,9 @@ class ThreadWorkerPool:
         fetch = self._source.fetch
         states = self._states
         try:
+            setup = getattr(self._source.obj, "setup", None)
+            if callable(setup):  # threads share one source object: setup sees every worker id
+                setup(wid, self._num_workers)
             while not self._stop.is_set():
                 states[wid] = FETCHING
                 wall0, cpu0 = time.perf_counter(), time.thread_time()

@@ -1,0 +1,41 @@
+"""Parse byte sizes written by people: ``512MiB``, ``1.5GB``, ``4096``."""
+
+from __future__ import annotations
+
+import re
+
+from inputkit.errors import ConfigError
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(value: object, key: str) -> int:
+    """Bytes in ``value`` (an int, or a number with a unit); a ConfigError names ``key``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a size such as 64MiB, got {value!r}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        match = _SIZE.match(str(value))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ConfigError(key, f"cannot read {value!r} as a size; write e.g. 4096, 64MiB, "
+                              "1.5GB (units: B, KB, MB, GB, KiB, MiB, GiB)")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ConfigError(key, f"must be a positive size, got {value!r}")
+    return size
+
+
+def format_size(size: float) -> str:
+    """``12.6 MB``-style, for messages and tables."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"

@@ -1,0 +1,253 @@
+"""Process workers: real processes, real shared memory, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from conftest import make_cfg, pipeline_threads
+
+from inputkit import ConfigError, Runner, SourceError, WorkerFailure
+from inputkit.workers.shm import SlotArena, plan_pieces
+
+SYN = "inputkit.sources.synthetic.SyntheticSource"
+TESTS = Path(__file__).resolve().parent
+
+
+def segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("inputkit_")}
+
+
+def alive(pids) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def worker_pids(runner) -> list[int]:
+    return [pid for c in runner.coordinators() for pid in c.workers.stats().pids]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+    before = segments()
+    yield
+    assert segments() - before == set(), "shared-memory segments left in /dev/shm"
+
+
+def proc_cfg(source, **top):
+    workers = {"kind": "process", "count": 2, "start_method": "forkserver"}
+    workers.update(top.pop("workers", {}))
+    return make_cfg(source, workers=workers, **top)
+
+
+def ids_of(batches):
+    return np.concatenate([b["id"].numpy() for b in batches]).tolist()
+
+
+def test_exactly_once_across_process_workers_and_two_devices_with_random_chunks():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [3], "dtype": "float32"}},
+                    "length": 4000, "id_field": "id", "chunk_size": 0, "chunk_size_max": 150},
+                   batch_size=64, devices=["cpu", "cpu"])
+    got = {0: [], 1: []}
+    with Runner(cfg) as runner:
+        pids = worker_pids(runner)
+        assert len(pids) == 4 and os.getpid() not in pids
+        for step in runner.steps():
+            for device, batch in enumerate(step):
+                if batch is not None:
+                    got[device].append(batch)
+        stats = runner.stats()
+    assert sorted(ids_of(got[0] + got[1])) == list(range(4000))
+    for batches in got.values():
+        assert all(len(b["id"]) == 64 for b in batches[:-1])
+    assert stats.samples == 4000
+    assert not alive(pids), "worker processes are gone after close"
+
+
+def test_a_users_sharded_source_gets_setup_in_each_process():
+    cfg = proc_cfg({"_target_": "fakes:Sharded", "length": 3001, "max_chunk": 90},
+                   batch_size=50, workers={"count": 3})
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert sorted(ids_of(batches)) == list(range(3001))
+    for b in batches:
+        assert torch.equal(b["x"][:, 2].long(), b["id"])
+
+
+def test_batches_on_cpu_never_hold_a_shared_memory_slot():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [8]}}, "chunk_size": 16},
+                   batch_size=16, queue={"capacity": 2, "batch_capacity": 1})
+    kept = []
+    with Runner(cfg) as runner:
+        for step, batch in enumerate(runner.device(0)):
+            kept.append(batch)  # the consumer keeps everything: slots must still come back
+            if step == 60:
+                break
+        pool = runner.coordinators()[0].workers.stats()
+        stats = runner.stats().coordinators[0]
+    assert pool.shm_slots == 2 + 2 + 2
+    assert stats.copied_batches == stats.batches, "one copy out of shared memory, then owned"
+    assert all(not np.shares_memory(kept[0]["x"].numpy(), b["x"].numpy()) for b in kept[1:])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_every_start_method_works(method):
+    cfg = proc_cfg({"_target_": SYN, "fields": {}, "length": 500, "id_field": "id",
+                    "chunk_size": 40}, batch_size=100, workers={"start_method": method})
+    with Runner(cfg) as runner:
+        assert sorted(ids_of(list(runner.device(0)))) == list(range(500))
+
+
+def test_a_chunk_larger_than_a_slot_is_split_and_arrives_intact():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [100], "dtype": "float64"}},
+                    "length": 1000, "id_field": "id", "chunk_size": 300},
+                   batch_size=128, workers={"slot_bytes": "8KiB", "count": 1})
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+        pool = runner.coordinators()[0].workers.stats()
+    assert sorted(ids_of(batches)) == list(range(1000))
+    assert pool.chunks > 1000 // 300 + 1, "chunks of 300 x 808 B were split into 8 KiB pieces"
+
+
+def test_one_sample_larger_than_a_slot_names_workers_slot_bytes():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [4096]}}},
+                   workers={"slot_bytes": "4KiB", "count": 1})
+    with pytest.raises(ConfigError, match="workers.slot_bytes: one sample needs 16,384 bytes"):
+        with Runner(cfg) as runner:
+            next(runner.device(0))
+
+
+def test_a_fetch_exception_in_a_process_keeps_its_type_message_and_traceback():
+    cfg = proc_cfg({"_target_": "fakes:Raising", "after": 3}, batch_size=4)
+    with pytest.raises(KeyError, match="is corrupt") as info:
+        with Runner(cfg) as runner:
+            pids = worker_pids(runner)
+            for _ in runner.device(0):
+                pass
+    notes = "\n".join(info.value.__notes__)
+    assert "pid" in notes and "fakes.py" in notes and "in fetch" in notes
+    assert not alive(pids)
+
+
+def test_a_bad_chunk_in_a_process_is_a_source_error_naming_the_field():
+    cfg = proc_cfg({"_target_": "fakes:Returns", "kind": "object_dtype"}, batch_size=4,
+                   workers={"count": 1})
+    with pytest.raises(SourceError, match="holds Python objects") as info:
+        with Runner(cfg) as runner:
+            list(runner.device(0))
+    assert info.value.field == "y" and info.value.source == "fakes:Returns"
+
+
+def test_a_killed_worker_is_detected_within_a_second_and_named():
+    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 0.05}, batch_size=4)
+    with Runner(cfg) as runner:
+        stream = runner.device(0)
+        next(stream)
+        pids = worker_pids(runner)
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        with pytest.raises(WorkerFailure, match=rf"pid {pids[0]}.*killed by signal SIGKILL"):
+            for _ in stream:
+                pass
+        assert time.monotonic() - killed_at < 1.0
+    assert not alive(pids)
+
+
+def test_os_exit_in_fetch_reports_the_exit_code():
+    cfg = proc_cfg({"_target_": "fakes:ExitsOnCall", "on": 3, "code": 7}, batch_size=4)
+    with pytest.raises(WorkerFailure, match="worker 0 .* exited with code 7"):
+        with Runner(cfg) as runner:
+            for _ in runner.device(0):
+                pass
+
+
+def test_early_break_stops_processes_within_2s_and_frees_everything():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [1024]}}, "chunk_size": 32},
+                   batch_size=64, devices=["cpu", "cpu"], queue={"capacity": 2})
+    with Runner(cfg) as runner:
+        for step, _ in enumerate(runner.device(0)):
+            if step == 3:
+                break
+        time.sleep(0.3)  # workers now wait for free slots
+        pids = worker_pids(runner)
+        assert len(alive(pids)) == 4
+        began = time.monotonic()
+    assert time.monotonic() - began < 2.0
+    assert not alive(pids)
+    assert pipeline_threads() == []
+
+
+def test_a_fetch_that_never_returns_is_terminated_on_close():
+    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 30}, batch_size=4)
+    runner = Runner(cfg).start()
+    time.sleep(0.3)
+    pids = worker_pids(runner)
+    began = time.monotonic()
+    runner.close(timeout=0.5)
+    assert time.monotonic() - began < 2.0
+    assert not alive(pids)
+
+
+def test_stats_report_shared_memory_bounded_by_the_slots():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [256]}}, "chunk_size": 64},
+                   batch_size=64, queue={"capacity": 4})
+    with Runner(cfg) as runner:
+        stream = runner.device(0)
+        next(stream)
+        time.sleep(0.3)  # nobody consumes: everything fills up
+        pool = runner.coordinators()[0].workers.stats()
+    assert pool.kind == "process" and len(pool.pids) == 2
+    assert pool.shm_slots == 4 + 2 + 2 and pool.shm_slot_bytes == 16 * 2**20
+    assert 0 < pool.shm_slots_in_use <= pool.shm_slots
+    assert pool.shm_bytes_in_use == pool.shm_slots_in_use * 64 * 256 * 4
+
+
+def test_no_resource_tracker_warning_or_leak_at_interpreter_exit(tmp_path):
+    code = (
+        "import inputkit\n"
+        "cfg = {'source': {'_target_': 'inputkit.sources.synthetic.SyntheticSource',"
+        " 'fields': {'x': {'shape': [16]}}}, 'devices': 'cpu', 'batch_size': 32,"
+        " 'workers': {'kind': 'process', 'count': 2}}\n"
+        "with inputkit.Runner(cfg) as r:\n"
+        "    kept = [b for _, b in zip(range(20), r.device(0))]\n"
+        "print('ok', len(kept))\n"
+    )
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok 20"
+    assert "resource_tracker" not in out.stderr and "leaked" not in out.stderr, out.stderr
+    assert out.stderr == ""
+
+
+def test_slot_arena_round_trip_and_piece_planning():
+    arena = SlotArena.create(slots=2, slot_bytes=4096)
+    try:
+        worker_side = SlotArena.attach(arena.name, 2, 4096)
+        fields = {"a": np.arange(10, dtype=np.int16), "b": np.ones((10, 3), np.float32)[:, ::2]}
+        layout = worker_side.write(1, fields, plan_pieces(fields, 10, 4096)[0])
+        holder, views = arena.view(1, layout)
+        assert np.array_equal(views["a"], fields["a"]) and np.array_equal(views["b"], fields["b"])
+        assert all(offset % 64 == 0 for *_, offset in layout)
+        assert np.shares_memory(views["a"], holder)
+        worker_side.close()
+        del holder, views
+    finally:
+        arena.close()
+    big = {"x": np.zeros((100, 10), np.float64)}  # 80 B per sample
+    pieces = plan_pieces(big, 100, 1024)
+    assert [(p.start, p.stop) for p in pieces][:2] == [(0, 12), (12, 24)] and pieces[-1].stop == 100
