@@ -51,6 +51,63 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(_run_bench(list(ctx.args)))
 
 
+@app.command(context_settings=_PASS_THROUGH)
+def compare(
+    ctx: typer.Context,
+    workload: list[str] = typer.Option(
+        None, "--workload", "-w", help="w1, w2, w3 or w4 (repeat it; default: all four)"),
+    seconds: float = typer.Option(3.0, help="steady-state seconds per loader and workload"),
+    startup: bool = typer.Option(True, help="also time the first batch of 4 process workers x 2 "
+                                            "devices (cold start)"),
+) -> None:
+    """Run the same fetch work through inputkit and torch's DataLoader, side by side.
+
+    Workloads are the shipped experiments: w1 = tiny, w2 = images, w3 = remote,
+    w4 = cpu. Extra arguments are Hydra overrides applied to every workload
+    (e.g. workers.count=4). Prints throughput, time to first batch, peak memory,
+    the ratio to the best DataLoader configuration and to the physical limit.
+    """
+    raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4"], seconds, startup,
+                                  list(ctx.args)))
+
+
+def _run_compare(workloads: list[str], seconds: float, startup: bool, overrides: list[str]) -> int:
+    from rich.console import Console
+
+    from inputkit.errors import ConfigError
+
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        from inputkit.cli.bench import make_console
+        from inputkit.cli.compare import print_report
+        from inputkit.peers.compare import WORKLOADS, first_batch_latency, run_workload
+
+        unknown = [w for w in workloads if w.lower() not in WORKLOADS]
+        if unknown:
+            raise ConfigError("--workload", f"unknown workload(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(WORKLOADS)}")
+        if seconds <= 0:
+            raise ConfigError("--seconds", f"must be positive, got {seconds:g}")
+        console = make_console()
+
+        def say(text: str) -> None:
+            err.print(f"measuring {text}", markup=False)
+
+        startup_s = None
+        if startup:
+            say("first batch, 4 process workers x 2 devices (cold start)")
+            startup_s = first_batch_latency(overrides)
+        results = [run_workload(WORKLOADS[w.lower()], overrides, seconds, say) for w in workloads]
+    except ConfigError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    print_report(console, results, startup_s)
+    return 0
+
+
 def _run_bench(argv: list[str]) -> int:
     from rich.console import Console
 

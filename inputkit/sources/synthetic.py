@@ -45,6 +45,7 @@ class SyntheticSource:
         length: int | None = None,
         id_field: str | None = None,
         seed: int = 0,
+        fft_repeats: int = 0,
     ) -> None:
         self.fields = _parse_fields(fields)
         if id_field is not None:
@@ -68,6 +69,17 @@ class SyntheticSource:
             raise ValueError("latency_ms and cpu_ms must be >= 0")
         if length is not None and length < 0:
             raise ValueError(f"length: must be >= 0 or null (endless), got {length}")
+        if fft_repeats < 0:
+            raise ValueError(f"fft_repeats: must be >= 0, got {fft_repeats}")
+        self.fft_field = None
+        if fft_repeats:
+            floats = [name for name, (shape, dtype) in self.fields.items()
+                      if dtype.kind == "f" and len(shape) >= 2]
+            if not floats:
+                raise ValueError("fft_repeats: needs a float field with at least 2 dimensions per "
+                                 "sample, e.g. fields.x={shape:[32,32],dtype:float32}")
+            self.fft_field = floats[0]
+        self.fft_repeats = fft_repeats
         self.chunk_size = chunk_size
         self.chunk_size_max = chunk_size_max
         self.latency_s = latency_ms / 1000.0
@@ -106,7 +118,10 @@ class SyntheticSource:
             time.sleep(self.latency_s)
         if self.cpu_s:
             _spin(self.cpu_s)
-        return self._make_chunk(start, size)
+        chunk = self._make_chunk(start, size)
+        if self.fft_field is not None:
+            _fft_work(chunk[self.fft_field], self.fft_repeats)
+        return chunk
 
     def _span(self, index: int, hint: int) -> tuple[int, int]:
         """First sample and size of chunk ``index``: a pure function of the index."""
@@ -188,3 +203,12 @@ def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def _fft_work(samples: np.ndarray, repeats: int) -> None:
+    """Real numpy work per sample, in place: ``repeats`` 2-D FFT round trips (GIL-bound in threads)."""
+    for i in range(len(samples)):
+        sample = samples[i]
+        for _ in range(repeats):
+            sample = np.fft.irfft2(np.fft.rfft2(sample), s=sample.shape[-2:])
+        samples[i] = sample

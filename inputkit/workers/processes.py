@@ -15,20 +15,24 @@ between the workers and the consumer can fill, and no more.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
+import sys
 import threading
 import time
+import types
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
 
 from inputkit.chunk import Chunk, ChunkSchema
-from inputkit.errors import WorkerFailure
+from inputkit.errors import ConfigError, WorkerFailure
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
 from inputkit.workers.base import WorkerPoolStats
@@ -44,8 +48,38 @@ def context(start_method: str) -> multiprocessing.context.BaseContext:
     """The multiprocessing context; forkserver preloads the worker module once."""
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        ctx.set_forkserver_preload(["__main__", *_PRELOAD])  # type: ignore[attr-defined]
+        ctx.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
     return ctx
+
+
+_MAIN_SWAP = threading.Lock()
+
+
+@contextmanager
+def main_module_hidden(needed: bool) -> Iterator[None]:
+    """Start processes without making them re-run the main program, unless the source needs it.
+
+    spawn and forkserver children re-execute ``__main__`` (a training script that imports
+    torch costs each worker a second or more). Our workers only need it when the source's
+    ``_target_`` lives in ``__main__``; otherwise multiprocessing briefly sees a bare
+    ``__main__`` while the processes start, and the children skip the re-import.
+    """
+    if needed:
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file is not None and not os.path.isfile(main_file):
+            raise ConfigError("workers.start_method", "the source lives in the main program, "
+                              f"which new worker processes must re-import, but it was read from "
+                              f"{main_file}; move the source into a module, or use "
+                              "workers.start_method=fork")
+        yield
+        return
+    with _MAIN_SWAP:
+        real = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = real
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -107,12 +141,18 @@ class ProcessWorkerPool:
         for slot in range(self._slots):
             self._free.put(slot)
         self._states = ctx.RawArray("b", len(self._ids))
+        needs_main = self._source_name.startswith("__main__") and self._ctx.get_start_method() != "fork"
+        with main_module_hidden(needed=needs_main):
+            self._start_processes(ctx, self._arena)
+        self._receiver.start()
+
+    def _start_processes(self, ctx: Any, arena: SlotArena) -> None:
         for index, wid in enumerate(self._ids):
             parent_end, child_end = ctx.Pipe(duplex=False)
             args = WorkerArgs(
                 worker_id=wid, slot_index=index, num_workers=self._num_workers,
                 batch_size_hint=self._hint, source_config=self._source_config,
-                source_key=self._source_key, arena_name=self._arena.name, slots=self._slots,
+                source_key=self._source_key, arena_name=arena.name, slots=self._slots,
                 slot_bytes=self._slot_bytes)
             process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
                                   args=(args, self._free, child_end, self._stop, self._states))
@@ -120,7 +160,6 @@ class ProcessWorkerPool:
             child_end.close()  # the child holds its end; EOF then means the child is gone
             self._processes.append(process)
             self._conns[parent_end] = index
-        self._receiver.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -129,7 +168,8 @@ class ProcessWorkerPool:
         """Stop the receiver, then every process (terminate, then kill, past the deadline)."""
         self._stop.set()
         self._receiver_stop.set()
-        self._receiver.join(max(0.0, deadline - time.monotonic()))
+        if self._receiver.ident is not None:  # start() may have failed before starting it
+            self._receiver.join(max(0.0, deadline - time.monotonic()))
         for process in self._processes:
             process.join(max(0.0, deadline - time.monotonic()))
         for process in self._processes:
@@ -259,7 +299,8 @@ class ProcessWorkerPool:
         process.join(0.1)
         self._fail(Failure(
             exc=WorkerFailure(f"{self._where(index)} {describe_exit(process.exitcode)} "
-                              "(killed, os._exit, a crash in native code, or out of memory)"),
+                              "(killed, os._exit, a crash in native code, or out of memory; "
+                              "its stderr may say more)"),
             where=self._where(index), traceback_text=""))
 
     def _error_failure(self, index: int, payload: bytes | None, type_name: str, message: str,

@@ -1,0 +1,1 @@
+"""Peers inputkit is measured against (torch's DataLoader), and the comparison itself."""

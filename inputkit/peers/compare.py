@@ -1,0 +1,204 @@
+"""``inputkit compare``: the same fetch work through inputkit and torch's DataLoader, in one run.
+
+For each workload (a shipped experiment config) it measures, on this machine and
+in this run: the physical limit of the work, inputkit with the workers the
+config picks, and DataLoader in both its shapes (the better one is the peer).
+Throughput is steady state (after the first batch, for ``seconds``); time to
+first batch is counted from start; peak memory is the process tree's
+proportional set size (PSS: shared memory counted once), sampled every 50 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+
+import inputkit
+from inputkit.config.spec import InputSpec, RunSpec
+from inputkit.sources.loader import build_source
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    experiment: str
+    title: str
+    limit_name: str
+
+
+WORKLOADS = {
+    "w1": Workload("w1", "tiny", "W1 tiny samples (256 x 64 float32)", "fetch loop, 1 thread"),
+    "w2": Workload("w2", "images", "W2 image-sized (64 x 3x224x224 uint8)", "memcpy bandwidth"),
+    "w3": Workload("w3", "remote", "W3 latency-bound (20 ms per fetch)", "workers / latency"),
+    "w4": Workload("w4", "cpu", "W4 CPU-bound (numpy FFTs per sample)", "cores x 1 worker"),
+}
+
+
+@dataclass
+class Measurement:
+    loader: str
+    batches_per_s: float
+    mb_per_s: float
+    first_batch_s: float | None
+    peak_mb: float | None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class TreeMemory:
+    """Peak PSS of this process and all its descendants, sampled in a background thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="compare-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                    continue
+            self.peak = max(self.peak, total)
+
+
+def _drain(stream: Iterator[Any], seconds: float) -> tuple[int, float]:
+    """Batches taken in ``seconds`` of steady state (the clock starts after the first)."""
+    next(stream)
+    count = 0
+    began = time.perf_counter()
+    end = began + seconds
+    for _ in stream:
+        count += 1
+        if time.perf_counter() >= end:
+            break
+    return count, time.perf_counter() - began
+
+
+def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measurement:
+    with TreeMemory() as memory:
+        began = time.perf_counter()
+        with inputkit.Runner(spec) as runner:
+            stream = runner.device(0)
+            first = next(stream)
+            first_s = time.perf_counter() - began
+            del first
+            count, elapsed = _drain(stream, seconds)
+    kind = spec.inputs[0].worker_kind
+    return Measurement(f"inputkit ({spec.inputs[0].worker_count} {kind}s)", count / elapsed,
+                       count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
+
+
+def measure_torch(variant: str, spec: InputSpec, seconds: float, batch_bytes: int) -> Measurement:
+    from inputkit.peers.torch_loader import make_loader
+
+    with TreeMemory() as memory:
+        began = time.perf_counter()
+        loader = make_loader(variant, spec)
+        stream = iter(loader)
+        first = next(stream)
+        first_s = time.perf_counter() - began
+        del first
+        try:
+            count, elapsed = _drain(stream, seconds)
+        finally:
+            shutdown = getattr(stream, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
+    return Measurement(f"DataLoader {variant} ({spec.worker_count} procs)", count / elapsed,
+                       count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
+
+
+def _fetch_rate(spec: InputSpec, seconds: float) -> float:
+    source = build_source(spec.source)
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        source.fetch(0, spec.batch_size)
+        count += 1
+    return count / (time.perf_counter() - began)
+
+
+def _memcpy_rate(batch_bytes: int, seconds: float) -> float:
+    src = np.ones(batch_bytes, np.uint8)
+    dst = np.empty_like(src)
+    count, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        np.copyto(dst, src)
+        count += 1
+    return count / (time.perf_counter() - began)
+
+
+def physical_limit(workload: Workload, spec: InputSpec, batch_bytes: int,
+                   seconds: float) -> tuple[float, str]:
+    """Batches/s the work itself allows on this machine, and how it was obtained."""
+    if workload.key == "w1":
+        rate = _fetch_rate(spec, seconds)
+        return rate, f"fetch alone in one thread: {rate:,.0f}/s"
+    if workload.key == "w2":
+        rate = _memcpy_rate(batch_bytes, seconds)
+        return rate, f"one memcpy per batch at {rate * batch_bytes / 1e9:.1f} GB/s"
+    if workload.key == "w3":
+        latency = float(spec.source.get("latency_ms", 0.0)) / 1000.0
+        chunk = spec.source.get("chunk_size") or spec.batch_size
+        rate = spec.worker_count * chunk / spec.batch_size / latency
+        return rate, f"{spec.worker_count} workers x {chunk} samples / {latency * 1000:g} ms"
+    single = _fetch_rate(spec, seconds)
+    cores = os.cpu_count() or 1
+    return cores * single, f"{cores} cores x {single:,.1f}/s for one worker"
+
+
+def sample_bytes(spec: InputSpec) -> int:
+    source = build_source(spec.source)
+    chunk = source.fetch(0, spec.batch_size)
+    return int(sum(arr[:1].nbytes for arr in chunk.values()))
+
+
+def run_workload(workload: Workload, overrides: list[str], seconds: float,
+                 say: Callable[[str], None]) -> dict[str, Any]:
+    from inputkit.peers.torch_loader import VARIANTS
+
+    cfg = inputkit.compose([f"experiment={workload.experiment}", "devices=cpu", *overrides])
+    spec = inputkit.load_spec(cfg)
+    input_spec = spec.inputs[0]
+    batch_bytes = sample_bytes(input_spec) * input_spec.batch_size
+    say(f"{workload.title}: physical limit")
+    limit, how = physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0))
+    say(f"{workload.title}: inputkit")
+    ours = measure_inputkit(spec, seconds, batch_bytes)
+    peers = []
+    for variant in VARIANTS:
+        say(f"{workload.title}: DataLoader {variant}")
+        peers.append(measure_torch(variant, input_spec, seconds, batch_bytes))
+    best = max(peers, key=lambda m: m.batches_per_s)
+    return {"workload": workload, "limit": limit, "limit_how": how, "inputkit": ours,
+            "torch": peers, "best_torch": best, "batch_bytes": batch_bytes,
+            "workers": input_spec.worker_count}
+
+
+def first_batch_latency(overrides: list[str], workers: int = 4, devices: int = 2) -> float:
+    """Seconds from Runner.start() to a first batch on every device, with process workers."""
+    cfg = inputkit.compose(["experiment=cpu", f"workers.count={workers}",
+                            f"devices=[{','.join(['cpu'] * devices)}]", *overrides])
+    began = time.perf_counter()
+    with inputkit.Runner(cfg) as runner:
+        for index in range(devices):
+            next(runner.device(index))
+        return time.perf_counter() - began

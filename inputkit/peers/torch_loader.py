@@ -1,0 +1,87 @@
+"""The peer: the same fetch work through ``torch.utils.data.DataLoader``, in its two best shapes.
+
+- ``per-item``: a map-style Dataset whose ``__getitem__`` builds one sample with the
+  same per-sample cost (latency and CPU time divided by the batch size), batched
+  by DataLoader's ``batch_size`` and default collate.
+- ``chunks``: an IterableDataset whose workers call the same ``fetch`` and yield
+  whole batches as tensors, with ``batch_size=None`` (no collate).
+
+Both use the input's worker count, ``persistent_workers=True`` and
+``prefetch_factor=4``; the comparison reports the better of the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from inputkit.config.spec import InputSpec
+from inputkit.sources.loader import build_source
+
+PREFETCH_FACTOR = 4
+
+
+def _tensors(chunk: Any) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(arr)) for name, arr in chunk.items()}
+
+
+class ChunkDataset(IterableDataset):  # type: ignore[type-arg]
+    """Each DataLoader worker calls ``fetch(worker_id, batch_size)`` and yields the chunk."""
+
+    def __init__(self, source_config: dict[str, Any], batch_size: int) -> None:
+        self.source_config = source_config
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker_id, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        source = build_source(self.source_config)
+        setup = getattr(source.obj, "setup", None)
+        if callable(setup):
+            setup(worker_id, workers)
+        while True:
+            try:
+                yield _tensors(source.fetch(worker_id, self.batch_size))
+            except StopIteration:
+                return
+
+
+class ItemDataset(Dataset):  # type: ignore[type-arg]
+    """One sample per ``__getitem__``, with the per-sample share of the fetch's cost."""
+
+    def __init__(self, source_config: dict[str, Any], batch_size: int) -> None:
+        config = dict(source_config)
+        config["chunk_size"] = 1
+        config["chunk_size_max"] = None
+        config["latency_ms"] = float(config.get("latency_ms", 0.0)) / batch_size
+        config["cpu_ms"] = float(config.get("cpu_ms", 0.0)) / batch_size
+        self.source_config = config
+        self._source: Any = None
+
+    def __len__(self) -> int:
+        return 2**40  # endless, like the sources it is compared with
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if self._source is None:
+            self._source = build_source(self.source_config)
+        chunk = self._source.fetch(0, 1)
+        return {name: arr[0] for name, arr in chunk.items()}
+
+
+def make_loader(variant: str, spec: InputSpec) -> DataLoader:  # type: ignore[type-arg]
+    """The DataLoader for ``variant`` ("per-item" or "chunks"), configured for ``spec``."""
+    common: dict[str, Any] = {"num_workers": spec.worker_count, "persistent_workers": True,
+                              "prefetch_factor": PREFETCH_FACTOR}
+    if variant == "per-item":
+        return DataLoader(ItemDataset(spec.source, spec.batch_size), batch_size=spec.batch_size,
+                          **common)
+    if variant == "chunks":
+        return DataLoader(ChunkDataset(spec.source, spec.batch_size), batch_size=None, **common)
+    raise ValueError(f"unknown DataLoader variant {variant!r}; use per-item or chunks")
+
+
+VARIANTS = ("per-item", "chunks")
