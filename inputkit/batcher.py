@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,13 +34,13 @@ class Rechunker:
     """Pure re-chunking logic (no threads), easy to test exhaustively."""
 
     def __init__(self, batch_size: int, drop_last: bool = False,
-                 copy_borrowed: bool = True) -> None:
+                 copy_borrowed: Callable[[], bool] = lambda: True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.drop_last = drop_last
-        # Borrowed chunks (shared-memory views) are copied into the batch unless the device
-        # stage copies anyway (CUDA staging), so a consumer never holds a worker's slot.
+        # Asked before a borrowed chunk (a view of a worker's shared-memory slot) would reach
+        # the consumer as a view: True means copy it into a batch of its own instead.
         self.copy_borrowed = copy_borrowed
         self._pending: deque[tuple[dict[str, np.ndarray], int, bool]] = deque()
         self._count = 0
@@ -74,7 +75,7 @@ class Rechunker:
 
     def _take(self, k: int) -> Batch:
         head, head_n, borrowed = self._pending[0]
-        if head_n >= k and not (borrowed and self.copy_borrowed):
+        if head_n >= k and not (borrowed and self.copy_borrowed()):
             # The whole batch lies in one chunk: hand out views, no copy.
             fields = {name: arr[:k] for name, arr in head.items()}
             self._consume_head(head, head_n, borrowed, k)
@@ -110,7 +111,7 @@ class BatcherThread:
 
     def __init__(self, *, name: str, chunks: BoundedQueue, batches: BoundedQueue,
                  batch_size: int, drop_last: bool, stop: threading.Event, where: str,
-                 copy_borrowed: bool = True) -> None:
+                 copy_borrowed: Callable[[], bool] = lambda: True) -> None:
         self.rechunker = Rechunker(batch_size, drop_last, copy_borrowed)
         self._chunks = chunks
         self._batches = batches

@@ -79,7 +79,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.batcher = BatcherThread(
             name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
             batch_size=spec.batch_size, drop_last=spec.drop_last, stop=self._stop,
-            where=f"the batcher of {self.label}", copy_borrowed=device == "cpu",
+            where=f"the batcher of {self.label}",
+            # CUDA staging copies every batch anyway; on CPU a view is lent while slots last.
+            copy_borrowed=self.workers.slots_scarce if device == "cpu" else lambda: False,
         )
         self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
                                               self._stop, name, f"the device stage of {self.label}")

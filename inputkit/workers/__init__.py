@@ -20,14 +20,12 @@ def slot_count(spec: InputSpec, device: str) -> int:
     """Shared-memory slots a process pool needs so that no stage waits on a slot.
 
     A slot is held by a chunk in the chunk queue (capacity), by each worker writing
-    or waiting to put one (count), and by the batcher's current and leftover chunks
-    (2). On CUDA, uncopied batches may also pass the batch queue and the device
-    stage's staging copy (batch capacity + 2).
+    or waiting to put one (count), by the batcher's current and leftover chunks (2),
+    and by uncopied batches in the batch queue and with the consumer or the CUDA
+    staging copy (batch capacity + 2). Batches are only lent as views while at least
+    count + 2 slots are free, so the workers never wait on a consumer that keeps them.
     """
-    slots = spec.chunk_capacity + spec.worker_count + 2
-    if device != "cpu":
-        slots += spec.batch_capacity + 2
-    return slots
+    return spec.chunk_capacity + spec.worker_count + 2 + spec.batch_capacity + 2
 
 
 def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,

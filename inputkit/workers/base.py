@@ -56,3 +56,6 @@ class WorkerPool(Protocol):
         """Wait until ``deadline`` (time.monotonic); return descriptions of workers still running."""
 
     def stats(self) -> WorkerPoolStats: ...
+
+    def slots_scarce(self) -> bool:
+        """Whether borrowed chunks must be copied before they reach the consumer."""

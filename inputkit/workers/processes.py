@@ -328,6 +328,17 @@ class ProcessWorkerPool:
         return (f"worker {self._ids[index]} (pid {pid}) of {self._label} "
                 f"(source '{self._source_name}')")
 
+    def slots_scarce(self) -> bool:
+        """True when so few slots are free that views must not be lent to the consumer.
+
+        A batch handed out as a view of a slot holds that slot until the consumer frees
+        it. While plenty are free that costs nothing and saves a copy; once fewer than
+        one per worker (plus two) are free, batches are copied out so that slots flow back
+        even to a consumer that keeps every batch.
+        """
+        with self._lock:
+            return self._slots - len(self._in_use) < len(self._ids) + 2
+
     # stats -----------------------------------------------------------------------------------
 
     def pids(self) -> list[int]:

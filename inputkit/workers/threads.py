@@ -62,6 +62,9 @@ class ThreadWorkerPool:
     def stop(self) -> None:
         self._stop.set()
 
+    def slots_scarce(self) -> bool:
+        return False  # thread workers hand over arrays they own: nothing is borrowed
+
     def join(self, deadline: float) -> list[str]:
         stuck = []
         frames = None
