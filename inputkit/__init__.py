@@ -1,24 +1,38 @@
 """inputkit: configuration-driven, observable, memory-safe training input.
 
 The public API is what ``__all__`` lists; every other module may change.
-Importing inputkit does not import torch (the device stage does, on start).
+Names are imported on first use (PEP 562): ``import inputkit`` costs almost
+nothing, a worker process that needs only the fetch machinery never loads
+Hydra or OmegaConf, and nothing here imports torch (the device stage does, on
+start).
 """
 
-from inputkit.config.compose import compose
-from inputkit.config.spec import InputSpec, RunSpec, load_spec
-from inputkit.errors import (
-    ConfigError,
-    InputkitError,
-    ShutdownError,
-    SourceError,
-    SourceExhausted,
-    WorkerFailure,
-)
-from inputkit.runner import Runner
-from inputkit.sources import Source, SyntheticSource
-from inputkit.stats import CoordinatorStats, QueueStats, RunnerStats, WorkerPoolStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "compose": "inputkit.config.compose",
+    "InputSpec": "inputkit.config.spec",
+    "RunSpec": "inputkit.config.spec",
+    "load_spec": "inputkit.config.spec",
+    "ConfigError": "inputkit.errors",
+    "InputkitError": "inputkit.errors",
+    "ShutdownError": "inputkit.errors",
+    "SourceError": "inputkit.errors",
+    "SourceExhausted": "inputkit.errors",
+    "WorkerFailure": "inputkit.errors",
+    "Runner": "inputkit.runner",
+    "Source": "inputkit.sources.protocol",
+    "SyntheticSource": "inputkit.sources.synthetic",
+    "CoordinatorStats": "inputkit.stats",
+    "QueueStats": "inputkit.queues",
+    "RunnerStats": "inputkit.stats",
+    "WorkerPoolStats": "inputkit.workers.base",
+}
 
 __all__ = [
     "ConfigError",
@@ -40,3 +54,34 @@ __all__ = [
     "compose",
     "load_spec",
 ]
+
+if TYPE_CHECKING:
+    from inputkit.config.compose import compose
+    from inputkit.config.spec import InputSpec, RunSpec, load_spec
+    from inputkit.errors import (
+        ConfigError,
+        InputkitError,
+        ShutdownError,
+        SourceError,
+        SourceExhausted,
+        WorkerFailure,
+    )
+    from inputkit.queues import QueueStats
+    from inputkit.runner import Runner
+    from inputkit.sources.protocol import Source
+    from inputkit.sources.synthetic import SyntheticSource
+    from inputkit.stats import CoordinatorStats, RunnerStats
+    from inputkit.workers.base import WorkerPoolStats
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inputkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

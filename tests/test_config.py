@@ -128,3 +128,25 @@ def test_importing_inputkit_does_not_import_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert inputkit.__version__
+
+
+def test_public_api_names_resolve_and_match_all():
+    from inputkit import _EXPORTS
+
+    assert set(inputkit.__all__) == set(_EXPORTS) | {"__version__"}
+    for name in inputkit.__all__:
+        assert getattr(inputkit, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        inputkit.Nope  # noqa: B018
+
+
+def test_worker_processes_import_neither_hydra_omegaconf_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, inputkit.workers.process_main\n"
+            "print(sorted(m for m in ('hydra', 'omegaconf', 'torch', 'rich', 'typer')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

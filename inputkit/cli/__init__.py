@@ -57,6 +57,7 @@ def compare(
     workload: list[str] = typer.Option(
         None, "--workload", "-w", help="w1, w2, w3 or w4 (repeat it; default: all four)"),
     seconds: float = typer.Option(3.0, help="steady-state seconds per loader and workload"),
+    repeats: int = typer.Option(1, help="runs per loader, interleaved; the median is shown"),
     startup: bool = typer.Option(True, help="also time the first batch of 4 process workers x 2 "
                                             "devices (cold start)"),
 ) -> None:
@@ -67,11 +68,12 @@ def compare(
     (e.g. workers.count=4). Prints throughput, time to first batch, peak memory,
     the ratio to the best DataLoader configuration and to the physical limit.
     """
-    raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4"], seconds, startup,
+    raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4"], seconds, repeats, startup,
                                   list(ctx.args)))
 
 
-def _run_compare(workloads: list[str], seconds: float, startup: bool, overrides: list[str]) -> int:
+def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bool,
+                 overrides: list[str]) -> int:
     from rich.console import Console
 
     from inputkit.errors import ConfigError
@@ -88,6 +90,8 @@ def _run_compare(workloads: list[str], seconds: float, startup: bool, overrides:
                               f"choose from {', '.join(WORKLOADS)}")
         if seconds <= 0:
             raise ConfigError("--seconds", f"must be positive, got {seconds:g}")
+        if repeats < 1:
+            raise ConfigError("--repeats", f"must be at least 1, got {repeats}")
         console = make_console()
 
         def say(text: str) -> None:
@@ -97,7 +101,8 @@ def _run_compare(workloads: list[str], seconds: float, startup: bool, overrides:
         if startup:
             say("first batch, 4 process workers x 2 devices (cold start)")
             startup_s = first_batch_latency(overrides)
-        results = [run_workload(WORKLOADS[w.lower()], overrides, seconds, say) for w in workloads]
+        results = [run_workload(WORKLOADS[w.lower()], overrides, seconds, say, repeats)
+                   for w in workloads]
     except ConfigError as exc:
         err.print(f"error: {exc}", markup=False)
         return EXIT_CONFIG

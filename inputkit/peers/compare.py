@@ -39,7 +39,7 @@ WORKLOADS = {
     "w1": Workload("w1", "tiny", "W1 tiny samples (256 x 64 float32)", "fetch loop, 1 thread"),
     "w2": Workload("w2", "images", "W2 image-sized (64 x 3x224x224 uint8)", "memcpy bandwidth"),
     "w3": Workload("w3", "remote", "W3 latency-bound (20 ms per fetch)", "workers / latency"),
-    "w4": Workload("w4", "cpu", "W4 CPU-bound (numpy FFTs per sample)", "cores x 1 worker"),
+    "w4": Workload("w4", "cpu", "W4 CPU-bound (an FFT per 3x64x64 sample)", "cores x 1 worker"),
 }
 
 
@@ -189,8 +189,14 @@ def sample_bytes(spec: InputSpec) -> int:
     return int(sum(arr[:1].nbytes for arr in chunk.values()))
 
 
+def _median(runs: list[Measurement]) -> Measurement:
+    """The run with the median throughput (first-batch time and memory from the same run)."""
+    ordered = sorted(runs, key=lambda m: m.batches_per_s)
+    return ordered[len(ordered) // 2]
+
+
 def run_workload(workload: Workload, overrides: list[str], seconds: float,
-                 say: Callable[[str], None]) -> dict[str, Any]:
+                 say: Callable[[str], None], repeats: int = 1) -> dict[str, Any]:
     from inputkit.peers.torch_loader import VARIANTS
 
     cfg = inputkit.compose([f"experiment={workload.experiment}", "devices=cpu", *overrides])
@@ -199,12 +205,16 @@ def run_workload(workload: Workload, overrides: list[str], seconds: float,
     batch_bytes = sample_bytes(input_spec) * input_spec.batch_size
     say(f"{workload.title}: physical limit")
     limits = [physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0))]
-    say(f"{workload.title}: inputkit")
-    ours = measure_inputkit(spec, seconds, batch_bytes)
-    peers = []
-    for variant in VARIANTS:
-        say(f"{workload.title}: DataLoader {variant}")
-        peers.append(measure_torch(variant, input_spec, seconds, batch_bytes))
+    runs: dict[str, list[Measurement]] = {"inputkit": [], **{v: [] for v in VARIANTS}}
+    for repeat in range(repeats):  # interleaved, so slow phases of a noisy machine hit all
+        suffix = f" (run {repeat + 1} of {repeats})" if repeats > 1 else ""
+        say(f"{workload.title}: inputkit{suffix}")
+        runs["inputkit"].append(measure_inputkit(spec, seconds, batch_bytes))
+        for variant in VARIANTS:
+            say(f"{workload.title}: DataLoader {variant}{suffix}")
+            runs[variant].append(measure_torch(variant, input_spec, seconds, batch_bytes))
+    ours = _median(runs["inputkit"])
+    peers = [_median(runs[variant]) for variant in VARIANTS]
     best = max(peers, key=lambda m: m.batches_per_s)
     say(f"{workload.title}: physical limit, again")
     # Measured before and after the loaders; the higher one is kept, so noise on a shared

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from inputkit.chunk import ChunkSchema
-from inputkit.config.spec import InputSpec
 from inputkit.errors import ConfigError
 from inputkit.messages import Failure
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
 from inputkit.workers.base import WorkerPool, WorkerPoolStats
 from inputkit.workers.threads import ThreadWorkerPool
+
+if TYPE_CHECKING:  # the config layer (OmegaConf) stays out of worker processes
+    from inputkit.config.spec import InputSpec
 
 __all__ = ["ThreadWorkerPool", "WorkerPool", "WorkerPoolStats", "make_worker_pool", "slot_count"]
 
