@@ -174,3 +174,34 @@ def test_sigint_stops_cleanly_prints_the_partial_summary_and_exits_130(tmp_path)
     assert proc.returncode == 130, stderr
     assert "interrupted after" in stdout and "0:cpu" in stdout
     assert "stopped cleanly" in stderr and "Traceback" not in stderr
+
+
+def test_a_process_worker_sweep_runs_through_multirun(tmp_path):
+    out = run(["bench", "-m", "workers=processes", "workers.count=1,2", "bench.steps=5",
+               "batch_size=32", "devices=cpu"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    points = summaries(tmp_path / "multirun")
+    assert sorted(p["config"]["workers"]["count"] for p in points) == [1, 2]
+    for point in points:
+        [coordinator] = point["stats"]["coordinators"]
+        assert coordinator["workers"]["kind"] == "process" and coordinator["batches"] == 5
+        assert len(coordinator["workers"]["pids"]) == point["config"]["workers"]["count"]
+
+
+@pytest.mark.timeout(180)
+def test_compare_prints_inputkit_dataloader_and_the_limit(tmp_path):
+    out = run(["compare", "-w", "w1", "-w", "w3", "--seconds", "0.5", "--no-startup"], tmp_path,
+              timeout=170)
+    assert out.returncode == 0, out.stderr
+    table = out.stdout
+    for text in ["inputkit (2 threads)", "DataLoader per-item (2 procs)",
+                 "DataLoader chunks (8 procs)", "limit: 8 workers x 256 samples / 20 ms",
+                 "W1: inputkit / best DataLoader =", "W3: inputkit / ideal ="]:
+        assert text in table, text
+    assert "measuring W1" in out.stderr
+
+
+def test_compare_rejects_an_unknown_workload(tmp_path):
+    out = run(["compare", "-w", "w9"], tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --workload: unknown workload(s) w9; choose from w1, w2, w3, w4"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +113,9 @@ def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measure
 def measure_torch(variant: str, spec: InputSpec, seconds: float, batch_bytes: int) -> Measurement:
     from inputkit.peers.torch_loader import make_loader
 
-    with TreeMemory() as memory:
+    with TreeMemory() as memory, warnings.catch_warnings():
+        # DataLoader warns when workers outnumber cores; W3 does that on purpose (it waits).
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
         began = time.perf_counter()
         loader = make_loader(variant, spec)
         stream = iter(loader)
