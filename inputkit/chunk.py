@@ -48,6 +48,9 @@ class ChunkSchema:
 
     def check(self, raw: object, worker_id: int) -> Chunk:
         """Normalise ``raw`` to a Chunk, or raise a SourceError saying what is wrong."""
+        fast = self._check_fast(raw, worker_id)
+        if fast is not None:
+            return fast
         arrays = self._as_mapping(raw, worker_id)
         lengths = {name: arr.shape[0] for name, arr in arrays.items()}
         if len(set(lengths.values())) > 1:
@@ -67,6 +70,25 @@ class ChunkSchema:
         n = next(iter(lengths.values()))
         nbytes = sum(arr.nbytes for arr in arrays.values())
         return Chunk(fields=arrays, n=n, nbytes=nbytes, worker_id=worker_id)
+
+    def _check_fast(self, raw: object, worker_id: int) -> Chunk | None:
+        """The common case in one pass: a dict with exactly the known fields, all well-formed.
+
+        Anything unusual returns None, and the full check explains what is wrong.
+        """
+        expected = self._fields
+        if expected is None or type(raw) is not dict or len(raw) != len(expected):
+            return None
+        n = -1
+        nbytes = 0
+        for name, (dtype, trailing) in expected.items():
+            arr = raw.get(name)
+            if type(arr) is not np.ndarray or arr.dtype != dtype or arr.shape[1:] != trailing \
+                    or arr.ndim == 0 or (n >= 0 and arr.shape[0] != n):
+                return None
+            n = arr.shape[0]
+            nbytes += arr.nbytes
+        return Chunk(fields=raw, n=n, nbytes=nbytes, worker_id=worker_id)
 
     def _as_mapping(self, raw: object, worker_id: int) -> dict[str, np.ndarray]:
         if isinstance(raw, Mapping):
