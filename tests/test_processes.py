@@ -23,7 +23,8 @@ TESTS = Path(__file__).resolve().parent
 
 
 def segments() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("inputkit_")}
+    """This test process's segments (named inputkit_<pid>_...): others' runs do not count."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(f"inputkit_{os.getpid()}_")}
 
 
 def alive(pids) -> list[int]:

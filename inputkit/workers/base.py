@@ -8,8 +8,14 @@ worker fails, it puts a ``Failure`` and stops its siblings.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
+
+_LATENCY_WINDOW = 1024  # fetch latencies kept for the percentiles
 
 
 @dataclass(frozen=True)
@@ -59,3 +65,44 @@ class WorkerPool(Protocol):
 
     def slots_scarce(self) -> bool:
         """Whether borrowed chunks must be copied before they reach the consumer."""
+
+
+class FetchTally:
+    """What a pool's workers fetched: counts, bytes, time, recent latencies. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._chunks = self._samples = self._bytes = self._empty = 0
+        self._wall = self._cpu = 0.0
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+
+    def fetched(self, n: int, nbytes: int, wall: float, cpu: float, timed: bool = True) -> None:
+        """One chunk (or piece of one) of ``n`` samples; ``timed=False`` for later pieces."""
+        with self._lock:
+            if n == 0:
+                self._empty += 1
+            else:
+                self._chunks += 1
+                self._samples += n
+                self._bytes += nbytes
+            if timed:
+                self._wall += wall
+                self._cpu += cpu
+                self._latencies.append(wall)
+
+    def stats(self, kind: str, states: list[int | str], codes: tuple[Any, Any, Any, Any],
+              **extra: Any) -> WorkerPoolStats:
+        """A snapshot; ``codes`` are the (idle, fetching, blocked, done) values in ``states``."""
+        idle, fetching, blocked, done = codes
+        with self._lock:
+            latencies = np.array(self._latencies) if self._latencies else None
+            p50, p95 = (np.percentile(latencies, [50, 95]) * 1000.0) if latencies is not None \
+                else (0.0, 0.0)
+            return WorkerPoolStats(
+                kind=kind, workers=len(states),
+                fetching=states.count(fetching), blocked=states.count(blocked),
+                idle=states.count(idle), done=states.count(done),
+                chunks=self._chunks, samples=self._samples, bytes=self._bytes,
+                empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
+                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95), **extra,
+            )

@@ -23,24 +23,20 @@ import threading
 import time
 import types
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import numpy as np
-
 from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, WorkerFailure
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
-from inputkit.workers.base import WorkerPoolStats
+from inputkit.workers.base import FetchTally, WorkerPoolStats
 from inputkit.workers.process_main import BLOCKED, DONE, FETCHING, IDLE, WorkerArgs, worker_main
 from inputkit.workers.shm import SlotArena
 
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
-_LATENCY_WINDOW = 1024
 _POLL_S = 0.1
 
 
@@ -126,9 +122,7 @@ class ProcessWorkerPool:
         self._failed = False
         self._closed = False
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
-        self._chunks = self._samples = self._bytes = self._empty = 0
-        self._wall = self._cpu = 0.0
-        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._tally = FetchTally()
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
                                           daemon=True)
 
@@ -231,11 +225,7 @@ class ProcessWorkerPool:
         if kind == "chunk":
             return self._chunk(index, *message[1:])
         if kind == "empty":
-            with self._lock:
-                self._empty += 1
-                self._wall += message[1]
-                self._cpu += message[2]
-                self._latencies.append(message[1])
+            self._tally.fetched(0, 0, message[1], message[2])
             return True
         if kind == "done":
             self._worker_finished(index)
@@ -260,14 +250,7 @@ class ProcessWorkerPool:
         chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
-        with self._lock:
-            self._chunks += 1
-            self._samples += n
-            self._bytes += nbytes
-            if wall or cpu:
-                self._wall += wall
-                self._cpu += cpu
-                self._latencies.append(wall)
+        self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
         return self._out.put(chunk, nbytes, self._receiver_stop)
 
     def _release_slot(self, slot: int) -> None:
@@ -345,19 +328,10 @@ class ProcessWorkerPool:
         return [p.pid for p in self._processes if p.pid is not None]
 
     def stats(self) -> WorkerPoolStats:
-        states = list(self._states) if self._states is not None else []
+        states = list(self._states) if self._states is not None else [IDLE] * len(self._ids)
         with self._lock:
-            latencies = np.array(self._latencies) if self._latencies else None
-            p50, p95 = (np.percentile(latencies, [50, 95]) * 1000.0) if latencies is not None \
-                else (0.0, 0.0)
-            return WorkerPoolStats(
-                kind=self.kind, workers=len(self._ids),
-                fetching=states.count(FETCHING), blocked=states.count(BLOCKED),
-                idle=states.count(IDLE), done=states.count(DONE),
-                chunks=self._chunks, samples=self._samples, bytes=self._bytes,
-                empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
-                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95),
-                shm_slots=self._slots, shm_slot_bytes=self._slot_bytes,
-                shm_slots_in_use=len(self._in_use), shm_bytes_in_use=sum(self._in_use.values()),
-                pids=tuple(self.pids()),
-            )
+            in_use = dict(self._in_use)
+        return self._tally.stats(
+            self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
+            shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
+            shm_bytes_in_use=sum(in_use.values()), pids=tuple(self.pids()))

@@ -11,20 +11,16 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
-
-import numpy as np
 
 from inputkit.chunk import ChunkSchema
 from inputkit.errors import SourceExhausted
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.workers.base import WorkerPoolStats
+from inputkit.workers.base import FetchTally, WorkerPoolStats
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
-_LATENCY_WINDOW = 1024
 
 
 class ThreadWorkerPool:
@@ -46,9 +42,7 @@ class ThreadWorkerPool:
         self._states = {wid: IDLE for wid in self._ids}
         self._active = len(self._ids)
         self._failed = False
-        self._chunks = self._samples = self._bytes = self._empty = 0
-        self._wall = self._cpu = 0.0
-        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._tally = FetchTally()
         self._threads = [
             threading.Thread(target=self._run, args=(wid,), name=f"{thread_prefix}-fetch-{wid}",
                              daemon=True)
@@ -78,19 +72,8 @@ class ThreadWorkerPool:
         return stuck
 
     def stats(self) -> WorkerPoolStats:
-        with self._lock:
-            states = list(self._states.values())
-            latencies = np.array(self._latencies) if self._latencies else None
-            p50, p95 = (np.percentile(latencies, [50, 95]) * 1000.0) if latencies is not None \
-                else (0.0, 0.0)
-            return WorkerPoolStats(
-                kind=self.kind, workers=len(self._ids),
-                fetching=states.count(FETCHING), blocked=states.count(BLOCKED),
-                idle=states.count(IDLE), done=states.count(DONE),
-                chunks=self._chunks, samples=self._samples, bytes=self._bytes,
-                empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
-                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95),
-            )
+        return self._tally.stats(self.kind, list(self._states.values()),
+                                 (IDLE, FETCHING, BLOCKED, DONE))
 
     def _run(self, wid: int) -> None:
         fetch = self._source.fetch
@@ -108,16 +91,7 @@ class ThreadWorkerPool:
                     return
                 wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
                 chunk = self._schema.check(raw, wid)
-                with self._lock:
-                    self._wall += wall
-                    self._cpu += cpu
-                    self._latencies.append(wall)
-                    if chunk.n == 0:
-                        self._empty += 1
-                    else:
-                        self._chunks += 1
-                        self._samples += chunk.n
-                        self._bytes += chunk.nbytes
+                self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
                 if chunk.n == 0:
                     continue
                 states[wid] = BLOCKED
