@@ -25,7 +25,9 @@ def test_wheel_contains_every_shipped_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [f for f in shipped if f"inputkit/conf/{f}" not in names]
     assert not missing, f"configs missing from the wheel: {missing}"
-    assert "inputkit/cli/__init__.py" in names and "inputkit/workers/threads.py" in names
+    modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "inputkit").rglob("*.py"))
+    left_out = [m for m in modules if m not in names]
+    assert not left_out, f"modules missing from the wheel (add their package to pyproject): {left_out}"
 
 
 def test_installed_package_finds_its_configs_inside_itself():
