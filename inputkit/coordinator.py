@@ -68,8 +68,10 @@ class Coordinator(Iterator[dict[str, Any]]):
         count = spec.worker_count
         self._abort = abort
         self._stop = threading.Event()
-        self.chunk_queue = BoundedQueue(f"{spec.name}/{device}/chunks", spec.chunk_capacity)
-        self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity)
+        self.chunk_queue = BoundedQueue(f"{spec.name}/{device}/chunks", spec.chunk_capacity,
+                                        spec.chunk_capacity_bytes)
+        self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity,
+                                        spec.batch_capacity_bytes)
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
@@ -86,6 +88,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
                                               self._stop, name, f"the device stage of {self.label}")
         abort.join(self)
+        self.planned: dict[str, int] = {}  # the memory plan's stage -> bytes, set by the runner
         self._started_at: float | None = None
         self._finished_at: float | None = None
         self._first_batch_s: float | None = None
@@ -172,5 +175,5 @@ class Coordinator(Iterator[dict[str, Any]]):
             workers=self.workers.stats(),
             queues=tuple(q.stats() for q in self._queues()),
             copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
-            dropped_samples=self.batcher.rechunker.dropped,
+            dropped_samples=self.batcher.rechunker.dropped, planned=dict(self.planned),
         )

@@ -32,6 +32,7 @@ class QueueStats:
 
     name: str
     capacity: int
+    max_bytes: int | None
     items: int
     bytes: int
     peak_items: int
@@ -48,7 +49,9 @@ class QueueStats:
 
     @property
     def fill(self) -> float:
-        """Current fill as a fraction of capacity."""
+        """Current fill as a fraction of capacity (of the byte limit when there is one)."""
+        if self.max_bytes is not None:
+            return self.bytes / self.max_bytes
         return self.items / self.capacity if self.capacity else 0.0
 
     @property
@@ -63,11 +66,16 @@ class QueueStats:
 class BoundedQueue:
     """FIFO of at most ``capacity`` payload items; control items bypass the bound."""
 
-    def __init__(self, name: str, capacity: int) -> None:
+    def __init__(self, name: str, capacity: int, max_bytes: int | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"queue '{name}': capacity must be >= 1, got {capacity}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"queue '{name}': max_bytes must be >= 1, got {max_bytes}")
         self.name = name
         self.capacity = capacity
+        # With a byte limit, a put waits while the bytes would go over it, unless the queue
+        # is empty: one item larger than the limit still passes, so nothing deadlocks.
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._not_empty = threading.Condition(self._lock)
@@ -87,9 +95,9 @@ class BoundedQueue:
     def put(self, item: Any, nbytes: int = 0, stop: threading.Event | None = None) -> bool:
         """Append ``item``, waiting while the queue is full. False if closed or stopped."""
         with self._lock:
-            if self._payload >= self.capacity and not self._closed:
+            if self._full_for(nbytes) and not self._closed:
                 began = time.monotonic()
-                while self._payload >= self.capacity and not self._closed:
+                while self._full_for(nbytes) and not self._closed:
                     if stop is not None and stop.is_set():
                         self._put_wait += time.monotonic() - began
                         return False
@@ -99,6 +107,12 @@ class BoundedQueue:
                 return False
             self._append(item, nbytes, counts=True)
             return True
+
+    def _full_for(self, nbytes: int) -> bool:
+        if self._payload >= self.capacity:
+            return True
+        return self.max_bytes is not None and self._payload > 0 \
+            and self._bytes + nbytes > self.max_bytes
 
     def put_control(self, item: Any) -> bool:
         """Append a control message (end of input, an error) even when full. False if closed."""
@@ -156,10 +170,11 @@ class BoundedQueue:
         with self._lock:
             now = time.monotonic()
             pending = now - self._since
-            full = self._time_full + (pending if self._payload >= self.capacity else 0.0)
+            full = self._time_full + (pending if self._at_limit() else 0.0)
             empty = self._time_empty + (pending if self._payload == 0 else 0.0)
             return QueueStats(
-                name=self.name, capacity=self.capacity, items=self._payload, bytes=self._bytes,
+                name=self.name, capacity=self.capacity, max_bytes=self.max_bytes,
+                items=self._payload, bytes=self._bytes,
                 peak_items=self._peak_items, peak_bytes=self._peak_bytes,
                 items_in=self._items_in, items_out=self._items_out,
                 bytes_in=self._bytes_in, bytes_out=self._bytes_out,
@@ -180,10 +195,15 @@ class BoundedQueue:
             self._peak_bytes = max(self._peak_bytes, self._bytes)
         self._not_empty.notify()
 
+    def _at_limit(self) -> bool:
+        if self._payload >= self.capacity:
+            return True
+        return self.max_bytes is not None and self._bytes >= self.max_bytes
+
     def _account(self) -> None:
         """Close the current full/empty time segment before the fill changes."""
         now = time.monotonic()
-        if self._payload >= self.capacity:
+        if self._at_limit():
             self._time_full += now - self._since
         elif self._payload == 0:
             self._time_empty += now - self._since

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
@@ -25,7 +27,11 @@ from inputkit.errors import InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
 from inputkit.stats import RunnerStats
 
+if TYPE_CHECKING:
+    from inputkit.memory import MemoryPlan
+
 Batch = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class Runner:
@@ -51,6 +57,7 @@ class Runner:
         self._lock = threading.Lock()
         self._state = "new"
         self._started_at = 0.0
+        self.plan: MemoryPlan | None = None  # the memory plan checked by start()
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -65,6 +72,7 @@ class Runner:
             self._state = "starting"
         try:
             self.devices = tuple(resolve_devices(self.spec.devices))
+            self.plan = self._check_memory()
             for name in self.input_names:
                 spec = self.spec.input(name)
                 key = f"{spec.key_prefix}source"
@@ -76,8 +84,12 @@ class Runner:
                     import_target(spec.source["_target_"], key=f"{key}._target_")
                 schema = ChunkSchema(spec.source["_target_"])
                 for index, device in enumerate(self.devices):
-                    self._coordinators[(name, index)] = Coordinator(
-                        spec, device, index, source, schema, self._abort, len(self.devices))
+                    coordinator = Coordinator(spec, device, index, source, schema, self._abort,
+                                              len(self.devices))
+                    if self.plan is not None:
+                        coordinator.planned = {t.stage: t.bytes for t in self.plan.terms
+                                               if t.input == name}
+                    self._coordinators[(name, index)] = coordinator
             self._started_at = time.monotonic()
             for coordinator in self._coordinators.values():
                 coordinator.start()
@@ -87,6 +99,24 @@ class Runner:
             raise
         self._state = "running"
         return self
+
+    def _check_memory(self) -> MemoryPlan | None:
+        """Plan the worst case first; refuse a plan over ``memory.budget`` unless allowed."""
+        from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
+
+        selected = dataclasses.replace(
+            self.spec, inputs=tuple(s for s in self.spec.inputs if s.name in self.input_names))
+        try:
+            plan = plan_memory(selected, devices=self.devices)
+        except UnknownSampleSizes as exc:
+            log.warning("no memory plan, so no budget check: %s", exc)
+            return None
+        if plan.over_budget:
+            if not self.spec.allow_over_budget:
+                raise MemoryBudgetError(plan)
+            log.warning("starting over memory.budget because memory.allow_over_budget=true: %s",
+                        MemoryBudgetError(plan))
+        return plan
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop every thread and free every buffer; idempotent and safe from any thread.
@@ -149,9 +179,15 @@ class Runner:
 
     def stats(self) -> RunnerStats:
         """A snapshot of every coordinator's statistics (cheap; any thread)."""
+        from inputkit.procmem import read_process_memory
+
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
-        return RunnerStats(elapsed_s=elapsed,
-                           coordinators=tuple(c.stats() for c in self._coordinators.values()))
+        coordinators = tuple(c.stats() for c in self._coordinators.values())
+        pids = [pid for c in coordinators for pid in c.workers.pids]
+        shared = sum(c.workers.shm_bytes_in_use for c in coordinators)
+        return RunnerStats(elapsed_s=elapsed, coordinators=coordinators,
+                           planned_host_bytes=self.plan.host_bytes if self.plan else None,
+                           memory=read_process_memory(pids, shared))
 
     def coordinators(self, input: str | None = None) -> list[Coordinator]:
         """The coordinators of one input (or all), in device order."""

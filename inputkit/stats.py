@@ -6,9 +6,10 @@ Rates are derived properties, so a snapshot is self-contained and cheap to take
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from inputkit.procmem import ProcessMemory
 from inputkit.queues import QueueStats
 from inputkit.workers.base import WorkerPoolStats
 
@@ -61,6 +62,13 @@ class CoordinatorStats(_Rates):
     copied_batches: int
     view_batches: int
     dropped_samples: int
+    # The memory plan's worst case for each stage of this coordinator (stage -> bytes).
+    planned: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes in this coordinator's queues right now."""
+        return sum(q.bytes for q in self.queues)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -75,6 +83,13 @@ class RunnerStats(_Rates):
 
     elapsed_s: float
     coordinators: tuple[CoordinatorStats, ...]
+    # The plan's host total (None when sizes were unknown), and measured memory now.
+    planned_host_bytes: int | None = None
+    memory: ProcessMemory | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(c.buffered_bytes for c in self.coordinators)
 
     @property
     def samples(self) -> int:
@@ -93,5 +108,7 @@ class RunnerStats(_Rates):
             "elapsed_s": self.elapsed_s, "samples": self.samples, "batches": self.batches,
             "bytes": self.bytes, "samples_per_s": self.samples_per_s,
             "batches_per_s": self.batches_per_s, "mb_per_s": self.mb_per_s,
+            "planned_host_bytes": self.planned_host_bytes, "buffered_bytes": self.buffered_bytes,
+            "memory": asdict(self.memory) if self.memory is not None else None,
             "coordinators": [c.to_dict() for c in self.coordinators],
         }

@@ -149,3 +149,8 @@ class Sharded:
         ids = self.mine[self.cursor:self.cursor + n]
         self.cursor += len(ids)
         return {"id": ids, "x": np.repeat(ids[:, None].astype(np.float32), 3, axis=1)}
+
+
+def fetch_empty(worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+    """Always zero samples (a source stuck on empty chunks)."""
+    return {"x": np.zeros((0, 2), np.float32)}

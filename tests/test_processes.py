@@ -167,7 +167,8 @@ def test_a_bad_chunk_in_a_process_is_a_source_error_naming_the_field():
 
 
 def test_a_killed_worker_is_detected_within_a_second_and_named():
-    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 0.05}, batch_size=4)
+    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 0.05}, batch_size=4,
+                   memory={"probe": False})
     with Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
@@ -206,7 +207,8 @@ def test_early_break_stops_processes_within_2s_and_frees_everything():
 
 
 def test_a_fetch_that_never_returns_is_terminated_on_close():
-    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 30}, batch_size=4)
+    cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 30}, batch_size=4,
+                   memory={"probe": False})
     runner = Runner(cfg).start()
     time.sleep(0.3)
     pids = worker_pids(runner)

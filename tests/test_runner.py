@@ -14,6 +14,7 @@ import inputkit
 from inputkit import ConfigError, InputkitError, Runner, SourceError, WorkerFailure
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
+NO_PROBE = {"probe": False}  # slow sources: no extra fetch at start for the memory plan
 
 
 def ids_of(batches):
@@ -173,7 +174,7 @@ def test_leaving_the_block_with_an_exception_stops_threads_and_keeps_the_excepti
 
 
 def test_close_is_idempotent_and_safe_from_another_thread():
-    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.05}, batch_size=4)
+    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.05}, batch_size=4, memory=NO_PROBE)
     runner = Runner(cfg).start()
     closer = threading.Thread(target=runner.close)
     closer.start()
@@ -186,7 +187,7 @@ def test_close_is_idempotent_and_safe_from_another_thread():
 
 
 def test_close_while_consumer_waits_ends_its_wait_with_a_clear_error():
-    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.3}, batch_size=4)
+    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.3}, batch_size=4, memory=NO_PROBE)
     runner = Runner(cfg).start()
     caught = []
 
@@ -208,7 +209,7 @@ def test_close_while_consumer_waits_ends_its_wait_with_a_clear_error():
 
 def test_a_fetch_that_never_returns_is_reported_by_close():
     cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 3.5}, batch_size=4,
-                   workers={"count": 1})
+                   workers={"count": 1}, memory=NO_PROBE)
     runner = Runner(cfg).start()
     time.sleep(0.1)
     began = time.monotonic()

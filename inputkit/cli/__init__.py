@@ -52,6 +52,52 @@ def bench(ctx: typer.Context) -> None:
 
 
 @app.command(context_settings=_PASS_THROUGH)
+def plan(
+    ctx: typer.Context,
+    config_dir: str = typer.Option(None, "--config-dir", "-cd",
+                                   help="your config folder, searched before ours"),
+    config_name: str = typer.Option("config", "--config-name", "-cn",
+                                    help="the primary config to start from"),
+    no_probe: bool = typer.Option(False, "--no-probe",
+                                  help="never fetch from a source to learn sample sizes"),
+) -> None:
+    """Show the memory every stage may hold at its worst, against memory.budget.
+
+    Takes the same overrides as bench (e.g. inputkit plan experiment=caffe2_oom
+    queue.capacity=64). Exit code 0: it fits; 3: over budget (with the fixes
+    that fit); 2: a bad config. Does not import torch.
+    """
+    raise typer.Exit(_run_plan(list(ctx.args), config_dir, config_name, not no_probe))
+
+
+def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
+              probe: bool) -> int:
+    from rich.console import Console
+
+    from inputkit.errors import ConfigError, SourceError
+
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    try:
+        from dataclasses import replace
+
+        from inputkit.cli.bench import make_console
+        from inputkit.cli.plan import EXIT_OVER_BUDGET, print_plan
+        from inputkit.config.compose import compose
+        from inputkit.config.spec import load_spec
+        from inputkit.memory import plan_memory
+
+        spec = load_spec(compose(overrides, config_name=config_name, config_dir=config_dir))
+        if not probe:
+            spec = replace(spec, probe=False)
+        memory_plan = plan_memory(spec)
+    except (ConfigError, SourceError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_CONFIG
+    print_plan(make_console(), memory_plan)
+    return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
+
+
+@app.command(context_settings=_PASS_THROUGH)
 def compare(
     ctx: typer.Context,
     workload: list[str] = typer.Option(
@@ -118,11 +164,21 @@ def _run_bench(argv: list[str]) -> int:
 
     from inputkit.errors import ConfigError, InputkitError
 
+    from inputkit.memory import MemoryBudgetError
+
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
         results = _bench_with_hydra(argv)
         if results is not None and len(results) == 1 and "error" in results[0]:
             raise results[0]["error"]
+    except MemoryBudgetError as exc:
+        from inputkit.cli.bench import make_console
+        from inputkit.cli.plan import EXIT_OVER_BUDGET, print_plan
+
+        print_plan(make_console(), exc.plan)
+        err.print("error: refused to start: the memory plan is over memory.budget "
+                  "(see `inputkit plan`)", markup=False)
+        return EXIT_OVER_BUDGET
     except ConfigError as exc:
         err.print(f"error: {exc}", markup=False)
         return EXIT_CONFIG

@@ -146,9 +146,17 @@ def check_config(cfg: DictConfig) -> None:
     """Fail fast on bad values and unimportable sources, before any job starts."""
     from inputkit.sources.loader import import_target
 
+    from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
+
     spec = load_spec(cfg)
     for input_spec in spec.inputs:
         import_target(input_spec.source["_target_"], key=f"{input_spec.key_prefix}source._target_")
+    try:
+        plan = plan_memory(spec)
+    except UnknownSampleSizes:
+        return  # the runner says so when it starts
+    if plan.over_budget and not spec.allow_over_budget:
+        raise MemoryBudgetError(plan)
 
 
 def bench_task(cfg: DictConfig) -> dict[str, Any]:

@@ -45,10 +45,25 @@ class WorkersConfig:
 
 @dataclass
 class QueueConfig:
-    # Chunks (fetch results) buffered between the workers and the batcher.
-    capacity: int = 16
-    # Exact batches buffered between the batcher and the device stage.
-    batch_capacity: int = 4
+    # Chunks (fetch results) buffered between the workers and the batcher: a count (16)
+    # or a size (256MiB), which bounds the bytes however large each chunk is.
+    capacity: Any = 16
+    # Exact batches buffered between the batcher and the device stage: a count or a size.
+    batch_capacity: Any = 4
+
+
+@dataclass
+class MemoryConfig:
+    # The most host memory the pipeline may plan to hold: a size (16GiB) or a share of
+    # the RAM available when it starts (50%).
+    budget: Any = "50%"
+    # The most GPU memory per device for batches prefetched to it (a size), or null.
+    gpu_budget: Any = None
+    # Start even when the plan exceeds the budget (you have been warned).
+    allow_over_budget: bool = False
+    # Fetch one chunk from a private copy of the source to learn sample sizes when the
+    # source config declares no fields.
+    probe: bool = True
 
 
 @dataclass
@@ -93,6 +108,7 @@ class InputkitConfig(InputConfig):
     devices: Any = "auto"
     inputs: dict[str, Any] = field(default_factory=dict)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device")

@@ -37,8 +37,10 @@ class InputSpec:
     worker_count: int
     start_method: str
     slot_bytes: int
-    chunk_capacity: int
+    chunk_capacity: int  # items; with a byte limit, effectively unbounded
     batch_capacity: int
+    chunk_capacity_bytes: int | None  # set when queue.capacity is a size
+    batch_capacity_bytes: int | None
     device_prefetch: int
     key_prefix: str  # where this input's keys live: "" or "inputs.<name>."
 
@@ -53,6 +55,10 @@ class RunSpec:
     bench_steps: int | None
     bench_input: str | None
     progress_interval: float
+    memory_budget: Any = "50%"
+    memory_gpu_budget: Any = None
+    allow_over_budget: bool = False
+    probe: bool = True
 
     def input(self, name: str, key: str = "bench.input") -> InputSpec:
         """The input called ``name``; a ConfigError naming ``key`` lists the known ones."""
@@ -110,7 +116,16 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         bench_steps=steps,
         bench_input=bench.input,
         progress_interval=float(bench.progress_interval),
+        memory_budget=root.memory.budget,
+        memory_gpu_budget=root.memory.gpu_budget,
+        allow_over_budget=bool(root.memory.allow_over_budget),
+        probe=bool(root.memory.probe),
     )
+    from inputkit.memory import parse_budget
+
+    parse_budget(spec.memory_budget, "memory.budget", available=2**40)  # check the syntax now
+    if spec.memory_gpu_budget is not None:
+        parse_size(spec.memory_gpu_budget, "memory.gpu_budget")
     if bench.input is not None:
         spec.input(bench.input)  # raises a ConfigError naming the known inputs
     return spec
@@ -160,11 +175,11 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
     if not isinstance(source.get("_target_"), str) or not source["_target_"]:
         raise ConfigError(p + "source._target_", "missing; name the fetch plugin to use, "
                           "e.g. source._target_=mypkg.data:fetch")
+    chunk_count, chunk_bytes = _capacity(node.queue.capacity, p + "queue.capacity")
+    batch_count, batch_bytes = _capacity(node.queue.batch_capacity, p + "queue.batch_capacity")
     checks = [
         ("batch_size", node.batch_size, 1),
         ("workers.count", node.workers.count, 1),
-        ("queue.capacity", node.queue.capacity, 1),
-        ("queue.batch_capacity", node.queue.batch_capacity, 1),
         ("device.prefetch", node.device.prefetch, 1),
     ]
     for key, value, low in checks:
@@ -179,8 +194,10 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         worker_count=int(node.workers.count),
         start_method=node.workers.start_method.value,
         slot_bytes=parse_size(node.workers.slot_bytes, p + "workers.slot_bytes"),
-        chunk_capacity=int(node.queue.capacity),
-        batch_capacity=int(node.queue.batch_capacity),
+        chunk_capacity=chunk_count,
+        batch_capacity=batch_count,
+        chunk_capacity_bytes=chunk_bytes,
+        batch_capacity_bytes=batch_bytes,
         device_prefetch=int(node.device.prefetch),
         key_prefix=key_prefix,
     )
@@ -203,3 +220,20 @@ def _devices(value: Any) -> tuple[str, ...]:
             raise ConfigError("devices", f"unknown device {item!r}; use auto, cpu, cuda:N "
                               "or a list such as devices=[cuda:0,cuda:1]")
     return tuple(out)
+
+
+UNBOUNDED_ITEMS = 1 << 30  # the item limit of a queue bounded by bytes
+
+
+def _capacity(value: Any, key: str) -> tuple[int, int | None]:
+    """A queue capacity: a count of items (>= 1), or a size such as 256MiB."""
+    if isinstance(value, bool):
+        raise ConfigError(key, f"expected a count (16) or a size (256MiB), got {value!r}")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        count = int(value)
+        if count < 1:
+            raise ConfigError(key, f"must be at least 1, got {count}")
+        return count, None
+    if isinstance(value, float):
+        raise ConfigError(key, f"expected a whole count (16) or a size (256MiB), got {value!r}")
+    return UNBOUNDED_ITEMS, parse_size(value, key)

@@ -28,7 +28,11 @@ def slot_count(spec: InputSpec, device: str) -> int:
     staging copy (batch capacity + 2). Batches are only lent as views while at least
     count + 2 slots are free, so the workers never wait on a consumer that keeps them.
     """
-    return spec.chunk_capacity + spec.worker_count + 2 + spec.batch_capacity + 2
+    queued = spec.chunk_capacity
+    if spec.chunk_capacity_bytes is not None:  # a byte limit: as many slots as it fills
+        queued = max(2, -(-spec.chunk_capacity_bytes // spec.slot_bytes))
+    batches = spec.batch_capacity if spec.batch_capacity_bytes is None else 2
+    return queued + spec.worker_count + 2 + batches + 2
 
 
 def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,

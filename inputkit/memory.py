@@ -1,0 +1,351 @@
+"""The memory planner: what every stage may hold at its worst, before anything starts.
+
+The planner multiplies the real sizes out (bytes per sample x chunk x capacity
+x workers x devices), compares the total with ``memory.budget``, and when it
+does not fit names the dominating term and the largest setting that would.
+It reads the config and, unless the source declares its ``fields``, one probe
+chunk from a private copy of the source. It never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inputkit.config.sizes import format_size, parse_size
+from inputkit.config.spec import InputSpec, RunSpec
+from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
+
+# A worker process's own footprint before it holds any data (interpreter, numpy,
+# inputkit's worker code), as proportional set size: forkserver children share
+# most of their pages with the server.
+WORKER_PROCESS_BYTES = 12 * 2**20
+HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """Bytes per sample of every field, and the samples one fetch returns."""
+
+    fields: dict[str, tuple[tuple[int, ...], str, int]]  # name -> (shape, dtype, bytes)
+    chunk_samples: int
+    source: str  # "declared" or "probe"
+    source_bytes: int  # the source object's own footprint (one copy)
+
+    @property
+    def sample_bytes(self) -> int:
+        return sum(size for *_, size in self.fields.values())
+
+
+@dataclass(frozen=True)
+class Term:
+    """One line of the plan: ``count`` units of ``unit_bytes`` in ``stage`` of one input."""
+
+    input: str
+    stage: str
+    memory: str  # HOST, SHARED, PINNED or GPU
+    count: int
+    unit: str
+    unit_bytes: int
+    key: str  # the config key that sets ``count``
+    detail: str  # how one unit is made up, e.g. "128 samples x 618,348 B"
+    per_device: bool = True
+
+    @property
+    def bytes(self) -> int:
+        return self.count * self.unit_bytes
+
+    def formula(self) -> str:
+        return f"{self.count:,} {self.unit} x {self.detail} = {format_size(self.bytes)}"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    devices: tuple[str, ...]
+    layouts: dict[str, SampleLayout]
+    terms: tuple[Term, ...]
+    budget_bytes: int
+    budget_text: str
+    gpu_budget_bytes: int | None
+    suggestions: tuple[str, ...] = field(default=())
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def total(self, memory: tuple[str, ...] = (HOST, SHARED, PINNED)) -> int:
+        """Bytes over every device, for the given kinds of memory."""
+        return sum(t.bytes * (self.device_count if t.per_device else 1)
+                   for t in self.terms if t.memory in memory)
+
+    @property
+    def host_bytes(self) -> int:
+        return self.total()
+
+    @property
+    def gpu_bytes_per_device(self) -> int:
+        return sum(t.bytes for t in self.terms if t.memory == GPU)
+
+    @property
+    def over_budget(self) -> bool:
+        gpu_over = self.gpu_budget_bytes is not None and \
+            self.gpu_bytes_per_device > self.gpu_budget_bytes
+        return self.host_bytes > self.budget_bytes or gpu_over
+
+    def dominating(self) -> Term:
+        return max(self.terms, key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
+
+    def stage_bytes(self, input_name: str, stage: str) -> int:
+        """Planned bytes of one stage of one input on one device (0 when absent)."""
+        return sum(t.bytes for t in self.terms if t.input == input_name and t.stage == stage)
+
+
+class UnknownSampleSizes(ConfigError):
+    """The source declares no fields and the probe is off: nothing to multiply."""
+
+
+class MemoryBudgetError(InputkitError):
+    """The plan does not fit ``memory.budget``; ``plan`` holds every term and the fixes."""
+
+    def __init__(self, plan: MemoryPlan) -> None:
+        self.plan = plan
+        top = plan.dominating()
+        super().__init__(
+            f"memory.budget: the pipeline may hold {format_size(plan.host_bytes)} of host memory "
+            f"but the budget is {format_size(plan.budget_bytes)} ({plan.budget_text}); the largest "
+            f"term is input '{top.input}' {top.stage}: {top.formula()} per device. "
+            + " ".join(plan.suggestions)
+            + " (set memory.allow_over_budget=true to run anyway)")
+
+
+# --- sizes of samples and sources ----------------------------------------------------------
+
+
+def declared_layout(spec: InputSpec) -> SampleLayout | None:
+    """Sizes from a source config that declares ``fields`` (like the synthetic source)."""
+    fields = spec.source.get("fields")
+    if not isinstance(fields, dict) or not fields:
+        return None
+    sizes: dict[str, tuple[tuple[int, ...], str, int]] = {}
+    for name, declared in fields.items():
+        key = f"{spec.key_prefix}source.fields.{name}"
+        if not isinstance(declared, dict):
+            raise ConfigError(key, f"expected {{shape: [...], dtype: ...}}, got {declared!r}")
+        shape = declared.get("shape", ())
+        shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+        try:
+            dtype = np.dtype(declared.get("dtype", "float32"))
+        except TypeError as exc:
+            raise ConfigError(f"{key}.dtype", f"{declared.get('dtype')!r} is not a numpy dtype") \
+                from exc
+        sizes[str(name)] = (shape, dtype.str, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    id_field = spec.source.get("id_field")
+    if id_field:
+        sizes[str(id_field)] = ((), np.dtype(np.int64).str, 8)
+    chunk = spec.source.get("chunk_size_max") or spec.source.get("chunk_size") or spec.batch_size
+    length = spec.source.get("length")
+    if isinstance(length, int) and length >= 0:
+        chunk = min(int(chunk), length)
+    sample_bytes = sum(size for *_, size in sizes.values())
+    # The synthetic source keeps one random pool per field, as large as its biggest chunk.
+    return SampleLayout(fields=sizes, chunk_samples=int(chunk), source="declared",
+                        source_bytes=sample_bytes * max(int(chunk), 1))
+
+
+def probed_layout(spec: InputSpec) -> SampleLayout:
+    """Sizes from one fetch of a private copy of the source (the pipeline's copy is untouched)."""
+    from inputkit.sources.loader import build_source
+
+    name = spec.source.get("_target_", "?")
+    tracemalloc.start()
+    try:
+        source = build_source(spec.source, key=f"{spec.key_prefix}source")
+        try:
+            setup = getattr(source.obj, "setup", None)
+            if callable(setup):  # as the only worker of a private copy
+                setup(0, 1)
+            raw = source.fetch(0, spec.batch_size)
+        except (SourceExhausted, StopIteration) as exc:
+            raise SourceError(name, "the memory planner's probe found the source exhausted at its "
+                              "first fetch, so sizes are unknown; declare the source's fields in "
+                              "its config") from exc
+        except Exception as exc:
+            raise SourceError(name, f"the memory planner's probe fetch failed: "
+                              f"{type(exc).__name__}: {exc}; declare the source's fields in its "
+                              "config, or run `inputkit plan --no-probe`") from exc
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    from inputkit.chunk import ChunkSchema
+
+    chunk = ChunkSchema(name).check(raw, 0)
+    if chunk.n == 0:
+        raise SourceError(name, "the memory planner's probe fetch returned no samples, so sizes "
+                          "are unknown; declare the source's fields in its config")
+    sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
+             for field_name, arr in chunk.fields.items()}
+    source.close()
+    return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
+                        source_bytes=max(0, peak - chunk.nbytes))
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def guess_devices(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """``auto`` without importing torch: the GPUs ``nvidia-smi -L`` lists, else the CPU."""
+    if requested != ("auto",):
+        return requested
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ("cpu",)
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ("cpu",)
+    gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
+    return tuple(f"cuda:{i}" for i in range(len(gpus))) or ("cpu",)
+
+
+def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
+                available: int | None = None) -> MemoryPlan:
+    """Every term of every input on one device, the budget, and fixes if it does not fit.
+
+    ``devices`` are the resolved devices (default: the config's, ``auto`` guessed without
+    torch); ``available`` overrides the RAM a percentage budget is taken of (for tests).
+    """
+    from inputkit.workers import slot_count
+
+    budget, gpu_budget, probe = spec.memory_budget, spec.memory_gpu_budget, spec.probe
+    budget_bytes = parse_budget(budget, "memory.budget", available)
+    gpu_bytes = parse_size(gpu_budget, "memory.gpu_budget") if gpu_budget is not None else None
+    devices = devices if devices is not None else guess_devices(spec.devices)
+    on_gpu = any(d.startswith("cuda") for d in devices)
+    layouts: dict[str, SampleLayout] = {}
+    terms: list[Term] = []
+    for inp in spec.inputs:
+        layout = declared_layout(inp)
+        if layout is None:
+            if not probe:
+                raise UnknownSampleSizes(f"{inp.key_prefix}source.fields", "unknown sample sizes: this "
+                                  "source declares no fields and the probe is off; declare "
+                                  "fields, or allow the probe")
+            layout = probed_layout(inp)
+        layouts[inp.name] = layout
+        terms.extend(_input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+    plan = MemoryPlan(devices=devices, layouts=layouts, terms=tuple(terms),
+                      budget_bytes=budget_bytes, budget_text=str(budget), gpu_budget_bytes=gpu_bytes)
+    if plan.over_budget:
+        plan = MemoryPlan(**{**plan.__dict__, "suggestions": tuple(_suggestions(plan))})
+    return plan
+
+
+def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int) -> list[Term]:
+    sample = layout.sample_bytes
+    chunk_n = layout.chunk_samples
+    chunk_bytes = sample * chunk_n
+    batch_bytes = sample * inp.batch_size
+    chunk_detail = f"{chunk_n:,} samples x {sample:,} B"
+    batch_detail = f"{inp.batch_size:,} samples x {sample:,} B"
+    name = inp.name
+    p = inp.key_prefix
+    terms = []
+    if inp.chunk_capacity_bytes is not None:
+        queue = max(inp.chunk_capacity_bytes, chunk_bytes)  # one chunk always fits
+        terms.append(Term(name, "chunk queue", HOST if inp.worker_kind == "thread" else SHARED,
+                          1, "byte limit", queue, p + "queue.capacity",
+                          f"{format_size(inp.chunk_capacity_bytes)} (at least one chunk)"))
+    if inp.worker_kind == "thread":
+        if inp.chunk_capacity_bytes is None:
+            terms.append(Term(name, "chunk queue", HOST, inp.chunk_capacity, "chunks", chunk_bytes,
+                              p + "queue.capacity", chunk_detail))
+        terms.append(Term(name, "chunks held by workers", HOST, inp.worker_count, "chunks",
+                          chunk_bytes, p + "workers.count", chunk_detail))
+        terms.append(Term(name, "source", HOST, 1, "shared copy", layout.source_bytes,
+                          p + "source", format_size(layout.source_bytes), per_device=False))
+    else:
+        slot = min(inp.slot_bytes, math.ceil(chunk_bytes / 64) * 64 + 64 * len(layout.fields))
+        if inp.chunk_capacity_bytes is None:
+            terms.append(Term(name, "shared-memory slots", SHARED, slots, "slots", slot,
+                              p + "queue.capacity", f"{format_size(slot)} used of "
+                              f"{format_size(inp.slot_bytes)} reserved"))
+        terms.append(Term(name, "chunks in worker processes", HOST, inp.worker_count, "chunks",
+                          chunk_bytes, p + "workers.count", chunk_detail))
+        terms.append(Term(name, "source copies", HOST, inp.worker_count, "copies",
+                          layout.source_bytes, p + "workers.count",
+                          f"{format_size(layout.source_bytes)} (one per process)"))
+        terms.append(Term(name, "worker processes", HOST, inp.worker_count, "processes",
+                          WORKER_PROCESS_BYTES, p + "workers.count",
+                          f"{format_size(WORKER_PROCESS_BYTES)} each"))
+    terms.append(Term(name, "batcher", HOST, 1, "batch", batch_bytes, p + "batch_size",
+                      batch_detail))
+    if inp.batch_capacity_bytes is not None:
+        terms.append(Term(name, "batch queue", HOST, 1, "byte limit",
+                          max(inp.batch_capacity_bytes, batch_bytes), p + "queue.batch_capacity",
+                          f"{format_size(inp.batch_capacity_bytes)} (at least one batch)"))
+    else:
+        terms.append(Term(name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
+                          p + "queue.batch_capacity", batch_detail))
+    terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch", batch_bytes,
+                      p + "batch_size", batch_detail))
+    if on_gpu:
+        terms.append(Term(name, "pinned staging", PINNED, inp.device_prefetch + 1, "batches",
+                          batch_bytes, p + "device.prefetch", batch_detail))
+        terms.append(Term(name, "device prefetch", GPU, inp.device_prefetch + 1, "batches",
+                          batch_bytes, p + "device.prefetch", batch_detail))
+    return terms
+
+
+def _suggestions(plan: MemoryPlan) -> list[str]:
+    """Concrete settings that fit: the largest count of the dominating term, or a smaller chunk."""
+    top = plan.dominating()
+    if plan.host_bytes <= plan.budget_bytes:
+        return [f"Lower device.prefetch or batch_size to fit memory.gpu_budget "
+                f"({format_size(plan.gpu_budget_bytes or 0)} per device)."]
+    n = plan.device_count if top.per_device else 1
+    rest = plan.host_bytes - top.bytes * n
+    room = plan.budget_bytes - rest
+    largest = room // (top.unit_bytes * n) if top.unit_bytes else 0
+    tips = []
+    if top.unit == "byte limit":
+        fits = max(0, room // n)
+        tips.append(f"Set {top.key}={format_size(fits).replace(' ', '')} or less.")
+    elif largest >= 1 and top.key.endswith(("capacity", "workers.count", "prefetch")):
+        tips.append(f"Set {top.key}={largest} or less (it holds {format_size(largest * top.unit_bytes * n)}"
+                    f" in all).")
+    layout = plan.layouts.get(top.input)
+    if layout is not None and top.unit in ("chunks", "slots", "byte limit") and top.count >= 1:
+        per_chunk = room // (max(top.count, 1) * n)
+        samples = per_chunk // max(layout.sample_bytes, 1)
+        if samples >= 1:
+            tips.append(f"Or keep {top.key}={top.count} with chunks of at most {samples:,} "
+                        f"samples (source.chunk_size).")
+    if not tips:
+        tips.append("Use fewer devices or a smaller batch_size, or raise memory.budget.")
+    return tips
+
+
+def parse_budget(value: Any, key: str, available: int | None = None) -> int:
+    """``16GiB`` or ``60%`` (of the RAM available now, read with psutil) -> bytes."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise ConfigError(key, f"cannot read {value!r} as a percentage; write e.g. 60%") \
+                from None
+        if not 0 < share <= 100:
+            raise ConfigError(key, f"must be a percentage in (0, 100], got {value!r}")
+        if available is None:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        return int(available * share / 100)
+    return parse_size(value, key)

@@ -1,0 +1,34 @@
+"""Measured memory of the pipeline's process tree: this process, its workers, shared memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """Resident bytes now. ``shared_bytes``: chunk bytes sitting in shared-memory slots (they
+    also count in the RSS of the processes that touched them)."""
+
+    main_rss: int
+    workers_rss: int
+    shared_bytes: int
+
+    @property
+    def total_rss(self) -> int:
+        return self.main_rss + self.workers_rss
+
+
+def read_process_memory(worker_pids: Iterable[int], shared_bytes: int) -> ProcessMemory:
+    """RSS of this process and of the given workers (gone ones count as 0)."""
+    import psutil
+
+    workers = 0
+    for pid in worker_pids:
+        try:
+            workers += psutil.Process(pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return ProcessMemory(main_rss=psutil.Process().memory_info().rss, workers_rss=workers,
+                         shared_bytes=shared_bytes)
