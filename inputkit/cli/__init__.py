@@ -163,7 +163,6 @@ def _run_bench(argv: list[str]) -> int:
     from rich.console import Console
 
     from inputkit.errors import ConfigError, InputkitError
-
     from inputkit.memory import MemoryBudgetError
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -144,9 +144,8 @@ def make_console() -> Console:
 
 def check_config(cfg: DictConfig) -> None:
     """Fail fast on bad values and unimportable sources, before any job starts."""
-    from inputkit.sources.loader import import_target
-
     from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
+    from inputkit.sources.loader import import_target
 
     spec = load_spec(cfg)
     for input_spec in spec.inputs:
