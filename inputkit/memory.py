@@ -24,6 +24,9 @@ from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhau
 # inputkit's worker code), as proportional set size: forkserver children share
 # most of their pages with the server.
 WORKER_PROCESS_BYTES = 12 * 2**20
+# multiprocessing's helper processes, started once per training process when any input
+# uses process workers: the resource tracker (about 8 MB) and the forkserver (about 15 MB).
+HELPER_PROCESSES_BYTES = 23 * 2**20
 HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
 
 
@@ -240,6 +243,12 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
             layout = probed_layout(inp)
         layouts[inp.name] = layout
         terms.extend(_input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+    process_inputs = [inp for inp in spec.inputs if inp.worker_kind == "process"]
+    if process_inputs:
+        first = process_inputs[0]
+        terms.append(Term(first.name, "multiprocessing helpers", HOST, 1, "set",
+                          HELPER_PROCESSES_BYTES, first.key_prefix + "workers.kind",
+                          "resource tracker + forkserver", per_device=False))
     plan = MemoryPlan(devices=devices, layouts=layouts, terms=tuple(terms),
                       budget_bytes=budget_bytes, budget_text=str(budget), gpu_budget_bytes=gpu_bytes)
     if plan.over_budget:

@@ -1,0 +1,118 @@
+"""How close is the memory plan to what the pipeline really holds? W1-W4, planned vs measured.
+
+For each workload the consumer takes a batch only every ``--consume-every`` seconds,
+so every queue fills to its limit: the worst case the plan describes. Measured is
+the peak proportional set size (PSS, shared memory counted once) of this process
+and every worker, minus this process's PSS just before the runner started (the
+interpreter, numpy and torch are not the pipeline's). Each workload runs in a
+fresh process. Goal: within +-10%.
+
+    python tools/memory_accuracy.py
+    python tools/memory_accuracy.py --workload w2 --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import torch  # noqa: F401  (imported before the baseline: the runner would import it)
+from rich.console import Console
+from rich.table import Table
+
+import inputkit
+from inputkit.config.sizes import format_size
+from inputkit.memory import plan_memory
+from inputkit.peers.compare import WORKLOADS
+
+
+def tree_pss() -> int:
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def measure(overrides: list[str], seconds: float, consume_every: float) -> tuple[int, int, str]:
+    import numpy as np
+
+    cfg = inputkit.compose([*overrides, "devices=cpu"])
+    spec = inputkit.load_spec(cfg)
+    plan = plan_memory(spec, devices=("cpu",))
+    top = plan.dominating()
+    torch.from_numpy(np.zeros(4)) + 1  # torch's one-time set-up is not the pipeline's
+    importlib.import_module("inputkit.runner")  # nor is loading inputkit's own code
+    importlib.import_module("inputkit.device")
+    importlib.import_module("inputkit.workers.processes")
+    gc.collect()
+    baseline = tree_pss()
+    peak = 0
+    with inputkit.Runner(spec) as runner:
+        stream = runner.device(0)
+        end = time.monotonic() + seconds
+        stop = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not stop.wait(0.25):
+                peak = max(peak, tree_pss())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        while time.monotonic() < end:
+            batch = next(stream)  # held while we wait: the consumer's batch is in the plan
+            time.sleep(consume_every)
+            del batch
+        stop.set()
+        sampler.join()
+    return plan.host_bytes, peak - baseline, f"{top.stage} ({format_size(top.bytes)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--consume-every", type=float, default=0.5)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # measure one workload, print JSON
+    args = parser.parse_args()
+    if args.one:
+        workload = WORKLOADS[args.one]
+        planned, measured, top = measure([f"experiment={workload.experiment}"], args.seconds,
+                                         args.consume_every)
+        print(json.dumps({"planned": planned, "measured": measured, "top": top}))
+        return
+    console = Console()
+    table = Table(title="memory plan vs measured peak (process tree PSS above the baseline)")
+    for column in ["workload", "workers", "planned", "measured", "measured / planned",
+                   "largest planned term"]:
+        table.add_column(column, justify="left" if column in ("workload", "workers",
+                                                              "largest planned term") else "right")
+    for key in args.workload or sorted(WORKLOADS):
+        workload = WORKLOADS[key]
+        console.print(f"measuring {workload.title}", style="dim")
+        # Each workload in a fresh process, so one cannot inherit another's freed memory.
+        out = subprocess.run([sys.executable, __file__, "--one", key, "--seconds",
+                              str(args.seconds), "--consume-every", str(args.consume_every)],
+                             capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        planned, measured, top = result["planned"], result["measured"], result["top"]
+        spec = inputkit.load_spec(inputkit.compose([f"experiment={workload.experiment}"]))
+        workers = f"{spec.inputs[0].worker_count} {spec.inputs[0].worker_kind}s"
+        table.add_row(workload.title, workers, format_size(planned), format_size(measured),
+                      f"{measured / planned:.2f}", top)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
