@@ -177,9 +177,15 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
                               "first fetch, so sizes are unknown; declare the source's fields in "
                               "its config") from exc
         except Exception as exc:
-            raise SourceError(name, f"the memory planner's probe fetch failed: "
-                              f"{type(exc).__name__}: {exc}; declare the source's fields in its "
-                              "config, or run `inputkit plan --no-probe`") from exc
+            error = SourceError(name, f"the memory planner's probe fetch failed: "
+                                f"{type(exc).__name__}: {exc}; declare the source's fields in its "
+                                "config (or set memory.probe=false)")
+            if hasattr(error, "add_note"):
+                import traceback
+
+                error.add_note("[inputkit] the probe's traceback:\n" + "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+            raise error from exc
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

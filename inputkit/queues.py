@@ -92,16 +92,22 @@ class BoundedQueue:
         self._items_in = self._items_out = self._bytes_in = self._bytes_out = 0
         self._peak_items = self._peak_bytes = 0
 
-    def put(self, item: Any, nbytes: int = 0, stop: threading.Event | None = None) -> bool:
-        """Append ``item``, waiting while the queue is full. False if closed or stopped."""
+    def put(self, item: Any, nbytes: int = 0, stop: threading.Event | None = None,
+            timeout: float | None = None) -> bool:
+        """Append ``item``, waiting while the queue is full.
+
+        False if closed, stopped, or still full after ``timeout`` seconds.
+        """
         with self._lock:
             if self._full_for(nbytes) and not self._closed:
                 began = time.monotonic()
                 while self._full_for(nbytes) and not self._closed:
-                    if stop is not None and stop.is_set():
-                        self._put_wait += time.monotonic() - began
+                    waited = time.monotonic() - began
+                    if (stop is not None and stop.is_set()) or \
+                            (timeout is not None and waited >= timeout):
+                        self._put_wait += waited
                         return False
-                    self._not_full.wait(_POLL_S)
+                    self._not_full.wait(_POLL_S if timeout is None else min(_POLL_S, timeout))
                 self._put_wait += time.monotonic() - began
             if self._closed:
                 return False

@@ -194,7 +194,7 @@ def test_compare_prints_inputkit_dataloader_and_the_limit(tmp_path):
               timeout=170)
     assert out.returncode == 0, out.stderr
     table = out.stdout
-    for text in ["inputkit (2 threads)", "DataLoader per-item (2 procs)",
+    for text in ["inputkit (2 thread workers)", "DataLoader per-item (2 procs)",
                  "DataLoader chunks (8 procs)", "limit: 8 workers x 256 samples / 20 ms",
                  "W1: inputkit / best DataLoader =", "W3: inputkit / ideal ="]:
         assert text in table, text

@@ -303,3 +303,61 @@ def test_workers_do_not_rerun_the_main_program_unless_the_source_lives_there(tmp
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("main program ran") == 3, "each of 2 workers imports the script"
     assert "batch (8, 2)" in out.stdout
+
+
+def test_a_worker_dying_while_nobody_consumes_is_still_detected():
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [64]}}, "chunk_size": 16},
+                   batch_size=16, queue={"capacity": 2, "batch_capacity": 1})
+    with Runner(cfg) as runner:
+        stream = runner.device(0)
+        next(stream)
+        time.sleep(0.5)  # every queue is full; the receiver waits to put a chunk
+        pid = worker_pids(runner)[0]
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1.0)
+        with pytest.raises(WorkerFailure, match=rf"pid {pid}.*SIGKILL"):
+            next(stream)  # raised at once, not after the batches still buffered
+
+
+KILL_PARENT = """
+import os, signal, sys, time
+import inputkit
+cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
+                  "fields": {"x": {"shape": [256]}}, "chunk_size": 64},
+       "devices": "cpu", "batch_size": 64, "queue": {"capacity": 2, "batch_capacity": 1},
+       "workers": {"kind": "process", "count": 2}}
+if __name__ == "__main__":
+    runner = inputkit.Runner(cfg).start()
+    next(runner.device(0))
+    time.sleep(0.5)  # workers now wait for free slots
+    pids = runner.coordinators()[0].workers.stats().pids
+    print(" ".join(map(str, pids)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_exit_and_the_segment_is_freed_when_the_parent_is_killed(tmp_path):
+    script = tmp_path / "victim.py"
+    script.write_text(KILL_PARENT)
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("inputkit_")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode == -signal.SIGKILL
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    while (alive(pids) or ({n for n in os.listdir("/dev/shm") if n.startswith("inputkit_")}
+                           - before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pids), "workers notice their parent is gone"
+    left = {n for n in os.listdir("/dev/shm") if n.startswith("inputkit_")} - before
+    assert not left, f"the resource tracker unlinked the segment: {left}"
+
+
+def test_a_source_in_the_main_script_works_with_fork(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = subprocess.run([sys.executable, str(script), "__main__:fetch", "fork"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("main program ran") == 1 and "batch (8, 2)" in out.stdout

@@ -128,3 +128,23 @@ def test_sequences_become_numbered_fields_and_bare_arrays_are_refused():
     assert list(chunk.fields) == ["0", "1"] and chunk.n == 3
     with pytest.raises(SourceError, match="bare array"):
         ChunkSchema("s").check(np.zeros((3, 1)), 0)
+
+
+def test_cpu_ms_spends_thread_cpu_time_so_threads_take_turns():
+    import time
+
+    src = SyntheticSource(fields={"x": {"shape": [1]}}, chunk_size=1, cpu_ms=20)
+    spent = []
+
+    def work() -> None:
+        began = time.thread_time()
+        for _ in range(3):
+            src.fetch(0, 1)
+        spent.append(time.thread_time() - began)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(spent) == 2 and all(s >= 0.06 for s in spent), spent

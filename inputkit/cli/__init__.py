@@ -186,6 +186,8 @@ def _run_bench(argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     except InputkitError as exc:
         err.print(f"error: {exc}", markup=False)
+        for note in getattr(exc, "__notes__", []):
+            err.print(note, markup=False)
         return 1
     except Exception as exc:  # a user's fetch raised: its type, message and worker traceback
         err.print(f"error: {type(exc).__name__}: {exc}", markup=False)

@@ -106,7 +106,7 @@ def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measure
             del first
             count, elapsed = _drain(stream, seconds)
     kind = spec.inputs[0].worker_kind
-    return Measurement(f"inputkit ({spec.inputs[0].worker_count} {kind}s)", count / elapsed,
+    return Measurement(f"inputkit ({spec.inputs[0].worker_count} {kind} workers)", count / elapsed,
                        count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
 
 

@@ -199,9 +199,13 @@ def _parse_fields(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[tu
 
 
 def _spin(seconds: float) -> None:
-    """Burn CPU in Python bytecode (holding the GIL between switches), like pure-Python work."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Spend ``seconds`` of this thread's CPU time in Python bytecode, like pure-Python work.
+
+    Counted in thread CPU time, not wall time: threads that share the GIL take turns,
+    so N threads doing this get no more done than one.
+    """
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 

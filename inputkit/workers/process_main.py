@@ -12,6 +12,7 @@ through one pipe of small tuples:
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 import queue
 import signal
@@ -96,11 +97,14 @@ def worker_main(args: WorkerArgs, free_slots: Any, conn: Connection, stop: Any,
 
 
 def _take_slot(free_slots: Any, stop: Any) -> int | None:
+    """A free slot, or None once the pipeline stops or the parent process is gone."""
+    parent = multiprocessing.parent_process()
     while not stop.is_set():
         try:
             return int(free_slots.get(timeout=0.05))
         except queue.Empty:
-            continue
+            if parent is not None and not parent.is_alive():
+                return None  # killed parent: exit, so the resource tracker can free the segment
     return None
 
 

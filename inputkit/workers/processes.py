@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
-from inputkit.errors import ConfigError, WorkerFailure
+from inputkit.errors import ConfigError, SourceError, WorkerFailure
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
 from inputkit.workers.base import FetchTally, WorkerPoolStats
@@ -62,7 +62,8 @@ def main_module_hidden(needed: bool) -> Iterator[None]:
     """
     if needed:
         main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        if main_file is not None and not os.path.isfile(main_file):
+        forking = multiprocessing.get_start_method(allow_none=True)
+        if main_file is not None and not os.path.isfile(main_file) and forking != "fork":
             raise ConfigError("workers.start_method", "the source lives in the main program, "
                               f"which new worker processes must re-import, but it was read from "
                               f"{main_file}; move the source into a module, or use "
@@ -135,8 +136,10 @@ class ProcessWorkerPool:
         for slot in range(self._slots):
             self._free.put(slot)
         self._states = ctx.RawArray("b", len(self._ids))
-        needs_main = self._source_name.startswith("__main__") and self._ctx.get_start_method() != "fork"
-        with main_module_hidden(needed=needs_main):
+        # A forked child re-imports nothing: hiding the main module would only hide it from it.
+        keep_main = self._source_name.startswith("__main__") or \
+            self._ctx.get_start_method() == "fork"
+        with main_module_hidden(needed=keep_main):
             self._start_processes(ctx, self._arena)
         self._receiver.start()
 
@@ -247,11 +250,29 @@ class ProcessWorkerPool:
         # The slot goes back to the workers when every view of it has been freed.
         weakref.finalize(holder, self._release_slot, slot).atexit = False
         del holder
-        chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
+        try:
+            chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
+        except SourceError as exc:
+            self._finished.add(index)
+            self._fail(Failure.capture(exc, self._where(index)))
+            return False
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
-        return self._out.put(chunk, nbytes, self._receiver_stop)
+        while not self._out.put(chunk, nbytes, self._receiver_stop, timeout=_POLL_S):
+            if self._receiver_stop.is_set() or self._out.closed:
+                return False
+            self._check_deaths()  # the queue is full: still notice a worker that died
+            if self._failed:
+                return False
+        return True
+
+    def _check_deaths(self) -> None:
+        """Fail for a worker killed or crashed (a non-zero exit); a clean exit has a message."""
+        for index, process in enumerate(self._processes):
+            if index not in self._finished and process.exitcode not in (None, 0):
+                self._fail(self._death(index))
+                return
 
     def _release_slot(self, slot: int) -> None:
         with self._lock:
@@ -278,13 +299,16 @@ class ProcessWorkerPool:
                     pass
         if index in self._finished or self._stop.is_set():
             return
-        process = self._processes[index]
-        process.join(0.1)
-        self._fail(Failure(
-            exc=WorkerFailure(f"{self._where(index)} {describe_exit(process.exitcode)} "
+        self._processes[index].join(0.1)
+        self._fail(self._death(index))
+
+    def _death(self, index: int) -> Failure:
+        exitcode = self._processes[index].exitcode
+        return Failure(
+            exc=WorkerFailure(f"{self._where(index)} {describe_exit(exitcode)} "
                               "(killed, os._exit, a crash in native code, or out of memory; "
                               "its stderr may say more)"),
-            where=self._where(index), traceback_text=""))
+            where=self._where(index), traceback_text="")
 
     def _error_failure(self, index: int, payload: bytes | None, type_name: str, message: str,
                        text: str) -> Failure:
