@@ -108,7 +108,7 @@ def main() -> None:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         planned, measured, top = result["planned"], result["measured"], result["top"]
         spec = inputkit.load_spec(inputkit.compose([f"experiment={workload.experiment}"]))
-        workers = f"{spec.inputs[0].worker_count} {spec.inputs[0].worker_kind}s"
+        workers = f"{spec.inputs[0].worker_count} {spec.inputs[0].worker_kind} workers"
         table.add_row(workload.title, workers, format_size(planned), format_size(measured),
                       f"{measured / planned:.2f}", top)
     console.print(table)
