@@ -91,8 +91,7 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
             spec = replace(spec, probe=False)
         memory_plan = plan_memory(spec)
     except (ConfigError, SourceError) as exc:
-        err.print(f"error: {exc}", markup=False)
-        return EXIT_CONFIG
+        return _report(err, exc, str(exc), EXIT_CONFIG)
     print_plan(make_console(), memory_plan)
     return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
 
@@ -150,8 +149,7 @@ def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bo
         results = [run_workload(WORKLOADS[w.lower()], overrides, seconds, say, repeats)
                    for w in workloads]
     except ConfigError as exc:
-        err.print(f"error: {exc}", markup=False)
-        return EXIT_CONFIG
+        return _report(err, exc, str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         return EXIT_INTERRUPTED
@@ -179,21 +177,14 @@ def _run_bench(argv: list[str]) -> int:
                   "(see `inputkit plan`)", markup=False)
         return EXIT_OVER_BUDGET
     except ConfigError as exc:
-        err.print(f"error: {exc}", markup=False)
-        return EXIT_CONFIG
+        return _report(err, exc, str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
         err.print("interrupted: the pipeline was stopped cleanly", markup=False)
         return EXIT_INTERRUPTED
     except InputkitError as exc:
-        err.print(f"error: {exc}", markup=False)
-        for note in getattr(exc, "__notes__", []):
-            err.print(note, markup=False)
-        return 1
+        return _report(err, exc, str(exc), 1)
     except Exception as exc:  # a user's fetch raised: its type, message and worker traceback
-        err.print(f"error: {type(exc).__name__}: {exc}", markup=False)
-        for note in getattr(exc, "__notes__", []):
-            err.print(note, markup=False)
-        return 1
+        return _report(err, exc, f"{type(exc).__name__}: {exc}", 1)
     if results is not None and len(results) > 1:
         from inputkit.cli.bench import make_console
         from inputkit.cli.render import sweep_table
@@ -206,6 +197,14 @@ def _run_bench(argv: list[str]) -> int:
                       f"{type(r['error']).__name__}: {r['error']}", markup=False)
         return 1 if failed else 0
     return 0
+
+
+def _report(err: Any, exc: BaseException, text: str, code: int) -> int:
+    """Print ``error: text`` and the exception's notes (a worker's traceback) on stderr."""
+    err.print(f"error: {text}", markup=False)
+    for note in getattr(exc, "__notes__", []):
+        err.print(note, markup=False)
+    return code
 
 
 def _bench_with_hydra(argv: list[str]) -> list[Any] | None:

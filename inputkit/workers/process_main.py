@@ -12,6 +12,7 @@ through one pipe of small tuples:
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
 import queue
@@ -115,7 +116,6 @@ def _send_error(conn: Connection, exc: BaseException) -> None:
         pickle.loads(payload)  # exceptions with custom __init__ may not round-trip
     except Exception:
         payload = None
-    try:
+    # If the parent is gone, nobody is left to tell.
+    with contextlib.suppress(BrokenPipeError, EOFError):
         conn.send(("error", payload, type(exc).__name__, str(exc), text))
-    except (BrokenPipeError, EOFError):
-        pass  # the parent is gone; it learns of this worker's end from its exit code

@@ -14,6 +14,7 @@ between the workers and the consumer can fill, and no more.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -279,10 +280,9 @@ class ProcessWorkerPool:
             self._in_use.pop(slot, None)
             if self._closed:
                 return
-        try:
+        # The pool may close between the check and the put: then nobody needs the slot.
+        with contextlib.suppress(ValueError, OSError):
             self._free.put(slot)
-        except (ValueError, OSError):
-            pass  # the pool closed between the check and the put: nobody needs the slot
 
     def _worker_finished(self, index: int) -> None:
         with self._lock:

@@ -16,6 +16,7 @@ is an error that names ``workers.slot_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
@@ -129,7 +130,6 @@ class SlotArena:
         owner, self._owner = self._owner, None
         if owner is not None:
             owner.unlink()  # type: ignore[attr-defined]
-        try:
+        # A consumer may still hold views: then the mapping goes when they are freed.
+        with contextlib.suppress(BufferError):
             self._buffer.close()
-        except BufferError:
-            pass  # a consumer still holds views; the mapping goes when they are freed
