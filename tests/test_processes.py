@@ -76,6 +76,9 @@ def test_exactly_once_across_process_workers_and_two_devices_with_random_chunks(
     for batches in got.values():
         assert all(len(b["id"]) == 64 for b in batches[:-1])
     assert stats.samples == 4000
+    pools = [c.workers for c in stats.coordinators]
+    assert sum(p.shm_chunks_in_place for p in pools) == sum(p.chunks for p in pools), \
+        "the synthetic source writes every chunk straight into its slot (fetch_into)"
     assert not alive(pids), "worker processes are gone after close"
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from inputkit.errors import SourceExhausted
+
+Allocate = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 _BLOCK = 1024  # chunk sizes are drawn in blocks of this many chunks
 
@@ -101,6 +103,15 @@ class SyntheticSource:
         self._num_workers = num_workers
 
     def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        return self.fetch_into(worker_id, batch_size_hint, _allocate_private)
+
+    def fetch_into(self, worker_id: int, batch_size_hint: int,
+                   allocate: Allocate) -> dict[str, np.ndarray]:
+        """``fetch`` writing straight into arrays from ``allocate(name, shape, dtype)``.
+
+        Process workers pass an allocator that hands out shared memory, which saves the
+        copy of every chunk into its slot; see docs/plugins.md.
+        """
         if self._num_workers is None:
             with self._lock:
                 index = self._next_chunk
@@ -118,7 +129,7 @@ class SyntheticSource:
             time.sleep(self.latency_s)
         if self.cpu_s:
             _spin(self.cpu_s)
-        chunk = self._make_chunk(start, size)
+        chunk = self._make_chunk(start, size, allocate)
         if self.fft_field is not None:
             _fft_work(chunk[self.fft_field], self.fft_repeats)
         return chunk
@@ -142,15 +153,17 @@ class SyntheticSource:
         first = 0 if block == 0 else int(self._starts[block - 1][-1])
         return first + np.concatenate(([0], np.cumsum(sizes)))
 
-    def _make_chunk(self, start: int, size: int) -> dict[str, np.ndarray]:
+    def _make_chunk(self, start: int, size: int, allocate: Allocate) -> dict[str, np.ndarray]:
         chunk: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in self.fields.items():
+            out = allocate(name, (size, *shape), dtype)
             if name == self.id_field:
-                chunk[name] = np.arange(start, start + size, dtype=np.int64)
+                out[...] = np.arange(start, start + size, dtype=np.int64)
             else:
                 # A fresh array per chunk, filled from a random pool: one memcpy, like a
                 # real source copying out of a file or a decoder, not a reused view.
-                chunk[name] = self._pool(name, shape, dtype, size)[:size].copy()
+                np.copyto(out, self._pool(name, shape, dtype, size)[:size])
+            chunk[name] = out
         return chunk
 
     def _pool(self, name: str, shape: tuple[int, ...], dtype: np.dtype, size: int) -> np.ndarray:
@@ -216,3 +229,7 @@ def _fft_work(samples: np.ndarray, repeats: int) -> None:
         for _ in range(repeats):
             sample = np.fft.irfft2(np.fft.rfft2(sample), s=sample.shape[-2:])
         samples[i] = sample
+
+
+def _allocate_private(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype)

@@ -47,6 +47,7 @@ class WorkerPoolStats:
     shm_slot_bytes: int = 0
     shm_slots_in_use: int = 0
     shm_bytes_in_use: int = 0
+    shm_chunks_in_place: int = 0  # written by the source straight into a slot (no copy)
     pids: tuple[int, ...] = ()
 
 

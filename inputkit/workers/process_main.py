@@ -4,7 +4,8 @@ It imports little (numpy and inputkit's chunk and source modules), so a worker
 forked from the forkserver is ready in milliseconds. It talks to the parent
 through one pipe of small tuples:
 
-- ``("chunk", slot, n, layout, nbytes, wall_s, cpu_s)``: a chunk piece is in ``slot``;
+- ``("chunk", slot, n, layout, nbytes, wall_s, cpu_s, in_place)``: a chunk (piece) is in
+  ``slot``; ``in_place`` when the source wrote it there itself (``fetch_into``);
 - ``("empty", wall_s, cpu_s)``: fetch returned zero samples;
 - ``("done",)``: the source is exhausted for this worker;
 - ``("error", exception_pickle_or_None, type_name, message, traceback_text)``.
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from inputkit.chunk import ChunkSchema
+from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import SourceExhausted
 from inputkit.sources.loader import build_source
-from inputkit.workers.shm import SlotArena, plan_pieces
+from inputkit.workers.shm import SlotAllocator, SlotArena, plan_pieces
 
 # Worker states, written to a shared byte array the parent reads for stats.
 IDLE, FETCHING, BLOCKED, DONE = 0, 1, 2, 3
@@ -61,16 +62,40 @@ def worker_main(args: WorkerArgs, free_slots: Any, conn: Connection, stop: Any,
         if callable(setup):
             setup(wid, args.num_workers)
         schema = ChunkSchema(source.name)
+        fetch_into = getattr(source.obj, "fetch_into", None)
         while not stop.is_set():
+            in_place = None
+            if callable(fetch_into):  # the source writes straight into a slot: no copy
+                states[args.slot_index] = BLOCKED
+                slot = _take_slot(free_slots, stop)
+                if slot is None:
+                    return
+                in_place = (slot, SlotAllocator(arena, slot))
             states[args.slot_index] = FETCHING
             wall0, cpu0 = time.perf_counter(), time.thread_time()
             try:
-                raw = source.fetch(wid, args.batch_size_hint)
+                if in_place is not None:
+                    raw = fetch_into(wid, args.batch_size_hint, in_place[1])
+                else:
+                    raw = source.fetch(wid, args.batch_size_hint)
             except (SourceExhausted, StopIteration):
                 conn.send(("done",))
                 return
             wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
             chunk = schema.check(raw, wid)
+            if in_place is not None:
+                slot, allocator = in_place
+                layout = allocator.layout_of(chunk.fields) if chunk.n else None
+                if layout is not None:
+                    conn.send(("chunk", slot, chunk.n, layout, chunk.nbytes, wall, cpu, True))
+                    states[args.slot_index] = IDLE
+                    continue
+                # Empty, or not all of it fits the slot: take private copies of what is in
+                # the slot before giving it back, then the copy path below.
+                chunk = Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
+                              nbytes=chunk.nbytes, worker_id=wid)
+                raw = None
+                free_slots.put(slot)
             if chunk.n == 0:
                 conn.send(("empty", wall, cpu))
                 continue
@@ -81,7 +106,8 @@ def worker_main(args: WorkerArgs, free_slots: Any, conn: Connection, stop: Any,
                     return
                 layout = arena.write(slot, chunk.fields, piece)
                 nbytes = sum(arr[piece.start:piece.stop].nbytes for arr in chunk.fields.values())
-                conn.send(("chunk", slot, piece.stop - piece.start, layout, nbytes, wall, cpu))
+                conn.send(("chunk", slot, piece.stop - piece.start, layout, nbytes, wall, cpu,
+                           False))
                 wall = cpu = 0.0  # the fetch's time is counted with its first piece
             states[args.slot_index] = IDLE
     except (BrokenPipeError, EOFError):

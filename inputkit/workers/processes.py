@@ -125,6 +125,7 @@ class ProcessWorkerPool:
         self._closed = False
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
+        self._in_place = 0  # chunks the source wrote straight into a slot (fetch_into)
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
                                           daemon=True)
 
@@ -241,7 +242,7 @@ class ProcessWorkerPool:
         raise WorkerFailure(f"unexpected message {kind!r} from {self._where(index)}")
 
     def _chunk(self, index: int, slot: int, n: int, layout: list[Any], nbytes: int,
-               wall: float, cpu: float) -> bool:
+               wall: float, cpu: float, in_place: bool) -> bool:
         arena = self._arena
         if arena is None:
             raise WorkerFailure(f"{self._label}: a chunk arrived before the pool started")
@@ -260,6 +261,9 @@ class ProcessWorkerPool:
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
+        if in_place:
+            with self._lock:
+                self._in_place += 1
         while not self._out.put(chunk, nbytes, self._receiver_stop, timeout=_POLL_S):
             if self._receiver_stop.is_set() or self._out.closed:
                 return False
@@ -358,4 +362,5 @@ class ProcessWorkerPool:
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
             shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
-            shm_bytes_in_use=sum(in_use.values()), pids=tuple(self.pids()))
+            shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
+            pids=tuple(self.pids()))

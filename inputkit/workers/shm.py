@@ -133,3 +133,39 @@ class SlotArena:
         # A consumer may still hold views: then the mapping goes when they are freed.
         with contextlib.suppress(BufferError):
             self._buffer.close()
+
+
+class SlotAllocator:
+    """Hands out arrays inside one slot, for a source's ``fetch_into``: no copy afterwards.
+
+    A request that does not fit in what is left of the slot gets private memory
+    instead; ``layout_of`` then returns None and the chunk takes the copy path.
+    """
+
+    def __init__(self, arena: SlotArena, slot: int) -> None:
+        self._arena = arena
+        self._base = slot * arena.slot_bytes
+        self._used = 0
+        start = np.frombuffer(arena._buffer, dtype=np.uint8, count=1, offset=self._base)
+        self._address = start.ctypes.data
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        if self._used + count * dtype.itemsize > self._arena.slot_bytes:
+            return np.empty(shape, dtype)
+        out = np.frombuffer(self._arena._buffer, dtype=dtype, count=count,
+                            offset=self._base + self._used).reshape(shape)
+        self._used = _aligned(self._used + count * dtype.itemsize)
+        return out
+
+    def layout_of(self, fields: dict[str, np.ndarray]) -> list[FieldLayout] | None:
+        """The layout of ``fields`` if every one lies, contiguous, inside this slot."""
+        layout: list[FieldLayout] = []
+        for name, arr in fields.items():
+            offset = arr.ctypes.data - self._address
+            if not arr.flags.c_contiguous or offset < 0 \
+                    or offset + arr.nbytes > self._arena.slot_bytes:
+                return None
+            layout.append((name, arr.dtype.str, arr.shape, offset))
+        return layout
