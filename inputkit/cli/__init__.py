@@ -45,10 +45,14 @@ def bench(ctx: typer.Context) -> None:
       inputkit bench --config-dir ./conf    your configs, searched before ours
       inputkit bench --config-name NAME     start from your own primary config
       inputkit bench -m workers.count=1,2,4 sweep, then one comparison table
+      inputkit bench --json                 also write every snapshot to metrics.jsonl
 
     Config groups: source, workers, experiment. Every key: docs/configuration.md.
     """
-    raise typer.Exit(_run_bench(list(ctx.args)))
+    args = list(ctx.args)
+    if "--json" in args:  # our flag, not Hydra's: every snapshot to metrics.jsonl
+        args = [a for a in args if a != "--json"] + ["bench.json=true"]
+    raise typer.Exit(_run_bench(args))
 
 
 @app.command(context_settings=_PASS_THROUGH)
@@ -190,13 +194,34 @@ def _run_bench(argv: list[str]) -> int:
         from inputkit.cli.render import sweep_table
 
         points = [(r.get("overrides", []), r) for r in results]
-        make_console().print(sweep_table(points))
+        console = make_console()
+        console.print(sweep_table(points))
+        _sweep_plot(console, points)
         failed = [r for r in results if "error" in r]
         for r in failed:
             err.print(f"error in sweep point {' '.join(r.get('overrides', []))}: "
                       f"{type(r['error']).__name__}: {r['error']}", markup=False)
         return 1 if failed else 0
     return 0
+
+
+def _sweep_plot(console: Any, points: list[tuple[list[str], dict[str, Any]]]) -> None:
+    """sweep.png beside the points' run directories: throughput against peak buffered bytes."""
+    from pathlib import Path
+
+    from inputkit import plots
+
+    done = [(o, r) for o, r in points if "stats" in r and r.get("run_dir")]
+    if len(done) < 2:
+        return
+    if not plots.matplotlib_available():
+        console.print(f"no sweep plot: matplotlib is not installed ({plots.INSTALL_HINT})",
+                      markup=False, highlight=False)
+        return
+    path = Path(done[0][1]["run_dir"]).parent / "sweep.png"
+    plots.plot_sweep([{"label": " ".join(o), "samples_per_s": r["stats"]["samples_per_s"],
+                       "peak_buffered_bytes": r["peak_buffered_bytes"]} for o, r in done], path)
+    console.print(f"sweep plot: {path}", markup=False, highlight=False)
 
 
 def _report(err: Any, exc: BaseException, text: str, code: int) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ from rich.console import Console
 from inputkit.cli.render import progress_line, summary_table
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Coordinator
+from inputkit.dashboard import plain_lines, render
+from inputkit.diagnosis import diagnose, live_warnings
+from inputkit.memory import parse_budget
+from inputkit.metrics import MovingWindow, Window
 from inputkit.stats import RunnerStats
 
 
@@ -63,13 +68,21 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
             consumer.thread.start()
         limit = spec.bench_seconds
         console.print(_banner(runner, spec, startup_s))
+        budget = parse_budget(spec.memory_budget, "memory.budget") if runner.plan else None
+        jsonl = output_dir / "metrics.jsonl" if output_dir is not None and spec.bench_json \
+            else None
+        if jsonl is not None:
+            jsonl.parent.mkdir(parents=True, exist_ok=True)
+        recorder = Recorder(budget, jsonl)
         interrupted = False
         try:
-            _watch(runner, consumers, console, started, limit, spec.progress_interval)
+            _watch(runner, consumers, console, started, limit, spec.progress_interval, recorder,
+                   spec.bench_dashboard)
         except KeyboardInterrupt:
             interrupted = True  # still stop cleanly and show what was measured
         finally:
             stop.set()
+            recorder.close()
         final = runner.stats()
         elapsed = time.monotonic() - started
     for consumer in consumers:
@@ -79,15 +92,42 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         raise errors[0]
     state = "interrupted after" if interrupted else "ran"
     console.print(summary_table(final, title=f"inputkit bench {state} {elapsed:.1f} s"))
+    diagnosis = diagnose(final)
+    console.print("diagnosis:", style="bold")
+    for line in diagnosis:
+        console.print(f"  {line}", markup=False, highlight=False)
+    if recorder.seen_warnings:
+        console.print("warnings during the run:", style="bold")
+        for text in recorder.seen_warnings.values():
+            console.print(f"  {text}", markup=False, highlight=False)
+    peak = max(recorder.peak_buffered_bytes,
+               sum(q.peak_bytes for c in final.coordinators for q in c.queues[:1]))
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
-               **(extra or {})}
+               "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
+               "peak_buffered_bytes": peak, **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
+        summary["run_dir"] = str(output_dir)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _plot(console, list(recorder.records), output_dir, spec)
         console.print(f"run directory: {output_dir}", highlight=False)
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spec: RunSpec) -> None:
+    """metrics.png in the run directory when matplotlib is there; otherwise how to get it."""
+    if not spec.bench_plot or len(records) < 2:
+        return
+    from inputkit import plots
+
+    if not plots.matplotlib_available():
+        console.print(f"no plot: matplotlib is not installed ({plots.INSTALL_HINT})",
+                      highlight=False, markup=False)
+        return
+    path = plots.plot_run(records, output_dir / "metrics.png", title="inputkit bench")
+    console.print(f"plot: {path}", highlight=False, markup=False)
 
 
 def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
@@ -102,18 +142,57 @@ def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
             f"until {limit} (start-up took {startup_s:.2f} s)")
 
 
+class Recorder:
+    """The run's moving window, its warnings, and every snapshot as a JSON record.
+
+    Records feed ``metrics.jsonl`` (with ``bench.json=true``) and the end-of-run plot.
+    """
+
+    def __init__(self, budget_bytes: int | None, jsonl: Path | None) -> None:
+        self.window = MovingWindow(5.0)
+        self.budget_bytes = budget_bytes
+        self.records: deque[dict[str, Any]] = deque(maxlen=20_000)
+        self.seen_warnings: dict[str, str] = {}  # first words (kind and place) -> latest text
+        self._jsonl = jsonl.open("w") if jsonl is not None else None
+
+    def update(self, stats: RunnerStats) -> tuple[Window, list[str], list[str]]:
+        """The window, its warnings, and the warnings not seen before (to print once)."""
+        window = self.window.update(stats)
+        warnings = live_warnings(window, self.budget_bytes)
+        new = []
+        for text in warnings:
+            key = text.split(":", 2)[0] + text.split(":", 2)[1]
+            if key not in self.seen_warnings:
+                new.append(text)
+            self.seen_warnings[key] = text
+        record = window.record(warnings)
+        self.records.append(record)
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+        return window, warnings, new
+
+    @property
+    def peak_buffered_bytes(self) -> int:
+        return max((r["buffered_bytes"] for r in self.records), default=0)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+
+
 def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: float,
-           limit: float | None, interval: float) -> None:
-    """Show progress until every consumer is done or the time limit passes."""
+           limit: float | None, interval: float, recorder: Recorder, dashboard: bool) -> None:
+    """Show the dashboard (or plain lines) until every consumer is done or time is up."""
     previous: RunnerStats | None = None
     live = None
     if console.is_terminal:
         from rich.live import Live
 
-        live = Live(console=console, refresh_per_second=max(1, int(1 / interval)), transient=True)
+        live = Live(console=console, refresh_per_second=max(1, int(1 / interval)),
+                    transient=not dashboard)
         live.start()
     plain_every = max(1.0, interval)
-    last_plain = started
+    last_plain = last_detail = started
     try:
         while any(c.thread.is_alive() for c in consumers):
             now = time.monotonic()
@@ -122,16 +201,33 @@ def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: f
             for c in consumers:
                 c.thread.join(timeout=interval / max(1, len(consumers)))
             snapshot = runner.stats()
+            window, warnings, new = recorder.update(snapshot)
             if live is not None:
-                live.update(progress_line(snapshot, previous, now - started, limit))
-            elif time.monotonic() - last_plain >= plain_every:
-                last_plain = time.monotonic()
-                console.print(progress_line(snapshot, previous, now - started, limit).plain,
-                              highlight=False, markup=False, soft_wrap=True)
+                if dashboard:
+                    live.update(render(window, warnings, recorder.budget_bytes,
+                                       title=_clock(now - started, limit)))
+                else:
+                    live.update(progress_line(snapshot, previous, now - started, limit))
+            else:
+                if time.monotonic() - last_plain >= plain_every:
+                    last_plain = time.monotonic()
+                    console.print(progress_line(snapshot, previous, now - started, limit).plain,
+                                  highlight=False, markup=False, soft_wrap=True)
+                if time.monotonic() - last_detail >= 5 * plain_every:
+                    last_detail = time.monotonic()
+                    for line in plain_lines(window)[1:]:
+                        console.print(line, highlight=False, markup=False, soft_wrap=True)
+                for text in new:
+                    console.print(f"warning: {text}", highlight=False, markup=False,
+                                  soft_wrap=True)
             previous = snapshot
     finally:
         if live is not None:
             live.stop()
+
+
+def _clock(elapsed: float, limit: float | None) -> str:
+    return "inputkit bench" + (f"  (limit {limit:g} s)" if limit is not None else "")
 
 
 def make_console() -> Console:

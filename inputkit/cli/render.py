@@ -76,25 +76,39 @@ def summary_table(stats: RunnerStats, title: str) -> Table:
 
 
 def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table:
-    """One row per sweep point: its overrides and its totals; the best throughput in bold."""
+    """One row per sweep point: overrides, totals, peak buffered bytes; the best in bold and the
+    cheapest point within 5% of the best throughput marked."""
+    from inputkit.config.sizes import format_size
+    from inputkit.plots import cheapest_within
+
     table = Table(title="inputkit bench sweep", title_justify="left", header_style="bold")
-    for name in ["#", "overrides", "samples/s", "batches/s", "MB/s", "first batch", "vs best"]:
-        table.add_column(name, justify="left" if name == "overrides" else "right")
-    rates = [summary["stats"]["samples_per_s"] for _, summary in points if "stats" in summary]
+    for name in ["#", "overrides", "samples/s", "batches/s", "MB/s", "first batch",
+                 "peak buffered", "vs best", ""]:
+        table.add_column(name, justify="left" if name in ("overrides", "") else "right")
+    done = [summary for _, summary in points if "stats" in summary]
+    rates = [s["stats"]["samples_per_s"] for s in done]
     best = max(rates, default=0.0)
+    cheapest = cheapest_within([{"samples_per_s": s["stats"]["samples_per_s"],
+                                 "peak_buffered_bytes": s.get("peak_buffered_bytes", 0),
+                                 "index": i} for i, s in enumerate(done)]) if done else None
+    done_index = 0
     for index, (overrides, summary) in enumerate(points):
         if "stats" not in summary:
             error = summary.get("error")
             table.add_row(str(index), " ".join(overrides), f"failed: {type(error).__name__}",
-                          "", "", "", "", style="red")
+                          "", "", "", "", "", "", style="red")
             continue
         totals = summary["stats"]
         firsts = [c["first_batch_s"] for c in totals["coordinators"] if c["first_batch_s"] is not None]
         share = totals["samples_per_s"] / best if best > 0 else 0.0
+        mark = "cheapest within 5% of best" if cheapest is not None \
+            and cheapest["index"] == done_index else ""
+        done_index += 1
         table.add_row(
             str(index), " ".join(overrides) or "(defaults)", f"{totals['samples_per_s']:,.0f}",
             f"{totals['batches_per_s']:,.1f}", f"{totals['mb_per_s']:,.1f}",
-            _seconds(max(firsts) if firsts else None), f"{share:.0%}",
+            _seconds(max(firsts) if firsts else None),
+            format_size(summary.get("peak_buffered_bytes", 0)), f"{share:.0%}", mark,
             style="bold" if best > 0 and totals["samples_per_s"] == best else None,
         )
     return table

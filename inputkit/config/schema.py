@@ -83,6 +83,12 @@ class BenchConfig:
     input: str | None = None
     # Seconds between progress updates (plain lines when stdout is not a TTY).
     progress_interval: float = 0.25
+    # On a terminal, the full live dashboard (false: one progress line).
+    dashboard: bool = True
+    # Write every snapshot as a JSON line to metrics.jsonl in the run directory.
+    json: bool = False
+    # Save metrics.png (throughput and queue fill over time) when matplotlib is installed.
+    plot: bool = True
 
 
 @dataclass

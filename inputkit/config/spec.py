@@ -55,6 +55,9 @@ class RunSpec:
     bench_steps: int | None
     bench_input: str | None
     progress_interval: float
+    bench_dashboard: bool = True
+    bench_json: bool = False
+    bench_plot: bool = True
     memory_budget: Any = "50%"
     memory_gpu_budget: Any = None
     allow_over_budget: bool = False
@@ -116,6 +119,9 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         bench_steps=steps,
         bench_input=bench.input,
         progress_interval=float(bench.progress_interval),
+        bench_dashboard=bool(bench.dashboard),
+        bench_json=bool(bench.json),
+        bench_plot=bool(bench.plot),
         memory_budget=root.memory.budget,
         memory_gpu_budget=root.memory.gpu_budget,
         allow_over_budget=bool(root.memory.allow_over_budget),

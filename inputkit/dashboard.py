@@ -1,0 +1,175 @@
+"""The live dashboard: what the pipeline does right now, per device, and what is wrong with it.
+
+``render`` turns one :class:`~inputkit.metrics.Window` into a rich renderable;
+it only reads statistics. :class:`Dashboard` shows it live for a runner that a
+training script embeds::
+
+    with inputkit.Runner(cfg) as runner, inputkit.Dashboard(runner):
+        for batch in runner.device(0):
+            ...
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from inputkit.config.sizes import format_size
+from inputkit.diagnosis import live_warnings
+from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
+
+
+def _bar(q: QueueWindow) -> ProgressBar:
+    if q.max_bytes is not None:
+        return ProgressBar(total=q.max_bytes, completed=min(q.bytes, q.max_bytes), width=20)
+    return ProgressBar(total=q.capacity, completed=q.items, width=20)
+
+
+def _queue_rows(table: Table, c: CoordinatorWindow) -> None:
+    for q in c.queues:
+        limit = f"{format_size(q.max_bytes)} limit" if q.max_bytes is not None \
+            else f"{q.items}/{q.capacity}"
+        style = "red" if q.full >= 0.8 else "yellow" if q.empty >= 0.8 else None
+        table.add_row(f"  {q.stage}", _bar(q), limit, format_size(q.bytes),
+                      Text(f"full {q.full:4.0%}  empty {q.empty:4.0%}", style=style or ""))
+
+
+def _coordinators_table(coordinators: tuple[CoordinatorWindow, ...]) -> Table:
+    """One grid for every coordinator, so their columns line up."""
+    table = Table.grid(padding=(0, 2))
+    for _ in range(5):
+        table.add_column()
+    for c in coordinators:
+        _coordinator_rows(table, c)
+    return table
+
+
+def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
+    w = c.stats.workers
+    table.add_row(Text(f"{c.input} @ {c.device_index}:{c.device}", style="bold"),
+                  f"{c.samples_per_s:,.0f} samples/s", f"{c.batches_per_s:,.1f} batches/s",
+                  f"{c.mb_per_s:,.1f} MB/s",
+                  f"since start {c.stats.samples_per_s:,.0f} samples/s")
+    _queue_rows(table, c)
+    pids = f", pids {', '.join(map(str, w.pids[:4]))}" if w.pids else ""
+    table.add_row("  workers", f"{w.workers} {w.kind}{'s' if w.workers > 1 else ''}{pids}",
+                  f"fetching {w.fetching}", f"idle {w.idle}  blocked {w.blocked}",
+                  f"fetch p50 {w.fetch_p50_ms:.1f} ms  p95 {w.fetch_p95_ms:.1f} ms")
+
+
+def _memory_line(window: Window, budget_bytes: int | None) -> Text:
+    stats = window.stats
+    text = Text("memory  ", style="bold")
+    planned = format_size(stats.planned_host_bytes) if stats.planned_host_bytes else "unknown"
+    text.append(f"buffered {format_size(stats.buffered_bytes)} (planned worst case {planned})")
+    if stats.memory is not None:
+        text.append(f"   process tree RSS {format_size(stats.memory.total_rss)}")
+        if stats.memory.shared_bytes:
+            text.append(f"   shared memory {format_size(stats.memory.shared_bytes)}")
+        if budget_bytes:
+            share = stats.memory.total_rss / budget_bytes
+            text.append(f"   budget {format_size(budget_bytes)} ({share:.0%} used)",
+                        style="red" if share >= 0.8 else "")
+    return text
+
+
+def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
+           title: str = "inputkit") -> RenderableType:
+    """The whole dashboard for one moment: throughput, queues, workers, memory, warnings."""
+    head = Text()
+    head.append(f"{window.samples_per_s:,.0f} samples/s", style="bold green")
+    head.append(f"   {window.batches_per_s:,.1f} batches/s   {window.mb_per_s:,.1f} MB/s", )
+    head.append(f"   over the last {window.window_s:.1f} s", style="dim")
+    head.append(f"   since start {window.stats.samples_per_s:,.0f} samples/s"
+                f"   {window.stats.batches:,} batches", style="dim")
+    parts: list[RenderableType] = [head]
+    parts.append(_coordinators_table(window.coordinators))
+    parts.append(_memory_line(window, budget_bytes))
+    if warnings:
+        parts.append(Panel(Text("\n".join(warnings), style="yellow"), title="warnings",
+                           title_align="left", border_style="yellow"))
+    return Panel(Group(*parts), title=f"{title}  {window.elapsed_s:.1f} s", title_align="left")
+
+
+def plain_lines(window: Window) -> list[str]:
+    """The same information as plain text, one line per coordinator (for logs and CI)."""
+    lines = [f"t={window.elapsed_s:.1f}s {window.samples_per_s:,.0f} samples/s "
+             f"{window.batches_per_s:,.1f} batches/s {window.mb_per_s:,.1f} MB/s "
+             f"batches={window.stats.batches:,} buffered={format_size(window.stats.buffered_bytes)}"]
+    for c in window.coordinators:
+        queues = " ".join(f"{q.stage.replace(' ', '_')}={q.items}/{q.capacity}"
+                          f"(full {q.full:.0%} empty {q.empty:.0%})" for q in c.queues)
+        w = c.stats.workers
+        lines.append(f"  {c.input}@{c.device_index}:{c.device} {c.samples_per_s:,.0f} samples/s "
+                     f"{queues} workers fetching={w.fetching} blocked={w.blocked} "
+                     f"p50={w.fetch_p50_ms:.1f}ms")
+    return lines
+
+
+class Dashboard:
+    """A live view of a running :class:`~inputkit.Runner`, refreshed ``refresh_hz`` times a second.
+
+    On a terminal it draws in place (rich Live); otherwise it prints plain lines every
+    ``plain_every`` seconds. It reads ``runner.stats()`` from its own thread and never
+    touches the pipeline.
+    """
+
+    def __init__(self, runner: Any, console: Console | None = None, refresh_hz: float = 4.0,
+                 window_s: float = 5.0, plain_every: float = 5.0) -> None:
+        from inputkit.memory import parse_budget
+
+        self.runner = runner
+        self.console = console or Console()
+        self.interval = 1.0 / refresh_hz
+        self.plain_every = plain_every
+        self.window = MovingWindow(window_s)
+        self.budget = parse_budget(runner.spec.memory_budget, "memory.budget") \
+            if runner.plan is not None else None
+        self.last: Window | None = None
+        self.warnings: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inputkit-dashboard", daemon=True)
+
+    def update(self) -> Window:
+        """Take a snapshot now: the window and its warnings (kept in ``last``/``warnings``)."""
+        self.last = self.window.update(self.runner.stats())
+        self.warnings = live_warnings(self.last, self.budget)
+        return self.last
+
+    def snapshot(self) -> RenderableType:
+        """Take a snapshot now and return its rendering (what the live view shows)."""
+        return render(self.update(), self.warnings, self.budget)
+
+    def __enter__(self) -> Dashboard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            with Live(console=self.console, refresh_per_second=1 / self.interval,
+                      transient=False) as live:
+                while not self._stop.wait(self.interval):
+                    live.update(self.snapshot())
+            return
+        waited = 0.0
+        while not self._stop.wait(self.interval):
+            window = self.update()  # the moving window needs every snapshot
+            waited += self.interval
+            if waited >= self.plain_every:
+                waited = 0.0
+                for line in plain_lines(window) + [f"warning: {w}" for w in self.warnings]:
+                    self.console.print(line, markup=False, highlight=False, soft_wrap=True)

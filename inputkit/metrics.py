@@ -1,0 +1,141 @@
+"""Metrics over a moving window, computed from successive ``Runner.stats()`` snapshots.
+
+The core only counts (items in and out, seconds full and empty, bytes); this
+module turns two snapshots into what a person reads: rates over the last few
+seconds, the share of that window each queue was full or empty, and one flat
+JSON record per snapshot (``metrics.jsonl``) for plots and tools.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from inputkit.queues import QueueStats
+from inputkit.stats import CoordinatorStats, RunnerStats
+
+
+@dataclass(frozen=True)
+class QueueWindow:
+    """One queue over the window: fill now, and the share of the window full / empty."""
+
+    name: str
+    items: int
+    capacity: int
+    bytes: int
+    max_bytes: int | None
+    peak_bytes: int
+    full: float  # share of the window at capacity
+    empty: float  # share of the window empty
+
+    @property
+    def stage(self) -> str:
+        return {"chunks": "chunk queue", "batches": "batch queue",
+                "device": "device prefetch"}.get(self.name.rsplit("/", 1)[-1], self.name)
+
+
+@dataclass(frozen=True)
+class CoordinatorWindow:
+    input: str
+    device: str
+    device_index: int
+    samples_per_s: float
+    batches_per_s: float
+    mb_per_s: float
+    queues: tuple[QueueWindow, ...]
+    stats: CoordinatorStats
+
+
+@dataclass(frozen=True)
+class Window:
+    """Everything the dashboard and the warnings read: now, over the window, since start."""
+
+    elapsed_s: float
+    window_s: float
+    samples_per_s: float
+    batches_per_s: float
+    mb_per_s: float
+    coordinators: tuple[CoordinatorWindow, ...]
+    stats: RunnerStats
+
+    def record(self, warnings: list[str]) -> dict[str, Any]:
+        """One flat JSON-ready line of ``metrics.jsonl``."""
+        memory = self.stats.memory
+        return {
+            "t": round(self.elapsed_s, 3),
+            "samples_per_s": self.samples_per_s, "batches_per_s": self.batches_per_s,
+            "mb_per_s": self.mb_per_s, "samples": self.stats.samples,
+            "batches": self.stats.batches, "buffered_bytes": self.stats.buffered_bytes,
+            "planned_host_bytes": self.stats.planned_host_bytes,
+            "rss_bytes": memory.total_rss if memory else None,
+            "shared_bytes": memory.shared_bytes if memory else None,
+            "coordinators": [
+                {"input": c.input, "device": c.device, "device_index": c.device_index,
+                 "samples_per_s": c.samples_per_s, "batches_per_s": c.batches_per_s,
+                 "workers": {"fetching": c.stats.workers.fetching,
+                             "blocked": c.stats.workers.blocked, "idle": c.stats.workers.idle,
+                             "p50_ms": c.stats.workers.fetch_p50_ms,
+                             "p95_ms": c.stats.workers.fetch_p95_ms},
+                 "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
+                             "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
+                             "empty": q.empty} for q in c.queues]}
+                for c in self.coordinators],
+            "warnings": warnings,
+        }
+
+
+def _share(now: float, before: float, span: float) -> float:
+    return min(1.0, max(0.0, (now - before) / span)) if span > 0 else 0.0
+
+
+def _queue_window(now: QueueStats, before: QueueStats | None) -> QueueWindow:
+    if before is None:
+        full, empty = now.full_fraction, now.empty_fraction
+    else:
+        span = now.elapsed_s - before.elapsed_s
+        full = _share(now.time_full_s, before.time_full_s, span)
+        empty = _share(now.time_empty_s, before.time_empty_s, span)
+    return QueueWindow(name=now.name, items=now.items, capacity=now.capacity, bytes=now.bytes,
+                       max_bytes=now.max_bytes, peak_bytes=now.peak_bytes, full=full, empty=empty)
+
+
+class MovingWindow:
+    """Keeps recent snapshots; ``update`` returns the :class:`Window` over the last seconds."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+        self._history: deque[tuple[float, RunnerStats]] = deque()
+
+    def update(self, stats: RunnerStats) -> Window:
+        now = time.monotonic()
+        self._history.append((now, stats))
+        while len(self._history) > 2 and now - self._history[1][0] >= self.seconds:
+            self._history.popleft()
+        then, old = self._history[0]
+        span = now - then
+        old_by_key = {(c.input, c.device_index): c for c in old.coordinators} if span > 0 else {}
+        coordinators = []
+        for c in stats.coordinators:
+            prev = old_by_key.get((c.input, c.device_index))
+            rates = _rates(c.samples, c.batches, c.bytes, prev, span) if prev else \
+                (c.samples_per_s, c.batches_per_s, c.mb_per_s)
+            before_queues = {q.name: q for q in prev.queues} if prev else {}
+            coordinators.append(CoordinatorWindow(
+                input=c.input, device=c.device, device_index=c.device_index,
+                samples_per_s=rates[0], batches_per_s=rates[1], mb_per_s=rates[2],
+                queues=tuple(_queue_window(q, before_queues.get(q.name)) for q in c.queues),
+                stats=c))
+        return Window(
+            elapsed_s=stats.elapsed_s, window_s=span,
+            samples_per_s=sum(c.samples_per_s for c in coordinators),
+            batches_per_s=sum(c.batches_per_s for c in coordinators),
+            mb_per_s=sum(c.mb_per_s for c in coordinators),
+            coordinators=tuple(coordinators), stats=stats)
+
+
+def _rates(samples: int, batches: int, nbytes: int, prev: CoordinatorStats,
+           span: float) -> tuple[float, float, float]:
+    return ((samples - prev.samples) / span, (batches - prev.batches) / span,
+            (nbytes - prev.bytes) / 1e6 / span)

@@ -1,0 +1,186 @@
+"""Optional PNG plots of a run's ``metrics.jsonl`` and of a parameter sweep.
+
+matplotlib is an optional extra (``inputkit[plot]``): it is imported lazily, only
+inside the functions that draw, so the rest of inputkit never pays for it or needs
+it. Figures are drawn on the Agg canvas directly (no pyplot), so plotting leaves no
+global figure state behind and works in headless processes and threads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+INSTALL_HINT = "pip install 'inputkit[plot]'  (or: pip install matplotlib)"
+
+_MB = 1e6
+_SIZE_IN = (10.0, 7.0)
+_DPI = 110
+
+
+def matplotlib_available() -> bool:
+    """Whether plots can be drawn, checked without importing matplotlib (it is slow to import)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Read ``metrics.jsonl``; a bad line is an error naming file and line, never silently dropped."""
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not a JSON record ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+def cheapest_within(points: list[dict[str, Any]], tolerance: float = 0.05) -> dict[str, Any]:
+    """The point with the least peak buffered memory among those within ``tolerance`` of the best.
+
+    Throughput a few percent below the best is usually noise; memory is not, so this
+    is the setting worth recommending. Ties on memory go to the faster point, then to
+    the earlier one. Returns one of the given dicts (not a copy).
+    """
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    valid = [p for p in points if not math.isnan(float(p["samples_per_s"]))]
+    if not valid:
+        raise ValueError("no sweep points with a throughput to compare")
+    best = max(float(p["samples_per_s"]) for p in valid)
+    # A hair of slack so that a point exactly at the threshold is not lost to rounding.
+    threshold = best * (1.0 - tolerance) - 1e-9 * abs(best)
+    near = [p for p in valid if float(p["samples_per_s"]) >= threshold]
+    return min(near, key=lambda p: (int(p["peak_buffered_bytes"]), -float(p["samples_per_s"])))
+
+
+def _figure(nrows: int) -> tuple[Any, Any]:
+    """A pyplot-free Agg figure, so nothing is registered globally or left open."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(f"plots need matplotlib: {INSTALL_HINT}") from exc
+    fig = Figure(figsize=_SIZE_IN, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=_DPI)
+    return path
+
+
+def _legend(ax: Any, handles: list[Any]) -> None:
+    """Legend outside the panel, right of the twin axis, so it never hides data."""
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.09, 1.0), fontsize=8,
+              frameon=False, borderaxespad=0.0)
+
+
+def _coordinator_name(c: dict[str, Any]) -> str:
+    return f"{c.get('input', '?')}@{c.get('device', c.get('device_index', '?'))}"
+
+
+def _fill(q: dict[str, Any]) -> float:
+    """Bytes against the byte cap when the queue has one (that is what blocks), else items."""
+    if q.get("max_bytes"):
+        return q.get("bytes", 0) / q["max_bytes"]
+    return q.get("items", 0) / q["capacity"] if q.get("capacity") else math.nan
+
+
+def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Throughput and queue fill over time, to see whether the pipeline keeps up and where it stalls."""
+    if not records:
+        raise ValueError("no metrics records to plot")
+    fig, (top, bottom) = _figure(2)
+    t = [r["t"] for r in records]
+    fig.suptitle(title)
+
+    # Top: samples/s (total, and per coordinator when several) with MB/s on a twin axis.
+    handles = top.plot(t, [r["samples_per_s"] for r in records], color="black", lw=2, label="total samples/s")
+    names: dict[tuple[Any, Any], str] = {}
+    for r in records:
+        for c in r.get("coordinators", []):
+            names.setdefault((c.get("input"), c.get("device_index")), _coordinator_name(c))
+    if len(names) > 1:
+        for key, name in names.items():
+            ys = [next((c["samples_per_s"] for c in r.get("coordinators", [])
+                        if (c.get("input"), c.get("device_index")) == key), math.nan) for r in records]
+            handles += top.plot(t, ys, lw=1.2, alpha=0.85, label=f"{name} samples/s")
+    top.set_ylabel("samples/s")
+    top.set_ylim(bottom=0)
+    top.grid(True, alpha=0.3)
+    mb = [r.get("mb_per_s") for r in records]
+    if any(v is not None for v in mb):
+        twin = top.twinx()
+        handles += twin.plot(t, [math.nan if v is None else v for v in mb], color="tab:gray", lw=1.2,
+                             ls=":", label="total MB/s")
+        twin.set_ylabel("MB/s")
+        twin.set_ylim(bottom=0)
+    _legend(top, handles)
+
+    # Bottom: each queue's fill as a fraction of its limit, one line per coordinator x stage.
+    series: dict[tuple[str, str], list[float]] = {}
+    for i, r in enumerate(records):
+        for c in r.get("coordinators", []):
+            for q in c.get("queues", []):
+                key = (_coordinator_name(c), q.get("stage", "?"))
+                series.setdefault(key, [math.nan] * len(records))[i] = _fill(q)
+    handles = []
+    for (name, stage), ys in series.items():
+        label = f"{name} {stage}" if len(names) > 1 else stage
+        handles += bottom.plot(t, ys, lw=1.4, label=label)
+    bottom.set_ylabel("queue fill (fraction of limit)")
+    bottom.set_ylim(0, max([1.05, *(y for ys in series.values() for y in ys if not math.isnan(y))]))
+    bottom.set_xlabel("time (s)")
+    bottom.grid(True, alpha=0.3)
+    buffered = [r.get("buffered_bytes") for r in records]
+    if any(v is not None for v in buffered):
+        twin = bottom.twinx()
+        handles += twin.plot(t, [math.nan if v is None else v / _MB for v in buffered], color="tab:gray",
+                             ls="--", lw=1.4, label="buffered MB")
+        planned = [r.get("planned_host_bytes") for r in records]
+        if any(v is not None for v in planned):
+            handles += twin.plot(t, [math.nan if v is None else v / _MB for v in planned], color="tab:red",
+                                 ls="--", lw=1.0, label="planned host MB")
+        twin.set_ylabel("host buffer (MB)")
+        twin.set_ylim(bottom=0)
+    _legend(bottom, handles)
+    return _save(fig, path)
+
+
+def plot_sweep(points: list[dict[str, Any]], path: Path) -> Path:
+    """Throughput against memory per setting, to pick the cheapest one that is about as fast."""
+    pick = cheapest_within(points)
+    best = max(float(p["samples_per_s"]) for p in points)
+    fig, (ax,) = _figure(1)
+    xs = [p["peak_buffered_bytes"] / _MB for p in points]
+    ys = [float(p["samples_per_s"]) for p in points]
+    ax.scatter(xs, ys, s=36, color="tab:blue", zorder=3, label="sweep point")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(str(p.get("label", "")), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+    ax.axhline(0.95 * best, color="tab:gray", ls="--", lw=1.0, label="95% of best")
+    ax.scatter([pick["peak_buffered_bytes"] / _MB], [pick["samples_per_s"]], s=220, marker="*",
+               color="tab:red", edgecolor="black", zorder=4, label="cheapest within 5% of best")
+    ax.text(1.01, 0.0, f"cheapest within 5% of best:\n{pick.get('label', '')}\n"
+            f"{pick['samples_per_s']:,.0f} samples/s\nat {pick['peak_buffered_bytes'] / _MB:,.1f} MB peak",
+            transform=ax.transAxes, fontsize=8, va="bottom", ha="left", wrap=True,
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "tab:red", "alpha": 0.9})
+    ax.set_xlabel("peak buffered memory (MB)")
+    ax.set_ylabel("samples/s")
+    ax.set_title("Sweep: throughput vs memory")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False, borderaxespad=0.0)
+    return _save(fig, path)
