@@ -16,7 +16,9 @@ from inputkit.stats import CoordinatorStats, RunnerStats
 FULL = 0.8  # "nearly always": share of the window a queue was full / empty
 MIN_WINDOW_S = 1.0  # no warnings from the first moments of a run
 BUDGET_SHARE = 0.8
-GIL_SHARE = 0.7  # fetch CPU time / wall time above which thread workers are CPU-bound
+# Thread workers that together keep this much of one core busy inside fetch are at the
+# GIL's ceiling: one core is all Python bytecode gets, however many threads run it.
+GIL_CORES = 0.7
 
 
 def _where(c: CoordinatorWindow | CoordinatorStats) -> str:
@@ -48,7 +50,7 @@ def _starvation(c: CoordinatorWindow, window_s: float) -> str | None:
         return None
     workers = c.stats.workers
     if chunks is not None and chunks.empty >= FULL:
-        if workers.kind == "thread" and _cpu_share(c.stats) >= GIL_SHARE:
+        if workers.kind == "thread" and _fetch_cores(c.stats) >= GIL_CORES:
             fix = ("fetch is CPU-bound and thread workers share one GIL: use "
                    "workers.kind=process")
         else:
@@ -63,9 +65,9 @@ def _starvation(c: CoordinatorWindow, window_s: float) -> str | None:
             f"{last.empty:.0%} of the last {window_s:.0f} s; {fix}")
 
 
-def _cpu_share(c: CoordinatorStats) -> float:
-    w = c.workers
-    return w.fetch_cpu_s / w.fetch_wall_s if w.fetch_wall_s > 0 else 0.0
+def _fetch_cores(c: CoordinatorStats) -> float:
+    """Cores the workers kept busy inside fetch, on average (CPU seconds per second)."""
+    return c.workers.fetch_cpu_s / c.elapsed_s if c.elapsed_s > 0 else 0.0
 
 
 def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
@@ -93,10 +95,11 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
 
 def _fetch_bound(c: CoordinatorStats, empty: float, busy: float) -> str:
     w = c.workers
-    if w.kind == "thread" and _cpu_share(c) >= GIL_SHARE:
+    if w.kind == "thread" and _fetch_cores(c) >= GIL_CORES:
         return (f"{_where(c)}: fetch-bound and GIL-bound. The chunk queue was empty {empty:.0%} "
-                f"of the run, and fetch used CPU for {_cpu_share(c):.0%} of its wall time: "
-                f"{w.workers} threads take turns on one GIL, so more threads will not help. "
+                f"of the run, and the {w.workers} thread(s) kept {_fetch_cores(c):.2f} of a core "
+                f"busy inside fetch ({w.fetch_cpu_s / max(w.fetch_wall_s, 1e-9):.0%} of fetch's "
+                f"wall time was CPU): that is the GIL's ceiling, so more threads will not help. "
                 f"Try workers.kind=process.")
     if w.kind == "process" and busy < 0.5:
         return (f"{_where(c)}: transport-bound. The chunk queue was empty {empty:.0%} of the "
