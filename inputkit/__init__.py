@@ -29,6 +29,7 @@ _EXPORTS = {
     "Source": "inputkit.sources.protocol",
     "SyntheticSource": "inputkit.sources.synthetic",
     "CoordinatorStats": "inputkit.stats",
+    "Dashboard": "inputkit.dashboard",
     "QueueStats": "inputkit.queues",
     "RunnerStats": "inputkit.stats",
     "WorkerPoolStats": "inputkit.workers.base",
@@ -37,6 +38,7 @@ _EXPORTS = {
 __all__ = [
     "ConfigError",
     "CoordinatorStats",
+    "Dashboard",
     "InputSpec",
     "InputkitError",
     "QueueStats",
@@ -58,6 +60,7 @@ __all__ = [
 if TYPE_CHECKING:
     from inputkit.config.compose import compose
     from inputkit.config.spec import InputSpec, RunSpec, load_spec
+    from inputkit.dashboard import Dashboard
     from inputkit.errors import (
         ConfigError,
         InputkitError,
