@@ -73,6 +73,8 @@ def _memory_line(window: Window, budget_bytes: int | None) -> Text:
         text.append(f"   process tree RSS {format_size(stats.memory.total_rss)}")
         if stats.memory.shared_bytes:
             text.append(f"   shared memory {format_size(stats.memory.shared_bytes)}")
+        for device, used in sorted(stats.memory.gpu_bytes.items()):
+            text.append(f"   {device} {format_size(used)}")
         if budget_bytes:
             share = stats.memory.total_rss / budget_bytes
             text.append(f"   budget {format_size(budget_bytes)} ({share:.0%} used)",

@@ -133,7 +133,9 @@ def diagnose(stats: RunnerStats) -> list[str]:
                 f"{_where(c)}: balanced. The consumer seldom waited (batch queue empty "
                 f"{batches.empty_fraction:.0%}, full {batches.full_fraction:.0%} of the run): "
                 f"every stage keeps up with the next.")
-        elif chunks.empty_fraction >= 0.5:
+        elif chunks.empty_fraction >= 0.5 or (w.kind == "thread" and _fetch_cores(c) >= GIL_CORES):
+            # Fetch holding the GIL slows every thread, the batcher's too, so a GIL-bound run
+            # need not show a mostly empty chunk queue.
             lines.append(_fetch_bound(c, chunks.empty_fraction, busy))
         elif chunks.empty_fraction < 0.2:
             lines.append(

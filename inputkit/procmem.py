@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -14,15 +14,24 @@ class ProcessMemory:
     main_rss: int
     workers_rss: int
     shared_bytes: int
+    gpu_bytes: dict[str, int] = field(default_factory=dict)  # CUDA device -> bytes allocated
 
     @property
     def total_rss(self) -> int:
         return self.main_rss + self.workers_rss
 
 
-def read_process_memory(worker_pids: Iterable[int], shared_bytes: int) -> ProcessMemory:
-    """RSS of this process and of the given workers (gone ones count as 0)."""
+def read_process_memory(worker_pids: Iterable[int], shared_bytes: int,
+                        cuda_devices: Iterable[str] = ()) -> ProcessMemory:
+    """RSS of this process and of the given workers (gone ones count as 0), and what torch's
+    allocator holds on each CUDA device."""
     import psutil
+
+    gpu: dict[str, int] = {}
+    for device in cuda_devices:
+        import torch
+
+        gpu[device] = int(torch.cuda.memory_allocated(device))
 
     workers = 0
     for pid in worker_pids:
@@ -31,4 +40,4 @@ def read_process_memory(worker_pids: Iterable[int], shared_bytes: int) -> Proces
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return ProcessMemory(main_rss=psutil.Process().memory_info().rss, workers_rss=workers,
-                         shared_bytes=shared_bytes)
+                         shared_bytes=shared_bytes, gpu_bytes=gpu)

@@ -187,7 +187,8 @@ class Runner:
         shared = sum(c.workers.shm_bytes_in_use for c in coordinators)
         return RunnerStats(elapsed_s=elapsed, coordinators=coordinators,
                            planned_host_bytes=self.plan.host_bytes if self.plan else None,
-                           memory=read_process_memory(pids, shared))
+                           memory=read_process_memory(
+                               pids, shared, [d for d in set(self.devices) if d != "cpu"]))
 
     def coordinators(self, input: str | None = None) -> list[Coordinator]:
         """The coordinators of one input (or all), in device order."""

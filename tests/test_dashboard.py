@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -52,7 +53,7 @@ def test_a_sleeping_consumer_fills_the_queues_and_raises_the_over_buffering_warn
     assert any(w.startswith("over-buffering: input 'main' on 0:cpu: the chunk queue") for w in warnings)
     assert "queue.capacity=4 would keep the throughput and save" in " ".join(warnings)
     assert "warnings" in text and "over-buffering" in text
-    assert "chunk queue" in text and "16/16" in text and "full 100%" in text
+    assert "chunk queue" in text and "16/16" in text and re.search(r"full +(9\d|100)%", text)
     assert any("consumer-bound" in line for line in diagnose(final))
 
 
