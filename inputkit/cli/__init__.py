@@ -219,7 +219,9 @@ def _sweep_plot(console: Any, points: list[tuple[list[str], dict[str, Any]]]) ->
                       markup=False, highlight=False)
         return
     path = Path(done[0][1]["run_dir"]).parent / "sweep.png"
-    plots.plot_sweep([{"label": " ".join(o), "samples_per_s": r["stats"]["samples_per_s"],
+    common = set.intersection(*(set(o) for o, _ in done))  # label points by what varies
+    plots.plot_sweep([{"label": " ".join(x for x in o if x not in common) or "(defaults)",
+                       "samples_per_s": r["stats"]["samples_per_s"],
                        "peak_buffered_bytes": r["peak_buffered_bytes"]} for o, r in done], path)
     console.print(f"sweep plot: {path}", markup=False, highlight=False)
 
