@@ -205,7 +205,7 @@ def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: f
             if live is not None:
                 if dashboard:
                     live.update(render(window, warnings, recorder.budget_bytes,
-                                       title=_clock(now - started, limit)))
+                                       title=_title(limit)))
                 else:
                     live.update(progress_line(snapshot, previous, now - started, limit))
             else:
@@ -226,7 +226,7 @@ def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: f
             live.stop()
 
 
-def _clock(elapsed: float, limit: float | None) -> str:
+def _title(limit: float | None) -> str:
     return "inputkit bench" + (f"  (limit {limit:g} s)" if limit is not None else "")
 
 
