@@ -45,7 +45,7 @@ def bench(ctx: typer.Context) -> None:
       inputkit bench --config-dir ./conf    your configs, searched before ours
       inputkit bench --config-name NAME     start from your own primary config
       inputkit bench -m workers.count=1,2,4 sweep, then one comparison table
-      inputkit bench --json                 also write every snapshot to metrics.jsonl
+      inputkit bench --json                 snapshots to metrics.jsonl (bench.json=true)
 
     Config groups: source, workers, experiment. Every key: docs/configuration.md.
     """

@@ -86,7 +86,7 @@ class BenchConfig:
     # On a terminal, the full live dashboard (false: one progress line).
     dashboard: bool = True
     # Write every snapshot as a JSON line to metrics.jsonl in the run directory.
-    json: bool = False
+    json: bool = True
     # Save metrics.png (throughput and queue fill over time) when matplotlib is installed.
     plot: bool = True
 

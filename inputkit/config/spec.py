@@ -56,7 +56,7 @@ class RunSpec:
     bench_input: str | None
     progress_interval: float
     bench_dashboard: bool = True
-    bench_json: bool = False
+    bench_json: bool = True
     bench_plot: bool = True
     memory_budget: Any = "50%"
     memory_gpu_budget: Any = None
