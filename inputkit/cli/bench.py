@@ -10,6 +10,7 @@ directory.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -161,7 +162,7 @@ class Recorder:
         warnings = live_warnings(window, self.budget_bytes)
         new = []
         for text in warnings:
-            key = text.split(":", 2)[0] + text.split(":", 2)[1]
+            key = re.sub(r"[\d.,]+", "#", text)  # the same warning with other figures
             if key not in self.seen_warnings:
                 new.append(text)
             self.seen_warnings[key] = text
