@@ -154,7 +154,9 @@ def test_console_script_entry_point(tmp_path):
     assert summaries(tmp_path / "outputs")
 
 
-def test_sigint_stops_cleanly_prints_the_partial_summary_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"),
+                                           ("SIGTERM", 143, "terminated")])
+def test_a_signal_stops_cleanly_prints_the_partial_summary_and_exits(tmp_path, sig, code, word):
     import signal
     import time
 
@@ -167,13 +169,13 @@ def test_sigint_stops_cleanly_prints_the_partial_summary_and_exits_130(tmp_path)
         banner = proc.stdout.readline()
         assert banner.startswith("inputkit bench:"), banner
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         stdout, stderr = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "interrupted after" in stdout and "0:cpu" in stdout
-    assert "stopped cleanly" in stderr and "Traceback" not in stderr
+    assert f"{word}: the pipeline was stopped cleanly" in stderr and "Traceback" not in stderr
 
 
 def test_a_process_worker_sweep_runs_through_multirun(tmp_path):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ app = typer.Typer(
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
                  "help_option_names": ["--help", "-h"]}
@@ -168,6 +170,14 @@ def _run_bench(argv: list[str]) -> int:
     from inputkit.memory import MemoryBudgetError
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    terminated = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # SIGTERM (a scheduler, `kill`) takes Ctrl-C's clean path: stop, summarise, exit 143.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         results = _bench_with_hydra(argv)
         if results is not None and len(results) == 1 and "error" in results[0]:
@@ -183,12 +193,15 @@ def _run_bench(argv: list[str]) -> int:
     except ConfigError as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)
     except KeyboardInterrupt:
-        err.print("interrupted: the pipeline was stopped cleanly", markup=False)
-        return EXIT_INTERRUPTED
+        word = "terminated" if terminated else "interrupted"
+        err.print(f"{word}: the pipeline was stopped cleanly", markup=False)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except InputkitError as exc:
         return _report(err, exc, str(exc), 1)
     except Exception as exc:  # a user's fetch raised: its type, message and worker traceback
         return _report(err, exc, f"{type(exc).__name__}: {exc}", 1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if results is not None and len(results) > 1:
         from inputkit.cli.bench import make_console
         from inputkit.cli.render import sweep_table
