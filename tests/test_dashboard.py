@@ -148,3 +148,25 @@ def test_a_sweep_marks_the_cheapest_point_and_plots_it(tmp_path):
     table = out.stdout[out.stdout.index("inputkit bench sweep"):]
     assert "cheapest within 5% of best" in table and "peak buffered" in table
     assert list((tmp_path / "multirun").rglob("sweep.png"))
+
+
+def test_the_bench_recorder_keeps_each_warning_once_per_queue_and_writes_json(tmp_path):
+    from inputkit.cli.bench import Recorder
+
+    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [256]}}, "chunk_size": 64},
+                   batch_size=64, queue={"capacity": 16, "batch_capacity": 4})
+    recorder = Recorder(None, tmp_path / "metrics.jsonl")
+    with Runner(cfg) as runner:
+        recorder.update(runner.stats())
+        stream = runner.device(0)
+        for _ in range(4):
+            next(stream)
+            time.sleep(0.4)  # a slow consumer: both queues stay full
+            recorder.update(runner.stats())
+    recorder.close()
+    seen = list(recorder.seen_warnings.values())
+    assert sum("the chunk queue was full" in w for w in seen) == 1
+    assert sum("the batch queue was full" in w for w in seen) == 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and json.loads(lines[-1])["warnings"]
+    assert recorder.peak_buffered_bytes > 0
