@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from inputkit.batcher import BatcherThread
@@ -22,7 +23,7 @@ from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
 from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
-from inputkit.workers import make_worker_pool
+from inputkit.workers import WorkerPool, make_worker_pool
 
 
 class Abort:
@@ -35,23 +36,61 @@ class Abort:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.failure: Failure | None = None
-        self.origin: Coordinator | None = None
-        self._members: list[Coordinator] = []
+        self._origin: Callable[[], Coordinator | None] = lambda: None
+        self._pools: list[WorkerPool] = []
         self._lock = threading.Lock()
 
-    def join(self, coordinator: Coordinator) -> None:
+    def join(self, pool: WorkerPool) -> None:
         with self._lock:
-            self._members.append(coordinator)
+            self._pools.append(pool)
 
-    def fail(self, failure: Failure, origin: Coordinator) -> None:
+    @property
+    def origin(self) -> Coordinator | None:
+        return self._origin()
+
+    def fail(self, failure: Failure, origin: Coordinator | None) -> None:
         with self._lock:
             if self.failure is not None:
                 return
-            self.failure, self.origin = failure, origin
-            members = list(self._members)
+            self.failure = failure
+            # Weak: nothing a finalizer may hold should lead back to a coordinator.
+            self._origin = weakref.ref(origin) if origin is not None else (lambda: None)
+            pools = list(self._pools)
         self.event.set()
-        for member in members:
-            member.workers.stop()
+        for pool in pools:
+            pool.stop()
+
+
+class Stages:
+    """One coordinator's threads and queues: what stopping it takes, and no reference back to
+    the coordinator or its runner, so the runner's finalizer can hold it."""
+
+    def __init__(self, stop: threading.Event, workers: WorkerPool, batcher: BatcherThread,
+                 device_stage: Any, queues: list[BoundedQueue]) -> None:
+        self.stop_event = stop
+        self.workers = workers
+        self.batcher = batcher
+        self.device_stage = device_stage
+        self.queues = queues
+        self.closed = False
+
+    def stop(self) -> None:
+        """Ask every stage to stop; does not wait."""
+        self.stop_event.set()
+        self.workers.stop()
+        for queue in self.queues:
+            queue.close()
+            queue.clear()  # free buffered memory now; wakes producers blocked on put
+
+    def join(self, deadline: float) -> list[str]:
+        """Wait for every thread until ``deadline``; describe the ones still running."""
+        stuck = self.workers.join(deadline)
+        self.batcher.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.batcher.thread.is_alive():
+            stuck.append(self.batcher.thread.name)
+        stuck.extend(self.device_stage.join(deadline))
+        self.closed = True
+        return stuck
 
 
 class Coordinator(Iterator[dict[str, Any]]):
@@ -76,7 +115,8 @@ class Coordinator(Iterator[dict[str, Any]]):
             spec, device, source=source, schema=schema,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
             num_workers=count * num_devices, out=self.chunk_queue, label=self.label,
-            thread_prefix=f"inputkit-{name}", on_failure=lambda failure: abort.fail(failure, self),
+            thread_prefix=f"inputkit-{name}",
+            on_failure=lambda failure, me=weakref.ref(self): abort.fail(failure, me()),
         )
         self.batcher = BatcherThread(
             name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
@@ -87,14 +127,16 @@ class Coordinator(Iterator[dict[str, Any]]):
         )
         self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
                                               self._stop, name, f"the device stage of {self.label}")
-        abort.join(self)
+        self.stages = Stages(self._stop, self.workers, self.batcher, self.device_stage,
+                             self._queues())
+        abort.join(self.workers)
         self.planned: dict[str, int] = {}  # the memory plan's stage -> bytes, set by the runner
+        self.owner: Any = None  # the runner, kept alive while this stream is
         self._started_at: float | None = None
         self._finished_at: float | None = None
         self._first_batch_s: float | None = None
         self._batches = self._samples = self._bytes = 0
         self._finished = False
-        self._closed = False
 
     def start(self) -> None:
         self._started_at = time.monotonic()
@@ -108,7 +150,7 @@ class Coordinator(Iterator[dict[str, Any]]):
     def __next__(self) -> dict[str, Any]:
         if self._finished:
             raise StopIteration
-        if self._closed:
+        if self.stages.closed:
             raise InputkitError(f"{self.label}: the runner is closed; no more batches")
         stop = self._abort.event
         try:
@@ -144,21 +186,11 @@ class Coordinator(Iterator[dict[str, Any]]):
 
     def stop(self) -> None:
         """Ask every stage to stop; does not wait."""
-        self._stop.set()
-        self.workers.stop()
-        for queue in self._queues():
-            queue.close()
-            queue.clear()  # free buffered memory now; wakes producers blocked on put
+        self.stages.stop()
 
     def join(self, deadline: float) -> list[str]:
         """Wait for every thread until ``deadline``; describe the ones still running."""
-        stuck = self.workers.join(deadline)
-        self.batcher.thread.join(max(0.0, deadline - time.monotonic()))
-        if self.batcher.thread.is_alive():
-            stuck.append(self.batcher.thread.name)
-        stuck.extend(self.device_stage.join(deadline))
-        self._closed = True
-        return stuck
+        return self.stages.join(deadline)
 
     def _queues(self) -> list[BoundedQueue]:
         extra = self.device_stage.queue()

@@ -19,6 +19,7 @@ INSTALL_HINT = "pip install 'inputkit[plot]'  (or: pip install matplotlib)"
 _MB = 1e6
 _SIZE_IN = (10.0, 7.0)
 _DPI = 110
+_STAGE_STYLES = ("-", "-.", ":")  # chunk, batch, device prefetch (in the order they appear)
 
 
 def matplotlib_available() -> bool:
@@ -114,49 +115,58 @@ def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     for r in records:
         for c in r.get("coordinators", []):
             names.setdefault((c.get("input"), c.get("device_index")), _coordinator_name(c))
+    colours = {key: f"C{i % 10}" for i, key in enumerate(names)}
     if len(names) > 1:
         for key, name in names.items():
             ys = [next((c["samples_per_s"] for c in r.get("coordinators", [])
                         if (c.get("input"), c.get("device_index")) == key), math.nan) for r in records]
-            handles += top.plot(t, ys, lw=1.2, alpha=0.85, label=f"{name} samples/s")
+            handles += top.plot(t, ys, color=colours[key], lw=1.2, alpha=0.9, label=f"{name} samples/s")
     top.set_ylabel("samples/s")
     top.set_ylim(bottom=0)
     top.grid(True, alpha=0.3)
     mb = [r.get("mb_per_s") for r in records]
     if any(v is not None for v in mb):
         twin = top.twinx()
-        handles += twin.plot(t, [math.nan if v is None else v for v in mb], color="tab:gray", lw=1.2,
+        handles += twin.plot(t, [math.nan if v is None else v for v in mb], color="tab:purple", lw=1.4,
                              ls=":", label="total MB/s")
         twin.set_ylabel("MB/s")
         twin.set_ylim(bottom=0)
     _legend(top, handles)
 
     # Bottom: each queue's fill as a fraction of its limit, one line per coordinator x stage.
-    series: dict[tuple[str, str], list[float]] = {}
+    # Several coordinators: colour = coordinator (as above), line style = stage.
+    series: dict[tuple[Any, str], list[float]] = {}
     for i, r in enumerate(records):
         for c in r.get("coordinators", []):
             for q in c.get("queues", []):
-                key = (_coordinator_name(c), q.get("stage", "?"))
+                key = ((c.get("input"), c.get("device_index")), q.get("stage", "?"))
                 series.setdefault(key, [math.nan] * len(records))[i] = _fill(q)
+    stages = list(dict.fromkeys(stage for _, stage in series))
     handles = []
-    for (name, stage), ys in series.items():
-        label = f"{name} {stage}" if len(names) > 1 else stage
-        handles += bottom.plot(t, ys, lw=1.4, label=label)
+    for (ckey, stage), ys in series.items():
+        if len(names) > 1:
+            style = {"color": colours[ckey], "ls": _STAGE_STYLES[stages.index(stage) % len(_STAGE_STYLES)],
+                     "label": f"{names[ckey]} {stage}"}
+        else:
+            style = {"color": f"C{stages.index(stage) % 10}", "ls": "-", "label": stage}
+        handles += bottom.plot(t, ys, lw=1.5, **style)
     bottom.set_ylabel("queue fill (fraction of limit)")
-    bottom.set_ylim(0, max([1.05, *(y for ys in series.values() for y in ys if not math.isnan(y))]))
+    bottom.set_ylim(0, 1.1 * max([1.0, *(y for ys in series.values() for y in ys if not math.isnan(y))]))
     bottom.set_xlabel("time (s)")
     bottom.grid(True, alpha=0.3)
     buffered = [r.get("buffered_bytes") for r in records]
     if any(v is not None for v in buffered):
         twin = bottom.twinx()
         handles += twin.plot(t, [math.nan if v is None else v / _MB for v in buffered], color="tab:gray",
-                             ls="--", lw=1.4, label="buffered MB")
+                             ls="--", lw=1.6, label="buffered MB")
         planned = [r.get("planned_host_bytes") for r in records]
         if any(v is not None for v in planned):
-            handles += twin.plot(t, [math.nan if v is None else v / _MB for v in planned], color="tab:red",
+            handles += twin.plot(t, [math.nan if v is None else v / _MB for v in planned], color="black",
                                  ls="--", lw=1.0, label="planned host MB")
+        # Headroom so the budget line sits below the "queue full" level rather than on top of it.
+        peak = max([0.0, *(v / _MB for v in buffered + planned if v is not None)])
         twin.set_ylabel("host buffer (MB)")
-        twin.set_ylim(bottom=0)
+        twin.set_ylim(0, 1.3 * peak or 1.0)
     _legend(bottom, handles)
     return _save(fig, path)
 
@@ -169,15 +179,24 @@ def plot_sweep(points: list[dict[str, Any]], path: Path) -> Path:
     xs = [p["peak_buffered_bytes"] / _MB for p in points]
     ys = [float(p["samples_per_s"]) for p in points]
     ax.scatter(xs, ys, s=36, color="tab:blue", zorder=3, label="sweep point")
-    for p, x, y in zip(points, xs, ys, strict=True):
-        ax.annotate(str(p.get("label", "")), (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+    # Alternate labels above/below (in x order) and flip them left in the right half, so that
+    # neighbours' labels do not collide and none runs off the axes.
+    mid = (min(xs) + max(xs)) / 2
+    for rank, i in enumerate(sorted(range(len(points)), key=lambda j: xs[j])):
+        right = xs[i] > mid
+        ax.annotate(str(points[i].get("label", "")), (xs[i], ys[i]), fontsize=8,
+                    xytext=(-7 if right else 7, 7 if rank % 2 == 0 else -9), textcoords="offset points",
+                    ha="right" if right else "left", va="bottom" if rank % 2 == 0 else "top",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                          "alpha": 0.75}, zorder=2.5)  # under the markers
     ax.axhline(0.95 * best, color="tab:gray", ls="--", lw=1.0, label="95% of best")
     ax.scatter([pick["peak_buffered_bytes"] / _MB], [pick["samples_per_s"]], s=220, marker="*",
                color="tab:red", edgecolor="black", zorder=4, label="cheapest within 5% of best")
-    ax.text(1.01, 0.0, f"cheapest within 5% of best:\n{pick.get('label', '')}\n"
+    ax.text(1.01, 0.80, f"cheapest within 5% of best:\n{pick.get('label', '')}\n"
             f"{pick['samples_per_s']:,.0f} samples/s\nat {pick['peak_buffered_bytes'] / _MB:,.1f} MB peak",
-            transform=ax.transAxes, fontsize=8, va="bottom", ha="left", wrap=True,
+            transform=ax.transAxes, fontsize=8, va="top", ha="left", wrap=True,
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "tab:red", "alpha": 0.9})
+    ax.margins(x=0.08, y=0.08)
     ax.set_xlabel("peak buffered memory (MB)")
     ax.set_ylabel("samples/s")
     ax.set_title("Sweep: throughput vs memory")

@@ -16,13 +16,14 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
-from inputkit.coordinator import Abort, Coordinator
+from inputkit.coordinator import Abort, Coordinator, Stages
 from inputkit.errors import InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
 from inputkit.stats import RunnerStats
@@ -58,6 +59,11 @@ class Runner:
         self._state = "new"
         self._started_at = 0.0
         self.plan: MemoryPlan | None = None  # the memory plan checked by start()
+        # A runner dropped without close() (garbage-collected, or still open at interpreter
+        # exit) stops its threads and processes all the same. The finalizer holds the
+        # coordinators and sources, not the runner, so it does not keep the runner alive.
+        self._stages: list[Stages] = []
+        self._finalizer = weakref.finalize(self, _shut_down_quietly, self._stages, self._sources)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -86,10 +92,14 @@ class Runner:
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
                                               len(self.devices))
+                    # A stream outlives the expression that made it: Runner(cfg).start().device(0)
+                    # keeps its runner (and so its pipeline) alive while the stream is in use.
+                    coordinator.owner = self
                     if self.plan is not None:
                         coordinator.planned = {t.stage: t.bytes for t in self.plan.terms
                                                if t.input == name}
                     self._coordinators[(name, index)] = coordinator
+                    self._stages.append(coordinator.stages)
             self._started_at = time.monotonic()
             for coordinator in self._coordinators.values():
                 coordinator.start()
@@ -130,14 +140,8 @@ class Runner:
                 return
             self._state = "closing"
         try:
-            deadline = time.monotonic() + timeout
-            for coordinator in self._coordinators.values():
-                coordinator.stop()
-            stuck: list[str] = []
-            for coordinator in self._coordinators.values():
-                stuck.extend(coordinator.join(deadline))
-            for source in self._sources:
-                source.close()
+            self._finalizer.detach()
+            stuck = _shut_down(self._stages, self._sources, timeout)
         finally:
             self._state = "closed"
         if stuck:
@@ -217,3 +221,25 @@ class Runner:
                                 f"{len(self.devices)} device(s): {', '.join(self.devices)}")
         return self._coordinators[(name, index)]
 
+
+
+def _shut_down(stages: list[Stages], sources: list[BoundSource], timeout: float) -> list[str]:
+    """Stop every coordinator's stages, wait until the deadline, close the sources; list what is
+    stuck. Takes the stages, not the coordinators, so the runner's finalizer holds nothing that
+    leads back to the runner."""
+    deadline = time.monotonic() + timeout
+    for stage in stages:
+        stage.stop()
+    stuck: list[str] = []
+    for stage in stages:
+        stuck.extend(stage.join(deadline))
+    for source in sources:
+        source.close()
+    return stuck
+
+
+def _shut_down_quietly(stages: list[Stages], sources: list[BoundSource]) -> None:
+    stuck = _shut_down(stages, sources, 2.0)
+    if stuck:
+        log.warning("a runner that was never closed left %d thread(s) running: %s", len(stuck),
+                    ", ".join(s.splitlines()[0] for s in stuck))

@@ -288,3 +288,35 @@ def test_start_twice_and_use_before_start_are_clear_errors():
             runner.start()
         with pytest.raises(InputkitError, match="device index 3 is out of range"):
             runner.device(3)
+
+
+def test_a_runner_dropped_without_close_stops_its_threads():
+    import gc
+
+    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [64]}}, "chunk_size": 16},
+                   batch_size=32, workers={"count": 2}, queue={"capacity": 2})
+    runner = Runner(cfg).start()
+    next(runner.device(0))
+    assert pipeline_threads()
+    del runner
+    gc.collect()
+    deadline = time.monotonic() + 3
+    while pipeline_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pipeline_threads() == []
+
+
+def test_a_stream_keeps_its_runner_alive_until_the_stream_is_dropped():
+    import gc
+
+    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [8]}}, "chunk_size": 16},
+                   batch_size=16)
+    stream = Runner(cfg).start().device(0)
+    gc.collect()
+    assert next(stream)["x"].shape == (16, 8), "the runner behind the stream is still running"
+    del stream
+    gc.collect()
+    deadline = time.monotonic() + 3
+    while pipeline_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pipeline_threads() == []
