@@ -14,14 +14,19 @@ def pipeline_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("inputkit-") and t.is_alive()]
 
 
+def wait_for_no_pipeline_threads(seconds: float = 3.0) -> list[threading.Thread]:
+    """Wait up to ``seconds`` for every inputkit thread to end; return those still running."""
+    deadline = time.monotonic() + seconds
+    while pipeline_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pipeline_threads()
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every test must leave no inputkit thread running (they have 2 s to stop)."""
     yield
-    deadline = time.monotonic() + 3.0
-    while pipeline_threads() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    leaked = [t.name for t in pipeline_threads()]
+    leaked = [t.name for t in wait_for_no_pipeline_threads()]
     assert not leaked, f"pipeline threads still running after the test: {leaked}"
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, pipeline_threads
+from conftest import make_cfg, pipeline_threads, wait_for_no_pipeline_threads
 
 import inputkit
 from inputkit import ConfigError, InputkitError, Runner, SourceError, WorkerFailure
@@ -217,9 +217,7 @@ def test_a_fetch_that_never_returns_is_reported_by_close():
         runner.close(timeout=0.5)
     assert time.monotonic() - began < 1.5
     assert "still inside fetch of fakes:Slow" in str(info.value) and "time.sleep" in str(info.value)
-    deadline = time.monotonic() + 5
-    while pipeline_threads() and time.monotonic() < deadline:  # let the slow fetch finish
-        time.sleep(0.05)
+    wait_for_no_pipeline_threads(5)  # let the slow fetch finish
 
 
 def test_named_inputs_each_get_their_own_coordinators():
@@ -300,10 +298,7 @@ def test_a_runner_dropped_without_close_stops_its_threads():
     assert pipeline_threads()
     del runner
     gc.collect()
-    deadline = time.monotonic() + 3
-    while pipeline_threads() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pipeline_threads() == []
+    assert wait_for_no_pipeline_threads() == []
 
 
 def test_a_stream_keeps_its_runner_alive_until_the_stream_is_dropped():
@@ -316,7 +311,4 @@ def test_a_stream_keeps_its_runner_alive_until_the_stream_is_dropped():
     assert next(stream)["x"].shape == (16, 8), "the runner behind the stream is still running"
     del stream
     gc.collect()
-    deadline = time.monotonic() + 3
-    while pipeline_threads() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pipeline_threads() == []
+    assert wait_for_no_pipeline_threads() == []

@@ -12,8 +12,11 @@ _QUOTED_KEY = re.compile(r"(?:override|Key|key) '([^']+)'")
 _MISSING_OPTION = re.compile(r"Could not find '([^']+)'")
 
 
-def config_error_from(exc: BaseException) -> ConfigError:
-    """Best one-line ConfigError for a Hydra/OmegaConf exception, naming the key when known."""
+def config_error_from(exc: BaseException, prefix: str = "") -> ConfigError:
+    """Best one-line ConfigError for a Hydra/OmegaConf exception, naming the key when known.
+
+    ``prefix`` is prepended to the key (``inputs.val.``) when the failing node is nested.
+    """
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -40,6 +43,7 @@ def config_error_from(exc: BaseException) -> ConfigError:
     if not key:
         match = _QUOTED_KEY.search(text)
         key = match.group(1) if match else ""
+    key = prefix + key
     if "does not support deletion" in f"{text} {omega}":
         return ConfigError(key, "is part of inputkit's schema and cannot be deleted; set a value "
                            "instead (docs/configuration.md lists each key). ~key removes free-form "

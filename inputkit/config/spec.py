@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from inputkit.config.errors import config_error_from
 from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
 from inputkit.config.sizes import parse_size
 from inputkit.errors import ConfigError
@@ -158,16 +159,7 @@ def _merge_into_schema(schema: DictConfig, values: Any, prefix: str) -> DictConf
     try:
         return OmegaConf.merge(schema, values)  # type: ignore[return-value]
     except OmegaConfBaseException as exc:
-        raise _config_error(exc, prefix) from exc
-
-
-def _config_error(exc: OmegaConfBaseException, prefix: str) -> ConfigError:
-    key = getattr(exc, "full_key", "") or ""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "not in struct" in text or "Key '" in text and "not in" in text:
-        return ConfigError(prefix + key, "unknown key; check the spelling, or see "
-                           "`inputkit bench --cfg job` for the keys this config has")
-    return ConfigError(prefix + key, text)
+        raise config_error_from(exc, prefix) from exc
 
 
 def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
