@@ -18,6 +18,7 @@ import numpy as np
 from inputkit.chunk import Chunk
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
+from inputkit.work import EpochEnd
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,14 @@ class BatcherThread:
                     for batch in self.rechunker.add(item.fields, item.n, item.borrowed):
                         if not self._emit(batch):
                             return
-                elif item is END:
+                elif item is END or isinstance(item, EpochEnd):
+                    # No batch mixes two epochs: the epoch's remainder is its last batch.
                     last = self.rechunker.flush()
                     if last is not None and not self._emit(last):
                         return
-                    self._batches.put_control(END)
-                    return
+                    self._batches.put_control(item)
+                    if item is END:
+                        return
                 elif isinstance(item, Failure):
                     self._batches.put_control(item)
                     return

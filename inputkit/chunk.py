@@ -147,3 +147,11 @@ class ChunkSchema:
                 raise SourceError(self.source_name, f"per-sample shape changed from "
                                   f"{list(want_shape)} to {list(shape)} (worker {worker_id}); "
                                   "a field keeps one shape per sample", field=name)
+
+
+def check_read(chunk: Chunk, expect: int | None, source: str) -> Chunk:
+    """``chunk`` if it holds the ``expect`` samples a ``read(indices)`` was asked for."""
+    if expect is not None and chunk.n != expect:
+        raise SourceError(source, f"read(indices) returned {chunk.n} samples for {expect} "
+                          "indices; it must return exactly one sample per index, in order")
+    return chunk

@@ -23,6 +23,7 @@ from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
 from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
+from inputkit.work import Dispatcher, EpochEnd
 from inputkit.workers import WorkerPool, make_worker_pool
 
 
@@ -98,7 +99,7 @@ class Coordinator(Iterator[dict[str, Any]]):
 
     def __init__(self, spec: InputSpec, device: str, device_index: int,
                  source: BoundSource | None, schema: ChunkSchema, abort: Abort,
-                 num_devices: int) -> None:
+                 num_devices: int, length: int | None = None) -> None:
         self.spec = spec
         self.device = device
         self.device_index = device_index
@@ -111,8 +112,12 @@ class Coordinator(Iterator[dict[str, Any]]):
                                         spec.chunk_capacity_bytes)
         self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity,
                                         spec.batch_capacity_bytes)
+        # An indexable source (length known) is read by index range: exactly once per epoch.
+        self.dispatcher = None if length is None else Dispatcher(
+            length, spec.batch_size, spec.epoch, device_index, num_devices,
+            window=2 * count)
         self.workers = make_worker_pool(
-            spec, device, source=source, schema=schema,
+            spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
             num_workers=count * num_devices, out=self.chunk_queue, label=self.label,
             thread_prefix=f"inputkit-{name}",
@@ -137,11 +142,14 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._first_batch_s: float | None = None
         self._batches = self._samples = self._bytes = 0
         self._finished = False
+        self.epoch = 0  # the epoch the consumer is in (index-range sources)
 
     def start(self) -> None:
         self._started_at = time.monotonic()
         self.device_stage.start()
         self.batcher.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
         self.workers.start()
 
     def __iter__(self) -> Coordinator:
@@ -168,6 +176,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         if item is END:
             self._finished = True
             self._finished_at = time.monotonic()
+            raise StopIteration
+        if isinstance(item, EpochEnd):  # iterating again goes on with the next epoch
+            self.epoch = item.epoch + 1
             raise StopIteration
         if isinstance(item, Failure):  # from the batcher or the device stage
             self._abort.fail(item, self)

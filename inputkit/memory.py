@@ -9,6 +9,8 @@ chunk from a private copy of the source. It never imports torch.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import tracemalloc
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import numpy as np
 from inputkit.config.sizes import format_size, parse_size
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
+from inputkit.failures import call_with_policy
+from inputkit.sources.protocol import indexed_length
 
 # A worker process's own footprint before it holds any data (interpreter, numpy,
 # inputkit's worker code), as proportional set size: forkserver children share
@@ -151,12 +155,41 @@ def declared_layout(spec: InputSpec) -> SampleLayout | None:
         sizes[str(id_field)] = ((), np.dtype(np.int64).str, 8)
     chunk = spec.source.get("chunk_size_max") or spec.source.get("chunk_size") or spec.batch_size
     length = spec.source.get("length")
-    if isinstance(length, int) and length >= 0:
-        chunk = min(int(chunk), length)
+    if isinstance(length, int) and length >= 0:  # finite: read by index range (epoch.chunk_size)
+        chunk = min(int(spec.epoch.chunk_size or spec.batch_size), length)
     sample_bytes = sum(size for *_, size in sizes.values())
     # The synthetic source keeps one random pool per field, as large as its biggest chunk.
     return SampleLayout(fields=sizes, chunk_samples=int(chunk), source="declared",
                         source_bytes=sample_bytes * max(int(chunk), 1))
+
+
+_PROBE_TRIES = 8  # with failures.on_error=skip, chunks the probe may try before it gives up
+
+
+def _probe_fetch(source: Any, spec: InputSpec) -> Any:
+    """The probe's one chunk, read the way the pipeline will read it, under the input's policy:
+    retry retries, and skip moves on to the next chunk (a few times)."""
+    length = indexed_length(source.obj)
+    if length == 0:
+        raise SourceExhausted
+    if length is not None:  # the first chunks the pipeline will read
+        size = spec.epoch.chunk_size or spec.batch_size
+        calls = [functools.partial(source.obj.read, np.arange(start, min(start + size, length)))
+                 for start in range(0, min(length, _PROBE_TRIES * size), size)]
+    else:
+        calls = [functools.partial(source.fetch, 0, spec.batch_size)] * _PROBE_TRIES
+    policy = spec.failures
+    skip = policy.on_error == "skip"
+    if skip:
+        policy = dataclasses.replace(policy, on_error="raise")
+    where = f"the memory probe of {source.name}"
+    for i, call in enumerate(calls):
+        try:
+            return call_with_policy(call, policy, where)
+        except Exception:
+            if not skip or i == len(calls) - 1:
+                raise
+    raise SourceExhausted  # unreachable: calls is never empty
 
 
 def probed_layout(spec: InputSpec) -> SampleLayout:
@@ -171,7 +204,7 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
             setup = getattr(source.obj, "setup", None)
             if callable(setup):  # as the only worker of a private copy
                 setup(0, 1)
-            raw = source.fetch(0, spec.batch_size)
+            raw = _probe_fetch(source, spec)
         except (SourceExhausted, StopIteration) as exc:
             raise SourceError(name, "the memory planner's probe found the source exhausted at its "
                               "first fetch, so sizes are unknown; declare the source's fields in "

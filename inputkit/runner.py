@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator, Stages
-from inputkit.errors import InputkitError, ShutdownError
+from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
+from inputkit.sources.protocol import indexed_length
 from inputkit.stats import RunnerStats
+from inputkit.watchdog import Watchdog, Watched
 
 if TYPE_CHECKING:
     from inputkit.memory import MemoryPlan
@@ -62,7 +64,7 @@ class Runner:
         # A runner dropped without close() (garbage-collected, or still open at interpreter
         # exit) stops its threads and processes all the same. The finalizer holds the
         # coordinators and sources, not the runner, so it does not keep the runner alive.
-        self._stages: list[Stages] = []
+        self._stages: list[Stages | Watchdog] = []
         self._finalizer = weakref.finalize(self, _shut_down_quietly, self._stages, self._sources)
 
     # lifecycle -------------------------------------------------------------------------------
@@ -86,12 +88,16 @@ class Runner:
                 if spec.worker_kind == "thread":  # threads share one source object
                     source = build_source(spec.source, key=key)
                     self._sources.append(source)
+                    length = indexed_length(source.obj)
                 else:  # each process builds its own; fail here, not in every worker
-                    import_target(spec.source["_target_"], key=f"{key}._target_")
+                    target = import_target(spec.source["_target_"], key=f"{key}._target_")
+                    length = _length_of_private_copy(spec.source, key) \
+                        if callable(getattr(target, "read", None)) else None
+                _check_epoch_keys(spec, length)
                 schema = ChunkSchema(spec.source["_target_"])
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
-                                              len(self.devices))
+                                              len(self.devices), length)
                     # A stream outlives the expression that made it: Runner(cfg).start().device(0)
                     # keeps its runner (and so its pipeline) alive while the stream is in use.
                     coordinator.owner = self
@@ -100,9 +106,13 @@ class Runner:
                                                if t.input == name}
                     self._coordinators[(name, index)] = coordinator
                     self._stages.append(coordinator.stages)
+            self._watchdog = Watchdog([
+                Watched(c.workers, c.spec.failures, c.label) for c in self._coordinators.values()])
+            self._stages.insert(0, self._watchdog)  # first to stop: it looks at the pools
             self._started_at = time.monotonic()
             for coordinator in self._coordinators.values():
                 coordinator.start()
+            self._watchdog.start()
         except BaseException:
             self._state = "running"
             self.close()
@@ -223,7 +233,33 @@ class Runner:
 
 
 
-def _shut_down(stages: list[Stages], sources: list[BoundSource], timeout: float) -> list[str]:
+def _length_of_private_copy(config: dict[str, Any], key: str) -> int | None:
+    """How many samples an indexable source holds, from a copy built here (process workers
+    build their own)."""
+    source = build_source(config, key=key)
+    try:
+        return indexed_length(source.obj)
+    finally:
+        source.close()
+
+
+def _check_epoch_keys(spec: Any, length: int | None) -> None:
+    """epoch.* keys other than the defaults need an indexable source; say so instead of ignoring them."""
+    if length is not None:
+        return
+    from inputkit.work import EpochSpec
+
+    default = EpochSpec()
+    for name in ("shuffle", "ordered", "chunk_size", "count"):
+        if getattr(spec.epoch, name) != getattr(default, name):
+            raise ConfigError(
+                f"{spec.key_prefix}epoch.{name}",
+                f"needs an indexable source (one with __len__ and read(indices)), and "
+                f"'{spec.source['_target_']}' is read by fetch(worker_id, batch_size); "
+                "see docs/reliability.md")
+
+
+def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], timeout: float) -> list[str]:
     """Stop every coordinator's stages, wait until the deadline, close the sources; list what is
     stuck. Takes the stages, not the coordinators, so the runner's finalizer holds nothing that
     leads back to the runner."""
@@ -238,7 +274,7 @@ def _shut_down(stages: list[Stages], sources: list[BoundSource], timeout: float)
     return stuck
 
 
-def _shut_down_quietly(stages: list[Stages], sources: list[BoundSource]) -> None:
+def _shut_down_quietly(stages: list[Stages | Watchdog], sources: list[BoundSource]) -> None:
     stuck = _shut_down(stages, sources, 2.0)
     if stuck:
         log.warning("a runner that was never closed left %d thread(s) running: %s", len(stuck),

@@ -154,3 +154,64 @@ class Sharded:
 def fetch_empty(worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
     """Always zero samples (a source stuck on empty chunks)."""
     return {"x": np.zeros((0, 2), np.float32)}
+
+
+# --- more misbehaviour, for the error catalogue (tests/test_error_catalogue.py) ---------------
+
+
+def _torch_tensor() -> object:
+    import torch
+
+    return {"x": torch.zeros(4, 2), "y": np.zeros(4, np.int64)}
+
+
+BAD_OUTPUTS.update({
+    "bare_array": lambda: np.zeros((4, 2), np.float32),
+    "string": lambda: "x=1,y=2",
+    "no_fields": lambda: {},
+    "int_keys": lambda: {0: np.zeros((4, 2), np.float32), 1: np.zeros(4, np.int64)},
+    "zero_dim_array": lambda: {"x": np.zeros((4, 2), np.float32), "y": np.array(7)},
+    "tensor": _torch_tensor,
+    "datetime_dtype": lambda: {"x": np.zeros((4, 2), np.float32),
+                               "y": np.array(["2024-01-01"] * 4, dtype="datetime64[D]")},
+    "extra_field": lambda: {"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int64),
+                            "z": np.zeros(4, np.int64)},
+    "ragged_list": lambda: [np.zeros((4, 2), np.float32), np.zeros(3, np.int64)],
+})
+
+
+def fetch_none(worker_id: int, batch_size_hint: int) -> None:
+    """Returns None from the very first call (a fetch that forgot its return statement)."""
+    return None
+
+
+class NeedsFiles:
+    """A constructor that fails the way real ones do: its files are not there."""
+
+    def __init__(self, pattern: str = "/no/such/shards/*.npz") -> None:
+        raise FileNotFoundError(f"no files match {pattern!r}")
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        raise AssertionError("never constructed")
+
+
+SHARED_INSTANCE = Slow(seconds=0.0)  # an existing object with fetch: takes no arguments
+
+
+class KillsItself:
+    """Worker 0 sends itself ``signal`` (a name, e.g. SIGKILL) on its ``on``-th fetch."""
+
+    def __init__(self, on: int = 3, signal: str = "SIGKILL") -> None:
+        self.on = on
+        self.signal = signal
+        self.calls = 0
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        import os
+        import signal
+
+        self.calls += 1
+        if worker_id == 0 and self.calls >= self.on:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+            time.sleep(5)
+        return {"x": np.zeros((batch_size_hint, 2), np.float32)}

@@ -158,7 +158,7 @@ def test_early_break_and_leaving_the_block_stop_every_thread_within_2s():
             if step == 5:
                 break
         time.sleep(0.2)  # workers now block on full queues
-        assert len(pipeline_threads()) == 2 * (4 + 1)
+        assert len(pipeline_threads()) == 2 * (4 + 1) + 1  # + the runner's stall watchdog
         began = time.monotonic()
     assert time.monotonic() - began < 2.0
     assert pipeline_threads() == []

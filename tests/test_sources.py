@@ -94,7 +94,7 @@ def test_loader_errors_name_the_key(config, key, text):
 
 
 def test_class_without_fetch_is_rejected():
-    with pytest.raises(ConfigError, match="has no fetch"):
+    with pytest.raises(ConfigError, match="has neither fetch"):
         build_source({"_target_": "threading:Lock".replace("Lock", "Event")})
 
 

@@ -43,6 +43,49 @@ class WorkersConfig:
     slot_bytes: Any = "16MiB"
 
 
+# The failure policies are strings checked by the spec (not Enums: OmegaConf spells an
+# Enum by member name, and ``raise`` cannot be one).
+ON_ERROR = ("raise", "skip", "retry")
+ON_WORKER_DEATH = ("raise", "restart")
+ON_STALL = ("warn", "raise")
+
+
+@dataclass
+class FailuresConfig:
+    # A fetch that raises: raise (stop with the original exception), skip or retry.
+    on_error: str = "raise"
+    # retry: how many more calls before the error is raised, and the wait before the
+    # first of them (doubled after each).
+    retries: int = 3
+    retry_backoff: float = 0.05
+    # A worker process that dies: raise, or restart a new one in its place.
+    on_worker_death: str = "raise"
+    # restart: the most restarts per input and device before a death is raised (null: no limit).
+    max_restarts: int | None = 10
+    # Seconds one fetch may take before it fails as a FetchTimeout naming the worker (null: none).
+    fetch_timeout: float | None = None
+    # Seconds a stage may make no progress (stuck in one fetch, only empty chunks) before it
+    # is reported with its stack (null: no watchdog).
+    stall_timeout: float | None = 60.0
+    on_stall: str = "warn"
+
+
+@dataclass
+class EpochConfig:
+    """Indexable sources (``__len__`` and ``read(indices)``) are read by index range."""
+
+    # Epochs to stream (null: endless); each `for batch in runner.device(i)` is one epoch.
+    count: int | None = 1
+    # Samples per read() call (null: the batch size).
+    chunk_size: int | None = None
+    # A new permutation of the indices each epoch, drawn from (seed, epoch).
+    shuffle: bool = False
+    seed: int = 0
+    # Deliver chunks in index order: same config + seed -> same batches, whatever the
+    # worker count or timing.
+    ordered: bool = False
+
+
 @dataclass
 class QueueConfig:
     # Chunks (fetch results) buffered between the workers and the batcher: a count (16)
@@ -101,6 +144,8 @@ class InputConfig:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     device: DeviceStageConfig = field(default_factory=DeviceStageConfig)
+    failures: FailuresConfig = field(default_factory=FailuresConfig)
+    epoch: EpochConfig = field(default_factory=EpochConfig)
 
 
 @dataclass
@@ -117,7 +162,7 @@ class InputkitConfig(InputConfig):
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
-INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device")
+INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device", "failures", "epoch")
 
 
 def register_configs() -> None:

@@ -17,9 +17,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from inputkit.config.errors import config_error_from
-from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
+from inputkit.config.schema import (
+    INPUT_KEYS,
+    ON_ERROR,
+    ON_STALL,
+    ON_WORKER_DEATH,
+    InputConfig,
+    InputkitConfig,
+)
 from inputkit.config.sizes import parse_size
 from inputkit.errors import ConfigError
+from inputkit.failures import FailurePolicy
+from inputkit.work import EpochSpec
 
 DEFAULT_INPUT = "main"
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -44,6 +53,8 @@ class InputSpec:
     batch_capacity_bytes: int | None
     device_prefetch: int
     key_prefix: str  # where this input's keys live: "" or "inputs.<name>."
+    failures: FailurePolicy = FailurePolicy()
+    epoch: EpochSpec = EpochSpec()
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,45 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         batch_capacity_bytes=batch_bytes,
         device_prefetch=int(node.device.prefetch),
         key_prefix=key_prefix,
+        failures=_failure_policy(node.failures, p + "failures."),
+        epoch=_epoch_spec(node.epoch, p + "epoch."),
     )
+
+
+def _failure_policy(node: DictConfig, p: str) -> FailurePolicy:
+    for key, value, allowed in (("on_error", node.on_error, ON_ERROR),
+                                ("on_worker_death", node.on_worker_death, ON_WORKER_DEATH),
+                                ("on_stall", node.on_stall, ON_STALL)):
+        if value not in allowed:
+            raise ConfigError(p + key, f"unknown policy '{value}'; use one of: {', '.join(allowed)}")
+    if node.retries < 0:
+        raise ConfigError(p + "retries", f"must be >= 0, got {node.retries}")
+    if node.retry_backoff < 0:
+        raise ConfigError(p + "retry_backoff", f"must be >= 0 seconds, got {node.retry_backoff}")
+    if node.max_restarts is not None and node.max_restarts < 0:
+        raise ConfigError(p + "max_restarts", f"must be >= 0 or null (no limit), got {node.max_restarts}")
+    for key in ("fetch_timeout", "stall_timeout"):
+        value = node[key]
+        if value is not None and value <= 0:
+            raise ConfigError(p + key, f"must be a positive number of seconds or null (off), got {value}")
+    return FailurePolicy(
+        on_error=node.on_error, retries=int(node.retries), retry_backoff=float(node.retry_backoff),
+        on_worker_death=node.on_worker_death,
+        max_restarts=None if node.max_restarts is None else int(node.max_restarts),
+        fetch_timeout=None if node.fetch_timeout is None else float(node.fetch_timeout),
+        stall_timeout=None if node.stall_timeout is None else float(node.stall_timeout),
+        on_stall=node.on_stall)
+
+
+def _epoch_spec(node: DictConfig, p: str) -> EpochSpec:
+    if node.count is not None and node.count < 1:
+        raise ConfigError(p + "count", f"must be at least 1, or null for endless, got {node.count}")
+    if node.chunk_size is not None and node.chunk_size < 1:
+        raise ConfigError(p + "chunk_size", f"must be at least 1, or null for the batch size, "
+                          f"got {node.chunk_size}")
+    return EpochSpec(count=None if node.count is None else int(node.count),
+                     chunk_size=None if node.chunk_size is None else int(node.chunk_size),
+                     shuffle=bool(node.shuffle), seed=int(node.seed), ordered=bool(node.ordered))
 
 
 def _devices(value: Any) -> tuple[str, ...]:

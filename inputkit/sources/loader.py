@@ -78,10 +78,14 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
             raise ConfigError(key, f"constructing {target} failed: {type(exc).__name__}: {exc}") from exc
         fetch = getattr(instance, "fetch", None)
         if not callable(fetch):
-            raise ConfigError(f"{key}._target_", f"{target} has no fetch(worker_id, batch_size_hint) "
-                              "method; see docs/plugins.md")
+            if callable(getattr(instance, "read", None)):  # indexable: read by index range
+                return BoundSource(name=target, fetch=_fetch_by_index_only(target), obj=instance)
+            raise ConfigError(f"{key}._target_", f"{target} has neither fetch(worker_id, "
+                              "batch_size_hint) nor read(indices) with __len__; see docs/plugins.md")
         return BoundSource(name=target, fetch=fetch, obj=instance)
     fetch = getattr(obj, "fetch", None)
+    if not callable(fetch) and not inspect.isfunction(obj) and callable(getattr(obj, "read", None)):
+        return BoundSource(name=target, fetch=_fetch_by_index_only(target), obj=obj)
     if callable(fetch) and not inspect.isfunction(obj):
         if kwargs:
             raise ConfigError(key, f"{target} is an existing object; it takes no arguments "
@@ -93,6 +97,13 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
         return BoundSource(name=target, fetch=bound, obj=obj)
     raise ConfigError(f"{key}._target_", f"{target} is a {type(obj).__name__}, not a class, "
                       "function or object with fetch(worker_id, batch_size_hint)")
+
+
+def _fetch_by_index_only(target: str) -> Callable[[int, int], Any]:
+    def fetch(worker_id: int, batch_size_hint: int) -> Any:
+        raise TypeError(f"{target} is read by index (read(indices)) and has no fetch(); it needs "
+                        "a length: len() of it raised TypeError")
+    return fetch
 
 
 def _check_fetch_signature(fn: Callable[..., Any], target: str, kwargs: dict[str, Any],

@@ -10,6 +10,13 @@ source can shard its work by it. ``batch_size_hint`` is the input's batch size.
 A finite source raises :class:`~inputkit.errors.SourceExhausted` (or
 ``StopIteration``) when its epoch is over.
 
+An *indexable* source also has ``__len__()`` and ``read(indices)``, which returns
+the chunk of exactly those samples (an int64 array of sample indices), in that
+order. The pipeline then never calls fetch: it hands out index ranges itself, so
+every sample of an epoch is delivered exactly once even when workers die and are
+restarted, and it can shuffle per epoch and keep a deterministic order
+(``epoch.*`` keys; see docs/reliability.md).
+
 All workers of one input call the *same* source object, from several threads:
 a source that keeps state (a cursor, a file handle) must guard it with a lock.
 """
@@ -29,3 +36,25 @@ class Source(Protocol):
     def fetch(self, worker_id: int, batch_size_hint: int) -> FetchResult:
         """Return the next chunk of samples, or raise SourceExhausted at the end of the epoch."""
         ...
+
+
+@runtime_checkable
+class IndexableSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def read(self, indices: np.ndarray) -> FetchResult:
+        """Return the samples at ``indices`` (int64), one per index, in that order."""
+        ...
+
+
+def indexed_length(obj: object) -> int | None:
+    """``len(obj)`` when ``obj`` is an indexable source (``read`` and a length); else None."""
+    if not callable(getattr(obj, "read", None)):
+        return None
+    try:
+        length = len(obj)  # type: ignore[arg-type]
+    except TypeError:  # e.g. an endless source that can read but has no length
+        return None
+    if length < 0:
+        raise ValueError(f"len() of the source is {length}; it must be >= 0")
+    return int(length)

@@ -35,6 +35,11 @@ class SyntheticSource:
     every worker), worker ``w`` takes chunks ``w, w + num_workers, ...``: no shared
     state, so it works the same in threads and in separate processes. Without
     setup (calling ``fetch`` by hand), chunks come from one locked counter.
+
+    A finite source (``length``) is also *indexable*: ``len()`` and
+    ``read(indices)``. The pipeline then reads it by index range, with chunk sizes
+    from ``epoch.chunk_size`` (``chunk_size``/``chunk_size_max`` only shape the
+    endless fetch path), exactly once per epoch even across worker restarts.
     """
 
     def __init__(
@@ -130,6 +135,29 @@ class SyntheticSource:
         if self.cpu_s:
             _spin(self.cpu_s)
         chunk = self._make_chunk(start, size, allocate)
+        if self.fft_field is not None:
+            _fft_work(chunk[self.fft_field], self.fft_repeats)
+        return chunk
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an endless SyntheticSource has no length; set length= to read "
+                            "it by index")
+        return self.length
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The samples at ``indices``: the id field holds the indices, other fields pool data."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.length is not None and len(indices) and \
+                (indices.min() < 0 or indices.max() >= self.length):
+            raise IndexError(f"read: indices must lie in 0..{self.length - 1}")
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if self.cpu_s:
+            _spin(self.cpu_s)
+        chunk = self._make_chunk(0, len(indices), _allocate_private)
+        if self.id_field is not None:
+            chunk[self.id_field][...] = indices
         if self.fft_field is not None:
             _fft_work(chunk[self.fft_field], self.fft_repeats)
         return chunk

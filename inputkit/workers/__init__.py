@@ -10,6 +10,7 @@ from inputkit.errors import ConfigError
 from inputkit.messages import Failure
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
+from inputkit.work import Dispatcher
 from inputkit.workers.base import WorkerPool, WorkerPoolStats
 from inputkit.workers.threads import ThreadWorkerPool
 
@@ -32,17 +33,24 @@ def slot_count(spec: InputSpec, device: str) -> int:
     if spec.chunk_capacity_bytes is not None:  # a byte limit: as many slots as it fills
         queued = max(2, -(-spec.chunk_capacity_bytes // spec.slot_bytes))
     batches = spec.batch_capacity if spec.batch_capacity_bytes is None else 2
+    # (The reorder buffer of epoch.ordered holds private copies, not slots.)
     return queued + spec.worker_count + 2 + batches + 2
 
 
 def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,
                      schema: ChunkSchema, worker_ids: list[int], num_workers: int,
                      out: BoundedQueue, label: str, thread_prefix: str,
-                     on_failure: Callable[[Failure], None]) -> WorkerPool:
-    """The pool for ``workers.kind``: threads share ``source``; processes build their own."""
+                     on_failure: Callable[[Failure], None],
+                     dispatcher: Dispatcher | None = None) -> WorkerPool:
+    """The pool for ``workers.kind``: threads share ``source``; processes build their own.
+
+    With a ``dispatcher`` (an indexable source), workers read its index-range items
+    instead of calling fetch.
+    """
     common = dict(schema=schema, worker_ids=worker_ids, num_workers=num_workers,
                   batch_size_hint=spec.batch_size, out=out, label=label,
-                  thread_prefix=thread_prefix, on_failure=on_failure)
+                  thread_prefix=thread_prefix, on_failure=on_failure, policy=spec.failures,
+                  dispatcher=dispatcher)
     if spec.worker_kind == "thread":
         if source is None:
             raise ConfigError(f"{spec.key_prefix}workers.kind", "thread workers need the source "

@@ -9,6 +9,7 @@ worker fails, it puts a ``Failure`` and stops its siblings.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +50,56 @@ class WorkerPoolStats:
     shm_bytes_in_use: int = 0
     shm_chunks_in_place: int = 0  # written by the source straight into a slot (no copy)
     pids: tuple[int, ...] = ()
+    # The failure policies at work: fetches retried, chunks (and, for index-range work,
+    # samples) skipped, worker processes restarted, and the latest error they handled.
+    retries: int = 0
+    skipped_chunks: int = 0
+    skipped_samples: int = 0
+    restarts: int = 0
+    last_error: str = ""
+    # Stalls the watchdog sees now (one line each: the worker and what it is stuck on).
+    stalls: tuple[str, ...] = ()
+
+
+class Activity:
+    """When each worker's current fetch began (0: not fetching) and when it last delivered.
+
+    Backed by a list for threads or a shared array for processes (time.monotonic is
+    system-wide on Linux, so the parent can compare a worker's stamps with its own clock).
+    The watchdog reads it to spot a fetch past ``fetch_timeout`` or a stalled worker.
+    """
+
+    def __init__(self, stamps: Any, workers: int) -> None:
+        self._stamps = stamps  # [fetch_started..., last_progress...]
+        self._n = workers
+
+    @classmethod
+    def local(cls, workers: int) -> Activity:
+        return cls([0.0] * (2 * workers), workers)
+
+    @property
+    def stamps(self) -> Any:
+        return self._stamps
+
+    def fetching(self, index: int) -> None:
+        self._stamps[index] = time.monotonic()
+
+    def fetched(self, index: int, progress: bool) -> None:
+        """The fetch returned; ``progress`` when it brought samples (not an empty chunk)."""
+        now = time.monotonic()
+        self._stamps[index] = 0.0
+        if progress:
+            self._stamps[self._n + index] = now
+
+    def started(self, index: int) -> None:
+        self._stamps[index] = 0.0
+        self._stamps[self._n + index] = time.monotonic()
+
+    def fetch_started(self, index: int) -> float:
+        return float(self._stamps[index])
+
+    def last_progress(self, index: int) -> float:
+        return float(self._stamps[self._n + index])
 
 
 class WorkerPool(Protocol):
@@ -66,6 +117,14 @@ class WorkerPool(Protocol):
 
     def slots_scarce(self) -> bool:
         """Whether borrowed chunks must be copied before they reach the consumer."""
+
+    def fail(self, failure: Any) -> None:
+        """Stop every worker and send ``failure`` (a messages.Failure) to the consumer."""
+
+    def watch(self, now: float, fetch_timeout: float | None,
+              stall_timeout: float | None) -> list[tuple[str, str]]:
+        """Fail a fetch past ``fetch_timeout``; return ``(worker, what and its stack)`` for each
+        worker stalled past ``stall_timeout``."""
 
 
 class FetchTally:
@@ -107,3 +166,29 @@ class FetchTally:
                 empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
                 fetch_p50_ms=float(p50), fetch_p95_ms=float(p95), **extra,
             )
+
+
+def overdue(activity: Activity, states: list[Any], waiting: tuple[Any, ...], now: float,
+            fetch_timeout: float | None, stall_timeout: float | None,
+            ) -> tuple[list[tuple[int, float]], list[tuple[int, str]]]:
+    """Workers past ``fetch_timeout`` in one fetch, and workers stalled past ``stall_timeout``.
+
+    A stall is one fetch that has not returned, or a worker that is not ``waiting``
+    (blocked on a full queue, out of work, done) and has delivered no samples: only
+    empty chunks, or retries. Returns ``[(index, seconds in fetch)]`` and
+    ``[(index, description)]``.
+    """
+    timeouts, stalls = [], []
+    for index, state in enumerate(states):
+        started = activity.fetch_started(index)
+        in_fetch = now - started if started else 0.0
+        if fetch_timeout is not None and in_fetch > fetch_timeout:
+            timeouts.append((index, in_fetch))
+        elif stall_timeout is not None and in_fetch > stall_timeout:
+            stalls.append((index, f"inside one fetch for {in_fetch:.0f}s"))
+        elif stall_timeout is not None and state not in waiting:
+            quiet = now - activity.last_progress(index)
+            if quiet > stall_timeout:
+                stalls.append((index, f"no samples for {quiet:.0f}s (only empty chunks or "
+                                      "failed fetches)"))
+    return timeouts, stalls

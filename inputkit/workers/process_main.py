@@ -1,12 +1,18 @@
 """What runs inside a worker process: build the source, fetch, write chunks into shared memory.
 
-It imports little (numpy and inputkit's chunk and source modules), so a worker
-forked from the forkserver is ready in milliseconds. It talks to the parent
-through one pipe of small tuples:
+It imports little (numpy and inputkit's chunk, source and policy modules), so a
+worker forked from the forkserver is ready in milliseconds. The parent hands it
+one free slot at a time and, for index-range work, the items to read, through
+its inbox pipe; so the parent always knows which slot and which samples a worker
+holds, and can take them back when the worker dies. The worker answers through
+its outbox pipe with small tuples:
 
-- ``("chunk", slot, n, layout, nbytes, wall_s, cpu_s, in_place)``: a chunk (piece) is in
-  ``slot``; ``in_place`` when the source wrote it there itself (``fetch_into``);
+- ``("chunk", slot, n, layout, nbytes, wall_s, cpu_s, in_place, seq, last)``: a chunk
+  (piece) is in ``slot``; ``in_place`` when the source wrote it there itself
+  (``fetch_into``); ``seq``/``last`` place it in an index-range item (-1 for plain fetch);
 - ``("empty", wall_s, cpu_s)``: fetch returned zero samples;
+- ``("retry", text)``: a fetch failed and is being retried (``failures.on_error=retry``);
+- ``("skip", text, seq)``: a fetch failed and its chunk is skipped (``on_error=skip``);
 - ``("done",)``: the source is exhausted for this worker;
 - ``("error", exception_pickle_or_None, type_name, message, traceback_text)``.
 """
@@ -14,23 +20,32 @@ through one pipe of small tuples:
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import functools
 import multiprocessing
 import pickle
-import queue
 import signal
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema
+import numpy as np
+
+from inputkit.chunk import Chunk, ChunkSchema, check_read
 from inputkit.errors import SourceExhausted
+from inputkit.failures import FailurePolicy, Skipped, call_with_policy
 from inputkit.sources.loader import build_source
+from inputkit.workers.base import Activity
 from inputkit.workers.shm import SlotAllocator, SlotArena, plan_pieces
 
 # Worker states, written to a shared byte array the parent reads for stats.
 IDLE, FETCHING, BLOCKED, DONE = 0, 1, 2, 3
+
+
+STACK_SIGNAL = signal.SIGUSR1  # dumps every thread's stack to the worker's stack pipe
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class WorkerArgs:
     """Everything a worker process needs; small and picklable (spawn/forkserver)."""
 
     worker_id: int
-    slot_index: int  # this worker's position in its pool (for the state array)
+    slot_index: int  # this worker's position in its pool (state and activity arrays)
     num_workers: int
     batch_size_hint: int
     source_config: dict[str, Any]
@@ -46,76 +61,83 @@ class WorkerArgs:
     arena_name: str
     slots: int
     slot_bytes: int
+    policy: FailurePolicy
+    indexed: bool  # read index-range items from the inbox instead of calling fetch
+    pool_size: int  # workers in the pool (the activity array holds 2 stamps per worker)
 
 
-def worker_main(args: WorkerArgs, free_slots: Any, conn: Connection, stop: Any,
-                states: Any) -> None:
+class Inbox:
+    """What the parent sends this worker: one free slot at a time, and work items."""
+
+    def __init__(self, conn: Connection, stop: Any) -> None:
+        self._conn = conn
+        self._stop = stop
+        self._parent = multiprocessing.parent_process()
+        self.slot: int | None = None
+        self.items: deque[tuple[int, np.ndarray]] = deque()
+
+    def has_slot(self) -> bool:
+        """Wait until a slot is in hand; False once the pipeline stops."""
+        while self.slot is None:
+            if not self._pump():
+                return False
+        return True
+
+    def take_slot(self) -> int | None:
+        """The slot in hand (waiting for one if needed); None once the pipeline stops."""
+        if not self.has_slot():
+            return None
+        slot, self.slot = self.slot, None
+        return slot
+
+    def take_item(self) -> tuple[int, np.ndarray] | None:
+        while not self.items:
+            if not self._pump():
+                return None
+        return self.items.popleft()
+
+    def _pump(self) -> bool:
+        """Read one message (waiting up to 50 ms); False once the pipeline stops or the parent died."""
+        if self._stop.is_set():
+            return False
+        if not self._conn.poll(0.05):
+            # A killed parent: exit, so that the resource tracker can free the segment.
+            return self._parent is None or self._parent.is_alive()
+        kind, value = self._conn.recv()
+        if kind == "slot":
+            self.slot = value
+        elif kind == "item":
+            self.items.append(value)
+        return True
+
+
+def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop: Any,
+                states: Any, stamps: Any, stack_conn: Connection) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    faulthandler.register(STACK_SIGNAL, file=stack_conn.fileno(), all_threads=True)
     arena = None
     source = None
-    wid = args.worker_id
+    index = args.slot_index
+    activity = Activity(stamps, args.pool_size)
+    activity.started(index)
     try:
         arena = SlotArena.attach(args.arena_name, args.slots, args.slot_bytes)
         source = build_source(args.source_config, key=args.source_key)
         setup = getattr(source.obj, "setup", None)
         if callable(setup):
-            setup(wid, args.num_workers)
-        schema = ChunkSchema(source.name)
-        fetch_into = getattr(source.obj, "fetch_into", None)
-        while not stop.is_set():
-            in_place = None
-            if callable(fetch_into):  # the source writes straight into a slot: no copy
-                states[args.slot_index] = BLOCKED
-                slot = _take_slot(free_slots, stop)
-                if slot is None:
-                    return
-                in_place = (slot, SlotAllocator(arena, slot))
-            states[args.slot_index] = FETCHING
-            wall0, cpu0 = time.perf_counter(), time.thread_time()
-            try:
-                if in_place is not None:
-                    raw = fetch_into(wid, args.batch_size_hint, in_place[1])
-                else:
-                    raw = source.fetch(wid, args.batch_size_hint)
-            except (SourceExhausted, StopIteration):
-                conn.send(("done",))
-                return
-            wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-            chunk = schema.check(raw, wid)
-            if in_place is not None:
-                slot, allocator = in_place
-                layout = allocator.layout_of(chunk.fields) if chunk.n else None
-                if layout is not None:
-                    conn.send(("chunk", slot, chunk.n, layout, chunk.nbytes, wall, cpu, True))
-                    states[args.slot_index] = IDLE
-                    continue
-                # Empty, or not all of it fits the slot: take private copies of what is in
-                # the slot before giving it back, then the copy path below.
-                chunk = Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
-                              nbytes=chunk.nbytes, worker_id=wid)
-                raw = None
-                free_slots.put(slot)
-            if chunk.n == 0:
-                conn.send(("empty", wall, cpu))
-                continue
-            for piece in plan_pieces(chunk.fields, chunk.n, args.slot_bytes):
-                states[args.slot_index] = BLOCKED
-                slot = _take_slot(free_slots, stop)
-                if slot is None:
-                    return
-                layout = arena.write(slot, chunk.fields, piece)
-                nbytes = sum(arr[piece.start:piece.stop].nbytes for arr in chunk.fields.values())
-                conn.send(("chunk", slot, piece.stop - piece.start, layout, nbytes, wall, cpu,
-                           False))
-                wall = cpu = 0.0  # the fetch's time is counted with its first piece
-            states[args.slot_index] = IDLE
+            setup(args.worker_id, args.num_workers)
+        worker = _Worker(args, source, arena, Inbox(inbox_conn, stop), conn, stop, states, activity)
+        if args.indexed:
+            worker.read_items()
+        else:
+            worker.fetch_chunks()
     except (BrokenPipeError, EOFError):
         return  # the parent is gone or closed the pipe: nothing left to tell
     except BaseException as exc:
         _send_error(conn, exc)
     finally:
-        states[args.slot_index] = DONE
+        states[index] = DONE
         if source is not None:
             source.close()
         if arena is not None:
@@ -123,16 +145,114 @@ def worker_main(args: WorkerArgs, free_slots: Any, conn: Connection, stop: Any,
         conn.close()
 
 
-def _take_slot(free_slots: Any, stop: Any) -> int | None:
-    """A free slot, or None once the pipeline stops or the parent process is gone."""
-    parent = multiprocessing.parent_process()
-    while not stop.is_set():
+class _Worker:
+    """One worker process's loop: fetch (or read items) under the failure policy, ship chunks."""
+
+    def __init__(self, args: WorkerArgs, source: Any, arena: SlotArena, inbox: Inbox,
+                 conn: Connection, stop: Any, states: Any, activity: Activity) -> None:
+        self.args = args
+        self.source = source
+        self.arena = arena
+        self.inbox = inbox
+        self.conn = conn
+        self.stop = stop
+        self.states = states
+        self.activity = activity
+        self.schema = ChunkSchema(source.name)
+        self.where = f"worker {args.worker_id} (source '{source.name}')"
+
+    def _call(self, call: Any, expect: int | None = None) -> tuple[Chunk, float, float]:
+        """One fetch and its check under the policy: (chunk, wall, cpu); Skipped if skipped."""
+        index, wid = self.args.slot_index, self.args.worker_id
+        self.states[index] = FETCHING
+        self.activity.fetching(index)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
-            return int(free_slots.get(timeout=0.05))
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return None  # killed parent: exit, so the resource tracker can free the segment
-    return None
+            chunk = call_with_policy(
+                lambda: check_read(self.schema.check(call(), wid), expect, self.source.name),
+                self.args.policy, self.where, self.stop,
+                on_retry=lambda e: self.conn.send(("retry", _describe(e))))
+        except BaseException:
+            self.activity.fetched(index, progress=False)
+            raise
+        self.activity.fetched(index, progress=chunk.n > 0)
+        return chunk, time.perf_counter() - wall0, time.thread_time() - cpu0
+
+    def fetch_chunks(self) -> None:
+        args, source, inbox = self.args, self.source, self.inbox
+        fetch_into = getattr(source.obj, "fetch_into", None)
+        wid, hint = args.worker_id, args.batch_size_hint
+        while not self.stop.is_set():
+            allocator = None
+            if callable(fetch_into):  # the source writes straight into a slot: no copy
+                self.states[args.slot_index] = BLOCKED
+                if not inbox.has_slot():
+                    return
+                allocator = SlotAllocator(self.arena, inbox.slot)  # type: ignore[arg-type]
+                call = functools.partial(fetch_into, wid, hint, allocator)
+            else:
+                call = functools.partial(source.fetch, wid, hint)
+            try:
+                chunk, wall, cpu = self._call(call)
+            except (SourceExhausted, StopIteration):
+                self.conn.send(("done",))
+                return
+            except Skipped as skipped:
+                self.conn.send(("skip", _describe(skipped.error), -1))
+                continue
+            if allocator is not None and chunk.n:
+                layout = allocator.layout_of(chunk.fields)
+                if layout is not None:
+                    slot = inbox.take_slot()
+                    self.conn.send(("chunk", slot, chunk.n, layout, chunk.nbytes, wall, cpu, True,
+                                    -1, True))
+                    self.states[args.slot_index] = IDLE
+                    continue
+                # Not all of it is in the slot: private copies before the slot is reused.
+                chunk = Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
+                              nbytes=chunk.nbytes, worker_id=wid)
+            if chunk.n == 0:
+                self.conn.send(("empty", wall, cpu))
+                continue
+            if not self._ship(chunk, wall, cpu, -1):
+                return
+            self.states[args.slot_index] = IDLE
+
+    def read_items(self) -> None:
+        """Index-range work: read each item the parent sends; ship it in pieces that fit slots."""
+        read = self.source.obj.read
+        while not self.stop.is_set():
+            self.states[self.args.slot_index] = BLOCKED  # waiting for work is not a stall
+            item = self.inbox.take_item()
+            if item is None:
+                return
+            seq, indices = item
+            try:
+                chunk, wall, cpu = self._call(functools.partial(read, indices), expect=len(indices))
+            except Skipped as skipped:
+                self.conn.send(("skip", _describe(skipped.error), seq))
+                continue
+            if not self._ship(chunk, wall, cpu, seq):
+                return
+            self.states[self.args.slot_index] = IDLE
+
+    def _ship(self, chunk: Chunk, wall: float, cpu: float, seq: int) -> bool:
+        """Copy ``chunk`` into slots (pieces if it does not fit one) and tell the parent."""
+        pieces = plan_pieces(chunk.fields, chunk.n, self.args.slot_bytes)
+        for i, piece in enumerate(pieces):
+            self.states[self.args.slot_index] = BLOCKED
+            slot = self.inbox.take_slot()
+            if slot is None:
+                return False
+            layout = self.arena.write(slot, chunk.fields, piece)
+            nbytes = sum(arr[piece.start:piece.stop].nbytes for arr in chunk.fields.values())
+            self.conn.send(("chunk", slot, piece.stop - piece.start, layout, nbytes, wall, cpu,
+                            False, seq, i == len(pieces) - 1))
+            wall = cpu = 0.0  # the fetch's time is counted with its first piece
+        return True
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _send_error(conn: Connection, exc: BaseException) -> None:

@@ -1,40 +1,54 @@
 """Process workers: fetch runs in separate processes, past the GIL; arrays come back in shared memory.
 
-The parent owns everything: one shared-memory segment of slots, a queue of free
-slot numbers, one pipe and one process per worker, and a receiver thread. The
-receiver waits on every pipe *and* every process sentinel at once, so a worker
-that dies (killed, ``os._exit``, a segfault) is noticed within 0.1 s and
-reported with its pid and exit code or signal.
+The parent owns everything: one shared-memory segment of slots, the list of free
+slots, per worker an inbox pipe, an outbox pipe, a stack pipe and the process,
+and a receiver thread. The receiver waits on every outbox *and* every process
+sentinel at once, so a worker that dies (killed, ``os._exit``, a segfault) is
+noticed within 0.1 s and reported with its pid and exit code or signal, or, with
+``failures.on_worker_death=restart``, replaced.
 
 Shared memory is bounded by construction: a worker needs a free slot to write
 a chunk, and a slot comes back only when every view of it (in the chunk queue,
-the batcher, a batch) has been freed. ``slots`` is sized so that the queues
-between the workers and the consumer can fill, and no more.
+the batcher, a batch) has been freed. The parent hands each worker one slot at a
+time (and, for index-range work, its items), so it knows what a dead worker held
+and takes it back: no slot and no sample is lost with a worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
 import time
 import types
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
+from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
-from inputkit.workers.base import FetchTally, WorkerPoolStats
-from inputkit.workers.process_main import BLOCKED, DONE, FETCHING, IDLE, WorkerArgs, worker_main
+from inputkit.work import Dispatcher, WorkItem
+from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
+from inputkit.workers.process_main import (
+    BLOCKED,
+    DONE,
+    FETCHING,
+    IDLE,
+    STACK_SIGNAL,
+    WorkerArgs,
+    worker_main,
+)
 from inputkit.workers.shm import SlotArena
 
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
@@ -91,6 +105,22 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+@dataclass
+class _Worker:
+    """The parent's view of one worker process: its pipes, the slot in its hand, its items."""
+
+    process: Any
+    inbox: Connection  # parent -> worker: slots and items
+    outbox: Connection  # worker -> parent: chunks and news
+    stacks: Connection  # worker -> parent: stack dumps (faulthandler)
+    slot: int | None = None  # handed to the worker and not yet used
+    items: deque[WorkItem] = field(default_factory=deque)  # handed out, oldest first
+    finished: bool = False  # it said done or failed: its end is not a death
+
+
+_ITEMS_AHEAD = 2  # index-range items a worker holds: one it reads, one waiting, no round trip
+
+
 class ProcessWorkerPool:
     kind = "process"
 
@@ -98,7 +128,8 @@ class ProcessWorkerPool:
                  schema: ChunkSchema, worker_ids: list[int], num_workers: int,
                  batch_size_hint: int, out: BoundedQueue, label: str, thread_prefix: str,
                  on_failure: Callable[[Failure], None], start_method: str, slots: int,
-                 slot_bytes: int) -> None:
+                 slot_bytes: int, policy: FailurePolicy = FailurePolicy(),
+                 dispatcher: Dispatcher | None = None) -> None:
         self._source_config = source_config
         self._source_key = source_key
         self._source_name = source_name
@@ -109,56 +140,81 @@ class ProcessWorkerPool:
         self._out = out
         self._label = label
         self._on_failure = on_failure
+        self._policy = policy
+        self._dispatcher = dispatcher
         self._ctx = context(start_method)
         self._slots = slots
         self._slot_bytes = slot_bytes
         self._stop = self._ctx.Event()
         self._receiver_stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # slots, hands and inbox sends
         self._arena: SlotArena | None = None
-        self._free: Any = None
+        self._free: deque[int] = deque()
         self._states: Any = None
-        self._processes: list[Any] = []
-        self._conns: dict[Connection, int] = {}  # parent end of each pipe -> worker index
-        self._finished: set[int] = set()  # workers that reported done or an error
+        self._stamps: Any = None
+        self._workers: list[_Worker] = []
         self._failed = False
         self._closed = False
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
+        self._failures = FailureTally()
+        self._stalls: tuple[str, ...] = ()
         self._in_place = 0  # chunks the source wrote straight into a slot (fetch_into)
+        self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
+        self._activity: Activity | None = None
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
                                           daemon=True)
+        if dispatcher is not None:
+            dispatcher.bind(self._emit, hold=_private_copy)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         ctx = self._ctx
         self._arena = SlotArena.create(self._slots, self._slot_bytes)
-        self._free = ctx.Queue()
-        for slot in range(self._slots):
-            self._free.put(slot)
+        self._free.extend(range(self._slots))
         self._states = ctx.RawArray("b", len(self._ids))
+        self._stamps = ctx.RawArray("d", 2 * len(self._ids))
+        self._activity = Activity(self._stamps, len(self._ids))
+        with self._hidden_main():
+            for index in range(len(self._ids)):
+                self._workers.append(self._spawn(index))
+        with self._lock:
+            for index in range(len(self._ids)):
+                self._give_slot(index)
+        self._feed()
+        self._receiver.start()
+
+    def _hidden_main(self) -> Any:
         # A forked child re-imports nothing: hiding the main module would only hide it from it.
         keep_main = self._source_name.startswith("__main__") or \
             self._ctx.get_start_method() == "fork"
-        with main_module_hidden(needed=keep_main):
-            self._start_processes(ctx, self._arena)
-        self._receiver.start()
+        return main_module_hidden(needed=keep_main)
 
-    def _start_processes(self, ctx: Any, arena: SlotArena) -> None:
-        for index, wid in enumerate(self._ids):
-            parent_end, child_end = ctx.Pipe(duplex=False)
-            args = WorkerArgs(
-                worker_id=wid, slot_index=index, num_workers=self._num_workers,
-                batch_size_hint=self._hint, source_config=self._source_config,
-                source_key=self._source_key, arena_name=arena.name, slots=self._slots,
-                slot_bytes=self._slot_bytes)
-            process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
-                                  args=(args, self._free, child_end, self._stop, self._states))
-            process.start()
-            child_end.close()  # the child holds its end; EOF then means the child is gone
-            self._processes.append(process)
-            self._conns[parent_end] = index
+    def _spawn(self, index: int) -> _Worker:
+        """Start the process for worker ``index`` (again, after a death)."""
+        ctx, arena = self._ctx, self._arena
+        assert arena is not None
+        inbox_read, inbox = ctx.Pipe(duplex=False)
+        outbox, outbox_write = ctx.Pipe(duplex=False)
+        stacks, stacks_write = ctx.Pipe(duplex=False)
+        os.set_blocking(stacks.fileno(), False)
+        wid = self._ids[index]
+        args = WorkerArgs(
+            worker_id=wid, slot_index=index, num_workers=self._num_workers,
+            batch_size_hint=self._hint, source_config=self._source_config,
+            source_key=self._source_key, arena_name=arena.name, slots=self._slots,
+            slot_bytes=self._slot_bytes, policy=self._policy,
+            indexed=self._dispatcher is not None, pool_size=len(self._ids))
+        self._states[index] = IDLE
+        self._activity.started(index)  # type: ignore[union-attr]
+        process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
+                              args=(args, inbox_read, outbox_write, self._stop, self._states,
+                                    self._stamps, stacks_write))
+        process.start()
+        for end in (inbox_read, outbox_write, stacks_write):
+            end.close()  # the child holds its ends; EOF then means the child is gone
+        return _Worker(process=process, inbox=inbox, outbox=outbox, stacks=stacks)
 
     def stop(self) -> None:
         self._stop.set()
@@ -169,17 +225,18 @@ class ProcessWorkerPool:
         self._receiver_stop.set()
         if self._receiver.ident is not None:  # start() may have failed before starting it
             self._receiver.join(max(0.0, deadline - time.monotonic()))
-        for process in self._processes:
+        processes = [w.process for w in self._workers]
+        for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
-        for process in self._processes:
+        for process in processes:
             if process.is_alive():
                 process.terminate()  # a fetch that does not return: processes can be stopped
-        for process in self._processes:
+        for process in processes:
             process.join(0.5)
             if process.is_alive():
                 process.kill()
                 process.join(0.5)
-        stuck = [f"{p.name} (pid {p.pid})" for p in self._processes if p.is_alive()]
+        stuck = [f"{p.name} (pid {p.pid})" for p in processes if p.is_alive()]
         if self._receiver.is_alive():
             stuck.append(self._receiver.name)
         self._release_resources()
@@ -190,41 +247,87 @@ class ProcessWorkerPool:
             if self._closed:
                 return
             self._closed = True
-        for conn in self._conns:
-            conn.close()
-        if self._free is not None:
-            self._free.close()
-            self._free.cancel_join_thread()  # slot numbers left in the pipe need no delivery
+        for worker in self._workers:
+            for conn in (worker.inbox, worker.outbox, worker.stacks):
+                conn.close()
         if self._arena is not None:
             self._arena.close()
+
+    # slots and items -------------------------------------------------------------------------
+
+    def _give_slot(self, index: int) -> None:
+        """Put a free slot in worker ``index``'s hand if it has none (lock held)."""
+        worker = self._workers[index]
+        if worker.slot is not None or not self._free or worker.finished or self._closed:
+            return
+        slot = self._free.popleft()
+        worker.slot = slot
+        try:
+            worker.inbox.send(("slot", slot))
+        except (OSError, ValueError):  # it died: its sentinel will say so; take the slot back
+            worker.slot = None
+            self._free.appendleft(slot)
+
+    def _release_slot(self, slot: int) -> None:
+        """Every view of ``slot`` is gone (any thread): give it to a worker that has none."""
+        with self._lock:
+            self._in_use.pop(slot, None)
+            if self._closed:
+                return
+            self._free.append(slot)
+            for index in range(len(self._workers)):
+                if self._workers[index].slot is None:
+                    self._give_slot(index)
+                    if not self._free:
+                        break
+
+    def _feed(self) -> None:
+        """Index-range work: keep every live worker holding up to _ITEMS_AHEAD items."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        for worker in self._workers:
+            while len(worker.items) < _ITEMS_AHEAD and not worker.finished:
+                item = dispatcher.try_take()
+                if item is None:
+                    return
+                worker.items.append(item)
+                try:
+                    worker.inbox.send(("item", (item.seq, item.remaining)))
+                except (OSError, ValueError):  # it died; its items go back when it is reaped
+                    break
 
     # the receiver thread ---------------------------------------------------------------------
 
     def _receive(self) -> None:
-        conns: dict[Connection, int] = dict(self._conns)
-        sentinels = {p.sentinel: i for i, p in enumerate(self._processes)}
         try:
-            while not self._receiver_stop.is_set() and (conns or sentinels):
-                ready = wait([*conns, *sentinels], timeout=_POLL_S)
+            while not self._receiver_stop.is_set():
+                outboxes = {w.outbox: i for i, w in enumerate(self._workers)
+                            if not w.outbox.closed}
+                sentinels = {w.process.sentinel: i for i, w in enumerate(self._workers)
+                             if not w.finished}
+                if not outboxes and not sentinels:
+                    return
+                ready = wait([*outboxes, *sentinels], timeout=_POLL_S)
                 for item in ready:
-                    if item in conns:
-                        if not self._read(item, conns):  # type: ignore[arg-type]
-                            return
+                    if item in outboxes and not self._read(outboxes[item]):  # type: ignore[index]
+                        return
                 for item in ready:
-                    if item in sentinels:
-                        index = sentinels.pop(item)  # type: ignore[arg-type]
-                        self._reap(index, conns)
+                    if item in sentinels and not self._reap(sentinels[item]):  # type: ignore[index]
+                        return
                 if self._failed:
                     return
+                self._feed()
         except BaseException as exc:  # a bug here must reach the consumer, not hang it
-            self._fail(Failure.capture(exc, f"the receiver of {self._label}"))
+            self.fail(Failure.capture(exc, f"the receiver of {self._label}"))
 
-    def _read(self, conn: Connection, conns: dict[Connection, int]) -> bool:
-        index = conns[conn]
+    def _read(self, index: int) -> bool:
+        """Handle one message from worker ``index``; False when the receiver should end."""
+        worker = self._workers[index]
         try:
-            message = conn.recv()
+            message = worker.outbox.recv()
         except (EOFError, OSError):
-            del conns[conn]  # the process ended; its sentinel says how
+            worker.outbox.close()  # the process ended; its sentinel says how
             return True
         kind = message[0]
         if kind == "chunk":
@@ -232,86 +335,150 @@ class ProcessWorkerPool:
         if kind == "empty":
             self._tally.fetched(0, 0, message[1], message[2])
             return True
+        if kind == "retry":
+            self._failures.retried(message[1])
+            return True
+        if kind == "skip":
+            return self._skipped(index, message[1], message[2])
         if kind == "done":
             self._worker_finished(index)
             return True
         if kind == "error":
-            self._finished.add(index)
-            self._fail(self._error_failure(index, *message[1:]))
+            worker.finished = True
+            self.fail(self._error_failure(index, *message[1:]))
             return False
         raise WorkerFailure(f"unexpected message {kind!r} from {self._where(index)}")
 
     def _chunk(self, index: int, slot: int, n: int, layout: list[Any], nbytes: int,
-               wall: float, cpu: float, in_place: bool) -> bool:
+               wall: float, cpu: float, in_place: bool, seq: int, last: bool) -> bool:
         arena = self._arena
         if arena is None:
             raise WorkerFailure(f"{self._label}: a chunk arrived before the pool started")
         holder, fields = arena.view(slot, layout)
+        worker = self._workers[index]
         with self._lock:
             self._in_use[slot] = nbytes
+            worker.slot = None
+            self._give_slot(index)
         # The slot goes back to the workers when every view of it has been freed.
         weakref.finalize(holder, self._release_slot, slot).atexit = False
         del holder
         try:
             chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
         except SourceError as exc:
-            self._finished.add(index)
-            self._fail(Failure.capture(exc, self._where(index)))
+            worker.finished = True
+            self.fail(Failure.capture(exc, self._where(index)))
             return False
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
         if in_place:
-            with self._lock:
-                self._in_place += 1
-        while not self._out.put(chunk, nbytes, self._receiver_stop, timeout=_POLL_S):
+            self._in_place += 1
+        if self._dispatcher is None:
+            return self._put(chunk)
+        item = worker.items[0]
+        if last:
+            worker.items.popleft()
+        return self._dispatcher.deliver(item, chunk, n, last)
+
+    def _emit(self, item: Any) -> bool:
+        """The dispatcher's way downstream: chunks wait for room, control messages do not."""
+        if isinstance(item, Chunk):
+            return self._put(item)
+        return self._out.put_control(item)
+
+    def _put(self, chunk: Chunk) -> bool:
+        """Into the chunk queue; while it is full, still notice workers that die."""
+        while not self._out.put(chunk, chunk.nbytes, self._receiver_stop, timeout=_POLL_S):
             if self._receiver_stop.is_set() or self._out.closed:
                 return False
-            self._check_deaths()  # the queue is full: still notice a worker that died
+            self._check_deaths()
             if self._failed:
                 return False
         return True
 
-    def _check_deaths(self) -> None:
-        """Fail for a worker killed or crashed (a non-zero exit); a clean exit has a message."""
-        for index, process in enumerate(self._processes):
-            if index not in self._finished and process.exitcode not in (None, 0):
-                self._fail(self._death(index))
-                return
+    def _skipped(self, index: int, text: str, seq: int) -> bool:
+        if self._dispatcher is None or seq < 0:
+            self._failures.skipped(text)
+            return True
+        item = self._workers[index].items.popleft()
+        self._failures.skipped(text, len(item.remaining))
+        return self._dispatcher.skip(item)
 
-    def _release_slot(self, slot: int) -> None:
-        with self._lock:
-            self._in_use.pop(slot, None)
-            if self._closed:
-                return
-        # The pool may close between the check and the put: then nobody needs the slot.
-        with contextlib.suppress(ValueError, OSError):
-            self._free.put(slot)
+    def _check_deaths(self) -> None:
+        """Reap workers killed or crashed (a non-zero exit) while the receiver waits on a full queue."""
+        for index, worker in enumerate(self._workers):
+            if not worker.finished and index not in self._reaping \
+                    and worker.process.exitcode not in (None, 0):
+                self._reap(index)
+                if self._failed:
+                    return
 
     def _worker_finished(self, index: int) -> None:
-        with self._lock:
-            self._finished.add(index)
-            last = len(self._finished) == len(self._ids) and not self._failed
-        if last:
+        self._workers[index].finished = True
+        if all(w.finished for w in self._workers) and not self._failed:
             self._out.put_control(END)
 
-    def _reap(self, index: int, conns: dict[Connection, int]) -> None:
-        """A worker process ended: fine if it said done or failed; a death otherwise."""
-        for conn, i in list(conns.items()):  # read what it sent before it ended
-            if i == index:
-                while conn.poll() and self._read(conn, conns) and conn in conns:
-                    pass
-        if index in self._finished or self._stop.is_set():
-            return
-        self._processes[index].join(0.1)
-        self._fail(self._death(index))
+    def _reap(self, index: int) -> bool:
+        """A worker process ended: fine if it said done or failed; otherwise a death, which is
+        raised or, with on_worker_death=restart, repaired. False when the receiver should end."""
+        self._reaping.add(index)
+        try:
+            return self._reap_once(index)
+        finally:
+            self._reaping.discard(index)
 
-    def _death(self, index: int) -> Failure:
-        exitcode = self._processes[index].exitcode
+    def _reap_once(self, index: int) -> bool:
+        worker = self._workers[index]
+        worker.process.join(0.1)
+        if worker.process.exitcode in (0, None):
+            # A clean exit: what it sent last says whether it finished, failed or just left.
+            while not worker.outbox.closed and worker.outbox.poll():
+                if not self._read(index):
+                    return False
+        # A death leaves its unread messages: a chunk among them sits in the slot still in its
+        # hand (taken back on restart), and its samples are not counted as delivered.
+        if worker.finished or self._stop.is_set():
+            worker.finished = True
+            return True
+        policy = self._policy
+        restarts_left = policy.max_restarts is None or self._failures.restarts < policy.max_restarts
+        if policy.on_worker_death != "restart" or not restarts_left:
+            worker.finished = True
+            self.fail(self._death(index, restarts_left))
+            return False
+        self._restart(index)
+        return True
+
+    def _restart(self, index: int) -> None:
+        """Take back what the dead worker held (its slot, its unread items) and start another."""
+        old = self._workers[index]
+        reason = f"{self._where(index)} {describe_exit(old.process.exitcode)}"
+        with self._lock:
+            if old.slot is not None:
+                self._free.append(old.slot)
+                old.slot = None
+        if self._dispatcher is not None:
+            for item in old.items:
+                self._dispatcher.requeue(item)
+        for conn in (old.inbox, old.outbox, old.stacks):
+            conn.close()
+        self._failures.restarted(reason)
+        with self._hidden_main():
+            new = self._spawn(index)
+        with self._lock:
+            self._workers[index] = new
+            self._give_slot(index)
+        self._feed()
+
+    def _death(self, index: int, restarts_left: bool = True) -> Failure:
+        exitcode = self._workers[index].process.exitcode
+        note = "" if restarts_left else \
+            f"; it is not restarted: failures.max_restarts={self._policy.max_restarts} reached"
         return Failure(
             exc=WorkerFailure(f"{self._where(index)} {describe_exit(exitcode)} "
                               "(killed, os._exit, a crash in native code, or out of memory; "
-                              "its stderr may say more)"),
+                              f"its stderr may say more){note}"),
             where=self._where(index), traceback_text="")
 
     def _error_failure(self, index: int, payload: bytes | None, type_name: str, message: str,
@@ -325,7 +492,7 @@ class ProcessWorkerPool:
             exc = WorkerFailure(f"{type_name}: {message}")
         return Failure(exc=exc, where=self._where(index), traceback_text=text)
 
-    def _fail(self, failure: Failure) -> None:
+    def fail(self, failure: Failure) -> None:
         with self._lock:
             first = not self._failed
             self._failed = True
@@ -335,7 +502,7 @@ class ProcessWorkerPool:
             self._on_failure(failure)
 
     def _where(self, index: int) -> str:
-        pid = self._processes[index].pid if index < len(self._processes) else None
+        pid = self._workers[index].process.pid if index < len(self._workers) else None
         return (f"worker {self._ids[index]} (pid {pid}) of {self._label} "
                 f"(source '{self._source_name}')")
 
@@ -350,10 +517,54 @@ class ProcessWorkerPool:
         with self._lock:
             return self._slots - len(self._in_use) < len(self._ids) + 2
 
+    # the watchdog ----------------------------------------------------------------------------
+
+    def watch(self, now: float, fetch_timeout: float | None,
+              stall_timeout: float | None) -> list[tuple[str, str]]:
+        """Fail (and kill) a worker past fetch_timeout; describe stalled workers with stacks."""
+        if self._activity is None or self._failed:
+            return []
+        states = list(self._states)
+        timeouts, stalls = overdue(self._activity, states, (BLOCKED, DONE), now,
+                                   fetch_timeout, stall_timeout)
+        for index, seconds in timeouts[:1]:
+            stack = self._stack(index)
+            exc = FetchTimeout(f"{self._where(index)}: fetch has not returned after "
+                               f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
+                               f"the worker was stopped; it was stuck here:\n{stack}")
+            self._workers[index].finished = True
+            self.fail(Failure(exc=exc, where=self._where(index), traceback_text=""))
+            self._workers[index].process.kill()
+        found = [(self._where(i), f"{what}\n{self._stack(i)}") for i, what in stalls]
+        self._stalls = tuple(f"{where}: {text.splitlines()[0]}" for where, text in found)
+        return found
+
+    def _stack(self, index: int, timeout: float = 1.0) -> str:
+        """The worker's current stack (every thread), dumped by faulthandler on a signal."""
+        worker = self._workers[index]
+        try:
+            os.kill(worker.process.pid, STACK_SIGNAL)
+        except (ProcessLookupError, TypeError):
+            return "(the process is gone)"
+        fd = worker.stacks.fileno()
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.05 if chunks else deadline - time.monotonic())
+            if not ready:
+                if chunks:
+                    break
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks).decode(errors="replace") or "(no stack within 1s)"
+
     # stats -----------------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self._processes if p.pid is not None]
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def stats(self) -> WorkerPoolStats:
         states = list(self._states) if self._states is not None else [IDLE] * len(self._ids)
@@ -363,4 +574,12 @@ class ProcessWorkerPool:
             self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
             shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
             shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
-            pids=tuple(self.pids()))
+            pids=tuple(self.pids()), stalls=self._stalls, **self._failures.snapshot())
+
+
+def _private_copy(chunk: Chunk) -> Chunk:
+    """A chunk that holds no shared-memory slot (for the reorder buffer)."""
+    if not chunk.borrowed:
+        return chunk
+    return Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
+                 nbytes=chunk.nbytes, worker_id=chunk.worker_id)

@@ -7,18 +7,22 @@ answer to that (their own issue).
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
-from inputkit.chunk import ChunkSchema
+from inputkit.chunk import Chunk, ChunkSchema, check_read
 from inputkit.errors import SourceExhausted
+from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout, Skipped, call_with_policy
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.workers.base import FetchTally, WorkerPoolStats
+from inputkit.work import Dispatcher
+from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
 
@@ -28,7 +32,9 @@ class ThreadWorkerPool:
 
     def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
                  num_workers: int, batch_size_hint: int, out: BoundedQueue, label: str,
-                 thread_prefix: str, on_failure: Callable[[Failure], None]) -> None:
+                 thread_prefix: str, on_failure: Callable[[Failure], None],
+                 policy: FailurePolicy = FailurePolicy(),
+                 dispatcher: Dispatcher | None = None) -> None:
         self._source = source
         self._num_workers = num_workers
         self._schema = schema
@@ -38,16 +44,23 @@ class ThreadWorkerPool:
         self._stop = threading.Event()  # the pool's own: a failure stops workers, not the batcher
         self._label = label
         self._on_failure = on_failure
+        self._policy = policy
+        self._dispatcher = dispatcher
         self._lock = threading.Lock()
         self._states = {wid: IDLE for wid in self._ids}
         self._active = len(self._ids)
         self._failed = False
         self._tally = FetchTally()
+        self._failures = FailureTally()
+        self._activity = Activity.local(len(self._ids))
+        self._stalls: tuple[str, ...] = ()
         self._threads = [
-            threading.Thread(target=self._run, args=(wid,), name=f"{thread_prefix}-fetch-{wid}",
-                             daemon=True)
-            for wid in self._ids
+            threading.Thread(target=self._run, args=(index, wid),
+                             name=f"{thread_prefix}-fetch-{wid}", daemon=True)
+            for index, wid in enumerate(self._ids)
         ]
+        if dispatcher is not None:
+            dispatcher.bind(self._emit)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -61,57 +74,137 @@ class ThreadWorkerPool:
 
     def join(self, deadline: float) -> list[str]:
         stuck = []
-        frames = None
-        for thread in self._threads:
+        for index, thread in enumerate(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                frames = frames if frames is not None else sys._current_frames()
-                frame = frames.get(thread.ident or -1)
-                stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
-                stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n{stack}")
+                stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n"
+                             f"{self._stack(index)}")
         return stuck
+
+    def _stack(self, index: int) -> str:
+        frame = sys._current_frames().get(self._threads[index].ident or -1)
+        return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
     def stats(self) -> WorkerPoolStats:
         return self._tally.stats(self.kind, list(self._states.values()),
-                                 (IDLE, FETCHING, BLOCKED, DONE))
+                                 (IDLE, FETCHING, BLOCKED, DONE), stalls=self._stalls,
+                                 **self._failures.snapshot())
 
-    def _run(self, wid: int) -> None:
-        fetch = self._source.fetch
+    def watch(self, now: float, fetch_timeout: float | None,
+              stall_timeout: float | None) -> list[tuple[str, str]]:
+        """Fail a fetch past fetch_timeout (the thread cannot be stopped: it is left behind, and
+        close() names it); describe stalled workers with their stacks."""
+        timeouts, stalls = overdue(self._activity, list(self._states.values()), (BLOCKED, DONE),
+                                   now, fetch_timeout, stall_timeout)
+        for index, seconds in timeouts[:1]:
+            exc = FetchTimeout(f"{self._where(self._ids[index])}: fetch has not returned after "
+                               f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
+                               f"it is stuck here:\n{self._stack(index)}")
+            self.fail(Failure(exc=exc, where=self._where(self._ids[index]), traceback_text=""))
+        found = [(self._where(self._ids[i]), f"{what}\n{self._stack(i)}") for i, what in stalls]
+        self._stalls = tuple(f"{where}: {text.splitlines()[0]}" for where, text in found)
+        return found
+
+    def _where(self, wid: int) -> str:
+        return f"worker {wid} of {self._label} (source '{self._source.name}')"
+
+    def _run(self, index: int, wid: int) -> None:
         states = self._states
+        self._activity.started(index)
         try:
             setup = getattr(self._source.obj, "setup", None)
             if callable(setup):  # threads share one source object: setup sees every worker id
                 setup(wid, self._num_workers)
-            while not self._stop.is_set():
-                states[wid] = FETCHING
-                wall0, cpu0 = time.perf_counter(), time.thread_time()
-                try:
-                    raw = fetch(wid, self._hint)
-                except (SourceExhausted, StopIteration):
-                    return
-                wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-                chunk = self._schema.check(raw, wid)
-                self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
-                if chunk.n == 0:
-                    continue
-                states[wid] = BLOCKED
-                if not self._out.put(chunk, chunk.nbytes, self._stop):
-                    return
-                states[wid] = IDLE
+            if self._dispatcher is not None:
+                self._read_items(index, wid)
+            else:
+                self._fetch_chunks(index, wid)
         except BaseException as exc:
-            with self._lock:
-                first = not self._failed
-                self._failed = True
-            self._stop.set()  # siblings stop after their current fetch
-            if first:
-                where = f"worker {wid} of {self._label} (source '{self._source.name}')"
-                failure = Failure.capture(exc, where)
-                self._out.put_control(failure)
-                self._on_failure(failure)  # stops every worker of the runner at once
+            self.fail(Failure.capture(exc, self._where(wid)))
         finally:
             states[wid] = DONE
             with self._lock:
                 self._active -= 1
                 last = self._active == 0 and not self._failed
-            if last and not self._stop.is_set():
+            if last and not self._stop.is_set() and self._dispatcher is None:
                 self._out.put_control(END)
+
+    def _fetch(self, index: int, wid: int, call: Callable[[], Any],
+               expect: int | None = None) -> Chunk | None:
+        """One fetch and its check under the failure policy; None when it was skipped.
+
+        ``expect``: the number of samples a read(indices) must return.
+        """
+        self._states[wid] = FETCHING
+        self._activity.fetching(index)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            chunk = call_with_policy(
+                lambda: check_read(self._schema.check(call(), wid), expect, self._source.name),
+                self._policy, self._where(wid), self._stop,
+                on_retry=lambda e: self._failures.retried(_describe(e)))
+        except Skipped as skipped:
+            self._activity.fetched(index, progress=False)
+            self._failures.skipped(_describe(skipped.error), expect or 0)
+            return None
+        except BaseException:
+            self._activity.fetched(index, progress=False)
+            raise
+        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        self._activity.fetched(index, progress=chunk.n > 0)
+        self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
+        return chunk
+
+    def _fetch_chunks(self, index: int, wid: int) -> None:
+        fetch = self._source.fetch
+        while not self._stop.is_set():
+            try:
+                chunk = self._fetch(index, wid, functools.partial(fetch, wid, self._hint))
+            except (SourceExhausted, StopIteration):
+                return
+            if chunk is None or chunk.n == 0:
+                continue
+            self._states[wid] = BLOCKED
+            if not self._out.put(chunk, chunk.nbytes, self._stop):
+                return
+            self._states[wid] = IDLE
+
+    def _read_items(self, index: int, wid: int) -> None:
+        """Index-range work: read the dispatcher's items until the stream is finished."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        read = self._source.obj.read
+        while not self._stop.is_set():
+            self._states[wid] = BLOCKED  # waiting for work is not a stall
+            item = dispatcher.take(self._stop)
+            if item is None:
+                return
+            indices = item.remaining
+            chunk = self._fetch(index, wid, functools.partial(read, indices), expect=len(indices))
+            if chunk is None:
+                if not dispatcher.skip(item):
+                    return
+                continue
+            self._states[wid] = BLOCKED
+            if not dispatcher.deliver(item, chunk, chunk.n, last=True):
+                return
+            self._states[wid] = IDLE
+
+    def _emit(self, item: Any) -> bool:
+        """The dispatcher's way downstream: chunks wait for room, control messages do not."""
+        if isinstance(item, Chunk):
+            return self._out.put(item, item.nbytes, self._stop)
+        return self._out.put_control(item)
+
+    def fail(self, failure: Failure) -> None:
+        with self._lock:
+            first = not self._failed
+            self._failed = True
+        self._stop.set()  # siblings stop after their current fetch
+        if first:
+            self._out.put_control(failure)
+            self._on_failure(failure)  # stops every worker of the runner at once
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

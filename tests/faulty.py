@@ -1,0 +1,105 @@
+"""Sources for the reliability tests: indexable ones, and ones that fail, stall or die on purpose.
+
+Importable as ``faulty:...`` in threads and in worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+
+def _chunk(indices: np.ndarray, dim: int) -> dict[str, np.ndarray]:
+    ids = np.asarray(indices, dtype=np.int64)
+    return {"id": ids, "x": np.repeat(ids[:, None].astype(np.float32), dim, axis=1)}
+
+
+class Indexed:
+    """``length`` samples read by index; ``x`` rows repeat the id. Optional failures and delays.
+
+    ``bad``: sample ids whose read always fails (ValueError naming the id).
+    ``flaky``: each read fails this many times (per process) before it succeeds.
+    ``sleep_ms``: time per read. ``die_every``: a worker process SIGKILLs itself on every
+    n-th read of its own (for restart tests).
+    """
+
+    def __init__(self, length: int = 1000, dim: int = 3, bad: list[int] | None = None,
+                 flaky: int = 0, sleep_ms: float = 0.0) -> None:
+        self.length = length
+        self.dim = dim
+        self.bad = set(bad or [])
+        self.flaky = flaky
+        self.sleep_s = sleep_ms / 1000.0
+        self.attempts: dict[tuple[int, int], int] = {}
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        hit = self.bad.intersection(indices.tolist())
+        if hit:
+            raise ValueError(f"sample {min(hit)} is corrupt")
+        if self.flaky:
+            key = (int(indices[0]), len(indices))
+            with self.lock:
+                self.attempts[key] = self.attempts.get(key, 0) + 1
+                attempt = self.attempts[key]
+            if attempt <= self.flaky:
+                raise ConnectionError(f"attempt {attempt} at samples from {indices[0]} timed out")
+        return _chunk(indices, self.dim)
+
+
+class ShortReads(Indexed):
+    """Returns one sample fewer than asked for."""
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return _chunk(indices[:-1], self.dim)
+
+
+class FlakyFetch:
+    """Endless plain fetch; every ``every``-th call (per process) raises OSError."""
+
+    def __init__(self, every: int = 3) -> None:
+        self.every = every
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        if calls % self.every == 0:
+            raise OSError(f"read {calls} failed: connection reset")
+        return _chunk(np.arange(8), 2)
+
+
+class Hangs:
+    """Endless fetch; after ``after`` good calls (per process), one call sleeps ``seconds``."""
+
+    def __init__(self, after: int = 2, seconds: float = 30.0) -> None:
+        self.after = after
+        self.seconds = seconds
+        self.calls = 0
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls > self.after:
+            time.sleep(self.seconds)  # stuck_in_a_slow_fetch
+        return _chunk(np.arange(8), 2)
+
+
+def fetch_nothing_forever(worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+    time.sleep(0.001)
+    return {"x": np.zeros((0, 2), np.float32)}
+
+
+def worker_pid(worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+    """Each chunk says which process made it (for restart tests)."""
+    time.sleep(0.002)
+    return {"pid": np.full(4, os.getpid(), dtype=np.int64)}
