@@ -5,6 +5,10 @@
 - **starvation**: the consumer waits on an empty batch queue; the input pipeline
   is the bottleneck, and the warning says which part of it.
 - **budget**: the measured process-tree memory nears ``memory.budget``.
+- **empty chunks**: the source has returned only chunks with no samples.
+- **stall**: the watchdog sees a worker stuck in one fetch or delivering no samples
+  (``failures.stall_timeout``); one warning per stalled worker, while it lasts.
+- **failures**: the failure policies have skipped chunks or restarted worker processes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from inputkit.config.sizes import format_size
 from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
 from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.workers.base import WorkerPoolStats
 
 FULL = 0.8  # "nearly always": share of the window a queue was full / empty
 MIN_WINDOW_S = 1.0  # no warnings from the first moments of a run
@@ -70,6 +75,30 @@ def _fetch_cores(c: CoordinatorStats) -> float:
     return c.workers.fetch_cpu_s / c.elapsed_s if c.elapsed_s > 0 else 0.0
 
 
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def _policy_actions(w: WorkerPoolStats, retries: bool = True) -> list[str]:
+    """What the failure policies did so far, e.g. ``skipped 3 chunks (failures.on_error=skip)``."""
+    done = []
+    if w.skipped_chunks:
+        samples = f", {_plural(w.skipped_samples, 'sample')}" if w.skipped_samples else ""
+        done.append(f"skipped {_plural(w.skipped_chunks, 'chunk')}{samples} (failures.on_error=skip)")
+    if retries and w.retries:
+        done.append(f"retried {_plural(w.retries, 'fetch', 'fetches')} (failures.on_error=retry)")
+    if w.restarts:
+        done.append(f"restarted {_plural(w.restarts, 'worker process', 'worker processes')} "
+                    "(failures.on_worker_death=restart)")
+    return done
+
+
+def _last_error(w: WorkerPoolStats, limit: int = 200) -> str:
+    lines = w.last_error.strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
     """Problems visible in the last window; empty while the window is too short to judge."""
     if window.window_s < MIN_WINDOW_S:
@@ -82,9 +111,24 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
             text = _over_buffering(c, q, window.window_s)
             if text:
                 found.append(text)
-        text = _starvation(c, window.window_s)
-        if text:
-            found.append(text)
+        workers = c.stats.workers
+        if workers.chunks == 0 and workers.empty_chunks:
+            # Starved, but more workers would not help: the source has nothing to give.
+            found.append(f"empty chunks: {_where(c)}: the source returned only empty chunks "
+                         f"({workers.empty_chunks:,} so far); check fetch")
+        else:
+            text = _starvation(c, window.window_s)
+            if text:
+                found.append(text)
+        for stall in workers.stalls:
+            lines = stall.strip().splitlines()
+            if lines:
+                found.append(f"stall: {lines[0]}")
+        # Retries that succeed cost only time; skipped chunks lose data and restarts lose
+        # workers, so those stay on show (their totals) while the run lasts.
+        actions = _policy_actions(workers, retries=False)
+        if actions:
+            found.append(f"failures: {_where(c)}: {', '.join(actions)} so far")
     memory = window.stats.memory
     if budget_bytes and memory is not None and memory.total_rss >= BUDGET_SHARE * budget_bytes:
         found.append(f"budget: the process tree holds {format_size(memory.total_rss)}, "
@@ -113,41 +157,50 @@ def _fetch_bound(c: CoordinatorStats, empty: float, busy: float) -> str:
 
 
 def diagnose(stats: RunnerStats) -> list[str]:
-    """After a run: per coordinator, the bottleneck stage, why, and the one change to try."""
+    """After a run: per coordinator, the bottleneck stage, why, and the one change to try.
+
+    A coordinator whose failure policies skipped, retried or restarted anything gets a
+    second line saying so, with the latest error they handled.
+    """
     lines = []
     for c in stats.coordinators:
-        if len(c.queues) < 2 or c.batches == 0:
-            lines.append(f"{_where(c)}: no batches were delivered, nothing to diagnose")
-            continue
-        chunks, batches = c.queues[0], c.queues[1]
-        w = c.workers
-        busy = w.fetch_wall_s / (c.elapsed_s * w.workers) if c.elapsed_s > 0 else 0.0
-        if batches.full_fraction >= 0.5:
-            lines.append(
-                f"{_where(c)}: consumer-bound. The batch queue was full "
+        lines.append(_bottleneck(c))
+        actions = _policy_actions(c.workers)
+        if actions:
+            error = _last_error(c.workers)
+            lines.append(f"{_where(c)}: {', '.join(actions)}" + (f"; last error: {error}" if error else ""))
+    return lines
+
+
+def _bottleneck(c: CoordinatorStats) -> str:
+    w = c.workers
+    if c.batches == 0 and w.chunks == 0 and w.empty_chunks:
+        return (f"{_where(c)}: the source returned only empty chunks ({w.empty_chunks:,} in "
+                f"{c.elapsed_s:.1f} s): check fetch; failures.stall_timeout reports this as a stall")
+    if len(c.queues) < 2 or c.batches == 0:
+        return f"{_where(c)}: no batches were delivered, nothing to diagnose"
+    chunks, batches = c.queues[0], c.queues[1]
+    busy = w.fetch_wall_s / (c.elapsed_s * w.workers) if c.elapsed_s > 0 else 0.0
+    if batches.full_fraction >= 0.5:
+        return (f"{_where(c)}: consumer-bound. The batch queue was full "
                 f"{batches.full_fraction:.0%} of the run: the pipeline makes batches faster than "
                 f"they are taken. The input is not the bottleneck; smaller capacities would save "
                 f"memory at no cost.")
-        elif batches.empty_fraction < 0.5:
-            lines.append(
-                f"{_where(c)}: balanced. The consumer seldom waited (batch queue empty "
+    if batches.empty_fraction < 0.5:
+        return (f"{_where(c)}: balanced. The consumer seldom waited (batch queue empty "
                 f"{batches.empty_fraction:.0%}, full {batches.full_fraction:.0%} of the run): "
                 f"every stage keeps up with the next.")
-        elif chunks.empty_fraction >= 0.5 or (w.kind == "thread" and _fetch_cores(c) >= GIL_CORES):
-            # Fetch holding the GIL slows every thread, the batcher's too, so a GIL-bound run
-            # need not show a mostly empty chunk queue.
-            lines.append(_fetch_bound(c, chunks.empty_fraction, busy))
-        elif chunks.empty_fraction < 0.2:
-            lines.append(
-                f"{_where(c)}: batcher-bound. The consumer waited on an empty batch queue "
+    if chunks.empty_fraction >= 0.5 or (w.kind == "thread" and _fetch_cores(c) >= GIL_CORES):
+        # Fetch holding the GIL slows every thread, the batcher's too, so a GIL-bound run
+        # need not show a mostly empty chunk queue.
+        return _fetch_bound(c, chunks.empty_fraction, busy)
+    if chunks.empty_fraction < 0.2:
+        return (f"{_where(c)}: batcher-bound. The consumer waited on an empty batch queue "
                 f"{batches.empty_fraction:.0%} of the run while chunks were waiting (the chunk "
                 f"queue was empty only {chunks.empty_fraction:.0%}, full "
                 f"{chunks.full_fraction:.0%}): assembling batches ({c.copied_batches:,} copies) "
                 f"is the slowest stage. Make source chunks batch-sized so batches pass as views.")
-        else:
-            lines.append(
-                f"{_where(c)}: fetch and batcher both limit it. The consumer waited on an empty "
-                f"batch queue {batches.empty_fraction:.0%} of the run and the chunk queue was "
-                f"empty {chunks.empty_fraction:.0%}: add workers first "
-                f"(workers.count={w.workers * 2}), then look again.")
-    return lines
+    return (f"{_where(c)}: fetch and batcher both limit it. The consumer waited on an empty "
+            f"batch queue {batches.empty_fraction:.0%} of the run and the chunk queue was "
+            f"empty {chunks.empty_fraction:.0%}: add workers first "
+            f"(workers.count={w.workers * 2}), then look again.")

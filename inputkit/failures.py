@@ -77,7 +77,7 @@ def call_with_policy(call: Callable[[], T], policy: FailurePolicy, where: str,
                 raise
             delay = policy.retry_backoff * (2 ** attempt)
             attempt += 1
-            log.warning("%s: fetch failed (%s: %s); retry %d of %d in %.3gs", where,
+            log.info("%s: fetch failed (%s: %s); retry %d of %d in %.3gs", where,
                         type(exc).__name__, exc, attempt, policy.retries, delay)
             if on_retry is not None:
                 on_retry(exc)

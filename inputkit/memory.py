@@ -332,6 +332,9 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
         terms.append(Term(name, "worker processes", HOST, inp.worker_count, "processes",
                           WORKER_PROCESS_BYTES, p + "workers.count",
                           f"{format_size(WORKER_PROCESS_BYTES)} each"))
+    if inp.epoch.ordered:  # chunks that finished early wait for older ones (private memory)
+        terms.append(Term(name, "reorder buffer", HOST, 2 * inp.worker_count - 1, "chunks",
+                          chunk_bytes, p + "epoch.ordered", chunk_detail))
     terms.append(Term(name, "batcher", HOST, 1, "batch", batch_bytes, p + "batch_size",
                       batch_detail))
     if inp.batch_capacity_bytes is not None:

@@ -33,7 +33,9 @@ class Failure:
 
     def reraise(self) -> None:
         """Raise the original exception (same type and message) with a note saying where."""
-        note = f"[inputkit] raised in {self.where}; its traceback:\n{self.traceback_text.rstrip()}"
+        text = self.traceback_text.rstrip()
+        # A worker process that died has no traceback to send: then the note only says where.
+        note = f"[inputkit] raised in {self.where}" + (f"; its traceback:\n{text}" if text else "")
         notes = getattr(self.exc, "__notes__", [])
         if hasattr(self.exc, "add_note") and note not in notes:
             self.exc.add_note(note)

@@ -19,6 +19,36 @@ from inputkit.failures import FetchTimeout, StallError
 F = "faulty"
 
 
+def segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"inputkit_{os.getpid()}_")}
+
+
+def children() -> set[int]:
+    """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and \
+                    not any("forkserver" in a or "resource_tracker" in a for a in child.cmdline()):
+                out.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test leaves no shared-memory segment and no worker process behind."""
+    before_segments, before_children = segments(), children()
+    yield
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (segments() - before_segments
+                                           or children() - before_children):
+        time.sleep(0.05)
+    assert segments() - before_segments == set(), "shared-memory segments left in /dev/shm"
+    assert children() - before_children == set(), "worker processes left running"
+
+
 def proc(count: int = 2, **extra):
     return {"kind": "process", "count": count, "start_method": "forkserver", **extra}
 
@@ -266,7 +296,7 @@ def test_on_stall_raise_stops_the_run_with_a_stall_error_for_empty_chunks_foreve
     cfg = make_cfg({"_target_": f"{F}:fetch_nothing_forever"}, batch_size=8, workers={"count": 1},
                    memory={"probe": False},
                    failures={"stall_timeout": 0.3, "on_stall": "raise"})
-    with pytest.raises(StallError, match=r"no samples for \d+s \(only empty chunks"):
+    with pytest.raises(StallError, match=r"no samples for [\d.]+s \(only empty chunks"):
         with Runner(cfg) as runner:
             drain(runner.device(0))
 

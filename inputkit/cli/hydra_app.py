@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from inputkit.config.compose import DEFAULT_CONFIG_NAME, search_path
-from inputkit.config.errors import translate_config_errors
+from inputkit.config.errors import check_overrides, translate_config_errors
 
 
 def hydra_parser(prog: str) -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
         from inputkit.errors import ConfigError
 
         raise ConfigError("command line", "use only one of --cfg, --info and --multirun")
+    check_overrides(overrides)  # a malformed override is named before Hydra sees it
     GlobalHydra.instance().clear()
     try:
         with translate_config_errors():

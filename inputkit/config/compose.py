@@ -67,7 +67,7 @@ def compose(
 
     from inputkit.config.errors import translate_config_errors
 
-    with translate_config_errors():
+    with translate_config_errors(overrides or ()):
         # The loader is used directly (not through GlobalHydra) so compose() also works
         # inside a user's own @hydra.main application without disturbing it.
         loader = ConfigLoaderImpl(config_search_path=search_path(config_dir))

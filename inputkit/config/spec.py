@@ -259,7 +259,11 @@ def _devices(value: Any) -> tuple[str, ...]:
     out = []
     for item in items:
         text = str(item).strip()
-        if text == "auto" and len(items) == 1:
+        if text == "auto":
+            if len(items) != 1:
+                raise ConfigError("devices", "'auto' picks the devices itself and cannot be combined "
+                                  "with others; use devices=auto or a list such as "
+                                  "devices=[cuda:0,cuda:1]")
             out.append(text)
         elif _DEVICE_RE.match(text):
             out.append("cuda:0" if text == "cuda" else text)

@@ -7,6 +7,8 @@ sources have: waiting (``latency_ms``, released GIL, like I/O) and computing
 
 from __future__ import annotations
 
+import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,6 +56,28 @@ class SyntheticSource:
         seed: int = 0,
         fft_repeats: int = 0,
     ) -> None:
+        # Counts must be whole numbers and times finite: 1.5 samples or a NaN length would
+        # otherwise pass the range checks below and fail (or stream forever) once data flows.
+        for name, value, optional in (("chunk_size", chunk_size, True),
+                                      ("chunk_size_max", chunk_size_max, True),
+                                      ("length", length, True), ("seed", seed, False),
+                                      ("fft_repeats", fft_repeats, False)):
+            if (value is None and optional) or (isinstance(value, numbers.Integral)
+                                                and not isinstance(value, bool)):
+                continue
+            null = {"chunk_size": " or null (the batch size)", "chunk_size_max": " or null",
+                    "length": " or null (endless)"}.get(name, "")
+            raise ValueError(f"{name}: expected a whole number{null}, got {value!r}")
+        for name, value in (("latency_ms", latency_ms), ("cpu_ms", cpu_ms)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number of milliseconds >= 0, "
+                                 f"got {value!r}")
+        chunk_size = None if chunk_size is None else int(chunk_size)
+        chunk_size_max = None if chunk_size_max is None else int(chunk_size_max)
+        length = None if length is None else int(length)
+        seed, fft_repeats = int(seed), int(fft_repeats)
+        latency_ms, cpu_ms = float(latency_ms), float(cpu_ms)
         self.fields = _parse_fields(fields)
         if id_field is not None:
             if id_field in self.fields:
@@ -72,12 +96,12 @@ class SyntheticSource:
         elif chunk_size == 0:
             raise ValueError("chunk_size: 0 makes every chunk empty; set chunk_size_max for "
                              "random sizes that include empty chunks")
-        if latency_ms < 0 or cpu_ms < 0:
-            raise ValueError("latency_ms and cpu_ms must be >= 0")
         if length is not None and length < 0:
             raise ValueError(f"length: must be >= 0 or null (endless), got {length}")
         if fft_repeats < 0:
             raise ValueError(f"fft_repeats: must be >= 0, got {fft_repeats}")
+        if seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {seed}")
         self.fft_field = None
         if fft_repeats:
             floats = [name for name, (shape, dtype) in self.fields.items()

@@ -185,10 +185,14 @@ def overdue(activity: Activity, states: list[Any], waiting: tuple[Any, ...], now
         if fetch_timeout is not None and in_fetch > fetch_timeout:
             timeouts.append((index, in_fetch))
         elif stall_timeout is not None and in_fetch > stall_timeout:
-            stalls.append((index, f"inside one fetch for {in_fetch:.0f}s"))
+            stalls.append((index, f"inside one fetch for {_seconds(in_fetch)}"))
         elif stall_timeout is not None and state not in waiting:
             quiet = now - activity.last_progress(index)
             if quiet > stall_timeout:
-                stalls.append((index, f"no samples for {quiet:.0f}s (only empty chunks or "
+                stalls.append((index, f"no samples for {_seconds(quiet)} (only empty chunks or "
                                       "failed fetches)"))
     return timeouts, stalls
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}s" if value < 10 else f"{value:.0f}s"

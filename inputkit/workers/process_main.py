@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import functools
+import logging
 import multiprocessing
 import pickle
 import signal
@@ -46,6 +47,35 @@ IDLE, FETCHING, BLOCKED, DONE = 0, 1, 2, 3
 
 
 STACK_SIGNAL = signal.SIGUSR1  # dumps every thread's stack to the worker's stack pipe
+
+
+class StopFlag:
+    """The pool's stop signal, shared with its worker processes, that takes no lock.
+
+    A worker can be SIGKILLed at any instant. A multiprocessing.Event takes a
+    cross-process lock even in ``is_set()``, so a worker killed while holding it
+    leaves every other process, the parent included, blocked on it forever. A shared
+    byte is read and written without a lock.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._flag = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until set or ``timeout`` seconds pass (for retry backoff); True if set."""
+        deadline = time.monotonic() + timeout
+        while not self._flag.value:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.01))
+        return True
 
 
 @dataclass(frozen=True)
@@ -111,10 +141,13 @@ class Inbox:
         return True
 
 
-def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop: Any,
+def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop: StopFlag,
                 states: Any, stamps: Any, stack_conn: Connection) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # The parent logs what the policy did (it gets a message for each retry and skip).
+    logging.getLogger("inputkit").addHandler(logging.NullHandler())
+    logging.getLogger("inputkit").propagate = False
     faulthandler.register(STACK_SIGNAL, file=stack_conn.fileno(), all_threads=True)
     arena = None
     source = None

@@ -16,6 +16,7 @@ and takes it back: no slot and no sample is lost with a worker.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -46,11 +47,13 @@ from inputkit.workers.process_main import (
     FETCHING,
     IDLE,
     STACK_SIGNAL,
+    StopFlag,
     WorkerArgs,
     worker_main,
 )
 from inputkit.workers.shm import SlotArena
 
+log = logging.getLogger("inputkit.failures")
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
 _POLL_S = 0.1
 
@@ -145,9 +148,11 @@ class ProcessWorkerPool:
         self._ctx = context(start_method)
         self._slots = slots
         self._slot_bytes = slot_bytes
-        self._stop = self._ctx.Event()
+        self._stop = StopFlag(self._ctx)
         self._receiver_stop = threading.Event()
-        self._lock = threading.Lock()  # slots, hands and inbox sends
+        # Slots, hands and inbox sends. Reentrant: a slot's finalizer may run (in a garbage
+        # collection) in a thread that already holds it.
+        self._lock = threading.RLock()
         self._arena: SlotArena | None = None
         self._free: deque[int] = deque()
         self._states: Any = None
@@ -337,6 +342,8 @@ class ProcessWorkerPool:
             return True
         if kind == "retry":
             self._failures.retried(message[1])
+            log.info("%s: fetch failed (%s); retrying (failures.on_error=retry)",
+                        self._where(index), message[1])
             return True
         if kind == "skip":
             return self._skipped(index, message[1], message[2])
@@ -398,6 +405,7 @@ class ProcessWorkerPool:
         return True
 
     def _skipped(self, index: int, text: str, seq: int) -> bool:
+        log.warning("%s: skipped a chunk (failures.on_error=skip): %s", self._where(index), text)
         if self._dispatcher is None or seq < 0:
             self._failures.skipped(text)
             return True

@@ -94,6 +94,8 @@ class ThreadWorkerPool:
               stall_timeout: float | None) -> list[tuple[str, str]]:
         """Fail a fetch past fetch_timeout (the thread cannot be stopped: it is left behind, and
         close() names it); describe stalled workers with their stacks."""
+        if self._failed:
+            return []
         timeouts, stalls = overdue(self._activity, list(self._states.values()), (BLOCKED, DONE),
                                    now, fetch_timeout, stall_timeout)
         for index, seconds in timeouts[:1]:
