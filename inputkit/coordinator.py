@@ -20,6 +20,7 @@ from inputkit.config.spec import InputSpec
 from inputkit.device import make_device_stage
 from inputkit.errors import InputkitError, WorkerFailure
 from inputkit.messages import END, Failure
+from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue, QueueClosed
 from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
@@ -116,8 +117,13 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.dispatcher = None if length is None else Dispatcher(
             length, spec.batch_size, spec.epoch, device_index, num_devices,
             window=2 * count)
+        # Thread workers share this coordinator's chain; worker processes build their own.
+        chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
+                                           seed=spec.epoch.seed) \
+            if spec.processors and spec.worker_kind == "thread" else None
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
+            processors=chain,
             worker_ids=list(range(device_index * count, (device_index + 1) * count)),
             num_workers=count * num_devices, out=self.chunk_queue, label=self.label,
             thread_prefix=f"inputkit-{name}",

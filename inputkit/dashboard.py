@@ -62,6 +62,12 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
     table.add_row("  workers", f"{w.workers} {w.kind}{'s' if w.workers > 1 else ''}{pids}",
                   f"fetching {w.fetching}", f"idle {w.idle}  blocked {w.blocked}",
                   f"fetch p50 {w.fetch_p50_ms:.1f} ms  p95 {w.fetch_p95_ms:.1f} ms")
+    if w.processors:  # which step is slow: each one's time per chunk, inside the workers
+        steps = "  ".join(f"{p.name} {p.ms_per_chunk:.2f} ms" for p in w.processors)
+        table.add_row("  processors", "per chunk:", steps, "", "")
+    if w.retries or w.skipped_chunks or w.restarts:
+        table.add_row("  failures", f"retries {w.retries:,}", f"skipped {w.skipped_chunks:,}",
+                      f"restarts {w.restarts:,}", Text(w.last_error[:60], style="yellow"))
 
 
 def _memory_line(window: Window, budget_bytes: int | None) -> Text:

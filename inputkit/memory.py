@@ -197,6 +197,12 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
     from inputkit.sources.loader import build_source
 
     name = spec.source.get("_target_", "?")
+    chain = None
+    if spec.processors:  # built first: a bad processor config is a ConfigError, not a probe error
+        from inputkit.processors import ProcessorChain
+
+        chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
+                                           seed=spec.epoch.seed)
     tracemalloc.start()
     try:
         source = build_source(spec.source, key=f"{spec.key_prefix}source")
@@ -205,6 +211,10 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
             if callable(setup):  # as the only worker of a private copy
                 setup(0, 1)
             raw = _probe_fetch(source, spec)
+            if chain is not None:  # the sizes that flow downstream are the processed ones
+                from inputkit.chunk import ChunkSchema
+
+                raw = chain.apply(ChunkSchema(name).check(raw, 0).fields, 0)
         except (SourceExhausted, StopIteration) as exc:
             raise SourceError(name, "the memory planner's probe found the source exhausted at its "
                               "first fetch, so sizes are unknown; declare the source's fields in "
@@ -273,7 +283,8 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
     layouts: dict[str, SampleLayout] = {}
     terms: list[Term] = []
     for inp in spec.inputs:
-        layout = declared_layout(inp)
+        # Processors may change sizes (a crop): then only a probe through them knows.
+        layout = declared_layout(inp) if not inp.processors else None
         if layout is None:
             if not probe:
                 raise UnknownSampleSizes(f"{inp.key_prefix}source.fields", "unknown sample sizes: this "

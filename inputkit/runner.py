@@ -94,6 +94,11 @@ class Runner:
                     length = _length_of_private_copy(spec.source, key) \
                         if callable(getattr(target, "read", None)) else None
                 _check_epoch_keys(spec, length)
+                if spec.processors:  # a bad processor config fails here, naming processors[i]
+                    from inputkit.processors import ProcessorChain
+
+                    ProcessorChain.from_config(list(spec.processors),
+                                               key=f"{spec.key_prefix}processors")
                 schema = ChunkSchema(spec.source["_target_"])
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,

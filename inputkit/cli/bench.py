@@ -93,6 +93,12 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         raise errors[0]
     state = "interrupted after" if interrupted else "ran"
     console.print(summary_table(final, title=f"inputkit bench {state} {elapsed:.1f} s"))
+    for c in final.coordinators:
+        if c.workers.processors:  # which step is slow, measured inside the workers
+            steps = ", ".join(f"{p.name} {p.ms_per_chunk:.2f} ms ({p.calls:,} chunks)"
+                              for p in c.workers.processors)
+            console.print(f"processors of {c.input} on {c.device_index}:{c.device}, per chunk: "
+                          f"{steps}", markup=False, highlight=False)
     diagnosis = diagnose(final)
     console.print("diagnosis:", style="bold")
     for line in diagnosis:

@@ -146,6 +146,9 @@ class InputConfig:
     device: DeviceStageConfig = field(default_factory=DeviceStageConfig)
     failures: FailuresConfig = field(default_factory=FailuresConfig)
     epoch: EpochConfig = field(default_factory=EpochConfig)
+    # Chunk transforms run inside the workers after each fetch, in order: a list of
+    # {_target_: ..., their arguments} (docs/processors.md). Seeded from epoch.seed.
+    processors: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -162,7 +165,8 @@ class InputkitConfig(InputConfig):
     memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
-INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device", "failures", "epoch")
+INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device", "failures", "epoch",
+              "processors")
 
 
 def register_configs() -> None:

@@ -55,6 +55,7 @@ class InputSpec:
     key_prefix: str  # where this input's keys live: "" or "inputs.<name>."
     failures: FailurePolicy = FailurePolicy()
     epoch: EpochSpec = EpochSpec()
+    processors: tuple[dict[str, Any], ...] = ()  # plain configs, each with _target_
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,19 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         key_prefix=key_prefix,
         failures=_failure_policy(node.failures, p + "failures."),
         epoch=_epoch_spec(node.epoch, p + "epoch."),
+        processors=_processors(node.processors, p + "processors"),
     )
+
+
+def _processors(node: Any, key: str) -> tuple[dict[str, Any], ...]:
+    configs = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    out = []
+    for i, config in enumerate(configs or []):
+        if not isinstance(config, dict) or not isinstance(config.get("_target_"), str):
+            raise ConfigError(f"{key}[{i}]", "expected {_target_: pkg.module.Processor, ...its "
+                              f"arguments}}, got {config!r}; see docs/processors.md")
+        out.append(config)
+    return tuple(out)
 
 
 def _failure_policy(node: DictConfig, p: str) -> FailurePolicy:

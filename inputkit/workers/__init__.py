@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from inputkit.chunk import ChunkSchema
 from inputkit.errors import ConfigError
@@ -41,11 +41,13 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
                      schema: ChunkSchema, worker_ids: list[int], num_workers: int,
                      out: BoundedQueue, label: str, thread_prefix: str,
                      on_failure: Callable[[Failure], None],
-                     dispatcher: Dispatcher | None = None) -> WorkerPool:
+                     dispatcher: Dispatcher | None = None,
+                     processors: Any = None) -> WorkerPool:
     """The pool for ``workers.kind``: threads share ``source``; processes build their own.
 
     With a ``dispatcher`` (an indexable source), workers read its index-range items
-    instead of calling fetch.
+    instead of calling fetch. ``processors``: the input's ProcessorChain (thread workers
+    share it; worker processes build their own from the spec).
     """
     common = dict(schema=schema, worker_ids=worker_ids, num_workers=num_workers,
                   batch_size_hint=spec.batch_size, out=out, label=label,
@@ -55,7 +57,7 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
         if source is None:
             raise ConfigError(f"{spec.key_prefix}workers.kind", "thread workers need the source "
                               "built in this process")
-        return ThreadWorkerPool(source=source, **common)  # type: ignore[arg-type]
+        return ThreadWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
     if spec.worker_kind == "process":
         from inputkit.workers.processes import ProcessWorkerPool
 
@@ -63,6 +65,7 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
             source_config=spec.source, source_key=f"{spec.key_prefix}source",
             source_name=spec.source["_target_"], start_method=spec.start_method,
             slots=slot_count(spec, device), slot_bytes=spec.slot_bytes,
-            **common)  # type: ignore[arg-type]
+            processors=spec.processors, processors_seed=spec.epoch.seed,
+            processors_key=f"{spec.key_prefix}processors", **common)  # type: ignore[arg-type]
     raise ConfigError(f"{spec.key_prefix}workers.kind",
                       f"unknown worker kind '{spec.worker_kind}'; available: thread, process")

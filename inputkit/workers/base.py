@@ -59,6 +59,8 @@ class WorkerPoolStats:
     last_error: str = ""
     # Stalls the watchdog sees now (one line each: the worker and what it is stuck on).
     stalls: tuple[str, ...] = ()
+    # Each processor step's calls and time, over every worker (processors.ProcessorStats).
+    processors: tuple[Any, ...] = ()
 
 
 class Activity:

@@ -13,6 +13,7 @@ its outbox pipe with small tuples:
 - ``("empty", wall_s, cpu_s)``: fetch returned zero samples;
 - ``("retry", text)``: a fetch failed and is being retried (``failures.on_error=retry``);
 - ``("skip", text, seq)``: a fetch failed and its chunk is skipped (``on_error=skip``);
+- ``("processors", snapshot)``: the processors' cumulative counts, at most twice a second;
 - ``("done",)``: the source is exhausted for this worker;
 - ``("error", exception_pickle_or_None, type_name, message, traceback_text)``.
 """
@@ -38,6 +39,7 @@ import numpy as np
 from inputkit.chunk import Chunk, ChunkSchema, check_read
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, Skipped, call_with_policy
+from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
 from inputkit.workers.base import Activity
 from inputkit.workers.shm import SlotAllocator, SlotArena, plan_pieces
@@ -94,6 +96,9 @@ class WorkerArgs:
     policy: FailurePolicy
     indexed: bool  # read index-range items from the inbox instead of calling fetch
     pool_size: int  # workers in the pool (the activity array holds 2 stamps per worker)
+    processors: tuple[dict[str, Any], ...] = ()  # chunk transforms, built in the worker
+    processors_seed: int = 0
+    processors_key: str = "processors"
 
 
 class Inbox:
@@ -104,7 +109,7 @@ class Inbox:
         self._stop = stop
         self._parent = multiprocessing.parent_process()
         self.slot: int | None = None
-        self.items: deque[tuple[int, np.ndarray]] = deque()
+        self.items: deque[tuple[int, int, np.ndarray]] = deque()  # seq, epoch, indices
 
     def has_slot(self) -> bool:
         """Wait until a slot is in hand; False once the pipeline stops."""
@@ -120,7 +125,7 @@ class Inbox:
         slot, self.slot = self.slot, None
         return slot
 
-    def take_item(self) -> tuple[int, np.ndarray] | None:
+    def take_item(self) -> tuple[int, int, np.ndarray] | None:
         while not self.items:
             if not self._pump():
                 return None
@@ -193,16 +198,37 @@ class _Worker:
         self.activity = activity
         self.schema = ChunkSchema(source.name)
         self.where = f"worker {args.worker_id} (source '{source.name}')"
+        self.chain = ProcessorChain.from_config(list(args.processors), key=args.processors_key,
+                                                seed=args.processors_seed) \
+            if args.processors else None
+        self.out_schema = ChunkSchema(source.name) if self.chain is not None else None
+        self._stats_sent = 0.0
 
-    def _call(self, call: Any, expect: int | None = None) -> tuple[Chunk, float, float]:
-        """One fetch and its check under the policy: (chunk, wall, cpu); Skipped if skipped."""
-        index, wid = self.args.slot_index, self.args.worker_id
+    def _checked(self, raw: Any, expect: int | None, key: Any) -> Chunk:
+        wid = self.args.worker_id
+        chunk = check_read(self.schema.check(raw, wid), expect, self.source.name)
+        if self.chain is None or self.out_schema is None:
+            return chunk
+        return self.out_schema.check(self.chain.apply(chunk.fields, wid, key), wid)
+
+    def _send_processor_stats(self) -> None:
+        """The processors' cumulative counts, at most twice a second (the parent adds them up)."""
+        now = time.monotonic()
+        if self.chain is not None and now - self._stats_sent > 0.5:
+            self._stats_sent = now
+            self.conn.send(("processors", self.chain.snapshot()))
+
+    def _call(self, call: Any, expect: int | None = None,
+              key: Any = None) -> tuple[Chunk, float, float]:
+        """One fetch, its check and the processors under the policy: (chunk, wall, cpu);
+        Skipped if skipped."""
+        index = self.args.slot_index
         self.states[index] = FETCHING
         self.activity.fetching(index)
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             chunk = call_with_policy(
-                lambda: check_read(self.schema.check(call(), wid), expect, self.source.name),
+                lambda: self._checked(call(), expect, key),
                 self.args.policy, self.where, self.stop,
                 on_retry=lambda e: self.conn.send(("retry", _describe(e))))
         except BaseException:
@@ -259,9 +285,11 @@ class _Worker:
             item = self.inbox.take_item()
             if item is None:
                 return
-            seq, indices = item
+            seq, epoch, indices = item
+            key = (epoch, int(indices[0])) if len(indices) else None
             try:
-                chunk, wall, cpu = self._call(functools.partial(read, indices), expect=len(indices))
+                chunk, wall, cpu = self._call(functools.partial(read, indices), expect=len(indices),
+                                              key=key)
             except Skipped as skipped:
                 self.conn.send(("skip", _describe(skipped.error), seq))
                 continue
@@ -271,6 +299,7 @@ class _Worker:
 
     def _ship(self, chunk: Chunk, wall: float, cpu: float, seq: int) -> bool:
         """Copy ``chunk`` into slots (pieces if it does not fit one) and tell the parent."""
+        self._send_processor_stats()
         pieces = plan_pieces(chunk.fields, chunk.n, self.args.slot_bytes)
         for i, piece in enumerate(pieces):
             self.states[self.args.slot_index] = BLOCKED

@@ -38,6 +38,7 @@ from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
 from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout
 from inputkit.messages import END, Failure
+from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
@@ -132,7 +133,11 @@ class ProcessWorkerPool:
                  batch_size_hint: int, out: BoundedQueue, label: str, thread_prefix: str,
                  on_failure: Callable[[Failure], None], start_method: str, slots: int,
                  slot_bytes: int, policy: FailurePolicy = FailurePolicy(),
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None,
+                 processors: tuple[dict[str, Any], ...] = (), processors_seed: int = 0,
+                 processors_key: str = "processors") -> None:
+        self._processors = (tuple(processors), processors_seed, processors_key)
+        self._processor_totals = ProcessorTotals()
         self._source_config = source_config
         self._source_key = source_key
         self._source_name = source_name
@@ -210,7 +215,9 @@ class ProcessWorkerPool:
             batch_size_hint=self._hint, source_config=self._source_config,
             source_key=self._source_key, arena_name=arena.name, slots=self._slots,
             slot_bytes=self._slot_bytes, policy=self._policy,
-            indexed=self._dispatcher is not None, pool_size=len(self._ids))
+            indexed=self._dispatcher is not None, pool_size=len(self._ids),
+            processors=self._processors[0], processors_seed=self._processors[1],
+            processors_key=self._processors[2])
         self._states[index] = IDLE
         self._activity.started(index)  # type: ignore[union-attr]
         process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
@@ -298,7 +305,7 @@ class ProcessWorkerPool:
                     return
                 worker.items.append(item)
                 try:
-                    worker.inbox.send(("item", (item.seq, item.remaining)))
+                    worker.inbox.send(("item", (item.seq, item.epoch, item.remaining)))
                 except (OSError, ValueError):  # it died; its items go back when it is reaped
                     break
 
@@ -339,6 +346,9 @@ class ProcessWorkerPool:
             return self._chunk(index, *message[1:])
         if kind == "empty":
             self._tally.fetched(0, 0, message[1], message[2])
+            return True
+        if kind == "processors":  # cumulative per process: a restarted worker adds a new pid
+            self._processor_totals.add(worker.process.pid, message[1])
             return True
         if kind == "retry":
             self._failures.retried(message[1])
@@ -582,7 +592,8 @@ class ProcessWorkerPool:
             self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
             shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
             shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
-            pids=tuple(self.pids()), stalls=self._stalls, **self._failures.snapshot())
+            pids=tuple(self.pids()), stalls=self._stalls,
+            processors=self._processor_totals.stats(), **self._failures.snapshot())
 
 
 def _private_copy(chunk: Chunk) -> Chunk:

@@ -19,6 +19,7 @@ from inputkit.chunk import Chunk, ChunkSchema, check_read
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout, Skipped, call_with_policy
 from inputkit.messages import END, Failure
+from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
 from inputkit.work import Dispatcher
@@ -34,8 +35,13 @@ class ThreadWorkerPool:
                  num_workers: int, batch_size_hint: int, out: BoundedQueue, label: str,
                  thread_prefix: str, on_failure: Callable[[Failure], None],
                  policy: FailurePolicy = FailurePolicy(),
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None,
+                 processors: ProcessorChain | None = None) -> None:
         self._source = source
+        self._chain = processors if processors else None
+        # With processors, the source's own output is checked first (its errors name the
+        # source), then what the processors made (what flows downstream).
+        self._raw_schema = ChunkSchema(source.name) if self._chain is not None else schema
         self._num_workers = num_workers
         self._schema = schema
         self._ids = list(worker_ids)
@@ -88,6 +94,7 @@ class ThreadWorkerPool:
     def stats(self) -> WorkerPoolStats:
         return self._tally.stats(self.kind, list(self._states.values()),
                                  (IDLE, FETCHING, BLOCKED, DONE), stalls=self._stalls,
+                                 processors=self._chain.stats() if self._chain else (),
                                  **self._failures.snapshot())
 
     def watch(self, now: float, fetch_timeout: float | None,
@@ -131,18 +138,23 @@ class ThreadWorkerPool:
             if last and not self._stop.is_set() and self._dispatcher is None:
                 self._out.put_control(END)
 
-    def _fetch(self, index: int, wid: int, call: Callable[[], Any],
-               expect: int | None = None) -> Chunk | None:
-        """One fetch and its check under the failure policy; None when it was skipped.
+    def _checked(self, raw: Any, wid: int, expect: int | None, key: Any) -> Chunk:
+        chunk = check_read(self._raw_schema.check(raw, wid), expect, self._source.name)
+        if self._chain is None:
+            return chunk
+        return self._schema.check(self._chain.apply(chunk.fields, wid, key), wid)
 
-        ``expect``: the number of samples a read(indices) must return.
-        """
+    def _fetch(self, index: int, wid: int, call: Callable[[], Any],
+               expect: int | None = None, key: Any = None) -> Chunk | None:
+        """One fetch, its check and the processors, under the failure policy; None when it was
+        skipped. ``expect``: the number of samples a read(indices) must return; ``key`` seeds
+        the processors (index-range work: the epoch and first index)."""
         self._states[wid] = FETCHING
         self._activity.fetching(index)
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         try:
             chunk = call_with_policy(
-                lambda: check_read(self._schema.check(call(), wid), expect, self._source.name),
+                lambda: self._checked(call(), wid, expect, key),
                 self._policy, self._where(wid), self._stop,
                 on_retry=lambda e: self._failures.retried(_describe(e)))
         except Skipped as skipped:
@@ -182,7 +194,8 @@ class ThreadWorkerPool:
             if item is None:
                 return
             indices = item.remaining
-            chunk = self._fetch(index, wid, functools.partial(read, indices), expect=len(indices))
+            chunk = self._fetch(index, wid, functools.partial(read, indices), expect=len(indices),
+                                key=(item.epoch, int(indices[0])) if len(indices) else None)
             if chunk is None:
                 if not dispatcher.skip(item):
                     return
