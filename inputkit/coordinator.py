@@ -100,7 +100,9 @@ class Coordinator(Iterator[dict[str, Any]]):
 
     def __init__(self, spec: InputSpec, device: str, device_index: int,
                  source: BoundSource | None, schema: ChunkSchema, abort: Abort,
-                 num_devices: int, length: int | None = None) -> None:
+                 num_devices: int, length: int | None = None, slot: int | None = None) -> None:
+        """``num_devices``: device slots sharing each epoch (over every rank); ``slot``: this
+        coordinator's one among them (default: ``device_index``)."""
         self.spec = spec
         self.device = device
         self.device_index = device_index
@@ -114,9 +116,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity,
                                         spec.batch_capacity_bytes)
         # An indexable source (length known) is read by index range: exactly once per epoch.
+        slot = device_index if slot is None else slot
         self.dispatcher = None if length is None else Dispatcher(
-            length, spec.batch_size, spec.epoch, device_index, num_devices,
-            window=2 * count)
+            length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count)
         # Thread workers share this coordinator's chain; worker processes build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
@@ -124,7 +126,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             processors=chain,
-            worker_ids=list(range(device_index * count, (device_index + 1) * count)),
+            worker_ids=list(range(slot * count, (slot + 1) * count)),
             num_workers=count * num_devices, out=self.chunk_queue, label=self.label,
             thread_prefix=f"inputkit-{name}",
             on_failure=lambda failure, me=weakref.ref(self): abort.fail(failure, me()),

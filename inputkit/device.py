@@ -27,12 +27,15 @@ from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
 
 
-def resolve_devices(requested: tuple[str, ...]) -> list[str]:
-    """Expand ``auto`` (every visible GPU, else cpu) and check CUDA devices exist."""
+def resolve_devices(requested: tuple[str, ...], local_rank: int | None = None) -> list[str]:
+    """Expand ``auto`` (every visible GPU, else cpu; under torchrun, the rank's own GPU
+    ``cuda:LOCAL_RANK``) and check CUDA devices exist."""
     import torch
 
     if requested == ("auto",):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if local_rank is not None and count:
+            return [f"cuda:{local_rank % count}"]
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
     for device in requested:
         if device.startswith("cuda"):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator, Stages
+from inputkit.distributed import RankInfo, rank_info
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
 from inputkit.sources.protocol import indexed_length
@@ -54,6 +55,7 @@ class Runner:
             names = [n for n in names if n in set(inputs)]
         self.input_names: tuple[str, ...] = tuple(names)
         self.devices: tuple[str, ...] = ()
+        self.rank = RankInfo()  # under torchrun: this process's rank (set by start())
         self._coordinators: dict[tuple[str, int], Coordinator] = {}
         self._sources: list[BoundSource] = []
         self._abort = Abort()
@@ -79,7 +81,10 @@ class Runner:
                                     "create a new Runner to start again")
             self._state = "starting"
         try:
-            self.devices = tuple(resolve_devices(self.spec.devices))
+            self.rank = rank_info(self.spec.distributed)
+            self.devices = tuple(resolve_devices(
+                self.spec.devices, self.rank.local_rank if self.rank.world_size > 1 else None))
+            first_slot, slots = self.rank.device_slots(len(self.devices))
             self.plan = self._check_memory()
             for name in self.input_names:
                 spec = self.spec.input(name)
@@ -102,7 +107,7 @@ class Runner:
                 schema = ChunkSchema(spec.source["_target_"])
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
-                                              len(self.devices), length)
+                                              slots, length, slot=first_slot + index)
                     # A stream outlives the expression that made it: Runner(cfg).start().device(0)
                     # keeps its runner (and so its pipeline) alive while the stream is in use.
                     coordinator.owner = self

@@ -160,6 +160,9 @@ class InputkitConfig(InputConfig):
     """
 
     devices: Any = "auto"
+    # auto: under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set), read only this rank's share of
+    # every epoch and default to its own GPU; off: ignore those variables.
+    distributed: str = "auto"
     inputs: dict[str, Any] = field(default_factory=dict)
     bench: BenchConfig = field(default_factory=BenchConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)

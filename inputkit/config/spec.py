@@ -75,6 +75,7 @@ class RunSpec:
     memory_gpu_budget: Any = None
     allow_over_budget: bool = False
     probe: bool = True
+    distributed: str = "auto"
 
     def input(self, name: str, key: str = "bench.input") -> InputSpec:
         """The input called ``name``; a ConfigError naming ``key`` lists the known ones."""
@@ -139,7 +140,10 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         memory_gpu_budget=root.memory.gpu_budget,
         allow_over_budget=bool(root.memory.allow_over_budget),
         probe=bool(root.memory.probe),
+        distributed=str(root.distributed),
     )
+    if spec.distributed not in ("auto", "off"):
+        raise ConfigError("distributed", f"unknown mode '{spec.distributed}'; use auto or off")
     from inputkit.memory import parse_budget
 
     parse_budget(spec.memory_budget, "memory.budget", available=2**40)  # check the syntax now
