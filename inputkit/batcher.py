@@ -18,7 +18,7 @@ import numpy as np
 from inputkit.chunk import Chunk
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
-from inputkit.work import EpochEnd
+from inputkit.work import INDEX_FIELD, EpochEnd
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class Batch:
     n: int
     nbytes: int
     copied: bool
+    # Index-range work: the sample indices in this batch (for Runner.state_dict), taken out
+    # of the fields by the batcher thread so they never reach the device.
+    indices: np.ndarray | None = None
 
 
 class Rechunker:
@@ -151,6 +154,11 @@ class BatcherThread:
             self._batches.put_control(Failure.capture(exc, self._where))
 
     def _emit(self, batch: Batch) -> bool:
+        if INDEX_FIELD in batch.fields:
+            fields = dict(batch.fields)
+            indices = fields.pop(INDEX_FIELD)
+            batch = Batch(fields=fields, n=batch.n, nbytes=batch.nbytes - indices.nbytes,
+                          copied=batch.copied, indices=indices)
         if batch.copied:
             self.copied_batches += 1
         else:

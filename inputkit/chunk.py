@@ -155,3 +155,11 @@ def check_read(chunk: Chunk, expect: int | None, source: str) -> Chunk:
         raise SourceError(source, f"read(indices) returned {chunk.n} samples for {expect} "
                           "indices; it must return exactly one sample per index, in order")
     return chunk
+
+
+def with_field(chunk: Chunk, name: str, values: np.ndarray) -> Chunk:
+    """``chunk`` with one more field (one value per sample)."""
+    fields = dict(chunk.fields)
+    fields[name] = values
+    return Chunk(fields=fields, n=chunk.n, nbytes=chunk.nbytes + values.nbytes,
+                 worker_id=chunk.worker_id, borrowed=chunk.borrowed)

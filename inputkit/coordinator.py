@@ -14,6 +14,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from inputkit.batcher import BatcherThread
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
@@ -100,9 +102,11 @@ class Coordinator(Iterator[dict[str, Any]]):
 
     def __init__(self, spec: InputSpec, device: str, device_index: int,
                  source: BoundSource | None, schema: ChunkSchema, abort: Abort,
-                 num_devices: int, length: int | None = None, slot: int | None = None) -> None:
+                 num_devices: int, length: int | None = None, slot: int | None = None,
+                 resume: tuple[int, dict[int, np.ndarray]] | None = None) -> None:
         """``num_devices``: device slots sharing each epoch (over every rank); ``slot``: this
-        coordinator's one among them (default: ``device_index``)."""
+        coordinator's one among them (default: ``device_index``); ``resume``: the epoch to
+        start in and the samples already delivered (epoch -> mask), from Runner.state_dict."""
         self.spec = spec
         self.device = device
         self.device_index = device_index
@@ -117,8 +121,11 @@ class Coordinator(Iterator[dict[str, Any]]):
                                         spec.batch_capacity_bytes)
         # An indexable source (length known) is read by index range: exactly once per epoch.
         slot = device_index if slot is None else slot
+        first_epoch, consumed = resume if resume is not None else (0, {})
+        self.length = length
         self.dispatcher = None if length is None else Dispatcher(
-            length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count)
+            length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count,
+            first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()})
         # Thread workers share this coordinator's chain; worker processes build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
@@ -150,7 +157,10 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._first_batch_s: float | None = None
         self._batches = self._samples = self._bytes = 0
         self._finished = False
-        self.epoch = 0  # the epoch the consumer is in (index-range sources)
+        self.epoch = first_epoch  # the epoch the consumer is in (index-range sources)
+        # Index-range sources: the samples the consumer has received, per epoch (bool masks,
+        # starting from what a resumed run had already received).
+        self.consumed: dict[int, np.ndarray] = {e: m.copy() for e, m in consumed.items()}
 
     def start(self) -> None:
         self._started_at = time.monotonic()
@@ -174,7 +184,12 @@ class Coordinator(Iterator[dict[str, Any]]):
         except QueueClosed:
             item = None
         if isinstance(item, tuple):
-            tensors, n, nbytes = item
+            tensors, n, nbytes, indices = item
+            if indices is not None and self.length is not None:
+                mask = self.consumed.get(self.epoch)
+                if mask is None:
+                    mask = self.consumed[self.epoch] = np.zeros(self.length, dtype=bool)
+                mask[indices] = True
             if self._first_batch_s is None and self._started_at is not None:
                 self._first_batch_s = time.monotonic() - self._started_at
             self._batches += 1
@@ -182,6 +197,8 @@ class Coordinator(Iterator[dict[str, Any]]):
             self._bytes += nbytes
             return tensors  # type: ignore[no-any-return]
         if item is END:
+            if self.dispatcher is not None:
+                self.epoch += 1  # past the last epoch: everything was delivered
             self._finished = True
             self._finished_at = time.monotonic()
             raise StopIteration

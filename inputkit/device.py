@@ -73,10 +73,11 @@ class CpuDeviceStage:
         pass
 
     def get(self, stop: threading.Event) -> Any:
-        """The next item: ``(tensors, n, nbytes)``, ``END`` or a ``Failure``."""
+        """The next item: ``(tensors, n, nbytes, indices)``, or a control message (END, a Failure)."""
         item = self._batches.get(stop)
         if isinstance(item, Batch):
-            return {name: _tensor(arr) for name, arr in item.fields.items()}, item.n, item.nbytes
+            tensors = {name: _tensor(arr) for name, arr in item.fields.items()}
+            return tensors, item.n, item.nbytes, item.indices
         return item
 
     def join(self, deadline: float) -> list[str]:
@@ -116,13 +117,13 @@ class CudaDeviceStage:
     def get(self, stop: threading.Event) -> Any:
         item = self._ready.get(stop)
         if isinstance(item, tuple):
-            tensors, event, n, nbytes = item
+            tensors, event, n, nbytes, indices = item
             consumer = self._torch.cuda.current_stream(self._device)
             consumer.wait_event(event)
             for tensor in tensors.values():
                 # Tell the caching allocator the consumer's stream uses this memory too.
                 tensor.record_stream(consumer)
-            return tensors, n, nbytes
+            return tensors, n, nbytes, indices
         return item
 
     def join(self, deadline: float) -> list[str]:
@@ -154,7 +155,8 @@ class CudaDeviceStage:
                     event.record(self._stream)
                 self._staging.append((staging, event))
                 # The numpy batch is not kept: its bytes now live in the staging set.
-                if not self._ready.put((tensors, event, item.n, item.nbytes), item.nbytes, self._stop):
+                if not self._ready.put((tensors, event, item.n, item.nbytes, item.indices),
+                                       item.nbytes, self._stop):
                     return
         except BaseException as exc:
             self._ready.put_control(Failure.capture(exc, self._where))

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator, Stages
@@ -63,6 +65,7 @@ class Runner:
         self._state = "new"
         self._started_at = 0.0
         self.plan: MemoryPlan | None = None  # the memory plan checked by start()
+        self._resume: dict[str, tuple[int, dict[int, np.ndarray]]] = {}  # load_state_dict()
         # A runner dropped without close() (garbage-collected, or still open at interpreter
         # exit) stops its threads and processes all the same. The finalizer holds the
         # coordinators and sources, not the runner, so it does not keep the runner alive.
@@ -105,9 +108,11 @@ class Runner:
                     ProcessorChain.from_config(list(spec.processors),
                                                key=f"{spec.key_prefix}processors")
                 schema = ChunkSchema(spec.source["_target_"])
+                resume = self._resume_for(spec, length)
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
-                                              slots, length, slot=first_slot + index)
+                                              slots, length, slot=first_slot + index,
+                                              resume=resume)
                     # A stream outlives the expression that made it: Runner(cfg).start().device(0)
                     # keeps its runner (and so its pipeline) alive while the stream is in use.
                     coordinator.owner = self
@@ -200,6 +205,74 @@ class Runner:
             if all(batch is None for batch in step):
                 return
             yield step
+
+    # resuming -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where every input stands: for index-range inputs, the epoch and the samples the
+        consumer has received in it (as bit masks). Save it with your checkpoint; a new
+        Runner given it by :meth:`load_state_dict` reads only the rest, with any worker or
+        device count. Inputs read by ``fetch`` cannot be resumed (``resumable: False``).
+
+        Under torchrun every rank saves its own; together they cover the epoch."""
+        if self._state == "new":
+            raise InputkitError("state_dict(): the runner has not started")
+        inputs: dict[str, Any] = {}
+        for name in self.input_names:
+            coordinators = self.coordinators(name)
+            length = coordinators[0].length
+            if length is None:
+                inputs[name] = {"resumable": False}
+                continue
+            epoch = min(c.epoch for c in coordinators)
+            consumed: dict[int, np.ndarray] = {}
+            for c in coordinators:
+                for e, mask in list(c.consumed.items()):
+                    if e >= epoch:
+                        consumed[e] = consumed[e] | mask if e in consumed else mask.copy()
+            spec = self.spec.input(name)
+            inputs[name] = {
+                "resumable": True, "length": length, "epoch": epoch,
+                "shuffle": spec.epoch.shuffle, "seed": spec.epoch.seed,
+                "consumed": {e: np.packbits(m).tobytes() for e, m in sorted(consumed.items())},
+                "samples": {e: int(m.sum()) for e, m in sorted(consumed.items())},
+            }
+        return {"version": 1, "inputs": inputs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (call before start()): each index-range input starts
+        in the saved epoch and reads only the samples not yet received."""
+        if self._state != "new":
+            raise InputkitError("load_state_dict(): call it before start(), on a new Runner")
+        if not isinstance(state, dict) or state.get("version") != 1:
+            raise InputkitError("load_state_dict(): not an inputkit runner state (expected the "
+                                "dict that Runner.state_dict() returned, version 1)")
+        for name, saved in state.get("inputs", {}).items():
+            if name not in self.input_names:
+                raise InputkitError(f"load_state_dict(): the state has input '{name}', this runner "
+                                    f"has {', '.join(self.input_names)}")
+            if not saved.get("resumable"):
+                log.warning("input '%s' reads by fetch and starts from the beginning", name)
+                continue
+            length = int(saved["length"])
+            masks = {int(e): np.unpackbits(np.frombuffer(raw, np.uint8), count=length).astype(bool)
+                     for e, raw in saved["consumed"].items()}
+            self._resume[name] = (int(saved["epoch"]), masks)
+
+    def _resume_for(self, spec: Any, length: int | None) -> tuple[int, dict[int, np.ndarray]] | None:
+        resume = self._resume.get(spec.name)
+        if resume is None:
+            return None
+        if length is None:
+            raise InputkitError(f"load_state_dict(): input '{spec.name}' was saved as an index-range "
+                                "input, but its source now reads by fetch")
+        masks = resume[1]
+        if any(len(m) != length for m in masks.values()):
+            saved = len(next(iter(masks.values())))
+            raise InputkitError(f"load_state_dict(): input '{spec.name}' was saved with {saved:,} "
+                                f"samples per epoch, but its source now has {length:,}; the "
+                                "saved positions do not apply")
+        return resume
 
     def stats(self) -> RunnerStats:
         """A snapshot of every coordinator's statistics (cheap; any thread)."""

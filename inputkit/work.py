@@ -31,6 +31,10 @@ import numpy as np
 
 from inputkit.messages import END
 
+# Index-range chunks carry their sample indices in this hidden field through the batcher,
+# so the runner knows which samples the consumer has received (Runner.state_dict).
+INDEX_FIELD = "__inputkit_index__"
+
 
 @dataclass(frozen=True)
 class EpochSpec:
@@ -84,7 +88,10 @@ class Dispatcher:
     """
 
     def __init__(self, length: int, batch_size: int, spec: EpochSpec, device_index: int,
-                 num_devices: int, window: int) -> None:
+                 num_devices: int, window: int, first_epoch: int = 0,
+                 consumed: dict[int, np.ndarray] | None = None) -> None:
+        """``first_epoch`` and ``consumed`` (epoch -> bool mask of samples already delivered)
+        resume a run saved with Runner.state_dict: those samples are not read again."""
         self.length = length
         self.chunk_size = spec.chunk_size or batch_size
         self.spec = spec
@@ -94,7 +101,8 @@ class Dispatcher:
         self._emit: Callable[[Any], bool] = lambda item: False
         self._hold: Callable[[Any], Any] = lambda chunk: chunk
         self._cond = threading.Condition()
-        self._chunks_per_epoch = -(-length // self.chunk_size) if length else 0
+        self._consumed = consumed or {}
+        self._chunks_per_epoch = 0
         self.epoch = -1  # the epoch being handed out
         self._order: np.ndarray | None = None  # this epoch's permutation (shuffle only)
         self._next_k = 0  # next chunk number of this epoch to hand out
@@ -106,7 +114,7 @@ class Dispatcher:
         self._finished = False
         self.delivered_samples = 0
         self.skipped_samples = 0
-        self._start_epoch(0)
+        self._start_epoch(first_epoch)
 
     def bind(self, emit: Callable[[Any], bool], hold: Callable[[Any], Any] | None = None) -> None:
         self._emit = emit
@@ -144,7 +152,7 @@ class Dispatcher:
             return None  # the reorder buffer is as full as it may get
         k = self._next_k
         self._next_k += self.num_devices
-        start, stop = k * self.chunk_size, min((k + 1) * self.chunk_size, self.length)
+        start, stop = k * self.chunk_size, min((k + 1) * self.chunk_size, self._epoch_length)
         indices = self._order[start:stop] if self._order is not None else \
             np.arange(start, stop, dtype=np.int64)
         item = WorkItem(epoch=self.epoch, seq=self._seq, indices=indices)
@@ -160,6 +168,12 @@ class Dispatcher:
         if self.spec.shuffle and self.length:
             self._order = np.random.default_rng((self.spec.seed, epoch)).permutation(
                 self.length).astype(np.int64)
+        consumed = self._consumed.pop(epoch, None)
+        if consumed is not None:  # resuming: only what the consumer had not received
+            order = self._order if self._order is not None else np.arange(self.length, dtype=np.int64)
+            self._order = order[~consumed[order]]
+        self._epoch_length = len(self._order) if self._order is not None else self.length
+        self._chunks_per_epoch = -(-self._epoch_length // self.chunk_size)
 
     # results --------------------------------------------------------------------------------
 
@@ -251,16 +265,33 @@ class Dispatcher:
         return all(self._emit(m) for m in markers)
 
     def _close_epoch_locked(self) -> list[Any]:
-        last = self.spec.count is not None and self.epoch + 1 >= self.spec.count
-        if last:
-            self._finished = True
-            return [END]
-        self._start_epoch(self.epoch + 1)
-        return [EpochEnd(self.epoch - 1)]
+        """Markers for the end of this epoch, and of any following ones that give this device
+        nothing (a resumed epoch whose share was already delivered)."""
+        markers: list[Any] = []
+        while True:
+            if self.spec.count is not None and self.epoch + 1 >= self.spec.count:
+                self._finished = True
+                return [*markers, END]
+            markers.append(EpochEnd(self.epoch))
+            self._start_epoch(self.epoch + 1)
+            if self._next_k < self._chunks_per_epoch:
+                return markers
+            if self._epoch_length == self.length:  # a whole epoch has nothing for this device
+                self._finished = True
+                return [*markers, END]
 
     def start(self) -> bool:
-        """End at once when this device gets no items (fewer chunks per epoch than devices)."""
+        """Emit the markers of a first epoch that gives this device nothing: END when no epoch
+        ever will (fewer chunks than devices), EpochEnd for a resumed epoch already delivered."""
+        markers: list[Any] = []
         with self._cond:
-            empty = self.device_index >= self._chunks_per_epoch and not self._finished
-            self._finished = self._finished or empty
-        return self._emit(END) if empty else True
+            if self.spec.count is not None and self.epoch >= self.spec.count:  # resumed, all done
+                self._finished = True
+                markers = [END]
+            elif not self._finished and self._next_k >= self._chunks_per_epoch:
+                if self._epoch_length == self.length:
+                    self._finished = True
+                    markers = [END]
+                else:
+                    markers = self._close_epoch_locked()
+        return all(self._emit(m) for m in markers)

@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import Chunk, ChunkSchema, check_read
+from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
+from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity
 from inputkit.workers.shm import SlotAllocator, SlotArena, plan_pieces
 
@@ -293,6 +294,7 @@ class _Worker:
             except Skipped as skipped:
                 self.conn.send(("skip", _describe(skipped.error), seq))
                 continue
+            chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
             if not self._ship(chunk, wall, cpu, seq):
                 return
             self.states[self.args.slot_index] = IDLE

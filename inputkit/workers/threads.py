@@ -15,14 +15,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema, check_read
+import numpy as np
+
+from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout, Skipped, call_with_policy
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.work import Dispatcher
+from inputkit.work import INDEX_FIELD, Dispatcher
 from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
@@ -200,6 +202,7 @@ class ThreadWorkerPool:
                 if not dispatcher.skip(item):
                     return
                 continue
+            chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
             self._states[wid] = BLOCKED
             if not dispatcher.deliver(item, chunk, chunk.n, last=True):
                 return
