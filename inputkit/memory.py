@@ -219,6 +219,11 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
             raise SourceError(name, "the memory planner's probe found the source exhausted at its "
                               "first fetch, so sizes are unknown; declare the source's fields in "
                               "its config") from exc
+        except SourceError as exc:  # already names the source (and field): say where it was found
+            if hasattr(exc, "add_note"):
+                exc.add_note("[inputkit] found by the memory planner's probe, which reads one chunk "
+                             "at start to learn sample sizes (memory.probe=false skips it)")
+            raise
         except Exception as exc:
             error = SourceError(name, f"the memory planner's probe fetch failed: "
                                 f"{type(exc).__name__}: {exc}; declare the source's fields in its "

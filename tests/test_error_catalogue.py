@@ -244,8 +244,9 @@ CASES = [
     case("target-missing-attribute", plugin("fakes:nope"), 2,
          r"^error: source\._target_: module 'fakes' has no attribute 'nope' \(from 'fakes:nope'\)$"),
     case("target-not-a-name", plugin("fakes"), 2,
-         r"^error: source\._target_: 'fakes' is not an importable name; write it as "
-         r"pkg\.module:function or pkg\.module\.Class$"),
+         r"^error: source\._target_: 'fakes' is neither an importable name \(pkg\.module:fn, "
+         r"pkg\.module\.Class\) nor a known source \(arrays, shards, synthetic, torch_dataset\); "
+         r"`inputkit sources` lists them$"),
     case("target-import-raises",
          plugin("catalogue_broken:fetch", files={"catalogue_broken.py": "RATE = 1 / 0\n"}), 2,
          r"^error: source\._target_: importing module 'catalogue_broken' for "

@@ -102,6 +102,35 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
     return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
 
 
+@app.command()
+def sources(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """List every available source: the built-ins and plugins registered under the
+    ``inputkit.sources`` entry-point group, with their config keys."""
+    import json
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from inputkit.sources.registry import available_sources
+
+    found = available_sources()
+    if as_json:
+        print(json.dumps([asdict(s) for s in found], indent=2))
+        raise typer.Exit(0)
+    table = Table(title="inputkit sources", show_lines=True)
+    for column in ("name", "_target_", "from", "reads by", "config keys", "what it is"):
+        table.add_column(column, overflow="fold")
+    for info in found:
+        keys = "\n".join(f"{k}={v}" if v else k for k, v in info.keys)
+        what = info.summary if info.error is None else f"[red]cannot import: {info.error}[/red]"
+        table.add_row(info.name, info.target, info.origin, info.kind, keys, what)
+    Console(soft_wrap=False).print(table)
+    Console().print("Use one with source._target_=NAME (or its _target_); register your own "
+                    "under the 'inputkit.sources' entry-point group: docs/plugins.md")
+    raise typer.Exit(0)
+
+
 @app.command(context_settings=_PASS_THROUGH)
 def compare(
     ctx: typer.Context,

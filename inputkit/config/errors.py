@@ -113,6 +113,8 @@ def config_error_from(exc: BaseException, prefix: str = "") -> ConfigError:
         first = str(omega).splitlines()[0]
         if re.fullmatch(r"field '[^']*' is not Optional", first.strip()):
             return ConfigError(key, "must be set (null is not allowed)")
+        if first.startswith("Missing mandatory value"):
+            return ConfigError(key, f"required (??? in the config); set it, e.g. {key}=VALUE")
         return ConfigError(key, first)
     return ConfigError(key, text)
 

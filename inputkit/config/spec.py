@@ -183,7 +183,10 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
     if OmegaConf.is_missing(node, "source") or node.source is None:
         raise ConfigError(p + "source", "no source configured; pick one with source=synthetic "
                           "or set source._target_ to a fetch plugin")
-    source = OmegaConf.to_container(node.source, resolve=True)
+    try:  # a mandatory value left as ??? (e.g. source=arrays without source.path) is named here
+        source = OmegaConf.to_container(node.source, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise config_error_from(exc, p) from exc
     if not isinstance(source, dict):
         raise ConfigError(p + "source", f"expected a mapping with _target_, got {source!r}")
     if not isinstance(source.get("_target_"), str) or not source["_target_"]:

@@ -29,7 +29,21 @@ class BoundSource:
 
 
 def import_target(target: str, key: str = "source._target_") -> Any:
-    """Import ``pkg.module:attr`` or ``pkg.module.attr``; a ConfigError names ``key`` on failure."""
+    """Import ``pkg.module:attr`` or ``pkg.module.attr``; a ConfigError names ``key`` on failure.
+
+    A bare name (``synthetic``, or a plugin's entry-point name) is looked up among the
+    built-in sources and the ``inputkit.sources`` entry points (``inputkit sources``).
+    """
+    if ":" not in target and "." not in target and key.endswith("source._target_"):
+        from inputkit.sources.registry import BUILTIN, plugin_targets, resolve_short_name
+
+        resolved = resolve_short_name(target)
+        if resolved is None:
+            known = ", ".join(sorted({*BUILTIN, *plugin_targets()}))
+            raise ConfigError(key, f"'{target}' is neither an importable name (pkg.module:fn, "
+                              f"pkg.module.Class) nor a known source ({known}); `inputkit sources` "
+                              "lists them")
+        target = resolved
     if ":" in target:
         module_name, _, attr_path = target.partition(":")
     else:
