@@ -134,6 +134,8 @@ class CudaDeviceStage:
     def _run(self) -> None:
         torch = self._torch
         try:
+            # This thread's current device: events and allocations go to our GPU, not cuda:0.
+            torch.cuda.set_device(self._device)
             while not self._stop.is_set():
                 try:
                     item = self._batches.get(self._stop)
