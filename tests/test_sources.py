@@ -80,7 +80,7 @@ def test_loader_builds_classes_functions_and_passes_extra_keys():
 @pytest.mark.parametrize("config, key, text", [
     ({"_target_": "no_such_pkg.mod:fetch"}, "source._target_", "cannot import module 'no_such_pkg.mod'"),
     ({"_target_": "fakes:nope"}, "source._target_", "has no attribute 'nope'"),
-    ({"_target_": "fakes"}, "source._target_", "not an importable name"),
+    ({"_target_": "fakes"}, "source._target_", "neither an importable name"),
     ({"_target_": "fakes:NOT_CALLABLE"}, "source._target_", "is a int"),
     ({"_target_": "fakes:ChunkSchemaless"}, "source._target_", "has no attribute"),
     ({"_target_": SYN, "fields": {"x": {}}, "bogus": 1}, "source", "unexpected keyword argument 'bogus'"),
