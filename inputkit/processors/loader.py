@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from inputkit.errors import ConfigError
-from inputkit.sources.loader import import_target
+from inputkit.sources.loader import construct, import_target
 
 _CALL = "proc(fields, rng)"
 
@@ -32,14 +32,7 @@ def build_processor(config: Any, key: str) -> Callable[..., Any]:
     kwargs = {str(k): v for k, v in config.items() if k != "_target_"}
     obj = import_target(target, key=f"{key}._target_")
     if inspect.isclass(obj):
-        try:
-            step = obj(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(key, f"{target} rejected its arguments: {exc}") from exc
-        except (ValueError, ConfigError) as exc:
-            raise ConfigError(key, f"{target}: {exc}") from exc
-        except Exception as exc:
-            raise ConfigError(key, f"constructing {target} failed: {type(exc).__name__}: {exc}") from exc
+        step = construct(obj, kwargs, target, key)
         if not callable(step):
             raise ConfigError(f"{key}._target_", f"{target} instances are not callable; a processor "
                               f"class needs __call__(self, fields, rng) returning the fields")

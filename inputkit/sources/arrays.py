@@ -26,6 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from inputkit.errors import SourceError
+from inputkit.sources.protocol import field_names
 
 NAME = "inputkit.sources.arrays.ArraySource"
 _NUMERIC_KINDS = "biufc"  # the dtypes a tensor can be made of
@@ -209,17 +210,7 @@ class ArraySource:
 
 
 def _field_list(fields: Sequence[str] | str | None) -> list[str] | None:
-    if fields is None:
-        return None
-    if isinstance(fields, str):
-        fields = [fields]
-    if not isinstance(fields, Sequence) or not fields \
-            or not all(isinstance(f, str) and f for f in fields):
-        raise ValueError(f"fields: expected a list of field names (file names without .npy), or "
-                         f"null for every file, got {fields!r}")
-    if len(set(fields)) != len(fields):
-        raise ValueError(f"fields: lists a field twice: {list(fields)}")
-    return list(fields)
+    return field_names(fields, "file names without .npy")
 
 
 def _npy_fields(path: str) -> list[str]:

@@ -69,6 +69,18 @@ def import_target(target: str, key: str = "source._target_") -> Any:
     return obj
 
 
+def construct(cls: type, kwargs: dict[str, Any], target: str, key: str) -> Any:
+    """``cls(**kwargs)``; what goes wrong is a ConfigError naming ``key`` and ``target``."""
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(key, f"{target} rejected its arguments: {exc}") from exc
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(key, f"{target}: {exc}") from exc
+    except Exception as exc:
+        raise ConfigError(key, f"constructing {target} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
     """Construct the source named by ``config['_target_']`` with the other keys as arguments.
 
@@ -82,14 +94,7 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
     kwargs = {k: _instantiate_nested(v) for k, v in config.items() if k != "_target_"}
     obj = import_target(target, key=f"{key}._target_")
     if inspect.isclass(obj):
-        try:
-            instance = obj(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(key, f"{target} rejected its arguments: {exc}") from exc
-        except (ValueError, ConfigError) as exc:
-            raise ConfigError(key, f"{target}: {exc}") from exc
-        except Exception as exc:
-            raise ConfigError(key, f"constructing {target} failed: {type(exc).__name__}: {exc}") from exc
+        instance = construct(obj, kwargs, target, key)
         fetch = getattr(instance, "fetch", None)
         if not callable(fetch):
             if callable(getattr(instance, "read", None)):  # indexable: read by index range

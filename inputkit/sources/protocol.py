@@ -58,3 +58,19 @@ def indexed_length(obj: object) -> int | None:
     if length < 0:
         raise ValueError(f"len() of the source is {length}; it must be >= 0")
     return int(length)
+
+
+def field_names(fields: Sequence[str] | str | None, what: str) -> list[str] | None:
+    """A source's ``fields`` argument: None (every field), one name, or a list of distinct
+    names; ``what`` says what a name is, for the error."""
+    if fields is None:
+        return None
+    if isinstance(fields, str):
+        fields = [fields]
+    if not isinstance(fields, Sequence) or not fields \
+            or not all(isinstance(f, str) and f for f in fields):
+        raise ValueError(f"fields: expected a list of field names ({what}), or null for every "
+                         f"field, got {fields!r}")
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"fields: lists a field twice: {list(fields)}")
+    return list(fields)

@@ -39,6 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from inputkit.errors import SourceError, SourceExhausted
+from inputkit.sources.protocol import field_names
 
 NAME = "inputkit.sources.shards.ShardSource"
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg"})
@@ -543,17 +544,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _field_list(fields: Sequence[str] | str | None) -> list[str] | None:
-    if fields is None:
-        return None
-    if isinstance(fields, str):
-        fields = [fields]
-    if not isinstance(fields, Sequence) or not fields \
-            or not all(isinstance(f, str) and f for f in fields):
-        raise ValueError(f"fields: expected a list of field names (the <field> of "
-                         f"<key>.<field>.<ext>), or null for every field, got {fields!r}")
-    if len(set(fields)) != len(fields):
-        raise ValueError(f"fields: lists a field twice: {list(fields)}")
-    return list(fields)
+    return field_names(fields, "the <field> of <key>.<field>.<ext>")
 
 
 def _resolved(path: str) -> str:
