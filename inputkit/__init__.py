@@ -33,23 +33,45 @@ _EXPORTS = {
     "QueueStats": "inputkit.queues",
     "RunnerStats": "inputkit.stats",
     "WorkerPoolStats": "inputkit.workers.base",
+    "IndexableSource": "inputkit.sources.protocol",
+    "ArraySource": "inputkit.sources.arrays",
+    "ShardSource": "inputkit.sources.shards",
+    "TorchDatasetSource": "inputkit.sources.torch_dataset",
+    "InputkitIterableDataset": "inputkit.torch_adapter",
+    "ProcessorChain": "inputkit.processors",
+    "FailurePolicy": "inputkit.failures",
+    "FetchTimeout": "inputkit.failures",
+    "StallError": "inputkit.failures",
+    "MemoryBudgetError": "inputkit.memory",
+    "EpochEnd": "inputkit.work",
 }
 
 __all__ = [
+    "ArraySource",
     "ConfigError",
     "CoordinatorStats",
     "Dashboard",
+    "EpochEnd",
+    "FailurePolicy",
+    "FetchTimeout",
+    "IndexableSource",
     "InputSpec",
+    "InputkitIterableDataset",
     "InputkitError",
+    "MemoryBudgetError",
+    "ProcessorChain",
     "QueueStats",
     "RunSpec",
     "Runner",
     "RunnerStats",
+    "ShardSource",
     "ShutdownError",
     "Source",
     "SourceError",
     "SourceExhausted",
+    "StallError",
     "SyntheticSource",
+    "TorchDatasetSource",
     "WorkerFailure",
     "WorkerPoolStats",
     "__version__",
@@ -69,11 +91,19 @@ if TYPE_CHECKING:
         SourceExhausted,
         WorkerFailure,
     )
+    from inputkit.failures import FailurePolicy, FetchTimeout, StallError
+    from inputkit.memory import MemoryBudgetError
+    from inputkit.processors import ProcessorChain
     from inputkit.queues import QueueStats
     from inputkit.runner import Runner
-    from inputkit.sources.protocol import Source
+    from inputkit.sources.arrays import ArraySource
+    from inputkit.sources.protocol import IndexableSource, Source
+    from inputkit.sources.shards import ShardSource
     from inputkit.sources.synthetic import SyntheticSource
+    from inputkit.sources.torch_dataset import TorchDatasetSource
     from inputkit.stats import CoordinatorStats, RunnerStats
+    from inputkit.torch_adapter import InputkitIterableDataset
+    from inputkit.work import EpochEnd
     from inputkit.workers.base import WorkerPoolStats
 
 

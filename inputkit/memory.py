@@ -194,7 +194,7 @@ def _probe_fetch(source: Any, spec: InputSpec) -> Any:
 
 def probed_layout(spec: InputSpec) -> SampleLayout:
     """Sizes from one fetch of a private copy of the source (the pipeline's copy is untouched)."""
-    from inputkit.sources.loader import build_source
+    from inputkit.sources.loader import build_source, import_target
 
     name = spec.source.get("_target_", "?")
     chain = None
@@ -203,6 +203,8 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
 
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed)
+    # Imported before memory is traced: a module's import (torch, say) is not the source's data.
+    import_target(spec.source["_target_"], key=f"{spec.key_prefix}source._target_")
     tracemalloc.start()
     try:
         source = build_source(spec.source, key=f"{spec.key_prefix}source")

@@ -1,0 +1,229 @@
+"""An inputkit pipeline as a ``torch.utils.data.IterableDataset``, for code that wants a DataLoader.
+
+::
+
+    ds = InputkitIterableDataset(cfg)                         # builds nothing yet
+    loader = torch.utils.data.DataLoader(ds, batch_size=None)  # inputkit batches and runs workers
+    for epoch in range(3):
+        for batch in loader:                                   # one epoch per pass
+            ...
+
+The Runner starts on the first pass and stays up between passes, so worker
+processes are not restarted every epoch; it stops when a pass is abandoned
+(``break``), when the stream ends, on :meth:`close`, or when the object is
+garbage-collected. See docs/torch.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from inputkit.config.spec import InputSpec, RunSpec, load_spec
+from inputkit.errors import ConfigError, InputkitError, ShutdownError
+from inputkit.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+class InputkitIterableDataset(IterableDataset):
+    """Batches of ``input`` on device ``device`` of the Runner that ``cfg`` configures.
+
+    ``cfg``: anything :class:`inputkit.Runner` accepts (a composed DictConfig, a plain
+    dict, a RunSpec). ``device``: the index of the device in the config's ``devices``.
+    ``input``: the named input to stream; only that input's pipeline starts. Each
+    item is one batch (a dict of tensors already on the device), so wrap it in
+    ``DataLoader(ds, batch_size=None)``: inputkit batches, and ``num_workers`` must stay 0.
+
+    Each pass (``iter()``) is one epoch of an indexable source. For such an input the
+    Runner streams epochs without end (``epoch.count`` is replaced by null): the loop
+    that iterates decides how many epochs run. A ``fetch`` source is streamed as it
+    is: an endless one for ever, a finite one once per Runner (the next pass starts a
+    new Runner, so the source is built again).
+    """
+
+    def __init__(self, cfg: Any, device: int = 0, input: str | None = None) -> None:
+        super().__init__()
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            raise ConfigError("InputkitIterableDataset(device=...)",
+                              f"expected the index of a device in the config (0, 1, ...), got {device!r}")
+        spec = cfg if isinstance(cfg, RunSpec) else load_spec(cfg)
+        if input is None:
+            if len(spec.inputs) != 1:
+                raise ConfigError("InputkitIterableDataset(input=...)",
+                                  f"this config declares inputs {', '.join(s.name for s in spec.inputs)}; "
+                                  "pass input=<name> to choose the one to stream")
+            input = spec.inputs[0].name
+        else:
+            spec.input(input, key="InputkitIterableDataset(input=...)")  # lists the known ones
+        self.spec = spec
+        self.device = device
+        self.input = input
+        self._pipeline = _Pipeline(spec, device, input)
+        # Dropping the dataset stops its Runner; the finalizer holds the pipeline, not us.
+        self._finalizer = weakref.finalize(self, self._pipeline.close_quietly)
+
+    # pickling (a copy starts its own Runner) --------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "device": self.device, "input": self.input}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], device=state["device"], input=state["input"])  # type: ignore[misc]
+
+    # iteration ----------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is not None:
+            raise InputkitError(
+                "InputkitIterableDataset is iterated in a DataLoader worker process; inputkit runs "
+                "its own workers (workers.count, workers.kind) and batches itself, so use "
+                "DataLoader(dataset, batch_size=None, num_workers=0)")
+        return self._pipeline.epoch()
+
+    @property
+    def runner(self) -> Runner | None:
+        """The running Runner (for ``stats()``), or None between Runners."""
+        return self._pipeline.runner
+
+    def close(self) -> None:
+        """Stop the Runner now (idempotent); a later pass starts a new one."""
+        self._pipeline.close()
+
+    def __enter__(self) -> InputkitIterableDataset:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._pipeline.close_quietly()
+
+    def __repr__(self) -> str:
+        state = "running" if self._pipeline.runner is not None else "not running"
+        return f"InputkitIterableDataset(input={self.input!r}, device={self.device}, {state})"
+
+
+class _Pipeline:
+    """The Runner of one InputkitIterableDataset and the passes over it; no reference back to
+    the dataset, so the dataset's finalizer can hold it."""
+
+    def __init__(self, spec: RunSpec, device: int, input: str) -> None:
+        self.spec = spec
+        self.device = device
+        self.input = input
+        self.runner: Runner | None = None
+        self._stream: Any = None
+        self._run_spec: RunSpec | None = None  # spec with epochs made endless, once known
+        self._lock = threading.RLock()
+        self._pass = 0  # the newest pass; an older one that is resumed ends at once
+        self._open: int | None = None  # the pass in the middle of an epoch, if any
+
+    def epoch(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            if self._open is not None:  # an earlier pass stopped mid-epoch: its batches are stale
+                self.close()
+            self._pass += 1
+            mine = self._pass
+        return self._batches(mine)
+
+    def _batches(self, mine: int) -> Iterator[dict[str, Any]]:
+        try:
+            while True:
+                with self._lock:
+                    if self._pass != mine:
+                        return  # a newer pass (or close()) took over
+                    stream = self._start()
+                    self._open = mine
+                try:
+                    batch = next(stream)
+                except StopIteration:
+                    with self._lock:
+                        if self._pass == mine:
+                            self._open = None
+                            if stream.finished:  # no epoch follows: free everything now
+                                self.close()
+                    return
+                yield batch
+        except GeneratorExit:  # break, or the pass was dropped: the rest of the epoch is stale
+            with self._lock:
+                if self._pass == mine:
+                    self._open = None
+                    self.close_quietly()
+            raise
+        except BaseException:
+            with self._lock:
+                if self._pass == mine:
+                    self._open = None
+                    self.close_quietly()
+            raise
+
+    def _start(self) -> Any:
+        if self._stream is not None:
+            return self._stream
+        if self._run_spec is None:
+            self._run_spec = _endless_epochs(self.spec, self.input)
+        runner = Runner(self._run_spec, inputs=[self.input])
+        runner.start()
+        try:
+            self._stream = runner.device(self.device)
+        except BaseException:
+            runner.close()
+            raise
+        self.runner = runner
+        return self._stream
+
+    def close(self) -> None:
+        with self._lock:
+            runner, self.runner, self._stream = self.runner, None, None
+            self._open = None
+            self._pass += 1  # passes in flight end at their next batch
+        if runner is not None:
+            runner.close()
+
+    def close_quietly(self) -> None:
+        try:
+            self.close()
+        except ShutdownError as exc:  # stuck threads are daemons; say so, do not raise
+            log.warning("closing the inputkit Runner of an InputkitIterableDataset: %s", exc)
+
+
+def _endless_epochs(spec: RunSpec, name: str) -> RunSpec:
+    """``spec`` with ``epoch.count`` null for input ``name`` when its source is indexable, so one
+    Runner serves every pass; a fetch source keeps its spec (epoch keys need an index)."""
+    chosen = spec.input(name)
+    if chosen.epoch.count is None or not _indexable(chosen):
+        return spec
+    endless = dataclasses.replace(chosen, epoch=dataclasses.replace(chosen.epoch, count=None))
+    return dataclasses.replace(spec, inputs=tuple(endless if s.name == name else s for s in spec.inputs))
+
+
+def _indexable(spec: InputSpec) -> bool:
+    """Whether the input's source is read by index, building a private copy only when the
+    class alone does not tell (as Runner.start does for process workers)."""
+    from inputkit.sources.loader import build_source, import_target
+    from inputkit.sources.protocol import indexed_length
+
+    key = f"{spec.key_prefix}source"
+    target = import_target(spec.source["_target_"], key=f"{key}._target_")
+    if not callable(getattr(target, "read", None)):
+        return False
+    from inputkit.sources.torch_dataset import TorchDatasetSource, dataset_kind
+
+    if target is TorchDatasetSource:  # the dataset's class tells, without building it
+        kind = dataset_kind(spec.source)
+        if kind is not None:
+            return kind == "map"
+    source = build_source(spec.source, key=key)
+    try:
+        return indexed_length(source.obj) is not None
+    finally:
+        source.close()

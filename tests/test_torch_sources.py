@@ -1,0 +1,349 @@
+"""TorchDatasetSource (torch map-style and iterable datasets) and the DataLoader adapter."""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from conftest import make_cfg
+from torch.utils.data import DataLoader
+
+from inputkit import ConfigError, InputkitError, Runner, SourceError, SourceExhausted
+from inputkit.sources.torch_dataset import TorchDatasetSource, worker_info
+from inputkit.torch_adapter import InputkitIterableDataset
+
+T = "inputkit.sources.torch_dataset.TorchDatasetSource"
+PROCESSES = {"kind": "process", "count": 2}
+
+
+def source(dataset: str, **kwargs) -> dict:
+    """A TorchDatasetSource config around ``torch_fakes.<dataset>`` built with ``kwargs``."""
+    extra = {k: kwargs.pop(k) for k in ("fields", "shard") if k in kwargs}
+    return {"_target_": T, "dataset": {"_target_": f"torch_fakes.{dataset}", **kwargs}, **extra}
+
+
+def children() -> set[int]:
+    """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and \
+                    not any("forkserver" in a or "resource_tracker" in a for a in child.cmdline()):
+                out.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_for_no_children(before: set[int], seconds: float = 3.0) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return children() - before
+
+
+def ids_of(batches) -> list[int]:
+    return np.concatenate([b["id"].numpy() for b in batches]).tolist() if batches else []
+
+
+# map-style datasets ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [{"count": 3}, PROCESSES], ids=["threads", "processes"])
+def test_dict_samples_arrive_once_each_collated_by_field(workers):
+    cfg = make_cfg(source("DictDataset", n=100), batch_size=16, workers=workers)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert sorted(ids_of(batches)) == list(range(100))
+    assert [len(b["id"]) for b in batches] == [16] * 6 + [4]
+    first = batches[0]
+    layout = {name: (t.dtype, tuple(t.shape)) for name, t in first.items()}
+    assert layout == {"id": (torch.int64, (16,)), "x": (torch.float32, (16, 4)),
+                      "label": (torch.int64, (16,)), "flag": (torch.bool, (16,)),
+                      "arr": (torch.int16, (16, 3))}
+    for batch in batches:  # every field of a row comes from the same sample
+        ids = batch["id"]
+        assert torch.equal(batch["x"][:, 0], ids.float())
+        assert torch.equal(batch["label"], ids % 10)
+        assert torch.equal(batch["flag"], ids % 2 == 1)
+        assert torch.equal(batch["arr"][:, 2], (ids + 2).to(torch.int16))
+
+
+def test_shuffle_gives_a_new_order_each_epoch_and_every_sample_once():
+    cfg = make_cfg(source("DictDataset", n=100), batch_size=16, workers={"count": 2},
+                   epoch={"shuffle": True, "count": 2, "ordered": True})
+    with Runner(cfg) as runner:
+        stream = runner.device(0)
+        first, second = ids_of(list(stream)), ids_of(list(stream))
+    assert sorted(first) == sorted(second) == list(range(100))
+    assert first != list(range(100)) and first != second
+
+
+def test_tuple_samples_are_fields_0_1_or_the_names_given():
+    with Runner(make_cfg(source("TupleDataset", n=50), batch_size=20)) as runner:
+        batches = list(runner.device(0))
+    assert set(batches[0]) == {"0", "1"}
+    assert batches[0]["0"].shape == (20, 2, 3) and batches[0]["0"].dtype == torch.float32
+    assert sorted(ids_of([{"id": b["1"]} for b in batches])) == list(range(50))
+
+    cfg = make_cfg(source("TupleDataset", n=50, fields=["image", "id"]), batch_size=20)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert set(batches[0]) == {"image", "id"}
+    assert sorted(ids_of(batches)) == list(range(50))
+    assert all(torch.equal(b["image"][:, 1, 2], b["id"].float()) for b in batches)
+
+
+def test_a_single_tensor_sample_is_field_0():
+    with Runner(make_cfg(source("TensorDataset", n=30), batch_size=8)) as runner:
+        batches = list(runner.device(0))
+    got = torch.cat([b["0"] for b in batches])
+    assert got.shape == (30, 2) and got.dtype == torch.int64
+    assert sorted(got[:, 0].tolist()) == list(range(30))
+
+
+def test_numbers_of_mixed_types_with_one_dtype_are_collated_sample_by_sample():
+    with Runner(make_cfg(source("MixedScalars", n=30, fields=["id", "w"]), batch_size=8)) as runner:
+        batches = list(runner.device(0))
+    assert {b["id"].dtype for b in batches} == {torch.int64}
+    assert {b["w"].dtype for b in batches} == {torch.float32}
+    assert sorted(ids_of(batches)) == list(range(30))
+    assert all(torch.equal(b["w"], b["id"].float()) for b in batches)
+
+
+def test_fields_as_a_mapping_declares_shapes_and_dtypes_for_the_plan_and_checks_them():
+    declared = {"id": {"dtype": "int64"}, "x": {"shape": [4], "dtype": "float32"}}
+    cfg = make_cfg(source("DictDataset", n=20, fields=declared), batch_size=8)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+        assert runner.plan is not None and "8 samples x 24 B" in str(runner.plan.terms[0])
+    assert set(batches[0]) == {"id", "x"} and sorted(ids_of(batches)) == list(range(20))
+
+    declared["x"]["dtype"] = "float64"
+    with pytest.raises(SourceError, match="fields declares shape \\[4\\] and dtype float64") as info:
+        with Runner(make_cfg(source("DictDataset", n=20, fields=declared), batch_size=8)) as runner:
+            list(runner.device(0))
+    assert info.value.field == "x"
+
+
+def test_a_dotted_name_with_dataset_args_works_like_a_nested_target():
+    cfg = make_cfg({"_target_": T, "dataset": "torch_fakes.DictDataset", "dataset_args": {"n": 40}},
+                   batch_size=16)
+    with Runner(cfg) as runner:
+        assert sorted(ids_of(list(runner.device(0)))) == list(range(40))
+
+
+def test_fields_select_the_keys_of_dict_samples_and_strings_are_refused_by_name():
+    cfg = make_cfg(source("DictDataset", n=20, with_name=True), batch_size=8)
+    with pytest.raises(SourceError) as info:
+        with Runner(cfg) as runner:
+            list(runner.device(0))
+    message = str(info.value)
+    assert "field 'name'" in message and "index 0" in message and "str" in message
+    assert "fields=[...]" in message
+
+    cfg = make_cfg(source("DictDataset", n=20, with_name=True, fields=["id", "x"]), batch_size=8)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert set(batches[0]) == {"id", "x"} and sorted(ids_of(batches)) == list(range(20))
+
+
+# errors -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [{"count": 2}, PROCESSES], ids=["threads", "processes"])
+def test_getitem_raising_propagates_with_a_note_naming_the_dataset_and_index(workers):
+    cfg = make_cfg(source("RaisesAt", n=100, bad=7), batch_size=16, workers=workers,
+                   memory={"probe": False})
+    with pytest.raises(ValueError, match="sample 7 is corrupt") as info:
+        with Runner(cfg) as runner:
+            list(runner.device(0))
+    notes = "\n".join(info.value.__notes__)
+    assert "torch_fakes.RaisesAt.__getitem__(7)" in notes
+    assert f"source '{T}'" in notes  # the pipeline's own note names the worker and source
+
+
+def test_getitem_raising_in_the_memory_probe_is_reported_by_the_probe():
+    cfg = make_cfg(source("RaisesAt", n=100, bad=7), batch_size=16)
+    with pytest.raises(SourceError, match="probe fetch failed: ValueError: sample 7 is corrupt"):
+        with Runner(cfg):
+            pass
+
+
+@pytest.mark.parametrize("workers", [{"count": 2}, PROCESSES], ids=["threads", "processes"])
+def test_a_sample_with_another_shape_fails_naming_index_and_field(workers):
+    cfg = make_cfg(source("ShapeChange", n=100, odd=5), batch_size=16, workers=workers,
+                   memory={"probe": False})
+    with pytest.raises(SourceError) as info:
+        with Runner(cfg) as runner:
+            list(runner.device(0))
+    error = info.value
+    assert error.field == "x" and error.source == "torch_fakes.ShapeChange"
+    assert "index 5: per-sample shape [5] differs from [4]" in str(error)
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"dataset": 5}, "dataset: expected a torch Dataset object"),
+    ({"dataset": {"root": "/data"}}, "dataset: expected a torch Dataset object"),
+    ({"dataset": "torch_fakes.NoSuchDataset"}, "has no attribute 'NoSuchDataset'"),
+    ({"dataset": "torch_fakes.DictDataset", "dataset_args": {"bogus": 1}},
+     "torch_fakes.DictDataset\\(\\*\\*dataset_args\\) failed"),
+    ({"dataset": {"_target_": "torch_fakes.DictDataset"}, "dataset_args": {"n": 1}},
+     "dataset_args: only goes with a dotted-name dataset"),
+    ({"dataset": {"_target_": "torch_fakes.DictDataset"}, "fields": "id"}, "fields: expected a"),
+    ({"dataset": {"_target_": "torch_fakes.DictDataset"}, "shard": "yes"}, "shard: expected"),
+])
+def test_bad_arguments_are_config_errors_naming_the_problem(extra, match):
+    cfg = make_cfg({"_target_": T, **extra})
+    with pytest.raises(ConfigError, match=match) as info:
+        with Runner(cfg):
+            pass
+    assert info.value.key == "source"
+
+
+def test_read_and_fetch_by_hand_and_worker_info_outside_a_worker():
+    from torch_fakes import DictDataset, Unsharded
+
+    mapped = TorchDatasetSource(DictDataset(10))
+    assert len(mapped) == 10
+    chunk = mapped.read(np.array([3, 1], dtype=np.int64))
+    assert chunk["id"].tolist() == [3, 1] and chunk["x"].shape == (2, 4)
+    assert mapped.read(np.array([], dtype=np.int64))["x"].shape == (0, 4)
+    with pytest.raises(TypeError, match="read\\(indices\\), not fetch"):
+        mapped.fetch(0, 4)
+
+    iterable = TorchDatasetSource(Unsharded(5))
+    with pytest.raises(TypeError):
+        len(iterable)
+    assert iterable.fetch(0, 4)["id"].tolist() == [0, 1, 2, 3]
+    assert iterable.fetch(0, 4)["id"].tolist() == [4]
+    for _ in range(2):  # and on every later call
+        with pytest.raises(SourceExhausted):
+            iterable.fetch(0, 4)
+    assert worker_info() == (0, 1)
+
+
+# iterable datasets ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", [{"count": 3}, PROCESSES], ids=["threads", "processes"])
+@pytest.mark.parametrize("dataset", ["Unsharded", "SelfSharded"])
+def test_iterable_datasets_deliver_each_item_once_with_shard_true(workers, dataset):
+    cfg = make_cfg(source(dataset, n=100), batch_size=16, workers=workers)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert sorted(ids_of(batches)) == list(range(100))
+    assert all(torch.equal(b["x"][:, 0], b["id"].float()) for b in batches)
+
+
+def test_without_shard_an_unsharded_iterable_dataset_is_read_once_per_worker():
+    cfg = make_cfg(source("Unsharded", n=50, shard=False), batch_size=16, workers={"count": 3})
+    with Runner(cfg) as runner:
+        got = ids_of(list(runner.device(0)))
+    assert sorted(got) == sorted(list(range(50)) * 3)  # duplicates: documented
+
+    cfg = make_cfg(source("SelfSharded", n=50, shard=False), batch_size=16, workers={"count": 3})
+    with Runner(cfg) as runner:
+        assert sorted(ids_of(list(runner.device(0)))) == list(range(50))
+
+
+def test_epoch_keys_need_a_map_style_dataset():
+    cfg = make_cfg(source("Unsharded", n=10), epoch={"shuffle": True})
+    with pytest.raises(ConfigError, match="needs an indexable source") as info:
+        with Runner(cfg):
+            pass
+    assert info.value.key == "epoch.shuffle"
+
+
+# the DataLoader adapter --------------------------------------------------------------------------
+
+def test_dataloader_over_two_epochs_keeps_one_runner_and_its_worker_processes():
+    before = children()
+    cfg = make_cfg(source("DictDataset", n=100), batch_size=16, workers=PROCESSES,
+                   epoch={"shuffle": True})
+    with InputkitIterableDataset(cfg) as ds:
+        loader = DataLoader(ds, batch_size=None)
+        epochs, runners, pids = [], [], []
+        for _ in range(2):
+            batches = list(loader)
+            epochs.append(ids_of(batches))
+            runners.append(ds.runner)
+            pids.append(ds.runner.stats().coordinators[0].workers.pids)
+            assert all(isinstance(b["x"], torch.Tensor) and b["x"].shape[1:] == (4,) for b in batches)
+        assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(100))
+        assert epochs[0] != epochs[1]  # a new shuffle each epoch
+        assert runners[0] is runners[1] and pids[0] == pids[1]
+    assert ds.runner is None
+    assert wait_for_no_children(before) == set()
+
+
+def test_dataloader_over_a_finite_iterable_dataset_starts_a_runner_per_pass():
+    cfg = make_cfg(source("Unsharded", n=40), batch_size=16, workers={"count": 2})
+    ds = InputkitIterableDataset(cfg)
+    loader = DataLoader(ds, batch_size=None)
+    for _ in range(2):
+        assert sorted(ids_of(list(loader))) == list(range(40))
+        assert ds.runner is None  # the stream ended: nothing left running between passes
+
+
+def test_early_break_stops_every_thread_and_process():
+    before = children()
+    cfg = make_cfg(source("DictDataset", n=1000), batch_size=16, workers=PROCESSES)
+    ds = InputkitIterableDataset(cfg)
+    loader = DataLoader(ds, batch_size=None)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break
+    assert ds.runner is None
+    assert wait_for_no_children(before) == set()
+    # the next pass starts afresh, with a whole epoch
+    assert sorted(ids_of(list(loader))) == list(range(1000))
+    ds.close()
+
+
+def test_an_endless_source_streams_until_the_loop_stops_and_gc_closes_the_runner():
+    cfg = make_cfg({"_target_": "inputkit.sources.synthetic.SyntheticSource",
+                    "fields": {"x": {"shape": [2], "dtype": "float32"}}}, batch_size=8)
+    ds = InputkitIterableDataset(cfg)
+    it = iter(DataLoader(ds, batch_size=None))
+    assert [next(it)["x"].shape for _ in range(50)] == [(8, 2)] * 50
+    del ds, it
+    gc.collect()  # the conftest fixture checks that every pipeline thread stopped
+
+
+def test_a_stale_pass_ends_when_a_new_one_starts():
+    cfg = make_cfg(source("DictDataset", n=64), batch_size=16)
+    with InputkitIterableDataset(cfg) as ds:
+        old = iter(ds)
+        next(old)
+        new = iter(ds)
+        assert sorted(ids_of(list(new))) == list(range(64))
+        assert list(old) == []
+
+
+def test_dataloader_workers_are_refused():
+    before = children()
+    ds = InputkitIterableDataset(make_cfg(source("DictDataset", n=10)))
+    with pytest.raises(InputkitError, match="num_workers=0"):
+        for _ in DataLoader(ds, batch_size=None, num_workers=1):
+            pass
+    gc.collect()  # torch's DataLoader takes about 5 s to stop a worker that raised
+    assert wait_for_no_children(before) == set()
+
+
+def test_the_adapter_checks_its_arguments():
+    two = {"source": source("DictDataset", n=10), "devices": "cpu",
+           "inputs": {"train": {}, "val": {}}}
+    with pytest.raises(ConfigError, match="declares inputs train, val; pass input="):
+        InputkitIterableDataset(two)
+    with pytest.raises(ConfigError, match="no input named 'test'"):
+        InputkitIterableDataset(two, input="test")
+    with pytest.raises(ConfigError, match="device"):
+        InputkitIterableDataset(two, device=-1, input="val")
+    ds = InputkitIterableDataset(two, input="val")
+    assert sorted(ids_of(list(ds))) == list(range(10))
+    assert ds.runner is not None and ds.runner.input_names == ("val",)
+    ds.close()
+    with pytest.raises(InputkitError, match="device index 3 is out of range"):
+        list(InputkitIterableDataset(two, device=3, input="val"))
