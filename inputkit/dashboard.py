@@ -59,7 +59,8 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
                   f"since start {c.stats.samples_per_s:,.0f} samples/s")
     _queue_rows(table, c)
     pids = f", pids {', '.join(map(str, w.pids[:4]))}" if w.pids else ""
-    table.add_row("  workers", f"{w.workers} {w.kind}{'s' if w.workers > 1 else ''}{pids}",
+    kind = w.kind if w.workers == 1 else ("processes" if w.kind == "process" else f"{w.kind}s")
+    table.add_row("  workers", f"{w.workers} {kind}{pids}",
                   f"fetching {w.fetching}", f"idle {w.idle}  blocked {w.blocked}",
                   f"fetch p50 {w.fetch_p50_ms:.1f} ms  p95 {w.fetch_p95_ms:.1f} ms")
     if w.processors:  # which step is slow: each one's time per chunk, inside the workers

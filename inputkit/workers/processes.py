@@ -471,7 +471,8 @@ class ProcessWorkerPool:
     def _restart(self, index: int) -> None:
         """Take back what the dead worker held (its slot, its unread items) and start another."""
         old = self._workers[index]
-        reason = f"{self._where(index)} {describe_exit(old.process.exitcode)}"
+        reason = (f"worker {self._ids[index]} (pid {old.process.pid}) "
+                  f"{describe_exit(old.process.exitcode)}")
         with self._lock:
             if old.slot is not None:
                 self._free.append(old.slot)
