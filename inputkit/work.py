@@ -112,8 +112,6 @@ class Dispatcher:
         self._next_release = 0  # ordered: the seq whose pieces leave next
         self._draining = False
         self._finished = False
-        self.delivered_samples = 0
-        self.skipped_samples = 0
         self._start_epoch(first_epoch)
 
     def bind(self, emit: Callable[[Any], bool], hold: Callable[[Any], Any] | None = None) -> None:
@@ -185,7 +183,6 @@ class Dispatcher:
         with self._cond:
             entry = self._entries[item.seq]
             entry.item.offset += n
-            self.delivered_samples += n
             if not self.spec.ordered:
                 entry.complete = last
                 direct = True
@@ -202,10 +199,10 @@ class Dispatcher:
         return self._drain()
 
     def skip(self, item: WorkItem) -> bool:
-        """``item``'s remaining samples failed to read and on_error=skip: count them, move on."""
+        """``item``'s remaining samples failed to read and on_error=skip (the pool counts them):
+        move on."""
         with self._cond:
             entry = self._entries[item.seq]
-            self.skipped_samples += len(entry.item.remaining)
             entry.item.offset = len(entry.item.indices)
             entry.complete = True
         if self.spec.ordered:
