@@ -180,7 +180,10 @@ def _bottleneck(c: CoordinatorStats) -> str:
     if len(c.queues) < 2 or c.batches == 0:
         return f"{_where(c)}: no batches were delivered, nothing to diagnose"
     chunks, batches = c.queues[0], c.queues[1]
-    busy = w.fetch_wall_s / (c.elapsed_s * w.workers) if c.elapsed_s > 0 else 0.0
+    # Share of the streaming time the workers spent in fetch. Streaming starts with the first
+    # batch: before it, workers were starting (a worker that imports torch takes a second).
+    streaming = c.elapsed_s - (c.first_batch_s or 0.0)
+    busy = w.fetch_wall_s / (streaming * w.workers) if streaming > 0 else 0.0
     if batches.full_fraction >= 0.5:
         return (f"{_where(c)}: consumer-bound. The batch queue was full "
                 f"{batches.full_fraction:.0%} of the run: the pipeline makes batches faster than "
