@@ -173,7 +173,7 @@ def main() -> int:
         ("duplicated", f"{tally.duplicated}", "0"),
         ("corrupt batches", f"{tally.corrupt}", "0"),
         ("workers killed", f"{tally.kills}", ">= 100 in 10 min"),
-        ("restarts", f"{sum(p.restarts for p in pools)}", "= kills"),
+        ("restarts", f"{sum(p.restarts for p in pools)}", "= kills (no death restarted twice)"),
         ("kills not restarted within 5 s", f"{tally.undetected}", "0"),
         ("detection + restart, max", f"{max(detect) * 1000:.0f} ms" if detect else "-", "< 1000 ms"),
         ("detection + restart, median", f"{np.median(detect) * 1000:.0f} ms" if detect else "-", ""),
@@ -186,7 +186,9 @@ def main() -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    restarts = sum(p.restarts for p in pools)
     ok = (tally.lost == tally.duplicated == tally.corrupt == tally.undetected == 0
+          and restarts == tally.kills
           and not leaked_children and not leaked_segments and not leaked_threads
           and (not detect or max(detect) < 1.0)
           and sum(p.skipped_chunks for p in pools) == 0)

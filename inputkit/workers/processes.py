@@ -314,19 +314,25 @@ class ProcessWorkerPool:
     def _receive(self) -> None:
         try:
             while not self._receiver_stop.is_set():
-                outboxes = {w.outbox: i for i, w in enumerate(self._workers)
+                # Keyed to the worker object: a worker restarted while handling this round
+                # (a death noticed during a blocked put) must not be mistaken for the old one.
+                outboxes = {w.outbox: (i, w) for i, w in enumerate(self._workers)
                             if not w.outbox.closed}
-                sentinels = {w.process.sentinel: i for i, w in enumerate(self._workers)
+                sentinels = {w.process.sentinel: (i, w) for i, w in enumerate(self._workers)
                              if not w.finished}
                 if not outboxes and not sentinels:
                     return
                 ready = wait([*outboxes, *sentinels], timeout=_POLL_S)
                 for item in ready:
-                    if item in outboxes and not self._read(outboxes[item]):  # type: ignore[index]
-                        return
+                    if item in outboxes:
+                        index, worker = outboxes[item]  # type: ignore[index]
+                        if self._workers[index] is worker and not self._read(index):
+                            return
                 for item in ready:
-                    if item in sentinels and not self._reap(sentinels[item]):  # type: ignore[index]
-                        return
+                    if item in sentinels:
+                        index, worker = sentinels[item]  # type: ignore[index]
+                        if self._workers[index] is worker and not self._reap(index):
+                            return
                 if self._failed:
                     return
                 self._feed()
