@@ -1,12 +1,14 @@
-"""Shared fixtures: leak checks for pipeline threads, and config helpers."""
+"""Shared fixtures: leak checks for pipeline threads, processes and shared memory; config helpers."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 
@@ -20,6 +22,24 @@ def wait_for_no_pipeline_threads(seconds: float = 3.0) -> list[threading.Thread]
     while pipeline_threads() and time.monotonic() < deadline:
         time.sleep(0.02)
     return pipeline_threads()
+
+
+def segments() -> set[str]:
+    """This test process's segments (named inputkit_<pid>_...): others' runs do not count."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(f"inputkit_{os.getpid()}_")}
+
+
+def children() -> set[int]:
+    """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
+    out = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and \
+                    not any("forkserver" in a or "resource_tracker" in a for a in child.cmdline()):
+                out.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 @pytest.fixture(autouse=True)

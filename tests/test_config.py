@@ -150,3 +150,15 @@ def test_worker_processes_import_neither_hydra_omegaconf_nor_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_schema_defaults_match_the_runtime_policy_and_epoch_types():
+    """The config schema and the checked types that worker processes use declare one default each."""
+    import dataclasses
+
+    from inputkit.config.schema import EpochConfig, FailuresConfig
+    from inputkit.failures import FailurePolicy
+    from inputkit.work import EpochSpec
+
+    for schema, runtime in ((FailuresConfig, FailurePolicy), (EpochConfig, EpochSpec)):
+        assert dataclasses.asdict(schema()) == dataclasses.asdict(runtime())

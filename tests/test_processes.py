@@ -13,18 +13,13 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import make_cfg, pipeline_threads
+from conftest import make_cfg, pipeline_threads, segments
 
 from inputkit import ConfigError, Runner, SourceError, WorkerFailure
 from inputkit.workers.shm import SlotArena, plan_pieces
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 TESTS = Path(__file__).resolve().parent
-
-
-def segments() -> set[str]:
-    """This test process's segments (named inputkit_<pid>_...): others' runs do not count."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(f"inputkit_{os.getpid()}_")}
 
 
 def alive(pids) -> list[int]:

@@ -11,29 +11,12 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import make_cfg
+from conftest import children, make_cfg, segments
 
 from inputkit import ConfigError, Runner, WorkerFailure
 from inputkit.failures import FetchTimeout, StallError
 
 F = "faulty"
-
-
-def segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith(f"inputkit_{os.getpid()}_")}
-
-
-def children() -> set[int]:
-    """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
-    out = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and \
-                    not any("forkserver" in a or "resource_tracker" in a for a in child.cmdline()):
-                out.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,9 @@ import gc
 import time
 
 import numpy as np
-import psutil
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import children, make_cfg
 from torch.utils.data import DataLoader
 
 from inputkit import ConfigError, InputkitError, Runner, SourceError, SourceExhausted
@@ -24,19 +23,6 @@ def source(dataset: str, **kwargs) -> dict:
     """A TorchDatasetSource config around ``torch_fakes.<dataset>`` built with ``kwargs``."""
     extra = {k: kwargs.pop(k) for k in ("fields", "shard") if k in kwargs}
     return {"_target_": T, "dataset": {"_target_": f"torch_fakes.{dataset}", **kwargs}, **extra}
-
-
-def children() -> set[int]:
-    """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
-    out = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and \
-                    not any("forkserver" in a or "resource_tracker" in a for a in child.cmdline()):
-                out.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def wait_for_no_children(before: set[int], seconds: float = 3.0) -> set[int]:
