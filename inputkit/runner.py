@@ -194,15 +194,23 @@ class Runner:
     def steps(self, input: str | None = None) -> Iterator[list[Batch | None]]:
         """One batch per device per step, for data-parallel loops.
 
-        Ends when every device has finished its epoch (finite sources). Devices can
-        finish a step apart; a finished device contributes None to the last steps, so
-        no batch is ever dropped.
+        Ends when every device has finished its epoch (finite sources); the next call
+        goes on with the next epoch. Devices' shares of an epoch can differ by a batch
+        or more (a resumed epoch, chunks that do not divide evenly): a device whose
+        share has ended contributes None to the remaining steps and is not asked again
+        in this pass, so no batch is dropped and none of the next epoch slips in.
         """
         name = self._input_name(input)
         coordinators = [self._coordinator(name, i) for i in range(len(self.devices))]
+        ended = [False] * len(coordinators)
         while True:
-            step = [next(c, None) for c in coordinators]
-            if all(batch is None for batch in step):
+            step: list[Batch | None] = []
+            for index, coordinator in enumerate(coordinators):
+                # Asking again after its epoch ended would start this device's next epoch.
+                batch = None if ended[index] else next(coordinator, None)
+                ended[index] = batch is None
+                step.append(batch)
+            if all(ended):
                 return
             yield step
 

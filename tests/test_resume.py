@@ -122,3 +122,37 @@ def test_fetch_inputs_are_marked_not_resumable():
     with Runner(make_cfg(endless, batch_size=8)) as runner:
         next(runner.device(0))
         assert runner.state_dict()["inputs"]["main"] == {"resumable": False}
+
+
+def epoch_cfg(devices: int, kind: str = "thread") -> dict:
+    """1,000 samples, batch 50 (chunk = batch), three epochs: the shape of issue 12's report."""
+    return make_cfg(SOURCE, batch_size=50, devices=["cpu"] * devices,
+                    workers={"count": 1 if kind == "process" else 2, "kind": kind},
+                    epoch={"count": 3})
+
+
+def passes_of_steps(runner, passes: int = 4) -> list[list[int]]:
+    """The ids each ``for step in runner.steps()`` pass delivers."""
+    return [[i for step in runner.steps() for b in step if b is not None for i in b["id"].tolist()]
+            for _ in range(passes)]
+
+
+@pytest.mark.parametrize("devices,saved_after,kind", [
+    (3, 200, "thread"),
+    (2, 150, "thread"),
+    (3, 200, "process"),
+], ids=["3-devices", "2-devices-odd-chunks", "3-devices-processes"])
+def test_resumed_steps_passes_keep_epoch_boundaries(devices, saved_after, kind):
+    """Each steps() pass is one epoch, also when devices' shares of the rest differ in length
+    (a device that ends its share first must not run on into the next epoch)."""
+    with Runner(epoch_cfg(1)) as runner:
+        first = take(runner, saved_after // 50)
+        state = runner.state_dict()
+    assert len(first) == saved_after
+    resumed = Runner(epoch_cfg(devices, kind))
+    resumed.load_state_dict(state)
+    with resumed:
+        passes = passes_of_steps(resumed)
+    assert [len(p) for p in passes] == [1000 - saved_after, 1000, 1000, 0]
+    assert sorted(first + passes[0]) == list(range(1000))
+    assert sorted(passes[1]) == sorted(passes[2]) == list(range(1000))

@@ -47,6 +47,21 @@ def test_exactly_once_across_two_devices_with_random_chunks(length, batch_size):
     assert stats.samples == length
 
 
+def test_each_steps_pass_is_one_epoch_when_device_shares_differ():
+    """20 chunks over 3 devices (7, 7, 6): the device that ends first waits for the others
+    (None in the last step) instead of starting the next epoch inside the same pass."""
+    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [2]}}, "length": 1000,
+                    "id_field": "id"}, batch_size=50, devices=["cpu"] * 3,
+                   workers={"count": 2}, epoch={"count": 3})
+    with Runner(cfg) as runner:
+        passes = [[b for step in runner.steps() for b in step if b is not None]
+                  for _ in range(4)]
+        epochs = [c.epoch for c in runner.coordinators()]
+    assert [sum(len(b["id"]) for b in p) for p in passes] == [1000, 1000, 1000, 0]
+    assert all(sorted(ids_of(p)) == list(range(1000)) for p in passes[:3])
+    assert epochs == [3, 3, 3]
+
+
 def test_synthetic_finite_source_ends_the_epoch_with_a_partial_batch():
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [2]}}, "length": 1000,
                     "id_field": "id", "chunk_size": 30}, batch_size=64)
