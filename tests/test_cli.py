@@ -207,3 +207,36 @@ def test_compare_rejects_an_unknown_workload(tmp_path):
     out = run(["compare", "-w", "w9"], tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --workload: unknown workload(s) w9; choose from w1, w2, w3, w4"
+
+
+@pytest.mark.parametrize("extra, batches, samples", [
+    (["epoch.count=3", "bench.seconds=600"], 3 * 8, 3 * 500),  # every epoch, then the end
+    (["epoch.count=null", "bench.seconds=null", "bench.steps=35"], 35, 4 * 500 + 3 * 64),
+], ids=["three-epochs", "endless-epochs-until-steps"])
+def test_bench_runs_every_epoch_of_a_finite_indexable_source(tmp_path, extra, batches, samples):
+    """500 samples in batches of 64 (7 full and one of 52 per epoch): bench goes on past the
+    first epoch until the last one, or bench.steps when the epochs never end."""
+    out = run(["bench", "experiment=finite", "source.length=500", "batch_size=64",
+               "devices=cpu", *extra], tmp_path)
+    assert out.returncode == 0, out.stderr
+    [summary] = summaries(tmp_path / "outputs")
+    [coordinator] = summary["stats"]["coordinators"]
+    assert (coordinator["batches"], coordinator["samples"]) == (batches, samples)
+    assert coordinator["finished"] == ("epoch.count=3" in extra)
+
+
+def test_a_new_source_target_from_an_experiment_or_the_command_line_runs(tmp_path):
+    """Item 9: the new _target_ does not inherit the synthetic source's fields, chunk_size..."""
+    conf = tmp_path / "conf"
+    (conf / "experiment").mkdir(parents=True)
+    (conf / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\nsource:\n  _target_: fakes:fetch_ones\n  width: 3\n"
+        "devices: cpu\nbench:\n  steps: 3\n")
+    out = run(["bench", "--config-dir", str(conf), "experiment=mine"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    [summary] = summaries(tmp_path / "outputs")
+    assert summary["config"]["source"] == {"_target_": "fakes:fetch_ones", "width": 3}
+    out = run(["bench", "--cfg", "job", "source._target_=fakes.RandomChunks", "+source.length=50"],
+              tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["source"] == {"_target_": "fakes.RandomChunks", "length": 50}

@@ -31,7 +31,12 @@ from inputkit.stats import RunnerStats
 
 
 class _Consumer:
-    """Pulls batches from one coordinator until the step limit, the end, or stop."""
+    """Pulls batches from one coordinator until the step limit, the end, or stop.
+
+    Iterating a coordinator yields one epoch of an indexable source; the consumer
+    iterates again until the last epoch (``epoch.count``) has ended, so a small
+    dataset is measured over as many epochs as the time or step limit allows.
+    """
 
     def __init__(self, coordinator: Coordinator, steps: int | None, stop: threading.Event) -> None:
         self.coordinator = coordinator
@@ -43,9 +48,14 @@ class _Consumer:
                                             f"{coordinator.device_index}")
 
     def _run(self) -> None:
+        count = 0
         try:
-            for count, _batch in enumerate(self.coordinator, start=1):
-                if self.stop.is_set() or (self.steps is not None and count >= self.steps):
+            while not self.coordinator.finished:  # one pass per epoch
+                for _batch in self.coordinator:
+                    count += 1
+                    if self.stop.is_set() or (self.steps is not None and count >= self.steps):
+                        return
+                if self.stop.is_set():
                     return
         except BaseException as exc:
             if not self.stop.is_set():
@@ -143,7 +153,7 @@ def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
         limits.append(f"{spec.bench_seconds:g} s")
     if spec.bench_steps is not None:
         limits.append(f"{spec.bench_steps} steps per device")
-    limit = " or ".join(limits) if limits else "the end of the epoch"
+    limit = " or ".join(limits) if limits else "the end of the input (its last epoch)"
     inputs = ", ".join(runner.input_names)
     return (f"inputkit bench: input(s) {inputs} on {', '.join(runner.devices)}, "
             f"until {limit} (start-up took {startup_s:.2f} s)")
