@@ -162,3 +162,56 @@ def test_schema_defaults_match_the_runtime_policy_and_epoch_types():
 
     for schema, runtime in ((FailuresConfig, FailurePolicy), (EpochConfig, EpochSpec)):
         assert dataclasses.asdict(schema()) == dataclasses.asdict(runtime())
+
+
+# Item 9: a _target_ that changes the source replaces it; it does not inherit the old
+# source's arguments (fields, chunk_size, ... of the default synthetic source).
+
+def _experiment(tmp_path, body: str) -> str:
+    (tmp_path / "experiment").mkdir(exist_ok=True)
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\n" + body)
+    return "experiment=mine"
+
+
+def test_experiment_with_a_new_source_target_does_not_inherit_the_default_source(tmp_path):
+    choice = _experiment(tmp_path, "source:\n  _target_: fakes.RandomChunks\n  length: 40\n")
+    spec = load_spec(compose([choice], config_dir=tmp_path))
+    assert spec.inputs[0].source == {"_target_": "fakes.RandomChunks", "length": 40}
+    from inputkit.sources.loader import build_source
+
+    build_source(spec.inputs[0].source).close()  # constructs: no unexpected 'fields'
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["source._target_=fakes:fetch_ones"], {"_target_": "fakes:fetch_ones"}),
+    (["+source.width=3", "source._target_=fakes:fetch_ones"],
+     {"_target_": "fakes:fetch_ones", "width": 3}),
+    (["source._target_=fakes:fetch_ones", "+source.width=3"],
+     {"_target_": "fakes:fetch_ones", "width": 3}),
+    (["source={_target_:fakes.RandomChunks,length:9}"],
+     {"_target_": "fakes.RandomChunks", "length": 9}),
+])
+def test_command_line_target_override_replaces_the_source(overrides, expected):
+    assert load_spec(compose(overrides)).inputs[0].source == expected
+
+
+def test_command_line_target_replaces_an_experiments_source(tmp_path):
+    choice = _experiment(tmp_path, "source:\n  _target_: fakes.RandomChunks\n  length: 40\n")
+    spec = load_spec(compose([choice, "source._target_=fakes:fetch_ones"], config_dir=tmp_path))
+    assert spec.inputs[0].source == {"_target_": "fakes:fetch_ones"}
+
+
+@pytest.mark.parametrize("target", ["synthetic", "inputkit.sources.synthetic.SyntheticSource",
+                                    "inputkit.sources.synthetic:SyntheticSource"])
+def test_naming_the_same_source_again_keeps_its_arguments(target):
+    source = load_spec(compose([f"source._target_={target}", "source.chunk_size=5"])).inputs[0].source
+    assert source["_target_"] == target
+    assert set(source["fields"]) == {"image", "label"} and source["chunk_size"] == 5
+
+
+def test_override_source_group_in_an_experiment_file(tmp_path):
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "ones.yaml").write_text("_target_: fakes:fetch_ones\nwidth: 4\n")
+    choice = _experiment(tmp_path, "defaults:\n  - override /source: ones\nbatch_size: 8\n")
+    spec = load_spec(compose([choice], config_dir=tmp_path))
+    assert spec.inputs[0].source == {"_target_": "fakes:fetch_ones", "width": 4}

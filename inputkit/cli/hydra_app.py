@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from inputkit.config.compose import DEFAULT_CONFIG_NAME, search_path
 from inputkit.config.errors import check_overrides, translate_config_errors
+from inputkit.config.targets import TargetReplacingConfigLoader
 
 
 def hydra_parser(prog: str) -> argparse.ArgumentParser:
@@ -53,8 +54,10 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
     GlobalHydra.instance().clear()
     try:
         with translate_config_errors():
-            hydra = Hydra.create_main_hydra2(task_name="bench",
-                                             config_search_path=search_path(args.config_dir))
+            # As Hydra.create_main_hydra2, with our loader: a new _target_ replaces the node.
+            hydra = Hydra(task_name="bench",
+                          config_loader=TargetReplacingConfigLoader(search_path(args.config_dir)))
+            GlobalHydra.instance().initialize(hydra)
         if args.cfg:
             with translate_config_errors():
                 hydra.show_cfg(config_name=config_name, overrides=overrides, cfg_type=args.cfg,

@@ -62,15 +62,15 @@ def compose(
     ``~bench.steps``, ``experiment=images``). The result has no ``hydra`` node and
     can be passed straight to :class:`inputkit.Runner`.
     """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.types import RunMode
 
     from inputkit.config.errors import translate_config_errors
+    from inputkit.config.targets import TargetReplacingConfigLoader
 
     with translate_config_errors(overrides or ()):
         # The loader is used directly (not through GlobalHydra) so compose() also works
         # inside a user's own @hydra.main application without disturbing it.
-        loader = ConfigLoaderImpl(config_search_path=search_path(config_dir))
+        loader = TargetReplacingConfigLoader(search_path(config_dir))
         cfg = loader.load_configuration(
             config_name=config_name,
             overrides=list(overrides),
