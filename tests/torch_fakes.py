@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -123,3 +125,26 @@ class MixedScalars(Dataset):
         label = (i, np.int64(i), torch.tensor(i))[i % 3]
         weight = float(i) if i % 2 else np.float32(i)
         return label, weight
+
+
+class CountedDataset(DictDataset):
+    """A DictDataset that appends the constructing process's pid to the file ``log`` each time it
+    is built, so a test can count constructions in every process."""
+
+    def __init__(self, n: int = 100, log: str = "") -> None:
+        super().__init__(n)
+        with open(log, "a") as out:  # one short append per construction: atomic across processes
+            out.write(f"{os.getpid()}\n")
+
+
+class WithPath(Dataset):
+    """Sample i: (image float32 [2, 3] filled with i, label i, the path string of sample i)."""
+
+    def __init__(self, n: int = 40) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple:
+        return torch.full((2, 3), float(i)), i, f"images/{i:05d}.png"
