@@ -258,10 +258,9 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", "inputkit", "bench", "--config-dir",
                              str(tmp_path / "conf"), "source=hangs", "devices=cpu",
-                             "workers.count=1", "batch_size=4", "bench.seconds=300",
-                             "memory.probe=false"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                             "workers.count=1", "batch_size=4", "bench.seconds=300"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
@@ -275,7 +274,7 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
-    assert "interrupted after" in stdout and "0:cpu" in stdout, stdout
+    assert "interrupted after" in stdout and "0:cpu" in stdout, (stdout, stderr)
     assert "did not stop" in stdout and "inputkit-main-0-fetch-0" in stdout, stdout
     assert "still inside fetch of fakes:HangsAfter" in stdout
     assert "interrupted" in stderr and "Traceback" not in stderr

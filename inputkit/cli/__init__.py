@@ -141,12 +141,13 @@ def compare(
     startup: bool = typer.Option(True, help="also time the first batch of 4 process workers x 2 "
                                             "devices (cold start)"),
 ) -> None:
-    """Run the same fetch work through inputkit and torch's DataLoader, side by side.
+    """Run the same fetch work through inputkit and its peers, side by side.
 
-    Workloads are the shipped experiments: w1 = tiny, w2 = images, w3 = remote,
-    w4 = cpu. Extra arguments are Hydra overrides applied to every workload
-    (e.g. workers.count=4). Prints throughput, time to first batch, peak memory,
-    the ratio to the best DataLoader configuration and to the physical limit.
+    Peers: DataLoader in-process (num_workers=0) and with worker processes, and
+    torchdata.nodes with threads. Workloads are the shipped experiments: w1 = tiny,
+    w2 = images, w3 = remote, w4 = cpu. Extra arguments are Hydra overrides applied
+    to every workload (e.g. workers.count=4). Prints throughput, time to first batch,
+    peak memory, the ratio to the fastest peer and to the physical limit.
     """
     raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4"], seconds, repeats, startup,
                                   list(ctx.args)))

@@ -1,8 +1,10 @@
-"""``inputkit compare``: the same fetch work through inputkit and torch's DataLoader, in one run.
+"""``inputkit compare``: the same fetch work through inputkit and its peers, in one run.
 
 For each workload (a shipped experiment config) it measures, on this machine and
 in this run: the physical limit of the work, inputkit with the workers the
-config picks, and DataLoader in both its shapes (the better one is the peer).
+config picks, and every peer in ``inputkit.peers.catalog.PEERS`` (DataLoader
+in-process and with worker processes, torchdata.nodes with threads); the
+fastest peer is the one inputkit is compared with.
 Throughput is steady state (after the first batch, for ``seconds``); time to
 first batch is counted from start; peak memory is the process tree's
 proportional set size (PSS: shared memory counted once), sampled every 0.5 s
@@ -25,6 +27,7 @@ import psutil
 
 import inputkit
 from inputkit.config.spec import InputSpec, RunSpec
+from inputkit.peers.catalog import PEERS, Peer, best_peer
 from inputkit.sources.loader import build_source
 
 
@@ -110,26 +113,21 @@ def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measure
                        count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
 
 
-def measure_torch(variant: str, spec: InputSpec, seconds: float, batch_bytes: int) -> Measurement:
-    from inputkit.peers.torch_loader import make_loader
-
+def measure_peer(peer: Peer, spec: InputSpec, seconds: float, batch_bytes: int) -> Measurement:
     with TreeMemory() as memory, warnings.catch_warnings():
         # DataLoader warns when workers outnumber cores; W3 does that on purpose (it waits).
         warnings.filterwarnings("ignore", message="This DataLoader will create")
         began = time.perf_counter()
-        loader = make_loader(variant, spec)
-        stream = iter(loader)
-        first = next(stream)
-        first_s = time.perf_counter() - began
-        del first
+        stream, close = peer.open(spec)
         try:
+            first = next(stream)
+            first_s = time.perf_counter() - began
+            del first
             count, elapsed = _drain(stream, seconds)
         finally:
-            shutdown = getattr(stream, "_shutdown_workers", None)
-            if callable(shutdown):
-                shutdown()
-    return Measurement(f"DataLoader {variant} ({spec.worker_count} procs)", count / elapsed,
-                       count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
+            close()
+    return Measurement(peer.label(spec), count / elapsed, count * batch_bytes / elapsed / 1e6,
+                       first_s, memory.peak / 1e6)
 
 
 def _fetch_rate(spec: InputSpec, seconds: float) -> float:
@@ -200,33 +198,38 @@ def _median(runs: list[Measurement]) -> Measurement:
 
 def run_workload(workload: Workload, overrides: list[str], seconds: float,
                  say: Callable[[str], None], repeats: int = 1) -> dict[str, Any]:
-    from inputkit.peers.torch_loader import VARIANTS
+    """inputkit, every peer that can run here, and the limit, for one workload.
 
+    The result's ``best_peer`` is the fastest of all peers (median runs), and ``skipped``
+    lists ``(peer, reason)`` for the peers whose package is missing.
+    """
     cfg = inputkit.compose([f"experiment={workload.experiment}", "devices=cpu", *overrides])
     spec = inputkit.load_spec(cfg)
     input_spec = spec.inputs[0]
     batch_bytes = sample_bytes(input_spec) * input_spec.batch_size
+    reasons = {peer.key: peer.missing() for peer in PEERS}
+    runnable = [peer for peer in PEERS if reasons[peer.key] is None]
+    skipped = [(peer, reasons[peer.key]) for peer in PEERS if reasons[peer.key] is not None]
     say(f"{workload.title}: physical limit")
     limits = [physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0))]
-    runs: dict[str, list[Measurement]] = {"inputkit": [], **{v: [] for v in VARIANTS}}
+    runs: dict[str, list[Measurement]] = {"inputkit": [], **{p.key: [] for p in runnable}}
     for repeat in range(repeats):  # interleaved, so slow phases of a noisy machine hit all
         suffix = f" (run {repeat + 1} of {repeats})" if repeats > 1 else ""
         say(f"{workload.title}: inputkit{suffix}")
         runs["inputkit"].append(measure_inputkit(spec, seconds, batch_bytes))
-        for variant in VARIANTS:
-            say(f"{workload.title}: DataLoader {variant}{suffix}")
-            runs[variant].append(measure_torch(variant, input_spec, seconds, batch_bytes))
+        for peer in runnable:
+            say(f"{workload.title}: {peer.label(input_spec)}{suffix}")
+            runs[peer.key].append(measure_peer(peer, input_spec, seconds, batch_bytes))
     ours = _median(runs["inputkit"])
-    peers = [_median(runs[variant]) for variant in VARIANTS]
-    best = max(peers, key=lambda m: m.batches_per_s)
+    peers = [_median(runs[peer.key]) for peer in runnable]
     say(f"{workload.title}: physical limit, again")
     # Measured before and after the loaders; the higher one is kept, so noise on a shared
     # machine can only make the ratios to the limit look worse, not better.
     limits.append(physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0)))
     limit, how = max(limits)
     return {"workload": workload, "limit": limit, "limit_how": how, "inputkit": ours,
-            "torch": peers, "best_torch": best, "batch_bytes": batch_bytes,
-            "workers": input_spec.worker_count}
+            "peers": peers, "best_peer": best_peer(peers), "skipped": skipped,
+            "batch_bytes": batch_bytes, "workers": input_spec.worker_count, "spec": input_spec}
 
 
 def first_batch_latency(overrides: list[str], workers: int = 4, devices: int = 2) -> float:

@@ -1,18 +1,21 @@
-"""The peer: the same fetch work through ``torch.utils.data.DataLoader``, in its two best shapes.
+"""The DataLoader peers: the same fetch work through ``torch.utils.data.DataLoader``.
 
+- ``in-process``: the ``chunks`` dataset below with ``num_workers=0``: the main process
+  calls ``fetch`` itself, with no worker processes and no transport. On a cheap fetch
+  this is the fastest DataLoader.
 - ``per-item``: a map-style Dataset whose ``__getitem__`` builds one sample with the
   same per-sample cost (latency and CPU time divided by the batch size), batched
   by DataLoader's ``batch_size`` and default collate.
 - ``chunks``: an IterableDataset whose workers call the same ``fetch`` and yield
   whole batches as tensors, with ``batch_size=None`` (no collate).
 
-Both use the input's worker count, ``persistent_workers=True`` and
-``prefetch_factor=4``; the comparison reports the better of the two.
+The last two use the input's worker count (processes), ``persistent_workers=True`` and
+``prefetch_factor=4``. ``inputkit.peers.catalog`` lists these with the thread peer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ from inputkit.sources.loader import build_source
 PREFETCH_FACTOR = 4
 
 
-def _tensors(chunk: Any) -> dict[str, torch.Tensor]:
+def tensors(chunk: Any) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(np.ascontiguousarray(arr)) for name, arr in chunk.items()}
 
 
@@ -45,7 +48,7 @@ class ChunkDataset(IterableDataset):  # type: ignore[type-arg]
             setup(worker_id, workers)
         while True:
             try:
-                yield _tensors(source.fetch(worker_id, self.batch_size))
+                yield tensors(source.fetch(worker_id, self.batch_size))
             except StopIteration:
                 return
 
@@ -73,7 +76,10 @@ class ItemDataset(Dataset):  # type: ignore[type-arg]
 
 
 def make_loader(variant: str, spec: InputSpec) -> DataLoader:  # type: ignore[type-arg]
-    """The DataLoader for ``variant`` ("per-item" or "chunks"), configured for ``spec``."""
+    """The DataLoader for ``variant`` (one of ``VARIANTS``), configured for ``spec``."""
+    if variant == "in-process":
+        return DataLoader(ChunkDataset(spec.source, spec.batch_size), batch_size=None,
+                          num_workers=0)
     common: dict[str, Any] = {"num_workers": spec.worker_count, "persistent_workers": True,
                               "prefetch_factor": PREFETCH_FACTOR}
     if variant == "per-item":
@@ -81,7 +87,20 @@ def make_loader(variant: str, spec: InputSpec) -> DataLoader:  # type: ignore[ty
                           **common)
     if variant == "chunks":
         return DataLoader(ChunkDataset(spec.source, spec.batch_size), batch_size=None, **common)
-    raise ValueError(f"unknown DataLoader variant {variant!r}; use per-item or chunks")
+    raise ValueError(f"unknown DataLoader variant {variant!r}; use one of {', '.join(VARIANTS)}")
 
 
-VARIANTS = ("per-item", "chunks")
+def open_loader(variant: str, spec: InputSpec) -> tuple[Iterator[Any], Callable[[], None]]:
+    """An endless stream of batches from the DataLoader ``variant``, and the call that stops
+    its worker processes (none for ``in-process``)."""
+    stream = iter(make_loader(variant, spec))
+
+    def close() -> None:
+        shutdown = getattr(stream, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
+    return stream, close
+
+
+VARIANTS = ("in-process", "per-item", "chunks")

@@ -1,0 +1,83 @@
+"""Every peer ``inputkit compare`` runs, in every workload, and how "best peer" is chosen.
+
+A user picking a loader would try the in-process DataLoader, a thread pool and worker
+processes; so every workload runs all of them, and inputkit's ratio is taken against
+the fastest, whichever it is. Peers whose package is missing are skipped with the
+reason (the thread peer needs ``torchdata``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from inputkit.config.spec import InputSpec
+
+if TYPE_CHECKING:
+    from inputkit.peers.compare import Measurement
+
+Opened = tuple[Iterator[Any], Callable[[], None]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One way to load the workload's fetch without inputkit."""
+
+    key: str
+    shape: str  # "in-process", "threads" or "processes": where the fetch runs
+    title: str  # the row label, formatted with the input's worker count as {n}
+    package: str  # the module it needs
+    install: str  # what to run when that module is missing
+    opener: Callable[[InputSpec], Opened]  # imports the peer's package when called
+
+    def label(self, spec: InputSpec) -> str:
+        return self.title.format(n=spec.worker_count)
+
+    def missing(self) -> str | None:
+        """Why this peer cannot run here (its package does not import), or None."""
+        try:
+            importlib.import_module(self.package)
+        except ImportError as exc:
+            return f"{self.package} does not import ({exc}); {self.install}"
+        return None
+
+    def open(self, spec: InputSpec) -> Opened:
+        """Start the peer on ``spec``'s source: a stream of batches and its ``close``."""
+        return self.opener(spec)
+
+
+def _dataloader(variant: str) -> Callable[[InputSpec], Opened]:
+    def opener(spec: InputSpec) -> Opened:
+        from inputkit.peers.torch_loader import open_loader
+
+        return open_loader(variant, spec)
+
+    return opener
+
+
+def _nodes(spec: InputSpec) -> Opened:
+    from inputkit.peers.nodes_loader import open_nodes
+
+    return open_nodes(spec)
+
+
+_TORCH = "pip install torch"
+PEERS: tuple[Peer, ...] = (
+    Peer("dataloader-in-process", "in-process", "DataLoader in-process (num_workers=0)",
+         "torch", _TORCH, _dataloader("in-process")),
+    Peer("dataloader-per-item", "processes", "DataLoader per-item ({n} procs)",
+         "torch", _TORCH, _dataloader("per-item")),
+    Peer("dataloader-chunks", "processes", "DataLoader chunks ({n} procs)",
+         "torch", _TORCH, _dataloader("chunks")),
+    Peer("nodes-threads", "threads", "torchdata.nodes ParallelMapper ({n} threads)",
+         "torchdata.nodes", "pip install torchdata", _nodes),
+)
+
+
+def best_peer(measured: Sequence[Measurement]) -> Measurement:
+    """The fastest of all the peers that ran, by batches/s."""
+    if not measured:
+        raise ValueError("no peer ran: install torch (pip install torch) to compare")
+    return max(measured, key=lambda m: m.batches_per_s)
