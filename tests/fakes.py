@@ -215,3 +215,26 @@ class KillsItself:
             os.kill(os.getpid(), getattr(signal, self.signal))
             time.sleep(5)
         return {"x": np.zeros((batch_size_hint, 2), np.float32)}
+
+
+class HangsAfter:
+    """Returns ``after`` chunks, then every fetch blocks for good on an Event nobody sets
+    (a worker stuck in a remote call that never answers). ``marker``: a file created when
+    the first fetch starts to block, so a test can act once a worker is surely stuck."""
+
+    def __init__(self, after: int = 3, marker: str | None = None) -> None:
+        self.after = after
+        self.marker = marker
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.never = threading.Event()
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        if calls > self.after:
+            if self.marker is not None:
+                open(self.marker, "a").close()
+            self.never.wait()
+        return {"x": np.zeros((batch_size_hint, 2), np.float32)}

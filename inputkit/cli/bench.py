@@ -71,22 +71,22 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     runner = Runner(spec, inputs=names)
     stop = threading.Event()
     begun = time.monotonic()
+    interrupted = False
     with runner:
-        started = time.monotonic()  # the time limit counts from here, after start-up
-        startup_s = started - begun
-        consumers = [_Consumer(c, spec.bench_steps, stop) for c in runner.coordinators()]
-        for consumer in consumers:
-            consumer.thread.start()
-        limit = spec.bench_seconds
-        console.print(_banner(runner, spec, startup_s))
         budget = parse_budget(spec.memory_budget, "memory.budget") if runner.plan else None
         jsonl = output_dir / "metrics.jsonl" if output_dir is not None and spec.bench_json \
             else None
         if jsonl is not None:
             jsonl.parent.mkdir(parents=True, exist_ok=True)
         recorder = Recorder(budget, jsonl)
-        interrupted = False
-        try:
+        started = time.monotonic()  # the time limit counts from here, after start-up
+        startup_s = started - begun
+        consumers = [_Consumer(c, spec.bench_steps, stop) for c in runner.coordinators()]
+        limit = spec.bench_seconds
+        try:  # from the first consumer on, Ctrl-C ends in the summary of what was measured
+            for consumer in consumers:
+                consumer.thread.start()
+            console.print(_banner(runner, spec, startup_s))
             _watch(runner, consumers, console, started, limit, spec.progress_interval, recorder,
                    spec.bench_dashboard)
         except KeyboardInterrupt:
@@ -96,6 +96,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
             recorder.close()
         final = runner.stats()
         elapsed = time.monotonic() - started
+        if interrupted:
+            _close_after_interrupt(runner, console)
     for consumer in consumers:
         consumer.thread.join(timeout=2.0)
     errors = [c.error for c in consumers if c.error is not None]
@@ -131,6 +133,21 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+def _close_after_interrupt(runner: Any, console: Console) -> None:
+    """Close the runner after Ctrl-C. A thread that will not stop (stuck inside fetch) is
+    named in a warning: the interrupt, its summary and exit 130 stay what the user gets, and
+    the thread, a daemon, ends with the process."""
+    from inputkit.errors import ShutdownError
+
+    try:
+        runner.close()
+    except ShutdownError as exc:
+        header, *rest = str(exc).splitlines()
+        threads = [line.rstrip(":") for line in rest if line and not line[0].isspace()]
+        console.print(f"warning: {header.rstrip(':')}: {'; '.join(threads)}; left to end "
+                      "with the process", markup=False, highlight=False, soft_wrap=True)
 
 
 def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spec: RunSpec) -> None:
