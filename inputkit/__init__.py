@@ -42,6 +42,7 @@ _EXPORTS = {
     "FailurePolicy": "inputkit.failures",
     "FetchTimeout": "inputkit.failures",
     "StallError": "inputkit.failures",
+    "SkipLimitExceeded": "inputkit.failures",
     "MemoryBudgetError": "inputkit.memory",
     "EpochEnd": "inputkit.work",
 }
@@ -66,6 +67,7 @@ __all__ = [
     "RunnerStats",
     "ShardSource",
     "ShutdownError",
+    "SkipLimitExceeded",
     "Source",
     "SourceError",
     "SourceExhausted",
@@ -91,7 +93,7 @@ if TYPE_CHECKING:
         SourceExhausted,
         WorkerFailure,
     )
-    from inputkit.failures import FailurePolicy, FetchTimeout, StallError
+    from inputkit.failures import FailurePolicy, FetchTimeout, SkipLimitExceeded, StallError
     from inputkit.memory import MemoryBudgetError
     from inputkit.processors import ProcessorChain
     from inputkit.queues import QueueStats

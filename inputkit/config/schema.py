@@ -68,6 +68,12 @@ class FailuresConfig:
     # is reported with its stack (null: no watchdog).
     stall_timeout: float | None = 60.0
     on_stall: str = "warn"
+    # skip: the run fails with SkipLimitExceeded after this many skipped fetches in a row
+    # (null: no limit) ...
+    max_consecutive_skips: int | None = 100
+    # ... or when more than this share of all fetches were skipped, judged from 100
+    # fetches on (null: no limit).
+    max_skip_share: float | None = 0.5
 
 
 @dataclass

@@ -250,13 +250,23 @@ def _failure_policy(node: DictConfig, p: str) -> FailurePolicy:
         value = node[key]
         if value is not None and value <= 0:
             raise ConfigError(p + key, f"must be a positive number of seconds or null (off), got {value}")
+    if node.max_consecutive_skips is not None and node.max_consecutive_skips < 1:
+        raise ConfigError(p + "max_consecutive_skips",
+                          f"must be at least 1, or null (no limit), got {node.max_consecutive_skips}")
+    share = node.max_skip_share
+    if share is not None and not 0 < share <= 1:
+        raise ConfigError(p + "max_skip_share", "must be more than 0 and at most 1, or null "
+                          f"(no limit), got {share:g}")
     return FailurePolicy(
         on_error=node.on_error, retries=int(node.retries), retry_backoff=float(node.retry_backoff),
         on_worker_death=node.on_worker_death,
         max_restarts=None if node.max_restarts is None else int(node.max_restarts),
         fetch_timeout=None if node.fetch_timeout is None else float(node.fetch_timeout),
         stall_timeout=None if node.stall_timeout is None else float(node.stall_timeout),
-        on_stall=node.on_stall)
+        on_stall=node.on_stall,
+        max_consecutive_skips=None if node.max_consecutive_skips is None
+        else int(node.max_consecutive_skips),
+        max_skip_share=None if share is None else float(share))
 
 
 def _epoch_spec(node: DictConfig, p: str) -> EpochSpec:

@@ -36,7 +36,7 @@ from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
-from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout
+from inputkit.failures import RETRY, SKIP, FailurePolicy, FailureTally, FetchTimeout, pool_log
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
@@ -54,7 +54,6 @@ from inputkit.workers.process_main import (
 )
 from inputkit.workers.shm import SlotArena
 
-log = logging.getLogger("inputkit.failures")
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
 _POLL_S = 0.1
 
@@ -167,7 +166,9 @@ class ProcessWorkerPool:
         self._closed = False
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
-        self._failures = FailureTally()
+        pool = f"{label} (source '{source_name}')"
+        self._failures = FailureTally(policy, pool)  # counts skips and holds them to the ceiling
+        self._repeats = pool_log(pool)  # the workers' skips and retries, logged here, rate-limited
         self._stalls: tuple[str, ...] = ()
         self._in_place = 0  # chunks the source wrote straight into a slot (fetch_into)
         self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
@@ -251,6 +252,7 @@ class ProcessWorkerPool:
         stuck = [f"{p.name} (pid {p.pid})" for p in processes if p.is_alive()]
         if self._receiver.is_alive():
             stuck.append(self._receiver.name)
+        self._repeats.flush()
         self._release_resources()
         return stuck
 
@@ -352,14 +354,16 @@ class ProcessWorkerPool:
             return self._chunk(index, *message[1:])
         if kind == "empty":
             self._tally.fetched(0, 0, message[1], message[2])
+            self._failures.fetched()
             return True
         if kind == "processors":  # cumulative per process: a restarted worker adds a new pid
             self._processor_totals.add(worker.process.pid, message[1])
             return True
         if kind == "retry":
             self._failures.retried(message[1])
-            log.info("%s: fetch failed (%s); retrying (failures.on_error=retry)",
-                        self._where(index), message[1])
+            self._repeats.log(logging.INFO, RETRY, _error_type(message[1]),
+                              f"{self._where(index)}: fetch failed ({message[1]}); retrying "
+                              "(failures.on_error=retry)")
             return True
         if kind == "skip":
             return self._skipped(index, message[1], message[2])
@@ -395,6 +399,8 @@ class ProcessWorkerPool:
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
+        if last:  # the fetch's last piece: it delivered
+            self._failures.fetched()
         if in_place:
             self._in_place += 1
         if self._dispatcher is None:
@@ -421,13 +427,17 @@ class ProcessWorkerPool:
         return True
 
     def _skipped(self, index: int, text: str, seq: int) -> bool:
-        log.warning("%s: skipped a chunk (failures.on_error=skip): %s", self._where(index), text)
-        if self._dispatcher is None or seq < 0:
-            self._failures.skipped(text)
-            return True
-        item = self._workers[index].items.popleft()
-        self._failures.skipped(text, len(item.remaining))
-        return self._dispatcher.skip(item)
+        """A worker skipped a fetch: count it and, past the skip ceiling, fail the run."""
+        self._repeats.log(logging.WARNING, SKIP, _error_type(text),
+                          f"{self._where(index)}: {SKIP}: {text}")
+        item = None
+        if self._dispatcher is not None and seq >= 0:
+            item = self._workers[index].items.popleft()
+        limit = self._failures.skipped(text, len(item.remaining) if item is not None else 0)
+        if limit is not None:
+            self.fail(Failure(exc=limit, where=self._where(index), traceback_text=""))
+            return False
+        return item is None or self._dispatcher.skip(item)  # type: ignore[union-attr]
 
     def _check_deaths(self) -> None:
         """Reap workers killed or crashed (a non-zero exit) while the receiver waits on a full queue."""
@@ -601,6 +611,11 @@ class ProcessWorkerPool:
             shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
             pids=tuple(self.pids()), stalls=self._stalls,
             processors=self._processor_totals.stats(), **self._failures.snapshot())
+
+
+def _error_type(text: str) -> str:
+    """``OSError`` of a worker's ``OSError: message`` (how its skips and retries are keyed)."""
+    return text.split(":", 1)[0]
 
 
 def _private_copy(chunk: Chunk) -> Chunk:

@@ -19,7 +19,14 @@ import numpy as np
 
 from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
-from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout, Skipped, call_with_policy
+from inputkit.failures import (
+    FailurePolicy,
+    FailureTally,
+    FetchTimeout,
+    Skipped,
+    call_with_policy,
+    pool_log,
+)
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
@@ -59,7 +66,9 @@ class ThreadWorkerPool:
         self._active = len(self._ids)
         self._failed = False
         self._tally = FetchTally()
-        self._failures = FailureTally()
+        pool = f"{label} (source '{source.name}')"
+        self._failures = FailureTally(policy, pool)  # counts skips and holds them to the ceiling
+        self._repeats = pool_log(pool)  # skip and retry messages: the first in full, then counted
         self._activity = Activity.local(len(self._ids))
         self._stalls: tuple[str, ...] = ()
         self._threads = [
@@ -87,6 +96,7 @@ class ThreadWorkerPool:
             if thread.is_alive():
                 stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n"
                              f"{self._stack(index)}")
+        self._repeats.flush()
         return stuck
 
     def _stack(self, index: int) -> str:
@@ -158,10 +168,12 @@ class ThreadWorkerPool:
             chunk = call_with_policy(
                 lambda: self._checked(call(), wid, expect, key),
                 self._policy, self._where(wid), self._stop,
-                on_retry=lambda e: self._failures.retried(_describe(e)))
+                on_retry=lambda e: self._failures.retried(_describe(e)), repeats=self._repeats)
         except Skipped as skipped:
             self._activity.fetched(index, progress=False)
-            self._failures.skipped(_describe(skipped.error), expect or 0)
+            limit = self._failures.skipped(_describe(skipped.error), expect or 0)
+            if limit is not None:
+                raise limit from skipped.error
             return None
         except BaseException:
             self._activity.fetched(index, progress=False)
@@ -169,6 +181,7 @@ class ThreadWorkerPool:
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
         self._activity.fetched(index, progress=chunk.n > 0)
         self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
+        self._failures.fetched()
         return chunk
 
     def _fetch_chunks(self, index: int, wid: int) -> None:
