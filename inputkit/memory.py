@@ -133,13 +133,17 @@ class MemoryBudgetError(InputkitError):
 
 
 def declared_layout(spec: InputSpec) -> SampleLayout | None:
-    """Sizes from a source config that declares ``fields`` (like the synthetic source)."""
-    fields = spec.source.get("fields")
+    """Sizes declared in the source config: ``_fields_`` (any source; never passed to it), or
+    the ``fields`` argument of a source that takes one (the synthetic source)."""
+    where = "_fields_" if "_fields_" in spec.source else "fields"
+    fields = spec.source.get(where)
     if not isinstance(fields, dict) or not fields:
         return None
     sizes: dict[str, tuple[tuple[int, ...], str, int]] = {}
     for name, declared in fields.items():
-        key = f"{spec.key_prefix}source.fields.{name}"
+        if declared is None:  # a value the source drops (TorchDatasetSource: name: null)
+            continue
+        key = f"{spec.key_prefix}source.{where}.{name}"
         if not isinstance(declared, dict):
             raise ConfigError(key, f"expected {{shape: [...], dtype: ...}}, got {declared!r}")
         shape = declared.get("shape", ())
@@ -162,6 +166,11 @@ def declared_layout(spec: InputSpec) -> SampleLayout | None:
     return SampleLayout(fields=sizes, chunk_samples=int(chunk), source="declared",
                         source_bytes=sample_bytes * max(int(chunk), 1))
 
+
+# What to do when sizes are unknown, for every kind of source (function, class, object):
+# _fields_ is read by the planner and never passed to the source.
+DECLARE_SIZES = ("declare them in the config with source._fields_={NAME: {shape: [...], dtype: "
+                 "...}, ...} (read by the memory planner, not passed to the source)")
 
 _PROBE_TRIES = 8  # with failures.on_error=skip, chunks the probe may try before it gives up
 
@@ -192,8 +201,11 @@ def _probe_fetch(source: Any, spec: InputSpec) -> Any:
     raise SourceExhausted  # unreachable: calls is never empty
 
 
-def probed_layout(spec: InputSpec) -> SampleLayout:
-    """Sizes from one fetch of a private copy of the source (the pipeline's copy is untouched)."""
+def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> SampleLayout:
+    """Sizes from one fetch of a private copy of the source (the pipeline's copy is untouched).
+
+    With ``keep``, the copy is not closed but left in ``keep[spec.name]`` for the caller (the
+    Runner reuses it instead of building the source again)."""
     from inputkit.sources.loader import build_source, import_target
 
     name = spec.source.get("_target_", "?")
@@ -219,8 +231,7 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
                 raw = chain.apply(ChunkSchema(name).check(raw, 0).fields, 0)
         except (SourceExhausted, StopIteration) as exc:
             raise SourceError(name, "the memory planner's probe found the source exhausted at its "
-                              "first fetch, so sizes are unknown; declare the source's fields in "
-                              "its config") from exc
+                              f"first fetch, so sizes are unknown; {DECLARE_SIZES}") from exc
         except SourceError as exc:  # already names the source (and field): say where it was found
             if hasattr(exc, "add_note"):
                 exc.add_note("[inputkit] found by the memory planner's probe, which reads one chunk "
@@ -228,8 +239,8 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
             raise
         except Exception as exc:
             error = SourceError(name, f"the memory planner's probe fetch failed: "
-                                f"{type(exc).__name__}: {exc}; declare the source's fields in its "
-                                "config (or set memory.probe=false)")
+                                f"{type(exc).__name__}: {exc}; fix the source, or {DECLARE_SIZES} "
+                                "to skip the probe")
             if hasattr(error, "add_note"):
                 import traceback
 
@@ -244,10 +255,13 @@ def probed_layout(spec: InputSpec) -> SampleLayout:
     chunk = ChunkSchema(name).check(raw, 0)
     if chunk.n == 0:
         raise SourceError(name, "the memory planner's probe fetch returned no samples, so sizes "
-                          "are unknown; declare the source's fields in its config")
+                          f"are unknown; {DECLARE_SIZES}")
     sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
              for field_name, arr in chunk.fields.items()}
-    source.close()
+    if keep is not None:
+        keep[spec.name] = source
+    else:
+        source.close()
     return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                         source_bytes=max(0, peak - chunk.nbytes))
 
@@ -274,11 +288,12 @@ def guess_devices(requested: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
-                available: int | None = None) -> MemoryPlan:
+                available: int | None = None, keep: dict[str, Any] | None = None) -> MemoryPlan:
     """Every term of every input on one device, the budget, and fixes if it does not fit.
 
     ``devices`` are the resolved devices (default: the config's, ``auto`` guessed without
-    torch); ``available`` overrides the RAM a percentage budget is taken of (for tests).
+    torch); ``available`` overrides the RAM a percentage budget is taken of (for tests);
+    ``keep`` receives the sources the probe built, by input name (see probed_layout).
     """
     from inputkit.workers import slot_count
 
@@ -294,10 +309,10 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
         layout = declared_layout(inp) if not inp.processors else None
         if layout is None:
             if not probe:
-                raise UnknownSampleSizes(f"{inp.key_prefix}source.fields", "unknown sample sizes: this "
-                                  "source declares no fields and the probe is off; declare "
-                                  "fields, or allow the probe")
-            layout = probed_layout(inp)
+                raise UnknownSampleSizes(f"{inp.key_prefix}source._fields_", "unknown sample sizes: "
+                                         "this source declares none and the probe is off "
+                                         f"(memory.probe=false); {DECLARE_SIZES}, or allow the probe")
+            layout = probed_layout(inp, keep)
         layouts[inp.name] = layout
         terms.extend(_input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
     process_inputs = [inp for inp in spec.inputs if inp.worker_kind == "process"]

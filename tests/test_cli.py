@@ -198,7 +198,7 @@ def test_compare_prints_inputkit_every_peer_and_the_limit(tmp_path):
     table = out.stdout
     for text in ["inputkit (2 thread workers)", "DataLoader in-process (num_workers=0)",
                  "DataLoader per-item (2 procs)", "DataLoader chunks (8 procs)",
-                 "torchdata.nodes ParallelMapper (8 threads)",
+                 "torchdata.nodes (8 threads)",
                  "limit: 8 workers x 256 samples / 20 ms", "vs best peer"]:
         assert text in table, text
     assert "goal" not in table and "MISSED" not in table
@@ -281,3 +281,49 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     assert "did not stop" in stdout and "inputkit-main-0-fetch-0" in stdout, stdout
     assert "still inside fetch of fakes:HangsAfter" in stdout
     assert "interrupted" in stderr and "Traceback" not in stderr
+
+
+def _invoke(args: list[str], columns: str = "80"):
+    """The CLI in-process through typer's CliRunner: stdout is not a terminal."""
+    from typer.testing import CliRunner
+
+    from inputkit.cli import app
+
+    return CliRunner().invoke(app, args, env={"COLUMNS": columns}, prog_name="inputkit")
+
+
+@pytest.mark.parametrize("command", [[], ["bench"], ["plan"], ["sources"], ["compare"]])
+def test_help_shows_no_doc_markup_and_no_file_a_pip_install_lacks(command):
+    """Item 12: no reST double backticks in --help, and no pointer to docs/ as if it were there."""
+    result = _invoke([*command, "--help"], columns="200")
+    assert result.exit_code == 0, result.output
+    assert "``" not in result.output and ":class:" not in result.output, result.output
+    for line in result.output.splitlines():
+        if "docs/" in line:
+            assert "source repository" in line, line
+
+
+def test_version_flag_prints_the_installed_version():
+    import inputkit
+
+    result = _invoke(["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"inputkit {inputkit.__version__}"
+
+
+def test_sources_off_a_terminal_prints_whole_names_one_source_per_block():
+    """Item 12: a narrow non-terminal output does not fold targets into fragments."""
+    result = _invoke(["sources"], columns="40")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.startswith("synthetic: inputkit.sources.synthetic.SyntheticSource")
+               for line in lines), result.output
+    assert "inputkit.sources.arrays.ArraySource" in result.output
+    assert "``" not in result.output and "┃" not in result.output
+    assert any("chunk_size=64" in line for line in lines)
+
+
+def test_sources_through_a_pipe_is_plain_too(tmp_path):
+    out = run(["sources"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "shards: inputkit.sources.shards.ShardSource" in out.stdout

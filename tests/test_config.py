@@ -215,3 +215,14 @@ def test_override_source_group_in_an_experiment_file(tmp_path):
     choice = _experiment(tmp_path, "defaults:\n  - override /source: ones\nbatch_size: 8\n")
     spec = load_spec(compose([choice], config_dir=tmp_path))
     assert spec.inputs[0].source == {"_target_": "fakes:fetch_ones", "width": 4}
+
+
+def test_a_missing_config_dir_is_named_the_way_the_caller_gave_it(tmp_path):
+    """Item 14: from Python the error names compose(config_dir=...), not the CLI's flag."""
+    with pytest.raises(ConfigError) as info:
+        compose(config_dir=tmp_path / "nope")
+    assert info.value.key == "compose(config_dir=...)", str(info.value)
+    assert str(info.value).startswith(f"compose(config_dir=...): folder {tmp_path / 'nope'} does not")
+    with pytest.raises(ConfigError, match=r"add source/nope\.yaml to your compose\(config_dir=\.\.\.\) "
+                       "folder$"):
+        compose(["source=nope"])

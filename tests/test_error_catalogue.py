@@ -302,14 +302,15 @@ CASES = [
               r"\(source 'fakes:Raising'\); its traceback:\n(.*\n)*.*in fetch"),
     case("probe-fetch-raises", plugin("fakes:Raising", "+source.after=1"), 1,
          r"^error: source 'fakes:Raising': the memory planner's probe fetch failed: KeyError: "
-         r"'record 1 is corrupt'; declare the source's fields in its config "
-         r"\(or set memory\.probe=false\)$",
+         r"'record 1 is corrupt'; fix the source, or declare them in the config with "
+         r"source\._fields_=\{NAME: \{shape: \[\.\.\.\], dtype: \.\.\.\}, \.\.\.\} \(read by the "
+         r"memory planner, not passed to the source\) to skip the probe$",
          note=r"^\[inputkit\] the probe's traceback:\nTraceback"),
     case("plan-probe-bad-output", cli("plan", "~source", "+source._target_=fakes:fetch_none"), 2,
          r"^error: source 'fakes:fetch_none': fetch returned None \(worker 0\); it must return"),
     case("probe-empty-chunk", plugin("fakes:fetch_empty"), 1,
          r"^error: source 'fakes:fetch_empty': the memory planner's probe fetch returned no "
-         r"samples, so sizes are unknown; declare the source's fields in its config$"),
+         r"samples, so sizes are unknown; declare them in the config with source\._fields_="),
 
     # --- bad fetch outputs: SourceError naming the source and the field -----------------
     case("returns-none", returns("none"), SourceError,

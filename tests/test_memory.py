@@ -116,7 +116,7 @@ def test_a_probe_that_returns_nothing_is_an_error(source, text):
 
 def test_probe_off_and_no_declared_fields_is_a_config_error_naming_the_key():
     spec = inputkit.load_spec(make_cfg({"_target_": "fakes:fetch_ones"}, memory={"probe": False}))
-    with pytest.raises(ConfigError, match="source.fields: unknown sample sizes"):
+    with pytest.raises(ConfigError, match="source._fields_: unknown sample sizes"):
         plan_memory(spec, devices=("cpu",))
 
 

@@ -148,3 +148,23 @@ def test_cpu_ms_spends_thread_cpu_time_so_threads_take_turns():
     for t in threads:
         t.join(10)
     assert len(spent) == 2 and all(s >= 0.06 for s in spent), spent
+
+
+@pytest.mark.parametrize("target", ["fakes:fetch_ones", "fakes.Slow", "fakes:SHARED_INSTANCE"])
+def test_the_probes_advice_to_declare_sizes_works_for_every_source_form(target):
+    """Item 10: the advice of an unknown-sizes error, followed as it says, plans and runs for a
+    function, a class and an existing object (declared sizes are not passed to the source)."""
+    from inputkit import compose, load_spec
+    from inputkit.memory import UnknownSampleSizes, plan_memory
+
+    base = [f"source={{_target_:'{target}'}}", "devices=cpu", "memory.probe=false"]
+    with pytest.raises(UnknownSampleSizes) as info:
+        plan_memory(load_spec(compose(base)))
+    advice = "source._fields_={x:{shape:[2],dtype:float32}}"
+    assert "source._fields_" in str(info.value), info.value
+    spec = load_spec(compose([*base, "+" + advice]))
+    plan = plan_memory(spec)
+    assert plan.layouts["main"].fields["x"][2] == 8 and plan.layouts["main"].source == "declared"
+    source = build_source(spec.inputs[0].source)  # the declaration is not an argument
+    assert source.fetch(0, 4)["x"].shape == (4, 2)
+    source.close()

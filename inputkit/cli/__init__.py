@@ -28,8 +28,19 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
                  "help_option_names": ["--help", "-h"]}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from inputkit import __version__
+
+        print(f"inputkit {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the installed version and exit"),
+) -> None:
     """inputkit feeds training input: declared in Hydra configs, measured, memory-safe."""
 
 
@@ -49,7 +60,9 @@ def bench(ctx: typer.Context) -> None:
       inputkit bench -m workers.count=1,2,4 sweep, then one comparison table
       inputkit bench --json                 snapshots to metrics.jsonl (bench.json=true)
 
-    Config groups: source, workers, experiment. Every key: docs/configuration.md.
+    Config groups: source, workers, experiment (inputkit sources lists the
+    sources). inputkit bench --cfg job prints every key with its value;
+    docs/configuration.md in inputkit's source repository describes each one.
     """
     args = list(ctx.args)
     if "--json" in args:  # our flag, not Hydra's: every snapshot to metrics.jsonl
@@ -105,29 +118,34 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
 @app.command()
 def sources(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """List every available source: the built-ins and plugins registered under the
-    ``inputkit.sources`` entry-point group, with their config keys."""
+    'inputkit.sources' entry-point group, with their config keys.
+
+    A table on a terminal; one block of plain lines per source otherwise (a pipe, a file).
+    """
     import json
     from dataclasses import asdict
 
     from rich.console import Console
-    from rich.table import Table
 
+    from inputkit.cli.render import sources_lines, sources_table
     from inputkit.sources.registry import available_sources
 
     found = available_sources()
     if as_json:
         print(json.dumps([asdict(s) for s in found], indent=2))
         raise typer.Exit(0)
-    table = Table(title="inputkit sources", show_lines=True)
-    for column in ("name", "_target_", "from", "reads by", "config keys", "what it is"):
-        table.add_column(column, overflow="fold")
-    for info in found:
-        keys = "\n".join(f"{k}={v}" if v else k for k, v in info.keys)
-        what = info.summary if info.error is None else f"[red]cannot import: {info.error}[/red]"
-        table.add_row(info.name, info.target, info.origin, info.kind, keys, what)
-    Console(soft_wrap=False).print(table)
-    Console().print("Use one with source._target_=NAME (or its _target_); register your own "
-                    "under the 'inputkit.sources' entry-point group: docs/plugins.md")
+    console = Console(soft_wrap=False, highlight=False)
+    hint = ("Use one with source._target_=NAME (a new _target_ starts from none of the old "
+            "source's keys: add its own with +source.KEY=VALUE), or in a config file with "
+            "'defaults: [override /source: NAME]' for a file in the source group. Register your "
+            "own under the 'inputkit.sources' entry-point group (docs/plugins.md in inputkit's "
+            "source repository).")
+    if console.is_terminal:
+        console.print(sources_table(found))
+        console.print(hint, markup=False)
+    else:  # whole names on whole lines, whatever the width
+        print("\n".join(sources_lines(found)))
+        print(hint)
     raise typer.Exit(0)
 
 

@@ -1,4 +1,5 @@
-"""Renderables for the CLI: the progress line, the per-device summary and the sweep table.
+"""Renderables for the CLI: the progress line, the per-device summary, the sweep table, and
+the list of sources.
 
 They only read statistics snapshots; they never touch the pipeline.
 """
@@ -6,12 +7,15 @@ They only read statistics snapshots; they never touch the pipeline.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
 from inputkit.stats import CoordinatorStats, RunnerStats
+
+if TYPE_CHECKING:
+    from inputkit.sources.registry import SourceInfo
 
 
 def _rate(now: float, before: float, dt: float) -> float:
@@ -112,3 +116,34 @@ def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table
             style="bold" if best > 0 and totals["samples_per_s"] == best else None,
         )
     return table
+
+
+def sources_table(found: Sequence[SourceInfo]) -> Table:
+    """``inputkit sources`` on a terminal: one row per source, long cells folded."""
+    table = Table(title="inputkit sources", show_lines=True)
+    for column in ("name", "_target_", "from", "reads by", "config keys", "what it is"):
+        table.add_column(column, overflow="fold")
+    for info in found:
+        keys = "\n".join(f"{k}={v}" if v else k for k, v in info.keys)
+        what = Text(info.summary) if info.error is None else \
+            Text(f"cannot import: {info.error}", style="red")
+        table.add_row(info.name, info.target, info.origin, info.kind, keys, what)
+    return table
+
+
+def sources_lines(found: Sequence[SourceInfo]) -> list[str]:
+    """``inputkit sources`` off a terminal: plain lines that keep every name whole."""
+    lines: list[str] = []
+    for info in found:
+        if lines:
+            lines.append("")
+        how = f"; reads by {info.kind}" if info.kind else ""
+        lines.append(f"{info.name}: {info.target} ({info.origin}{how})")
+        if info.error is not None:
+            lines.append(f"    cannot import: {info.error}")
+            continue
+        if info.summary:
+            lines.append(f"    {info.summary}")
+        if info.keys:
+            lines.append("    keys: " + ", ".join(f"{k}={v}" if v else k for k, v in info.keys))
+    return lines

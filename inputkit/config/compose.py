@@ -31,8 +31,16 @@ def shipped_configs() -> str:
     return f"file://{os.path.abspath(checkout)}"
 
 
-def search_path(config_dir: str | os.PathLike[str] | None = None) -> ConfigSearchPath:
-    """Hydra's search path: Hydra's own configs, the user's folder, then ours, then schemas."""
+CLI_CONFIG_DIR = "--config-dir"
+PYTHON_CONFIG_DIR = "compose(config_dir=...)"
+
+
+def search_path(config_dir: str | os.PathLike[str] | None = None,
+                key: str = CLI_CONFIG_DIR) -> ConfigSearchPath:
+    """Hydra's search path: Hydra's own configs, the user's folder, then ours, then schemas.
+
+    ``key`` names ``config_dir`` in errors the way the caller was given it (the CLI's flag,
+    or compose's argument)."""
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
 
@@ -44,7 +52,7 @@ def search_path(config_dir: str | os.PathLike[str] | None = None) -> ConfigSearc
     if config_dir is not None:
         absolute = os.path.abspath(os.fspath(config_dir))
         if not os.path.isdir(absolute):
-            raise ConfigError("--config-dir", f"folder {absolute} does not exist")
+            raise ConfigError(key, f"folder {absolute} does not exist")
         path.prepend(provider="command-line", path=f"file://{absolute}",
                      anchor=SearchPathQuery(provider="main"))
     return path
@@ -67,10 +75,10 @@ def compose(
     from inputkit.config.errors import translate_config_errors
     from inputkit.config.targets import TargetReplacingConfigLoader
 
-    with translate_config_errors(overrides or ()):
+    with translate_config_errors(overrides or (), config_dir=f"{PYTHON_CONFIG_DIR} folder"):
         # The loader is used directly (not through GlobalHydra) so compose() also works
         # inside a user's own @hydra.main application without disturbing it.
-        loader = TargetReplacingConfigLoader(search_path(config_dir))
+        loader = TargetReplacingConfigLoader(search_path(config_dir, key=PYTHON_CONFIG_DIR))
         cfg = loader.load_configuration(
             config_name=config_name,
             overrides=list(overrides),

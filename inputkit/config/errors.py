@@ -67,10 +67,13 @@ def check_overrides(overrides: Sequence[str]) -> None:
             raise ConfigError("override", f"{override!r} has no key; {OVERRIDE_FORMS}")
 
 
-def config_error_from(exc: BaseException, prefix: str = "") -> ConfigError:
+def config_error_from(exc: BaseException, prefix: str = "",
+                      config_dir: str = "--config-dir") -> ConfigError:
     """Best one-line ConfigError for a Hydra/OmegaConf exception, naming the key when known.
 
-    ``prefix`` is prepended to the key (``inputs.val.``) when the failing node is nested.
+    ``prefix`` is prepended to the key (``inputs.val.``) when the failing node is nested;
+    ``config_dir`` is how the caller names the user's config folder (``--config-dir``, or
+    ``compose(config_dir=...) folder`` from Python).
     """
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -93,7 +96,7 @@ def config_error_from(exc: BaseException, prefix: str = "") -> ConfigError:
             known = ", ".join(o for o in exc.options or [] if not o.startswith("base_")) or "none found"
             return ConfigError(group.replace("/", "."), f"no config named '{option}' in group "
                                f"'{group}' (available: {known}); add {group}/{option}.yaml to "
-                               "your --config-dir")
+                               f"your {config_dir}")
         return ConfigError("--config-name", str(exc).splitlines()[0])
     key = getattr(omega, "full_key", None) if omega is not None else None
     if not key:
@@ -120,7 +123,8 @@ def config_error_from(exc: BaseException, prefix: str = "") -> ConfigError:
 
 
 @contextmanager
-def translate_config_errors(overrides: Sequence[str] = ()) -> Iterator[None]:
+def translate_config_errors(overrides: Sequence[str] = (),
+                            config_dir: str = "--config-dir") -> Iterator[None]:
     """Re-raise Hydra/OmegaConf composition failures as ConfigError (the cause is chained).
 
     With ``overrides``, a failure is first blamed on a malformed override if there is
@@ -134,7 +138,7 @@ def translate_config_errors(overrides: Sequence[str] = ()) -> Iterator[None]:
     except (HydraException, OmegaConfBaseException) as exc:
         if overrides:
             check_overrides(overrides)
-        raise config_error_from(exc) from exc
+        raise config_error_from(exc, config_dir=config_dir) from exc
     except ValueError as exc:
         if _EMPTY_KEY not in str(exc):
             raise

@@ -12,6 +12,10 @@ from typing import Any
 from inputkit.errors import ConfigError
 from inputkit.sources.protocol import FetchResult
 
+# Keys of a source config that are about the source, not arguments to it: what to build,
+# and the sizes of its fields declared for the memory planner (docs/memory.md).
+NOT_ARGUMENTS = ("_target_", "_fields_")
+
 
 @dataclass(frozen=True)
 class BoundSource:
@@ -87,11 +91,13 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
     - a class is instantiated with the keys as keyword arguments and must have ``fetch``;
     - a function is the fetch itself; extra keys are passed to every call as keywords;
     - an object with ``fetch`` (e.g. a module-level instance) is used as it is.
+
+    ``_fields_`` (sizes declared for the memory planner) is never passed on.
     """
     target = config.get("_target_")
     if not isinstance(target, str):
         raise ConfigError(f"{key}._target_", "missing; name the fetch plugin, e.g. mypkg.data:fetch")
-    kwargs = {k: _instantiate_nested(v) for k, v in config.items() if k != "_target_"}
+    kwargs = {k: _instantiate_nested(v) for k, v in config.items() if k not in NOT_ARGUMENTS}
     obj = import_target(target, key=f"{key}._target_")
     if inspect.isclass(obj):
         instance = construct(obj, kwargs, target, key)

@@ -13,6 +13,7 @@ by its short name: ``source._target_=parquet``.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -73,8 +74,17 @@ def describe(name: str, target: str, origin: str) -> SourceInfo:
     except Exception as exc:  # a broken plugin is listed with its error, not fatal
         return SourceInfo(name, target, origin, error=f"{type(exc).__name__}: {exc}")
     doc = inspect.getdoc(obj) or ""
-    summary = doc.split("\n\n", 1)[0].replace("\n", " ")
+    summary = plain_text(doc.split("\n\n", 1)[0].replace("\n", " "))
     return SourceInfo(name, target, origin, kind=_kind(obj), summary=summary, keys=_keys(obj))
+
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring line without reST markup: ``x`` and :class:`x` become x."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", doc))
 
 
 def _kind(obj: Any) -> str:
