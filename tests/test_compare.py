@@ -43,7 +43,7 @@ def test_the_peers_include_in_process_thread_and_process_shapes():
         n = spec.worker_count
         assert labels == ["DataLoader in-process (num_workers=0)",
                           f"DataLoader per-item ({n} procs)", f"DataLoader chunks ({n} procs)",
-                          f"torchdata.nodes ParallelMapper ({n} threads)"], workload
+                          f"torchdata.nodes ({n} threads)"], workload
 
 
 @pytest.mark.parametrize("peer", PEERS, ids=lambda p: p.key)
@@ -136,7 +136,7 @@ def test_a_missing_torchdata_skips_its_peer_with_the_reason(monkeypatch):
     console = Console(record=True, width=240)
     print_report(console, [result], None)
     text = console.export_text()
-    assert "torchdata.nodes ParallelMapper (2 threads): skipped" in text
+    assert "torchdata.nodes (2 threads): skipped" in text
     assert "pip install torchdata" in text
 
 

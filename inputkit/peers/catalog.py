@@ -71,7 +71,7 @@ PEERS: tuple[Peer, ...] = (
          "torch", _TORCH, _dataloader("per-item")),
     Peer("dataloader-chunks", "processes", "DataLoader chunks ({n} procs)",
          "torch", _TORCH, _dataloader("chunks")),
-    Peer("nodes-threads", "threads", "torchdata.nodes ParallelMapper ({n} threads)",
+    Peer("nodes-threads", "threads", "torchdata.nodes ({n} threads)",
          "torchdata.nodes", "pip install torchdata", _nodes),
 )
 
