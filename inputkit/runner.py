@@ -12,11 +12,11 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -67,10 +67,10 @@ class Runner:
         self.plan: MemoryPlan | None = None  # the memory plan checked by start()
         self._resume: dict[str, tuple[int, dict[int, np.ndarray]]] = {}  # load_state_dict()
         # A runner dropped without close() (garbage-collected, or still open at interpreter
-        # exit) stops its threads and processes all the same. The finalizer holds the
-        # coordinators and sources, not the runner, so it does not keep the runner alive.
+        # exit) stops its threads and processes all the same. The cleanup holds the stages
+        # and sources, not the runner, so it does not keep the runner alive.
         self._stages: list[Stages | Watchdog] = []
-        self._finalizer = weakref.finalize(self, _shut_down_quietly, self._stages, self._sources)
+        self._cleanup = _Cleanup(self._stages, self._sources)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -124,6 +124,10 @@ class Runner:
             self._watchdog = Watchdog([
                 Watched(c.workers, c.spec.failures, c.label) for c in self._coordinators.values()])
             self._stages.insert(0, self._watchdog)  # first to stop: it looks at the pools
+            # Dropped without close(): the watchdog's thread stops the rest, never the thread
+            # that dropped the runner (a Ctrl-C there would be lost inside a finalizer).
+            self._watchdog.guard(self, self._cleanup.orphaned)
+            atexit.register(self._cleanup.at_exit)
             self._started_at = time.monotonic()
             for coordinator in self._coordinators.values():
                 coordinator.start()
@@ -165,8 +169,7 @@ class Runner:
                 return
             self._state = "closing"
         try:
-            self._finalizer.detach()
-            stuck = _shut_down(self._stages, self._sources, timeout)
+            stuck = self._cleanup(timeout)
         finally:
             self._state = "closed"
         if stuck:
@@ -352,7 +355,7 @@ def _check_epoch_keys(spec: Any, length: int | None) -> None:
 
 def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], timeout: float) -> list[str]:
     """Stop every coordinator's stages, wait until the deadline, close the sources; list what is
-    stuck. Takes the stages, not the coordinators, so the runner's finalizer holds nothing that
+    stuck. Takes the stages, not the coordinators, so the runner's cleanup holds nothing that
     leads back to the runner."""
     deadline = time.monotonic() + timeout
     for stage in stages:
@@ -365,8 +368,37 @@ def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], time
     return stuck
 
 
-def _shut_down_quietly(stages: list[Stages | Watchdog], sources: list[BoundSource]) -> None:
-    stuck = _shut_down(stages, sources, 2.0)
-    if stuck:
-        log.warning("a runner that was never closed left %d thread(s) running: %s", len(stuck),
-                    ", ".join(s.splitlines()[0] for s in stuck))
+class _Cleanup:
+    """Stops a runner's stages and closes its sources, once: from close(), from the watchdog's
+    thread when the runner is garbage-collected without close(), or at interpreter exit.
+
+    Holds the stages and sources, not the runner, so that it does not keep the runner alive.
+    """
+
+    def __init__(self, stages: list[Stages | Watchdog], sources: list[BoundSource]) -> None:
+        self._stages = stages
+        self._sources = sources
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self, timeout: float, unregister: bool = True) -> list[str]:
+        """Shut down (the first call only); the threads still running after ``timeout``."""
+        with self._lock:
+            if self._done:
+                return []
+            self._done = True
+        if unregister:  # not from inside atexit's own call of at_exit
+            atexit.unregister(self.at_exit)
+        return _shut_down(self._stages, self._sources, timeout)
+
+    def orphaned(self) -> None:
+        self._quietly(self(2.0))
+
+    def at_exit(self) -> None:
+        self._quietly(self(2.0, unregister=False))
+
+    @staticmethod
+    def _quietly(stuck: list[str]) -> None:
+        if stuck:
+            log.warning("a runner that was never closed left %d thread(s) running: %s",
+                        len(stuck), ", ".join(s.splitlines()[0] for s in stuck))

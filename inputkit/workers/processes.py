@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import select
 import signal
 import sys
@@ -154,9 +155,8 @@ class ProcessWorkerPool:
         self._slot_bytes = slot_bytes
         self._stop = StopFlag(self._ctx)
         self._receiver_stop = threading.Event()
-        # Slots, hands and inbox sends. Reentrant: a slot's finalizer may run (in a garbage
-        # collection) in a thread that already holds it.
-        self._lock = threading.RLock()
+        # Slots, hands and inbox sends.
+        self._lock = threading.Lock()
         self._arena: SlotArena | None = None
         self._free: deque[int] = deque()
         self._states: Any = None
@@ -175,6 +175,15 @@ class ProcessWorkerPool:
         self._activity: Activity | None = None
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
                                           daemon=True)
+        # A slot comes back when its last view is freed, which happens wherever the consumer
+        # drops a batch, usually the main thread. The weak reference's callback is a C method
+        # (SimpleQueue.put) so that no Python code runs there: a Ctrl-C that arrives while a
+        # finalizer runs Python code is lost ("Exception ignored in ...") and the slot with it.
+        # This thread does the work of giving the slot back.
+        self._returned: queue.SimpleQueue[_SlotRef | None] = queue.SimpleQueue()
+        self._views: dict[int, _SlotRef] = {}  # slot -> the reference that watches its views
+        self._returner = threading.Thread(target=self._return_slots,
+                                          name=f"{thread_prefix}-slots", daemon=True)
         if dispatcher is not None:
             dispatcher.bind(self._emit, hold=_private_copy)
 
@@ -194,6 +203,7 @@ class ProcessWorkerPool:
             for index in range(len(self._ids)):
                 self._give_slot(index)
         self._feed()
+        self._returner.start()
         self._receiver.start()
 
     def _hidden_main(self) -> Any:
@@ -253,6 +263,11 @@ class ProcessWorkerPool:
         if self._receiver.is_alive():
             stuck.append(self._receiver.name)
         self._repeats.flush()
+        self._returned.put(None)
+        if self._returner.ident is not None:
+            self._returner.join(max(0.1, deadline - time.monotonic()))
+            if self._returner.is_alive():
+                stuck.append(self._returner.name)
         self._release_resources()
         return stuck
 
@@ -282,9 +297,15 @@ class ProcessWorkerPool:
             worker.slot = None
             self._free.appendleft(slot)
 
+    def _return_slots(self) -> None:
+        """The returner thread: give back each slot whose last view was freed, until join()."""
+        while (ref := self._returned.get()) is not None:
+            self._release_slot(ref.slot)
+
     def _release_slot(self, slot: int) -> None:
-        """Every view of ``slot`` is gone (any thread): give it to a worker that has none."""
+        """Every view of ``slot`` is gone: give it to a worker that has none."""
         with self._lock:
+            self._views.pop(slot, None)
             self._in_use.pop(slot, None)
             if self._closed:
                 return
@@ -385,10 +406,10 @@ class ProcessWorkerPool:
         worker = self._workers[index]
         with self._lock:
             self._in_use[slot] = nbytes
+            # The slot goes back to the workers when every view of it has been freed.
+            self._views[slot] = _SlotRef(holder, self._returned.put, slot)
             worker.slot = None
             self._give_slot(index)
-        # The slot goes back to the workers when every view of it has been freed.
-        weakref.finalize(holder, self._release_slot, slot).atexit = False
         del holder
         try:
             chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
@@ -611,6 +632,19 @@ class ProcessWorkerPool:
             shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
             pids=tuple(self.pids()), stalls=self._stalls,
             processors=self._processor_totals.stats(), **self._failures.snapshot())
+
+
+class _SlotRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to the array every view of one slot keeps alive, and that slot."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self, holder: Any, callback: Callable[[Any], None], slot: int) -> None:
+        super().__init__(holder, callback)
+        self.slot = slot
+
+    def __new__(cls, holder: Any, callback: Callable[[Any], None], slot: int) -> _SlotRef:
+        return super().__new__(cls, holder, callback)
 
 
 def _error_type(text: str) -> str:
