@@ -164,6 +164,7 @@ def test_bad_skip_limits_name_the_key(key, value, message):
 
 # the command line ------------------------------------------------------------------------------
 
+@pytest.mark.timeout(150)  # a fresh interpreter's bench start-up takes 5 s, 30 s on a loaded machine
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_bench_of_an_always_failing_source_exits_1_with_a_short_output(tmp_path, kind):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "COLUMNS": "200"}
@@ -172,7 +173,7 @@ def test_bench_of_an_always_failing_source_exits_1_with_a_short_output(tmp_path,
         [sys.executable, "-m", "inputkit", "bench", "~source", "+source._target_=faulty.FlakyFetch",
          "+source.every=1", "devices=cpu", "memory.probe=false", "failures.on_error=skip",
          f"workers.kind={kind}", "workers.count=2", "bench.seconds=10"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     lines = (out.stdout + out.stderr).splitlines()
     shown = f"exit {out.returncode}, {len(lines)} lines; stderr:\n{out.stderr[-2000:]}"
     assert out.returncode == 1, shown
