@@ -88,16 +88,28 @@ class Runner:
             self.devices = tuple(resolve_devices(
                 self.spec.devices, self.rank.local_rank if self.rank.world_size > 1 else None))
             first_slot, slots = self.rank.device_slots(len(self.devices))
-            self.plan = self._check_memory()
+            probed: dict[str, BoundSource] = {}  # the probe's copies: built once, used here
+            try:
+                self.plan = self._check_memory(probed)
+            finally:
+                self._sources.extend(probed.values())  # closed by close() unless used below
             for name in self.input_names:
                 spec = self.spec.input(name)
                 key = f"{spec.key_prefix}source"
-                source: BoundSource | None = None
+                source: BoundSource | None = probed.get(name)
                 if spec.worker_kind == "thread":  # threads share one source object
-                    source = build_source(spec.source, key=key)
-                    self._sources.append(source)
+                    if source is not None and indexed_length(source.obj) is None:
+                        self._drop_source(source)  # a fetch source: the probe consumed a chunk
+                        source = None
+                    if source is None:
+                        source = build_source(spec.source, key=key)
+                        self._sources.append(source)
                     length = indexed_length(source.obj)
-                else:  # each process builds its own; fail here, not in every worker
+                elif source is not None:  # each process builds its own: the probe's copy answers
+                    length = indexed_length(source.obj)
+                    self._drop_source(source)
+                    source = None
+                else:  # fail here, not in every worker
                     target = import_target(spec.source["_target_"], key=f"{key}._target_")
                     length = _length_of_private_copy(spec.source, key) \
                         if callable(getattr(target, "read", None)) else None
@@ -139,14 +151,20 @@ class Runner:
         self._state = "running"
         return self
 
-    def _check_memory(self) -> MemoryPlan | None:
-        """Plan the worst case first; refuse a plan over ``memory.budget`` unless allowed."""
+    def _drop_source(self, source: BoundSource) -> None:
+        self._sources.remove(source)
+        source.close()
+
+    def _check_memory(self, probed: dict[str, BoundSource]) -> MemoryPlan | None:
+        """Plan the worst case first; refuse a plan over ``memory.budget`` unless allowed.
+        ``probed`` receives the sources the probe built, which start() uses instead of building
+        them again."""
         from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
 
         selected = dataclasses.replace(
             self.spec, inputs=tuple(s for s in self.spec.inputs if s.name in self.input_names))
         try:
-            plan = plan_memory(selected, devices=self.devices)
+            plan = plan_memory(selected, devices=self.devices, keep=probed)
         except UnknownSampleSizes as exc:
             log.warning("no memory plan, so no budget check: %s", exc)
             return None

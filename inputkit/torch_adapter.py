@@ -11,7 +11,8 @@
 The Runner starts on the first pass and stays up between passes, so worker
 processes are not restarted every epoch; it stops when a pass is abandoned
 (``break``), when the stream ends, on :meth:`close`, or when the object is
-garbage-collected. See docs/torch.md.
+garbage-collected. ``state_dict()``/``load_state_dict()`` resume mid-epoch (torchdata's
+``StatefulDataLoader`` calls them). See docs/torch.md.
 """
 
 from __future__ import annotations
@@ -26,11 +27,37 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+try:  # where DataLoader's default_collate looks up a collate function by element type
+    from torch.utils.data._utils.collate import default_collate_fn_map
+except ImportError:  # pragma: no cover - an older or newer torch without the registry
+    default_collate_fn_map = None
+
 from inputkit.config.spec import InputSpec, RunSpec, load_spec
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.runner import Runner
 
 log = logging.getLogger(__name__)
+_STATE_KIND = "inputkit.InputkitIterableDataset"  # marks the dicts state_dict() returns
+
+
+class InputkitBatch(dict):  # type: ignore[type-arg]
+    """One batch from an :class:`InputkitIterableDataset`: a plain dict of tensors, with a type
+    of its own so that torch's ``default_collate`` can refuse to batch batches (a DataLoader
+    whose ``batch_size`` is not None); ``batch_size=None`` passes it through unchanged."""
+
+
+def _refuse_collation(batch: list[InputkitBatch], *, collate_fn_map: Any = None) -> Any:
+    first = next(iter(batch[0].values()), None)
+    shape = list(getattr(first, "shape", []))
+    raise InputkitError(
+        f"a DataLoader is collating {len(batch)} batch(es) of InputkitIterableDataset into one "
+        f"(each field would get a new leading dimension, e.g. {[len(batch), *shape]} instead of "
+        f"{shape}): DataLoader's batch_size defaults to 1, but inputkit batches itself "
+        "(batch_size in the inputkit config), so use DataLoader(dataset, batch_size=None)")
+
+
+if default_collate_fn_map is not None:  # torch's documented way to extend default_collate
+    default_collate_fn_map[InputkitBatch] = _refuse_collation
 
 
 class InputkitIterableDataset(IterableDataset):
@@ -41,12 +68,18 @@ class InputkitIterableDataset(IterableDataset):
     ``input``: the named input to stream; only that input's pipeline starts. Each
     item is one batch (a dict of tensors already on the device), so wrap it in
     ``DataLoader(ds, batch_size=None)``: inputkit batches, and ``num_workers`` must stay 0.
+    A DataLoader with another ``batch_size`` (its default is 1) raises an InputkitError
+    when it collates the first batch (:class:`InputkitBatch`).
 
     Each pass (``iter()``) is one epoch of an indexable source. For such an input the
     Runner streams epochs without end (``epoch.count`` is replaced by null): the loop
     that iterates decides how many epochs run. A ``fetch`` source is streamed as it
     is: an endless one for ever, a finite one once per Runner (the next pass starts a
     new Runner, so the source is built again).
+
+    :meth:`state_dict` says what has been delivered (the Runner's own state), and
+    :meth:`load_state_dict` on a new dataset makes its next pass deliver only the rest
+    of that epoch: the ``Stateful`` protocol of torchdata's ``StatefulDataLoader``.
     """
 
     def __init__(self, cfg: Any, device: int = 0, input: str | None = None) -> None:
@@ -88,6 +121,30 @@ class InputkitIterableDataset(IterableDataset):
                 "DataLoader(dataset, batch_size=None, num_workers=0)")
         return self._pipeline.epoch()
 
+    # resuming (torchdata's Stateful protocol) --------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream stands: the running Runner's ``state_dict()``; between Runners, the
+        position when the last one stopped (a ``break``), or the one loaded and not yet used.
+        Every batch this dataset has handed out counts as delivered."""
+        return {"kind": _STATE_KIND, "version": 1, "input": self.input,
+                "runner": self._pipeline.position()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass resume from ``state`` (from :meth:`state_dict`): the rest of the
+        saved epoch, then the epochs after it. A Runner running now is closed first."""
+        if not isinstance(state, dict) or state.get("kind") != _STATE_KIND:
+            raise InputkitError("InputkitIterableDataset.load_state_dict(): not an "
+                                "InputkitIterableDataset state (expected the dict that its "
+                                f"state_dict() returned), got {_describe(state)}")
+        if state.get("version") != 1:
+            raise InputkitError("InputkitIterableDataset.load_state_dict(): state version "
+                                f"{state.get('version')!r}; this inputkit reads version 1")
+        if state.get("input") != self.input:
+            raise InputkitError(f"InputkitIterableDataset.load_state_dict(): the state is of input "
+                                f"'{state.get('input')}', this dataset streams '{self.input}'")
+        self._pipeline.resume_from(state["runner"])
+
     @property
     def runner(self) -> Runner | None:
         """The running Runner (for ``stats()``), or None between Runners."""
@@ -126,6 +183,20 @@ class _Pipeline:
         self._lock = threading.RLock()
         self._pass = 0  # the newest pass; an older one that is resumed ends at once
         self._open: int | None = None  # the pass in the middle of an epoch, if any
+        self._resume: dict[str, Any] | None = None  # loaded; given to the next Runner
+        self._stopped_at: dict[str, Any] | None = None  # the last Runner's state when it closed
+
+    def position(self) -> dict[str, Any] | None:
+        """The Runner state to resume from (None: the start)."""
+        with self._lock:
+            if self.runner is not None:
+                return self.runner.state_dict()
+            return self._resume if self._resume is not None else self._stopped_at
+
+    def resume_from(self, state: dict[str, Any] | None) -> None:
+        with self._lock:
+            self.close()
+            self._resume, self._stopped_at = state, None
 
     def epoch(self) -> Iterator[dict[str, Any]]:
         with self._lock:
@@ -152,7 +223,7 @@ class _Pipeline:
                             if stream.finished:  # no epoch follows: free everything now
                                 self.close()
                     return
-                yield batch
+                yield InputkitBatch(batch)
         except GeneratorExit:  # break, or the pass was dropped: the rest of the epoch is stale
             with self._lock:
                 if self._pass == mine:
@@ -172,13 +243,15 @@ class _Pipeline:
         if self._run_spec is None:
             self._run_spec = _endless_epochs(self.spec, self.input)
         runner = Runner(self._run_spec, inputs=[self.input])
+        if self._resume is not None:
+            runner.load_state_dict(self._resume)
         runner.start()
         try:
             self._stream = runner.device(self.device)
         except BaseException:
             runner.close()
             raise
-        self.runner = runner
+        self.runner, self._resume = runner, None
         return self._stream
 
     def close(self) -> None:
@@ -186,6 +259,8 @@ class _Pipeline:
             runner, self.runner, self._stream = self.runner, None, None
             self._open = None
             self._pass += 1  # passes in flight end at their next batch
+            if runner is not None:  # what was delivered, for state_dict() between Runners
+                self._stopped_at = runner.state_dict()
         if runner is not None:
             runner.close()
 
@@ -194,6 +269,11 @@ class _Pipeline:
             self.close()
         except ShutdownError as exc:  # stuck threads are daemons; say so, do not raise
             log.warning("closing the inputkit Runner of an InputkitIterableDataset: %s", exc)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _endless_epochs(spec: RunSpec, name: str) -> RunSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 
 import numpy as np
@@ -333,3 +334,152 @@ def test_the_adapter_checks_its_arguments():
     ds.close()
     with pytest.raises(InputkitError, match="device index 3 is out of range"):
         list(InputkitIterableDataset(two, device=3, input="val"))
+
+
+# building the dataset once per process ----------------------------------------------------------
+
+def constructions(log) -> tuple[int, list[int]]:
+    """How often CountedDataset was built in this process, and in each other process."""
+    pids = [int(line) for line in log.read_text().split()] if log.exists() else []
+    mine = pids.count(os.getpid())
+    return mine, sorted(pids.count(pid) for pid in set(pids) - {os.getpid()})
+
+
+@pytest.mark.parametrize(("workers", "others"), [({"count": 2}, []), (PROCESSES, [1, 1])],
+                         ids=["threads", "processes"])
+def test_the_dataset_is_built_once_per_process(tmp_path, workers, others):
+    """The memory probe, the length check and the run share one dataset in the main process;
+    each worker process builds its own."""
+    log = tmp_path / "built.txt"
+    cfg = make_cfg(source("CountedDataset", n=40, log=str(log)), batch_size=16, workers=workers)
+    with Runner(cfg) as runner:
+        assert runner.plan is not None  # the sizes were probed
+        assert sorted(ids_of(list(runner.device(0)))) == list(range(40))
+    assert constructions(log) == (1, others)
+
+    log.unlink()
+    with InputkitIterableDataset(cfg) as ds:  # the adapter adds no construction of its own
+        assert sorted(ids_of(list(DataLoader(ds, batch_size=None)))) == list(range(40))
+    assert constructions(log) == (1, others)
+
+
+# dropping values of tuple samples --------------------------------------------------------------
+
+def test_null_in_fields_drops_that_value_of_a_tuple_sample():
+    cfg = make_cfg(source("WithPath", n=40, fields=["image", "label", None]), batch_size=16)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    assert set(batches[0]) == {"image", "label"}
+    got = torch.cat([b["label"] for b in batches])
+    assert sorted(got.tolist()) == list(range(40))
+    assert all(torch.equal(b["image"][:, 0, 0], b["label"].float()) for b in batches)
+
+
+def test_null_in_the_fields_mapping_drops_that_value_and_the_plan_uses_the_rest():
+    declared = {"image": {"shape": [2, 3], "dtype": "float32"}, "label": {"dtype": "int64"},
+                "path": None}
+    cfg = make_cfg(source("WithPath", n=40, fields=declared), batch_size=16)
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+        assert runner.plan is not None and runner.plan.layouts["main"].source == "declared"
+        assert set(runner.plan.layouts["main"].fields) == {"image", "label"}
+    assert set(batches[0]) == {"image", "label"}
+    assert sorted(torch.cat([b["label"] for b in batches]).tolist()) == list(range(40))
+
+
+@pytest.mark.parametrize(("dataset", "fields", "match"), [
+    ("DictDataset", ["id", None], "null drops a value of a tuple sample; a dict sample keeps "
+                                  "only the keys listed"),
+    ("TensorDataset", ["x", None], "the sample is a single-value sample: null drops"),
+    ("WithPath", [None, None, None], "keep at least one"),
+])
+def test_null_in_fields_is_refused_where_it_drops_nothing_useful(dataset, fields, match):
+    cfg = make_cfg(source(dataset, n=20, fields=fields), batch_size=8)
+    with pytest.raises((SourceError, ConfigError), match=match):
+        with Runner(cfg) as runner:
+            list(runner.device(0))
+
+
+# the adapter: resuming, and DataLoader's default batch_size ------------------------------------
+
+def take(loader, k: int) -> list[dict]:
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == k:
+            break
+    return out
+
+
+@pytest.mark.parametrize("workers", [{"count": 2}, PROCESSES], ids=["threads", "processes"])
+def test_a_dataloader_resumes_mid_epoch_with_exactly_the_rest(workers):
+    """k batches, state saved; a new dataset given the state delivers the rest of the epoch,
+    then whole epochs in the saved run's shuffle order (ordered: so orders can be compared)."""
+    cfg = make_cfg(source("DictDataset", n=200), batch_size=16, workers=workers,
+                   epoch={"shuffle": True, "seed": 3, "ordered": True})
+    with InputkitIterableDataset(cfg) as ds:
+        first = ids_of(take(DataLoader(ds, batch_size=None), 4))
+        state = ds.state_dict()
+    assert len(first) == 64
+    with InputkitIterableDataset(cfg) as reference:  # the same run, not interrupted
+        loader = DataLoader(reference, batch_size=None)
+        whole = [ids_of(list(loader)) for _ in range(2)]
+
+    resumed = InputkitIterableDataset(cfg)
+    resumed.load_state_dict(state)
+    with resumed:
+        loader = DataLoader(resumed, batch_size=None)
+        rest = ids_of(list(loader))
+        next_epoch = ids_of(list(loader))
+    assert sorted(first + rest) == list(range(200))  # nothing lost, nothing twice
+    assert first + rest == whole[0]
+    assert next_epoch == whole[1]  # the epoch after it is the uninterrupted run's
+
+
+def test_state_dict_is_torch_saveable_and_says_where_a_fresh_dataset_stands(tmp_path):
+    cfg = make_cfg(source("DictDataset", n=64), batch_size=16)
+    ds = InputkitIterableDataset(cfg)
+    fresh = ds.state_dict()  # before any pass: the start
+    with ds:
+        take(DataLoader(ds, batch_size=None), 1)
+        torch.save(ds.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    for saved, expected in ((fresh, 64), (state, 48)):
+        resumed = InputkitIterableDataset(cfg)
+        resumed.load_state_dict(saved)
+        with resumed:
+            assert len(ids_of(list(resumed))) == expected
+    with pytest.raises(InputkitError, match="not an InputkitIterableDataset state"):
+        InputkitIterableDataset(cfg).load_state_dict({"epoch": 3})
+
+
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")  # torchdata 0.11
+def test_a_stateful_dataloader_resumes_mid_epoch_with_exactly_the_rest(caplog):
+    """torchdata's StatefulDataLoader calls the dataset's state_dict/load_state_dict (instead
+    of replaying the first batches, which it warns about)."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader",
+                                   reason="torchdata is not installed (pip install torchdata)")
+    cfg = make_cfg(source("DictDataset", n=200), batch_size=16, workers={"count": 2},
+                   epoch={"shuffle": True})
+    with InputkitIterableDataset(cfg) as ds:
+        loader = stateful.StatefulDataLoader(ds, batch_size=None)
+        first = ids_of(take(loader, 5))
+        state = loader.state_dict()
+    with InputkitIterableDataset(cfg) as ds:
+        loader = stateful.StatefulDataLoader(ds, batch_size=None)
+        loader.load_state_dict(state)
+        rest = ids_of(list(loader))
+    assert len(first) == 80 and len(rest) == 120
+    assert sorted(first + rest) == list(range(200))
+    assert "fast-forwarding" not in caplog.text
+
+
+def test_dataloaders_default_batch_size_is_refused_naming_batch_size_none():
+    """With batch_size=1 the DataLoader would stack each batch into a [1, 16, ...] tensor."""
+    with InputkitIterableDataset(make_cfg(source("DictDataset", n=64), batch_size=16)) as ds:
+        with pytest.raises(InputkitError, match="batch_size=None"):
+            next(iter(DataLoader(ds)))
+        with pytest.raises(InputkitError, match="batch_size=None"):
+            next(iter(DataLoader(ds, batch_size=4)))
+        batch = next(iter(DataLoader(ds, batch_size=None)))  # and the right way still works
+        assert batch["x"].shape == (16, 4)

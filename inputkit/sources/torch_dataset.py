@@ -85,6 +85,7 @@ class _Layout:
     fields: list[_Field]
     first: str  # which sample defined it, for messages ("index 0")
     keys: set[Any] = field(default_factory=set)  # dict samples without fields=: the exact keys
+    width: int = 0  # tuple samples: how many values each has (fields may drop some)
 
     def allocate(self, n: int) -> dict[str, np.ndarray]:
         return {f.name: np.empty((n, *f.shape), f.dtype) for f in self.fields}
@@ -100,10 +101,12 @@ class TorchDatasetSource:
     ``dataset``: the dataset object (a nested ``{_target_: ...}`` config is built
     before it gets here), or the dotted name of a dataset class or factory, called
     with ``dataset_args``. ``fields``: names for the fields of tuple (or single-value)
-    samples, in order; for dict samples, the keys to keep (others, e.g. strings, are
-    ignored). As a mapping ``{name: {shape, dtype}}`` it also declares each field's
-    per-sample shape and dtype: the first sample is checked against them, and the
-    memory planner takes its sizes from them instead of probing.
+    samples, in order, where ``None`` drops the value at that position (a file name in
+    ``(image, label, path)``); for dict samples, the keys to keep (others, e.g. strings,
+    are ignored). As a mapping ``{name: {shape, dtype}}`` it also declares each field's
+    per-sample shape and dtype (``name: None`` drops that position): the first sample is
+    checked against them, and the memory planner takes its sizes from them instead of
+    probing.
 
     ``shard`` (iterable datasets only): unless the dataset takes its share with
     :func:`worker_info`, worker ``w`` of ``n`` keeps items ``w, w + n, ...`` of its own
@@ -118,16 +121,24 @@ class TorchDatasetSource:
 
             if not fields:
                 raise ValueError("fields: declare at least one field, or leave fields out")
-            self.declared = _parse_fields(fields)
-            fields = list(self.declared)
+            # name: null drops that value (a tuple sample's position); the name only labels it
+            self.declared = _parse_fields({k: v for k, v in fields.items() if v is not None})
+            names: list[str | None] = [str(k) if v is not None else None for k, v in fields.items()]
         elif fields is not None:
             if isinstance(fields, str) or not isinstance(fields, Sequence) or not fields:
                 raise ValueError(f"fields: expected a non-empty list of field names, got {fields!r}")
-            if not all(isinstance(name, str) and name for name in fields):
-                raise ValueError(f"fields: every name must be a non-empty string, got {list(fields)!r}")
-            if len(set(fields)) != len(fields):
+            if not all(name is None or (isinstance(name, str) and name) for name in fields):
+                raise ValueError(f"fields: every name must be a non-empty string (or null to drop "
+                                 f"that value of a tuple sample), got {list(fields)!r}")
+            names = [None if name is None else str(name) for name in fields]
+        if fields is not None:
+            kept = [name for name in names if name is not None]
+            if not kept:
+                raise ValueError(f"fields: every value is dropped (null); keep at least one, got "
+                                 f"{list(fields)!r}")
+            if len(set(kept)) != len(kept):
                 raise ValueError(f"fields: names must be unique, got {list(fields)!r}")
-            fields = [str(name) for name in fields]
+            fields = names
         if not isinstance(shard, bool):
             raise ValueError(f"shard: expected true or false, got {shard!r}")
         if dataset_args is not None and not isinstance(dataset_args, Mapping):
@@ -331,7 +342,14 @@ class TorchDatasetSource:
             return self._layout
 
 
-def _layout_of(sample: Any, fields: list[str] | None, where: str, source: str) -> _Layout:
+def _layout_of(sample: Any, fields: list[str | None] | None, where: str, source: str) -> _Layout:
+    """The layout of ``sample``; ``fields`` names its values (None: drop the value there)."""
+    if fields is not None and None in fields and not isinstance(sample, (tuple, list)):
+        kind = "a dict" if isinstance(sample, Mapping) else "a single-value"
+        raise SourceError(source, f"{where}: fields {fields} has null, but the sample is {kind} "
+                          "sample: null drops a value of a tuple sample; a dict sample keeps "
+                          "only the keys listed (leave the others out)")
+    width = len(sample) if isinstance(sample, (tuple, list)) else 0
     if isinstance(sample, Mapping):
         if fields is None:
             keys = list(sample.keys())
@@ -341,21 +359,23 @@ def _layout_of(sample: Any, fields: list[str] | None, where: str, source: str) -
                                       "names must be strings")
             pairs = [(key, key) for key in keys]
         else:
-            missing = [name for name in fields if name not in sample]
+            listed = [name for name in fields if name is not None]
+            missing = [name for name in listed if name not in sample]
             if missing:
                 raise SourceError(source, f"{where}: the sample has no key {missing[0]!r} (it has "
                                   f"{sorted(map(str, sample))}); fields lists the keys to keep",
                                   field=missing[0])
-            pairs = [(name, name) for name in fields]
+            pairs = [(name, name) for name in listed]
         structure = "dict"
     elif isinstance(sample, (tuple, list)):
         names = fields if fields is not None else [str(i) for i in range(len(sample))]
         if len(names) != len(sample):
             raise SourceError(source, f"{where}: the sample has {len(sample)} values and fields "
-                              f"names {len(names)} ({names}); name every value, in order")
+                              f"names {len(names)} ({names}); name every value, in order (null "
+                              "drops a value)")
         if not names:
             raise SourceError(source, f"{where}: the sample is an empty {type(sample).__name__}")
-        pairs = [(name, i) for i, name in enumerate(names)]
+        pairs = [(name, i) for i, name in enumerate(names) if name is not None]
         structure = "sequence"
     else:
         if fields is not None and len(fields) != 1:
@@ -378,7 +398,7 @@ def _layout_of(sample: Any, fields: list[str] | None, where: str, source: str) -
         out.append(_Field(name, key, tuple(arr.shape), arr.dtype, kind,
                           value.dtype if kind is torch.Tensor else None))
     keys = set(sample.keys()) if structure == "dict" and fields is None else set()
-    return _Layout(structure, out, where, keys)
+    return _Layout(structure, out, where, keys, width)
 
 
 def _fill_bulk(layout: _Layout, out: dict[str, np.ndarray], samples: list[Any]) -> bool:
@@ -396,7 +416,7 @@ def _fill_bulk(layout: _Layout, out: dict[str, np.ndarray], samples: list[Any]) 
             elif not all(type(s) is dict for s in samples):
                 return False
         elif structure == "sequence":
-            size = len(layout.fields)
+            size = layout.width
             if not all(type(s) in (tuple, list) and len(s) == size for s in samples):
                 return False
         for f in layout.fields:
@@ -468,9 +488,9 @@ def _put_checked(layout: _Layout, out: dict[str, np.ndarray], j: int, sample: An
     elif structure == "sequence":
         if not isinstance(sample, (tuple, list)):
             raise _structure_changed(layout, sample)
-        if len(sample) != len(layout.fields):
+        if len(sample) != layout.width:
             raise _Mismatch(f"the sample has {len(sample)} values; the first sample "
-                            f"({layout.first}) had {len(layout.fields)}")
+                            f"({layout.first}) had {layout.width}")
     for f in layout.fields:
         if f.key is None:
             value = sample
