@@ -4,6 +4,7 @@ piece splits, skips and worker deaths, on every device, in order when asked."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,6 +61,9 @@ def run_device(data, length, chunk_size, device, devices, epochs, ordered, shuff
     return out, skipped
 
 
+# CPU-bound and deterministic: on a loaded machine 150 examples can take minutes, so the
+# timeout is a hang guard with room for that, not a speed check.
+@pytest.mark.timeout(300)
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), length=st.integers(0, 120), chunk_size=st.integers(1, 17),
        devices=st.integers(1, 3), epochs=st.integers(1, 3), ordered=st.booleans(),
