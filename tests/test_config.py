@@ -226,3 +226,31 @@ def test_a_missing_config_dir_is_named_the_way_the_caller_gave_it(tmp_path):
     with pytest.raises(ConfigError, match=r"add source/nope\.yaml to your compose\(config_dir=\.\.\.\) "
                        "folder$"):
         compose(["source=nope"])
+
+
+def _optional_schema_keys() -> list[str]:
+    import dataclasses
+    import typing
+
+    from inputkit.config.schema import InputkitConfig
+
+    def walk(cls: type, prefix: str) -> typing.Iterator[str]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                yield from walk(kind, f"{prefix}{f.name}.")
+            elif type(None) in typing.get_args(kind):
+                yield prefix + f.name
+    return [*walk(InputkitConfig, ""), "memory.gpu_budget"]
+
+
+@pytest.mark.parametrize("key", _optional_schema_keys())
+def test_every_key_that_accepts_null_says_so_in_the_configuration_reference(key):
+    """Item 14: the docs' list of keys that take null is the schema's (errors.md points here)."""
+    from pathlib import Path
+
+    load_spec(compose([f"{key}=null"]))  # accepted
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    rows = [line for line in reference.splitlines() if line.startswith(f"| `{key}` |")]
+    assert rows and "null" in rows[0], f"docs/configuration.md: no row for {key} that mentions null"
