@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -38,7 +38,7 @@ class RepeatedLog:
         self._period = period
         self._clock = clock
         self._lock = threading.Lock()
-        self._kinds: dict[Hashable, _Repeats] = {}
+        self._kinds: dict[tuple[int, str, str], _Repeats] = {}  # (level, what, error type)
 
     def log(self, level: int, what: str, error_type: str, message: str) -> None:
         """``message`` in full if its kind is new, else counted (and perhaps summarised)."""
@@ -64,14 +64,14 @@ class RepeatedLog:
         """Summarise every kind with repeats not yet reported."""
         now = self._clock()
         with self._lock:
-            summaries = [(key[0], self._summary(key, repeats, now))  # type: ignore[index]
+            summaries = [(key[0], self._summary(key, repeats, now))
                          for key, repeats in self._kinds.items() if repeats.count]
         for level, summary in summaries:
             self._logger.log(level, "%s", summary)
 
-    def _summary(self, key: Hashable, repeats: _Repeats, now: float) -> str:
+    def _summary(self, key: tuple[int, str, str], repeats: _Repeats, now: float) -> str:
         """The summary of ``repeats`` (lock held); starts the next window."""
-        _, what, error_type = key  # type: ignore[misc]
+        _, what, error_type = key
         count = repeats.count
         text = (f"{self._label}: {what}: {error_type} repeated {count:,} time"
                 f"{'' if count == 1 else 's'} in the last {now - repeats.since:.1f} s "
