@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -16,7 +18,7 @@ import torch
 from conftest import make_cfg, pipeline_threads, segments
 
 from inputkit import ConfigError, Runner, SourceError, WorkerFailure
-from inputkit.workers.shm import SlotArena, plan_pieces
+from inputkit.workers.shm import ArenaHandle, SlotArena, plan_pieces
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 TESTS = Path(__file__).resolve().parent
@@ -257,10 +259,39 @@ def test_no_resource_tracker_warning_or_leak_at_interpreter_exit(tmp_path):
     assert out.stderr == ""
 
 
+def mapped_segments() -> set[str]:
+    """This process's mappings and descriptors of its segments (unlinked, so only here)."""
+    mine = f"inputkit_{os.getpid()}_"
+    with open("/proc/self/maps") as maps:
+        found = {line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
+                 for line in maps if mine in line}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if mine in (target := os.readlink(f"/proc/self/fd/{fd}")):
+                found.add(target.split()[0])
+    return found
+
+
+def test_the_segment_is_released_once_closed_and_the_last_view_is_freed():
+    before = mapped_segments()
+    cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [8]}}, "chunk_size": 16},
+                   batch_size=16)
+    with Runner(cfg) as runner:
+        kept = next(runner.device(0))  # a view of a slot
+        assert mapped_segments() - before
+    assert mapped_segments() - before, "a view held after close() keeps its memory valid"
+    assert kept["x"].shape == (16, 8) and float(kept["x"].sum()) >= 0
+    del kept
+    gc.collect()
+    assert mapped_segments() - before == set(), "no mapping and no descriptor is left"
+
+
 def test_slot_arena_round_trip_and_piece_planning():
     arena = SlotArena.create(slots=2, slot_bytes=4096)
     try:
-        worker_side = SlotArena.attach(arena.name, 2, 4096)
+        assert arena.name not in os.listdir("/dev/shm"), "nameless from the start"
+        worker_side = SlotArena.attach(ArenaHandle(os.dup(arena.handle().fd), arena.name),
+                                       2, 4096)
         fields = {"a": np.arange(10, dtype=np.int16), "b": np.ones((10, 3), np.float32)[:, ::2]}
         layout = worker_side.write(1, fields, plan_pieces(fields, 10, 4096)[0])
         holder, views = arena.view(1, layout)

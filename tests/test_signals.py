@@ -4,6 +4,7 @@ and multiprocessing's helper processes do not outlive the program that started t
 from __future__ import annotations
 
 import gc
+import os
 import random
 import select
 import signal
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import make_cfg, wait_for_no_pipeline_threads
 
 from inputkit import Runner
@@ -76,11 +78,9 @@ def test_a_garbage_collected_runner_is_stopped_without_python_code_in_the_collec
     assert seen.calls == []
     assert wait_for_no_pipeline_threads(10) == [], "the pipeline is stopped all the same"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status()
-                                              != psutil.STATUS_ZOMBIE for p in pids):
+    while time.monotonic() < deadline and _alive(pids):
         time.sleep(0.05)
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                   for p in pids), "its worker processes are gone"
+    assert _alive(pids) == [], "its worker processes are gone"
 
 
 LOOP = """
@@ -137,3 +137,52 @@ def test_every_ctrl_c_interrupts_a_loop_fed_by_process_workers(tmp_path):
             stderr = child.stderr.read()
     assert lost == [], f"Ctrl-C was lost in rounds {lost}:\n{stderr}"
     assert "Exception ignored" not in stderr, stderr
+
+
+TERM = """
+import sys
+import inputkit
+cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
+                  "fields": {"x": {"shape": [4]}}, "chunk_size": 8},
+       "devices": "cpu", "batch_size": 8,
+       "workers": {"kind": "process", "count": 2, "start_method": sys.argv[1]}}
+if __name__ == "__main__":
+    with inputkit.Runner(cfg) as runner:
+        for step, batch in enumerate(runner.device(0)):
+            if step == 1:
+                print("ready", flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_sigterm_to_an_embedding_script_leaves_no_warning_and_no_segment(tmp_path, method):
+    """SIGTERM's default action ends the script at once, with no cleanup: nothing may be left
+    for the resource tracker to unlink (it warns about "leaked shared_memory" when it does)."""
+    script = tmp_path / "train.py"
+    script.write_text(TERM)
+    with subprocess.Popen([sys.executable, str(script), method], cwd=tmp_path, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert _line(child.stdout, 30) == "ready\n"
+        pids = [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
+        child.send_signal(signal.SIGTERM)
+        # Read until every process that shares the pipes (workers, tracker) has closed them.
+        _, stderr = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGTERM
+    assert "leaked" not in stderr and "resource_tracker" not in stderr, stderr
+    left = [n for n in os.listdir("/dev/shm") if n.startswith(f"inputkit_{child.pid}_")]
+    assert left == [], "the segment was freed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(pids):
+        time.sleep(0.05)
+    assert _alive(pids) == [], "the workers noticed their parent was gone and exited"
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out

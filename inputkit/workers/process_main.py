@@ -43,7 +43,7 @@ from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
 from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity
-from inputkit.workers.shm import SlotAllocator, SlotArena, plan_pieces
+from inputkit.workers.shm import ArenaHandle, SlotAllocator, SlotArena, plan_pieces
 
 # Worker states, written to a shared byte array the parent reads for stats.
 IDLE, FETCHING, BLOCKED, DONE = 0, 1, 2, 3
@@ -91,7 +91,7 @@ class WorkerArgs:
     batch_size_hint: int
     source_config: dict[str, Any]
     source_key: str
-    arena_name: str
+    arena: ArenaHandle  # the shared-memory segment's descriptor
     slots: int
     slot_bytes: int
     policy: FailurePolicy
@@ -137,7 +137,7 @@ class Inbox:
         if self._stop.is_set():
             return False
         if not self._conn.poll(0.05):
-            # A killed parent: exit, so that the resource tracker can free the segment.
+            # A killed parent: exit, so that the kernel can free the segment.
             return self._parent is None or self._parent.is_alive()
         kind, value = self._conn.recv()
         if kind == "slot":
@@ -161,7 +161,7 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
     activity = Activity(stamps, args.pool_size)
     activity.started(index)
     try:
-        arena = SlotArena.attach(args.arena_name, args.slots, args.slot_bytes)
+        arena = SlotArena.attach(args.arena, args.slots, args.slot_bytes)
         source = build_source(args.source_config, key=args.source_key)
         setup = getattr(source.obj, "setup", None)
         if callable(setup):

@@ -224,7 +224,7 @@ class ProcessWorkerPool:
         args = WorkerArgs(
             worker_id=wid, slot_index=index, num_workers=self._num_workers,
             batch_size_hint=self._hint, source_config=self._source_config,
-            source_key=self._source_key, arena_name=arena.name, slots=self._slots,
+            source_key=self._source_key, arena=arena.handle(), slots=self._slots,
             slot_bytes=self._slot_bytes, policy=self._policy,
             indexed=self._dispatcher is not None, pool_size=len(self._ids),
             processors=self._processors[0], processors_seed=self._processors[1],

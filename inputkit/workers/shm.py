@@ -1,11 +1,15 @@
 """Shared-memory slots: how process workers hand arrays to the parent without pickling them.
 
-The parent creates one segment of ``slots x slot_bytes`` bytes and owns it:
-it unlinks it on close, and Python's resource tracker removes it if the parent
-dies without closing. Workers attach to it by name with ``shm_open`` + ``mmap``,
-*not* through ``multiprocessing.shared_memory`` (on Python < 3.13 an attach
-registers with the resource tracker, which may unlink the segment when the
-worker exits and warns about "leaked" segments).
+The parent creates one segment of ``slots x slot_bytes`` bytes and owns it. It
+unlinks the segment's name from ``/dev/shm`` the moment it has opened it, and
+keeps the file descriptor: workers get that descriptor (inherited with ``fork``,
+passed through the process start-up with ``forkserver`` and ``spawn``), never the
+name. The memory is freed by the kernel when the last process that maps it
+closes it, however that process ends (``close()``, SIGTERM, SIGKILL, a crash),
+so nothing can be left in ``/dev/shm`` and Python's resource tracker is not
+involved (it warned about "leaked" segments when a parent was killed, and on
+Python < 3.13 an attach through ``multiprocessing.shared_memory`` registered the
+worker as an owner that unlinked the segment when it exited).
 
 A worker writes a chunk's arrays once into a free slot and sends only the
 slot number and a small layout (field, dtype, shape, offset); the parent maps
@@ -21,6 +25,7 @@ import mmap
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,43 +62,70 @@ def plan_pieces(fields: dict[str, np.ndarray], n: int, slot_bytes: int) -> list[
     return [Piece(i, min(i + per_slot, n)) for i in range(0, n, per_slot)]
 
 
+@dataclass(frozen=True)
+class ArenaHandle:
+    """What a worker needs to map the parent's segment: its descriptor (and name, for messages).
+
+    Pickled for a ``forkserver`` or ``spawn`` worker, the descriptor travels with the
+    process's start-up like multiprocessing's own pipes do; a ``fork`` worker inherits it.
+    """
+
+    fd: int
+    name: str
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing import reduction
+
+        return _rebuild_handle, (reduction.DupFd(self.fd), self.name)
+
+
+def _rebuild_handle(dup: Any, name: str) -> ArenaHandle:
+    return ArenaHandle(dup.detach(), name)
+
+
 class SlotArena:
     """One shared-memory segment cut into equal slots."""
 
     def __init__(self, name: str, slots: int, slot_bytes: int, buffer: mmap.mmap,
-                 owner: object | None = None) -> None:
+                 fd: int | None = None) -> None:
         self.name = name
         self.slots = slots
         self.slot_bytes = slot_bytes
-        self._buffer = buffer
-        self._owner = owner  # the parent's SharedMemory, which it unlinks
+        self._buffer: Any = buffer  # None once closed
+        self._fd = fd  # the parent's descriptor, which keeps the segment for new workers
 
     @classmethod
     def create(cls, slots: int, slot_bytes: int) -> SlotArena:
-        """Create a fresh segment (parent side)."""
-        from multiprocessing.shared_memory import SharedMemory
-
-        name = f"inputkit_{os.getpid()}_{secrets.token_hex(4)}"
-        # Created through SharedMemory so the resource tracker unlinks it if this process
-        # dies without closing; mapped through our own mmap so that views still held by a
-        # consumer at close never make SharedMemory.close() fail.
-        shm = SharedMemory(name=name, create=True, size=slots * slot_bytes)
-        shm.close()
-        arena = cls.attach(name, slots, slot_bytes)
-        arena._owner = shm
-        return arena
-
-    @classmethod
-    def attach(cls, name: str, slots: int, slot_bytes: int) -> SlotArena:
-        """Map an existing segment (worker side) without involving the resource tracker."""
+        """Create a fresh segment (parent side); its name is unlinked at once."""
         import _posixshmem
 
-        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        name = f"inputkit_{os.getpid()}_{secrets.token_hex(4)}"
+        size = slots * slot_bytes
+        fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
-            buffer = mmap.mmap(fd, slots * slot_bytes)
-        finally:
+            # Nameless from here on: whoever dies, and however, nothing is left to unlink.
+            _posixshmem.shm_unlink("/" + name)
+            os.ftruncate(fd, size)
+            buffer = mmap.mmap(fd, size)
+        except BaseException:
             os.close(fd)
-        return cls(name, slots, slot_bytes, buffer)
+            raise
+        return cls(name, slots, slot_bytes, buffer, fd)
+
+    def handle(self) -> ArenaHandle:
+        """For a worker process: the segment's descriptor (parent side, until close())."""
+        if self._fd is None:
+            raise ValueError(f"shared-memory segment {self.name}: closed, or not the parent's")
+        return ArenaHandle(self._fd, self.name)
+
+    @classmethod
+    def attach(cls, handle: ArenaHandle, slots: int, slot_bytes: int) -> SlotArena:
+        """Map the parent's segment (worker side); takes over ``handle.fd`` and closes it."""
+        try:
+            buffer = mmap.mmap(handle.fd, slots * slot_bytes)
+        finally:
+            os.close(handle.fd)
+        return cls(handle.name, slots, slot_bytes, buffer)
 
     def write(self, slot: int, fields: dict[str, np.ndarray], piece: Piece) -> list[FieldLayout]:
         """Copy samples ``piece`` of every field into ``slot`` (the one copy); return the layout."""
@@ -122,17 +154,21 @@ class SlotArena:
         return holder, fields
 
     def close(self) -> None:
-        """Unmap this process's view; the owner also unlinks the segment from /dev/shm.
+        """Unmap this process's view and close the parent's descriptor.
 
-        Unlinking always happens; unmapping waits for the garbage collector when a
-        consumer still holds tensors that view a slot (the memory stays valid).
+        The kernel frees the memory once no process maps it. Unmapping waits for the
+        garbage collector when a consumer still holds tensors that view a slot (the
+        memory stays valid until then).
         """
-        owner, self._owner = self._owner, None
-        if owner is not None:
-            owner.unlink()  # type: ignore[attr-defined]
-        # A consumer may still hold views: then the mapping goes when they are freed.
-        with contextlib.suppress(BufferError):
-            self._buffer.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        # A consumer may still hold views: then the mapping goes when the last one is freed
+        # (they keep the buffer alive; the arena no longer does).
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            with contextlib.suppress(BufferError):
+                buffer.close()
 
 
 class SlotAllocator:
