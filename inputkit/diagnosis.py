@@ -1,9 +1,19 @@
-"""Warnings while it runs, and a diagnosis after: derived from the statistics, not guessed.
+"""One judgement of what limits a pipeline, shown live and after the run, with the change to try.
 
-- **over-buffering**: a queue stays nearly full, so most of its capacity is memory
-  spent for nothing; the warning says how much a smaller capacity would save.
-- **starvation**: the consumer waits on an empty batch queue; the input pipeline
-  is the bottleneck, and the warning says which part of it.
+:func:`judge` reads the :class:`~inputkit.evidence.Evidence` of one coordinator
+over a span (the live view's last seconds, or the run from its first batch)
+and returns its :class:`Verdict`. The dashboard's verdict line, the live
+starvation warning and the end-of-run diagnosis all come from it, so they
+cannot contradict each other on the same figures. Each verdict gives advice
+only where a test shows the advice helps (tests/test_diagnosis.py); where the
+evidence cannot tell, the verdict says what it sees and suggests nothing.
+
+Besides the verdict, live warnings report:
+
+- **over-buffering**: a queue stays nearly full, so part of its capacity is memory
+  spent for nothing, and that part matters: at least ``OVERBUFFER_BUDGET_SHARE`` of
+  ``memory.budget`` (``OVERBUFFER_MIN_BYTES`` when no budget is known). A full batch
+  queue in front of a slower training step is otherwise the state to be in.
 - **budget**: the measured process-tree memory nears ``memory.budget``.
 - **empty chunks**: the source has returned only chunks with no samples.
 - **stall**: the watchdog sees a worker stuck in one fetch or delivering no samples
@@ -13,66 +23,184 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from inputkit.config.sizes import format_size
-from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
+from inputkit.evidence import Evidence, QueueEvidence, evidence, where
+from inputkit.metrics import CoordinatorWindow, Window
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import WorkerPoolStats
 
-FULL = 0.8  # "nearly always": share of the window a queue was full / empty
-MIN_WINDOW_S = 1.0  # no warnings from the first moments of a run
+# Shares of the span the consumer's queue (batch queue, or device prefetch on CUDA) was empty.
+KEEPS_UP = 0.2  # below: the input keeps up, the consumer sets the pace
+STARVED = 0.5  # from here: the input is the bottleneck, and the verdict names the stage
+# Shares of the span the chunk queue was empty, in a starved span.
+WORKERS_SLOW = 0.5  # from here: the batcher waits for chunks, the workers are the slow side
+BATCHER_SLOW = 0.2  # below: chunks wait for the batcher
+# A GIL probe that waits a quarter of sys.getswitchinterval() on average finds the GIL held.
+GIL_SHARE = 0.25
+GIL_FETCH_CPU = 0.05  # ... and fetch is what holds it when it spends this share on a CPU
+FETCH_WAITS = 0.1  # fetch on a CPU less than this share of its time: it waits (I/O, sleep)
+CPU_SPARE = 0.5  # fewer idle cores than this: more workers would find no CPU to run on
+TRANSPORT = 0.5  # process workers inside fetch less than this share of their time
+FULL = 0.8  # over-buffering: a queue full at least this share of the span
+OVERBUFFER_BUDGET_SHARE = 0.05
+OVERBUFFER_MIN_BYTES = 256 * 2**20
+MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 BUDGET_SHARE = 0.8
-# Thread workers that together keep this much of one core busy inside fetch are at the
-# GIL's ceiling: one core is all Python bytecode gets, however many threads run it.
-GIL_CORES = 0.7
 
 
-def _where(c: CoordinatorWindow | CoordinatorStats) -> str:
-    return f"input '{c.input}' on {c.device_index}:{c.device}"
+@dataclass(frozen=True)
+class Verdict:
+    """``kind`` (``fetch-bound``, ...) and ``text``: the evidence, then the change to try, if
+    any. ``starved``: the consumer waits on the input (a live warning)."""
+
+    kind: str
+    text: str
+    starved: bool = False
+
+    def line(self, where: str) -> str:
+        return f"{where}: {self.kind}. {self.text}"
 
 
-def _capacity_key(q: QueueWindow) -> str:
+def judge(e: Evidence) -> Verdict | None:
+    """The stage that limits this coordinator in the span, and why; None with nothing to judge."""
+    if e.batches == 0 and e.chunks == 0:
+        if e.empty_chunks:
+            return Verdict("empty chunks", f"The source returned only empty chunks "
+                           f"({e.empty_chunks:,} in {e.span_s:.1f} s): check fetch; "
+                           f"failures.stall_timeout reports this as a stall", starved=True)
+        return None
+    last = e.consumer_queue
+    if last is None:
+        return None
+    seen = f"The {last.stage} was empty {last.empty:.0%} of {e.over}"
+    if last.empty < KEEPS_UP:
+        return Verdict("consumer-bound", f"The {last.stage} was empty only {last.empty:.0%} of "
+                       f"{e.over} (full {last.full:.0%}): the input keeps up, so "
+                       f"the consumer (the training step) sets the pace. Nothing in the input "
+                       f"needs to change.")
+    if last.empty < STARVED:
+        return Verdict("balanced", f"{seen} (full {last.full:.0%}): the input about keeps pace "
+                       f"with the consumer, and no stage stands out enough to name a change.")
+    return _starved(e, last, seen)
+
+
+def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
+    """The consumer waits: which stage of the input holds it back."""
+    chunks = e.queue("chunk queue")
+    if chunks is None or chunks.empty >= WORKERS_SLOW:
+        return _workers_slow(e, seen + (f" and the chunk queue {chunks.empty:.0%}" if chunks else ""))
+    if chunks.empty < BATCHER_SLOW:
+        batch = e.queue("batch queue")
+        if last.stage == "device prefetch" and batch is not None and batch.empty < BATCHER_SLOW:
+            return Verdict("copy-bound", f"{seen} while the batch queue was empty only "
+                           f"{batch.empty:.0%}: batches wait for the host-to-device copy, the "
+                           f"slowest stage.", starved=True)
+        waiting = f"{seen} while chunks waited (the chunk queue was empty only {chunks.empty:.0%})"
+        if e.copied_batches:
+            return Verdict("batcher-bound", f"{waiting}: assembling batches from several chunks "
+                           f"({e.copied_batches:,} copies) is the slowest stage. Make source "
+                           f"chunks batch-sized (chunk size = batch_size) so that batches pass "
+                           f"as views of one chunk, without a copy.", starved=True)
+        return Verdict("batcher-bound", f"{waiting}, though every batch was a view of one chunk: "
+                       f"the batcher waits for a CPU or the GIL{_gil_note(e)}; no change to "
+                       f"suggest.", starved=True)
+    return Verdict("input-bound", f"{seen} and the chunk queue {chunks.empty:.0%}: the workers "
+                   f"and the batcher both hold it back, neither clearly; no single change to "
+                   f"suggest.", starved=True)
+
+
+def _gil_note(e: Evidence) -> str:
+    return f" (a thread waited {e.gil_wait_ms:.1f} ms for the GIL on average)" \
+        if e.gil_wait_ms is not None else ""
+
+
+def _idle_note(e: Evidence) -> str:
+    if e.idle_cores is not None:
+        return f"{e.idle_cores:.1f} idle cores"
+    return f"{e.fetch_cores:.1f} of its {e.cores} cores busy inside fetch"
+
+
+def _no_spare_cpu(e: Evidence) -> bool:
+    """Whether the machine has no core left for more workers to run on."""
+    if e.idle_cores is not None:
+        return e.idle_cores < CPU_SPARE
+    return e.fetch_cores > e.cores - CPU_SPARE
+
+
+def _workers_slow(e: Evidence, seen: str) -> Verdict:
+    """The batcher waits for chunks: fetch, the GIL, the CPUs, or the hand-over from processes."""
+    gil_held = e.gil_wait_ms is not None and e.gil_wait_ms >= GIL_SHARE * e.switch_interval_ms
+    if e.kind == "thread" and gil_held:
+        if e.fetch_cpu_share < GIL_FETCH_CPU:
+            return Verdict("fetch-bound", f"{seen}: the workers are the slow side, and the GIL "
+                           f"is busy{_gil_note(e)}, though not with fetch (it waits): more "
+                           f"threads would wait for it too; no change to suggest.", starved=True)
+        held = (f"{seen}: the workers are the slow side, and fetch holds the GIL: a thread "
+                f"that asked for it waited {e.gil_wait_ms:.1f} ms on average (a free GIL takes "
+                f"well under 1 ms), so the threads take turns and more of them will not help.")
+        if _no_spare_cpu(e):
+            return Verdict("GIL-bound", f"{held} Worker processes would need idle cores, and the "
+                           f"machine had {_idle_note(e)}: no change to suggest while it is this "
+                           f"busy.", starved=True)
+        return Verdict("GIL-bound", f"{held} Use workers.kind=process "
+                       f"(workers.count={max(2, e.workers)}): the machine had "
+                       f"{_idle_note(e)} for them.", starved=True)
+    if e.kind == "process" and e.in_fetch < TRANSPORT:
+        outside = (f"{seen}, yet the worker processes were inside fetch only {e.in_fetch:.0%} of "
+                   f"their time: the rest went to handing chunks over (shared-memory slots, the "
+                   f"pipe to this process).")
+        if _no_spare_cpu(e):
+            return Verdict("transport-bound", f"{outside} Thread workers hand chunks over faster "
+                           f"only where cores are idle, and the machine had {_idle_note(e)}: no "
+                           f"change to suggest while it is this busy.", starved=True)
+        return Verdict("transport-bound", f"{outside} If fetch releases the GIL (I/O, numpy, "
+                       f"decoding in C), workers.kind=thread hands chunks over without that.",
+                       starved=True)
+    if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
+        return Verdict("CPU-bound", f"{seen}, and fetch computes (it ran on a CPU "
+                       f"{e.fetch_cpu_share:.0%} of its time, {e.fetch_cores:.1f} cores in all) "
+                       f"while the {e.cores}-core machine had {_idle_note(e)}: more workers "
+                       f"(threads or processes) would find no CPU to run on; only a cheaper "
+                       f"fetch would help.", starved=True)
+    advice = f"Add workers (workers.count={e.workers * 2})."
+    if e.kind == "thread" and e.gil_wait_ms is None:  # the GIL was not measured
+        advice += " If fetch runs Python code, more threads will not help: workers.kind=process."
+    return Verdict("fetch-bound", f"{seen}, while the workers were inside fetch {e.in_fetch:.0%} "
+                   f"of their time (p50 {e.fetch_p50_ms:.1f} ms): fetch is the slowest stage. "
+                   f"{advice}", starved=True)
+
+
+def _capacity_key(stage: str) -> str:
     return {"chunk queue": "queue.capacity", "batch queue": "queue.batch_capacity",
-            "device prefetch": "device.prefetch"}.get(q.stage, q.stage)
+            "device prefetch": "device.prefetch"}.get(stage, stage)
 
 
-def _over_buffering(c: CoordinatorWindow, q: QueueWindow, window_s: float) -> str | None:
-    if q.full < FULL or q.max_bytes is not None or q.capacity <= 2 or q.items == 0:
-        return None
-    smaller = max(2, q.capacity // 4)
-    item = q.bytes / q.items
-    saved = (q.capacity - smaller) * item
-    return (f"over-buffering: {_where(c)}: the {q.stage} was full {q.full:.0%} of the last "
-            f"{window_s:.0f} s, so its consumer is the slower side and {q.capacity} items "
-            f"({format_size(q.capacity * item)}) wait for nothing; {_capacity_key(q)}={smaller} "
-            f"would keep the throughput and save {format_size(saved)}")
+def overbuffer_threshold(budget_bytes: int | None) -> float:
+    """Bytes a smaller queue must save before over-buffering is worth a warning."""
+    return OVERBUFFER_BUDGET_SHARE * budget_bytes if budget_bytes else OVERBUFFER_MIN_BYTES
 
 
-def _starvation(c: CoordinatorWindow, window_s: float) -> str | None:
-    queues = {q.stage: q for q in c.queues}
-    last = queues.get("device prefetch") or queues.get("batch queue")
-    chunks = queues.get("chunk queue")
-    if last is None or last.empty < FULL:
-        return None
-    workers = c.stats.workers
-    if chunks is not None and chunks.empty >= FULL:
-        if workers.kind == "thread" and _fetch_cores(c.stats) >= GIL_CORES:
-            fix = ("fetch is CPU-bound and thread workers share one GIL: use "
-                   "workers.kind=process")
-        else:
-            fix = (f"the workers cannot keep up: add workers "
-                   f"(workers.count={workers.workers * 2})")
-            if workers.kind == "thread":
-                fix += ", or workers.kind=process if fetch does CPU work in Python"
-    else:
-        fix = ("chunks are waiting but batches are not: the batcher is the bottleneck; "
-               "make source chunks batch-sized so batches pass without a copy")
-    return (f"starvation: {_where(c)}: the consumer waited on an empty {last.stage} "
-            f"{last.empty:.0%} of the last {window_s:.0f} s; {fix}")
-
-
-def _fetch_cores(c: CoordinatorStats) -> float:
-    """Cores the workers kept busy inside fetch, on average (CPU seconds per second)."""
-    return c.workers.fetch_cpu_s / c.elapsed_s if c.elapsed_s > 0 else 0.0
+def over_buffering(e: Evidence, budget_bytes: int | None = None) -> list[str]:
+    """Queues full most of the span whose spare capacity holds memory that matters."""
+    found = []
+    for q in e.queues:
+        if q.max_bytes is not None or q.capacity <= 2 or q.items == 0 or q.full < FULL:
+            continue
+        smaller = max(2, q.capacity // 4)
+        item = q.bytes / q.items
+        saved = (q.capacity - smaller) * item
+        if saved < overbuffer_threshold(budget_bytes):
+            continue
+        share = f" ({saved / budget_bytes:.0%} of memory.budget)" if budget_bytes else ""
+        after = "the consumer (the training step)" if q is e.consumer_queue else \
+            "the stage after it"
+        found.append(f"the {q.stage} was full {q.full:.0%} of {e.over}: {after} is the slower "
+                     f"side, so {q.capacity} items ({format_size(q.capacity * item)}) wait where "
+                     f"{smaller} would keep it busy; {_capacity_key(q.stage)}={smaller} would "
+                     f"save {format_size(saved)}{share}")
+    return found
 
 
 def _plural(n: int, word: str, many: str | None = None) -> str:
@@ -99,27 +227,36 @@ def _last_error(w: WorkerPoolStats, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def window_evidence(window: Window, c: CoordinatorWindow) -> Evidence:
+    return evidence(c.stats, c.before, over=f"the last {window.window_s:.0f} s")
+
+
+def live_verdicts(window: Window) -> list[Verdict | None]:
+    """Each coordinator's verdict over the window (None: too early, finished, or no data)."""
+    if window.window_s < MIN_WINDOW_S:
+        return [None] * len(window.coordinators)
+    return [None if c.stats.finished else judge(window_evidence(window, c))
+            for c in window.coordinators]
+
+
 def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
     """Problems visible in the last window; empty while the window is too short to judge."""
     if window.window_s < MIN_WINDOW_S:
         return []
     found: list[str] = []
-    for c in window.coordinators:
+    for c, verdict in zip(window.coordinators, live_verdicts(window), strict=True):
         if c.stats.finished:
             continue
-        for q in c.queues:
-            text = _over_buffering(c, q, window.window_s)
-            if text:
-                found.append(text)
+        place = where(c.stats)
+        found += [f"over-buffering: {place}: {text}"
+                  for text in over_buffering(window_evidence(window, c), budget_bytes)]
         workers = c.stats.workers
         if workers.chunks == 0 and workers.empty_chunks:
             # Starved, but more workers would not help: the source has nothing to give.
-            found.append(f"empty chunks: {_where(c)}: the source returned only empty chunks "
+            found.append(f"empty chunks: {place}: the source returned only empty chunks "
                          f"({workers.empty_chunks:,} so far); check fetch")
-        else:
-            text = _starvation(c, window.window_s)
-            if text:
-                found.append(text)
+        elif verdict is not None and verdict.starved:
+            found.append(f"starvation: {verdict.line(place)}")
         for stall in workers.stalls:
             lines = stall.strip().splitlines()
             if lines:
@@ -128,7 +265,7 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
         # workers, so those stay on show (their totals) while the run lasts.
         actions = _policy_actions(workers, retries=False)
         if actions:
-            found.append(f"failures: {_where(c)}: {', '.join(actions)} so far")
+            found.append(f"failures: {place}: {', '.join(actions)} so far")
     memory = window.stats.memory
     if budget_bytes and memory is not None and memory.total_rss >= BUDGET_SHARE * budget_bytes:
         found.append(f"budget: the process tree holds {format_size(memory.total_rss)}, "
@@ -137,73 +274,35 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
     return found
 
 
-def _fetch_bound(c: CoordinatorStats, empty: float, busy: float) -> str:
-    w = c.workers
-    if w.kind == "thread" and _fetch_cores(c) >= GIL_CORES:
-        return (f"{_where(c)}: fetch-bound and GIL-bound. The chunk queue was empty {empty:.0%} "
-                f"of the run, and the {w.workers} thread(s) kept {_fetch_cores(c):.2f} of a core "
-                f"busy inside fetch ({w.fetch_cpu_s / max(w.fetch_wall_s, 1e-9):.0%} of fetch's "
-                f"wall time was CPU): that is the GIL's ceiling, so more threads will not help. "
-                f"Try workers.kind=process.")
-    if w.kind == "process" and busy < 0.5:
-        return (f"{_where(c)}: transport-bound. The chunk queue was empty {empty:.0%} of the "
-                f"run, yet the worker processes spent only {busy:.0%} of their time in fetch: "
-                f"the rest went to moving bytes (into shared memory, waiting for free slots). "
-                f"Make chunks batch-sized, write them in place (fetch_into), or try thread "
-                f"workers if fetch releases the GIL.")
-    return (f"{_where(c)}: fetch-bound. The chunk queue was empty {empty:.0%} of the run while "
-            f"the workers were in fetch {busy:.0%} of the time (p50 {w.fetch_p50_ms:.1f} ms): "
-            f"fetch is the slowest stage. Add workers (workers.count={w.workers * 2}).")
-
-
-def diagnose(stats: RunnerStats) -> list[str]:
+def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
+             since: RunnerStats | None = None) -> list[str]:
     """After a run: per coordinator, the bottleneck stage, why, and the one change to try.
 
-    A coordinator whose failure policies skipped, retried or restarted anything gets a
-    second line saying so, with the latest error they handled.
+    The run is judged from ``since`` (a snapshot taken once batches flowed) to ``stats``,
+    or from each coordinator's first batch. Over-buffered queues get a line each, and a
+    coordinator whose failure policies skipped, retried or restarted anything gets a
+    line saying so, with the latest error they handled.
     """
+    before = {(c.input, c.device_index): c for c in since.coordinators} if since else {}
     lines = []
     for c in stats.coordinators:
-        lines.append(_bottleneck(c))
+        start = before.get((c.input, c.device_index))
+        e = evidence(c, start if start is not None and start.batches else None)
+        lines.append(_final_line(c, e))
+        lines += [f"{e.where}: over-buffered. {text[0].upper()}{text[1:]}"
+                  for text in over_buffering(e, budget_bytes)]
         actions = _policy_actions(c.workers)
         if actions:
             error = _last_error(c.workers)
-            lines.append(f"{_where(c)}: {', '.join(actions)}" + (f"; last error: {error}" if error else ""))
+            lines.append(f"{e.where}: {', '.join(actions)}" + (f"; last error: {error}" if error else ""))
     return lines
 
 
-def _bottleneck(c: CoordinatorStats) -> str:
-    w = c.workers
-    if c.batches == 0 and w.chunks == 0 and w.empty_chunks:
-        return (f"{_where(c)}: the source returned only empty chunks ({w.empty_chunks:,} in "
-                f"{c.elapsed_s:.1f} s): check fetch; failures.stall_timeout reports this as a stall")
-    if len(c.queues) < 2 or c.batches == 0:
-        return f"{_where(c)}: no batches were delivered, nothing to diagnose"
-    chunks, batches = c.queues[0], c.queues[1]
-    # Share of the streaming time the workers spent in fetch. Streaming starts with the first
-    # batch: before it, workers were starting (a worker that imports torch takes a second).
-    streaming = c.elapsed_s - (c.first_batch_s or 0.0)
-    busy = w.fetch_wall_s / (streaming * w.workers) if streaming > 0 else 0.0
-    if batches.full_fraction >= 0.5:
-        return (f"{_where(c)}: consumer-bound. The batch queue was full "
-                f"{batches.full_fraction:.0%} of the run: the pipeline makes batches faster than "
-                f"they are taken. The input is not the bottleneck; smaller capacities would save "
-                f"memory at no cost.")
-    if batches.empty_fraction < 0.5:
-        return (f"{_where(c)}: balanced. The consumer seldom waited (batch queue empty "
-                f"{batches.empty_fraction:.0%}, full {batches.full_fraction:.0%} of the run): "
-                f"every stage keeps up with the next.")
-    if chunks.empty_fraction >= 0.5 or (w.kind == "thread" and _fetch_cores(c) >= GIL_CORES):
-        # Fetch holding the GIL slows every thread, the batcher's too, so a GIL-bound run
-        # need not show a mostly empty chunk queue.
-        return _fetch_bound(c, chunks.empty_fraction, busy)
-    if chunks.empty_fraction < 0.2:
-        return (f"{_where(c)}: batcher-bound. The consumer waited on an empty batch queue "
-                f"{batches.empty_fraction:.0%} of the run while chunks were waiting (the chunk "
-                f"queue was empty only {chunks.empty_fraction:.0%}, full "
-                f"{chunks.full_fraction:.0%}): assembling batches ({c.copied_batches:,} copies) "
-                f"is the slowest stage. Make source chunks batch-sized so batches pass as views.")
-    return (f"{_where(c)}: fetch and batcher both limit it. The consumer waited on an empty "
-            f"batch queue {batches.empty_fraction:.0%} of the run and the chunk queue was "
-            f"empty {chunks.empty_fraction:.0%}: add workers first "
-            f"(workers.count={w.workers * 2}), then look again.")
+def _final_line(c: CoordinatorStats, e: Evidence) -> str:
+    verdict = judge(e)
+    if verdict is None:
+        return f"{e.where}: no batches were delivered, nothing to diagnose"
+    if verdict.kind == "empty chunks":  # the same words as the catalogue of errors shows
+        return f"{e.where}: the source returned only empty chunks ({c.workers.empty_chunks:,} in " \
+               f"{c.elapsed_s:.1f} s): check fetch; failures.stall_timeout reports this as a stall"
+    return verdict.line(e.where)

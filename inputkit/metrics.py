@@ -46,6 +46,7 @@ class CoordinatorWindow:
     mb_per_s: float
     queues: tuple[QueueWindow, ...]
     stats: CoordinatorStats
+    before: CoordinatorStats | None = None  # the snapshot the window starts from (diagnosis)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class MovingWindow:
                 input=c.input, device=c.device, device_index=c.device_index,
                 samples_per_s=rates[0], batches_per_s=rates[1], mb_per_s=rates[2],
                 queues=tuple(_queue_window(q, before_queues.get(q.name)) for q in c.queues),
-                stats=c))
+                stats=c, before=prev))
         return Window(
             elapsed_s=stats.elapsed_s, window_s=span,
             samples_per_s=sum(c.samples_per_s for c in coordinators),

@@ -173,7 +173,8 @@ def test_early_break_and_leaving_the_block_stop_every_thread_within_2s():
             if step == 5:
                 break
         time.sleep(0.2)  # workers now block on full queues
-        assert len(pipeline_threads()) == 2 * (4 + 1) + 1  # + the runner's stall watchdog
+        # Per device: 4 fetch threads, the batcher and the GIL probe; + the stall watchdog.
+        assert len(pipeline_threads()) == 2 * (4 + 2) + 1
         began = time.monotonic()
     assert time.monotonic() - began < 2.0
     assert pipeline_threads() == []

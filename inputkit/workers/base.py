@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from inputkit.probes import GilReading, machine_idle_s
+
 _LATENCY_WINDOW = 1024  # fetch latencies kept for the percentiles
 
 
@@ -61,6 +63,10 @@ class WorkerPoolStats:
     stalls: tuple[str, ...] = ()
     # Each processor step's calls and time, over every worker (processors.ProcessorStats).
     processors: tuple[Any, ...] = ()
+    # Evidence for the diagnosis (inputkit/probes.py): the GIL probe's reading (thread
+    # workers), and the machine's idle CPU seconds since the pool was made.
+    gil: GilReading | None = None
+    idle_cpu_s: float | None = None
 
 
 class Activity:
@@ -137,6 +143,7 @@ class FetchTally:
         self._chunks = self._samples = self._bytes = self._empty = 0
         self._wall = self._cpu = 0.0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._idle0 = machine_idle_s()
 
     def fetched(self, n: int, nbytes: int, wall: float, cpu: float, timed: bool = True) -> None:
         """One chunk (or piece of one) of ``n`` samples; ``timed=False`` for later pieces."""
@@ -156,6 +163,7 @@ class FetchTally:
               **extra: Any) -> WorkerPoolStats:
         """A snapshot; ``codes`` are the (idle, fetching, blocked, done) values in ``states``."""
         idle, fetching, blocked, done = codes
+        idle_now = machine_idle_s() if self._idle0 is not None else None
         with self._lock:
             latencies = np.array(self._latencies) if self._latencies else None
             p50, p95 = (np.percentile(latencies, [50, 95]) * 1000.0) if latencies is not None \
@@ -166,7 +174,8 @@ class FetchTally:
                 idle=states.count(idle), done=states.count(done),
                 chunks=self._chunks, samples=self._samples, bytes=self._bytes,
                 empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
-                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95), **extra,
+                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95),
+                idle_cpu_s=None if idle_now is None else idle_now - (self._idle0 or 0.0), **extra,
             )
 
 

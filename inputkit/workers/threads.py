@@ -28,6 +28,7 @@ from inputkit.failures import (
     pool_log,
 )
 from inputkit.messages import END, Failure
+from inputkit.probes import GilProbe
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
@@ -76,15 +77,19 @@ class ThreadWorkerPool:
                              name=f"{thread_prefix}-fetch-{wid}", daemon=True)
             for index, wid in enumerate(self._ids)
         ]
+        # Whether fetch holds the GIL: the diagnosis reads it (inputkit/probes.py says how).
+        self._gil = GilProbe(f"{thread_prefix}-gil-probe")
         if dispatcher is not None:
             dispatcher.bind(self._emit)
 
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._gil.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._gil.stop()
 
     def slots_scarce(self) -> bool:
         return False  # thread workers hand over arrays they own: nothing is borrowed
@@ -97,7 +102,7 @@ class ThreadWorkerPool:
                 stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n"
                              f"{self._stack(index)}")
         self._repeats.flush()
-        return stuck
+        return stuck + self._gil.join(deadline)
 
     def _stack(self, index: int) -> str:
         frame = sys._current_frames().get(self._threads[index].ident or -1)
@@ -107,7 +112,7 @@ class ThreadWorkerPool:
         return self._tally.stats(self.kind, list(self._states.values()),
                                  (IDLE, FETCHING, BLOCKED, DONE), stalls=self._stalls,
                                  processors=self._chain.stats() if self._chain else (),
-                                 **self._failures.snapshot())
+                                 gil=self._gil.reading(), **self._failures.snapshot())
 
     def watch(self, now: float, fetch_timeout: float | None,
               stall_timeout: float | None) -> list[tuple[str, str]]:

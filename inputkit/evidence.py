@@ -1,0 +1,163 @@
+"""What the diagnosis reads about one coordinator over a span of time, from two snapshots.
+
+The live view judges the last few seconds (two snapshots of a moving window);
+the end-of-run diagnosis judges the run from its first batch on (the start-up
+before it, when every queue is empty while workers start, would read as
+starvation). Both go through :func:`evidence`, then through one judgement
+(:func:`inputkit.diagnosis.judge`), so the two cannot disagree on the same
+figures. :class:`Evidence` is a plain dataclass so that tests can state a
+situation directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from inputkit.probes import GilReading
+from inputkit.queues import QueueStats
+from inputkit.stats import CoordinatorStats
+
+STAGES = {"chunks": "chunk queue", "batches": "batch queue", "device": "device prefetch"}
+
+
+def stage_name(queue_name: str) -> str:
+    """``main/0/chunks`` -> ``chunk queue``."""
+    return STAGES.get(queue_name.rsplit("/", 1)[-1], queue_name)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which is what its workers can use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class QueueEvidence:
+    """One queue: its fill now, and the shares of the span it was full and empty."""
+
+    stage: str
+    capacity: int
+    items: int
+    bytes: int
+    full: float
+    empty: float
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One coordinator over ``span_s`` seconds (``over`` names the span in messages).
+
+    ``in_fetch``: share of the workers' time spent inside fetch (summed over workers,
+    divided by workers x span). ``fetch_cores``: CPU seconds spent inside fetch per
+    second, over all workers. ``gil_wait_ms``: the GIL probe's mean wait for the GIL
+    in the span (thread workers; None where it was not measured, see inputkit/probes.py), and
+    ``idle_cores`` the machine's idle CPU seconds per second in the span (None: unknown).
+    ``fetch_cpu_share``: CPU time over wall time inside fetch (near 0: fetch waits).
+    """
+
+    where: str
+    over: str
+    span_s: float
+    batches: int
+    kind: str
+    workers: int
+    queues: tuple[QueueEvidence, ...]
+    in_fetch: float = 0.0
+    fetch_cores: float = 0.0
+    fetch_p50_ms: float = 0.0
+    gil_wait_ms: float | None = None
+    idle_cores: float | None = None
+    fetch_cpu_share: float = 0.0
+    copied_batches: int = 0
+    chunks: int = 0
+    empty_chunks: int = 0
+    cores: int = 1
+    switch_interval_ms: float = 5.0
+
+    def queue(self, stage: str) -> QueueEvidence | None:
+        return next((q for q in self.queues if q.stage == stage), None)
+
+    @property
+    def consumer_queue(self) -> QueueEvidence | None:
+        """The queue the training loop takes batches from (device prefetch on CUDA)."""
+        return self.queue("device prefetch") or self.queue("batch queue")
+
+
+def where(c: CoordinatorStats) -> str:
+    return f"input '{c.input}' on {c.device_index}:{c.device}"
+
+
+def _share(value: float, span: float) -> float:
+    return min(1.0, max(0.0, value / span)) if span > 0 else 0.0
+
+
+def _queue(now: QueueStats, before: QueueStats | None, span: float, idle_s: float) -> QueueEvidence:
+    """``idle_s``: seconds of the queue's life outside the span in which it was empty (before
+    the first batch, after the end), taken off its empty time when there is no ``before``."""
+    if before is None:
+        full, empty = now.time_full_s, now.time_empty_s - idle_s
+    else:
+        full = now.time_full_s - before.time_full_s
+        empty = now.time_empty_s - before.time_empty_s
+    return QueueEvidence(stage=stage_name(now.name), capacity=now.capacity, items=now.items,
+                         bytes=now.bytes, full=_share(full, span), empty=_share(empty, span),
+                         max_bytes=now.max_bytes)
+
+
+def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
+             over: str = "the run") -> Evidence:
+    """The evidence between ``before`` and ``now``; from the first batch on without ``before``."""
+    w = now.workers
+    if before is not None:
+        span = now.elapsed_s - before.elapsed_s
+        then = {q.name: q for q in before.queues}
+        queues = tuple(_queue(q, then.get(q.name), span, 0.0) for q in now.queues)
+        pw = before.workers
+        wall, cpu = w.fetch_wall_s - pw.fetch_wall_s, w.fetch_cpu_s - pw.fetch_cpu_s
+        batches, copied = now.batches - before.batches, now.copied_batches - before.copied_batches
+        chunks, empty_chunks = w.chunks - pw.chunks, w.empty_chunks - pw.empty_chunks
+        gil, idle = _gil_ms(w.gil, pw.gil), _idle(w.idle_cpu_s, pw.idle_cpu_s, span)
+    else:
+        startup = now.first_batch_s or 0.0
+        span = now.elapsed_s - startup
+        # A queue exists a moment before its coordinator starts and goes on after it
+        # finishes; both stretches, and the start-up, are empty time outside the span.
+        queues = tuple(_queue(q, None, span, startup + max(0.0, q.elapsed_s - now.elapsed_s))
+                       for q in now.queues)
+        wall, cpu = w.fetch_wall_s, w.fetch_cpu_s
+        batches, copied = now.batches, now.copied_batches
+        chunks, empty_chunks = w.chunks, w.empty_chunks
+        # The pool counts idle time from its own start: the whole run, not the span.
+        gil, idle = _gil_ms(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
+    return Evidence(
+        where=where(now), over=over, span_s=span, batches=batches, kind=w.kind,
+        workers=w.workers, queues=queues,
+        in_fetch=_share(wall, span * w.workers) if w.workers else 0.0,
+        fetch_cores=cpu / span if span > 0 else 0.0, fetch_p50_ms=w.fetch_p50_ms,
+        gil_wait_ms=gil, idle_cores=idle, fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
+        copied_batches=copied, chunks=chunks, empty_chunks=empty_chunks,
+        cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0)
+
+
+_MIN_PROBES = 5  # fewer probes than this say nothing about the GIL
+
+
+def _gil_ms(now: GilReading | None, before: GilReading | None) -> float | None:
+    """Mean GIL wait per probe between two readings, in ms; None without enough probes."""
+    if now is None:
+        return None
+    then = before or GilReading()
+    probes = now.probes - then.probes
+    return (now.wait_s - then.wait_s) / probes * 1000.0 if probes >= _MIN_PROBES else None
+
+
+def _idle(now: float | None, before: float | None, span: float) -> float | None:
+    """The machine's idle cores between two readings (idle CPU seconds per second)."""
+    if now is None or before is None or span <= 0:
+        return None
+    return max(0.0, (now - before) / span)
