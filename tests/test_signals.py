@@ -3,6 +3,7 @@ and multiprocessing's helper processes do not outlive the program that started t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import random
@@ -186,3 +187,65 @@ def _alive(pids: list[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+# multiprocessing's helpers ----------------------------------------------------------------------
+
+def _helpers_of(pid: int) -> dict[int, str]:
+    """The forkserver and resource tracker ``pid`` started: {pid: which}. (Workers forked by
+    the forkserver are its children and share its command line.)"""
+    found = {}
+    try:
+        for child in psutil.Process(pid).children():
+            with contextlib.suppress(psutil.Error):
+                line = " ".join(child.cmdline())
+                for which in ("forkserver", "resource_tracker"):
+                    if which in line:
+                        found[child.pid] = which
+    except psutil.NoSuchProcess:
+        pass
+    return found
+
+
+def _helpers_left_after_run(args: list[str], cwd: Path) -> tuple[dict[int, str], dict[int, str]]:
+    """Run ``args``; the helpers seen while it ran, and those still alive the moment it exited."""
+    seen: dict[int, str] = {}
+    with subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True) as child:
+        deadline = time.monotonic() + 120
+        while child.poll() is None and time.monotonic() < deadline:
+            seen.update(_helpers_of(child.pid))
+            time.sleep(0.02)
+        assert child.wait(5) == 0, child.stderr.read()
+        left = {pid: which for pid, which in seen.items() if _alive([pid])}
+    return seen, left
+
+
+EXITS = """
+import inputkit
+cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
+                  "fields": {"x": {"shape": [4]}}, "chunk_size": 8},
+       "devices": "cpu", "batch_size": 8,
+       "workers": {"kind": "process", "count": 2, "start_method": "forkserver"}}
+if __name__ == "__main__":
+    with inputkit.Runner(cfg) as runner:
+        for step, batch in enumerate(runner.device(0)):
+            if step == 200:
+                break
+"""
+
+
+def test_the_forkserver_and_resource_tracker_end_before_an_embedding_script_exits(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(EXITS)
+    seen, left = _helpers_left_after_run([sys.executable, str(script)], tmp_path)
+    assert sorted(seen.values()) == ["forkserver", "resource_tracker"], "inputkit started both"
+    assert left == {}, "they were stopped before the script exited"
+
+
+def test_the_forkserver_and_resource_tracker_end_before_inputkit_bench_exits(tmp_path):
+    seen, left = _helpers_left_after_run(
+        [sys.executable, "-m", "inputkit", "bench", "workers=processes", "bench.seconds=1",
+         "devices=cpu", "hydra.run.dir=.", "hydra.output_subdir=null"], tmp_path)
+    assert "forkserver" in seen.values()
+    assert left == {}, "they were stopped before inputkit exited"

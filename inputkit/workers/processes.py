@@ -43,6 +43,7 @@ from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
+from inputkit.workers.helpers import OURS, running
 from inputkit.workers.process_main import (
     BLOCKED,
     DONE,
@@ -196,9 +197,13 @@ class ProcessWorkerPool:
         self._states = ctx.RawArray("b", len(self._ids))
         self._stamps = ctx.RawArray("d", 2 * len(self._ids))
         self._activity = Activity(self._stamps, len(self._ids))
-        with self._hidden_main():
-            for index in range(len(self._ids)):
-                self._workers.append(self._spawn(index))
+        helpers = running()
+        try:
+            with self._hidden_main():
+                for index in range(len(self._ids)):
+                    self._workers.append(self._spawn(index))
+        finally:  # stopped at exit if these workers were what started them
+            OURS.note(helpers)
         with self._lock:
             for index in range(len(self._ids)):
                 self._give_slot(index)
