@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inputkit.config.sizes import format_size
-from inputkit.diagnosis import live_warnings
+from inputkit.diagnosis import Verdict, live_verdicts, live_warnings
 from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
 
 
@@ -36,7 +36,9 @@ def _queue_rows(table: Table, c: CoordinatorWindow) -> None:
     for q in c.queues:
         limit = f"{format_size(q.max_bytes)} limit" if q.max_bytes is not None \
             else f"{q.items}/{q.capacity}"
-        style = "red" if q.full >= 0.8 else "yellow" if q.empty >= 0.8 else None
+        # A full queue is not a fault (in front of a slower consumer it is the goal), so only
+        # an empty one is marked; what the fill means is the verdict's and the warnings' job.
+        style = "yellow" if q.empty >= 0.8 else None
         table.add_row(f"  {q.stage}", _bar(q), limit, format_size(q.bytes),
                       Text(f"full {q.full:4.0%}  empty {q.empty:4.0%}", style=style or ""))
 
@@ -89,9 +91,35 @@ def _memory_line(window: Window, budget_bytes: int | None) -> Text:
     return text
 
 
+def _verdict_lines(window: Window) -> Text:
+    """One line per coordinator: what limits it over the window (diagnosis.judge)."""
+    text = Text()
+    for i, (c, verdict) in enumerate(zip(window.coordinators, live_verdicts(window), strict=True)):
+        if i:
+            text.append("\n")
+        text.append("verdict  ", style="bold")
+        text.append(f"{c.input} @ {c.device_index}:{c.device}: ")
+        if verdict is None:
+            text.append("finished" if c.stats.finished else "judging (needs 1 s of data)",
+                        style="dim")
+            continue
+        text.append(verdict.kind, style="bold yellow" if verdict.starved else "bold green")
+        text.append(f". {verdict.text}")
+    return text
+
+
+def verdict_line(c: CoordinatorWindow, verdict: Verdict | None) -> str:
+    """The verdict as one plain line, for logs."""
+    what = f"{verdict.kind}. {verdict.text}" if verdict is not None else \
+        ("finished" if c.stats.finished else "judging (needs 1 s of data)")
+    return f"  verdict {c.input}@{c.device_index}:{c.device}: {what}"
+
+
 def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
            title: str = "inputkit") -> RenderableType:
-    """The whole dashboard for one moment: throughput, queues, workers, memory, warnings."""
+    """The whole dashboard for one moment: throughput, queues, workers, memory, the verdict
+    on the window (the stage that limits each input, the same judgement as the diagnosis
+    after the run), and warnings."""
     head = Text()
     head.append(f"{window.samples_per_s:,.0f} samples/s", style="bold green")
     head.append(f"   {window.batches_per_s:,.1f} batches/s   {window.mb_per_s:,.1f} MB/s", )
@@ -101,6 +129,7 @@ def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
     parts: list[RenderableType] = [head]
     parts.append(_coordinators_table(window.coordinators))
     parts.append(_memory_line(window, budget_bytes))
+    parts.append(_verdict_lines(window))
     if warnings:
         parts.append(Panel(Text("\n".join(warnings), style="yellow"), title="warnings",
                            title_align="left", border_style="yellow"))
@@ -108,7 +137,7 @@ def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
 
 
 def plain_lines(window: Window) -> list[str]:
-    """The same information as plain text, one line per coordinator (for logs and CI)."""
+    """The same information as plain text, per coordinator a line and its verdict (for logs)."""
     lines = [f"t={window.elapsed_s:.1f}s {window.samples_per_s:,.0f} samples/s "
              f"{window.batches_per_s:,.1f} batches/s {window.mb_per_s:,.1f} MB/s "
              f"batches={window.stats.batches:,} buffered={format_size(window.stats.buffered_bytes)}"]
@@ -119,6 +148,8 @@ def plain_lines(window: Window) -> list[str]:
         lines.append(f"  {c.input}@{c.device_index}:{c.device} {c.samples_per_s:,.0f} samples/s "
                      f"{queues} workers fetching={w.fetching} blocked={w.blocked} "
                      f"p50={w.fetch_p50_ms:.1f}ms")
+    for c, verdict in zip(window.coordinators, live_verdicts(window), strict=True):
+        lines.append(verdict_line(c, verdict))
     return lines
 
 

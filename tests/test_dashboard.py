@@ -19,6 +19,10 @@ from inputkit import Runner
 from inputkit.dashboard import Dashboard, plain_lines, render
 from inputkit.diagnosis import diagnose, live_warnings
 from inputkit.metrics import MovingWindow
+from inputkit.probes import GilReading
+from inputkit.queues import QueueStats
+from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.workers.base import WorkerPoolStats
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 TESTS = Path(__file__).resolve().parent
@@ -39,50 +43,99 @@ def consume(runner, seconds: float, pause: float = 0.0) -> None:
             time.sleep(pause)
 
 
-def test_a_sleeping_consumer_fills_the_queues_and_raises_the_over_buffering_warning():
+def wait_until_full(runner, queue_index: int = 0, seconds: float = 20.0) -> None:
+    """Wait (with a generous deadline) until a queue of device 0 is at capacity."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        q = runner.stats().coordinators[0].queues[queue_index]
+        if q.items >= q.capacity:
+            return
+        time.sleep(0.02)
+
+
+def test_a_sleeping_consumer_is_the_verdict_and_small_full_queues_raise_no_warning():
+    # Seen: a red over-buffering warning for a healthy loop whose batch queue was full
+    # because the trainer is the slow side, to save 787 kB.
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [256]}}, "chunk_size": 64},
                    batch_size=64, queue={"capacity": 16, "batch_capacity": 4})
     window = MovingWindow(5.0)
     with Runner(cfg) as runner:
+        next(runner.device(0))
+        wait_until_full(runner)
         window.update(runner.stats())
         consume(runner, 1.6, pause=0.2)  # the training step is the slow side
         view = window.update(runner.stats())
-        warnings = live_warnings(view)
+        warnings = live_warnings(view, budget_bytes=8 * 2**30)
         text = recorded(render(view, warnings))
         final = runner.stats()
-    assert any(w.startswith("over-buffering: input 'main' on 0:cpu: the chunk queue") for w in warnings)
-    assert "queue.capacity=4 would keep the throughput and save" in " ".join(warnings)
-    assert "warnings" in text and "over-buffering" in text
+    assert warnings == []
+    assert "verdict  main @ 0:cpu: consumer-bound. The batch queue was empty only" in text
     assert "chunk queue" in text and "16/16" in text and re.search(r"full +(9\d|100)%", text)
-    assert any("consumer-bound" in line for line in diagnose(final))
+    assert "warnings" not in text
+    [line] = diagnose(final, 8 * 2**30)
+    assert "consumer-bound" in line
 
 
-def test_a_slow_fetch_empties_the_queues_and_raises_the_starvation_warning():
+def test_a_slow_fetch_empties_the_queues_and_the_verdict_names_it_live():
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [16]}}, "chunk_size": 64,
                     "latency_ms": 40}, batch_size=64, workers={"count": 1})
     window = MovingWindow(5.0)
     with Runner(cfg) as runner:
+        next(runner.device(0))
         window.update(runner.stats())
         consume(runner, 1.5)  # a consumer that is always waiting
         view = window.update(runner.stats())
         warnings = live_warnings(view)
         text = recorded(render(view, warnings))
         final = runner.stats()
-    starving = [w for w in warnings if w.startswith("starvation:")]
-    assert starving and "add workers (workers.count=2)" in starving[0]
-    assert "starvation" in text and "empty" in text
+    [starving] = [w for w in warnings if w.startswith("starvation:")]
+    assert starving.startswith("starvation: input 'main' on 0:cpu: fetch-bound.")
+    assert "Add workers (workers.count=2)." in starving
+    assert "verdict  main @ 0:cpu: fetch-bound." in text and "empty" in text
     [line] = diagnose(final)
     assert "fetch-bound" in line and "workers.count=2" in line
 
 
+def _gil_bound_stats(probes: int, wait_s: float, cpu_s: float) -> RunnerStats:
+    """Two thread workers, 10 s into streaming, both always inside fetch, both queues empty."""
+    def queue(name: str) -> QueueStats:
+        return QueueStats(name=name, capacity=16, max_bytes=None, items=0, bytes=0, peak_items=1,
+                          peak_bytes=0, items_in=90, items_out=90, bytes_in=0, bytes_out=0,
+                          time_full_s=0.0, time_empty_s=9.0, put_wait_s=0.0, get_wait_s=9.0,
+                          elapsed_s=10.0)
+
+    workers = WorkerPoolStats(kind="thread", workers=2, fetching=2, blocked=0, idle=0, done=0,
+                              chunks=90, samples=90 * 64, bytes=0, empty_chunks=0,
+                              fetch_wall_s=19.8, fetch_cpu_s=cpu_s, fetch_p50_ms=220.0,
+                              fetch_p95_ms=260.0, gil=GilReading(probes, wait_s),
+                              idle_cpu_s=12.0)
+    c = CoordinatorStats(input="main", device="cpu", device_index=0, batch_size=64, batches=90,
+                         samples=90 * 64, bytes=0, elapsed_s=10.0, first_batch_s=0.0,
+                         finished=False, workers=workers, queues=(queue("main/0/chunks"),
+                                                                  queue("main/0/batches")),
+                         copied_batches=0, view_batches=90, dropped_samples=0)
+    return RunnerStats(elapsed_s=10.0, coordinators=(c,))
+
+
 def test_cpu_bound_thread_workers_are_diagnosed_as_gil_bound():
+    # It failed 5 of 7 runs alone: the old rule wanted the threads to keep 0.7 of a core busy
+    # inside fetch, which a loaded machine does not give them (and fetch in C code that
+    # releases the GIL does). The judgement is now read from the GIL probe, tested here on
+    # stated figures; the run below only checks the verdict, which the probe makes robust.
+    [line] = diagnose(_gil_bound_stats(probes=400, wait_s=3.2, cpu_s=2.5))  # 8 ms per probe
+    assert "GIL-bound" in line and "waited 8.0 ms on average" in line
+    assert "Use workers.kind=process (workers.count=2)" in line  # 1.2 idle cores
+    [free] = diagnose(_gil_bound_stats(probes=400, wait_s=0.04, cpu_s=2.5))  # 0.1 ms: free
+    assert "GIL" not in free and "fetch-bound" in free
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [4]}}, "chunk_size": 64,
-                    "cpu_ms": 15}, batch_size=64, workers={"count": 2})
+                    "cpu_ms": 40}, batch_size=64, workers={"count": 2})
     with Runner(cfg) as runner:
+        next(runner.device(0))
+        since = runner.stats()
         consume(runner, 1.5)
         final = runner.stats()
-    [line] = diagnose(final)
-    assert "GIL-bound" in line and "workers.kind=process" in line
+    [line] = diagnose(final, since=since)
+    assert "GIL-bound" in line
 
 
 def test_plain_lines_carry_the_same_numbers():
@@ -96,6 +149,7 @@ def test_plain_lines_carry_the_same_numbers():
     assert lines[0].startswith("t=") and "samples/s" in lines[0]
     assert lines[1].strip().startswith("main@0:cpu") and lines[2].strip().startswith("main@1:cpu")
     assert "chunk_queue=" in lines[1] and "workers fetching=" in lines[1]
+    assert [line.split(":")[0] for line in lines[3:]] == ["  verdict main@0", "  verdict main@1"]
 
 
 def test_an_embedded_runner_gets_plain_dashboard_lines_off_a_terminal():
@@ -133,6 +187,9 @@ def test_bench_json_lines_parse_and_the_summary_has_a_diagnosis(tmp_path):
     assert len(records) >= 4
     assert {"t", "samples_per_s", "buffered_bytes", "coordinators", "warnings"} <= set(records[-1])
     assert records[-1]["coordinators"][0]["queues"][0]["stage"] == "chunk queue"
+    assert records[-1]["coordinators"][0]["verdict"] in (
+        "consumer-bound", "balanced", "fetch-bound", "GIL-bound", "CPU-bound", "batcher-bound",
+        "input-bound")
     summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
     assert summary["diagnosis"] and summary["peak_buffered_bytes"] > 0
     assert list((tmp_path / "outputs").rglob("metrics.png"))
@@ -153,20 +210,28 @@ def test_a_sweep_marks_the_cheapest_point_and_plots_it(tmp_path):
 def test_the_bench_recorder_keeps_each_warning_once_per_queue_and_writes_json(tmp_path):
     from inputkit.cli.bench import Recorder
 
-    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [256]}}, "chunk_size": 64},
-                   batch_size=64, queue={"capacity": 16, "batch_capacity": 4})
-    recorder = Recorder(None, tmp_path / "metrics.jsonl")
+    # 4 MiB chunks and batches: 16 + 8 of them hold 96 MiB, and a quarter of each capacity
+    # would save 72 MiB of a 256 MiB budget: over-buffering that matters.
+    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [16384]}}, "chunk_size": 64},
+                   batch_size=64, queue={"capacity": 16, "batch_capacity": 8})
+    recorder = Recorder(256 * 2**20, tmp_path / "metrics.jsonl")
     with Runner(cfg) as runner:
-        recorder.update(runner.stats())
         stream = runner.device(0)
+        next(stream)
+        wait_until_full(runner, 0)
+        wait_until_full(runner, 1)
+        recorder.update(runner.stats())
         for _ in range(4):
             next(stream)
             time.sleep(0.4)  # a slow consumer: both queues stay full
             recorder.update(runner.stats())
     recorder.close()
     seen = list(recorder.seen_warnings.values())
-    assert sum("the chunk queue was full" in w for w in seen) == 1
-    assert sum("the batch queue was full" in w for w in seen) == 1
+    assert sum(w.startswith("over-buffering: input 'main' on 0:cpu: the chunk queue was full")
+               for w in seen) == 1, seen
+    assert sum("the batch queue was full" in w and "queue.batch_capacity=2 would save" in w
+               for w in seen) == 1, seen
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5 and json.loads(lines[-1])["warnings"]
-    assert recorder.peak_buffered_bytes > 0
+    assert json.loads(lines[-1])["coordinators"][0]["verdict"] == "consumer-bound"
+    assert recorder.peak_buffered_bytes > 0 and recorder.streaming is not None

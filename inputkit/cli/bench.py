@@ -24,7 +24,7 @@ from inputkit.cli.render import progress_line, summary_table
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Coordinator
 from inputkit.dashboard import plain_lines, render
-from inputkit.diagnosis import diagnose, live_warnings
+from inputkit.diagnosis import diagnose, live_verdicts, live_warnings
 from inputkit.memory import parse_budget
 from inputkit.metrics import MovingWindow, Window
 from inputkit.stats import RunnerStats
@@ -111,14 +111,17 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                               for p in c.workers.processors)
             console.print(f"processors of {c.input} on {c.device_index}:{c.device}, per chunk: "
                           f"{steps}", markup=False, highlight=False)
-    diagnosis = diagnose(final)
+    # The same judgement as the live verdict, over the run once batches flowed.
+    diagnosis = diagnose(final, recorder.budget_bytes, since=recorder.streaming)
     console.print("diagnosis:", style="bold")
     for line in diagnosis:
         console.print(f"  {line}", markup=False, highlight=False)
     if recorder.seen_warnings:
-        console.print("warnings during the run:", style="bold")
-        for text in recorder.seen_warnings.values():
-            console.print(f"  {text}", markup=False, highlight=False)
+        # Each warning judged the window before it: when it first appeared says which.
+        console.print("warnings during the run (first seen at):", style="bold")
+        for key, text in recorder.seen_warnings.items():
+            console.print(f"  {recorder.first_seen[key]:.1f} s: {text}", markup=False,
+                          highlight=False)
     peak = max(recorder.peak_buffered_bytes,
                sum(q.peak_bytes for c in final.coordinators for q in c.queues[:1]))
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
@@ -177,9 +180,11 @@ def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
 
 
 class Recorder:
-    """The run's moving window, its warnings, and every snapshot as a JSON record.
+    """The run's moving window, its verdicts and warnings, and every snapshot as a JSON record.
 
     Records feed ``metrics.jsonl`` (with ``bench.json=true``) and the end-of-run plot.
+    ``streaming`` is the first snapshot in which every input had delivered a batch: the
+    diagnosis judges the run from there, past the start-up.
     """
 
     def __init__(self, budget_bytes: int | None, jsonl: Path | None) -> None:
@@ -187,10 +192,15 @@ class Recorder:
         self.budget_bytes = budget_bytes
         self.records: deque[dict[str, Any]] = deque(maxlen=20_000)
         self.seen_warnings: dict[str, str] = {}  # first words (kind and place) -> latest text
+        self.first_seen: dict[str, float] = {}  # the same key -> seconds into the run
+        self.streaming: RunnerStats | None = None
         self._jsonl = jsonl.open("w") if jsonl is not None else None
 
     def update(self, stats: RunnerStats) -> tuple[Window, list[str], list[str]]:
         """The window, its warnings, and the warnings not seen before (to print once)."""
+        if self.streaming is None and stats.coordinators and \
+                all(c.batches for c in stats.coordinators):
+            self.streaming = stats
         window = self.window.update(stats)
         warnings = live_warnings(window, self.budget_bytes)
         new = []
@@ -198,8 +208,11 @@ class Recorder:
             key = re.sub(r"[\d.,]+", "#", text)  # the same warning with other figures
             if key not in self.seen_warnings:
                 new.append(text)
+                self.first_seen[key] = window.elapsed_s
             self.seen_warnings[key] = text
         record = window.record(warnings)
+        for entry, verdict in zip(record["coordinators"], live_verdicts(window), strict=True):
+            entry["verdict"] = verdict.kind if verdict is not None else None
         self.records.append(record)
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
