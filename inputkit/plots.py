@@ -18,6 +18,7 @@ INSTALL_HINT = "pip install 'inputkit[plot]'  (or: pip install matplotlib)"
 
 _MB = 1e6
 _SIZE_IN = (10.0, 7.0)
+_RUN_SIZE_IN = (10.0, 9.0)  # four panels
 _DPI = 110
 _STAGE_STYLES = ("-", "-.", ":")  # chunk, batch, device prefetch (in the order they appear)
 
@@ -63,14 +64,14 @@ def cheapest_within(points: list[dict[str, Any]], tolerance: float = 0.05) -> di
     return min(near, key=lambda p: (int(p["peak_buffered_bytes"]), -float(p["samples_per_s"])))
 
 
-def _figure(nrows: int) -> tuple[Any, Any]:
+def _figure(nrows: int, size_in: tuple[float, float] = _SIZE_IN) -> tuple[Any, Any]:
     """A pyplot-free Agg figure, so nothing is registered globally or left open."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(f"plots need matplotlib: {INSTALL_HINT}") from exc
-    fig = Figure(figsize=_SIZE_IN, dpi=_DPI)
+    fig = Figure(figsize=size_in, dpi=_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)[:, 0]
     return fig, axes
@@ -85,8 +86,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _legend(ax: Any, handles: list[Any]) -> None:
-    """Legend outside the panel, right of the twin axis, so it never hides data."""
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.09, 1.0), fontsize=8,
+    """Legend outside the panel, on its right, so it never hides data."""
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False, borderaxespad=0.0)
 
 
@@ -101,40 +102,66 @@ def _fill(q: dict[str, Any]) -> float:
     return q.get("items", 0) / q["capacity"] if q.get("capacity") else math.nan
 
 
+def _thousands() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _pos: f"{value:,.0f}")
+
+
 def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Throughput and queue fill over time, to see whether the pipeline keeps up and where it stalls."""
+    return _save(run_figure(records, title), path)
+
+
+def _series(records: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[float] | None:
+    values = [r.get(key) for r in records]
+    if all(v is None for v in values):
+        return None
+    return [math.nan if v is None else v / scale for v in values]
+
+
+def run_figure(records: list[dict[str, Any]], title: str) -> Any:
+    """The figure behind ``metrics.png``: four panels over time, one quantity each, so that
+    no line hides another: samples/s, MB/s, each queue's fill, buffered bytes in MB."""
     if not records:
         raise ValueError("no metrics records to plot")
-    fig, (top, bottom) = _figure(2)
+    fig, (rate, volume, fill, memory) = _figure(4, _RUN_SIZE_IN)
     t = [r["t"] for r in records]
     fig.suptitle(title)
 
-    # Top: samples/s (total, and per coordinator when several) with MB/s on a twin axis.
-    handles = top.plot(t, [r["samples_per_s"] for r in records], color="black", lw=2, label="total samples/s")
+    # samples/s: the total, and per coordinator when there are several.
+    handles = rate.plot(t, [r["samples_per_s"] for r in records], color="black", lw=2,
+                        label="total")
     names: dict[tuple[Any, Any], str] = {}
     for r in records:
         for c in r.get("coordinators", []):
             names.setdefault((c.get("input"), c.get("device_index")), _coordinator_name(c))
+    if len(set(names.values())) < len(names):  # devices of one name (cpu, cpu): add the index
+        names = {key: f"{key[0]}@{key[1]}:{name.split('@', 1)[1]}" for key, name in names.items()}
     colours = {key: f"C{i % 10}" for i, key in enumerate(names)}
     if len(names) > 1:
         for key, name in names.items():
             ys = [next((c["samples_per_s"] for c in r.get("coordinators", [])
                         if (c.get("input"), c.get("device_index")) == key), math.nan) for r in records]
-            handles += top.plot(t, ys, color=colours[key], lw=1.2, alpha=0.9, label=f"{name} samples/s")
-    top.set_ylabel("samples/s")
-    top.set_ylim(bottom=0)
-    top.grid(True, alpha=0.3)
-    mb = [r.get("mb_per_s") for r in records]
-    if any(v is not None for v in mb):
-        twin = top.twinx()
-        handles += twin.plot(t, [math.nan if v is None else v for v in mb], color="tab:purple", lw=1.4,
-                             ls=":", label="total MB/s")
-        twin.set_ylabel("MB/s")
-        twin.set_ylim(bottom=0)
-    _legend(top, handles)
+            handles += rate.plot(t, ys, color=colours[key], lw=1.2, alpha=0.9, label=name)
+    rate.set_ylabel("samples/s")
+    rate.yaxis.set_major_formatter(_thousands())
+    rate.set_title("throughput (samples per second, over the last 5 s)", fontsize=9, loc="left")
+    _legend(rate, handles)
 
-    # Bottom: each queue's fill as a fraction of its limit, one line per coordinator x stage.
-    # Several coordinators: colour = coordinator (as above), line style = stage.
+    # MB/s: the bytes the consumer received per second (a panel of its own: with samples of
+    # one size it is samples/s times a constant, and would lie exactly on top of it).
+    mb = _series(records, "mb_per_s")
+    if mb is not None:
+        volume.plot(t, mb, color="tab:purple", lw=1.6)
+    else:
+        volume.text(0.5, 0.5, "not recorded", transform=volume.transAxes, ha="center",
+                    va="center", color="tab:gray")
+    volume.set_ylabel("MB/s")
+    volume.set_title("bytes delivered (MB per second)", fontsize=9, loc="left")
+
+    # Queue fill as a fraction of its limit, one line per coordinator x stage. Several
+    # coordinators: colour = coordinator (as above), line style = stage.
     series: dict[tuple[Any, str], list[float]] = {}
     for i, r in enumerate(records):
         for c in r.get("coordinators", []):
@@ -149,26 +176,33 @@ def plot_run(records: list[dict[str, Any]], path: Path, title: str) -> Path:
                      "label": f"{names[ckey]} {stage}"}
         else:
             style = {"color": f"C{stages.index(stage) % 10}", "ls": "-", "label": stage}
-        handles += bottom.plot(t, ys, lw=1.5, **style)
-    bottom.set_ylabel("queue fill (fraction of limit)")
-    bottom.set_ylim(0, 1.1 * max([1.0, *(y for ys in series.values() for y in ys if not math.isnan(y))]))
-    bottom.set_xlabel("time (s)")
-    bottom.grid(True, alpha=0.3)
-    buffered = [r.get("buffered_bytes") for r in records]
-    if any(v is not None for v in buffered):
-        twin = bottom.twinx()
-        handles += twin.plot(t, [math.nan if v is None else v / _MB for v in buffered], color="tab:gray",
-                             ls="--", lw=1.6, label="buffered MB")
-        planned = [r.get("planned_host_bytes") for r in records]
-        if any(v is not None for v in planned):
-            handles += twin.plot(t, [math.nan if v is None else v / _MB for v in planned], color="black",
-                                 ls="--", lw=1.0, label="planned host MB")
-        # Headroom so the budget line sits below the "queue full" level rather than on top of it.
-        peak = max([0.0, *(v / _MB for v in buffered + planned if v is not None)])
-        twin.set_ylabel("host buffer (MB)")
-        twin.set_ylim(0, 1.3 * peak or 1.0)
-    _legend(bottom, handles)
-    return _save(fig, path)
+        handles += fill.plot(t, ys, lw=1.5, **style)
+    fill.set_ylabel("fill (0-1)")
+    fill.set_title("queue fill (share of each queue's limit: 1 = full, 0 = empty)", fontsize=9,
+                   loc="left")
+    fill.set_ylim(-0.05, 1.1 * max([1.0, *(y for ys in series.values() for y in ys if not math.isnan(y))]))
+    if handles:
+        _legend(fill, handles)
+
+    # What the queues hold against the memory plan's worst case for them, in MB. (The process
+    # tree's RSS is in metrics.jsonl; it is usually far larger and would flatten these lines.)
+    handles = []
+    for key, label, style in (("buffered_bytes", "buffered in queues", {"color": "tab:blue", "lw": 1.6}),
+                              ("planned_host_bytes", "planned worst case",
+                               {"color": "black", "ls": "--", "lw": 1.0})):
+        ys = _series(records, key, _MB)
+        if ys is not None:
+            handles += memory.plot(t, ys, label=label, **style)
+    memory.set_ylabel("MB")
+    memory.set_title("bytes buffered in the queues against the plan (MB)", fontsize=9, loc="left")
+    memory.set_xlabel("time since start (s)")
+    if handles:
+        _legend(memory, handles)
+    for ax in (rate, volume, memory):
+        ax.set_ylim(bottom=0)
+    for ax in (rate, volume, fill, memory):
+        ax.grid(True, alpha=0.3)
+    return fig
 
 
 def plot_sweep(points: list[dict[str, Any]], path: Path) -> Path:

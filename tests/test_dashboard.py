@@ -235,3 +235,12 @@ def test_the_bench_recorder_keeps_each_warning_once_per_queue_and_writes_json(tm
     assert len(lines) == 5 and json.loads(lines[-1])["warnings"]
     assert json.loads(lines[-1])["coordinators"][0]["verdict"] == "consumer-bound"
     assert recorder.peak_buffered_bytes > 0 and recorder.streaming is not None
+
+
+def test_each_device_keeps_its_own_warnings_in_the_bench_list():
+    from inputkit.cli.bench import _warning_key
+
+    zero = "starvation: input 'main' on 0:cpu: fetch-bound. The batch queue was empty 91% of"
+    assert _warning_key(zero) == _warning_key(zero.replace("91%", "97%"))
+    assert _warning_key(zero) != _warning_key(zero.replace("on 0:cpu", "on 1:cpu"))
+    assert _warning_key(zero) != _warning_key(zero.replace("fetch-bound", "GIL-bound"))

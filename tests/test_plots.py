@@ -13,7 +13,8 @@ import pytest
 from inputkit import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-WIDTH, HEIGHT = 1100, 770  # 10 x 7 in at 110 dpi
+WIDTH, HEIGHT = 1100, 770  # 10 x 7 in at 110 dpi (the sweep)
+RUN_HEIGHT = 990  # the run's four panels: 10 x 9 in
 
 needs_mpl = pytest.mark.skipif(not plots.matplotlib_available(), reason=plots.INSTALL_HINT)
 
@@ -62,22 +63,46 @@ def synthetic_sweep() -> list[dict[str, Any]]:
             for label, sps, mb in rows]
 
 
-def _assert_png(path: Path) -> None:
+def _assert_png(path: Path, height: int = HEIGHT) -> None:
     from matplotlib.image import imread
 
     assert path.is_file()
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC
     assert len(data) > 10_000
-    height, width = imread(str(path)).shape[:2]
-    assert (width, height) == (WIDTH, HEIGHT)
+    rows, columns = imread(str(path)).shape[:2]
+    assert (columns, rows) == (WIDTH, height)
 
 
 @needs_mpl
 def test_plot_run_writes_png(tmp_path: Path) -> None:
     out = plots.plot_run(synthetic_records(), tmp_path / "sub" / "run.png", "train on 2 GPUs")
     assert out == tmp_path / "sub" / "run.png"
-    _assert_png(out)
+    _assert_png(out, RUN_HEIGHT)
+
+
+@needs_mpl
+def test_plot_run_shows_one_quantity_per_axis() -> None:
+    # Seen: MB/s drawn on a twin axis lay exactly on top of samples/s, and the queues' fill
+    # fractions shared a panel with planned MB.
+    fig = plots.run_figure(synthetic_records(), "train on 2 GPUs")
+    axes = fig.get_axes()
+    positions = [tuple(round(v, 6) for v in ax.get_position().bounds) for ax in axes]
+    assert len(set(positions)) == len(axes) == 4, "no twin axes: each quantity has its panel"
+    assert [ax.get_ylabel() for ax in axes] == ["samples/s", "MB/s", "fill (0-1)", "MB"]
+    titles = [ax.get_title(loc="left") for ax in axes]
+    assert "throughput" in titles[0] and "MB per second" in titles[1]
+    assert "queue fill" in titles[2] and "1 = full" in titles[2] and "plan" in titles[3]
+    rate, volume, fill, memory = axes
+    assert {line.get_label() for line in rate.get_lines()} == {"total", "train@cuda:0", "train@cuda:1"}
+    assert len(volume.get_lines()) == 1
+    assert {line.get_label() for line in fill.get_lines()} == {
+        f"train@cuda:{i} {stage}" for i in (0, 1) for stage in ("chunk queue", "batch queue")}
+    assert {line.get_label() for line in memory.get_lines()} == {"buffered in queues",
+                                                                "planned worst case"}
+    # Every value a panel shows is in its own unit: fill stays in 0..1, memory in MB.
+    assert max(max(line.get_ydata()) for line in fill.get_lines()) <= 1.0
+    assert max(memory.get_lines()[1].get_ydata()) == pytest.approx(128.0)
 
 
 @needs_mpl
@@ -87,7 +112,7 @@ def test_plot_run_one_coordinator_and_missing_fields(tmp_path: Path) -> None:
         r["coordinators"] = r["coordinators"][:1]
         r["planned_host_bytes"] = None
         r["mb_per_s"] = None
-    _assert_png(plots.plot_run(records, tmp_path / "run1.png", "one coordinator"))
+    _assert_png(plots.plot_run(records, tmp_path / "run1.png", "one coordinator"), RUN_HEIGHT)
 
 
 def test_plot_run_needs_records(tmp_path: Path) -> None:
@@ -169,3 +194,13 @@ def test_plots_does_not_import_matplotlib_or_torch_eagerly() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@needs_mpl
+def test_plot_run_names_devices_of_one_name_apart() -> None:
+    records = synthetic_records(4)
+    for r in records:
+        for c in r["coordinators"]:
+            c["device"] = "cpu"
+    rate = plots.run_figure(records, "two cpu devices").get_axes()[0]
+    assert {line.get_label() for line in rate.get_lines()} == {"total", "train@0:cpu", "train@1:cpu"}

@@ -205,7 +205,7 @@ class Recorder:
         warnings = live_warnings(window, self.budget_bytes)
         new = []
         for text in warnings:
-            key = re.sub(r"[\d.,]+", "#", text)  # the same warning with other figures
+            key = _warning_key(text)
             if key not in self.seen_warnings:
                 new.append(text)
                 self.first_seen[key] = window.elapsed_s
@@ -225,6 +225,14 @@ class Recorder:
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
+
+
+def _warning_key(text: str) -> str:
+    """The same warning with other figures: its kind and place kept, the figures after them
+    replaced (``starvation: input 'main' on 1:cpu: ...``), so each device keeps its own."""
+    parts = text.split(": ", 2)
+    head, rest = (": ".join(parts[:2]), parts[2]) if len(parts) == 3 else (parts[0], parts[-1])
+    return f"{head}: {re.sub(r'[0-9.,]+', '#', rest)}"
 
 
 def _watch(runner: Any, consumers: list[_Consumer], console: Console, started: float,
