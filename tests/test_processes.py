@@ -399,3 +399,66 @@ def test_a_source_in_the_main_script_works_with_fork(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("main program ran") == 1 and "batch (8, 2)" in out.stdout
+
+
+TORCH_SCRIPT = """
+import sys
+import numpy as np
+import inputkit
+
+class ConvSource:
+    def __init__(self, conv=False):
+        if conv:  # a dataset that runs a small convolution while it is built
+            import torch
+            x, w = torch.randn(8, 16, 32, 32), torch.randn(16, 16, 3, 3)
+            self.total = float(torch.nn.functional.conv2d(x, w).sum())
+
+    def fetch(self, worker_id, batch_size_hint):
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch is not None else 0
+        return {"threads": np.full(batch_size_hint, threads, np.int64),
+                "torch": np.full(batch_size_hint, torch is not None, np.int8)}
+
+if __name__ == "__main__":
+    import torch  # only the main program imports torch (workers re-import this module)
+    torch.set_num_threads(2)
+    torch.nn.functional.conv2d(torch.randn(8, 16, 64, 64), torch.randn(16, 16, 3, 3))  # warm
+    method = sys.argv[1]
+    cfg = {"source": {"_target_": "__main__.ConvSource", "conv": method == "fork"},
+           "devices": "cpu", "batch_size": 8, "memory": {"probe": False},
+           "workers": {"kind": "process", "count": 2, "start_method": method}}
+    with inputkit.Runner(cfg) as runner:
+        batch = next(runner.device(0))
+    print("threads", int(batch["threads"].max()), "torch", int(batch["torch"].max()), flush=True)
+"""
+
+
+def run_in_own_group(args: list[str], cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run ``args``; on a timeout kill its whole process group (deadlocked workers too)."""
+    with subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+            raise
+    return child.returncode, out, err
+
+
+def test_a_forked_worker_can_use_torch_after_the_parent_warmed_its_thread_pool(tmp_path):
+    """A fork child inherits torch's thread pool without its threads; like DataLoader, each
+    worker that has torch imported runs it with one thread, so the convolution returns."""
+    script = tmp_path / "train.py"
+    script.write_text(TORCH_SCRIPT)
+    code, out, err = run_in_own_group([sys.executable, str(script), "fork"], tmp_path, 40)
+    assert code == 0, err
+    assert "threads 1 torch 1" in out
+
+
+def test_workers_whose_source_does_not_use_torch_do_not_import_it(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TORCH_SCRIPT)
+    code, out, err = run_in_own_group([sys.executable, str(script), "forkserver"], tmp_path, 40)
+    assert code == 0, err
+    assert "threads 0 torch 0" in out

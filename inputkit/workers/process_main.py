@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -162,7 +163,10 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
     activity.started(index)
     try:
         arena = SlotArena.attach(args.arena, args.slots, args.slot_bytes)
+        limited = _one_torch_thread()
         source = build_source(args.source_config, key=args.source_key)
+        if not limited:  # the source imported torch itself; setup() may still choose otherwise
+            _one_torch_thread()
         setup = getattr(source.obj, "setup", None)
         if callable(setup):
             setup(args.worker_id, args.num_workers)
@@ -314,6 +318,21 @@ class _Worker:
                             False, seq, i == len(pieces) - 1))
             wall = cpu = 0.0  # the fetch's time is counted with its first piece
         return True
+
+def _one_torch_thread() -> bool:
+    """Limit torch to one intra-op thread in this worker, as DataLoader does in each of its
+    workers, if torch is imported here (never import it: most sources do not use it).
+
+    A ``fork`` child inherits torch's thread pool without its threads: the first parallel
+    op (a convolution in the source's constructor) waits for them forever. One thread also
+    keeps N workers from starting N x cores threads. True if torch was imported.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    torch.set_num_threads(1)
+    return True
+
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
