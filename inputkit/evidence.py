@@ -55,7 +55,8 @@ class Evidence:
     ``in_fetch``: share of the workers' time spent inside fetch (summed over workers,
     divided by workers x span). ``fetch_cores``: CPU seconds spent inside fetch per
     second, over all workers. ``gil_wait_ms``: the GIL probe's mean wait for the GIL
-    in the span (thread workers; None where it was not measured, see inputkit/probes.py), and
+    in the span (thread workers; None where it was not measured, see inputkit/probes.py),
+    ``gil_held`` the share of its probes that found the GIL held, and
     ``idle_cores`` the machine's idle CPU seconds per second in the span (None: unknown).
     ``fetch_cpu_share``: CPU time over wall time inside fetch (near 0: fetch waits).
     """
@@ -71,6 +72,7 @@ class Evidence:
     fetch_cores: float = 0.0
     fetch_p50_ms: float = 0.0
     gil_wait_ms: float | None = None
+    gil_held: float = 0.0
     idle_cores: float | None = None
     fetch_cpu_share: float = 0.0
     copied_batches: int = 0
@@ -121,7 +123,7 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         wall, cpu = w.fetch_wall_s - pw.fetch_wall_s, w.fetch_cpu_s - pw.fetch_cpu_s
         batches, copied = now.batches - before.batches, now.copied_batches - before.copied_batches
         chunks, empty_chunks = w.chunks - pw.chunks, w.empty_chunks - pw.empty_chunks
-        gil, idle = _gil_ms(w.gil, pw.gil), _idle(w.idle_cpu_s, pw.idle_cpu_s, span)
+        gil, idle = _gil(w.gil, pw.gil), _idle(w.idle_cpu_s, pw.idle_cpu_s, span)
     else:
         startup = now.first_batch_s or 0.0
         span = now.elapsed_s - startup
@@ -133,13 +135,13 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         batches, copied = now.batches, now.copied_batches
         chunks, empty_chunks = w.chunks, w.empty_chunks
         # The pool counts idle time from its own start: the whole run, not the span.
-        gil, idle = _gil_ms(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
+        gil, idle = _gil(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
     return Evidence(
         where=where(now), over=over, span_s=span, batches=batches, kind=w.kind,
         workers=w.workers, queues=queues,
         in_fetch=_share(wall, span * w.workers) if w.workers else 0.0,
         fetch_cores=cpu / span if span > 0 else 0.0, fetch_p50_ms=w.fetch_p50_ms,
-        gil_wait_ms=gil, idle_cores=idle, fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
+        gil_wait_ms=gil[0], gil_held=gil[1], idle_cores=idle, fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
         copied_batches=copied, chunks=chunks, empty_chunks=empty_chunks,
         cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0)
 
@@ -147,13 +149,16 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
 _MIN_PROBES = 5  # fewer probes than this say nothing about the GIL
 
 
-def _gil_ms(now: GilReading | None, before: GilReading | None) -> float | None:
-    """Mean GIL wait per probe between two readings, in ms; None without enough probes."""
+def _gil(now: GilReading | None, before: GilReading | None) -> tuple[float | None, float]:
+    """Mean GIL wait per probe (ms; None without enough probes) and the share of probes that
+    found the GIL held, between two readings."""
     if now is None:
-        return None
+        return None, 0.0
     then = before or GilReading()
     probes = now.probes - then.probes
-    return (now.wait_s - then.wait_s) / probes * 1000.0 if probes >= _MIN_PROBES else None
+    if probes < _MIN_PROBES:
+        return None, 0.0
+    return (now.wait_s - then.wait_s) / probes * 1000.0, (now.held - then.held) / probes
 
 
 def _idle(now: float | None, before: float | None, span: float) -> float | None:

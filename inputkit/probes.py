@@ -26,6 +26,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+# A probe that waits longer than this found the GIL held: a free GIL is taken in tens of
+# microseconds (the rest of a probe's wait is the timer's slack, ~0.1 ms).
+HELD_S = 0.0005
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 _PROC_STAT = "/proc/stat"
 
@@ -75,10 +78,12 @@ def schedstat_available() -> bool:
 
 @dataclass(frozen=True)
 class GilReading:
-    """Cumulative: probes taken and the seconds they waited for the GIL in all."""
+    """Cumulative: probes taken, the seconds they waited for the GIL in all, and the probes
+    that found it held (waited more than ``HELD_S``)."""
 
     probes: int = 0
     wait_s: float = 0.0
+    held: int = 0
 
 
 class GilProbe:
@@ -90,6 +95,7 @@ class GilProbe:
         self._lock = threading.Lock()
         self._probes = 0
         self._wait_s = 0.0
+        self._held = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -106,7 +112,7 @@ class GilProbe:
 
     def reading(self) -> GilReading:
         with self._lock:
-            return GilReading(self._probes, self._wait_s)
+            return GilReading(self._probes, self._wait_s, self._held)
 
     def _run(self) -> None:
         period = self.period_s
@@ -115,8 +121,10 @@ class GilProbe:
                 queued0, began = _run_queue_s(), time.perf_counter()
                 time.sleep(period)  # releases the GIL; waking up asks for it again
                 took, queued = time.perf_counter() - began, _run_queue_s() - queued0
+                waited = max(0.0, took - period - queued)
                 with self._lock:
                     self._probes += 1
-                    self._wait_s += max(0.0, took - period - queued)
+                    self._wait_s += waited
+                    self._held += waited > HELD_S
         except (OSError, ValueError):
             return  # schedstat went away: the probes so far still count

@@ -49,7 +49,7 @@ def ev(batch_empty: float, chunk_empty: float, **kw) -> Evidence:
                                         queue("batch queue", batch_empty, kw.pop("batch_full", 0.0)))
     base = dict(where=WHERE, over="the run", span_s=10.0, batches=500, kind="thread", workers=2,
                 queues=queues, in_fetch=0.95, fetch_cores=0.02, fetch_cpu_share=0.01,
-                fetch_p50_ms=40.0, gil_wait_ms=0.1, idle_cores=1.9, chunks=500, cores=2)
+                fetch_p50_ms=40.0, gil_wait_ms=0.1, gil_held=0.02, idle_cores=1.9, chunks=500, cores=2)
     base.update(kw)
     return Evidence(**base)
 
@@ -82,11 +82,12 @@ def test_a_slow_fetch_that_waits_is_fetch_bound_and_more_workers_are_advised():
 
 
 def test_pure_python_fetch_in_threads_is_gil_bound_and_processes_are_advised_with_idle_cores():
-    e = ev(batch_empty=0.9, chunk_empty=0.8, gil_wait_ms=8.0, fetch_cores=0.9,
+    e = ev(batch_empty=0.9, chunk_empty=0.8, gil_wait_ms=8.0, gil_held=0.9, fetch_cores=0.9,
            fetch_cpu_share=0.45, idle_cores=1.0)
     v = verdict(e)
     assert v.kind == "GIL-bound"
-    assert "waited 8.0 ms on average" in v.text and "Use workers.kind=process (workers.count=2)" in v.text
+    assert "found it held 90% of the time and waited 8.0 ms on average" in v.text
+    assert "Use workers.kind=process (workers.count=2)" in v.text
     # With no idle core, processes would not run faster: the verdict stays, the advice goes.
     busy = verdict(replace(e, idle_cores=0.1))
     assert busy.kind == "GIL-bound" and "workers.kind=process" not in busy.text
@@ -114,14 +115,15 @@ def test_without_a_gil_probe_the_thread_advice_covers_both_cases():
 
 
 def test_a_gil_held_elsewhere_while_fetch_waits_gets_no_advice():
-    v = verdict(ev(batch_empty=0.9, chunk_empty=0.9, gil_wait_ms=9.0, fetch_cpu_share=0.01))
+    v = verdict(ev(batch_empty=0.9, chunk_empty=0.9, gil_wait_ms=9.0, gil_held=0.9,
+                   fetch_cpu_share=0.01))
     assert v.kind == "fetch-bound" and "no change to suggest" in v.text and "workers." not in v.text
 
 
 def test_a_gil_bound_verdict_needs_an_empty_chunk_queue():
     # Seen: "fetch-bound and GIL-bound. The chunk queue was empty 1%" with an oversized queue.
     v = verdict(ev(batch_empty=0.9, chunk_empty=0.01, chunk_full=0.95, gil_wait_ms=8.0,
-                   fetch_cpu_share=0.5, fetch_cores=0.9, copied_batches=40))
+                   gil_held=0.9, fetch_cpu_share=0.5, fetch_cores=0.9, copied_batches=40))
     assert v.kind == "batcher-bound" and "GIL-bound" not in v.text
     assert "empty only 1%" in v.text and "batch-sized" in v.text
 
@@ -130,7 +132,7 @@ def test_process_workers_outside_fetch_are_transport_bound():
     v = verdict(ev(batch_empty=0.95, chunk_empty=0.8, kind="process", in_fetch=0.3,
                    gil_wait_ms=None, fetch_cpu_share=0.9, fetch_cores=0.5))
     assert v.kind == "transport-bound" and "only 30% of their time" in v.text
-    assert "workers.kind=thread" in v.text
+    assert "workers." not in v.text  # threads were 0.5x to 2x as fast: no advice
 
 
 def test_the_batcher_without_copies_gets_no_advice_and_a_copy_bound_device_stage_is_named():
@@ -151,7 +153,8 @@ def test_no_verdict_contradicts_its_evidence():
     for batch_empty, chunk_empty, gil, kind, idle, share in itertools.product(
             (0.0, 0.15, 0.3, 0.6, 1.0), (0.0, 0.1, 0.3, 0.6, 1.0), (None, 0.1, 9.0),
             ("thread", "process"), (0.0, 1.5), (0.0, 0.3, 1.0)):
-        e = ev(batch_empty, chunk_empty, gil_wait_ms=gil, kind=kind, idle_cores=idle,
+        e = ev(batch_empty, chunk_empty, gil_wait_ms=gil, gil_held=0.9 if gil == 9.0 else 0.02,
+               kind=kind, idle_cores=idle,
                fetch_cpu_share=share, fetch_cores=share * 2, in_fetch=0.3 if share else 0.9)
         v = verdict(e)
         assert v.starved == (batch_empty >= 0.5), (e, v)
@@ -248,12 +251,12 @@ def test_the_live_verdict_and_the_final_diagnosis_agree_on_the_same_run(kind):
     # Seen: with process workers, the live warning blamed the batcher while the final
     # diagnosis said to add workers (two judgements with different thresholds).
     batch_empty, chunk_empty, extra = SCENARIOS[kind]
-    pool = dict(gil=GilReading(probes=500, wait_s=4.0), idle=20.0)
+    pool = dict(gil=GilReading(probes=500, wait_s=4.0, held=450), idle=20.0)
     pool.update(extra)
     scale = {k: v for k, v in pool.items() if k in ("cpu", "wall")}
     half = coordinator(10.0, batch_empty, chunk_empty, batches=100,
                        **{**pool, **{k: v / 2 for k, v in scale.items()},
-                          "gil": GilReading(250, 2.0) if pool["gil"] else None, "idle": 10.0})
+                          "gil": GilReading(250, 2.0, 225) if pool["gil"] else None, "idle": 10.0})
     full = coordinator(20.0, batch_empty, chunk_empty, batches=200, **pool)
     window = window_of(half, full)
     [live] = live_verdicts(window)
@@ -289,8 +292,8 @@ def test_the_probe_readings_parse():
 def test_too_few_gil_probes_say_nothing_about_the_gil():
     now = coordinator(2.0, 0.9, 0.9, gil=GilReading(probes=3, wait_s=0.03))
     assert evidence(now).gil_wait_ms is None
-    assert evidence(replace(now, workers=replace(now.workers, gil=GilReading(50, 0.4)))) \
-        .gil_wait_ms == pytest.approx(8.0)
+    e = evidence(replace(now, workers=replace(now.workers, gil=GilReading(50, 0.4, 40))))
+    assert e.gil_wait_ms == pytest.approx(8.0) and e.gil_held == pytest.approx(0.8)
 
 
 # --- real pipelines: each verdict where it is true, and its advice followed -------------------
@@ -319,6 +322,14 @@ def run(cfg: dict, seconds: float = 1.5, pause: float = 0.0, budget: int | None 
     return (after.samples - before.samples) / e.span_s, e, diagnose(after, budget, since=before)
 
 
+def got_busy(first: Evidence, second: Evidence) -> bool:
+    """Whether other work took the spare cores the first run had, before the second ran: the
+    cores the second could have used (idle, or used by its own fetch) are fewer than the first
+    run's own plus the half core the advice needed."""
+    assert first.idle_cores is not None and second.idle_cores is not None
+    return second.idle_cores + second.fetch_cores < first.fetch_cores + 0.5
+
+
 def synthetic(**source) -> dict:
     return {"_target_": SYN, "fields": {"x": {"shape": [4]}}, "chunk_size": 64, **source}
 
@@ -344,15 +355,15 @@ def test_gil_bound_threads_and_processes_deliver_more_where_cores_are_idle():
         assert e_t.idle_cores < 0.5
         return
     rate_p, e_p, _ = run(processes)
-    if e_p.idle_cores is not None and e_p.idle_cores < 0.5:
-        pytest.skip("the machine got busy between the two runs: no idle core for processes")
+    if got_busy(e_t, e_p):
+        pytest.skip("the machine got busy between the two runs: no spare core for processes")
     assert rate_p > 1.25 * rate_t, (rate_t, rate_p)  # ideal 2x on 2 idle cores
 
 
 def test_gil_released_cpu_work_in_threads_is_not_gil_bound():
     source = {"_target_": "diagnosis_fakes:Hashing", "rounds": 8}
     _, e, [line] = run(make_cfg(source, batch_size=64, workers={"count": 2}))
-    assert e.gil_wait_ms is not None and e.gil_wait_ms < 1.25, line
+    assert e.gil_wait_ms is not None and e.gil_wait_ms < 0.5 and e.gil_held < 0.2, line
     assert "GIL-bound" not in line and "workers.kind=process" not in line
 
 
@@ -389,16 +400,10 @@ def test_over_buffered_big_queue_and_the_smaller_capacity_keeps_the_pace_for_les
     assert rate_small > 0.75 * rate_big, (rate_big, rate_small)  # the consumer sets the pace
 
 
-def test_transport_bound_process_workers_and_threads_deliver_more_where_cores_are_idle():
+def test_process_workers_handing_over_big_chunks_get_no_advice_no_run_would_bear_out():
+    # Thread workers were measured 0.5x to 2x as fast as these processes on the same 2-core
+    # machine, run to run, so the transport-bound verdict advises nothing.
     source = synthetic(fields={"x": {"shape": [65536]}}, chunk_size=16)  # 4 MiB chunks
-    processes = make_cfg(source, batch_size=16, workers={"count": 2, "kind": "process"})
-    rate_p, e, [line] = run(processes)
-    assert judge(e).kind in ("transport-bound", "CPU-bound"), line  # CPU-bound when busier
-    if "workers.kind=thread" not in line:
-        # No idle core: the advice is withheld (threads were no faster on a busy machine).
-        assert "workers.kind" not in line and e.idle_cores is not None and e.idle_cores < 0.5
-        return
-    rate_t, e_t, _ = run(make_cfg(source, batch_size=16, workers={"count": 2}))
-    if e_t.idle_cores is not None and e_t.idle_cores < 0.5:
-        pytest.skip("the machine got busy between the two runs: no idle core to compare on")
-    assert rate_t > 1.25 * rate_p, (rate_p, rate_t)
+    _, e, [line] = run(make_cfg(source, batch_size=16, workers={"count": 2, "kind": "process"}))
+    assert judge(e).starved, line
+    assert "workers.kind" not in line, line
