@@ -181,13 +181,17 @@ class FetchTally:
 
 def overdue(activity: Activity, states: list[Any], waiting: tuple[Any, ...], now: float,
             fetch_timeout: float | None, stall_timeout: float | None,
+            phases: dict[Any, str] | None = None,
             ) -> tuple[list[tuple[int, float]], list[tuple[int, str]]]:
-    """Workers past ``fetch_timeout`` in one fetch, and workers stalled past ``stall_timeout``.
+    """Workers past ``fetch_timeout`` in one call of the source, and workers stalled past
+    ``stall_timeout``.
 
-    A stall is one fetch that has not returned, or a worker that is not ``waiting``
-    (blocked on a full queue, out of work, done) and has delivered no samples: only
-    empty chunks, or retries. Returns ``[(index, seconds in fetch)]`` and
-    ``[(index, description)]``.
+    The calls are fetch (or read) and, before the first one, the source's constructor
+    (process workers build their own) and ``setup()``: ``phases`` names the states in
+    which a worker is inside one of those (see :func:`inside`). A stall is one call that
+    has not returned, or a worker that is not ``waiting`` (blocked on a full queue, out of
+    work, done) and has delivered no samples: only empty chunks, or retries. Returns
+    ``[(index, seconds in the call)]`` and ``[(index, description)]``.
     """
     timeouts, stalls = [], []
     for index, state in enumerate(states):
@@ -196,13 +200,19 @@ def overdue(activity: Activity, states: list[Any], waiting: tuple[Any, ...], now
         if fetch_timeout is not None and in_fetch > fetch_timeout:
             timeouts.append((index, in_fetch))
         elif stall_timeout is not None and in_fetch > stall_timeout:
-            stalls.append((index, f"inside one fetch for {_seconds(in_fetch)}"))
+            what = (phases or {}).get(state)
+            stalls.append((index, f"inside {what or 'one fetch'} for {_seconds(in_fetch)}"))
         elif stall_timeout is not None and state not in waiting:
             quiet = now - activity.last_progress(index)
             if quiet > stall_timeout:
                 stalls.append((index, f"no samples for {_seconds(quiet)} (only empty chunks or "
                                       "failed fetches)"))
     return timeouts, stalls
+
+
+def inside(state: Any, phases: dict[Any, str]) -> str:
+    """What a worker in ``state`` is inside, for a FetchTimeout: fetch unless ``phases`` says."""
+    return phases.get(state, "fetch")
 
 
 def _seconds(value: float) -> str:

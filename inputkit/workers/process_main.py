@@ -46,8 +46,9 @@ from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity
 from inputkit.workers.shm import ArenaHandle, SlotAllocator, SlotArena, plan_pieces
 
-# Worker states, written to a shared byte array the parent reads for stats.
+# Worker states, written to a shared byte array the parent reads for stats and the watchdog.
 IDLE, FETCHING, BLOCKED, DONE = 0, 1, 2, 3
+BUILDING, SETUP = 4, 5  # inside the source's import and constructor, or its setup()
 
 
 STACK_SIGNAL = signal.SIGUSR1  # dumps every thread's stack to the worker's stack pipe
@@ -164,12 +165,18 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
     try:
         arena = SlotArena.attach(args.arena, args.slots, args.slot_bytes)
         limited = _one_torch_thread()
+        # Building the source and its setup() are timed like a fetch (failures.fetch_timeout).
+        states[index] = BUILDING
+        activity.fetching(index)
         source = build_source(args.source_config, key=args.source_key)
         if not limited:  # the source imported torch itself; setup() may still choose otherwise
             _one_torch_thread()
         setup = getattr(source.obj, "setup", None)
         if callable(setup):
+            states[index] = SETUP
             setup(args.worker_id, args.num_workers)
+        activity.started(index)
+        states[index] = IDLE
         worker = _Worker(args, source, arena, Inbox(inbox_conn, stop), conn, stop, states, activity)
         if args.indexed:
             worker.read_items()

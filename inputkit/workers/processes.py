@@ -42,13 +42,15 @@ from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
-from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
+from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
 from inputkit.workers.process_main import (
     BLOCKED,
+    BUILDING,
     DONE,
     FETCHING,
     IDLE,
+    SETUP,
     STACK_SIGNAL,
     StopFlag,
     WorkerArgs,
@@ -58,6 +60,8 @@ from inputkit.workers.shm import SlotArena
 
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
 _POLL_S = 0.1
+# What a worker is inside before its first fetch, for the watchdog's messages.
+_PHASES = {BUILDING: "the source's constructor", SETUP: "setup()"}
 
 
 def context(start_method: str) -> multiprocessing.context.BaseContext:
@@ -587,10 +591,11 @@ class ProcessWorkerPool:
             return []
         states = list(self._states)
         timeouts, stalls = overdue(self._activity, states, (BLOCKED, DONE), now,
-                                   fetch_timeout, stall_timeout)
+                                   fetch_timeout, stall_timeout, _PHASES)
         for index, seconds in timeouts[:1]:
             stack = self._stack(index)
-            exc = FetchTimeout(f"{self._where(index)}: fetch has not returned after "
+            what = inside(states[index], _PHASES)
+            exc = FetchTimeout(f"{self._where(index)}: {what} has not returned after "
                                f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
                                f"the worker was stopped; it was stuck here:\n{stack}")
             self._workers[index].finished = True
@@ -628,7 +633,8 @@ class ProcessWorkerPool:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     def stats(self) -> WorkerPoolStats:
-        states = list(self._states) if self._states is not None else [IDLE] * len(self._ids)
+        states = [IDLE if s in _PHASES else s for s in self._states] \
+            if self._states is not None else [IDLE] * len(self._ids)
         with self._lock:
             in_use = dict(self._in_use)
         return self._tally.stats(

@@ -33,9 +33,11 @@ from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
 from inputkit.work import INDEX_FIELD, Dispatcher
-from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, overdue
+from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, inside, overdue
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
+SETUP = "setup"  # inside the shared source's setup() for this worker id
+_PHASES = {SETUP: "setup()"}
 
 
 class ThreadWorkerPool:
@@ -99,7 +101,8 @@ class ThreadWorkerPool:
         for index, thread in enumerate(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                stuck.append(f"{thread.name} (still inside fetch of {self._source.name}):\n"
+                what = inside(self._states[self._ids[index]], _PHASES)
+                stuck.append(f"{thread.name} (still inside {what} of {self._source.name}):\n"
                              f"{self._stack(index)}")
         self._repeats.flush()
         return stuck + self._gil.join(deadline)
@@ -109,7 +112,8 @@ class ThreadWorkerPool:
         return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
     def stats(self) -> WorkerPoolStats:
-        return self._tally.stats(self.kind, list(self._states.values()),
+        return self._tally.stats(self.kind, [IDLE if s in _PHASES else s
+                                             for s in self._states.values()],
                                  (IDLE, FETCHING, BLOCKED, DONE), stalls=self._stalls,
                                  processors=self._chain.stats() if self._chain else (),
                                  gil=self._gil.reading(), **self._failures.snapshot())
@@ -120,10 +124,12 @@ class ThreadWorkerPool:
         close() names it); describe stalled workers with their stacks."""
         if self._failed:
             return []
-        timeouts, stalls = overdue(self._activity, list(self._states.values()), (BLOCKED, DONE),
-                                   now, fetch_timeout, stall_timeout)
+        states = list(self._states.values())
+        timeouts, stalls = overdue(self._activity, states, (BLOCKED, DONE), now, fetch_timeout,
+                                   stall_timeout, _PHASES)
         for index, seconds in timeouts[:1]:
-            exc = FetchTimeout(f"{self._where(self._ids[index])}: fetch has not returned after "
+            what = inside(states[index], _PHASES)
+            exc = FetchTimeout(f"{self._where(self._ids[index])}: {what} has not returned after "
                                f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
                                f"it is stuck here:\n{self._stack(index)}")
             self.fail(Failure(exc=exc, where=self._where(self._ids[index]), traceback_text=""))
@@ -140,7 +146,11 @@ class ThreadWorkerPool:
         try:
             setup = getattr(self._source.obj, "setup", None)
             if callable(setup):  # threads share one source object: setup sees every worker id
+                states[wid] = SETUP  # timed like a fetch (failures.fetch_timeout)
+                self._activity.fetching(index)
                 setup(wid, self._num_workers)
+                self._activity.started(index)
+                states[wid] = IDLE
             if self._dispatcher is not None:
                 self._read_items(index, wid)
             else:
