@@ -217,53 +217,57 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
                                            seed=spec.epoch.seed)
     # Imported before memory is traced: a module's import (torch, say) is not the source's data.
     import_target(spec.source["_target_"], key=f"{spec.key_prefix}source._target_")
-    tracemalloc.start()
+    unclosed: list[Any] = []  # the copy, closed here unless it is handed to the caller
     try:
-        source = build_source(spec.source, key=f"{spec.key_prefix}source")
+        tracemalloc.start()
         try:
-            setup = getattr(source.obj, "setup", None)
-            if callable(setup):  # as the only worker of a private copy
-                setup(0, 1)
-            raw = _probe_fetch(source, spec)
-            if chain is not None:  # the sizes that flow downstream are the processed ones
-                from inputkit.chunk import ChunkSchema
+            source = build_source(spec.source, key=f"{spec.key_prefix}source")
+            unclosed.append(source)
+            try:
+                setup = getattr(source.obj, "setup", None)
+                if callable(setup):  # as the only worker of a private copy
+                    setup(0, 1)
+                raw = _probe_fetch(source, spec)
+                if chain is not None:  # the sizes that flow downstream are the processed ones
+                    from inputkit.chunk import ChunkSchema
 
-                raw = chain.apply(ChunkSchema(name).check(raw, 0).fields, 0)
-        except (SourceExhausted, StopIteration) as exc:
-            raise SourceError(name, "the memory planner's probe found the source exhausted at its "
-                              f"first fetch, so sizes are unknown; {DECLARE_SIZES}") from exc
-        except SourceError as exc:  # already names the source (and field): say where it was found
-            if hasattr(exc, "add_note"):
-                exc.add_note("[inputkit] found by the memory planner's probe, which reads one chunk "
-                             "at start to learn sample sizes (memory.probe=false skips it)")
-            raise
-        except Exception as exc:
-            error = SourceError(name, f"the memory planner's probe fetch failed: "
-                                f"{type(exc).__name__}: {exc}; fix the source, or {DECLARE_SIZES} "
-                                "to skip the probe")
-            if hasattr(error, "add_note"):
-                import traceback
+                    raw = chain.apply(ChunkSchema(name).check(raw, 0).fields, 0)
+            except (SourceExhausted, StopIteration) as exc:
+                raise SourceError(name, "the memory planner's probe found the source exhausted at its "
+                                  f"first fetch, so sizes are unknown; {DECLARE_SIZES}") from exc
+            except SourceError as exc:  # already names the source (and field): say where it was found
+                if hasattr(exc, "add_note"):
+                    exc.add_note("[inputkit] found by the memory planner's probe, which reads one chunk "
+                                 "at start to learn sample sizes (memory.probe=false skips it)")
+                raise
+            except Exception as exc:
+                error = SourceError(name, f"the memory planner's probe fetch failed: "
+                                    f"{type(exc).__name__}: {exc}; fix the source, or {DECLARE_SIZES} "
+                                    "to skip the probe")
+                if hasattr(error, "add_note"):
+                    import traceback
 
-                error.add_note("[inputkit] the probe's traceback:\n" + "".join(
-                    traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
-            raise error from exc
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    from inputkit.chunk import ChunkSchema
+                    error.add_note("[inputkit] the probe's traceback:\n" + "".join(
+                        traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+                raise error from exc
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        from inputkit.chunk import ChunkSchema
 
-    chunk = ChunkSchema(name).check(raw, 0)
-    if chunk.n == 0:
-        raise SourceError(name, "the memory planner's probe fetch returned no samples, so sizes "
-                          f"are unknown; {DECLARE_SIZES}")
-    sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
-             for field_name, arr in chunk.fields.items()}
-    if keep is not None:
-        keep[spec.name] = source
-    else:
-        source.close()
-    return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
-                        source_bytes=max(0, peak - chunk.nbytes))
+        chunk = ChunkSchema(name).check(raw, 0)
+        if chunk.n == 0:
+            raise SourceError(name, "the memory planner's probe fetch returned no samples, so sizes "
+                              f"are unknown; {DECLARE_SIZES}")
+        sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
+                 for field_name, arr in chunk.fields.items()}
+        if keep is not None:
+            keep[spec.name] = unclosed.pop()
+        return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
+                            source_bytes=max(0, peak - chunk.nbytes))
+    finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
+        for copy in unclosed:
+            copy.close()
 
 
 # --- the plan ------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import weakref
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -100,8 +99,9 @@ class InputkitIterableDataset(IterableDataset):
         self.device = device
         self.input = input
         self._pipeline = _Pipeline(spec, device, input)
-        # Dropping the dataset stops its Runner; the finalizer holds the pipeline, not us.
-        self._finalizer = weakref.finalize(self, self._pipeline.close_quietly)
+        # Dropping the dataset drops its Runner, whose own guard stops it in the Runner's
+        # watchdog thread: no finalizer here, which would run close() (Python code, joins) in
+        # whichever thread drops the dataset, where a Ctrl-C would be lost.
 
     # pickling (a copy starts its own Runner) --------------------------------------------------
 
@@ -171,7 +171,7 @@ class InputkitIterableDataset(IterableDataset):
 
 class _Pipeline:
     """The Runner of one InputkitIterableDataset and the passes over it; no reference back to
-    the dataset, so the dataset's finalizer can hold it."""
+    the dataset, so dropping the dataset frees it (and its Runner)."""
 
     def __init__(self, spec: RunSpec, device: int, input: str) -> None:
         self.spec = spec

@@ -238,3 +238,15 @@ class HangsAfter:
                 open(self.marker, "a").close()
             self.never.wait()
         return {"x": np.zeros((batch_size_hint, 2), np.float32)}
+
+
+class FailsAndCountsCloses:
+    """Every fetch raises; ``closed`` counts the copies closed (the probe's, the pipeline's)."""
+
+    closed = 0
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict:
+        raise OSError("unreadable")
+
+    def close(self) -> None:
+        type(self).closed += 1

@@ -213,3 +213,15 @@ def test_stats_report_planned_buffered_and_measured_memory():
     assert stats.memory.main_rss > 0 and stats.memory.workers_rss > 0
     assert stats.coordinators[0].planned["shared-memory slots"] > 0
     assert stats.to_dict()["memory"]["workers_rss"] == stats.memory.workers_rss
+
+
+def test_a_probe_that_fails_closes_its_copy_of_the_source():
+    """The probe's private copy is closed when its fetch fails, not left to a finalizer."""
+    from fakes import FailsAndCountsCloses
+
+    from inputkit.errors import SourceError
+
+    FailsAndCountsCloses.closed = 0
+    with pytest.raises(SourceError, match="probe fetch failed"):
+        plan_memory(inputkit.load_spec(make_cfg({"_target_": "fakes:FailsAndCountsCloses"})))
+    assert FailsAndCountsCloses.closed == 1
