@@ -37,11 +37,14 @@ STARVED = 0.5  # from here: the input is the bottleneck, and the verdict names t
 # Shares of the span the chunk queue was empty, in a starved span.
 WORKERS_SLOW = 0.5  # from here: the batcher waits for chunks, the workers are the slow side
 BATCHER_SLOW = 0.2  # below: chunks wait for the batcher
-# The GIL is held (by fetch, in a fetch-bound span) when the probe waits a tenth of
-# sys.getswitchinterval() on average and finds it held at least GIL_HELD of the time. A free
-# GIL reads under 0.25 ms and 0.1, loaded machine or not; pure-Python fetch 5 ms and more
-# and 0.8 and more; PNG decoding from tar shards in 4 threads (processes 2.6x faster) 1.1 ms
-# and 0.4.
+# The GIL is held (by fetch, in a fetch-bound span) when the probe finds it held at least
+# GIL_HELD of the time and waits GIL_WAIT_SHARE of sys.getswitchinterval() on average. A free
+# GIL reads under 10% and 0.25 ms; pure-Python fetch 80% and 5 ms or more; PNG decoding from
+# tar shards in 4 threads (processes 2.6x faster) 36-44% and 1.1-4.4 ms. That reading is
+# clean only with idle cores: on a saturated machine a thread that holds the GIL for a moment
+# between two C calls is preempted while holding it, and the probe's own waits for a CPU hide
+# its waits for the GIL, so the two meet (SHA-256 in 4 threads beside 4 busy processes read
+# 42% and 2.9 ms, pure Python beside 2 read 53% and 3.0 ms). There the GIL is not judged.
 GIL_WAIT_SHARE = 0.1
 GIL_HELD = 0.2
 GIL_FETCH_CPU = 0.05  # ... and fetch is what holds it when it spends this share on a CPU
@@ -134,10 +137,15 @@ def _no_spare_cpu(e: Evidence) -> bool:
     return e.fetch_cores > e.cores - CPU_SPARE
 
 
+def _gil_held(e: Evidence) -> bool:
+    """Whether the GIL probe found the GIL held; never judged without idle cores (above)."""
+    return e.gil_wait_ms is not None and not _no_spare_cpu(e) and e.gil_held >= GIL_HELD \
+        and e.gil_wait_ms >= GIL_WAIT_SHARE * e.switch_interval_ms
+
+
 def _workers_slow(e: Evidence, seen: str) -> Verdict:
     """The batcher waits for chunks: fetch, the GIL, the CPUs, or the hand-over from processes."""
-    gil_held = e.gil_wait_ms is not None and e.gil_held >= GIL_HELD and \
-        e.gil_wait_ms >= GIL_WAIT_SHARE * e.switch_interval_ms
+    gil_held = _gil_held(e)
     if e.kind == "thread" and gil_held:
         if e.fetch_cpu_share < GIL_FETCH_CPU:
             return Verdict("fetch-bound", f"{seen}: the workers are the slow side, and the GIL "
@@ -147,10 +155,6 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
                 f"that asked for it found it held {e.gil_held:.0%} of the time and waited "
                 f"{e.gil_wait_ms:.1f} ms on average (a free GIL takes well under 0.5 ms), so the "
                 f"threads take turns and more of them will not help.")
-        if _no_spare_cpu(e):
-            return Verdict("GIL-bound", f"{held} Worker processes would need idle cores, and the "
-                           f"machine had {_idle_note(e)}: no change to suggest while it is this "
-                           f"busy.", starved=True)
         return Verdict("GIL-bound", f"{held} Use workers.kind=process "
                        f"(workers.count={max(2, e.workers)}): the machine had "
                        f"{_idle_note(e)} for them.", starved=True)
