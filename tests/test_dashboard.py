@@ -44,6 +44,16 @@ def consume(runner, seconds: float, pause: float = 0.0) -> None:
             time.sleep(pause)
 
 
+def consume_until(runner, done, seconds: float = 20.0) -> None:
+    """Take batches until ``done()`` (a dashboard has drawn something), with a generous deadline:
+    a loaded machine may draw the first frame late, but never wrongly."""
+    stream = runner.device(0)
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        next(stream)
+        time.sleep(0.01)
+
+
 def wait_until_full(runner, queue_index: int = 0, seconds: float = 20.0) -> None:
     """Wait (with a generous deadline) until a queue of device 0 is at capacity."""
     deadline = time.monotonic() + seconds
@@ -165,7 +175,7 @@ def test_an_embedded_runner_gets_plain_dashboard_lines_off_a_terminal():
                    batch_size=32)
     with Runner(cfg) as runner, Dashboard(runner, console=console, refresh_hz=20,
                                           plain_every=0.2):
-        consume(runner, 0.8)
+        consume_until(runner, lambda: "main@0:cpu" in out.getvalue())
     text = out.getvalue()
     assert "samples/s" in text and "main@0:cpu" in text
     assert not [t for t in threading.enumerate() if t.name == "inputkit-dashboard"]
@@ -177,7 +187,7 @@ def test_an_embedded_runner_gets_the_live_view_on_a_terminal():
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [8]}}, "chunk_size": 32},
                    batch_size=32)
     with Runner(cfg) as runner, Dashboard(runner, console=console, refresh_hz=10):
-        consume(runner, 0.5)
+        consume_until(runner, lambda: "batch queue" in out.getvalue())
     assert "chunk queue" in out.getvalue() and "batch queue" in out.getvalue()
 
 
