@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -25,8 +26,30 @@ def wait_for_no_pipeline_threads(seconds: float = 3.0) -> list[threading.Thread]
 
 
 def segments() -> set[str]:
-    """This test process's segments (named inputkit_<pid>_...): others' runs do not count."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(f"inputkit_{os.getpid()}_")}
+    """This test process's shared-memory segments (named inputkit_<pid>_...; others' runs do
+    not count): names left in /dev/shm, and the unlinked segments it still maps or holds a
+    descriptor of (a slot arena is unlinked as soon as it is made, so only these show it)."""
+    mine = f"inputkit_{os.getpid()}_"
+    found = {name for name in os.listdir("/dev/shm") if name.startswith(mine)}
+    with open("/proc/self/maps") as maps:
+        found |= {line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
+                  for line in maps if mine in line}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if mine in (target := os.readlink(f"/proc/self/fd/{fd}")):
+                found.add(target.split()[0])
+    return {os.path.basename(path) for path in found}
+
+
+def drop_captured_log_records(caplog: pytest.LogCaptureFixture) -> None:
+    """Let go of the log records pytest kept of this test (their text stays in the report).
+
+    A record logged with ``exc_info`` holds the traceback, its frames and so a closed
+    runner with its shared-memory mapping: without this, a leak check would see pytest's
+    own reference as a leak.
+    """
+    for when in ("setup", "call"):
+        caplog.get_records(when).clear()
 
 
 def children() -> set[int]:
