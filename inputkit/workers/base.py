@@ -140,13 +140,16 @@ class FetchTally:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._chunks = self._samples = self._bytes = self._empty = 0
+        self._chunks = self._samples = self._bytes = self._empty = self._in_place = 0
         self._wall = self._cpu = 0.0
         self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
         self._idle0 = machine_idle_s()
 
-    def fetched(self, n: int, nbytes: int, wall: float, cpu: float, timed: bool = True) -> None:
-        """One chunk (or piece of one) of ``n`` samples; ``timed=False`` for later pieces."""
+    def fetched(self, n: int, nbytes: int, wall: float, cpu: float, timed: bool = True,
+                in_place: bool = False) -> None:
+        """One chunk (or piece of one) of ``n`` samples; ``timed=False`` for later pieces;
+        ``in_place`` when the source wrote it straight into a shared-memory slot. Counted
+        together, so that a snapshot never sees a chunk without its in-place count."""
         with self._lock:
             if n == 0:
                 self._empty += 1
@@ -154,6 +157,7 @@ class FetchTally:
                 self._chunks += 1
                 self._samples += n
                 self._bytes += nbytes
+                self._in_place += in_place
             if timed:
                 self._wall += wall
                 self._cpu += cpu
@@ -174,7 +178,7 @@ class FetchTally:
                 idle=states.count(idle), done=states.count(done),
                 chunks=self._chunks, samples=self._samples, bytes=self._bytes,
                 empty_chunks=self._empty, fetch_wall_s=self._wall, fetch_cpu_s=self._cpu,
-                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95),
+                fetch_p50_ms=float(p50), fetch_p95_ms=float(p95), shm_chunks_in_place=self._in_place,
                 idle_cpu_s=None if idle_now is None else idle_now - (self._idle0 or 0.0), **extra,
             )
 

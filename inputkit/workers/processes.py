@@ -175,7 +175,6 @@ class ProcessWorkerPool:
         self._failures = FailureTally(policy, pool)  # counts skips and holds them to the ceiling
         self._repeats = pool_log(pool)  # the workers' skips and retries, logged here, rate-limited
         self._stalls: tuple[str, ...] = ()
-        self._in_place = 0  # chunks the source wrote straight into a slot (fetch_into)
         self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
         self._activity: Activity | None = None
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
@@ -428,11 +427,9 @@ class ProcessWorkerPool:
             return False
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
-        self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu))
+        self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu), in_place=in_place)
         if last:  # the fetch's last piece: it delivered
             self._failures.fetched()
-        if in_place:
-            self._in_place += 1
         if self._dispatcher is None:
             return self._put(chunk)
         item = worker.items[0]
@@ -640,7 +637,7 @@ class ProcessWorkerPool:
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
             shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
-            shm_bytes_in_use=sum(in_use.values()), shm_chunks_in_place=self._in_place,
+            shm_bytes_in_use=sum(in_use.values()),
             pids=tuple(self.pids()), stalls=self._stalls,
             processors=self._processor_totals.stats(), **self._failures.snapshot())
 
