@@ -201,10 +201,12 @@ class Runner:
                  tb: TracebackType | None) -> None:
         try:
             self.close()
-        except ShutdownError:
+        except ShutdownError as stuck:
             if exc is None:
                 raise
-            # The block's own exception matters more; the stuck threads are daemons.
+            # The block's own exception (a Ctrl-C, a worker's error) is the one to raise; the
+            # stuck threads are daemons, named here so that they are not a silent mystery.
+            log.warning("while the runner closed after %s: %s", type(exc).__name__, stuck)
 
     # batches ---------------------------------------------------------------------------------
 

@@ -281,6 +281,7 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     assert "did not stop" in stdout and "inputkit-main-0-fetch-0" in stdout, stdout
     assert "still inside fetch of fakes:HangsAfter" in stdout
     assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "stopped cleanly" not in stderr and "1 thread(s) stuck in the source" in stderr, stderr
 
 
 def _invoke(args: list[str], columns: str = "80"):

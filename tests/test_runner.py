@@ -328,3 +328,22 @@ def test_a_stream_keeps_its_runner_alive_until_the_stream_is_dropped():
     del stream
     gc.collect()
     assert wait_for_no_pipeline_threads() == []
+
+
+def test_a_block_that_raises_still_names_the_threads_that_did_not_stop(tmp_path, caplog):
+    """The block's own error is raised, and a fetch thread that would not stop is named in a
+    warning rather than hidden."""
+    marker = tmp_path / "stuck"
+    cfg = make_cfg({"_target_": "fakes:HangsAfter", "after": 0, "marker": str(marker)},
+                   batch_size=4, workers={"count": 1}, memory={"probe": False})
+    with pytest.raises(RuntimeError, match="the loop's own error"):
+        with Runner(cfg) as runner:
+            source = runner._sources[0].obj
+            deadline = time.monotonic() + 30
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert marker.exists(), "the fetch never got stuck"
+            raise RuntimeError("the loop's own error")
+    source.never.set()  # let the stuck thread end, for the leak check
+    assert "while the runner closed after RuntimeError" in caplog.text
+    assert "inputkit-main-0-fetch-0" in caplog.text

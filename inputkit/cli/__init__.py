@@ -240,9 +240,13 @@ def _run_bench(argv: list[str]) -> int:
         return EXIT_OVER_BUDGET
     except ConfigError as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         word = "terminated" if terminated else "interrupted"
-        err.print(f"{word}: the pipeline was stopped cleanly", markup=False)
+        if exc.args:  # bench names the threads that did not stop (stuck inside a fetch)
+            err.print(f"{word}: the pipeline was stopped, except {len(exc.args)} thread(s) "
+                      "stuck in the source, left to end with the process", markup=False)
+        else:
+            err.print(f"{word}: the pipeline was stopped cleanly", markup=False)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except InputkitError as exc:
         return _report(err, exc, str(exc), 1)

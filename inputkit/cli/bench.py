@@ -97,7 +97,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         final = runner.stats()
         elapsed = time.monotonic() - started
         if interrupted:
-            _close_after_interrupt(runner, console)
+            left_running = _close_after_interrupt(runner, console)
     for consumer in consumers:
         consumer.thread.join(timeout=2.0)
     errors = [c.error for c in consumers if c.error is not None]
@@ -134,14 +134,14 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         _plot(console, list(recorder.records), output_dir, spec)
         console.print(f"run directory: {output_dir}", highlight=False)
     if interrupted:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(*left_running)  # the CLI's last line names what did not stop
     return summary
 
 
-def _close_after_interrupt(runner: Any, console: Console) -> None:
+def _close_after_interrupt(runner: Any, console: Console) -> list[str]:
     """Close the runner after Ctrl-C. A thread that will not stop (stuck inside fetch) is
     named in a warning: the interrupt, its summary and exit 130 stay what the user gets, and
-    the thread, a daemon, ends with the process."""
+    the thread, a daemon, ends with the process. Returns the names of those threads."""
     from inputkit.errors import ShutdownError
 
     try:
@@ -151,6 +151,8 @@ def _close_after_interrupt(runner: Any, console: Console) -> None:
         threads = [line.rstrip(":") for line in rest if line and not line[0].isspace()]
         console.print(f"warning: {header.rstrip(':')}: {'; '.join(threads)}; left to end "
                       "with the process", markup=False, highlight=False, soft_wrap=True)
+        return threads
+    return []
 
 
 def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spec: RunSpec) -> None:
