@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -63,6 +64,25 @@ def children() -> set[int]:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def assert_nothing_leaked(before_segments: set[str], before_children: set[int],
+                          caplog: pytest.LogCaptureFixture, seconds: float = 5.0) -> None:
+    """No segment (named or mapped) and no worker process beyond those there ``before``.
+
+    Waits up to ``seconds`` for them to go (workers being reaped, the slot thread
+    returning slots), after letting go of what pytest holds of the test: the log records
+    and, through the garbage collector, a caught exception's frames with a batch that
+    views a slot.
+    """
+    drop_captured_log_records(caplog)
+    gc.collect()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (segments() - before_segments
+                                           or children() - before_children):
+        time.sleep(0.05)
+    assert segments() - before_segments == set(), "shared-memory segments left in /dev/shm or mapped"
+    assert children() - before_children == set(), "worker processes left running"
 
 
 @pytest.fixture(autouse=True)

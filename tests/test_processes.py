@@ -14,7 +14,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
-from conftest import drop_captured_log_records, make_cfg, pipeline_threads, segments
+from conftest import assert_nothing_leaked, children, make_cfg, pipeline_threads, segments
 
 from inputkit import ConfigError, Runner, SourceError, WorkerFailure
 from inputkit.workers.shm import ArenaHandle, SlotArena, plan_pieces
@@ -39,12 +39,11 @@ def worker_pids(runner) -> list[int]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_segments(caplog):
-    before = segments()
+def no_leaks(caplog):
+    """Every test leaves no shared-memory segment and no worker process behind."""
+    before_segments, before_children = segments(), children()
     yield
-    drop_captured_log_records(caplog)
-    gc.collect()  # a test's caught exception holds its frames (and a batch viewing a slot) in a cycle
-    assert segments() - before == set(), "shared-memory segments left in /dev/shm or mapped"
+    assert_nothing_leaked(before_segments, before_children, caplog)
 
 
 def proc_cfg(source, **top):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import children, drop_captured_log_records, make_cfg, segments
+from conftest import assert_nothing_leaked, children, make_cfg, segments
 
 from inputkit import ConfigError, Runner, WorkerFailure
 from inputkit.failures import FetchTimeout, StallError
@@ -25,14 +24,7 @@ def no_leaks(caplog):
     """Every test leaves no shared-memory segment and no worker process behind."""
     before_segments, before_children = segments(), children()
     yield
-    drop_captured_log_records(caplog)
-    gc.collect()  # a test's caught exception holds its frames (and a batch viewing a slot) in a cycle
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and (segments() - before_segments
-                                           or children() - before_children):
-        time.sleep(0.05)
-    assert segments() - before_segments == set(), "shared-memory segments left in /dev/shm"
-    assert children() - before_children == set(), "worker processes left running"
+    assert_nothing_leaked(before_segments, before_children, caplog)
 
 
 def proc(count: int = 2, **extra):

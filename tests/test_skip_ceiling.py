@@ -15,12 +15,11 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import children, make_cfg, segments
+from conftest import assert_nothing_leaked, children, make_cfg, segments
 
 from inputkit import ConfigError, Runner, SkipLimitExceeded
 from inputkit.repeats import RepeatedLog
@@ -34,16 +33,11 @@ ALL_BAD = {"_target_": "faulty.Indexed", "length": 1000, "bad": list(range(1000)
 
 
 @pytest.fixture(autouse=True)
-def no_leaks():
+def no_leaks(caplog):
     """Every test leaves no shared-memory segment and no worker process behind."""
     before_segments, before_children = segments(), children()
     yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (segments() - before_segments
-                                           or children() - before_children):
-        time.sleep(0.05)
-    assert segments() - before_segments == set(), "shared-memory segments left in /dev/shm"
-    assert children() - before_children == set(), "worker processes left running"
+    assert_nothing_leaked(before_segments, before_children, caplog)
 
 
 def skip_cfg(source: dict[str, Any], workers: dict[str, Any], **failures: Any) -> dict[str, Any]:
