@@ -53,6 +53,18 @@ def drop_captured_log_records(caplog: pytest.LogCaptureFixture) -> None:
         caplog.get_records(when).clear()
 
 
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` that still run (zombies do not count)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 def children() -> set[int]:
     """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
     out = set()

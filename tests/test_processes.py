@@ -11,27 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
-from conftest import assert_nothing_leaked, children, make_cfg, pipeline_threads, segments
+from conftest import alive, assert_nothing_leaked, children, make_cfg, pipeline_threads, segments
 
 from inputkit import ConfigError, Runner, SourceError, WorkerFailure
 from inputkit.workers.shm import ArenaHandle, SlotArena, plan_pieces
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 TESTS = Path(__file__).resolve().parent
-
-
-def alive(pids) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def worker_pids(runner) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import make_cfg, wait_for_no_pipeline_threads
+from conftest import alive, make_cfg, wait_for_no_pipeline_threads
 
 from inputkit import Runner
 
@@ -79,9 +79,9 @@ def test_a_garbage_collected_runner_is_stopped_without_python_code_in_the_collec
     assert seen.calls == []
     assert wait_for_no_pipeline_threads(10) == [], "the pipeline is stopped all the same"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pids):
+    while time.monotonic() < deadline and alive(pids):
         time.sleep(0.05)
-    assert _alive(pids) == [], "its worker processes are gone"
+    assert alive(pids) == [], "its worker processes are gone"
 
 
 LOOP = """
@@ -173,20 +173,9 @@ def test_sigterm_to_an_embedding_script_leaves_no_warning_and_no_segment(tmp_pat
     left = [n for n in os.listdir("/dev/shm") if n.startswith(f"inputkit_{child.pid}_")]
     assert left == [], "the segment was freed"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _alive(pids):
+    while time.monotonic() < deadline and alive(pids):
         time.sleep(0.05)
-    assert _alive(pids) == [], "the workers noticed their parent was gone and exited"
-
-
-def _alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    assert alive(pids) == [], "the workers noticed their parent was gone and exited"
 
 
 # multiprocessing's helpers ----------------------------------------------------------------------
@@ -217,7 +206,7 @@ def _helpers_left_after_run(args: list[str], cwd: Path) -> tuple[dict[int, str],
             seen.update(_helpers_of(child.pid))
             time.sleep(0.02)
         assert child.wait(5) == 0, child.stderr.read()
-        left = {pid: which for pid, which in seen.items() if _alive([pid])}
+        left = {pid: which for pid, which in seen.items() if alive([pid])}
     return seen, left
 
 
