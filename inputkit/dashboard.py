@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inputkit.config.sizes import format_size
-from inputkit.diagnosis import Verdict, live_verdicts, live_warnings
+from inputkit.diagnosis import STARVATION, Verdict, live_verdicts, live_warnings
 from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
 
 
@@ -130,8 +130,10 @@ def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
     parts.append(_coordinators_table(window.coordinators))
     parts.append(_memory_line(window, budget_bytes))
     parts.append(_verdict_lines(window))
-    if warnings:
-        parts.append(Panel(Text("\n".join(warnings), style="yellow"), title="warnings",
+    # A starvation warning is the verdict line above in other words: shown once, as the verdict.
+    shown = [w for w in warnings if not w.startswith(STARVATION)]
+    if shown:
+        parts.append(Panel(Text("\n".join(shown), style="yellow"), title="warnings",
                            title_align="left", border_style="yellow"))
     return Panel(Group(*parts), title=f"{title}  {window.elapsed_s:.1f} s", title_align="left")
 

@@ -238,6 +238,9 @@ def window_evidence(window: Window, c: CoordinatorWindow) -> Evidence:
     return evidence(c.stats, c.before, over=f"the last {window.window_s:.0f} s")
 
 
+STARVATION = "starvation: "  # the prefix of the warning that repeats a starved verdict
+
+
 def live_verdicts(window: Window) -> list[Verdict | None]:
     """Each coordinator's verdict over the window (None: too early, finished, or no data)."""
     if window.window_s < MIN_WINDOW_S:
@@ -263,7 +266,7 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
             found.append(f"empty chunks: {place}: the source returned only empty chunks "
                          f"({workers.empty_chunks:,} so far); check fetch")
         elif verdict is not None and verdict.starved:
-            found.append(f"starvation: {verdict.line(place)}")
+            found.append(f"{STARVATION}{verdict.line(place)}")
         for stall in workers.stalls:
             lines = stall.strip().splitlines()
             if lines:

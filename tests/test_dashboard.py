@@ -103,6 +103,8 @@ def test_a_slow_fetch_empties_the_queues_and_the_verdict_names_it_live():
     assert starving.startswith("starvation: input 'main' on 0:cpu: fetch-bound.")
     assert "Add workers (workers.count=2)." in starving
     assert "verdict  main @ 0:cpu: fetch-bound." in text and "empty" in text
+    assert "starvation:" not in text and text.count("fetch-bound") == 1, \
+        "the live view says the verdict once, not again as a warning"
     [line] = diagnose(final)
     assert "fetch-bound" in line and "workers.count=2" in line
 
