@@ -84,13 +84,16 @@ def test_a_garbage_collected_runner_is_stopped_without_python_code_in_the_collec
     assert alive(pids) == [], "its worker processes are gone"
 
 
-LOOP = """
-import sys
+SCRIPT_CFG = """
 import inputkit
 cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
                   "fields": {"x": {"shape": [4]}}, "chunk_size": 8},
        "devices": "cpu", "batch_size": 8,
        "workers": {"kind": "process", "count": 2, "start_method": "forkserver"}}
+"""  # the pipeline the scripts below run: 2 process workers
+
+LOOP = SCRIPT_CFG + """
+import sys
 if __name__ == "__main__":
     for round in range(int(sys.argv[1])):
         with inputkit.Runner(cfg) as runner:
@@ -210,12 +213,7 @@ def _helpers_left_after_run(args: list[str], cwd: Path) -> tuple[dict[int, str],
     return seen, left
 
 
-EXITS = """
-import inputkit
-cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
-                  "fields": {"x": {"shape": [4]}}, "chunk_size": 8},
-       "devices": "cpu", "batch_size": 8,
-       "workers": {"kind": "process", "count": 2, "start_method": "forkserver"}}
+EXITS = SCRIPT_CFG + """
 if __name__ == "__main__":
     with inputkit.Runner(cfg) as runner:
         for step, batch in enumerate(runner.device(0)):
