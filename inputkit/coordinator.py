@@ -19,7 +19,7 @@ import numpy as np
 from inputkit.batcher import BatcherThread
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
-from inputkit.device import make_device_stage
+from inputkit.device import DeviceTransform, make_device_stage
 from inputkit.errors import InputkitError, WorkerFailure
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
@@ -145,8 +145,10 @@ class Coordinator(Iterator[dict[str, Any]]):
             # CUDA staging copies every batch anyway; on CPU a view is lent while slots last.
             copy_borrowed=self.workers.slots_scarce if device == "cpu" else lambda: False,
         )
-        self.device_stage = make_device_stage(device, spec.device_prefetch, self.batch_queue,
-                                              self._stop, name, f"the device stage of {self.label}")
+        self.device_stage = make_device_stage(
+            device, spec.device_prefetch, self.batch_queue, self._stop, name,
+            f"the device stage of {self.label}",
+            DeviceTransform(spec.normalize, spec.channels_last, spec.key_prefix))
         self.stages = Stages(self._stop, self.workers, self.batcher, self.device_stage,
                              self._queues())
         abort.join(self.workers)

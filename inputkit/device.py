@@ -7,6 +7,10 @@
   records an event; the consumer's stream waits on that event, so the copy of
   batch k+1 overlaps the compute on batch k. ``device.prefetch`` batches are
   kept on the GPU ahead of the consumer.
+- ``device.normalize`` / ``device.channels_last``: after the copy, the named fields
+  become float32 ``(x / scale - mean) / std`` (and/or channels-last), on the copy's
+  side stream before its event is recorded (CUDA), or in :meth:`CpuDeviceStage.get`
+  as a new tensor (CPU). Host queues and the copy itself carry the uint8 batch.
 
 torch is imported here only, when a runner starts: ``inputkit --help`` and the
 config tools stay fast.
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from inputkit.batcher import Batch
+from inputkit.config.normalize import NormalizeSpec, check_fields, transformed_fields
 from inputkit.errors import ConfigError
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
@@ -60,14 +65,78 @@ def _tensor(array: np.ndarray) -> Any:
     return torch.from_numpy(array)
 
 
+class DeviceTransform:
+    """``device.normalize`` and ``device.channels_last`` applied to one device's batches.
+
+    Normalising is one fused pass, ``x * (1 / (scale * std)) + (-mean / std)`` (addcmul,
+    uint8 in, float32 out, written straight into a channels-last tensor when asked), with
+    the per-channel constants made once per device and rank; it agrees with
+    ``(x / scale - mean) / std`` to float32 rounding. Other fields pass untouched.
+    """
+
+    def __init__(self, normalize: NormalizeSpec | None, channels_last: bool,
+                 key_prefix: str = "") -> None:
+        self.normalize = normalize
+        self.channels_last = channels_last
+        self.fields = transformed_fields(normalize, channels_last)
+        self._key_prefix = key_prefix
+        self._checked = False
+        self._constants: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.fields)
+
+    def check(self, batch: Batch) -> None:
+        """The first batch's fields against the keys (the memory plan checked them already
+        when it knew the sizes; a source that declared other sizes is caught here)."""
+        if not self._checked:
+            check_fields(self.normalize, self.channels_last,
+                         {name: (arr.shape[1:], arr.dtype) for name, arr in batch.fields.items()},
+                         self._key_prefix)
+            self._checked = True
+
+    def apply(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Replace the named fields in ``tensors`` (on their device, current stream)."""
+        import torch
+
+        for name in self.fields:
+            x = tensors[name]
+            layout = torch.channels_last if self.channels_last else torch.contiguous_format
+            if self.normalize is None:
+                tensors[name] = x.contiguous(memory_format=layout)
+                continue
+            scale, offset = self._per_channel(x, self.normalize)
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=layout)
+            tensors[name] = torch.addcmul(offset, x, scale, out=out)
+        return tensors
+
+    def _per_channel(self, x: Any, norm: NormalizeSpec) -> tuple[Any, Any]:
+        """1 / (scale * std) and -mean / std, shaped (1, C, 1, ...) for ``x``, made once."""
+        import torch
+
+        key = (str(x.device), x.dim())
+        constants = self._constants.get(key)
+        if constants is None:
+            shape = (1, len(norm.mean)) + (1,) * (x.dim() - 2)
+            scale = [1.0 / (norm.scale * s) for s in norm.std]
+            offset = [-m / s for m, s in zip(norm.mean, norm.std, strict=True)]
+            constants = (torch.tensor(scale, dtype=torch.float32).view(shape).to(x.device),
+                         torch.tensor(offset, dtype=torch.float32).view(shape).to(x.device))
+            self._constants[key] = constants
+        return constants
+
+
 class CpuDeviceStage:
-    """Batches become CPU tensors sharing their memory; no thread, no copy."""
+    """Batches become CPU tensors sharing their memory; no thread, no copy (unless
+    ``device.normalize`` or ``channels_last`` asks for new float tensors)."""
 
     device = "cpu"
     prefetch = 0
 
-    def __init__(self, batches: BoundedQueue) -> None:
+    def __init__(self, batches: BoundedQueue, transform: DeviceTransform | None = None) -> None:
         self._batches = batches
+        self._transform = transform if transform is not None and transform.active else None
 
     def start(self) -> None:
         pass
@@ -76,7 +145,11 @@ class CpuDeviceStage:
         """The next item: ``(tensors, n, nbytes, indices)``, or a control message (END, a Failure)."""
         item = self._batches.get(stop)
         if isinstance(item, Batch):
+            if self._transform is not None:
+                self._transform.check(item)
             tensors = {name: _tensor(arr) for name, arr in item.fields.items()}
+            if self._transform is not None:
+                tensors = self._transform.apply(tensors)
             return tensors, item.n, item.nbytes, item.indices
         return item
 
@@ -91,7 +164,8 @@ class CudaDeviceStage:
     """Pinned staging, non_blocking copies on a side stream, ``prefetch`` batches ahead."""
 
     def __init__(self, device: str, prefetch: int, batches: BoundedQueue,
-                 stop: threading.Event, name: str, where: str) -> None:
+                 stop: threading.Event, name: str, where: str,
+                 transform: DeviceTransform | None = None) -> None:
         import torch
 
         self.device = device
@@ -101,6 +175,7 @@ class CudaDeviceStage:
         self._batches = batches
         self._stop = stop
         self._where = where
+        self._transform = transform if transform is not None and transform.active else None
         self._stream = torch.cuda.Stream(device=self._device)
         self._ready = BoundedQueue(f"{name}/device", prefetch)
         # Staging sets in flight; a set is reused once the event of its copy has completed.
@@ -146,6 +221,8 @@ class CudaDeviceStage:
                     if item is END or isinstance(item, Failure):
                         return
                     continue
+                if self._transform is not None:
+                    self._transform.check(item)
                 staging = self._acquire_staging(item)
                 with torch.cuda.stream(self._stream):
                     tensors = {}
@@ -153,6 +230,8 @@ class CudaDeviceStage:
                         host = staging[name][: item.n]
                         host.numpy()[...] = arr  # the one host copy, into pinned memory
                         tensors[name] = host.to(self._device, non_blocking=True)
+                    if self._transform is not None:  # on this stream, before the event
+                        tensors = self._transform.apply(tensors)
                     event = torch.cuda.Event()
                     event.record(self._stream)
                 self._staging.append((staging, event))
@@ -184,7 +263,9 @@ class CudaDeviceStage:
 
 
 def make_device_stage(device: str, prefetch: int, batches: BoundedQueue, stop: threading.Event,
-                      name: str, where: str) -> CpuDeviceStage | CudaDeviceStage:
+                      name: str, where: str, transform: DeviceTransform | None = None
+                      ) -> CpuDeviceStage | CudaDeviceStage:
+    """The CPU or CUDA stage for ``device``; ``transform``: device.normalize/channels_last."""
     if device == "cpu":
-        return CpuDeviceStage(batches)
-    return CudaDeviceStage(device, prefetch, batches, stop, name, where)
+        return CpuDeviceStage(batches, transform)
+    return CudaDeviceStage(device, prefetch, batches, stop, name, where, transform)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from inputkit.config.normalize import check_fields
 from inputkit.config.sizes import format_size, parse_size
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
@@ -317,6 +318,11 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
                                          "this source declares none and the probe is off "
                                          f"(memory.probe=false); {DECLARE_SIZES}, or allow the probe")
             layout = probed_layout(inp, keep)
+        # device.normalize / channels_last against the fields the batches will carry: at start,
+        # before any worker runs.
+        check_fields(inp.normalize, inp.channels_last,
+                     {n: (shape, dtype) for n, (shape, dtype, _) in layout.fields.items()},
+                     inp.key_prefix)
         layouts[inp.name] = layout
         terms.extend(_input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
     process_inputs = [inp for inp in spec.inputs if inp.worker_kind == "process"]
@@ -381,13 +387,35 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
     else:
         terms.append(Term(name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
                           p + "queue.batch_capacity", batch_detail))
-    terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch", batch_bytes,
-                      p + "batch_size", batch_detail))
+    # After device.normalize the device's batches hold float32 (4 B an element) in its fields.
+    normalized = set(inp.normalize.fields) if inp.normalize is not None else set()
+    floats = sum(math.prod(shape) * 4 for n, (shape, *_) in layout.fields.items() if n in normalized)
+    converted = sum(size for n, (*_, size) in layout.fields.items() if n in normalized)
+    device_sample = sample - converted + floats
+    names = ", ".join(sorted(normalized))
+    as_float = f"{names} in float32 after device.normalize"
+    device_detail = f"{inp.batch_size:,} samples x {device_sample:,} B" + \
+        (f" ({as_float})" if normalized else "")
     if on_gpu:
+        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch", batch_bytes,
+                          p + "batch_size", batch_detail))
         terms.append(Term(name, "pinned staging", PINNED, inp.device_prefetch + 1, "batches",
                           batch_bytes, p + "device.prefetch", batch_detail))
         terms.append(Term(name, "device prefetch", GPU, inp.device_prefetch + 1, "batches",
-                          batch_bytes, p + "device.prefetch", batch_detail))
+                          device_sample * inp.batch_size, p + "device.prefetch", device_detail))
+        if normalized:  # the uint8 copy a conversion reads, on the copy's stream
+            terms.append(Term(name, "device copy before normalize", GPU, 1, "batch",
+                              converted * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x {converted:,} B ({names} as "
+                              "copied, before device.normalize)"))
+    else:
+        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch",
+                          device_sample * inp.batch_size, p + "batch_size", device_detail))
+        if normalized:  # while the next batch converts: its uint8 input and float32 output
+            terms.append(Term(name, "device stage normalize", HOST, 1, "batch",
+                              (sample + floats) * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x ({sample:,} B in + {floats:,} B "
+                              f"out: {names} in float32)"))
     return terms
 
 

@@ -120,6 +120,12 @@ class DeviceStageConfig:
     # Batches already copied to the device ahead of the consumer (CUDA only;
     # on CPU the tensors share the batch's memory and nothing is copied).
     prefetch: int = 2
+    # Convert fields to float32 after the copy (on the GPU with CUDA, in the device stage on
+    # CPU), so batches travel as uint8: {mean: [...], std: [...], fields: [image], scale: 255.0}
+    # gives (x / scale - mean) / std per channel (dim 1 of the batch); null: no conversion.
+    normalize: Any = None
+    # Make those fields (default: image) channels-last in memory; they must be 4-D (N, C, H, W).
+    channels_last: bool = False
 
 
 @dataclass

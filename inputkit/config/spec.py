@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from inputkit.config.errors import config_error_from
+from inputkit.config.normalize import NormalizeSpec, parse_normalize
 from inputkit.config.schema import (
     INPUT_KEYS,
     ON_ERROR,
@@ -56,6 +57,8 @@ class InputSpec:
     failures: FailurePolicy = FailurePolicy()
     epoch: EpochSpec = EpochSpec()
     processors: tuple[dict[str, Any], ...] = ()  # plain configs, each with _target_
+    normalize: NormalizeSpec | None = None  # device.normalize: float32 after the copy
+    channels_last: bool = False
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,13 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         failures=_failure_policy(node.failures, p + "failures."),
         epoch=_epoch_spec(node.epoch, p + "epoch."),
         processors=_processors(node.processors, p + "processors"),
+        normalize=parse_normalize(_plain(node.device.normalize), p + "device.normalize"),
+        channels_last=bool(node.device.channels_last),
     )
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _processors(node: Any, key: str) -> tuple[dict[str, Any], ...]:
