@@ -187,7 +187,20 @@ INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device",
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
+    # ${cpus:}: the cores this process may run on (its affinity), e.g. workers.count=${cpus:}.
+    OmegaConf.register_new_resolver("cpus", usable_cpus, replace=True)
     store = ConfigStore.instance()
     store.store(name="base_config", node=InputkitConfig)
     store.store(group="workers", name="base_workers", node=WorkersConfig)
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity, not the machine's core count."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -24,6 +24,9 @@ BUILTIN = {
     "arrays": "inputkit.sources.arrays.ArraySource",
     "shards": "inputkit.sources.shards.ShardSource",
     "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
+    "image_folder": "inputkit.sources.images.ImageFolderSource",
+    "image_list": "inputkit.sources.images.ImageListSource",
+    "image_shards": "inputkit.sources.images.ImageShardSource",
 }
 _FETCH_ARGS = ("worker_id", "batch_size_hint", "batch_size")
 

@@ -1,0 +1,221 @@
+"""Decode one encoded image and apply its sampled geometry, written straight into the output.
+
+Backends (``source.decode.backend``):
+
+- ``pillow``: Pillow decodes; the crop box and the resize are one ``resize(box=...)``
+  (bilinear, antialiased, as torchvision's Pillow path), and a JPEG whose box is
+  at least twice the output size is decoded at 1/2, 1/4 or 1/8 scale with
+  ``draft`` (libjpeg's DCT scaling), so fewer pixels are decoded and resized.
+- ``opencv`` (``pip install 'inputkit[images]'``): OpenCV decodes JPEGs (with the
+  same DCT scaling) and resizes the box with ``cv2.resize`` (bilinear, no
+  antialiasing: the DCT scaling already took the output within 2x of the box).
+  Other formats, and the files it would decode differently, go to Pillow.
+- ``auto``: ``opencv`` when it is installed, else ``pillow``.
+
+``decode.exact`` replays torchvision's steps one by one with Pillow (crop, then
+resize, no DCT scaling): the same pixels as torchvision's Pillow recipe, at
+about twice the cost. docs/images.md gives the measured speed and pixel
+difference of each.
+
+Every image becomes RGB: grey, palette, CMYK and RGBA images are converted as
+Pillow's ``convert("RGB")`` does (alpha dropped); 16-bit images keep their top
+8 bits. Output is uint8, channels first (3 x H x W).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from inputkit.images.transforms import Geometry, Transforms, bad_key
+
+BACKENDS = ("auto", "pillow", "opencv")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageError(ValueError):
+    """An image that cannot become a sample; the message says what is wrong with it."""
+
+
+def opencv_available() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Decoder:
+    """Decodes images for one source: ``decode_into(data, out, transforms, seed, epoch, index)``."""
+
+    def __init__(self, backend: str = "auto", exact: bool = False, max_pixels: int | None = None,
+                 key: str = "decode") -> None:
+        if backend not in BACKENDS:
+            raise bad_key(f"{key}.backend", f"expected one of {', '.join(BACKENDS)}, got "
+                              f"{backend!r}")
+        if not isinstance(exact, bool):
+            raise bad_key(f"{key}.exact", f"expected true or false, got {exact!r}")
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                       or max_pixels < 1):
+            raise bad_key(f"{key}.max_pixels", f"expected a positive number of pixels or null "
+                              f"(Pillow's limit), got {max_pixels!r}")
+        if backend == "opencv" and not opencv_available():
+            raise bad_key(f"{key}.backend", "opencv needs OpenCV, which is not installed: pip "
+                              "install 'inputkit[images]' (or opencv-python-headless), or use "
+                              "decode.backend=pillow")
+        self.requested = backend
+        self.backend = ("opencv" if opencv_available() else "pillow") if backend == "auto" \
+            else backend
+        self.exact = exact
+        self.max_pixels = max_pixels
+        self._cv2: Any = None
+
+    @property
+    def name(self) -> str:
+        """What decodes, for the summary: ``pillow``, ``opencv`` or ``pillow (exact)``."""
+        return "pillow (exact)" if self.exact else self.backend
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cv2"] = None
+        return state
+
+    def decode_into(self, data: bytes, out: np.ndarray, transforms: Transforms, seed: int,
+                    epoch: int, index: int) -> Geometry:
+        """Decode ``data``, transform it, write it into ``out`` (3 x H x W uint8); ImageError
+        (or ValueError from a transform) when it cannot be."""
+        from PIL import Image
+
+        if not data:
+            raise ImageError("the file is empty (0 bytes)")
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{exc} (raise decode.max_pixels if you trust the file)") from None
+        except Exception as exc:
+            raise ImageError(f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        width, height = img.size
+        limit = self.max_pixels if self.max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        if limit is not None and width * height > limit:
+            raise ImageError(f"{width}x{height} = {width * height:,} pixels is over the "
+                             f"decompression-bomb limit of {limit:,} (decode.max_pixels)")
+        geometry = transforms.plan(width, height, seed, epoch, index)
+        try:
+            if self.exact:
+                _exact(img, geometry, out)
+            elif self.backend == "opencv" and img.format == "JPEG" and _complete_jpeg(data) \
+                    and img.mode in ("RGB", "L", "CMYK"):
+                self._opencv(data, width, height, geometry, out)
+            else:
+                _pillow(img, width, height, geometry, out)
+        except ImageError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"cannot decode it ({type(exc).__name__}: {exc}); the file is "
+                             "corrupt or truncated") from None
+        return geometry
+
+    def _opencv(self, data: bytes, width: int, height: int, geometry: Geometry,
+                out: np.ndarray) -> None:
+        cv2 = self._cv2
+        if cv2 is None:
+            import cv2
+
+            cv2.setNumThreads(1)  # one worker, one core: inputkit runs the workers in parallel
+            self._cv2 = cv2
+        factor = _dct_factor(geometry)
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # as Pillow: EXIF is not applied
+        if factor > 1:
+            flags |= {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                      8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        if bgr is None:
+            raise ImageError("cannot decode it (OpenCV found no image data); the file is corrupt")
+        sx, sy = bgr.shape[1] / width, bgr.shape[0] / height
+        x0, y0, x1, y1 = geometry.box
+        left, top = int(x0 * sx), int(y0 * sy)
+        right = max(min(int(math.ceil(x1 * sx)), bgr.shape[1]), left + 1)
+        bottom = max(min(int(math.ceil(y1 * sy)), bgr.shape[0]), top + 1)
+        region = bgr[top:bottom, left:right]
+        w, h = geometry.out
+        shrink = min((right - left) / w, (bottom - top) / h)
+        interpolation = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
+        hwc = cv2.resize(region, (w, h), interpolation=interpolation)
+        chw = hwc.transpose(2, 0, 1)[::-1]  # BGR -> RGB, channels first
+        np.copyto(out, chw[:, :, ::-1] if geometry.flip else chw)
+
+
+def _dct_factor(geometry: Geometry) -> int:
+    """The largest of 1, 2, 4, 8 by which the box may shrink and still cover the output."""
+    x0, y0, x1, y1 = geometry.box
+    w, h = geometry.out
+    room = min((x1 - x0) / w, (y1 - y0) / h)
+    factor = 1
+    while factor < 8 and room >= factor * 2:
+        factor *= 2
+    return factor
+
+
+def _complete_jpeg(data: bytes) -> bool:
+    """Whether the JPEG ends with its end-of-image marker (OpenCV decodes a truncated file
+    with a warning; Pillow refuses it, which is what a sample needs)."""
+    return data[-2:] == b"\xff\xd9" or data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+
+
+def _rgb(img: Any) -> Any:
+    """``img`` as RGB (8 bits per channel)."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT:  # convert() would clip at 255: keep the top 8 bits instead
+        wide = np.asarray(img)
+        top = (wide >> 8) if wide.max(initial=0) > 255 else wide
+        img = Image.fromarray(np.clip(top, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode in ("F",):
+        raise ImageError("it holds floating-point pixels (mode F); store such data as .npy")
+    return img.convert("RGB")
+
+
+def _write(rgb: Any, flip: bool, out: np.ndarray) -> None:
+    hwc = np.asarray(rgb)
+    if hwc.shape[:2] != out.shape[1:]:
+        raise ImageError(f"decoded to {hwc.shape[1]}x{hwc.shape[0]}, not the "
+                         f"{out.shape[2]}x{out.shape[1]} the transforms promise")
+    chw = hwc.transpose(2, 0, 1)
+    np.copyto(out, chw[:, :, ::-1] if flip else chw)
+
+
+def _pillow(img: Any, width: int, height: int, geometry: Geometry, out: np.ndarray) -> None:
+    from PIL import Image
+
+    factor = _dct_factor(geometry) if img.format == "JPEG" else 1
+    if factor > 1:  # libjpeg decodes at 1/factor: fewer pixels to decode and to resize
+        img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    rgb = _rgb(img)
+    sx, sy = rgb.size[0] / width, rgb.size[1] / height
+    x0, y0, x1, y1 = geometry.box
+    box = (x0 * sx, y0 * sy, min(x1 * sx, rgb.size[0]), min(y1 * sy, rgb.size[1]))
+    _write(rgb.resize(geometry.out, Image.Resampling.BILINEAR, box=box), geometry.flip, out)
+
+
+def _exact(img: Any, geometry: Geometry, out: np.ndarray) -> None:
+    """torchvision's Pillow recipe, step by step: the same pixels as transforms.v1/v2 on PIL."""
+    from PIL import Image
+
+    rgb = _rgb(img)
+    for name, value in geometry.steps:
+        if name == "flip":
+            if value:
+                rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        elif name == "resize":
+            rgb = rgb.resize(value, Image.Resampling.BILINEAR)
+        else:
+            (left, top, w, h), size = value
+            rgb = rgb.crop((left, top, left + w, top + h))
+            if name == "random_resized_crop":
+                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+    _write(rgb, False, out)

@@ -1,0 +1,354 @@
+"""Encoded images read by index: an ImageFolder tree, a file list, or uncompressed tar shards.
+
+Each source knows, for sample ``i``, where its encoded bytes are and its label;
+``read(indices, epoch)`` decodes and transforms every image straight into one
+``image`` array (``n x 3 x H x W`` uint8, the size the transforms fix) beside a
+``label`` array (int64). They are *indexable* (``len()`` and ``read``), so
+shuffling, exactly-once epochs, resume and ``epoch.*`` come from the pipeline.
+Augmentations are drawn from ``(seed, epoch, index)`` (inputkit.images.transforms).
+
+An image that cannot be read or decoded raises a SourceError naming its file (and
+shard member) and what is wrong; under ``failures.on_error=skip`` the pipeline
+skips that sample alone (docs/images.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from inputkit.errors import SourceError
+from inputkit.images.decode import Decoder, ImageError
+from inputkit.images.transforms import Transforms, bad_key
+
+# torchvision's IMG_EXTENSIONS, and .webp.
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
+
+
+class EncodedImageSource:
+    """What the image sources share: labels, the decoder, the transforms and ``read``.
+
+    A subclass sets ``self.labels`` (int64, one per sample) and implements
+    ``encoded(i)`` (the file's bytes) and ``where(i)`` (the file, for errors).
+    """
+
+    NAME = "inputkit.sources.images"
+
+    def __init__(self, transforms: Any, decode: Mapping[str, Any] | None, seed: int) -> None:
+        self.transforms = Transforms.parse(transforms)
+        decode = dict(decode or {})
+        unknown = sorted(set(decode) - {"backend", "exact", "max_pixels"})
+        if unknown:
+            raise bad_key(f"decode.{unknown[0]}", "decode takes backend "
+                              "(auto|pillow|opencv), exact (true|false) and max_pixels")
+        self.decoder = Decoder(**decode)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise bad_key("seed", f"expected a whole number, got {seed!r}")
+        self.seed = seed
+        self.labels = np.zeros(0, dtype=np.int64)
+        self.out_shape = (3, *self.transforms.out_size)  # C, H, W
+
+    # the indexable protocol ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, indices: np.ndarray, epoch: int = 0) -> dict[str, np.ndarray]:
+        """Images ``indices`` of ``epoch``, decoded and transformed, with their labels."""
+        return self.read_into(indices, _fresh, epoch)
+
+    def read_into(self, indices: np.ndarray, allocate: Allocator,
+                  epoch: int = 0) -> dict[str, np.ndarray]:
+        """``read``, with the output arrays from ``allocate(name, shape, dtype)`` (a process
+        worker's shared-memory slot): each image is written once, where the batch reads it."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(indices)
+        if n and (indices.min() < 0 or indices.max() >= len(self.labels)):
+            raise IndexError(f"read: indices must lie in 0..{len(self.labels) - 1}, got "
+                             f"{int(indices.min())}..{int(indices.max())}")
+        images = allocate("image", (n, *self.out_shape), np.dtype(np.uint8))
+        labels = allocate("label", (n,), np.dtype(np.int64))
+        labels[:] = self.labels[indices]
+        decode, transforms, seed = self.decoder.decode_into, self.transforms, self.seed
+        for k, index in enumerate(indices.tolist()):
+            try:
+                data = self.encoded(index)
+            except OSError as exc:
+                raise SourceError(self.NAME, f"{self.where(index)}: cannot read it: "
+                                  f"{type(exc).__name__}: {exc}", field="image") from exc
+            try:
+                decode(data, images[k], transforms, seed, epoch, index)
+            except (ImageError, ValueError) as exc:
+                raise SourceError(self.NAME, f"{self.where(index)}: {exc}", field="image") from exc
+        return {"image": images, "label": labels}
+
+    def run_info(self) -> dict[str, Any]:
+        """What the run's summary.json records about this source."""
+        return {"samples": len(self), "decoder": self.decoder.name,
+                "transforms": self.transforms.describe(), "output": list(self.out_shape)}
+
+    # what a subclass provides ----------------------------------------------------------------
+
+    def encoded(self, index: int) -> bytes:
+        raise NotImplementedError
+
+    def where(self, index: int) -> str:
+        raise NotImplementedError
+
+
+def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+class ImageFolderSource(EncodedImageSource):
+    """Images in the ImageFolder layout: ``path/<class>/**/<file>``, classes sorted by name.
+
+    Class ``k`` is the k-th class folder by name (``classes``, ``class_to_index``), as
+    torchvision's ImageFolder numbers them. Files are found recursively inside each
+    class folder, in sorted order; ``extensions`` (case-insensitive) are the files
+    that count as images. A class folder without images is an error unless
+    ``allow_empty_classes`` (its index is kept, so labels do not shift).
+    """
+
+    NAME = "inputkit.sources.images.ImageFolderSource"
+
+    def __init__(self, path: str, transforms: Any, decode: Mapping[str, Any] | None = None,
+                 seed: int = 0, extensions: Sequence[str] | None = None,
+                 allow_empty_classes: bool = False) -> None:
+        super().__init__(transforms, decode, seed)
+        if not isinstance(path, (str, os.PathLike)) or not str(path):
+            raise bad_key("path", f"expected the folder that holds one folder per "
+                              f"class, got {path!r}")
+        self.path = os.fspath(path)
+        if not os.path.isdir(self.path):
+            what = "a file, not a folder" if os.path.exists(self.path) else "no such folder"
+            hint = " (for a list of files, use source=image_list)" if os.path.isfile(self.path) \
+                else _resolved(self.path)
+            raise bad_key("path", f"'{self.path}' is {what}{hint}")
+        self.extensions = _extensions(extensions)
+        self.classes = sorted(entry.name for entry in os.scandir(self.path)
+                              if entry.is_dir() and not entry.name.startswith("."))
+        if not self.classes:
+            raise bad_key("path", f"'{self.path}' holds no class folders; the layout "
+                              "is path/<class>/<file> (one folder per class)")
+        self.class_to_index = {name: i for i, name in enumerate(self.classes)}
+        files: list[str] = []
+        labels: list[int] = []
+        empty: list[str] = []
+        for label, name in enumerate(self.classes):
+            found = _images_under(os.path.join(self.path, name), self.extensions)
+            if not found:
+                empty.append(name)
+            files += [os.path.join(name, f) for f in found]
+            labels += [label] * len(found)
+        if not files:
+            raise bad_key("path", f"'{self.path}' has {len(self.classes)} class "
+                              f"folder(s) but no images in them (extensions "
+                              f"{', '.join(self.extensions)})")
+        if empty and not allow_empty_classes:
+            shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+            raise bad_key("path", f"{len(empty)} class folder(s) of '{self.path}' hold "
+                              f"no images: {shown}; remove them, or set "
+                              "allow_empty_classes=true to keep their class indices")
+        self.empty_classes = empty
+        # One array of bytes, not a list of str: an ImageNet-sized list stays tens of MB per process.
+        self.files = np.array([f.encode() for f in files])
+        self.labels = np.array(labels, dtype=np.int64)
+
+    def encoded(self, index: int) -> bytes:
+        with open(os.path.join(self.path, self.files[index].decode()), "rb") as f:
+            return f.read()
+
+    def where(self, index: int) -> str:
+        return f"file '{os.path.join(self.path, self.files[index].decode())}'"
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "path": self.path, "class_to_index": self.class_to_index,
+                "empty_classes": self.empty_classes}
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderSource(path={self.path!r}, {len(self):,} images, "
+                f"{len(self.classes)} classes)")
+
+
+class ImageListSource(EncodedImageSource):
+    """Images named in a list file: one ``path,label`` (or ``path label``) per line.
+
+    Relative paths are taken from ``root`` (default: the list file's folder). Blank
+    lines and lines starting with ``#`` are ignored, and so is a first line
+    ``path,label``. Labels are whole numbers.
+    """
+
+    NAME = "inputkit.sources.images.ImageListSource"
+
+    def __init__(self, path: str, transforms: Any, root: str | None = None,
+                 decode: Mapping[str, Any] | None = None, seed: int = 0) -> None:
+        super().__init__(transforms, decode, seed)
+        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+            what = "a folder (for the ImageFolder layout, use source=image_folder)" \
+                if isinstance(path, str) and os.path.isdir(path) else "no such file"
+            raise bad_key("path", f"expected a list file of path,label lines, got "
+                              f"{path!r}: {what}")
+        self.path = os.fspath(path)
+        self.root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(self.root):
+            raise bad_key("root", f"no such folder: '{self.root}'")
+        files, labels = _parse_list(self.path)
+        if not files:
+            raise bad_key("path", f"the list '{self.path}' names no images")
+        self.lines = np.array([line for line, _ in files], dtype=np.int64)
+        self.files = np.array([f.encode() for _, f in files])
+        self.labels = np.array(labels, dtype=np.int64)
+        first = self._file(0)
+        if not os.path.exists(first):
+            raise bad_key("root", f"the list's first image, '{first}' (line "
+                              f"{self.lines[0]} of '{self.path}'), does not exist; relative paths "
+                              f"are taken from source.root ('{self.root}')")
+
+    def _file(self, index: int) -> str:
+        return os.path.join(self.root, self.files[index].decode())
+
+    def encoded(self, index: int) -> bytes:
+        with open(self._file(index), "rb") as f:
+            return f.read()
+
+    def where(self, index: int) -> str:
+        return f"file '{self._file(index)}' (line {self.lines[index]} of '{self.path}')"
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "path": self.path, "root": self.root,
+                "classes": int(self.labels.max()) + 1 if len(self.labels) else 0}
+
+
+class ImageShardSource(EncodedImageSource):
+    """Images in uncompressed tar shards (WebDataset layout), read by index.
+
+    Each sample is ``<key>.<image ext>`` with its label in ``<key>.cls`` (or the
+    ``label`` member extension you name). The shards are indexed when the source
+    is built (their tar headers only); reading a sample is one positioned read of
+    its member, so shuffling and exactly-once epochs work as for a folder.
+    """
+
+    NAME = "inputkit.sources.images.ImageShardSource"
+
+    def __init__(self, urls: str | Sequence[str], transforms: Any,
+                 decode: Mapping[str, Any] | None = None, seed: int = 0,
+                 label: str | None = "cls") -> None:
+        super().__init__(transforms, decode, seed)
+        from inputkit.sources.shards import _expand_urls
+        from inputkit.sources.tar_index import index_shards
+
+        self.shards = _expand_urls(urls)
+        self.urls = urls
+        self.label = label
+        index = index_shards(self.shards, EXTENSIONS, label)
+        self.shard_of, self.offsets, self.sizes, self.names, self.labels = index
+        self._lock = threading.Lock()
+        self._fds: dict[int, int] = {}
+
+    def encoded(self, index: int) -> bytes:
+        shard = int(self.shard_of[index])
+        fd = self._fds.get(shard)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(shard)
+                if fd is None:
+                    fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
+        size = int(self.sizes[index])
+        data = os.pread(fd, size, int(self.offsets[index]))
+        if len(data) != size:
+            raise OSError(f"read {len(data):,} of {size:,} bytes: the shard changed since it "
+                          "was indexed")
+        return data
+
+    def where(self, index: int) -> str:
+        return (f"shard '{self.shards[int(self.shard_of[index])]}', member "
+                f"'{self.names[index].decode()}'")
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_fds"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def run_info(self) -> dict[str, Any]:
+        return {**super().run_info(), "shards": len(self.shards),
+                "classes": int(self.labels.max()) + 1 if len(self.labels) else 0}
+
+
+# helpers -------------------------------------------------------------------------------------
+
+def _extensions(extensions: Sequence[str] | None) -> tuple[str, ...]:
+    if extensions is None:
+        return EXTENSIONS
+    if isinstance(extensions, str) or not isinstance(extensions, Sequence) or not extensions or \
+            not all(isinstance(e, str) and e.strip(".") for e in extensions):
+        raise bad_key("extensions", f"expected a list like [jpg, png], got "
+                          f"{extensions!r}")
+    return tuple("." + e.lower().lstrip(".") for e in extensions)
+
+
+def _images_under(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """Image files under ``folder`` (recursive, sorted, hidden ones left out), relative to it."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, folder)
+        for name in sorted(files):
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                found.append(name if rel == "." else os.path.join(rel, name))
+    return found
+
+
+def _parse_list(path: str) -> tuple[list[tuple[int, str]], list[int]]:
+    files: list[tuple[int, str]] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
+            if len(parts) != 2:
+                raise bad_key("path", f"line {number} of '{path}': expected "
+                                  f"'path,label', got {line!r}")
+            name, label = parts[0].strip(), parts[1].strip()
+            try:
+                value = int(label)
+            except ValueError:
+                if not files and label.lower() == "label":
+                    continue  # a header line
+                raise bad_key("path", f"line {number} of '{path}': the label "
+                                  f"{label!r} is not a whole number") from None
+            if value < 0:
+                raise bad_key("path", f"line {number} of '{path}': the label {value} "
+                                  "is negative")
+            files.append((number, name))
+            labels.append(value)
+    return files, labels
+
+
+def _resolved(path: str) -> str:
+    return "" if os.path.isabs(path) else f" (resolved to '{os.path.abspath(path)}')"

@@ -1,0 +1,122 @@
+"""An index of the image members of uncompressed tar shards: where each sample's bytes are.
+
+Built from the tar headers alone (``tarfile`` seeks past each member's data), so a
+shard of thousands of JPEGs is indexed in milliseconds and each sample is then one
+positioned read (``os.pread``) of its member. Compressed shards cannot be read
+by position: they get an error that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import numpy as np
+
+from inputkit.images.transforms import bad_key
+from inputkit.sources.shards import _split_name
+
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+
+Index = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def index_shards(shards: list[str], extensions: tuple[str, ...], label: str | None) -> Index:
+    """(shard number, data offset, size, member name, label) per sample, over every shard.
+
+    A sample is the members sharing a key (``<key>.<ext>``): one image (an extension in
+    ``extensions``) and, unless ``label`` is None, a ``<key>.<label>`` member holding a
+    whole number. Labels are -1 when ``label`` is None.
+    """
+    shard_of: list[int] = []
+    offsets: list[int] = []
+    sizes: list[int] = []
+    names: list[bytes] = []
+    labels: list[int] = []
+    images = {e.lstrip(".") for e in extensions}
+    for number, path in enumerate(shards):
+        _check_uncompressed(path)
+        found = _index_one(path, images, label)
+        for offset, size, name, value in found:
+            shard_of.append(number)
+            offsets.append(offset)
+            sizes.append(size)
+            names.append(name.encode())
+            labels.append(value)
+    if not offsets:
+        raise bad_key("urls", f"the {len(shards)} shard(s) hold no images (members named "
+                      f"<key>.<ext> with ext one of {', '.join(sorted(images))})")
+    return (np.array(shard_of, dtype=np.int32), np.array(offsets, dtype=np.int64),
+            np.array(sizes, dtype=np.int64), np.array(names), np.array(labels, dtype=np.int64))
+
+
+def _check_uncompressed(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise bad_key("urls", f"cannot open shard '{path}': {type(exc).__name__}: {exc}") from None
+    for prefix, kind in _COMPRESSED:
+        if magic.startswith(prefix):
+            raise bad_key("urls", f"shard '{path}' is {kind}-compressed; image_shards reads "
+                          "members by position, which needs an uncompressed tar (JPEGs do not "
+                          "compress further: unpack it, or stream it with source=shards)")
+
+
+def _index_one(path: str, images: set[str], label: str | None) -> list[tuple[int, int, str, int]]:
+    samples: dict[str, list] = {}  # key -> [offset, size, name, label or None]
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                parsed = _split_name(info.name)
+                if parsed is None:
+                    continue
+                key, _field, ext = parsed
+                entry = samples.setdefault(key, [None, None, None, None])
+                if ext in images:
+                    if entry[0] is not None:
+                        raise bad_key("urls", f"shard '{path}': sample '{key}' has two images, "
+                                      f"'{entry[2]}' and '{info.name}'")
+                    entry[0], entry[1], entry[2] = info.offset_data, info.size, info.name
+                elif label is not None and ext == label:
+                    entry[3] = _label(tar, info, path)
+            _check_end(tar, path)
+    except tarfile.TarError as exc:
+        raise bad_key("urls", f"shard '{path}' is not a tar file, or is corrupt or truncated: "
+                      f"{type(exc).__name__}: {exc}") from None
+    end = os.path.getsize(path)
+    found = []
+    for key, (offset, size, name, value) in samples.items():
+        if offset is None:
+            continue  # a key with no image (metadata only) is not a sample
+        if label is not None and value is None:
+            raise bad_key("urls", f"shard '{path}': sample '{key}' ('{name}') has no '{key}.{label}' "
+                          "label member; every sample needs one (or set source.label=null)")
+        if offset + size > end:
+            raise bad_key("urls", f"shard '{path}' is truncated: member '{name}' needs bytes up to "
+                          f"{offset + size:,} but the file ends at {end:,}")
+        found.append((offset, size, name, -1 if value is None else value))
+    return found
+
+
+def _check_end(tar: tarfile.TarFile, path: str) -> None:
+    """tarfile stops quietly at a cut-off header; a whole tar ends with a zero block."""
+    fileobj = tar.fileobj
+    assert fileobj is not None
+    fileobj.seek(tar.offset)
+    block = fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
+        raise bad_key("urls", f"shard '{path}' is truncated or corrupt: it ends at byte "
+                      f"{tar.offset:,} without the tar end-of-archive marker")
+
+
+def _label(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int:
+    handle = tar.extractfile(info)
+    text = handle.read().decode("utf-8", errors="replace").strip() if handle else ""
+    try:
+        return int(text)
+    except ValueError:
+        raise bad_key("urls", f"shard '{path}', member '{info.name}': expected a whole number "
+                      f"(the class label), got {text[:40]!r}") from None
