@@ -68,10 +68,12 @@ def _tensor(array: np.ndarray) -> Any:
 class DeviceTransform:
     """``device.normalize`` and ``device.channels_last`` applied to one device's batches.
 
-    Normalising is one fused pass, ``x * (1 / (scale * std)) + (-mean / std)`` (addcmul,
-    uint8 in, float32 out, written straight into a channels-last tensor when asked), with
-    the per-channel constants made once per device and rank; it agrees with
-    ``(x / scale - mean) / std`` to float32 rounding. Other fields pass untouched.
+    Normalising is a conversion and two in-place passes, ``x.float() * (1 / (scale * std))
+    + (-mean / std)``, with the per-channel constants made once per device and rank; it
+    agrees with ``(x / scale - mean) / std`` to float32 rounding (measured: at most 4.8e-7).
+    channels_last reorders the uint8 batch, a quarter of the float's bytes, before the
+    conversion, which keeps the layout. (addcmul straight from uint8, one pass on paper, took
+    twice as long on CPU: torch's mixed-dtype path.) Other fields pass untouched.
     """
 
     def __init__(self, normalize: NormalizeSpec | None, channels_last: bool,
@@ -102,13 +104,13 @@ class DeviceTransform:
 
         for name in self.fields:
             x = tensors[name]
-            layout = torch.channels_last if self.channels_last else torch.contiguous_format
-            if self.normalize is None:
-                tensors[name] = x.contiguous(memory_format=layout)
-                continue
-            scale, offset = self._per_channel(x, self.normalize)
-            out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=layout)
-            tensors[name] = torch.addcmul(offset, x, scale, out=out)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if self.normalize is not None:
+                scale, offset = self._per_channel(x, self.normalize)
+                # copy=True: a float32 field is never changed in place (it may be the source's).
+                x = x.to(torch.float32, copy=True).mul_(scale).add_(offset)
+            tensors[name] = x
         return tensors
 
     def _per_channel(self, x: Any, norm: NormalizeSpec) -> tuple[Any, Any]:

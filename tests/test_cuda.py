@@ -70,3 +70,56 @@ def test_two_gpus_split_an_epoch_and_each_batch_is_on_its_own_gpu():
                     assert batch["x"].device == torch.device(f"cuda:{index}")
                     ids.append(batch["id"].cpu().numpy())
     assert sorted(np.concatenate(ids).tolist()) == list(range(4096))
+
+
+NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def _normalised_by_label(folder, devices, channels_last):
+    """Every sample's image as the consumer received it, by label (= sample index)."""
+    cfg = make_cfg({"_target_": "inputkit.sources.arrays.ArraySource", "path": str(folder)},
+                   batch_size=64, devices=devices, workers={"count": 2},
+                   device={"normalize": NORMALIZE, "channels_last": channels_last})
+    out = {}
+    with Runner(cfg) as runner:
+        for batch in runner.device(0):
+            image = batch["image"]
+            assert image.device.type == devices.split(":")[0] and image.dtype == torch.float32
+            assert batch["label"].dtype == torch.int64
+            if channels_last:
+                assert image.is_contiguous(memory_format=torch.channels_last)
+            # Used at once on the consumer's stream: the copy's event covers the normalize too.
+            for label, pixels in zip(batch["label"].cpu().numpy(), image.cpu().numpy(), strict=True):
+                out[int(label)] = pixels
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalised_batches_on_the_gpu_match_the_cpu_result(tmp_path, channels_last):
+    images = np.random.default_rng(0).integers(0, 256, size=(512, 3, 16, 16), dtype=np.uint8)
+    np.save(tmp_path / "image.npy", images)
+    np.save(tmp_path / "label.npy", np.arange(512, dtype=np.int64))
+    gpu = _normalised_by_label(tmp_path, "cuda:0", channels_last)
+    cpu = _normalised_by_label(tmp_path, "cpu", channels_last)
+    assert sorted(gpu) == sorted(cpu) == list(range(512))
+    got = np.stack([gpu[i] for i in range(512)])
+    np.testing.assert_allclose(got, np.stack([cpu[i] for i in range(512)]), rtol=1e-6, atol=2e-6)
+    mean = np.asarray(NORMALIZE["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(NORMALIZE["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    want = (images.astype(np.float32) / np.float32(255) - mean) / std
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
+
+
+def test_the_plan_counts_float32_batches_on_the_gpu_and_uint8_in_staging():
+    cfg = make_cfg(SOURCE, batch_size=256, devices="cuda:0",
+                   device={"prefetch": 2, "normalize": {**NORMALIZE, "fields": ["x"]}})
+    with Runner(cfg) as runner:
+        stages = {t.stage: t for t in runner.plan.terms}
+        batch = next(runner.device(0))
+        assert batch["x"].dtype == torch.float32 and batch["id"].dtype == torch.int64
+        used = runner.stats().memory.gpu_bytes
+    pixels = 3 * 32 * 32
+    assert stages["pinned staging"].bytes == 3 * 256 * (pixels + 8)
+    assert stages["device prefetch"].bytes == 3 * 256 * (4 * pixels + 8)
+    assert stages["device copy before normalize"].bytes == 256 * pixels
+    assert used.get("cuda:0", 0) > 0

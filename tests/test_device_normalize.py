@@ -238,3 +238,18 @@ def test_inputkit_plan_shows_the_float_batch_and_names_a_bad_key(tmp_path):
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert bad.stderr.strip().startswith("error: device.normalize.mean: has 1 values, but field "
                                          "'image' has batches of shape (N, 3, 224, 224)"), bad.stderr
+
+
+def test_a_float32_field_is_converted_into_a_new_tensor_not_in_place():
+    """The batch's own array may be the source's (a view lent on CPU): it must stay as it was."""
+    from inputkit.config.normalize import NormalizeSpec
+    from inputkit.device import DeviceTransform
+
+    pixels = np.random.default_rng(3).random((4, 3, 2, 2), dtype=np.float32)
+    before = pixels.copy()
+    spec = NormalizeSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), scale=1.0)
+    for channels_last in (False, True):
+        out = DeviceTransform(spec, channels_last).apply({"image": torch.from_numpy(pixels)})
+        np.testing.assert_array_equal(pixels, before)
+        np.testing.assert_allclose(out["image"].numpy(), (before - 0.5) / 0.25, rtol=1e-6,
+                                   atol=2e-6)
