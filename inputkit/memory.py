@@ -43,6 +43,10 @@ class SampleLayout:
     chunk_samples: int
     source: str  # "declared" or "probe"
     source_bytes: int  # the source object's own footprint (one copy)
+    # What one read holds while it works, per worker, beyond its output (an image source's
+    # encoded file and full-size decoded image), with how it is made up: from the source's
+    # read_scratch() after the probe.
+    scratch: tuple[int, str] = (0, "")
 
     @property
     def sample_bytes(self) -> int:
@@ -262,10 +266,12 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
                               f"are unknown; {DECLARE_SIZES}")
         sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
                  for field_name, arr in chunk.fields.items()}
+        scratch_of = getattr(source.obj, "read_scratch", None)
+        scratch = scratch_of() if callable(scratch_of) else (0, "")
         if keep is not None:
             keep[spec.name] = unclosed.pop()
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
-                            source_bytes=max(0, peak - chunk.nbytes))
+                            source_bytes=max(0, peak - chunk.nbytes), scratch=scratch)
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()
@@ -375,6 +381,10 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
         terms.append(Term(name, "worker processes", HOST, inp.worker_count, "processes",
                           WORKER_PROCESS_BYTES, p + "workers.count",
                           f"{format_size(WORKER_PROCESS_BYTES)} each"))
+    scratch, scratch_detail = layout.scratch
+    if scratch:  # each worker decodes one sample at a time
+        terms.append(Term(name, "decoding in workers", HOST, inp.worker_count, "workers", scratch,
+                          p + "workers.count", scratch_detail))
     if inp.epoch.ordered:  # chunks that finished early wait for older ones (private memory)
         terms.append(Term(name, "reorder buffer", HOST, 2 * inp.worker_count - 1, "chunks",
                           chunk_bytes, p + "epoch.ordered", chunk_detail))

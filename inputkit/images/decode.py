@@ -74,6 +74,12 @@ class Decoder:
         self._cv2: Any = None
 
     @property
+    def bytes_per_pixel(self) -> int:
+        """Memory per pixel while decoding one image: Pillow holds RGB as 4 bytes a pixel
+        and its conversion to RGB may hold a second copy; OpenCV decodes to 3 bytes a pixel."""
+        return 3 if self.backend == "opencv" and not self.exact else 8
+
+    @property
     def name(self) -> str:
         """What decodes, for the summary: ``pillow``, ``opencv`` or ``pillow (exact)``."""
         return "pillow (exact)" if self.exact else self.backend

@@ -59,6 +59,7 @@ class Geometry:
     out: tuple[int, int]
     flip: bool
     steps: tuple[tuple[str, Any], ...]
+    size: tuple[int, int] = (0, 0)  # the source image's (width, height)
 
 
 class Transforms:
@@ -115,7 +116,7 @@ class Transforms:
                                   bx0 + (crop[0] + crop[2]) * sx, by0 + (crop[1] + crop[3]) * sy)
             vw, vh = out
             sampled.append((step.name, (crop, out)))
-        return Geometry((bx0, by0, bx1, by1), (vw, vh), flip, tuple(sampled))
+        return Geometry((bx0, by0, bx1, by1), (vw, vh), flip, tuple(sampled), (width, height))
 
     def describe(self) -> str:
         return ", ".join(_describe(step) for step in self.steps)

@@ -52,6 +52,7 @@ class EncodedImageSource:
         self.seed = seed
         self.labels = np.zeros(0, dtype=np.int64)
         self.out_shape = (3, *self.transforms.out_size)  # C, H, W
+        self.largest = (0, 0)  # the largest encoded file (bytes) and image (pixels) read so far
 
     # the indexable protocol ------------------------------------------------------------------
 
@@ -82,10 +83,25 @@ class EncodedImageSource:
                 raise SourceError(self.NAME, f"{self.where(index)}: cannot read it: "
                                   f"{type(exc).__name__}: {exc}", field="image") from exc
             try:
-                decode(data, images[k], transforms, seed, epoch, index)
+                geometry = decode(data, images[k], transforms, seed, epoch, index)
             except (ImageError, ValueError) as exc:
                 raise SourceError(self.NAME, f"{self.where(index)}: {exc}", field="image") from exc
+            pixels = geometry.size[0] * geometry.size[1]
+            if len(data) > self.largest[0] or pixels > self.largest[1]:
+                self.largest = (max(len(data), self.largest[0]), max(pixels, self.largest[1]))
         return {"image": images, "label": labels}
+
+    def read_scratch(self) -> tuple[int, str]:
+        """For the memory plan: what one worker holds while it decodes (after a read): the
+        largest file and full-size image seen, or the declared decode.max_pixels."""
+        encoded, pixels = self.largest
+        declared = self.decoder.max_pixels
+        if declared is not None:
+            pixels = declared
+        per_pixel = self.decoder.bytes_per_pixel
+        where = "decode.max_pixels" if declared is not None else "the largest the probe read"
+        return (encoded + pixels * per_pixel,
+                f"{encoded:,} B file + {pixels:,} pixels x {per_pixel} B decoded ({where})")
 
     def run_info(self) -> dict[str, Any]:
         """What the run's summary.json records about this source."""

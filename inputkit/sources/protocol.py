@@ -12,7 +12,8 @@ A finite source raises :class:`~inputkit.errors.SourceExhausted` (or
 
 An *indexable* source also has ``__len__()`` and ``read(indices)``, which returns
 the chunk of exactly those samples (an int64 array of sample indices), in that
-order. The pipeline then never calls fetch: it hands out index ranges itself, so
+order (if ``read`` also takes an ``epoch`` keyword, it gets the epoch being read). The
+pipeline then never calls fetch: it hands out index ranges itself, so
 every sample of an epoch is delivered exactly once even when workers die and are
 restarted, and it can shuffle per epoch and keep a deterministic order
 (``epoch.*`` keys; see docs/reliability.md).
@@ -45,6 +46,18 @@ class IndexableSource(Protocol):
     def read(self, indices: np.ndarray) -> FetchResult:
         """Return the samples at ``indices`` (int64), one per index, in that order."""
         ...
+
+
+def reads_epoch(read: object) -> bool:
+    """Whether an indexable source's ``read`` takes an ``epoch`` keyword: the pipeline then
+    passes each work item's epoch, so that per-sample augmentations can differ by epoch
+    (``read(indices, epoch=e)``) while staying independent of the workers."""
+    import inspect
+
+    try:
+        return "epoch" in inspect.signature(read).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def indexed_length(obj: object) -> int | None:
