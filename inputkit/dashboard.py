@@ -24,6 +24,7 @@ from rich.text import Text
 from inputkit.config.sizes import format_size
 from inputkit.diagnosis import STARVATION, Verdict, live_verdicts, live_warnings
 from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
+from inputkit.workers.base import WorkerPoolStats
 
 
 def _bar(q: QueueWindow) -> ProgressBar:
@@ -68,9 +69,33 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
     if w.processors:  # which step is slow: each one's time per chunk, inside the workers
         steps = "  ".join(f"{p.name} {p.ms_per_chunk:.2f} ms" for p in w.processors)
         table.add_row("  processors", "per chunk:", steps, "", "")
-    if w.retries or w.skipped_chunks or w.restarts:
-        table.add_row("  failures", f"retries {w.retries:,}", f"skipped {w.skipped_chunks:,}",
+    if w.retries or w.skipped_chunks or w.skipped_samples or w.restarts:
+        skipped = f"skipped {w.skipped_chunks:,}" if not w.skipped_samples else \
+            f"skipped {w.skipped_samples:,} samples" if not w.skipped_chunks else \
+            f"skipped {w.skipped_chunks:,} chunks, {w.skipped_samples:,} samples"
+        table.add_row("  failures", f"retries {w.retries:,}", skipped,
                       f"restarts {w.restarts:,}", Text(w.last_error[:60], style="yellow"))
+    if w.skipped_samples:
+        table.add_row("  skipped", "", "", "", Text(skipped_text(w) or "", style="yellow"))
+
+
+SHOWN_INDICES = 8  # skipped samples named on the dashboard and in the end-of-run lines
+
+
+def skipped_text(w: WorkerPoolStats, more: str = "see summary.json") -> str | None:
+    """``N samples skipped (indices 12, 345, ...; see summary.json)``, or None if none was.
+
+    ``more`` says where the rest are (the first 1,000 and their errors are in the pool's
+    stats, and so in bench's summary.json); empty: say nothing."""
+    if not w.skipped_samples:
+        return None
+    kept = w.skipped_indices[:SHOWN_INDICES]
+    noun = "sample" if w.skipped_samples == 1 else "samples"
+    what = ("index " if w.skipped_samples == 1 else "indices ") + ", ".join(map(str, kept)) \
+        if kept else "indices not known"
+    etc = ", ..." if kept and w.skipped_samples > len(kept) else ""
+    tail = f"; {more}" if more else ""
+    return f"{w.skipped_samples:,} {noun} skipped ({what}{etc}{tail})"
 
 
 def _memory_line(window: Window, budget_bytes: int | None) -> Text:
@@ -152,6 +177,10 @@ def plain_lines(window: Window) -> list[str]:
                      f"p50={w.fetch_p50_ms:.1f}ms")
     for c, verdict in zip(window.coordinators, live_verdicts(window), strict=True):
         lines.append(verdict_line(c, verdict))
+    for c in window.coordinators:
+        text = skipped_text(c.stats.workers, more="")
+        if text is not None:
+            lines.append(f"  skipped {c.input}@{c.device_index}:{c.device}: {text}")
     return lines
 
 

@@ -217,9 +217,10 @@ def _plural(n: int, word: str, many: str | None = None) -> str:
 def _policy_actions(w: WorkerPoolStats, retries: bool = True) -> list[str]:
     """What the failure policies did so far, e.g. ``skipped 3 chunks (failures.on_error=skip)``."""
     done = []
-    if w.skipped_chunks:
-        samples = f", {_plural(w.skipped_samples, 'sample')}" if w.skipped_samples else ""
-        done.append(f"skipped {_plural(w.skipped_chunks, 'chunk')}{samples} (failures.on_error=skip)")
+    if w.skipped_chunks or w.skipped_samples:  # index-range work may skip samples, no chunk
+        parts = [_plural(w.skipped_chunks, 'chunk')] if w.skipped_chunks else []
+        parts += [_plural(w.skipped_samples, 'sample')] if w.skipped_samples else []
+        done.append(f"skipped {', '.join(parts)} (failures.on_error=skip)")
     if retries and w.retries:
         done.append(f"retried {_plural(w.retries, 'fetch', 'fetches')} (failures.on_error=retry)")
     if w.restarts:

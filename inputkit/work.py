@@ -16,7 +16,11 @@ epoch still arrives exactly once. The same bookkeeping gives:
 - ``ordered``: chunks leave in seq order whatever the worker count or timing, so
   the same config and seed give the same batches. Out-of-order chunks wait in a
   reorder buffer, bounded by handing out at most ``window`` items past the
-  oldest unfinished one.
+  oldest unfinished one;
+- skips (``failures.on_error=skip``): an item none of whose samples could be read is
+  complete without a chunk (:meth:`Dispatcher.skip`); one that lost only some forgets
+  those (:meth:`Dispatcher.drop`) and delivers the rest, so delivered + skipped is
+  every sample of the epoch.
 """
 
 from __future__ import annotations
@@ -208,6 +212,25 @@ class Dispatcher:
         if self.spec.ordered:
             return self._drain()
         return self._release([item.seq])
+
+    def drop(self, item: WorkItem, bad: Any) -> bool:
+        """Some of ``item``'s remaining samples (the indices ``bad``) failed to read and
+        on_error=skip (the pool counts them); the others will be delivered as pieces.
+
+        The item forgets them, so its offset goes on counting delivered samples of what is
+        left, and a requeue after a worker death hands out only good samples not yet
+        delivered: a skipped sample is never read again, a delivered one never twice.
+        Nothing left: the same as :meth:`skip`.
+        """
+        with self._cond:
+            entry = self._entries[item.seq]
+            kept = entry.item
+            rest = kept.indices[kept.offset:]
+            good = rest[~np.isin(rest, np.asarray(bad, dtype=np.int64))]
+            if len(good):
+                kept.indices = np.concatenate([kept.indices[:kept.offset], good])
+                return True
+        return self.skip(item)
 
     def requeue(self, item: WorkItem) -> None:
         """A worker died holding ``item``: hand out what it had not delivered again, first."""

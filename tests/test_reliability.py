@@ -96,18 +96,19 @@ def test_on_error_raise_is_the_default_and_names_the_worker():
 
 
 @pytest.mark.parametrize("workers", [{"count": 3}, proc(2)], ids=["threads", "processes"])
-def test_skipped_index_ranges_are_counted_and_everything_else_arrives_exactly_once(workers):
+def test_skipped_samples_are_counted_and_everything_else_arrives_exactly_once(workers):
+    """A bad sample costs only itself: its chunk is read again one index at a time."""
     bad = [5, 123, 124, 777]
     cfg = make_cfg({"_target_": f"{F}.Indexed", "length": 1000, "bad": bad}, batch_size=32,
                    workers=workers, failures={"on_error": "skip"}, epoch={"chunk_size": 10})
     with Runner(cfg) as runner:
         got = ids(drain(runner.device(0)))
         pool = runner.stats().coordinators[0].workers
-    lost_chunks = {b // 10 for b in bad}
-    expected = [i for i in range(1000) if i // 10 not in lost_chunks]
-    assert sorted(got) == expected, "no duplicates, nothing lost beyond the skipped chunks"
-    assert pool.skipped_chunks == len(lost_chunks) == 3
-    assert pool.skipped_samples == 30 and len(got) + pool.skipped_samples == 1000
+    expected = [i for i in range(1000) if i not in bad]
+    assert sorted(got) == expected, "no duplicates, nothing lost beyond the bad samples"
+    assert pool.skipped_chunks == 0, "no chunk lost every sample"
+    assert pool.skipped_samples == 4 and len(got) + pool.skipped_samples == 1000
+    assert sorted(pool.skipped_indices) == bad
 
 
 def test_a_read_that_returns_the_wrong_number_of_samples_names_the_source():

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from inputkit.cli.render import progress_line, summary_table
+from inputkit.cli.render import progress_line, skipped_lines, skipped_record, summary_table
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Coordinator
 from inputkit.dashboard import plain_lines, render
@@ -111,6 +111,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                               for p in c.workers.processors)
             console.print(f"processors of {c.input} on {c.device_index}:{c.device}, per chunk: "
                           f"{steps}", markup=False, highlight=False)
+    for line in skipped_lines(final, "see summary.json" if output_dir is not None else ""):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     # The same judgement as the live verdict, over the run once batches flowed.
     diagnosis = diagnose(final, recorder.budget_bytes, since=recorder.streaming)
     console.print("diagnosis:", style="bold")
@@ -126,7 +128,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                sum(q.peak_bytes for c in final.coordinators for q in c.queues[:1]))
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
                "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
-               "peak_buffered_bytes": peak, **(extra or {})}
+               "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
+               **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         summary["run_dir"] = str(output_dir)

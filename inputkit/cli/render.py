@@ -79,6 +79,29 @@ def summary_table(stats: RunnerStats, title: str) -> Table:
     return table
 
 
+def skipped_lines(stats: RunnerStats, more: str = "see summary.json") -> list[str]:
+    """One line per input and device that skipped samples (``failures.on_error=skip``):
+    ``input 'main' on 0:cpu: 3 samples skipped (indices 5, 123, 777; see summary.json)``."""
+    from inputkit.dashboard import skipped_text
+
+    lines = []
+    for c in stats.coordinators:
+        text = skipped_text(c.workers, more)
+        if text is not None:
+            lines.append(f"input '{c.input}' on {c.device_index}:{c.device}: {text}")
+    return lines
+
+
+def skipped_record(stats: RunnerStats) -> list[dict[str, Any]]:
+    """summary.json's ``skipped_samples``: per input and device that skipped any, the count
+    and the first 1,000 by index with their error (which names the file, for file sources)."""
+    return [{"input": c.input, "device_index": c.device_index, "device": c.device,
+             "count": c.workers.skipped_samples,
+             "samples": [{"index": i, "error": e} for i, e in
+                         zip(c.workers.skipped_indices, c.workers.skipped_errors, strict=True)]}
+            for c in stats.coordinators if c.workers.skipped_samples]
+
+
 def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table:
     """One row per sweep point: overrides, totals, peak buffered bytes; the best in bold and the
     cheapest point within 5% of the best throughput marked."""

@@ -59,6 +59,12 @@ class WorkerPoolStats:
     skipped_samples: int = 0
     restarts: int = 0
     last_error: str = ""
+    # Index-range work under on_error=skip: the first 1,000 skipped samples by index (the
+    # source's index, not a position in the epoch's order), and each one's error (its first
+    # line, at most 200 characters: a file source's error names the file). skipped_samples
+    # is the total.
+    skipped_indices: tuple[int, ...] = ()
+    skipped_errors: tuple[str, ...] = ()
     # Stalls the watchdog sees now (one line each: the worker and what it is stuck on).
     stalls: tuple[str, ...] = ()
     # Each processor step's calls and time, over every worker (processors.ProcessorStats).

@@ -12,7 +12,10 @@ its outbox pipe with small tuples:
   (``fetch_into``); ``seq``/``last`` place it in an index-range item (-1 for plain fetch);
 - ``("empty", wall_s, cpu_s)``: fetch returned zero samples;
 - ``("retry", text)``: a fetch failed and is being retried (``failures.on_error=retry``);
-- ``("skip", text, seq)``: a fetch failed and its chunk is skipped (``on_error=skip``);
+- ``("skip", text)``: a fetch failed and its chunk is skipped (``on_error=skip``);
+- ``("samples", seq, bad, ok)``: index-range work under ``on_error=skip``: samples of item
+  ``seq`` were skipped, ``(index, error)`` each in ``bad``; ``ok`` says for each sample
+  of the item whether it is delivered. Sent before the item's chunk, if any (workers/samples.py);
 - ``("processors", snapshot)``: the processors' cumulative counts, at most twice a second;
 - ``("done",)``: the source is exhausted for this worker;
 - ``("error", exception_pickle_or_None, type_name, message, traceback_text)``.
@@ -42,8 +45,10 @@ from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
+from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity
+from inputkit.workers.samples import read_skipping
 from inputkit.workers.shm import ArenaHandle, SlotAllocator, SlotArena, plan_pieces
 
 # Worker states, written to a shared byte array the parent reads for stats and the watchdog.
@@ -217,10 +222,17 @@ class _Worker:
         self._stats_sent = 0.0
 
     def _checked(self, raw: Any, expect: int | None, key: Any) -> Chunk:
-        wid = self.args.worker_id
-        chunk = check_read(self.schema.check(raw, wid), expect, self.source.name)
+        return self._finish(self._check_raw(raw, expect), key)
+
+    def _check_raw(self, raw: Any, expect: int | None) -> Chunk:
+        """What the source returned, checked (its schema; ``expect`` samples for a read)."""
+        return check_read(self.schema.check(raw, self.args.worker_id), expect, self.source.name)
+
+    def _finish(self, chunk: Chunk, key: Any) -> Chunk:
+        """The processors, and their output checked; ``chunk`` itself without processors."""
         if self.chain is None or self.out_schema is None:
             return chunk
+        wid = self.args.worker_id
         return self.out_schema.check(self.chain.apply(chunk.fields, wid, key), wid)
 
     def _send_processor_stats(self) -> None:
@@ -269,7 +281,7 @@ class _Worker:
                 self.conn.send(("done",))
                 return
             except Skipped as skipped:
-                self.conn.send(("skip", _describe(skipped.error), -1))
+                self.conn.send(("skip", _describe(skipped.error)))
                 continue
             if allocator is not None and chunk.n:
                 layout = allocator.layout_of(chunk.fields)
@@ -291,7 +303,9 @@ class _Worker:
 
     def read_items(self) -> None:
         """Index-range work: read each item the parent sends; ship it in pieces that fit slots."""
-        read = self.source.obj.read
+        source_read = self.source.obj.read
+        by_epoch = reads_epoch(source_read)
+        skipping = self.args.policy.on_error == "skip"
         while not self.stop.is_set():
             self.states[self.args.slot_index] = BLOCKED  # waiting for work is not a stall
             item = self.inbox.take_item()
@@ -299,16 +313,48 @@ class _Worker:
                 return
             seq, epoch, indices = item
             key = (epoch, int(indices[0])) if len(indices) else None
-            try:
-                chunk, wall, cpu = self._call(functools.partial(read, indices), expect=len(indices),
-                                              key=key)
-            except Skipped as skipped:
-                self.conn.send(("skip", _describe(skipped.error), seq))
-                continue
+            read = functools.partial(source_read, epoch=epoch) if by_epoch else source_read
+            if skipping:  # a bad sample costs only itself
+                got = self._read_skipping(read, seq, indices, key)
+                if got is None:
+                    return
+                chunk, indices, wall, cpu = got
+                if chunk is None:
+                    continue
+            else:
+                chunk, wall, cpu = self._call(functools.partial(read, indices),
+                                              expect=len(indices), key=key)
             chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
             if not self._ship(chunk, wall, cpu, seq):
                 return
             self.states[self.args.slot_index] = IDLE
+
+    def _read_skipping(self, read: Any, seq: int, indices: np.ndarray, key: Any,
+                       ) -> tuple[Chunk | None, np.ndarray, float, float] | None:
+        """Item ``seq`` under on_error=skip (workers/samples.py), timed like one fetch: its good
+        samples (or None) with their indices, wall and CPU seconds; None once stopped.
+
+        The skipped samples are reported before the chunk is shipped, so the parent drops them
+        from the item first: if this worker dies after that, the item is handed out again
+        without them (nothing is counted twice); if it dies before, the report dies with it
+        and the next worker makes it again."""
+        index = self.args.slot_index
+        self.states[index] = FETCHING
+        self.activity.fetching(index)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            got = read_skipping(read, indices, self._check_raw,
+                                lambda chunk: self._finish(chunk, key), self.args.policy,
+                                self.where, self.stop)
+        except BaseException:
+            self.activity.fetched(index, progress=False)
+            raise
+        self.activity.fetched(index, progress=got.chunk is not None)
+        if got.stopped:
+            return None
+        if got.bad:
+            self.conn.send(("samples", seq, got.bad, got.ok))
+        return got.chunk, got.indices, time.perf_counter() - wall0, time.thread_time() - cpu0
 
     def _ship(self, chunk: Chunk, wall: float, cpu: float, seq: int) -> bool:
         """Copy ``chunk`` into slots (pieces if it does not fit one) and tell the parent."""

@@ -37,7 +37,16 @@ from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
-from inputkit.failures import RETRY, SKIP, FailurePolicy, FailureTally, FetchTimeout, pool_log
+from inputkit.failures import (
+    RETRY,
+    SKIP,
+    SKIP_SAMPLES,
+    FailurePolicy,
+    FailureTally,
+    FetchTimeout,
+    pool_log,
+    samples_message,
+)
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
@@ -172,7 +181,10 @@ class ProcessWorkerPool:
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
         pool = f"{label} (source '{source_name}')"
-        self._failures = FailureTally(policy, pool)  # counts skips and holds them to the ceiling
+        # Counts skips and holds them to the ceiling (in samples, for index-range work).
+        self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
+        # Items whose delivered samples were counted with their skipped ones ("samples").
+        self._counted: set[int] = set()
         self._repeats = pool_log(pool)  # the workers' skips and retries, logged here, rate-limited
         self._stalls: tuple[str, ...] = ()
         self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
@@ -395,7 +407,9 @@ class ProcessWorkerPool:
                               "(failures.on_error=retry)")
             return True
         if kind == "skip":
-            return self._skipped(index, message[1], message[2])
+            return self._skipped(index, message[1])
+        if kind == "samples":
+            return self._samples(index, *message[1:])
         if kind == "done":
             self._worker_finished(index)
             return True
@@ -428,10 +442,14 @@ class ProcessWorkerPool:
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu), in_place=in_place)
-        if last:  # the fetch's last piece: it delivered
-            self._failures.fetched()
         if self._dispatcher is None:
+            if last:  # the fetch's last piece: it delivered
+                self._failures.fetched()
             return self._put(chunk)
+        if seq not in self._counted:  # not yet counted with the samples it skipped
+            self._failures.fetched(n)
+        if last:
+            self._counted.discard(seq)
         item = worker.items[0]
         if last:
             worker.items.popleft()
@@ -453,18 +471,38 @@ class ProcessWorkerPool:
                 return False
         return True
 
-    def _skipped(self, index: int, text: str, seq: int) -> bool:
+    def _skipped(self, index: int, text: str) -> bool:
         """A worker skipped a fetch: count it and, past the skip ceiling, fail the run."""
         self._repeats.log(logging.WARNING, SKIP, _error_type(text),
                           f"{self._where(index)}: {SKIP}: {text}")
-        item = None
-        if self._dispatcher is not None and seq >= 0:
-            item = self._workers[index].items.popleft()
-        limit = self._failures.skipped(text, len(item.remaining) if item is not None else 0)
+        limit = self._failures.skipped(text)
         if limit is not None:
             self.fail(Failure(exc=limit, where=self._where(index), traceback_text=""))
             return False
-        return item is None or self._dispatcher.skip(item)  # type: ignore[union-attr]
+        return True
+
+    def _samples(self, index: int, seq: int, bad: list[tuple[int, str]], ok: list[bool]) -> bool:
+        """Index-range work: samples of the worker's current item were skipped (its good ones,
+        if any, follow as pieces). Count them, and drop them from the item, so that a requeue
+        after this worker's death never reads them again (workers/samples.py). Past the skip
+        ceiling, fail the run."""
+        dispatcher = self._dispatcher
+        worker = self._workers[index]
+        if dispatcher is None or not worker.items or worker.items[0].seq != seq:
+            raise WorkerFailure(f"{self._where(index)} reported skipped samples of item {seq}, "
+                                "which it does not hold")
+        self._repeats.log(logging.WARNING, SKIP_SAMPLES, _error_type(bad[-1][1]),
+                          samples_message(self._where(index), bad, len(ok)))
+        limit = self._failures.read_samples(bad, ok)
+        if limit is not None:
+            self.fail(Failure(exc=limit, where=self._where(index), traceback_text=""))
+            return False
+        item = worker.items[0]
+        if any(ok):
+            self._counted.add(seq)  # its pieces are not counted again
+            return dispatcher.drop(item, [i for i, _ in bad])
+        worker.items.popleft()
+        return dispatcher.skip(item)
 
     def _check_deaths(self) -> None:
         """Reap workers killed or crashed (a non-zero exit) while the receiver waits on a full queue."""

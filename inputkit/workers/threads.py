@@ -8,6 +8,7 @@ answer to that (their own issue).
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import threading
 import time
@@ -20,20 +21,24 @@ import numpy as np
 from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import (
+    SKIP_SAMPLES,
     FailurePolicy,
     FailureTally,
     FetchTimeout,
     Skipped,
     call_with_policy,
     pool_log,
+    samples_message,
 )
 from inputkit.messages import END, Failure
 from inputkit.probes import GilProbe
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.work import INDEX_FIELD, Dispatcher
+from inputkit.sources.protocol import reads_epoch
+from inputkit.work import INDEX_FIELD, Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, inside, overdue
+from inputkit.workers.samples import SampleRead, read_skipping
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
 SETUP = "setup"  # inside the shared source's setup() for this worker id
@@ -70,7 +75,8 @@ class ThreadWorkerPool:
         self._failed = False
         self._tally = FetchTally()
         pool = f"{label} (source '{source.name}')"
-        self._failures = FailureTally(policy, pool)  # counts skips and holds them to the ceiling
+        # Counts skips and holds them to the ceiling (in samples, for index-range work).
+        self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
         self._repeats = pool_log(pool)  # skip and retry messages: the first in full, then counted
         self._activity = Activity.local(len(self._ids))
         self._stalls: tuple[str, ...] = ()
@@ -166,7 +172,14 @@ class ThreadWorkerPool:
                 self._out.put_control(END)
 
     def _checked(self, raw: Any, wid: int, expect: int | None, key: Any) -> Chunk:
-        chunk = check_read(self._raw_schema.check(raw, wid), expect, self._source.name)
+        return self._finish(self._check_raw(raw, wid, expect), wid, key)
+
+    def _check_raw(self, raw: Any, wid: int, expect: int | None) -> Chunk:
+        """What the source returned, checked (its schema; ``expect`` samples for a read)."""
+        return check_read(self._raw_schema.check(raw, wid), expect, self._source.name)
+
+    def _finish(self, chunk: Chunk, wid: int, key: Any) -> Chunk:
+        """The processors, and their output checked; ``chunk`` itself without processors."""
         if self._chain is None:
             return chunk
         return self._schema.check(self._chain.apply(chunk.fields, wid, key), wid)
@@ -196,7 +209,7 @@ class ThreadWorkerPool:
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
         self._activity.fetched(index, progress=chunk.n > 0)
         self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
-        self._failures.fetched()
+        self._failures.fetched(chunk.n)  # counted as one fetch, or n samples (index-range work)
         return chunk
 
     def _fetch_chunks(self, index: int, wid: int) -> None:
@@ -217,24 +230,70 @@ class ThreadWorkerPool:
         """Index-range work: read the dispatcher's items until the stream is finished."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        read = self._source.obj.read
+        source_read = self._source.obj.read
+        by_epoch = reads_epoch(source_read)
+        skipping = self._policy.on_error == "skip"
         while not self._stop.is_set():
             self._states[wid] = BLOCKED  # waiting for work is not a stall
             item = dispatcher.take(self._stop)
             if item is None:
                 return
             indices = item.remaining
-            chunk = self._fetch(index, wid, functools.partial(read, indices), expect=len(indices),
-                                key=(item.epoch, int(indices[0])) if len(indices) else None)
-            if chunk is None:
-                if not dispatcher.skip(item):
+            key = (item.epoch, int(indices[0])) if len(indices) else None
+            read = functools.partial(source_read, epoch=item.epoch) if by_epoch else source_read
+            if skipping:  # a bad sample costs only itself (workers/samples.py)
+                got = self._read_skipping(index, wid, read, indices, key)
+                if got.stopped:
                     return
+                if not self._account(wid, item, got):
+                    return
+                chunk, indices = got.chunk, got.indices
+            else:
+                chunk = self._fetch(index, wid, functools.partial(read, indices),
+                                    expect=len(indices), key=key)
+            if chunk is None:
                 continue
             chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
             self._states[wid] = BLOCKED
             if not dispatcher.deliver(item, chunk, chunk.n, last=True):
                 return
             self._states[wid] = IDLE
+
+    def _read_skipping(self, index: int, wid: int, read: Callable[[np.ndarray], Any],
+                       indices: np.ndarray, key: Any) -> SampleRead:
+        """One item under on_error=skip, timed like one fetch (its one-by-one reads too)."""
+        self._states[wid] = FETCHING
+        self._activity.fetching(index)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        try:
+            got = read_skipping(read, indices, lambda raw, n: self._check_raw(raw, wid, n),
+                                lambda chunk: self._finish(chunk, wid, key), self._policy,
+                                self._where(wid), self._stop)
+        except BaseException:
+            self._activity.fetched(index, progress=False)
+            raise
+        self._activity.fetched(index, progress=got.chunk is not None)
+        if got.chunk is not None:
+            self._tally.fetched(got.chunk.n, got.chunk.nbytes, time.perf_counter() - wall0,
+                                time.thread_time() - cpu0)
+        return got
+
+    def _account(self, wid: int, item: WorkItem, got: SampleRead) -> bool:
+        """Count what reading ``item`` came to, and tell the dispatcher which samples it loses;
+        past the skip ceiling, raise. False once the pipeline stops."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        if not got.bad:
+            self._failures.fetched(got.chunk.n if got.chunk is not None else 0)
+            return True
+        self._repeats.log(logging.WARNING, SKIP_SAMPLES, got.bad[-1][1].split(":", 1)[0],
+                          samples_message(self._where(wid), got.bad, len(got.ok)))
+        limit = self._failures.read_samples(got.bad, got.ok)
+        if limit is not None:
+            raise limit
+        if got.chunk is None:
+            return dispatcher.skip(item)
+        return dispatcher.drop(item, [index for index, _ in got.bad])
 
     def _emit(self, item: Any) -> bool:
         """The dispatcher's way downstream: chunks wait for room, control messages do not."""
