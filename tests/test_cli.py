@@ -208,7 +208,7 @@ def test_compare_prints_inputkit_every_peer_and_the_limit(tmp_path):
 def test_compare_rejects_an_unknown_workload(tmp_path):
     out = run(["compare", "-w", "w9"], tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: --workload: unknown workload(s) w9; choose from w1, w2, w3, w4"
+    assert out.stderr.strip() == "error: --workload: unknown workload(s) w9; choose from w1, w2, w3, w4, w5"
 
 
 @pytest.mark.parametrize("extra, batches, samples", [

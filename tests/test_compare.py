@@ -7,6 +7,8 @@ check that each one really delivers the workload's batches.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import threading
 import time
@@ -17,8 +19,8 @@ from rich.console import Console
 
 import inputkit
 from inputkit.cli.compare import print_report
-from inputkit.peers import compare
-from inputkit.peers.catalog import PEERS, Peer, best_peer
+from inputkit.peers import compare, pil_recipe, realimages
+from inputkit.peers.catalog import IMAGE_PEERS, PEERS, Peer, best_peer
 
 SHAPES = {"in-process", "threads", "processes"}
 
@@ -152,3 +154,274 @@ def test_the_report_prints_figures_not_internal_goals(monkeypatch):
     assert "first batch on 2 devices x 4 process workers: 412 ms" in text
     for word in ("goal", "MISSED", ": met"):
         assert word not in text, word
+
+
+# W5: real images ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    """64 JPEGs cut from scikit-image's photographs (the generator W5 uses), 10 classes."""
+    pytest.importorskip("skimage", reason="the image set is cut from scikit-image's photographs")
+    from inputkit.peers.imageset import write_image_set
+
+    return write_image_set(tmp_path_factory.mktemp("w5") / "set", count=64, per_shard=32).root
+
+
+def _image_spec(root, kind="thread"):
+    return realimages.inputkit_spec(root / "train", kind, [])
+
+
+def test_the_image_peers_are_dataloader_with_pillow_and_spdl(image_root):
+    """W5 is compared with DataLoader doing torchvision's Pillow recipe, in-process and with
+    one worker process per core, and with SPDL's threads."""
+    spec = _image_spec(image_root).inputs[0]
+    n = realimages.cores()
+    assert spec.worker_count == n and spec.batch_size == 64
+    assert [peer.label(spec) for peer in IMAGE_PEERS] == [
+        "DataLoader + Pillow in-process (num_workers=0)", f"DataLoader + Pillow ({n} procs)",
+        f"SPDL, FFmpeg decode ({n} threads)"]
+
+
+def test_w5_turns_device_normalisation_off_so_every_loader_delivers_uint8(image_root):
+    """imagenet_train normalises on the device; the peers deliver uint8, so W5's inputkit
+    runs without it, with endless epochs and the requested worker kind."""
+    for kind in realimages.KINDS:
+        spec = _image_spec(image_root, kind).inputs[0]
+        assert spec.worker_kind == kind
+        assert spec.epoch.count is None
+        assert spec.normalize is None and not spec.channels_last
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("peer", IMAGE_PEERS, ids=lambda p: p.key)
+def test_each_image_peer_delivers_uint8_chw_batches_with_int64_labels(peer: Peer, image_root):
+    """Every W5 peer yields whole batches of 64 3x224x224 uint8 images and int64 labels
+    from the folder, over more than one epoch of it, and closing it leaves nothing running."""
+    if reason := peer.missing():
+        pytest.skip(reason)
+    import torch
+
+    spec = _image_spec(image_root).inputs[0]
+    before = set(threading.enumerate())
+    before_pids = {child.pid for child in psutil.Process().children(recursive=True)}
+    stream, close = peer.open(spec)
+    try:
+        for _ in range(3):  # 64 images: three batches span three epochs
+            batch = next(stream)
+            images, labels = (batch["image"], batch["label"]) if isinstance(batch, dict) else batch
+            assert images.dtype == torch.uint8 and tuple(images.shape) == (64, 3, 224, 224)
+            assert images.is_contiguous()
+            assert labels.dtype == torch.int64 and tuple(labels.shape) == (64,)
+            assert set(labels.tolist()) <= set(range(10))
+            assert realimages.batch_samples(batch) == 64
+    finally:
+        close()
+    deadline = time.monotonic() + 20
+    while True:
+        threads = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        kids = [child for child in psutil.Process().children(recursive=True)
+                if child.pid not in before_pids]
+        if not (threads or kids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not threads, f"{peer.key} left threads running: {threads}"
+    assert not kids, f"{peer.key} left processes running: {kids}"
+
+
+@pytest.mark.timeout(180)
+def test_w5_measures_inputkit_both_kinds_every_peer_and_the_limit(image_root):
+    """A short real W5 run: inputkit with threads and with processes, each peer (SPDL's row
+    says why where it cannot run), the limit; every row has its images/s, CPU-ms per image,
+    first batch and peak PSS, and the ratios to the best DataLoader and to SPDL."""
+    said = []
+    result = realimages.run_images_workload(image_root, [], 0.2, said.append)
+    n = realimages.cores()
+    ours = result["inputkit_rows"]
+    assert [m.loader for m in ours] == [f"inputkit ({n} thread workers)",
+                                        f"inputkit ({n} process workers)"]
+    assert result["inputkit"] is max(ours, key=lambda m: m.samples_per_s)
+    ran = {m.loader for m in result["peers"]}
+    skipped = {peer.key: why for peer, why in result["skipped"]}
+    spec = result["spec"]
+    for peer in IMAGE_PEERS:
+        assert (peer.label(spec) in ran) != (peer.key in skipped), peer.key
+    assert "dataloader-pillow" not in skipped  # torch is installed
+    assert result["best_dataloader"].loader in {p.label(spec) for p in IMAGE_PEERS[:2]}
+    for m in [*ours, *result["peers"]]:
+        assert m.samples_per_s > 0 and m.cpu_ms_per_sample > 0, m
+        assert m.first_batch_s > 0 and m.peak_mb > 0, m
+    assert result["limit_images"] > 0 and "cores x" in result["limit_how"]
+    assert any("physical limit, again" in text for text in said)
+
+    console = Console(record=True, width=260)
+    print_report(console, [result], None)
+    text = console.export_text()
+    for column in ("images/s", "CPU-ms/image", "first batch", "peak PSS", "vs best DataLoader",
+                   "vs SPDL", "vs limit"):
+        assert column in text, column
+    number = r"[\d,]+\s+│\s+[\d.]+\s+│\s+[\d,]+ ms\s+│\s+[\d,]+ MB"
+    for m in [*ours, *result["peers"]]:
+        row = next(line for line in text.splitlines() if m.loader in line)
+        assert re.search(number, row), row
+    best_row = next(line for line in text.splitlines() if result["best_dataloader"].loader in line)
+    assert "1.00x" in best_row
+    if "spdl" in skipped:
+        assert "SPDL, FFmpeg decode" in text and "skipped" in text
+        assert skipped["spdl"] in text.replace("\n", "") or "pip install" in text
+
+
+def test_w5_without_scikit_image_or_images_is_skipped_with_the_reason(monkeypatch, tmp_path):
+    """No --images and no scikit-image to cut the set from: W5 is skipped, and the report
+    says why and what to install, instead of failing the whole compare."""
+    monkeypatch.setenv("INPUTKIT_CACHE", str(tmp_path))  # nothing cached there
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    result = realimages.run_images_workload(None, [], 0.1, lambda text: None)
+    assert "pip install scikit-image" in result["skipped_reason"]
+    console = Console(record=True, width=400)
+    print_report(console, [result], None)
+    text = console.export_text()
+    assert text.startswith(f"{realimages.IMAGES.title}: skipped, ")
+    assert "--images DIR" in text
+
+
+def test_a_bad_images_folder_is_an_error_naming_the_option(tmp_path):
+    """--images that is not a folder, or holds no images, stops compare with exit 2 and a
+    message naming --images."""
+    from typer.testing import CliRunner
+
+    from inputkit.cli import app
+
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    for folder, expected in [(tmp_path / "nope", "is not a folder"),
+                             (tmp_path / "empty", "has no images")]:
+        out = CliRunner().invoke(app, ["compare", "-w", "w5", "--images", str(folder),
+                                       "--no-startup"], prog_name="inputkit")
+        assert out.exit_code == 2, out.output
+        assert "--images" in out.output and expected in out.output, out.output
+
+
+def test_spdl_without_ffmpeg_is_skipped_with_what_to_install(monkeypatch):
+    """SPDL imports without FFmpeg's libraries and fails on the first decode: the check
+    decodes a JPEG, and the reason names the Debian packages; without spdl, pip."""
+    spdl = next(p for p in IMAGE_PEERS if p.key == "spdl")
+    try:
+        import spdl.io as spdl_io
+    except Exception:
+        spdl_io = None
+    if spdl_io is not None:
+        def no_ffmpeg(*args, **kwargs):
+            raise RuntimeError('Failed to import libspdl. "libavutil.so.57: cannot open shared '
+                               'object file"')
+
+        monkeypatch.setattr(spdl_io, "demux_image", no_ffmpeg)
+        reason = spdl.missing()
+        assert reason is not None and "cannot decode" in reason and "libavutil.so.57" in reason
+        assert "apt-get install libavutil57" in reason
+        monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "spdl.pipeline", None)
+    reason = spdl.missing()
+    assert reason is not None and "does not import" in reason and "spdl" in reason
+
+
+def test_crop_box_stays_in_bounds_with_torchvisions_area_and_ratio():
+    """RandomResizedCrop's rule: the box lies inside the image; a box from the 10 tries has
+    8-100% of the area (up to rounding) and a ratio in 3/4..4/3; otherwise it is the
+    central crop with the ratio clamped."""
+    import random
+
+    draws = pil_recipe.PyDraws(random.Random(1))
+    for width, height in [(500, 375), (375, 500), (224, 224), (100, 60), (32, 480)]:
+        for _ in range(300):
+            i, j, h, w = pil_recipe.crop_box(width, height, draws)
+            assert 0 <= i and i + h <= height and 0 <= j and j + w <= width
+            assert w > 0 and h > 0
+    # A 1000 x 10 strip: no try fits, so the central crop with the ratio clamped to 4/3.
+    assert pil_recipe.crop_box(1000, 10, draws) == (0, (1000 - 13) // 2, 10, 13)
+    assert pil_recipe.crop_box(10, 1000, draws) == ((1000 - 13) // 2, 0, 13, 10)
+
+
+def test_the_replicated_recipe_is_pillows_crop_resize_flip_in_torchvisions_order(image_root):
+    """The replica draws from torch's RNG in get_params' order (area, ratio, top, left,
+    then the flip) and makes the same Pillow calls: the same seed gives the same pixels as
+    those calls made by hand, as a CHW uint8 tensor."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    path = sorted((image_root / "train").rglob("*.jpg"))[5]
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = pil_recipe.replicated_transform(pil_recipe.pil_loader(str(path)))
+        torch.manual_seed(seed)
+        img = Image.open(path).convert("RGB")
+        i, j, h, w = pil_recipe.crop_box(img.width, img.height, pil_recipe.TorchDraws())
+        img = img.crop((j, i, j + w, i + h)).resize((224, 224), Image.BILINEAR)
+        if torch.rand(1) < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        assert got.dtype == torch.uint8 and tuple(got.shape) == (3, 224, 224)
+        assert np.array_equal(got.permute(1, 2, 0).numpy(), np.asarray(img)), seed
+
+
+def test_the_replica_matches_torchvision_where_torchvision_loads(image_root):
+    """Where torchvision imports, its Compose and the replica give the same pixels for
+    the same torch seed."""
+    transforms = pil_recipe.torchvision_transforms()
+    if transforms is None:
+        pytest.skip("torchvision does not load beside this torch (the replica is used)")
+    import torch
+
+    recipe, backend = pil_recipe.train_transform()
+    assert backend == "torchvision"
+    path = str(sorted((image_root / "train").rglob("*.jpg"))[3])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        theirs = recipe(pil_recipe.pil_loader(path))
+        torch.manual_seed(seed)
+        ours = pil_recipe.replicated_transform(pil_recipe.pil_loader(path))
+        assert torch.equal(theirs, ours), seed
+
+
+def test_find_samples_lists_an_image_folder_as_torchvision_does(tmp_path):
+    """Class folders sorted by name into indices, files in sorted order, extensions in any
+    case, other files left out."""
+    for name in ["b/2.JPG", "b/1.png", "a/x/3.jpeg", "a/notes.txt", "c/4.webp"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    classes, samples = pil_recipe.find_samples(tmp_path)
+    assert classes == ["a", "b", "c"]
+    assert [(os.path.relpath(p, tmp_path), c) for p, c in samples] == [
+        ("a/x/3.jpeg", 0), ("b/1.png", 1), ("b/2.JPG", 1), ("c/4.webp", 2)]
+
+
+def test_the_cached_image_set_is_written_once(tmp_path):
+    """W5 without --images writes its set into the cache once; the next run finds it (a
+    set whose writing was interrupted has no marker and is written again)."""
+    pytest.importorskip("skimage")
+    from inputkit.peers.imageset import COMPLETE, cached_image_set
+
+    first = cached_image_set(count=6, root=tmp_path)
+    assert first.seconds > 0 and len(list(first.train.rglob("*.jpg"))) == 6
+    stamp = {p: p.stat().st_mtime_ns for p in first.train.rglob("*.jpg")}
+    again = cached_image_set(count=6, root=tmp_path)
+    assert again.seconds == 0 and again.root == first.root
+    assert {p: p.stat().st_mtime_ns for p in again.train.rglob("*.jpg")} == stamp
+    (first.root / COMPLETE).unlink()
+    assert cached_image_set(count=6, root=tmp_path).seconds > 0
+
+
+def test_cpu_since_counts_the_cpu_time_of_child_processes():
+    """CPU-ms per image counts the whole process tree: a child that burns 0.3 s of CPU
+    time is in the figure (CPU time, not wall-clock, so load does not change it)."""
+    import subprocess
+
+    before = compare.tree_cpu()
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "print('done', flush=True)\ninput()\n")
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"
+        assert compare.cpu_since(before) >= 0.3
+    finally:
+        child.communicate("\n", timeout=30)

@@ -13,67 +13,16 @@ quality 90. The same ``--seed`` writes the same bytes.
 writes ``<out>/train/<class>/<key>.jpg`` (the ImageFolder layout, ``--classes``
 class folders) and ``<out>/shards/train-{000..}.tar`` (WebDataset layout:
 ``<key>.jpg`` and ``<key>.cls`` per sample, ``--per-shard`` samples a shard).
+The generator itself is ``inputkit.peers.imageset`` (``inputkit compare``'s W5
+writes the same set into its cache when it is given no ``--images`` folder).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import sys
-import tarfile
-import time
 
-import numpy as np
-
-# scikit-image's colour photographs (grey and synthetic images are left out).
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
-          "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg", "ihc.png")
-
-
-def photo_dir() -> str:
-    try:
-        import skimage.data
-    except ImportError:
-        sys.exit("tools/make_images.py cuts its images from scikit-image's sample photographs: "
-                 "pip install scikit-image")
-    return os.path.dirname(skimage.data.__file__)
-
-
-def load_photos() -> list[object]:
-    from PIL import Image
-
-    root = photo_dir()
-    photos = []
-    for name in PHOTOS:
-        path = os.path.join(root, name)
-        if os.path.exists(path):
-            with Image.open(path) as img:
-                photos.append(img.convert("RGB"))
-    if not photos:
-        sys.exit(f"no sample photographs found in {root}")
-    return photos
-
-
-def cut(photo: object, rng: np.random.Generator) -> object:
-    """One ImageNet-like image: a random crop of ``photo``, 400-500 px on its longer side."""
-    from PIL import Image
-
-    width, height = photo.size  # type: ignore[attr-defined]
-    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))  # width / height
-    longer = int(rng.integers(400, 501))
-    out_w, out_h = (longer, round(longer / aspect)) if aspect >= 1 else (round(longer * aspect), longer)
-    # The largest crop of that aspect inside the photo, then 35-100% of its side.
-    crop_w = min(width, height * aspect)
-    share = float(rng.uniform(0.35, 1.0))
-    crop_w, crop_h = crop_w * share, crop_w * share / aspect
-    left = float(rng.uniform(0, width - crop_w))
-    top = float(rng.uniform(0, height - crop_h))
-    img = photo.resize((out_w, out_h), Image.Resampling.LANCZOS,  # type: ignore[attr-defined]
-                       box=(left, top, left + crop_w, top + crop_h))
-    if rng.random() < 0.5:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return img
+from inputkit.peers.imageset import ImageSetUnavailable, write_image_set
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,44 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or args.classes < 1 or args.per_shard < 1:
         parser.error("--count, --classes and --per-shard must be at least 1")
-
-    photos = load_photos()
-    rng = np.random.default_rng(args.seed)
-    folder = os.path.join(args.out, "train")
-    shards = os.path.join(args.out, "shards")
-    for c in range(args.classes):
-        os.makedirs(os.path.join(folder, f"class_{c:03d}"), exist_ok=True)
-    os.makedirs(shards, exist_ok=True)
-    started = time.perf_counter()
-    total_bytes = 0
-    tar: tarfile.TarFile | None = None
-    for i in range(args.count):
-        if i % args.per_shard == 0:
-            if tar is not None:
-                tar.close()
-            tar = tarfile.open(os.path.join(shards, f"train-{i // args.per_shard:03d}.tar"), "w")
-        img = cut(photos[int(rng.integers(len(photos)))], rng)
-        buffer = io.BytesIO()
-        img.save(buffer, format="JPEG", quality=args.quality)  # type: ignore[attr-defined]
-        data = buffer.getvalue()
-        total_bytes += len(data)
-        label = i % args.classes
-        key = f"{i:06d}"
-        with open(os.path.join(folder, f"class_{label:03d}", key + ".jpg"), "wb") as f:
-            f.write(data)
-        assert tar is not None
-        for name, payload in ((key + ".jpg", data), (key + ".cls", str(label).encode())):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(payload))
-        if (i + 1) % 500 == 0 or i + 1 == args.count:
-            print(f"  {i + 1:,}/{args.count:,} images", file=sys.stderr, flush=True)
-    if tar is not None:
-        tar.close()
-    took = time.perf_counter() - started
-    print(f"wrote {args.count:,} JPEGs ({total_bytes / args.count / 1024:.0f} KiB each on average) "
-          f"to {folder} and {-(-args.count // args.per_shard)} shards in {shards} in {took:.1f} s")
+    try:
+        made = write_image_set(args.out, count=args.count, classes=args.classes,
+                               per_shard=args.per_shard, quality=args.quality, seed=args.seed,
+                               say=lambda text: print(f"  {text}", file=sys.stderr, flush=True))
+    except ImageSetUnavailable as exc:
+        sys.exit(f"tools/make_images.py: {exc}")
+    shards = -(-args.count // args.per_shard)
+    print(f"wrote {args.count:,} JPEGs ({made.mean_bytes / 1024:.0f} KiB each on average) "
+          f"to {made.train} and {shards} shards in {made.root / 'shards'} in {made.seconds:.1f} s")
     return 0
 
 

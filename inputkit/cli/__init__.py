@@ -153,26 +153,30 @@ def sources(as_json: bool = typer.Option(False, "--json", help="print JSON inste
 def compare(
     ctx: typer.Context,
     workload: list[str] = typer.Option(
-        None, "--workload", "-w", help="w1, w2, w3 or w4 (repeat it; default: all four)"),
+        None, "--workload", "-w", help="w1, w2, w3, w4 or w5 (repeat it; default: all five)"),
     seconds: float = typer.Option(3.0, help="steady-state seconds per loader and workload"),
     repeats: int = typer.Option(1, help="runs per loader, interleaved; the median is shown"),
     startup: bool = typer.Option(True, help="also time the first batch of 4 process workers x 2 "
                                             "devices (cold start)"),
+    images: str = typer.Option(None, "--images", help="W5's JPEG folder (ImageFolder layout, or "
+                               "a folder holding train/); default: 2,000 images cut from "
+                               "scikit-image's photographs, written once into the cache"),
 ) -> None:
     """Run the same fetch work through inputkit and its peers, side by side.
 
     Peers: DataLoader in-process (num_workers=0) and with worker processes, and
     torchdata.nodes with threads. Workloads are the shipped experiments: w1 = tiny,
-    w2 = images, w3 = remote, w4 = cpu. Extra arguments are Hydra overrides applied
-    to every workload (e.g. workers.count=4). Prints throughput, time to first batch,
-    peak memory, the ratio to the fastest peer and to the physical limit.
+    w2 = images, w3 = remote, w4 = cpu; w5 = real JPEGs through imagenet_train, against
+    DataLoader with torchvision's Pillow recipe and SPDL. Extra arguments are Hydra
+    overrides applied to every workload (e.g. workers.count=4). Prints throughput, time
+    to first batch, peak memory, the ratio to the fastest peer and to the physical limit.
     """
-    raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4"], seconds, repeats, startup,
-                                  list(ctx.args)))
+    raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4", "w5"], seconds, repeats,
+                                  startup, list(ctx.args), images))
 
 
 def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bool,
-                 overrides: list[str]) -> int:
+                 overrides: list[str], images: str | None = None) -> int:
     from rich.console import Console
 
     from inputkit.errors import ConfigError
@@ -182,11 +186,13 @@ def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bo
         from inputkit.cli.bench import make_console
         from inputkit.cli.compare import print_report
         from inputkit.peers.compare import WORKLOADS, first_batch_latency, run_workload
+        from inputkit.peers.realimages import IMAGES, run_images_workload
 
-        unknown = [w for w in workloads if w.lower() not in WORKLOADS]
+        choices = [*WORKLOADS, IMAGES.key]
+        unknown = [w for w in workloads if w.lower() not in choices]
         if unknown:
             raise ConfigError("--workload", f"unknown workload(s) {', '.join(unknown)}; "
-                              f"choose from {', '.join(WORKLOADS)}")
+                              f"choose from {', '.join(choices)}")
         if seconds <= 0:
             raise ConfigError("--seconds", f"must be positive, got {seconds:g}")
         if repeats < 1:
@@ -200,7 +206,9 @@ def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bo
         if startup:
             say("first batch, 4 process workers x 2 devices (cold start)")
             startup_s = first_batch_latency(overrides)
-        results = [run_workload(WORKLOADS[w.lower()], overrides, seconds, say, repeats)
+        results = [run_images_workload(images, overrides, seconds, say, repeats)
+                   if w.lower() == IMAGES.key else
+                   run_workload(WORKLOADS[w.lower()], overrides, seconds, say, repeats)
                    for w in workloads]
     except ConfigError as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)

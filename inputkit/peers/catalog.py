@@ -4,6 +4,10 @@ A user picking a loader would try the in-process DataLoader, a thread pool and w
 processes; so every workload runs all of them, and inputkit's ratio is taken against
 the fastest, whichever it is. Peers whose package is missing are skipped with the
 reason (the thread peer needs ``torchdata``).
+
+W5 (real JPEGs) has peers of its own, ``IMAGE_PEERS``: DataLoader over an ImageFolder-style
+dataset doing torchvision's Pillow recipe (in-process and with worker processes) and
+SPDL (FFmpeg decoding in threads; skipped with the reason where it cannot decode).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class Peer:
     package: str  # the module it needs
     install: str  # what to run when that module is missing
     opener: Callable[[InputSpec], Opened]  # imports the peer's package when called
+    # A deeper check than the import, when importing is not enough (SPDL imports without
+    # the FFmpeg libraries it needs): returns why the peer cannot run, or None.
+    check: Callable[[], str | None] | None = None
 
     def label(self, spec: InputSpec) -> str:
         return self.title.format(n=spec.worker_count)
@@ -41,7 +48,7 @@ class Peer:
             importlib.import_module(self.package)
         except ImportError as exc:
             return f"{self.package} does not import ({exc}); {self.install}"
-        return None
+        return self.check() if self.check is not None else None
 
     def open(self, spec: InputSpec) -> Opened:
         """Start the peer on ``spec``'s source: a stream of batches and its ``close``."""
@@ -73,6 +80,38 @@ PEERS: tuple[Peer, ...] = (
          "torch", _TORCH, _dataloader("chunks")),
     Peer("nodes-threads", "threads", "torchdata.nodes ({n} threads)",
          "torchdata.nodes", "pip install torchdata", _nodes),
+)
+
+
+def _image_dataloader(variant: str) -> Callable[[InputSpec], Opened]:
+    def opener(spec: InputSpec) -> Opened:
+        from inputkit.peers.torch_loader import open_image_loader
+
+        return open_image_loader(variant, spec)
+
+    return opener
+
+
+def _spdl(spec: InputSpec) -> Opened:
+    from inputkit.peers.spdl_loader import open_spdl
+
+    return open_spdl(spec)
+
+
+def _spdl_check() -> str | None:
+    from inputkit.peers.spdl_loader import spdl_missing
+
+    return spdl_missing()
+
+
+# W5 (real images): the same JPEG folder, decoded, cropped, flipped and batched by each.
+IMAGE_PEERS: tuple[Peer, ...] = (
+    Peer("dataloader-pillow-in-process", "in-process", "DataLoader + Pillow in-process (num_workers=0)",
+         "torch", _TORCH, _image_dataloader("in-process")),
+    Peer("dataloader-pillow", "processes", "DataLoader + Pillow ({n} procs)",
+         "torch", _TORCH, _image_dataloader("processes")),
+    Peer("spdl", "threads", "SPDL, FFmpeg decode ({n} threads)", "spdl.pipeline",
+         "pip install 'inputkit[peers]' (spdl) and FFmpeg's shared libraries", _spdl, _spdl_check),
 )
 
 

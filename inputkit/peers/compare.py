@@ -55,6 +55,9 @@ class Measurement:
     first_batch_s: float | None
     peak_mb: float | None
     notes: dict[str, Any] = field(default_factory=dict)
+    # W5 counts samples (images) and the process tree's CPU time per sample.
+    samples_per_s: float | None = None
+    cpu_ms_per_sample: float | None = None
 
 
 class TreeMemory:
@@ -74,16 +77,40 @@ class TreeMemory:
         self._stop.set()
         self._thread.join(2.0)
 
-    def _run(self) -> None:
+    def sample(self) -> None:
+        """Read the tree's PSS now (also called by a measurement right before it closes the
+        loader, so a run shorter than ``interval`` has a peak too)."""
         me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                continue
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
-                    continue
-            self.peak = max(self.peak, total)
+            self.sample()
+
+
+def tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) used so far by this process and each live descendant."""
+    me = psutil.Process()
+    seconds = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_since(before: dict[int, float]) -> float:
+    """CPU seconds the process tree used since ``before`` (``tree_cpu()``): a process born
+    since then counts from its start; one that ended in between is not counted."""
+    return sum(now - before.get(pid, 0.0) for pid, now in tree_cpu().items())
 
 
 def _drain(stream: Iterator[Any], seconds: float) -> tuple[int, float]:

@@ -104,3 +104,40 @@ def open_loader(variant: str, spec: InputSpec) -> tuple[Iterator[Any], Callable[
 
 
 VARIANTS = ("in-process", "per-item", "chunks")
+
+
+IMAGE_VARIANTS = ("in-process", "processes")
+
+
+def make_image_loader(variant: str, spec: InputSpec) -> DataLoader:  # type: ignore[type-arg]
+    """W5's DataLoader: ``ImageFolder``-style map dataset over ``spec.source.path`` with
+    torchvision's training recipe (``inputkit.peers.pil_recipe``), shuffled, batches of
+    ``spec.batch_size``; ``processes`` uses the input's worker count, persistent workers
+    and ``prefetch_factor=4``."""
+    from inputkit.peers.pil_recipe import ImageFolderDataset
+
+    dataset = ImageFolderDataset(spec.source["path"])
+    if variant == "in-process":
+        return DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, num_workers=0)
+    if variant == "processes":
+        return DataLoader(dataset, batch_size=spec.batch_size, shuffle=True,
+                          num_workers=spec.worker_count, persistent_workers=True,
+                          prefetch_factor=PREFETCH_FACTOR)
+    raise ValueError(f"unknown image DataLoader variant {variant!r}; use one of "
+                     f"{', '.join(IMAGE_VARIANTS)}")
+
+
+def open_image_loader(variant: str, spec: InputSpec) -> tuple[Iterator[Any], Callable[[], None]]:
+    """An endless stream of (images, labels) batches, epoch after epoch, and the call that
+    stops the worker processes."""
+    from inputkit.peers.pil_recipe import endless
+
+    loader = make_image_loader(variant, spec)
+
+    def close() -> None:
+        iterator = getattr(loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
+    return endless(loader), close
