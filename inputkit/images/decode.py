@@ -140,18 +140,43 @@ class Decoder:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
         if bgr is None:
             raise ImageError("cannot decode it (OpenCV found no image data); the file is corrupt")
-        sx, sy = bgr.shape[1] / width, bgr.shape[0] / height
-        x0, y0, x1, y1 = geometry.box
-        left, top = int(x0 * sx), int(y0 * sy)
-        right = max(min(int(math.ceil(x1 * sx)), bgr.shape[1]), left + 1)
-        bottom = max(min(int(math.ceil(y1 * sy)), bgr.shape[0]), top + 1)
-        region = bgr[top:bottom, left:right]
-        w, h = geometry.out
-        shrink = min((right - left) / w, (bottom - top) / h)
-        interpolation = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR
-        hwc = cv2.resize(region, (w, h), interpolation=interpolation)
+        hwc = _replay(cv2, bgr, width, height, geometry)
         chw = hwc.transpose(2, 0, 1)[::-1]  # BGR -> RGB, channels first
         np.copyto(out, chw[:, :, ::-1] if geometry.flip else chw)
+
+
+def _replay(cv2: Any, image: np.ndarray, width: int, height: int, geometry: Geometry) -> np.ndarray:
+    """The sampled steps with OpenCV: each resize of the whole image and each crop at its
+    integer offsets, as torchvision does them (a crop is a view: nothing is copied)."""
+    vw, vh = width, height  # the size the steps see; ``image`` may be DCT-reduced from it
+    for name, value in geometry.steps:
+        if name == "flip":
+            continue  # applied when the result is written out
+        if name == "resize":
+            vw, vh = value
+            image = _resize(cv2, image, vw, vh)
+            continue
+        (left, top, w, h), (out_w, out_h) = value
+        sx, sy = image.shape[1] / vw, image.shape[0] / vh
+        if sx == 1 and sy == 1:
+            image = image[top:top + h, left:left + w]
+        else:  # a reduced decode: the crop in its pixels, to the nearest pixel
+            x0, y0 = int(left * sx), int(top * sy)
+            image = image[y0:max(y0 + 1, int(math.ceil((top + h) * sy))),
+                          x0:max(x0 + 1, int(math.ceil((left + w) * sx)))]
+        if name == "random_resized_crop" or image.shape[:2] != (out_h, out_w):
+            image = _resize(cv2, image, out_w, out_h)
+        vw, vh = out_w, out_h
+    return image
+
+
+def _resize(cv2: Any, image: np.ndarray, w: int, h: int) -> np.ndarray:
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    shrink = min(image.shape[1] / w, image.shape[0] / h)
+    # Bilinear, without Pillow's antialiasing; past 2x, area averaging instead (no aliasing).
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink >= 2
+                      else cv2.INTER_LINEAR)
 
 
 def _dct_factor(geometry: Geometry) -> int:
