@@ -62,6 +62,11 @@ class Decoder:
                                        or max_pixels < 1):
             raise bad_key(f"{key}.max_pixels", f"expected a positive number of pixels or null "
                               f"(Pillow's limit), got {max_pixels!r}")
+        try:
+            import PIL  # noqa: F401  (every backend reads headers, and non-JPEGs, with Pillow)
+        except ImportError:
+            raise bad_key(f"{key}.backend", "the image sources need Pillow, which is not "
+                          "installed: pip install 'inputkit[images]'") from None
         if backend == "opencv" and not opencv_available():
             raise bad_key(f"{key}.backend", "opencv needs OpenCV, which is not installed: pip "
                               "install 'inputkit[images]' (or opencv-python-headless), or use "
