@@ -229,6 +229,8 @@ class Dispatcher:
             good = rest[~np.isin(rest, np.asarray(bad, dtype=np.int64))]
             if len(good):
                 kept.indices = np.concatenate([kept.indices[:kept.offset], good])
+                if item is not kept:  # a requeued copy shows the same
+                    item.indices, item.offset = kept.indices, kept.offset
                 return True
         return self.skip(item)
 

@@ -6,10 +6,13 @@ Importable as ``faulty:...`` in threads and in worker processes.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
 import numpy as np
+
+from inputkit.errors import SourceError
 
 
 def _chunk(indices: np.ndarray, dim: int) -> dict[str, np.ndarray]:
@@ -52,6 +55,40 @@ class Indexed:
                 attempt = self.attempts[key]
             if attempt <= self.flaky:
                 raise ConnectionError(f"attempt {attempt} at samples from {indices[0]} timed out")
+        return _chunk(indices, self.dim)
+
+
+class BadFiles(Indexed):
+    """Like Indexed, but a read fails as a file source's does: whenever its indices include a
+    ``bad`` one, with a SourceError naming that sample's file (``<root>/<id>.jpg``).
+
+    ``fail_batches``: every read of more than one index fails too (OSError), so that only
+    one-by-one reads succeed. ``die_at``: a worker process SIGKILLs itself when it reads that
+    index on its own, once (it leaves the file ``marker`` so that the next one goes on).
+    """
+
+    def __init__(self, length: int = 1000, dim: int = 3, bad: list[int] | None = None,
+                 root: str = "/data/train", fail_batches: bool = False, die_at: int | None = None,
+                 marker: str | None = None) -> None:
+        super().__init__(length=length, dim=dim, bad=bad)
+        self.root = root
+        self.fail_batches = fail_batches
+        self.die_at = die_at
+        self.marker = marker
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        wanted = indices.tolist()
+        if self.die_at is not None and wanted == [self.die_at] and self.marker is not None \
+                and not os.path.exists(self.marker):
+            with open(self.marker, "w"):
+                pass
+            os.kill(os.getpid(), signal.SIGKILL)
+        hit = sorted(self.bad.intersection(wanted))
+        if hit:
+            raise SourceError("faulty.BadFiles", f"{self.root}/{hit[0]:05d}.jpg: cannot identify "
+                              "image file (truncated or not an image)")
+        if self.fail_batches and len(wanted) > 1:
+            raise OSError(f"reads of {len(wanted)} files at once time out")
         return _chunk(indices, self.dim)
 
 

@@ -1,5 +1,5 @@
 """Property tests for index-range work: exactly once per epoch under random chunk sizes,
-piece splits, skips and worker deaths, on every device, in order when asked."""
+piece splits, skips (whole items or some of their samples) and worker deaths, on every device, in order when asked."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def run_device(data, length, chunk_size, device, devices, epochs, ordered, shuff
         steps += 1
         assert steps < 10_000, "the dispatcher made no progress"
         worker = data.draw(st.integers(0, 2))
-        action = data.draw(st.sampled_from(["take", "work", "work", "work", "die"]))
+        action = data.draw(st.sampled_from(["take", "work", "work", "work", "die", "drop"]))
         if action == "take" or not held[worker]:
             item = dispatcher.try_take()
             if item is not None:
@@ -36,6 +36,15 @@ def run_device(data, length, chunk_size, device, devices, epochs, ordered, shuff
                 assert dispatcher.done, "nothing held, nothing to take, yet not done"
             continue
         item = held[worker][0]
+        if action == "drop":  # some of its samples fail (on_error=skip): the rest come later
+            remaining = item.remaining
+            mask = np.array(data.draw(st.lists(st.booleans(), min_size=len(remaining),
+                                               max_size=len(remaining))), dtype=bool)
+            skipped.extend(remaining[mask].tolist())
+            if mask.all():
+                held[worker].pop(0)
+            dispatcher.drop(item, remaining[mask])
+            continue
         if action == "die":  # it delivered some pieces of its first item, then died
             remaining = item.remaining
             part = data.draw(st.integers(0, len(remaining) - 1)) if len(remaining) > 1 else 0
