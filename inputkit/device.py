@@ -69,7 +69,7 @@ class DeviceTransform:
     """``device.normalize`` and ``device.channels_last`` applied to one device's batches.
 
     Normalising is a conversion and two in-place passes, ``x.float() * (1 / (scale * std))
-    + (-mean / std)``, with the per-channel constants made once per device and rank; it
+    + (-mean / std)``, with the per-channel constants made once per device (and ndim); it
     agrees with ``(x / scale - mean) / std`` to float32 rounding (measured: at most 4.8e-7).
     channels_last reorders the uint8 batch, a quarter of the float's bytes, before the
     conversion, which keeps the layout. (addcmul straight from uint8, one pass on paper, took
