@@ -1,5 +1,6 @@
 """Property tests for index-range work: exactly once per epoch under random chunk sizes,
-piece splits, skips (whole items or some of their samples) and worker deaths, on every device, in order when asked."""
+piece splits, skips (whole items or some of their samples) and worker deaths, on every
+device, in order when asked."""
 
 from __future__ import annotations
 

@@ -306,6 +306,11 @@ class _Worker:
         source_read = self.source.obj.read
         by_epoch = reads_epoch(source_read)
         skipping = self.args.policy.on_error == "skip"
+        # A source with read_into writes each item straight into a slot (no copy), unless
+        # processors transform it first.
+        read_into = getattr(self.source.obj, "read_into", None)
+        if not callable(read_into) or self.chain is not None:
+            read_into = None
         while not self.stop.is_set():
             self.states[self.args.slot_index] = BLOCKED  # waiting for work is not a stall
             item = self.inbox.take_item()
@@ -321,6 +326,12 @@ class _Worker:
                 chunk, indices, wall, cpu = got
                 if chunk is None:
                     continue
+            elif read_into is not None:
+                into = functools.partial(read_into, epoch=epoch) if by_epoch else read_into
+                if not self._read_in_place(into, seq, indices, key):
+                    return
+                self.states[self.args.slot_index] = IDLE
+                continue
             else:
                 chunk, wall, cpu = self._call(functools.partial(read, indices),
                                               expect=len(indices), key=key)
@@ -345,7 +356,8 @@ class _Worker:
         try:
             got = read_skipping(read, indices, self._check_raw,
                                 lambda chunk: self._finish(chunk, key), self.args.policy,
-                                self.where, self.stop)
+                                self.where, self.stop,
+                                begin=lambda: self.activity.fetching(index))
         except BaseException:
             self.activity.fetched(index, progress=False)
             raise
@@ -355,6 +367,29 @@ class _Worker:
         if got.bad:
             self.conn.send(("samples", seq, got.bad, got.ok))
         return got.chunk, got.indices, time.perf_counter() - wall0, time.thread_time() - cpu0
+
+    def _read_in_place(self, read_into: Any, seq: int, indices: np.ndarray, key: Any) -> bool:
+        """Item ``seq`` read by ``read_into(indices, allocate)`` into the slot in hand, with its
+        indices beside it: shipped without a copy. What does not fit the slot comes back in
+        private memory and takes the copy path. False once the pipeline stops."""
+        self.states[self.args.slot_index] = BLOCKED
+        if not self.inbox.has_slot():
+            return False
+        allocator = SlotAllocator(self.arena, self.inbox.slot)  # type: ignore[arg-type]
+        chunk, wall, cpu = self._call(functools.partial(read_into, indices, allocator),
+                                      expect=len(indices), key=key)
+        ids = allocator(INDEX_FIELD, (len(indices),), np.dtype(np.int64))
+        ids[:] = indices
+        chunk = with_field(chunk, INDEX_FIELD, ids)
+        layout = allocator.layout_of(chunk.fields)
+        if layout is None:  # private copies first: the slot is written again by the next item
+            chunk = Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
+                          nbytes=chunk.nbytes, worker_id=chunk.worker_id)
+            return self._ship(chunk, wall, cpu, seq)
+        self._send_processor_stats()
+        slot = self.inbox.take_slot()
+        self.conn.send(("chunk", slot, chunk.n, layout, chunk.nbytes, wall, cpu, True, seq, True))
+        return True
 
     def _ship(self, chunk: Chunk, wall: float, cpu: float, seq: int) -> bool:
         """Copy ``chunk`` into slots (pieces if it does not fit one) and tell the parent."""

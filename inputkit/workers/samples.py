@@ -44,12 +44,14 @@ class SampleRead:
 
 def read_skipping(read: Callable[[np.ndarray], Any], indices: np.ndarray,
                   check: Callable[[Any, int], Chunk], finish: Callable[[Chunk], Chunk],
-                  policy: FailurePolicy, where: str, stop: Any) -> SampleRead:
+                  policy: FailurePolicy, where: str, stop: Any,
+                  begin: Callable[[], None] | None = None) -> SampleRead:
     """Read ``indices``; if that fails, read them one by one and keep the good ones.
 
     ``check(raw, n)`` checks what the source returned for ``n`` indices (its schema and
     count); ``finish(chunk)`` runs the processors and checks their output. ``stop`` (an
-    Event or StopFlag) ends the one-by-one reads early.
+    Event or StopFlag) ends the one-by-one reads early. ``begin()`` is called before each
+    one-by-one read: each is one call of the source for ``failures.fetch_timeout``.
     """
     def attempt(call: Callable[[], Chunk]) -> Chunk:
         return call_with_policy(call, policy, where, stop, quiet=True)
@@ -62,7 +64,7 @@ def read_skipping(read: Callable[[np.ndarray], Any], indices: np.ndarray,
         if n <= 1:
             return SampleRead(None, indices[:0], [(int(i), _text(failed)) for i in indices],
                               [False] * n)
-        found = _one_by_one(read, indices, check, attempt, stop)
+        found = _one_by_one(read, indices, check, attempt, stop, begin)
         if found is None:
             return SampleRead(None, indices[:0], stopped=True)
         raw, good, bad, ok = found
@@ -80,7 +82,8 @@ def read_skipping(read: Callable[[np.ndarray], Any], indices: np.ndarray,
 
 def _one_by_one(read: Callable[[np.ndarray], Any], indices: np.ndarray,
                 check: Callable[[Any, int], Chunk], attempt: Callable[[Callable[[], Chunk]], Chunk],
-                stop: Any) -> tuple[Chunk | None, np.ndarray, list[tuple[int, str]], list[bool]] | None:
+                stop: Any, begin: Callable[[], None] | None,
+                ) -> tuple[Chunk | None, np.ndarray, list[tuple[int, str]], list[bool]] | None:
     """Each index on its own: the good samples as one chunk (None if none); None once stopped."""
     parts: list[Chunk] = []
     bad: list[tuple[int, str]] = []
@@ -89,6 +92,8 @@ def _one_by_one(read: Callable[[np.ndarray], Any], indices: np.ndarray,
         if stop is not None and stop.is_set():
             return None
         one = indices[pos:pos + 1]
+        if begin is not None:
+            begin()
         try:
             parts.append(attempt(lambda one=one: check(read(one), 1)))
             ok.append(True)

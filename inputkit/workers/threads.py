@@ -268,7 +268,8 @@ class ThreadWorkerPool:
         try:
             got = read_skipping(read, indices, lambda raw, n: self._check_raw(raw, wid, n),
                                 lambda chunk: self._finish(chunk, wid, key), self._policy,
-                                self._where(wid), self._stop)
+                                self._where(wid), self._stop,
+                                begin=lambda: self._activity.fetching(index))
         except BaseException:
             self._activity.fetched(index, progress=False)
             raise
