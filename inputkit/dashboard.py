@@ -89,7 +89,7 @@ def skipped_text(w: WorkerPoolStats, more: str = "see summary.json") -> str | No
     stats, and so in bench's summary.json); empty: say nothing."""
     if not w.skipped_samples:
         return None
-    kept = w.skipped_indices[:SHOWN_INDICES]
+    kept = sorted(w.skipped_indices)[:SHOWN_INDICES]  # the smallest of those kept
     noun = "sample" if w.skipped_samples == 1 else "samples"
     what = ("index " if w.skipped_samples == 1 else "indices ") + ", ".join(map(str, kept)) \
         if kept else "indices not known"

@@ -202,6 +202,8 @@ def test_bench_prints_the_skipped_samples_and_writes_them_to_summary_json(tmp_pa
     entries = summary["skipped_samples"]
     assert [e["device_index"] for e in entries] == [0, 1]  # items 1 (all bad) and 15 are device 1's
     assert sum(e["count"] for e in entries) == len(BAD)
+    for entry in entries:
+        assert [s["index"] for s in entry["samples"]] == sorted(s["index"] for s in entry["samples"])
     samples = {s["index"]: s["error"] for e in entries for s in e["samples"]}
     assert sorted(samples) == BAD
     assert "/data/train/00299.jpg: cannot identify image file" in samples[299]

@@ -94,11 +94,13 @@ def skipped_lines(stats: RunnerStats, more: str = "see summary.json") -> list[st
 
 def skipped_record(stats: RunnerStats) -> list[dict[str, Any]]:
     """summary.json's ``skipped_samples``: per input and device that skipped any, the count
-    and the first 1,000 by index with their error (which names the file, for file sources)."""
+    and the first 1,000 skipped, sorted by index, each with its error (which names the file,
+    for file sources)."""
     return [{"input": c.input, "device_index": c.device_index, "device": c.device,
              "count": c.workers.skipped_samples,
              "samples": [{"index": i, "error": e} for i, e in
-                         zip(c.workers.skipped_indices, c.workers.skipped_errors, strict=True)]}
+                         sorted(zip(c.workers.skipped_indices, c.workers.skipped_errors,
+                                    strict=True))]}
             for c in stats.coordinators if c.workers.skipped_samples]
 
 
