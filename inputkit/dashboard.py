@@ -72,11 +72,14 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
     if w.retries or w.skipped_chunks or w.skipped_samples or w.restarts:
         skipped = f"skipped {w.skipped_chunks:,}" if not w.skipped_samples else \
             f"skipped {w.skipped_samples:,} samples" if not w.skipped_chunks else \
-            f"skipped {w.skipped_chunks:,} chunks, {w.skipped_samples:,} samples"
+            f"skipped {w.skipped_chunks:,} chunk{'s' if w.skipped_chunks > 1 else ''}, " \
+            f"{w.skipped_samples:,} samples"
         table.add_row("  failures", f"retries {w.retries:,}", skipped,
                       f"restarts {w.restarts:,}", Text(w.last_error[:60], style="yellow"))
     if w.skipped_samples:
-        table.add_row("  skipped", "", "", "", Text(skipped_text(w) or "", style="yellow"))
+        # No "see summary.json" here: an embedded dashboard has none (stats() has them all).
+        table.add_row("  skipped", "", "", "", Text(skipped_text(w, more="") or "",
+                                                    style="yellow"))
 
 
 SHOWN_INDICES = 8  # skipped samples named on the dashboard and in the end-of-run lines

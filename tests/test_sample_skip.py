@@ -8,6 +8,7 @@ index with their error (which names the file), and delivered + skipped is the ep
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,9 +19,12 @@ from typing import Any
 
 import pytest
 from conftest import assert_nothing_leaked, children, make_cfg, segments
+from rich.console import Console
 
 from inputkit import Runner, SkipLimitExceeded
+from inputkit.dashboard import plain_lines, render
 from inputkit.failures import ERROR_CHARS, KEPT_SKIPS, FailurePolicy, FailureTally
+from inputkit.metrics import MovingWindow
 
 TESTS = Path(__file__).resolve().parent
 THREADS = {"count": 2}
@@ -184,6 +188,20 @@ def test_the_first_thousand_skipped_samples_are_kept_with_a_short_error():
     assert {len(e) for e in snap["skipped_errors"]} == {ERROR_CHARS}
     assert snap["skipped_errors"][0].startswith("SourceError: /data/xxx") and \
         snap["skipped_errors"][0].endswith("...") and "\n" not in snap["skipped_errors"][0]
+
+
+def test_the_dashboard_and_its_plain_lines_show_the_skipped_samples():
+    window = MovingWindow(5.0)
+    with Runner(skip_cfg(bad_files(), THREADS)) as runner:
+        for _ in runner.device(0):
+            pass
+        shown = window.update(runner.stats())
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(render(shown, []))
+    text = console.export_text()
+    expected = "16 samples skipped (indices 3, 10, 11, 12, 13, 14, 15, 16, ...)"
+    assert "skipped 1 chunk, 16 samples" in text and expected in text, text
+    assert f"  skipped main@0:cpu: {expected}" in plain_lines(shown)
 
 
 def test_bench_prints_the_skipped_samples_and_writes_them_to_summary_json(tmp_path):
