@@ -47,6 +47,9 @@ class SampleLayout:
     # encoded file and full-size decoded image), with how it is made up: from the source's
     # read_scratch() after the probe.
     scratch: tuple[int, str] = (0, "")
+    # The source writes each read straight into a shared-memory slot (read_into, no
+    # processors): a worker process then holds no private copy of its chunk.
+    in_place: bool = False
 
     @property
     def sample_bytes(self) -> int:
@@ -268,10 +271,13 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
                  for field_name, arr in chunk.fields.items()}
         scratch_of = getattr(source.obj, "read_scratch", None)
         scratch = scratch_of() if callable(scratch_of) else (0, "")
+        in_place = callable(getattr(source.obj, "read_into", None)) and not spec.processors \
+            and indexed_length(source.obj) is not None
         if keep is not None:
             keep[spec.name] = unclosed.pop()
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
-                            source_bytes=max(0, peak - chunk.nbytes), scratch=scratch)
+                            source_bytes=max(0, peak - chunk.nbytes), scratch=scratch,
+                            in_place=in_place)
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()
@@ -373,8 +379,11 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
             terms.append(Term(name, "shared-memory slots", SHARED, slots, "slots", slot,
                               p + "queue.capacity", f"{format_size(slot)} used of "
                               f"{format_size(inp.slot_bytes)} reserved"))
-        terms.append(Term(name, "chunks in worker processes", HOST, inp.worker_count, "chunks",
-                          chunk_bytes, p + "workers.count", chunk_detail))
+        # (A chunk is written once: into the slot by the source, or copied there from a
+        # worker's own arrays, which it then holds until it reads the next one.)
+        if not (layout.in_place and chunk_bytes + 64 * (len(layout.fields) + 1) <= inp.slot_bytes):
+            terms.append(Term(name, "chunks in worker processes", HOST, inp.worker_count,
+                              "chunks", chunk_bytes, p + "workers.count", chunk_detail))
         terms.append(Term(name, "source copies", HOST, inp.worker_count, "copies",
                           layout.source_bytes, p + "workers.count",
                           f"{format_size(layout.source_bytes)} (one per process)"))

@@ -120,3 +120,37 @@ def test_bad_files_are_skipped_alone_and_reported_by_index(tmp_path, workers):
     text = " ".join(stats.skipped_errors)
     for i in bad:
         assert f"{i:04d}.jpg" in text
+
+
+@pytest.mark.parametrize("slot_bytes,in_place", [("1MiB", True), ("16KiB", False)],
+                         ids=["fits-a-slot", "split-across-slots"])
+def test_process_workers_decode_straight_into_shared_memory(tmp_path, slot_bytes, in_place):
+    path = write_list(tmp_path, 40)
+    cfg = make_cfg(source(path), batch_size=8,
+                   workers={**PROCESSES, "slot_bytes": slot_bytes}, epoch={"count": 1})
+    with Runner(cfg) as runner:
+        seen = by_label(runner)
+        stats = runner.stats().coordinators[0].workers
+    assert sorted(seen) == list(range(40))
+    # 8 images of 3 x 32 x 32 are 24 KiB: written where the batcher reads them, or copied in
+    # pieces when a slot is smaller than a chunk
+    assert stats.shm_chunks_in_place == (stats.chunks if in_place else 0)
+    assert stats.chunks >= 5
+
+
+def test_the_plan_counts_each_workers_decode_and_no_private_chunk_when_written_in_place(tmp_path):
+    from inputkit import load_spec
+    from inputkit.memory import plan_memory
+
+    path = write_list(tmp_path, 16)
+    plans = {}
+    for kind, workers in (("threads", THREADS), ("processes", PROCESSES)):
+        spec = load_spec(make_cfg(source(path), batch_size=8, workers=workers))
+        plans[kind] = {t.stage: t for t in plan_memory(spec, devices=("cpu",)).terms}
+    for terms in plans.values():
+        decode = terms["decoding in workers"]
+        # the largest file and image the probe read: the list's images are at most 109 x 89
+        assert 0 < decode.unit_bytes <= 100_000 + 109 * 89 * 8
+        assert "pixels" in decode.detail
+    assert "chunks in worker processes" not in plans["processes"]  # written into the slot
+    assert "chunks held by workers" in plans["threads"]
