@@ -41,7 +41,7 @@ def source(path: Path, **extra) -> dict:
 def by_label(runner: Runner, device: int = 0) -> dict[int, np.ndarray]:
     got: dict[int, np.ndarray] = {}
     for batch in runner.device(device):
-        for label, image in zip(batch["label"].tolist(), batch["image"].numpy()):
+        for label, image in zip(batch["label"].tolist(), batch["image"].numpy(), strict=True):
             assert label not in got, f"sample {label} delivered twice"
             got[label] = image.copy()
     return got
@@ -86,7 +86,7 @@ def test_resume_mid_epoch_on_a_folder_repeats_and_skips_nothing(tmp_path):
     with Runner(cfg) as runner:
         stream = runner.device(0)
         for step, batch in enumerate(stream):
-            first.update(zip(batch["label"].tolist(), batch["image"].numpy().copy()))
+            first.update(zip(batch["label"].tolist(), batch["image"].numpy().copy(), strict=True))
             if step == 2:
                 break
         state = pickle.loads(pickle.dumps(runner.state_dict()))
