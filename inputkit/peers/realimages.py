@@ -79,7 +79,8 @@ def image_folder(images: str | os.PathLike[str] | None,
 def inputkit_spec(train: Path, kind: str, overrides: list[str]) -> RunSpec:
     """``experiment=imagenet_train`` on ``train`` with ``kind`` workers, endless epochs,
     batches left as uint8 on the CPU."""
-    base = ["experiment=imagenet_train", f"source.path='{train}'", f"batch_size={BATCH}",
+    quoted = str(train).replace("\\", "\\\\").replace("'", "\\'")
+    base = ["experiment=imagenet_train", f"source.path='{quoted}'", f"batch_size={BATCH}",
             f"workers.count={cores()}", f"workers.kind={kind}", "devices=cpu", "epoch.count=null"]
     cfg = inputkit.compose([*base, *overrides])
     if OmegaConf.select(cfg, "device.normalize", default=None) is not None:
