@@ -60,6 +60,9 @@ class Runner:
         self.rank = RankInfo()  # under torchrun: this process's rank (set by start())
         self._coordinators: dict[tuple[str, int], Coordinator] = {}
         self._sources: list[BoundSource] = []
+        # What each input's source says about itself (run_info(): an image folder's classes),
+        # for the run's summary; from whichever copy of the source this process builds.
+        self.source_info: dict[str, dict[str, Any]] = {}
         self._abort = Abort()
         self._lock = threading.Lock()
         self._state = "new"
@@ -97,6 +100,7 @@ class Runner:
                 spec = self.spec.input(name)
                 key = f"{spec.key_prefix}source"
                 source: BoundSource | None = probed.get(name)
+                self._note_info(name, source)
                 if spec.worker_kind == "thread":  # threads share one source object
                     if source is not None and indexed_length(source.obj) is None:
                         self._drop_source(source)  # a fetch source: the probe consumed a chunk
@@ -104,6 +108,7 @@ class Runner:
                     if source is None:
                         source = build_source(spec.source, key=key)
                         self._sources.append(source)
+                        self._note_info(name, source)
                     length = indexed_length(source.obj)
                 elif source is not None:  # each process builds its own: the probe's copy answers
                     length = indexed_length(source.obj)
@@ -150,6 +155,11 @@ class Runner:
             raise
         self._state = "running"
         return self
+
+    def _note_info(self, name: str, source: BoundSource | None) -> None:
+        info = getattr(source.obj, "run_info", None) if source is not None else None
+        if callable(info) and name not in self.source_info:
+            self.source_info[name] = info()
 
     def _drop_source(self, source: BoundSource) -> None:
         self._sources.remove(source)

@@ -154,3 +154,22 @@ def test_the_plan_counts_each_workers_decode_and_no_private_chunk_when_written_i
         assert "pixels" in decode.detail
     assert "chunks in worker processes" not in plans["processes"]  # written into the slot
     assert "chunks held by workers" in plans["threads"]
+
+
+@pytest.mark.parametrize("experiment", ["imagenet_train", "imagenet_val"])
+def test_the_imagenet_experiments_run_from_the_cli_and_record_the_classes(tmp_path, experiment):
+    from imagefiles import write_folder
+    from test_cli import run, summaries
+
+    root = write_folder(tmp_path / "train", classes=3, per_class=6)
+    out = run(["bench", f"experiment={experiment}", f"source.path='{root}'", "devices=cpu",
+               "batch_size=4", "workers.count=2", "bench.seconds=null", "bench.steps=3",
+               f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (summary,) = summaries(tmp_path / "run")
+    info = summary["sources"]["main"]
+    assert info["class_to_index"] == {"class_0": 0, "class_1": 1, "class_2": 2}
+    assert info["samples"] == 18 and info["output"] == [3, 224, 224]
+    assert info["transforms"].startswith("random_resized_crop(224" if experiment == "imagenet_train"
+                                         else "resize(256), center_crop(224)")
+    assert summary["stats"]["coordinators"][0]["batches"] == 3

@@ -129,7 +129,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
                "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
                "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
-               **(extra or {})}
+               "sources": runner.source_info, **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         summary["run_dir"] = str(output_dir)
