@@ -254,8 +254,10 @@ def test_w5_measures_inputkit_both_kinds_every_peer_and_the_limit(image_root):
     result = realimages.run_images_workload(image_root, [], 0.2, said.append)
     n = realimages.cores()
     ours = result["inputkit_rows"]
-    assert [m.loader for m in ours] == [f"inputkit ({n} thread workers)",
-                                        f"inputkit ({n} process workers)"]
+    decoder = realimages.decoder_name(result["spec"])
+    assert decoder in {"pillow", "opencv"}, decoder  # decode.backend=auto picks one
+    assert [m.loader for m in ours] == [f"inputkit ({n} thread workers, {decoder})",
+                                        f"inputkit ({n} process workers, {decoder})"]
     assert result["inputkit"] is max(ours, key=lambda m: m.samples_per_s)
     ran = {m.loader for m in result["peers"]}
     skipped = {peer.key: why for peer, why in result["skipped"]}

@@ -6,9 +6,9 @@ it has one, as ``tools/make_images.py`` writes), or, without one, the 2,000-imag
 cache. Every loader makes uint8 CHW batches of 64 with int64 labels:
 
 - inputkit: ``experiment=imagenet_train`` on that folder with the machine's cores as
-  workers, once with thread and once with process workers (each is reported; the faster
-  is the headline row), device-side normalisation switched off so that every loader
-  delivers the same uint8 batches;
+  workers, once with thread and once with process workers (each is reported, with the
+  decoder the source picked; the faster is the headline row), device-side normalisation
+  switched off so that every loader delivers the same uint8 batches;
 - the peers in ``catalog.IMAGE_PEERS``: DataLoader with torchvision's Pillow recipe,
   in-process and with worker processes, and SPDL;
 - the limit: one thread running the exact Pillow recipe, times the cores, measured
@@ -35,6 +35,7 @@ from inputkit.peers.catalog import IMAGE_PEERS, Opened, Peer, best_peer
 from inputkit.peers.compare import Measurement, TreeMemory, Workload, _median, cpu_since, tree_cpu
 from inputkit.peers.imageset import ImageSetUnavailable, cached_image_set
 from inputkit.peers.pil_recipe import find_samples
+from inputkit.sources.loader import build_source
 
 IMAGES = Workload("w5", "imagenet_train",
                   "W5 real images (JPEG -> RandomResizedCrop 224 -> flip, 64 a batch)",
@@ -134,15 +135,28 @@ def _measure(label: str, start: Callable[[], Opened], seconds: float) -> Measure
                        cpu_ms_per_sample=cpu_s * 1000 / samples if samples else None)
 
 
+def decoder_name(spec: InputSpec) -> str | None:
+    """The decoder the image source picks for this config (``decode.backend=auto`` picks
+    OpenCV where it is installed), as the run's summary names it."""
+    source = build_source(spec.source)
+    try:
+        return getattr(getattr(source.obj, "decoder", None), "name", None)
+    finally:
+        source.close()
+
+
 def measure_inputkit_images(spec: RunSpec, seconds: float) -> Measurement:
     inputs = spec.inputs[0]
+    decoder = decoder_name(inputs)
+    label = f"inputkit ({inputs.worker_count} {inputs.worker_kind} workers"
+    label += f", {decoder})" if decoder else ")"
 
     def start() -> Opened:
         runner = inputkit.Runner(spec)
         runner.__enter__()
         return _epochs(runner.device(0)), lambda: runner.__exit__(None, None, None)
 
-    return _measure(f"inputkit ({inputs.worker_count} {inputs.worker_kind} workers)", start, seconds)
+    return _measure(label, start, seconds)
 
 
 def measure_image_peer(peer: Peer, spec: InputSpec, seconds: float) -> Measurement:
