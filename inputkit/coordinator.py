@@ -246,4 +246,5 @@ class Coordinator(Iterator[dict[str, Any]]):
             queues=tuple(q.stats() for q in self._queues()),
             copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
             dropped_samples=self.batcher.rechunker.dropped, planned=dict(self.planned),
+            source=str(self.spec.source.get("_target_", "")),
         )

@@ -64,6 +64,7 @@ class CoordinatorStats(_Rates):
     dropped_samples: int
     # The memory plan's worst case for each stage of this coordinator (stage -> bytes).
     planned: dict[str, int] = field(default_factory=dict)
+    source: str = ""  # the source's _target_ (the diagnosis has advice for some kinds)
 
     @property
     def buffered_bytes(self) -> int:

@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 import pytest
-from imagefiles import awkward_images, jpeg_bytes, photo, write_folder, write_shards
+from imagefiles import awkward_images, encoded, jpeg_bytes, photo, write_folder, write_shards
 from PIL import Image
 
 from inputkit import SourceError
@@ -318,3 +318,19 @@ def test_bad_shards_name_the_shard_and_member(tmp_path):
         (tmp_path / name).write_bytes(whole[:end])  # cut inside the last image, or before it
         with pytest.raises(ValueError, match=f"{name}.*truncated"):
             ImageShardSource(str(tmp_path / name), VAL)
+
+
+def test_the_jpeg_header_reader_agrees_with_pillow():
+    from inputkit.images.decode import jpeg_header
+
+    base = photo(123, 77, 4)
+    for img, save in [(base, {}), (base, {"progressive": True}), (base.convert("L"), {}),
+                      (base.convert("CMYK"), {}), (base, {"exif": b"Exif\x00\x00" + b"\x00" * 40})]:
+        data = encoded(img, "JPEG", **save)
+        expected_components = {"RGB": 3, "L": 1, "CMYK": 4}[img.mode]
+        assert jpeg_header(data) == (123, 77, expected_components)
+    data = encoded(base, "JPEG")
+    assert jpeg_header(encoded(base, "PNG")) is None
+    assert jpeg_header(data[:20]) is None  # cut before the frame header
+    assert jpeg_header(b"\xff\xd8\xff\xda\x00\x02") is None  # scan data before any frame
+    assert jpeg_header(b"") is None
