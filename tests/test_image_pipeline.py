@@ -173,3 +173,27 @@ def test_the_imagenet_experiments_run_from_the_cli_and_record_the_classes(tmp_pa
     assert info["transforms"].startswith("random_resized_crop(224" if experiment == "imagenet_train"
                                          else "resize(256), center_crop(224)")
     assert summary["stats"]["coordinators"][0]["batches"] == 3
+
+
+@pytest.mark.parametrize("workers,advice", [(PROCESSES, "workers.kind=thread"),
+                                            (THREADS, "thread workers are the right kind")],
+                         ids=["processes", "threads"])
+def test_the_diagnosis_says_which_worker_kind_decodes_best(tmp_path, workers, advice):
+    import dataclasses
+
+    from inputkit.diagnosis import Verdict, _decoding_note
+    from inputkit.evidence import evidence
+
+    path = write_list(tmp_path, 24)
+    with Runner(make_cfg(source(path), batch_size=8, workers=workers)) as runner:
+        by_label(runner)
+        c = runner.stats().coordinators[0]
+    assert c.source == LIST
+    e = evidence(c, None)
+    for kind in ("CPU-bound", "fetch-bound", "transport-bound"):
+        assert advice in _decoding_note(c, e, Verdict(kind, ""))
+    # not for other verdicts, nor for other sources
+    assert _decoding_note(c, e, Verdict("consumer-bound", "")) == ""
+    assert _decoding_note(c, e, Verdict("GIL-bound", "")) == ""
+    other = dataclasses.replace(c, source="inputkit.sources.synthetic.SyntheticSource")
+    assert _decoding_note(other, e, Verdict("CPU-bound", "")) == ""
