@@ -197,3 +197,28 @@ def test_the_diagnosis_says_which_worker_kind_decodes_best(tmp_path, workers, ad
     assert _decoding_note(c, e, Verdict("GIL-bound", "")) == ""
     other = dataclasses.replace(c, source="inputkit.sources.synthetic.SyntheticSource")
     assert _decoding_note(other, e, Verdict("CPU-bound", "")) == ""
+
+
+def test_shards_named_by_an_unquoted_brace_range_on_the_command_line(tmp_path):
+    from imagefiles import write_shards
+    from test_cli import run, summaries
+
+    images = [jpeg_bytes(photo(90 + i, 70, i)) for i in range(12)]
+    write_shards(tmp_path / "shards", images, [i % 3 for i in range(12)], per_shard=4)
+    out = run(["bench", "source=image_shards", f"source.urls={tmp_path}/shards/train-{{000..002}}.tar",
+               "transforms=train_224", "devices=cpu", "batch_size=4", "workers.count=2",
+               "epoch.shuffle=true", "bench.seconds=null", "bench.steps=3",
+               f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (summary,) = summaries(tmp_path / "run")
+    assert summary["sources"]["main"]["shards"] == 3 and summary["sources"]["main"]["samples"] == 12
+
+
+def test_brace_patterns_are_quoted_for_hydra_and_other_values_left_alone():
+    from inputkit.config.errors import quote_brace_patterns
+
+    assert quote_brace_patterns(["source.urls=d/train-{000..127}.tar", "x={a,b}.tar"]) == \
+        ['source.urls="d/train-{000..127}.tar"', 'x="{a,b}.tar"']
+    untouched = ["a=1", "b='q-{0..1}.tar'", 'c="q-{0..1}"', "d={k: v}", "e=[1,2]", "+f={}",
+                 "g=${oc.env:HOME}/x"]
+    assert quote_brace_patterns(untouched) == untouched

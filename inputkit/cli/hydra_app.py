@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from inputkit.config.compose import DEFAULT_CONFIG_NAME, search_path
-from inputkit.config.errors import check_overrides, translate_config_errors
+from inputkit.config.errors import check_overrides, quote_brace_patterns, translate_config_errors
 from inputkit.config.targets import TargetReplacingConfigLoader
 
 
@@ -44,7 +44,7 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
     version.setbase("1.3")  # Hydra 1.3 defaults: no chdir into the run directory
     args = hydra_parser(prog).parse_args(argv)
     config_name = args.config_name or DEFAULT_CONFIG_NAME
-    overrides = list(args.overrides)
+    overrides = quote_brace_patterns(args.overrides)
     commands = bool(args.cfg) + bool(args.multirun) + bool(args.info)
     if commands > 1:
         from inputkit.errors import ConfigError

@@ -72,7 +72,7 @@ def compose(
     """
     from hydra.types import RunMode
 
-    from inputkit.config.errors import translate_config_errors
+    from inputkit.config.errors import quote_brace_patterns, translate_config_errors
     from inputkit.config.targets import TargetReplacingConfigLoader
 
     with translate_config_errors(overrides or (), config_dir=f"{PYTHON_CONFIG_DIR} folder"):
@@ -81,7 +81,7 @@ def compose(
         loader = TargetReplacingConfigLoader(search_path(config_dir, key=PYTHON_CONFIG_DIR))
         cfg = loader.load_configuration(
             config_name=config_name,
-            overrides=list(overrides),
+            overrides=quote_brace_patterns(overrides),
             run_mode=RunMode.RUN,
             from_shell=True,
         )

@@ -47,6 +47,24 @@ def _override_parse_error(exc: Any) -> ConfigError:
     return ConfigError("override", f"{what}: {detail}" + (f"; see {url}" if url else ""))
 
 
+# A value that is a path with a shell-style brace pattern (train-{000..127}.tar, {a,b}.tar):
+# Hydra's grammar reads braces as a dict and cannot parse it unless the value is quoted.
+_BRACED_PATH = re.compile(r"^[^'\"\[][^'\"]*\{[^{}:'\"]+\}[^'\"]*$|^\{[^{}:'\"]+\}[^'\"]*$")
+
+
+def quote_brace_patterns(overrides: Sequence[str]) -> list[str]:
+    """``source.urls=a/train-{000..009}.tar`` as ``source.urls="a/train-{000..009}.tar"``, so
+    that a brace pattern can be typed as the shell would take it (quoted values stay as they
+    are)."""
+    quoted = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and _BRACED_PATH.match(value):
+            override = f'{key}="{value}"'
+        quoted.append(override)
+    return quoted
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """Parse each override on its own and raise a ConfigError naming the first bad one.
 

@@ -142,10 +142,10 @@ class ImageFolderSource(EncodedImageSource):
                               f"class, got {path!r}")
         self.path = os.fspath(path)
         if not os.path.isdir(self.path):
-            what = "a file, not a folder" if os.path.exists(self.path) else "no such folder"
-            hint = " (for a list of files, use source=image_list)" if os.path.isfile(self.path) \
-                else _resolved(self.path)
-            raise bad_key("path", f"'{self.path}' is {what}{hint}")
+            if os.path.isfile(self.path):
+                raise bad_key("path", f"'{self.path}' is a file, not a folder (for a list of "
+                              "files, use source=image_list)")
+            raise bad_key("path", f"no such folder: '{self.path}'{_resolved(self.path)}")
         self.extensions = _extensions(extensions)
         self.classes = sorted(entry.name for entry in os.scandir(self.path)
                               if entry.is_dir() and not entry.name.startswith("."))
