@@ -44,8 +44,8 @@ class EncodedImageSource:
         decode = dict(decode or {})
         unknown = sorted(set(decode) - {"backend", "exact", "max_pixels"})
         if unknown:
-            raise bad_key(f"decode.{unknown[0]}", "decode takes backend "
-                              "(auto|pillow|opencv), exact (true|false) and max_pixels")
+            raise bad_key(f"decode.{unknown[0]}", "decode takes backend (auto|pillow|opencv), "
+                          "exact (true|false) and max_pixels")
         self.decoder = Decoder(**decode)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise bad_key("seed", f"expected a whole number, got {seed!r}")
@@ -301,13 +301,6 @@ class ImageShardSource(EncodedImageSource):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "shards": len(self.shards),
