@@ -337,5 +337,6 @@ def _decoding_note(c: CoordinatorStats, e: Evidence, verdict: Verdict) -> str:
                 "shared memory (measured 1.3x the images/s at three quarters of the CPU per "
                 "image; docs/images.md).")
     return (" The workers decode images, which releases the GIL: thread workers are the right "
-            "kind here (process workers would add a copy through shared memory). Decoding with "
-            "OpenCV (source.decode.backend=opencv) takes about half Pillow's CPU per image.")
+            "kind here (process workers would add a copy through shared memory). Where Pillow "
+            "decodes (the summary's sources.<input>.decoder), OpenCV takes about half its CPU "
+            "per image: pip install 'inputkit[images]'.")
