@@ -1,11 +1,20 @@
-"""Framework overhead: inputkit against a hand-rolled loop over the same source, in one run.
+"""Framework overhead: inputkit against a hand-rolled loop and the seed's design, in one run.
 
-The peer is what users write without a loader: one thread calling ``fetch`` and
-concatenating chunks into batches, then ``torch.from_numpy``. It has no queues,
-no threads and no checks, so on a cheap fetch it is the ceiling; the ratio
-says what inputkit's pipeline costs. With a fetch that waits (latency), worker
-threads overlap the waits and inputkit should beat the loop by about the
-worker count.
+Two peers over the same source:
+
+- the hand-rolled loop, what users write without a loader: one thread calling
+  ``fetch`` and concatenating chunks into batches, then ``torch.from_numpy``.
+  It has no queues, no threads and no checks, so on a cheap fetch it is the
+  ceiling;
+- a plain-Python port of the design inputkit started from (Caffe2's
+  ``data_workers``): fetcher threads put chunks into a bounded ``queue.Queue``,
+  one enqueuer thread builds exact batches (carrying leftovers) into a second
+  bounded queue, and the consumer takes them. It has threads and queues like
+  inputkit, and none of its checks, statistics or failure handling, so the
+  ratio to it is what those cost.
+
+With a fetch that waits (latency), worker threads overlap the waits and both
+threaded loaders should beat the loop by about the worker count.
 
     python tools/overhead.py                 # every workload, 3 s each
     python tools/overhead.py --seconds 5 --workload tiny
@@ -29,6 +38,9 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # 256 x 64 float32 per batch: per-batch framework cost dominates.
     "tiny": {"fields": {"x": {"shape": [64], "dtype": "float32"}}, "chunk_size": 64,
              "batch_size": 256},
+    # W1 of inputkit compare: the same, with chunk = batch (no concatenation at all).
+    "w1": {"fields": {"x": {"shape": [64], "dtype": "float32"}}, "chunk_size": 256,
+           "batch_size": 256},
     # 64 x 3 x 224 x 224 uint8 per batch: moving bytes dominates.
     "images": {"fields": {"image": {"shape": [3, 224, 224], "dtype": "uint8"}},
                "chunk_size": 16, "batch_size": 64},
@@ -62,6 +74,76 @@ def hand_rolled(workload: dict[str, Any], seconds: float) -> tuple[int, float]:
     return batches, time.perf_counter() - began
 
 
+def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple[int, float]:
+    """Batches per second of the seed's design in plain Python: fetcher threads ->
+    queue.Queue -> one thread building exact batches -> queue.Queue -> the consumer."""
+    import queue
+    import threading
+
+    source = SyntheticSource(**{k: v for k, v in workload.items() if k != "batch_size"})
+    batch_size = workload["batch_size"]
+    chunks: queue.Queue[dict[str, np.ndarray]] = queue.Queue(maxsize=16)
+    batches_q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def fetcher(worker_id: int) -> None:
+        while not stop.is_set():
+            chunk = source.fetch(worker_id, batch_size)
+            while not stop.is_set():
+                try:
+                    chunks.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def enqueuer() -> None:
+        pending: list[dict[str, np.ndarray]] = []
+        count = 0
+        while not stop.is_set():
+            try:
+                chunk = chunks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            pending.append(chunk)
+            count += len(next(iter(chunk.values())))
+            while count >= batch_size:
+                if len(pending) == 1 and count == batch_size:
+                    merged, rest = pending[0], None
+                else:
+                    joined = {k: np.concatenate([c[k] for c in pending]) for k in chunk}
+                    merged = {k: v[:batch_size] for k, v in joined.items()}
+                    rest = {k: v[batch_size:] for k, v in joined.items()}
+                count -= batch_size
+                pending = [rest] if count and rest is not None else []
+                batch = {k: torch.from_numpy(v) for k, v in merged.items()}
+                while not stop.is_set():
+                    try:
+                        batches_q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+
+    threads = [threading.Thread(target=fetcher, args=(i,), daemon=True) for i in range(workers)]
+    threads.append(threading.Thread(target=enqueuer, daemon=True))
+    for thread in threads:
+        thread.start()
+    batches_q.get()  # start-up is not what this measures
+    batches = 0
+    began = time.perf_counter()
+    end = began + seconds
+    while True:
+        batch = batches_q.get()
+        assert len(next(iter(batch.values()))) == batch_size
+        batches += 1
+        if time.perf_counter() >= end:
+            break
+    elapsed = time.perf_counter() - began
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=2.0)
+    return batches, elapsed
+
+
 def with_inputkit(workload: dict[str, Any], seconds: float, workers: int) -> tuple[int, float]:
     source = {"_target_": "inputkit.sources.synthetic.SyntheticSource",
               **{k: v for k, v in workload.items() if k != "batch_size"}}
@@ -87,8 +169,9 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
     args = parser.parse_args()
     console = Console()
-    table = Table(title=f"inputkit vs a hand-rolled loop ({args.seconds:g} s each)")
-    for column in ["workload", "loader", "batches/s", "MB/s", "vs loop"]:
+    table = Table(title=f"inputkit vs a hand-rolled loop and the seed's design "
+                        f"({args.seconds:g} s each)")
+    for column in ["workload", "loader", "batches/s", "MB/s", "vs loop", "vs seed design"]:
         table.add_column(column, justify="left" if column in ("workload", "loader") else "right")
     for name in args.workload or sorted(WORKLOADS):
         workload = WORKLOADS[name]
@@ -96,13 +179,18 @@ def main() -> None:
                            for f in workload["fields"].values())
         batch_mb = sample_bytes * workload["batch_size"] / 1e6
         runs = [("hand-rolled loop", hand_rolled(workload, args.seconds))]
-        for workers in (1, 4):
+        for workers in (1, 2):
+            runs.append((f"seed design, {workers} fetcher thread(s)",
+                         seed_design(workload, args.seconds, workers)))
+        for workers in (1, 2, 4):
             runs.append((f"inputkit, {workers} thread(s)",
                          with_inputkit(workload, args.seconds, workers)))
         base = runs[0][1][0] / runs[0][1][1]
+        seed = max(b / e for label, (b, e) in runs if label.startswith("seed design"))
         for label, (batches, elapsed) in runs:
             rate = batches / elapsed
-            table.add_row(name, label, f"{rate:,.0f}", f"{rate * batch_mb:,.0f}", f"{rate / base:.2f}x")
+            table.add_row(name, label, f"{rate:,.0f}", f"{rate * batch_mb:,.0f}",
+                          f"{rate / base:.2f}x", f"{rate / seed:.2f}x")
         console.print(f"measured {name}", style="dim")
     console.print(table)
 
