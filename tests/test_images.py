@@ -334,3 +334,23 @@ def test_the_jpeg_header_reader_agrees_with_pillow():
     assert jpeg_header(data[:20]) is None  # cut before the frame header
     assert jpeg_header(b"\xff\xd8\xff\xda\x00\x02") is None  # scan data before any frame
     assert jpeg_header(b"") is None
+
+
+def test_shards_with_long_member_names_are_indexed_through_tarfile(tmp_path):
+    import tarfile
+
+    images = [jpeg_bytes(photo(60, 50, i)) for i in range(3)]
+    folder = "a" * 120  # past ustar's 100-character name field: a pax header carries it
+    with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for i, data in enumerate(images):
+            for name, payload in ((f"{folder}/{i:03d}.jpg", data), (f"{folder}/{i:03d}.cls", b"%d" % i)):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    source = ImageShardSource(str(tmp_path / "long.tar"), VAL)
+    assert len(source) == 3 and source.labels.tolist() == [0, 1, 2]
+    assert source.names[2].decode() == f"{folder}/002.jpg"
+    expected = np.zeros((3, 224, 224), np.uint8)
+    source.decoder.decode_into(images[2], expected, source.transforms, 0, 0, 2)
+    assert np.array_equal(source.read(np.array([2]))["image"][0], expected)
+    source.close()

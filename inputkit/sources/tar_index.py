@@ -65,27 +65,22 @@ def _check_uncompressed(path: str) -> None:
 
 def _index_one(path: str, images: set[str], label: str | None) -> list[tuple[int, int, str, int]]:
     samples: dict[str, list] = {}  # key -> [offset, size, name, label or None]
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                parsed = _split_name(info.name)
-                if parsed is None:
-                    continue
-                key, _field, ext = parsed
-                entry = samples.setdefault(key, [None, None, None, None])
-                if ext in images:
-                    if entry[0] is not None:
-                        raise bad_key("urls", f"shard '{path}': sample '{key}' has two images, "
-                                      f"'{entry[2]}' and '{info.name}'")
-                    entry[0], entry[1], entry[2] = info.offset_data, info.size, info.name
-                elif label is not None and ext == label:
-                    entry[3] = _label(tar, info, path)
-            _check_end(tar, path)
-    except tarfile.TarError as exc:
-        raise bad_key("urls", f"shard '{path}' is not a tar file, or is corrupt or truncated: "
-                      f"{type(exc).__name__}: {exc}") from None
+    members = _plain_members(path, label)
+    if members is None:  # long names, pax headers or a damaged header: tarfile reads it
+        members = _tarfile_members(path, label)
+    for name, offset, size, payload in members:
+        parsed = _split_name(name)
+        if parsed is None:
+            continue
+        key, _field, ext = parsed
+        entry = samples.setdefault(key, [None, None, None, None])
+        if ext in images:
+            if entry[0] is not None:
+                raise bad_key("urls", f"shard '{path}': sample '{key}' has two images, "
+                              f"'{entry[2]}' and '{name}'")
+            entry[0], entry[1], entry[2] = offset, size, name
+        elif label is not None and ext == label:
+            entry[3] = _label(payload or b"", name, path)
     end = os.path.getsize(path)
     found = []
     for key, (offset, size, name, value) in samples.items():
@@ -112,11 +107,77 @@ def _check_end(tar: tarfile.TarFile, path: str) -> None:
                       f"{tar.offset:,} without the tar end-of-archive marker")
 
 
-def _label(tar: tarfile.TarFile, info: tarfile.TarInfo, path: str) -> int:
-    handle = tar.extractfile(info)
-    text = handle.read().decode("utf-8", errors="replace").strip() if handle else ""
+def _label(payload: bytes, name: str, path: str) -> int:
+    text = payload.decode("utf-8", errors="replace").strip()
     try:
         return int(text)
     except ValueError:
-        raise bad_key("urls", f"shard '{path}', member '{info.name}': expected a whole number "
+        raise bad_key("urls", f"shard '{path}', member '{name}': expected a whole number "
                       f"(the class label), got {text[:40]!r}") from None
+
+
+Member = tuple[str, int, int, bytes | None]  # name, data offset, size, data (label members)
+
+
+def _tarfile_members(path: str, label: str | None) -> list[Member]:
+    """Every regular member, through tarfile (any tar format)."""
+    found: list[Member] = []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                payload = None
+                if label is not None and info.name.lower().endswith("." + label):
+                    handle = tar.extractfile(info)
+                    payload = handle.read() if handle else b""
+                found.append((info.name, info.offset_data, info.size, payload))
+            _check_end(tar, path)
+    except tarfile.TarError as exc:
+        raise bad_key("urls", f"shard '{path}' is not a tar file, or is corrupt or truncated: "
+                      f"{type(exc).__name__}: {exc}") from None
+    return found
+
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def _plain_members(path: str, label: str | None) -> list[Member] | None:
+    """Every regular member of a plain ustar/v7 tar (what WebDataset writers make), from its
+    512-byte headers read directly: several times faster than tarfile, which builds a
+    TarInfo per member. None when the shard needs tarfile (long names, pax or GNU headers,
+    a bad checksum), which then reads it, or says what is wrong."""
+    found: list[Member] = []
+    suffix = "." + label if label is not None else None
+    with open(path, "rb", buffering=0) as f:  # a seek and a 512-byte read per member
+        pos = 0
+        while True:
+            f.seek(pos)
+            header = f.read(_BLOCK)
+            if len(header) < _BLOCK:
+                return None  # cut off: tarfile's reading names the problem
+            if not header.strip(b"\0"):
+                return found  # the end-of-archive block
+            stored = header[148:156].split(b"\0", 1)[0].strip()
+            try:
+                checksum = int(stored or b"x", 8)
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                return None
+            if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+                return None
+            kind = header[156:157]
+            if kind not in (b"0", b"\0", b"5", b"1", b"2", b"3", b"4", b"6", b"7"):
+                return None  # pax ("x", "g") or GNU ("L", "K") extension headers
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            if header[257:262] == b"ustar":
+                prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                if prefix:
+                    name = f"{prefix}/{name}"
+            data = pos + _BLOCK
+            if kind in (b"0", b"\0", b"7"):
+                payload = None
+                if suffix is not None and name.lower().endswith(suffix):
+                    payload = f.read(size)
+                found.append((name, data, size, payload))
+            pos = data + -(-size // _BLOCK) * _BLOCK
