@@ -27,7 +27,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 def bad_key(key: str, message: str) -> ValueError:
@@ -122,23 +122,50 @@ class Transforms:
         return ", ".join(_describe(step) for step in self.steps)
 
 
+class Draws(Protocol):
+    """The random numbers RandomResizedCrop's rule draws, from whichever generator."""
+
+    def uniform(self, low: float, high: float) -> float: ...
+
+    def log_uniform(self, low: float, high: float) -> float:
+        """exp(uniform(log(low), log(high)))."""
+        ...
+
+    def randint(self, low: int, high: int) -> int:
+        """A whole number in low..high, both included."""
+        ...
+
+
+class RandomDraws:
+    """Draws from a ``random.Random``: what inputkit's transforms use."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.uniform = rng.uniform
+        self.randint = rng.randint
+
+    def log_uniform(self, low: float, high: float) -> float:
+        return math.exp(self.uniform(math.log(low), math.log(high)))
+
+
 def random_resized_box(width: int, height: int, scale: tuple[float, float],
-                       ratio: tuple[float, float], rng: random.Random) -> tuple[int, int, int, int]:
+                       ratio: tuple[float, float], rng: random.Random | Draws,
+                       ) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params: (left, top, width, height) of the crop.
 
     Ten tries of an area share from ``scale`` and a log-uniform aspect ratio from
     ``ratio``; when none fits, the whole image center-cropped to the nearest allowed ratio.
+    ``rng``: a ``random.Random``, or any Draws (W5's DataLoader peer draws from torch).
     """
+    draws = RandomDraws(rng) if isinstance(rng, random.Random) else rng
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        target_area = area * draws.uniform(scale[0], scale[1])
+        aspect = draws.log_uniform(ratio[0], ratio[1])
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            top = rng.randint(0, height - h)
-            left = rng.randint(0, width - w)
+            top = draws.randint(0, height - h)
+            left = draws.randint(0, width - w)
             return left, top, w, h
     in_ratio = width / height
     if in_ratio < min(ratio):

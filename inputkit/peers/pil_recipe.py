@@ -26,15 +26,16 @@ files walked in sorted order, kept when their lower-cased name ends in one of
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from inputkit.images.transforms import Draws, random_resized_box
 
 SIZE = 224
 SCALE = (0.08, 1.0)
@@ -70,76 +71,28 @@ def find_samples(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[st
     return classes, samples
 
 
-class Draws(Protocol):
-    """The random draws ``crop_box`` makes, from one generator or another."""
-
-    def log_ratio(self, ratio: Sequence[float]) -> Sequence[Any]: ...
-    def uniform(self, low: Any, high: Any) -> float: ...
-    def exp_uniform(self, low: Any, high: Any) -> float: ...
-    def randint(self, low: int, high: int) -> int: ...  # high excluded
-
-
 class TorchDraws:
     """torch's global RNG, drawn exactly as ``RandomResizedCrop.get_params`` draws it."""
 
-    def log_ratio(self, ratio: Sequence[float]) -> Sequence[Any]:
-        return torch.log(torch.tensor(ratio))  # type: ignore[return-value]
-
-    def uniform(self, low: Any, high: Any) -> float:
+    def uniform(self, low: float, high: float) -> float:
         return float(torch.empty(1).uniform_(low, high).item())
 
-    def exp_uniform(self, low: Any, high: Any) -> float:
-        return float(torch.exp(torch.empty(1).uniform_(low, high)).item())
+    def log_uniform(self, low: float, high: float) -> float:
+        log_ratio = torch.log(torch.tensor((low, high)))
+        return float(torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item())
 
-    def randint(self, low: int, high: int) -> int:
-        return int(torch.randint(low, high, size=(1,)).item())
-
-
-class PyDraws:
-    """The same draws from a ``random.Random`` (one per thread, for the SPDL peer)."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def log_ratio(self, ratio: Sequence[float]) -> Sequence[Any]:
-        return [math.log(r) for r in ratio]
-
-    def uniform(self, low: Any, high: Any) -> float:
-        return self.rng.uniform(low, high)
-
-    def exp_uniform(self, low: Any, high: Any) -> float:
-        return math.exp(self.rng.uniform(low, high))
-
-    def randint(self, low: int, high: int) -> int:
-        return self.rng.randrange(low, high)
+    def randint(self, low: int, high: int) -> int:  # high included, as random.randint
+        return int(torch.randint(low, high + 1, size=(1,)).item())
 
 
-def crop_box(width: int, height: int, draws: Draws, scale: Sequence[float] = SCALE,
-             ratio: Sequence[float] = RATIO) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of the crop, by ``RandomResizedCrop.get_params``'s rule."""
-    area = height * width
-    log_ratio = draws.log_ratio(ratio)
-    for _ in range(10):
-        target_area = area * draws.uniform(scale[0], scale[1])
-        aspect_ratio = draws.exp_uniform(log_ratio[0], log_ratio[1])
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            i = draws.randint(0, height - h + 1)
-            j = draws.randint(0, width - w + 1)
-            return i, j, h, w
-    # Fallback to the central crop, with the ratio clamped into the allowed range.
-    in_ratio = float(width) / float(height)
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:  # the whole image
-        w = width
-        h = height
-    return (height - h) // 2, (width - w) // 2, h, w
+def crop_box(width: int, height: int, draws: Draws | random.Random,
+             scale: Sequence[float] = SCALE, ratio: Sequence[float] = RATIO,
+             ) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the crop, by ``RandomResizedCrop.get_params``'s rule
+    (inputkit's own implementation of it; ``draws``: TorchDraws, or a ``random.Random``)."""
+    left, top, w, h = random_resized_box(width, height, (scale[0], scale[1]),
+                                         (ratio[0], ratio[1]), draws)
+    return top, left, h, w
 
 
 def pil_loader(path: str) -> Image.Image:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from inputkit.config.spec import InputSpec
-from inputkit.peers.pil_recipe import SIZE, PyDraws, crop_box, find_samples
+from inputkit.peers.pil_recipe import SIZE, crop_box, find_samples
 from inputkit.peers.torch_loader import PREFETCH_FACTOR
 
 FFMPEG_DEBIAN = ("libavutil57 libavcodec59 libavformat59 libavfilter8 libavdevice59 libswscale6 "
@@ -78,7 +78,7 @@ def open_spdl(spec: InputSpec) -> tuple[Iterator[dict[str, torch.Tensor]], Calla
     def decode(item: tuple[str, int]) -> tuple[Any, int]:
         draws = getattr(local, "draws", None)
         if draws is None:
-            draws = local.draws = PyDraws(random.Random(next(streams)))
+            draws = local.draws = random.Random(next(streams))
         path, label = item
         packets = spdl.io.demux_image(path)
         i, j, h, w = crop_box(packets.width, packets.height, draws)
