@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", 
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
-class EncodedImageSource:
+class EncodedImageSource(ABC):
     """What the image sources share: labels, the decoder, the transforms and ``read``.
 
     A subclass sets ``self.labels`` (int64, one per sample) and implements
@@ -110,11 +111,13 @@ class EncodedImageSource:
 
     # what a subclass provides ----------------------------------------------------------------
 
+    @abstractmethod
     def encoded(self, index: int) -> bytes:
-        raise NotImplementedError
+        """The encoded bytes of sample ``index`` (OSError when they cannot be read)."""
 
+    @abstractmethod
     def where(self, index: int) -> str:
-        raise NotImplementedError
+        """Where sample ``index`` lives, for errors: ``file '...'`` or shard and member."""
 
 
 def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
