@@ -110,3 +110,25 @@ def make_cfg(source: dict[str, Any], **top: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {"source": source, "devices": "cpu"}
     cfg.update(top)
     return cfg
+
+
+def consume_within(runner: Any, loop: Any, seconds: float) -> BaseException | None:
+    """Run ``loop()`` (a consumer of ``runner``) in a thread that must finish within
+    ``seconds``, then close the runner; return what ``loop`` raised, or None. A consumer
+    still waiting at the deadline fails the test instead of hanging it."""
+    raised: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            loop()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    consumer = threading.Thread(target=guarded, name="test-consumer", daemon=True)
+    consumer.start()
+    consumer.join(seconds)
+    waiting = consumer.is_alive()
+    runner.close()
+    consumer.join(5)
+    assert not waiting, f"the consumer was still waiting after {seconds:g}s"
+    return raised[0] if raised else None

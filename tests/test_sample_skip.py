@@ -13,12 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_nothing_leaked, children, make_cfg, segments
+from conftest import assert_nothing_leaked, children, consume_within, make_cfg, segments
 from rich.console import Console
 
 from inputkit import Runner, SkipLimitExceeded
@@ -62,30 +61,20 @@ def consume(cfg: dict[str, Any], seconds: float = 45.0) -> tuple[list[list[int]]
     runner = Runner(cfg).start()
     got: list[list[int]] = [[] for _ in runner.devices]
     sizes: list[int] = []
-    raised: list[BaseException] = []
 
     def loop() -> None:
-        try:
-            for step in runner.steps():
-                for device, batch in enumerate(step):
-                    if batch is None:
-                        continue
-                    ids = batch["id"].tolist()
-                    assert batch["x"][:, 0].tolist() == [float(i) for i in ids], "rows aligned"
-                    got[device].extend(ids)
-                    sizes.append(len(ids))
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            raised.append(exc)
+        for step in runner.steps():
+            for device, batch in enumerate(step):
+                if batch is None:
+                    continue
+                ids = batch["id"].tolist()
+                assert batch["x"][:, 0].tolist() == [float(i) for i in ids], "rows aligned"
+                got[device].extend(ids)
+                sizes.append(len(ids))
 
-    consumer = threading.Thread(target=loop, name="test-consumer", daemon=True)
-    consumer.start()
-    consumer.join(seconds)
-    waiting = consumer.is_alive()
-    runner.close()
-    consumer.join(5)
-    assert not waiting, f"the consumer was still waiting after {seconds:g}s"
-    if raised:
-        raise raised[0]
+    raised = consume_within(runner, loop, seconds)
+    if raised is not None:
+        raise raised
     return got, sizes, runner.stats()
 
 

@@ -14,12 +14,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_nothing_leaked, children, make_cfg, segments
+from conftest import assert_nothing_leaked, children, consume_within, make_cfg, segments
 
 from inputkit import ConfigError, Runner, SkipLimitExceeded
 from inputkit.repeats import RepeatedLog
@@ -55,27 +54,16 @@ def consume(cfg: dict[str, Any], batches: int | None = None,
     A consumer still waiting at the deadline fails the test instead of hanging it.
     """
     got: list[int] = [0]
-    raised: list[BaseException] = []
     runner = Runner(cfg).start()
 
     def loop() -> None:
-        try:
-            for _ in runner.device(0):
-                got[0] += 1
-                if batches is not None and got[0] >= batches:
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            raised.append(exc)
+        for _ in runner.device(0):
+            got[0] += 1
+            if batches is not None and got[0] >= batches:
+                return
 
-    consumer = threading.Thread(target=loop, name="test-consumer", daemon=True)
-    consumer.start()
-    consumer.join(seconds)
-    waiting = consumer.is_alive()
-    runner.close()
-    consumer.join(5)
-    assert not waiting, f"the consumer was still waiting after {seconds:g}s"
-    pool = runner.stats().coordinators[0].workers
-    return got[0], raised[0] if raised else None, pool
+    raised = consume_within(runner, loop, seconds)
+    return got[0], raised, runner.stats().coordinators[0].workers
 
 
 # the ceiling -----------------------------------------------------------------------------------
