@@ -114,9 +114,36 @@ def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
         return Verdict("batcher-bound", f"{waiting}, though every batch was a view of one chunk: "
                        f"the batcher waits for a CPU or the GIL{_gil_note(e)}; no change to "
                        f"suggest.", starved=True)
-    return Verdict("input-bound", f"{seen} and the chunk queue {chunks.empty:.0%}: the workers "
-                   f"and the batcher both hold it back, neither clearly; no single change to "
-                   f"suggest.", starved=True)
+    both = f"{seen} and the chunk queue {chunks.empty:.0%}: the workers and the batcher both hold it back"
+    shared = _shared_limit(e, both)
+    if shared is not None:
+        return shared
+    return Verdict("input-bound", f"{both}, neither clearly; no single change to suggest.",
+                   starved=True)
+
+
+def _shared_limit(e: Evidence, both: str) -> Verdict | None:
+    """What holds back workers and batcher alike, when the chunk queue cannot tell them apart.
+
+    Pure-Python fetch in two threads left the chunk queue empty only 49% to 72% of idle runs
+    here: the batcher (a thread too) waited 10 to 30 ms for the GIL at each hand-over, so
+    chunks sat in the queue while fetch was the slow side. The GIL fetch holds, or a machine
+    with no core to spare, limits both stages, and the remedy is the worker-side one.
+    """
+    if e.kind == "thread" and _gil_held(e) and e.fetch_cpu_share >= GIL_FETCH_CPU:
+        return Verdict("GIL-bound", f"{both}, and fetch holds the GIL, which the batcher needs "
+                       f"too: a thread that asked for it found it held {e.gil_held:.0%} of the "
+                       f"time and waited {e.gil_wait_ms:.1f} ms on average (a free GIL takes "
+                       f"well under 0.5 ms). Use workers.kind=process "
+                       f"(workers.count={max(2, e.workers)}): the machine had {_idle_note(e)} "
+                       f"for them.", starved=True)
+    if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
+        return Verdict("CPU-bound", f"{both}, and fetch computes (it ran on a CPU "
+                       f"{e.fetch_cpu_share:.0%} of its time, {e.fetch_cores:.1f} cores in all) "
+                       f"while the {e.cores}-core machine had {_idle_note(e)}: both stages wait "
+                       f"for a CPU, and more workers would find none; only a cheaper fetch "
+                       f"would help.", starved=True)
+    return None
 
 
 def _gil_note(e: Evidence) -> str:

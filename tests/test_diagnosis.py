@@ -159,9 +159,26 @@ def test_in_between_no_single_stage_is_named_and_nothing_is_advised():
     assert v.kind == "input-bound" and "no single change" in v.text and "workers." not in v.text
 
 
+def test_in_between_a_gil_held_by_fetch_or_no_spare_cpu_is_named_as_the_shared_limit():
+    # Seen in CI: pure-Python fetch in 2 threads, "input-bound ... the chunk queue 47%": the
+    # batcher waited 10 to 30 ms for the GIL at each hand-over, so chunks sat in the queue.
+    gil = ev(batch_empty=0.64, chunk_empty=0.47, gil_wait_ms=23.4, gil_held=1.0,
+             fetch_cpu_share=0.45, fetch_cores=0.9, idle_cores=0.94)
+    v = verdict(gil)
+    assert v.kind == "GIL-bound" and "the chunk queue 47%" in v.text and "batcher needs" in v.text
+    assert "Use workers.kind=process (workers.count=2)" in v.text
+    busy = verdict(replace(gil, idle_cores=0.1))  # the GIL is not judged without idle cores
+    assert busy.kind == "CPU-bound" and "GIL" not in busy.text and "workers." not in busy.text
+    waits = verdict(replace(gil, fetch_cpu_share=0.01, idle_cores=0.1))  # fetch sleeps: no claim
+    assert waits.kind == "input-bound"
+    released = verdict(replace(gil, gil_wait_ms=0.1, gil_held=0.02))  # a free GIL, idle cores
+    assert released.kind == "input-bound"
+
+
 def test_no_verdict_contradicts_its_evidence():
     """Every combination: the verdict's claims follow from the figures it quotes."""
-    worker_side = {"fetch-bound", "GIL-bound", "transport-bound", "CPU-bound"}
+    worker_side = {"fetch-bound", "transport-bound"}
+    shared_limit = {"GIL-bound", "CPU-bound"}  # the workers', or also the batcher's, limit
     for batch_empty, chunk_empty, gil, kind, idle, share in itertools.product(
             (0.0, 0.15, 0.3, 0.6, 1.0), (0.0, 0.1, 0.3, 0.6, 1.0), (None, 0.1, 9.0),
             ("thread", "process"), (0.0, 1.5), (0.0, 0.3, 1.0)):
@@ -172,6 +189,8 @@ def test_no_verdict_contradicts_its_evidence():
         assert v.starved == (batch_empty >= 0.5), (e, v)
         if v.kind in worker_side:
             assert chunk_empty >= 0.5, (e, v)
+        if v.kind in shared_limit:
+            assert chunk_empty >= 0.2 and (chunk_empty >= 0.5 or "batcher" in v.text), (e, v)
         if v.kind == "consumer-bound":
             assert batch_empty < 0.2
         if "workers.kind=process" in v.text and "If fetch runs Python" not in v.text:
