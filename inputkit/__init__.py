@@ -45,6 +45,8 @@ _EXPORTS = {
     "SkipLimitExceeded": "inputkit.failures",
     "MemoryBudgetError": "inputkit.memory",
     "EpochEnd": "inputkit.work",
+    "tune": "inputkit.tuning",
+    "TuneResult": "inputkit.tuning",
 }
 
 __all__ = [
@@ -74,11 +76,13 @@ __all__ = [
     "StallError",
     "SyntheticSource",
     "TorchDatasetSource",
+    "TuneResult",
     "WorkerFailure",
     "WorkerPoolStats",
     "__version__",
     "compose",
     "load_spec",
+    "tune",
 ]
 
 if TYPE_CHECKING:
@@ -105,6 +109,7 @@ if TYPE_CHECKING:
     from inputkit.sources.torch_dataset import TorchDatasetSource
     from inputkit.stats import CoordinatorStats, RunnerStats
     from inputkit.torch_adapter import InputkitIterableDataset
+    from inputkit.tuning import TuneResult, tune
     from inputkit.work import EpochEnd
     from inputkit.workers.base import WorkerPoolStats
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from inputkit.cli.tune import tune_command
+
 app = typer.Typer(
     name="inputkit",
     help="Configuration-driven, observable, memory-safe training input.",
@@ -113,6 +115,9 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         return _report(err, exc, str(exc), EXIT_CONFIG)
     print_plan(make_console(), memory_plan)
     return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
+
+
+app.command(name="tune", context_settings=_PASS_THROUGH)(tune_command)
 
 
 @app.command()

@@ -1,0 +1,164 @@
+"""Every point the tuner considers goes through the ledger: planned first, then measured or not.
+
+The memory planner sees each point before anything starts. A point over
+``memory.budget`` (or ``memory.gpu_budget``) is recorded as *over budget* with its planned
+bytes and is never started, whatever ``memory.allow_over_budget`` says: the tuner must not
+be the thing that runs a machine out of memory. A point that fits is measured
+(:mod:`inputkit.tuning.trial`) and recorded with its figures. The ledger also keeps the
+count of measured trials against ``max_trials`` and tells the progress display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from inputkit.config.spec import RunSpec, load_spec
+from inputkit.errors import ConfigError
+from inputkit.memory import MemoryPlan, plan_memory
+from inputkit.runner import Runner
+from inputkit.tuning.space import Point
+from inputkit.tuning.trial import Measurement, Settings, measure
+
+MEASURED, OVER_BUDGET, FAILED, INVALID = "measured", "over budget", "failed", "invalid"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One row of the table: a point, why it was tried, and what happened."""
+
+    number: int  # in the order considered, from 1
+    point: Point
+    phase: str  # start, grow, shrink queue.capacity, ..., final
+    status: str  # measured, over budget (never started), failed, invalid (the config refused it)
+    planned_bytes: int | None  # the plan's host total for the whole config at this point
+    budget_bytes: int | None
+    rate: float | None = None  # batches/s, the slowest device's (median of the runs)
+    samples_per_s: float | None = None
+    spread: float | None = None  # relative range of the runs (or of one run's slices)
+    runs: int = 0
+    verdict: str | None = None  # the diagnosis of the measured span (its kind)
+    verdict_text: str = ""
+    error: str = ""
+    gpu_bytes: int = 0  # planned GPU bytes per device
+
+    @property
+    def measured(self) -> bool:
+        return self.status == MEASURED and self.rate is not None
+
+
+class Progress(Protocol):
+    """What the CLI's display is told (the API's default tells nobody)."""
+
+    def started(self, k: int, n: int, point: Point, phase: str, best: Trial | None) -> None: ...
+
+    def finished(self, trial: Trial, best: Trial | None) -> None: ...
+
+
+class NoProgress:
+    def started(self, k: int, n: int, point: Point, phase: str, best: Trial | None) -> None:
+        pass
+
+    def finished(self, trial: Trial, best: Trial | None) -> None:
+        pass
+
+
+class TrialLimit(Exception):
+    """``max_trials`` trials were measured: the search stops where it is."""
+
+
+class Ledger:
+    """Plans, gates, measures and records points of one starting config."""
+
+    def __init__(self, base: dict[str, Any], devices: tuple[str, ...], settings: Settings,
+                 max_trials: int | None, progress: Progress | None = None,
+                 runner_class: type[Runner] = Runner) -> None:
+        self._base = base  # the plain config points apply to (each input's answer goes in)
+        self._version = 0
+        self.devices = devices
+        self.settings = settings
+        self.max_trials = max_trials
+        self.progress = progress or NoProgress()
+        self.runner_class = runner_class
+        self.trials: list[Trial] = []
+        self.expected = 0  # the most trials the search may still measure (for "k of n")
+        self._seen: dict[tuple[Any, ...], Trial] = {}
+        self._plans: dict[tuple[Any, ...], tuple[RunSpec, MemoryPlan]] = {}
+
+    @property
+    def base(self) -> dict[str, Any]:
+        return self._base
+
+    @base.setter
+    def base(self, cfg: dict[str, Any]) -> None:
+        self._base = cfg
+        self._version += 1  # plans made against the old base no longer apply
+
+    @property
+    def measured_count(self) -> int:
+        return sum(1 for t in self.trials if t.runs)
+
+    def best(self, input_name: str) -> Trial | None:
+        found = [t for t in self.trials if t.point.input == input_name and t.measured]
+        return max(found, key=lambda t: t.rate or 0.0) if found else None
+
+    def plan(self, point: Point) -> tuple[RunSpec, MemoryPlan]:
+        """The point's checked spec and memory plan (the planner probes the source if needed)."""
+        key = (point.key, self._version)
+        if key not in self._plans:
+            spec = load_spec(point.apply(self.base))
+            self._plans[key] = (spec, plan_memory(spec, devices=self.devices))
+        return self._plans[key]
+
+    def fits(self, point: Point) -> bool | None:
+        """Whether the point's plan fits the budget; None when the config refuses the point."""
+        try:
+            return not self.plan(point)[1].over_budget
+        except ConfigError:
+            return None
+
+    def evaluate(self, point: Point, phase: str, fresh: bool = False) -> Trial:
+        """The point's trial: planned, then measured if it fits. A point seen before is not
+        measured again unless ``fresh`` (the final re-measurement)."""
+        if not fresh and point.key in self._seen:
+            return self._seen[point.key]
+        number = len(self.trials) + 1
+        try:
+            spec, plan = self.plan(point)
+        except ConfigError as exc:
+            return self._record(Trial(number, point, phase, INVALID, None, None, error=str(exc)))
+        figures = {"planned_bytes": plan.host_bytes, "budget_bytes": plan.budget_bytes,
+                   "gpu_bytes": plan.gpu_bytes_per_device}
+        if plan.over_budget:  # never started
+            return self._record(Trial(number, point, phase, OVER_BUDGET, **figures))
+        if phase != "final" and self.max_trials is not None and \
+                self.measured_count >= self.max_trials:
+            raise TrialLimit
+        k = self.measured_count + 1
+        n = max(k, min(self.expected, self.max_trials) if self.max_trials else self.expected)
+        self.progress.started(k, n, point, phase, self.best(point.input))
+        try:
+            result: Measurement = measure(replace(spec, allow_over_budget=False), point.input,
+                                          self.settings, self.runner_class)
+        except (KeyboardInterrupt, TrialLimit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a point that fails is a row, not the end
+            text = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0]
+            return self._record(Trial(number, point, phase, FAILED, runs=1, error=text,
+                                      **figures))
+        median = result.verdict
+        return self._record(Trial(number, point, phase, MEASURED, rate=result.rate,
+                                  samples_per_s=result.samples_per_s, spread=result.spread,
+                                  runs=len(result.runs), verdict=median.verdict,
+                                  verdict_text=median.verdict_text, **figures))
+
+    def _record(self, trial: Trial) -> Trial:
+        self.trials.append(trial)
+        if trial.phase != "final":
+            self._seen[trial.point.key] = trial
+        self.progress.finished(trial, self.best(trial.point.input))
+        return trial
+
+
+Evaluate = Callable[[Point, str], Trial]

@@ -1,0 +1,160 @@
+"""The strategy: coordinate descent on one input, guided by the noise and the diagnosis.
+
+1. **Grow** the worker count, per worker kind, with generous queues (the largest grid
+   capacities that fit the budget): 1, 2, 4, ... while each step adds more throughput than
+   the noise (5%, or the trials' measured spread if larger). It stops early when the next
+   step cannot help: the count is over budget (more workers only hold more), ``--target``
+   is reached (more workers only cost memory), or the diagnosis of the trial says more
+   workers would not help (the consumer sets the pace; or, after a step that gained
+   less than half, the CPUs, the GIL, the batcher or the hand-over from processes).
+2. **Shrink** the queues of each kind that came within 5% of the best (or reached the
+   target), from its cheapest such count: the chunk queue capacity down the grid while
+   throughput stays within 5% of the best measured (or at the target), then the batch
+   queue, then ``device.prefetch`` on CUDA.
+
+Throughput rises with workers until one resource saturates and falls with queue size
+only once a queue is too short to absorb jitter, so each dimension has one knee, and
+walking each to its knee costs a handful of trials instead of the product of the
+grids. The per-stage diagnosis is used where it is reliable: to stop climbing early.
+
+The answer (:func:`choose`): the least planned memory, then the fewest workers, among
+the points within 5% of the best measured; with a target, the cheapest point that
+reaches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from inputkit.tuning.ledger import OVER_BUDGET, Ledger, Trial
+from inputkit.tuning.space import INLINE, InputSpace, Point
+
+TOLERANCE = 0.05  # within this share of the best measured is as good as the best
+# Verdicts after which a larger worker count is not tried (the next step is not worth it):
+CONSUMER_SETS_PACE = "consumer-bound"
+SATURATED = ("CPU-bound", "GIL-bound", "batcher-bound", "copy-bound", "transport-bound")
+SMALL_GAIN = 0.5  # ... for SATURATED, only after a step that gained less than this
+
+
+def upper_bound(space: InputSpace) -> int:
+    """The most trials :func:`search_input` can measure for ``space`` (start and final included)."""
+    shrink = len(space.capacities) + len(space.batch_capacities) + len(space.prefetch)
+    per_kind = sum(len(space.counts_of(k)) + (0 if k == INLINE else shrink) for k in space.kinds)
+    return 1 + per_kind + 2
+
+
+def search_input(space: InputSpace, ledger: Ledger, target: float | None) -> None:
+    """Measure the start, grow each kind's count, shrink the queues of the kinds that matter."""
+    ledger.evaluate(space.start, "start")
+    grown: dict[str, list[Trial]] = {}
+    for kind in space.kinds:
+        first = _generous(space, ledger, kind)
+        if first is not None:
+            grown[kind] = _grow(space, ledger, first, target)
+    for trials in grown.values():
+        goal = _goal(ledger, space.input, target)
+        good = [t for t in trials if t.measured and (t.rate or 0.0) >= goal]
+        if not good:
+            continue
+        cheapest = min(good, key=_cost)
+        _shrink(space, ledger, cheapest.point, target)
+
+
+def _generous(space: InputSpace, ledger: Ledger, kind: str) -> Point | None:
+    """The first count's point with the largest queues that fit the budget (None: none fit)."""
+    count = space.counts_of(kind)[0]
+    prefetch = max(space.prefetch) if space.prefetch else None
+    if kind == INLINE:
+        return space.point(kind, count, 1, 1, prefetch)
+    for capacity in sorted(space.capacities, reverse=True):
+        for batch_capacity in sorted(space.batch_capacities, reverse=True):
+            point = space.point(kind, count, capacity, batch_capacity, prefetch)
+            fits = ledger.fits(point)
+            if fits is None:  # the config refuses this kind: one row says why
+                ledger.evaluate(point, "grow")
+                return None
+            if fits:
+                return point
+    ledger.evaluate(space.point(kind, count, min(space.capacities), min(space.batch_capacities),
+                                min(space.prefetch) if space.prefetch else None), "grow")
+    return None
+
+
+def _grow(space: InputSpace, ledger: Ledger, first: Point, target: float | None) -> list[Trial]:
+    trials: list[Trial] = []
+    previous: Trial | None = None
+    for count in space.counts_of(first.kind):
+        trial = ledger.evaluate(replace(first, count=count), "grow")
+        trials.append(trial)
+        if not trial.measured:
+            break  # over budget (more workers hold more), failed or refused
+        rate = trial.rate or 0.0
+        if target is not None and rate >= target:
+            break
+        if trial.verdict == CONSUMER_SETS_PACE:
+            break
+        if previous is not None:
+            before = previous.rate or 0.0
+            gain = rate / before - 1.0 if before > 0 else float("inf")
+            noise = max(TOLERANCE, previous.spread or 0.0, trial.spread or 0.0)
+            if gain <= noise:
+                break
+            if trial.verdict in SATURATED and gain < SMALL_GAIN:
+                break
+        previous = trial
+    return trials
+
+
+def _shrink(space: InputSpace, ledger: Ledger, point: Point, target: float | None) -> None:
+    """Walk each queue dimension down its grid while the point stays good enough."""
+    dims: list[tuple[str, tuple[int, ...]]] = [("prefetch", space.prefetch)]
+    if point.kind != INLINE:
+        dims = [("capacity", space.capacities), ("batch_capacity", space.batch_capacities), *dims]
+    for attr, grid in dims:
+        current = getattr(point, attr)
+        for value in sorted((v for v in grid if current is not None and v < current),
+                            reverse=True):
+            trial = ledger.evaluate(replace(point, **{attr: value}), f"shrink {_key(attr)}")
+            if not trial.measured or (trial.rate or 0.0) < _goal(ledger, space.input, target):
+                break
+            point = trial.point
+
+
+def _key(attr: str) -> str:
+    return {"capacity": "queue.capacity", "batch_capacity": "queue.batch_capacity",
+            "prefetch": "device.prefetch"}[attr]
+
+
+def _goal(ledger: Ledger, input_name: str, target: float | None) -> float:
+    """The rate a point must reach to be an answer: the target when one was measured to be
+    reachable, else 95% of the best measured so far."""
+    best = ledger.best(input_name)
+    top = best.rate if best is not None and best.rate is not None else 0.0
+    if target is not None and top >= target:
+        return target
+    return (1.0 - TOLERANCE) * top
+
+
+def _cost(trial: Trial) -> tuple[float, int, float]:
+    """Least planned memory, then fewest workers, then the faster."""
+    planned = trial.planned_bytes if trial.planned_bytes is not None else float("inf")
+    return (planned, trial.point.count, -(trial.rate or 0.0))
+
+
+def choose(trials: list[Trial], input_name: str, target: float | None) -> tuple[Trial | None, bool]:
+    """The answer among the measured search trials of one input, and whether it reaches the
+    target (True without one). None when nothing was measured."""
+    found = [t for t in trials if t.point.input == input_name and t.measured and t.phase != "final"]
+    if not found:
+        return None, False
+    if target is not None:
+        reaching = [t for t in found if (t.rate or 0.0) >= target]
+        if reaching:
+            return min(reaching, key=_cost), True
+    best = max(t.rate or 0.0 for t in found)
+    near = [t for t in found if (t.rate or 0.0) >= (1.0 - TOLERANCE) * best - 1e-9 * best]
+    return min(near, key=_cost), target is None
+
+
+def over_budget(trials: list[Trial]) -> list[Trial]:
+    return [t for t in trials if t.status == OVER_BUDGET]
