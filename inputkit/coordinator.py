@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.batcher import BatcherThread
+from inputkit.batcher import Batcher, BatcherThread
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
 from inputkit.device import DeviceTransform, make_device_stage
 from inputkit.errors import InputkitError, WorkerFailure
+from inputkit.inline import InlineStage
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue, QueueClosed
@@ -28,6 +29,7 @@ from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
 from inputkit.work import Dispatcher, EpochEnd
 from inputkit.workers import WorkerPool, make_worker_pool
+from inputkit.workers.inline import InlineWorkerPool
 
 
 class Abort:
@@ -69,7 +71,7 @@ class Stages:
     """One coordinator's threads and queues: what stopping it takes, and no reference back to
     the coordinator or its runner, so the runner's finalizer can hold it."""
 
-    def __init__(self, stop: threading.Event, workers: WorkerPool, batcher: BatcherThread,
+    def __init__(self, stop: threading.Event, workers: WorkerPool, batcher: BatcherThread | None,
                  device_stage: Any, queues: list[BoundedQueue]) -> None:
         self.stop_event = stop
         self.workers = workers
@@ -89,9 +91,8 @@ class Stages:
     def join(self, deadline: float) -> list[str]:
         """Wait for every thread until ``deadline``; describe the ones still running."""
         stuck = self.workers.join(deadline)
-        self.batcher.thread.join(max(0.0, deadline - time.monotonic()))
-        if self.batcher.thread.is_alive():
-            stuck.append(self.batcher.thread.name)
+        if self.batcher is not None:
+            stuck.extend(self.batcher.join(deadline))
         stuck.extend(self.device_stage.join(deadline))
         self.closed = True
         return stuck
@@ -115,10 +116,11 @@ class Coordinator(Iterator[dict[str, Any]]):
         count = spec.worker_count
         self._abort = abort
         self._stop = threading.Event()
-        self.chunk_queue = BoundedQueue(f"{spec.name}/{device}/chunks", spec.chunk_capacity,
-                                        spec.chunk_capacity_bytes)
-        self.batch_queue = BoundedQueue(f"{spec.name}/{device}/batches", spec.batch_capacity,
-                                        spec.batch_capacity_bytes)
+        inline = spec.worker_kind == "inline"  # the whole chain in the consumer's thread
+        self.chunk_queue = None if inline else BoundedQueue(
+            f"{spec.name}/{device}/chunks", spec.chunk_capacity, spec.chunk_capacity_bytes)
+        self.batch_queue = None if inline else BoundedQueue(
+            f"{spec.name}/{device}/batches", spec.batch_capacity, spec.batch_capacity_bytes)
         # An indexable source (length known) is read by index range: exactly once per epoch.
         slot = device_index if slot is None else slot
         first_epoch, consumed = resume if resume is not None else (0, {})
@@ -126,10 +128,10 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.dispatcher = None if length is None else Dispatcher(
             length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count,
             first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()})
-        # Thread workers share this coordinator's chain; worker processes build their own.
+        # Threads share this coordinator's chain (inline: its one); processes build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
-            if spec.processors and spec.worker_kind == "thread" else None
+            if spec.processors and spec.worker_kind != "process" else None
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             processors=chain,
@@ -138,19 +140,26 @@ class Coordinator(Iterator[dict[str, Any]]):
             thread_prefix=f"inputkit-{name}",
             on_failure=lambda failure, me=weakref.ref(self): abort.fail(failure, me()),
         )
-        self.batcher = BatcherThread(
-            name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
-            batch_size=spec.batch_size, drop_last=spec.drop_last, stop=self._stop,
-            where=f"the batcher of {self.label}",
-            # CUDA staging copies every batch anyway; on CPU a view is lent while slots last.
-            copy_borrowed=self.workers.slots_scarce if device == "cpu" else lambda: False,
-        )
-        self.device_stage = make_device_stage(
-            device, spec.device_prefetch, self.batch_queue, self._stop, name,
-            f"the device stage of {self.label}",
-            DeviceTransform(spec.normalize, spec.channels_last, spec.key_prefix))
-        self.stages = Stages(self._stop, self.workers, self.batcher, self.device_stage,
-                             self._queues())
+        transform = DeviceTransform(spec.normalize, spec.channels_last, spec.key_prefix)
+        self.batcher: Batcher
+        self.device_stage: Any
+        if isinstance(self.workers, InlineWorkerPool):
+            self.batcher = Batcher(spec.batch_size, spec.drop_last)
+            self.device_stage = InlineStage(self.workers, self.batcher, device, transform)
+            thread = None
+        else:
+            assert self.chunk_queue is not None and self.batch_queue is not None
+            self.batcher = thread = BatcherThread(
+                name=f"inputkit-{name}-batcher", chunks=self.chunk_queue, batches=self.batch_queue,
+                batch_size=spec.batch_size, drop_last=spec.drop_last, stop=self._stop,
+                where=f"the batcher of {self.label}",
+                # CUDA staging copies every batch anyway; on CPU a view is lent while slots last.
+                copy_borrowed=self.workers.slots_scarce if device == "cpu" else lambda: False,
+            )
+            self.device_stage = make_device_stage(
+                device, spec.device_prefetch, self.batch_queue, self._stop, name,
+                f"the device stage of {self.label}", transform)
+        self.stages = Stages(self._stop, self.workers, thread, self.device_stage, self._queues())
         abort.join(self.workers)
         self.planned: dict[str, int] = {}  # the memory plan's stage -> bytes, set by the runner
         self.owner: Any = None  # the runner, kept alive while this stream is
@@ -167,7 +176,8 @@ class Coordinator(Iterator[dict[str, Any]]):
     def start(self) -> None:
         self._started_at = time.monotonic()
         self.device_stage.start()
-        self.batcher.start()
+        if isinstance(self.batcher, BatcherThread):
+            self.batcher.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
         self.workers.start()
@@ -231,8 +241,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         return self.stages.join(deadline)
 
     def _queues(self) -> list[BoundedQueue]:
-        extra = self.device_stage.queue()
-        return [self.chunk_queue, self.batch_queue] + ([extra] if extra is not None else [])
+        queues = [q for q in (self.chunk_queue, self.batch_queue, self.device_stage.queue())
+                  if q is not None]
+        return queues
 
     def stats(self) -> CoordinatorStats:
         now = self._finished_at or time.monotonic()  # a finished input's rates stop diluting

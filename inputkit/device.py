@@ -59,8 +59,12 @@ def _tensor(array: np.ndarray) -> Any:
     import torch
 
     # torch.from_numpy needs a writeable array with non-negative strides; views of a
-    # read-only or reversed source array get one contiguous copy instead.
-    if not array.flags.writeable or any(s < 0 for s in array.strides):
+    # read-only or reversed source array get one contiguous copy instead. (A writeable
+    # C-contiguous array, the usual batch, is checked in one look at its flags.)
+    flags = array.flags
+    if flags.writeable and flags.c_contiguous:
+        return torch.from_numpy(array)
+    if not flags.writeable or any(s < 0 for s in array.strides):
         array = np.array(array, copy=True, order="C")
     return torch.from_numpy(array)
 
@@ -146,14 +150,16 @@ class CpuDeviceStage:
     def get(self, stop: threading.Event) -> Any:
         """The next item: ``(tensors, n, nbytes, indices)``, or a control message (END, a Failure)."""
         item = self._batches.get(stop)
-        if isinstance(item, Batch):
-            if self._transform is not None:
-                self._transform.check(item)
-            tensors = {name: _tensor(arr) for name, arr in item.fields.items()}
-            if self._transform is not None:
-                tensors = self._transform.apply(tensors)
-            return tensors, item.n, item.nbytes, item.indices
-        return item
+        return self.convert(item) if isinstance(item, Batch) else item
+
+    def convert(self, batch: Batch) -> tuple[dict[str, Any], int, int, Any]:
+        """``(tensors, n, nbytes, indices)`` for one batch."""
+        if self._transform is not None:
+            self._transform.check(batch)
+        tensors = {name: _tensor(arr) for name, arr in batch.fields.items()}
+        if self._transform is not None:
+            tensors = self._transform.apply(tensors)
+        return tensors, batch.n, batch.nbytes, batch.indices
 
     def join(self, deadline: float) -> list[str]:
         return []

@@ -54,6 +54,10 @@ TRANSPORT = 0.5  # process workers inside fetch less than this share of their ti
 FULL = 0.8  # over-buffering: a queue full at least this share of the span
 OVERBUFFER_BUDGET_SHARE = 0.05
 OVERBUFFER_MIN_BYTES = 256 * 2**20
+# A fetch faster than this (ms, p50) costs less than handing its chunk between threads,
+# about 30 us a batch here: inline workers do better (W1: docs/benchmarks.md).
+HANDOVER_FETCH_MS = 0.05
+INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, wants workers
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 BUDGET_SHARE = 0.8
 
@@ -79,6 +83,8 @@ def judge(e: Evidence) -> Verdict | None:
                            f"({e.empty_chunks:,} in {e.span_s:.1f} s): check fetch; "
                            f"failures.stall_timeout reports this as a stall", starved=True)
         return None
+    if e.kind == "inline":
+        return _inline(e)
     last = e.consumer_queue
     if last is None:
         return None
@@ -88,10 +94,35 @@ def judge(e: Evidence) -> Verdict | None:
                        f"{e.over} (full {last.full:.0%}): the input keeps up, so "
                        f"the consumer (the training step) sets the pace. Nothing in the input "
                        f"needs to change.")
+    if e.chunks and e.fetch_p50_ms < HANDOVER_FETCH_MS:
+        return _hand_over_bound(e, last, seen)
     if last.empty < STARVED:
         return Verdict("balanced", f"{seen} (full {last.full:.0%}): the input about keeps pace "
                        f"with the consumer, and no stage stands out enough to name a change.")
     return _starved(e, last, seen)
+
+
+def _hand_over_bound(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
+    """Workers whose fetch is cheaper than handing its chunk on: inline is the answer."""
+    between = "threads" if e.kind == "thread" else "processes and threads"
+    return Verdict("hand-over-bound", f"{seen}, though each fetch took only "
+                   f"{e.fetch_p50_ms * 1000:.0f} us (p50): handing its chunk between {between} "
+                   f"(two queues, a wake-up at each) costs more than the fetch. Use "
+                   f"workers.kind=inline: the consumer's thread fetches, re-chunks and makes "
+                   f"the tensors, with no hand-over.", starved=last.empty >= STARVED)
+
+
+def _inline(e: Evidence) -> Verdict:
+    """Inline workers: the consumer runs fetch itself, so its share of the time is the figure."""
+    p50 = f"{e.fetch_p50_ms * 1000:.0f} us" if e.fetch_p50_ms < 1 else f"{e.fetch_p50_ms:.1f} ms"
+    seen = f"The consumer spent {e.in_fetch:.0%} of {e.over} inside fetch (p50 {p50})"
+    if e.in_fetch >= STARVED and e.fetch_p50_ms >= INLINE_SLOW_MS:
+        return Verdict("fetch-bound", f"{seen}, which inline workers run in its thread, one "
+                       f"fetch at a time and nothing beside the step: fetch sets the pace. Use "
+                       f"workers.kind=thread (workers.count=2 or more; workers.kind=process "
+                       f"where fetch computes in Python) to fetch beside the step.", starved=True)
+    return Verdict("inline", f"{seen}: each batch costs its fetch and no hand-over between "
+                   f"threads; nothing in the input needs to change.")
 
 
 def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:

@@ -101,7 +101,7 @@ class Runner:
                 key = f"{spec.key_prefix}source"
                 source: BoundSource | None = probed.get(name)
                 self._note_info(name, source)
-                if spec.worker_kind == "thread":  # threads share one source object
+                if spec.worker_kind != "process":  # threads (and inline) share one source object
                     if source is not None and indexed_length(source.obj) is None:
                         self._drop_source(source)  # a fetch source: the probe consumed a chunk
                         source = None

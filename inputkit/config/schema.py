@@ -17,10 +17,13 @@ from omegaconf import MISSING
 
 
 class WorkerKind(str, Enum):
-    """How fetch calls run: a thread pool in this process, or separate worker processes."""
+    """How fetch calls run: a thread pool in this process, separate worker processes, or inline:
+    in the consumer's own thread when it asks for a batch (no threads, no queues; for a fetch
+    so cheap that handing chunks between threads would cost more than it)."""
 
     thread = "thread"
     process = "process"
+    inline = "inline"
 
 
 class StartMethod(str, Enum):

@@ -205,13 +205,16 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
     for key, value, low in checks:
         if value < low:
             raise ConfigError(p + key, f"must be at least {low}, got {value}")
+    # Inline, the consumer's thread is the one worker: workers.count (an experiment's, say)
+    # does not apply, so workers=inline works on top of any config.
+    inline = node.workers.kind.value == "inline"
     return InputSpec(
         name=name,
         source=source,
         batch_size=int(node.batch_size),
         drop_last=bool(node.drop_last),
         worker_kind=node.workers.kind.value,
-        worker_count=int(node.workers.count),
+        worker_count=1 if inline else int(node.workers.count),
         start_method=node.workers.start_method.value,
         slot_bytes=parse_size(node.workers.slot_bytes, p + "workers.slot_bytes"),
         chunk_capacity=chunk_count,

@@ -39,7 +39,7 @@ def slot_count(spec: InputSpec, device: str) -> int:
 
 def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,
                      schema: ChunkSchema, worker_ids: list[int], num_workers: int,
-                     out: BoundedQueue, label: str, thread_prefix: str,
+                     out: BoundedQueue | None, label: str, thread_prefix: str,
                      on_failure: Callable[[Failure], None],
                      dispatcher: Dispatcher | None = None,
                      processors: Any = None) -> WorkerPool:
@@ -53,10 +53,15 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
                   batch_size_hint=spec.batch_size, out=out, label=label,
                   thread_prefix=thread_prefix, on_failure=on_failure, policy=spec.failures,
                   dispatcher=dispatcher)
-    if spec.worker_kind == "thread":
+    if spec.worker_kind in ("thread", "inline"):
         if source is None:
-            raise ConfigError(f"{spec.key_prefix}workers.kind", "thread workers need the source "
-                              "built in this process")
+            raise ConfigError(f"{spec.key_prefix}workers.kind", f"{spec.worker_kind} workers need "
+                              "the source built in this process")
+        if spec.worker_kind == "inline":  # the consumer fetches: what it makes goes to an inbox
+            from inputkit.workers.inline import InlineWorkerPool
+
+            del common["out"]
+            return InlineWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
         return ThreadWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
     if spec.worker_kind == "process":
         from inputkit.workers.processes import ProcessWorkerPool
@@ -68,4 +73,4 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
             processors=spec.processors, processors_seed=spec.epoch.seed,
             processors_key=f"{spec.key_prefix}processors", **common)  # type: ignore[arg-type]
     raise ConfigError(f"{spec.key_prefix}workers.kind",
-                      f"unknown worker kind '{spec.worker_kind}'; available: thread, process")
+                      f"unknown worker kind '{spec.worker_kind}'; available: thread, process, inline")

@@ -47,7 +47,7 @@ from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
 from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD
-from inputkit.workers.base import Activity
+from inputkit.workers.base import Activity, FetchClock
 from inputkit.workers.samples import read_skipping
 from inputkit.workers.shm import ArenaHandle, SlotAllocator, SlotArena, plan_pieces
 
@@ -213,6 +213,7 @@ class _Worker:
         self.stop = stop
         self.states = states
         self.activity = activity
+        self.clock = FetchClock()
         self.schema = ChunkSchema(source.name)
         self.where = f"worker {args.worker_id} (source '{source.name}')"
         self.chain = ProcessorChain.from_config(list(args.processors), key=args.processors_key,
@@ -249,7 +250,7 @@ class _Worker:
         index = self.args.slot_index
         self.states[index] = FETCHING
         self.activity.fetching(index)
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        self.clock.start()
         try:
             chunk = call_with_policy(
                 lambda: self._checked(call(), expect, key),
@@ -259,7 +260,7 @@ class _Worker:
             self.activity.fetched(index, progress=False)
             raise
         self.activity.fetched(index, progress=chunk.n > 0)
-        return chunk, time.perf_counter() - wall0, time.thread_time() - cpu0
+        return (chunk, *self.clock.stop())
 
     def fetch_chunks(self) -> None:
         args, source, inbox = self.args, self.source, self.inbox

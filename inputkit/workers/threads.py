@@ -37,7 +37,7 @@ from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
 from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD, Dispatcher, WorkItem
-from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, inside, overdue
+from inputkit.workers.base import Activity, FetchClock, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.samples import SampleRead, read_skipping
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
@@ -79,7 +79,12 @@ class ThreadWorkerPool:
         self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
         self._repeats = pool_log(pool)  # skip and retry messages: the first in full, then counted
         self._activity = Activity.local(len(self._ids))
+        self._clocks = [FetchClock() for _ in self._ids]
+        self._raising = policy.on_error == "raise"
+        self._wheres = {wid: f"worker {wid} of {label} (source '{source.name}')" for wid in self._ids}
         self._stalls: tuple[str, ...] = ()
+        self._read: Callable[..., Any] | None = None  # the source's read(indices), once looked up
+        self._by_epoch = False  # ... and whether it takes the epoch
         self._threads = [
             threading.Thread(target=self._run, args=(index, wid),
                              name=f"{thread_prefix}-fetch-{wid}", daemon=True)
@@ -144,7 +149,7 @@ class ThreadWorkerPool:
         return found
 
     def _where(self, wid: int) -> str:
-        return f"worker {wid} of {self._label} (source '{self._source.name}')"
+        return self._wheres[wid]
 
     def _run(self, index: int, wid: int) -> None:
         states = self._states
@@ -191,12 +196,16 @@ class ThreadWorkerPool:
         the processors (index-range work: the epoch and first index)."""
         self._states[wid] = FETCHING
         self._activity.fetching(index)
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        clock = self._clocks[index]
+        clock.start()
         try:
-            chunk = call_with_policy(
-                lambda: self._checked(call(), wid, expect, key),
-                self._policy, self._where(wid), self._stop,
-                on_retry=lambda e: self._failures.retried(_describe(e)), repeats=self._repeats)
+            if self._raising:  # on_error=raise: the policy would only re-raise
+                chunk = self._checked(call(), wid, expect, key)
+            else:
+                chunk = call_with_policy(
+                    lambda: self._checked(call(), wid, expect, key),
+                    self._policy, self._where(wid), self._stop,
+                    on_retry=lambda e: self._failures.retried(_describe(e)), repeats=self._repeats)
         except Skipped as skipped:
             self._activity.fetched(index, progress=False)
             limit = self._failures.skipped(_describe(skipped.error), expect or 0)
@@ -206,7 +215,7 @@ class ThreadWorkerPool:
         except BaseException:
             self._activity.fetched(index, progress=False)
             raise
-        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        wall, cpu = clock.stop()
         self._activity.fetched(index, progress=chunk.n > 0)
         self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
         self._failures.fetched(chunk.n)  # counted as one fetch, or n samples (index-range work)
@@ -230,41 +239,47 @@ class ThreadWorkerPool:
         """Index-range work: read the dispatcher's items until the stream is finished."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        source_read = self._source.obj.read
-        by_epoch = reads_epoch(source_read)
-        skipping = self._policy.on_error == "skip"
         while not self._stop.is_set():
             self._states[wid] = BLOCKED  # waiting for work is not a stall
             item = dispatcher.take(self._stop)
-            if item is None:
+            if item is None or not self._read_item(index, wid, item):
                 return
-            indices = item.remaining
-            key = (item.epoch, int(indices[0])) if len(indices) else None
-            read = functools.partial(source_read, epoch=item.epoch) if by_epoch else source_read
-            if skipping:  # a bad sample costs only itself (workers/samples.py)
-                got = self._read_skipping(index, wid, read, indices, key)
-                if got.stopped:
-                    return
-                if not self._account(wid, item, got):
-                    return
-                chunk, indices = got.chunk, got.indices
-            else:
-                chunk = self._fetch(index, wid, functools.partial(read, indices),
-                                    expect=len(indices), key=key)
-            if chunk is None:
-                continue
-            chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
-            self._states[wid] = BLOCKED
-            if not dispatcher.deliver(item, chunk, chunk.n, last=True):
-                return
-            self._states[wid] = IDLE
+
+    def _read_item(self, index: int, wid: int, item: WorkItem) -> bool:
+        """Read one work item and hand its chunk to the dispatcher; False once the pipeline
+        stops."""
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        if self._read is None:
+            self._read = self._source.obj.read
+            self._by_epoch = reads_epoch(self._read)
+        indices = item.remaining
+        key = (item.epoch, int(indices[0])) if len(indices) else None
+        read = functools.partial(self._read, epoch=item.epoch) if self._by_epoch else self._read
+        if self._policy.on_error == "skip":  # a bad sample costs only itself (workers/samples.py)
+            got = self._read_skipping(index, wid, read, indices, key)
+            if got.stopped or not self._account(wid, item, got):
+                return False
+            chunk, indices = got.chunk, got.indices
+        else:
+            chunk = self._fetch(index, wid, functools.partial(read, indices),
+                                expect=len(indices), key=key)
+        if chunk is None:
+            return True
+        chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
+        self._states[wid] = BLOCKED
+        if not dispatcher.deliver(item, chunk, chunk.n, last=True):
+            return False
+        self._states[wid] = IDLE
+        return True
 
     def _read_skipping(self, index: int, wid: int, read: Callable[[np.ndarray], Any],
                        indices: np.ndarray, key: Any) -> SampleRead:
         """One item under on_error=skip, timed like one fetch (its one-by-one reads too)."""
         self._states[wid] = FETCHING
         self._activity.fetching(index)
-        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        clock = self._clocks[index]
+        clock.start()
         try:
             got = read_skipping(read, indices, lambda raw, n: self._check_raw(raw, wid, n),
                                 lambda chunk: self._finish(chunk, wid, key), self._policy,
@@ -274,9 +289,9 @@ class ThreadWorkerPool:
             self._activity.fetched(index, progress=False)
             raise
         self._activity.fetched(index, progress=got.chunk is not None)
+        wall, cpu = clock.stop()
         if got.chunk is not None:
-            self._tally.fetched(got.chunk.n, got.chunk.nbytes, time.perf_counter() - wall0,
-                                time.thread_time() - cpu0)
+            self._tally.fetched(got.chunk.n, got.chunk.nbytes, wall, cpu)
         return got
 
     def _account(self, wid: int, item: WorkItem, got: SampleRead) -> bool:

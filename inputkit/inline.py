@@ -1,0 +1,91 @@
+"""The whole chain in the consumer's thread: ``workers.kind=inline``.
+
+In place of the batcher thread and the device stage, :class:`InlineStage` answers the
+coordinator's ``get()`` itself: it asks the :class:`~inputkit.workers.inline.InlineWorkerPool`
+for chunks (fetched there and then), re-chunks them into exact batches with the same
+:class:`~inputkit.batcher.Batcher`, and makes tensors as the device stage does. No queue,
+no thread, no wait for a wake-up: the cost of a batch is the fetch and a few microseconds.
+On CUDA the copy is made on the consumer's stream when the batch is taken (no prefetch).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from inputkit.batcher import Batch, Batcher
+from inputkit.chunk import Chunk
+from inputkit.device import CpuDeviceStage, DeviceTransform
+from inputkit.messages import END
+from inputkit.queues import BoundedQueue
+from inputkit.work import EpochEnd
+from inputkit.workers.inline import InlineWorkerPool
+
+
+class InlineStage:
+    """Batches (and control messages) made on demand, in the calling thread."""
+
+    prefetch = 0
+
+    def __init__(self, pool: InlineWorkerPool, batcher: Batcher, device: str,
+                 transform: DeviceTransform | None = None) -> None:
+        self.device = device
+        self._pool = pool
+        self._batcher = batcher
+        self._ready: deque[Any] = deque()  # batches, then the control message that follows them
+        self._tensors = CpuDeviceStage(None).convert  # type: ignore[arg-type]
+        self._to_device = None if device == "cpu" else _copier(device)
+        # device.normalize / channels_last: after the copy, as the device stages do it.
+        self._transform = transform if transform is not None and transform.active else None
+
+    def start(self) -> None:
+        pass
+
+    def get(self, stop: threading.Event) -> Any:
+        """The next ``(tensors, n, nbytes, indices)``, or END, an EpochEnd, a Failure; None once
+        the runner stopped."""
+        ready = self._ready
+        while not ready:
+            item = self._pool.next_item()
+            if isinstance(item, Chunk):
+                ready.extend(self._batcher.rechunker.add(item.fields, item.n, item.borrowed,
+                                                         item.nbytes))
+            elif item is END or isinstance(item, EpochEnd):
+                last = self._batcher.rechunker.flush()  # no batch mixes two epochs
+                if last is not None:
+                    ready.append(last)
+                ready.append(item)
+            else:  # a Failure, or None: stopped
+                return item
+        item = ready.popleft()
+        if not isinstance(item, Batch):
+            return item
+        batch = self._batcher.finish(item)
+        if self._transform is not None:
+            self._transform.check(batch)
+        tensors, n, nbytes, indices = self._tensors(batch)
+        if self._to_device is not None:
+            tensors = self._to_device(tensors)
+        if self._transform is not None:
+            tensors = self._transform.apply(tensors)
+        return tensors, n, nbytes, indices
+
+    def join(self, deadline: float) -> list[str]:
+        self._ready.clear()
+        return []
+
+    def queue(self) -> BoundedQueue | None:
+        return None
+
+
+def _copier(device: str) -> Any:
+    """Tensors to ``device``, copied on the current stream (the consumer's)."""
+    import torch
+
+    target = torch.device(device)
+
+    def copy(tensors: dict[str, Any]) -> dict[str, Any]:
+        return {name: t.to(target) for name, t in tensors.items()}
+
+    return copy
