@@ -120,7 +120,7 @@ def test_points_over_budget_are_planned_but_never_started():
 def test_target_stops_at_the_cheapest_count_reaching_it():
     """20 ms per batch and worker: 2 workers can give 100 batches/s at most, 4 give 200, so
     the cheapest count reaching 120 is 4 however loaded the machine is (60% of its ideal)."""
-    cfg = inputkit.compose([*LATENCY, "workers.count=1"])
+    cfg = inputkit.compose([*LATENCY, "workers.count=1", "queue.capacity=4", "queue.batch_capacity=2"])
     result = tune(cfg, **SHORT, target=120, grids=Grids(kinds=("thread",), counts=(1, 2, 4, 8),
                                                         capacities=(4,), batch_capacities=(2,)))
     [answer] = result.answers
@@ -174,13 +174,13 @@ def test_ctrl_c_mid_trial_closes_the_runner_and_returns_the_best_so_far(tmp_path
     class Interrupting:
         def started(self, k, n, point, phase, best):
             if k == 2:
-                threading.Timer(1.0, _thread.interrupt_main).start()
+                threading.Timer(0.5, _thread.interrupt_main).start()  # the trial takes > 1 s
 
         def finished(self, trial, best):
             pass
 
     cfg = inputkit.compose([*LATENCY, "workers=processes", "workers.count=1"])
-    result = tune(cfg, seconds=30, warmup=0.2, progress=Interrupting(), output_dir=tmp_path,
+    result = tune(cfg, seconds=1.0, warmup=0.2, progress=Interrupting(), output_dir=tmp_path,
                   grids=Grids(kinds=("process",), counts=(1, 2), capacities=(4,),
                               batch_capacities=(2,)))
     assert result.interrupted
@@ -199,7 +199,7 @@ def test_ctrl_c_through_the_cli_writes_the_best_so_far_and_exits_130(tmp_path):
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "inputkit", "tune", *LATENCY, "--kinds", "thread", "--counts",
-         "1,2,4,8", "--capacities", "4", "--batch-capacities", "2", "--seconds", "20",
+         "1,2,4,8", "--capacities", "4", "--batch-capacities", "2", "--seconds", "1",
          "--warmup", "0.2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
@@ -210,7 +210,7 @@ def test_ctrl_c_through_the_cli_writes_the_best_so_far_and_exits_130(tmp_path):
             if line.startswith("trial 2 of"):  # the first is reported, the second is running
                 break
         assert any(line.startswith("trial 1 done") for line in seen), seen
-        time.sleep(0.5)
+        time.sleep(0.3)  # trial 2 takes over a second: the signal lands inside it
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
