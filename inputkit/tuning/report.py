@@ -67,13 +67,14 @@ def _answer_lines(a: InputAnswer, interrupted: bool) -> list[str]:
                 "(the starting config is kept)"]
     settings = " ".join(a.chosen.point.overrides())
     lines = [f"input '{a.input}': {settings}"]
-    if a.final is not None:
+    if a.final is not None and a.chosen.phase == "start":
+        lines.append(f"  the starting config is the answer (nothing to change); re-measured: "
+                     f"{_rate(a.final)}")
+    elif a.final is not None:
         lines.append(f"  answer re-measured: {_rate(a.final)}, planned {_planned(a.final)}")
         lines.append(f"  starting config re-measured: {_rate(a.final_start)}, planned "
                      f"{_planned(a.final_start)}")
-        if a.chosen.phase == "start":
-            lines.append("  the starting config is the answer: nothing to change")
-        elif a.start_within:
+        if a.start_within:
             lines.append("  the starting config was already within 5% of the answer: the answer "
                          "saves memory (or workers), not time")
     else:
