@@ -360,6 +360,77 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
     name = inp.name
     p = inp.key_prefix
     terms = []
+    inline = inp.worker_kind == "inline"  # no queues: one chunk at a time, in the consumer
+    if inline:
+        terms.append(Term(name, "chunk being re-chunked", HOST, 1, "chunk", chunk_bytes,
+                          p + "workers.kind", chunk_detail))
+        terms.append(Term(name, "source", HOST, 1, "shared copy", layout.source_bytes,
+                          p + "source", format_size(layout.source_bytes), per_device=False))
+    else:
+        terms.extend(_worker_terms(inp, layout, chunk_bytes, chunk_detail, slots))
+    scratch, scratch_detail = layout.scratch
+    if scratch:  # each worker decodes one sample at a time
+        terms.append(Term(name, "decoding in workers", HOST, inp.worker_count, "workers", scratch,
+                          p + "workers.count", scratch_detail))
+    if inp.epoch.ordered and not inline:  # chunks that finished early wait for older ones
+        terms.append(Term(name, "reorder buffer", HOST, 2 * inp.worker_count - 1, "chunks",
+                          chunk_bytes, p + "epoch.ordered", chunk_detail))
+    terms.append(Term(name, "batcher", HOST, 1, "batch", batch_bytes, p + "batch_size",
+                      batch_detail))
+    if inline:
+        pass  # no batch queue: the consumer takes each batch as it is made
+    elif inp.batch_capacity_bytes is not None:
+        terms.append(Term(name, "batch queue", HOST, 1, "byte limit",
+                          max(inp.batch_capacity_bytes, batch_bytes), p + "queue.batch_capacity",
+                          f"{format_size(inp.batch_capacity_bytes)} (at least one batch)"))
+    else:
+        terms.append(Term(name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
+                          p + "queue.batch_capacity", batch_detail))
+    # After device.normalize the device's batches hold float32 (4 B an element) in its fields.
+    normalized = set(inp.normalize.fields) if inp.normalize is not None else set()
+    floats = sum(math.prod(shape) * 4 for n, (shape, *_) in layout.fields.items() if n in normalized)
+    converted = sum(size for n, (*_, size) in layout.fields.items() if n in normalized)
+    device_sample = sample - converted + floats
+    names = ", ".join(sorted(normalized))
+    as_float = f"{names} in float32 after device.normalize"
+    device_detail = f"{inp.batch_size:,} samples x {device_sample:,} B" + \
+        (f" ({as_float})" if normalized else "")
+    if on_gpu and inline:  # copied when taken, on the consumer's stream: no staging, no prefetch
+        terms.append(Term(name, "batch in the consumer's hands", GPU, 1, "batch",
+                          device_sample * inp.batch_size, p + "batch_size", device_detail))
+        if normalized:
+            terms.append(Term(name, "device copy before normalize", GPU, 1, "batch",
+                              converted * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x {converted:,} B ({names} as "
+                              "copied, before device.normalize)"))
+    elif on_gpu:
+        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch", batch_bytes,
+                          p + "batch_size", batch_detail))
+        terms.append(Term(name, "pinned staging", PINNED, inp.device_prefetch + 1, "batches",
+                          batch_bytes, p + "device.prefetch", batch_detail))
+        terms.append(Term(name, "device prefetch", GPU, inp.device_prefetch + 1, "batches",
+                          device_sample * inp.batch_size, p + "device.prefetch", device_detail))
+        if normalized:  # the uint8 copy a conversion reads, on the copy's stream
+            terms.append(Term(name, "device copy before normalize", GPU, 1, "batch",
+                              converted * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x {converted:,} B ({names} as "
+                              "copied, before device.normalize)"))
+    else:
+        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch",
+                          device_sample * inp.batch_size, p + "batch_size", device_detail))
+        if normalized:  # while the next batch converts: its uint8 input and float32 output
+            terms.append(Term(name, "device stage normalize", HOST, 1, "batch",
+                              (sample + floats) * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x ({sample:,} B in + {floats:,} B "
+                              f"out: {names} in float32)"))
+    return terms
+
+
+def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_detail: str,
+                  slots: int) -> list[Term]:
+    """The chunk queue and what thread or process workers hold."""
+    name, p = inp.name, inp.key_prefix
+    terms = []
     if inp.chunk_capacity_bytes is not None:
         queue = max(inp.chunk_capacity_bytes, chunk_bytes)  # one chunk always fits
         terms.append(Term(name, "chunk queue", HOST if inp.worker_kind == "thread" else SHARED,
@@ -390,51 +461,6 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
         terms.append(Term(name, "worker processes", HOST, inp.worker_count, "processes",
                           WORKER_PROCESS_BYTES, p + "workers.count",
                           f"{format_size(WORKER_PROCESS_BYTES)} each"))
-    scratch, scratch_detail = layout.scratch
-    if scratch:  # each worker decodes one sample at a time
-        terms.append(Term(name, "decoding in workers", HOST, inp.worker_count, "workers", scratch,
-                          p + "workers.count", scratch_detail))
-    if inp.epoch.ordered:  # chunks that finished early wait for older ones (private memory)
-        terms.append(Term(name, "reorder buffer", HOST, 2 * inp.worker_count - 1, "chunks",
-                          chunk_bytes, p + "epoch.ordered", chunk_detail))
-    terms.append(Term(name, "batcher", HOST, 1, "batch", batch_bytes, p + "batch_size",
-                      batch_detail))
-    if inp.batch_capacity_bytes is not None:
-        terms.append(Term(name, "batch queue", HOST, 1, "byte limit",
-                          max(inp.batch_capacity_bytes, batch_bytes), p + "queue.batch_capacity",
-                          f"{format_size(inp.batch_capacity_bytes)} (at least one batch)"))
-    else:
-        terms.append(Term(name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
-                          p + "queue.batch_capacity", batch_detail))
-    # After device.normalize the device's batches hold float32 (4 B an element) in its fields.
-    normalized = set(inp.normalize.fields) if inp.normalize is not None else set()
-    floats = sum(math.prod(shape) * 4 for n, (shape, *_) in layout.fields.items() if n in normalized)
-    converted = sum(size for n, (*_, size) in layout.fields.items() if n in normalized)
-    device_sample = sample - converted + floats
-    names = ", ".join(sorted(normalized))
-    as_float = f"{names} in float32 after device.normalize"
-    device_detail = f"{inp.batch_size:,} samples x {device_sample:,} B" + \
-        (f" ({as_float})" if normalized else "")
-    if on_gpu:
-        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch", batch_bytes,
-                          p + "batch_size", batch_detail))
-        terms.append(Term(name, "pinned staging", PINNED, inp.device_prefetch + 1, "batches",
-                          batch_bytes, p + "device.prefetch", batch_detail))
-        terms.append(Term(name, "device prefetch", GPU, inp.device_prefetch + 1, "batches",
-                          device_sample * inp.batch_size, p + "device.prefetch", device_detail))
-        if normalized:  # the uint8 copy a conversion reads, on the copy's stream
-            terms.append(Term(name, "device copy before normalize", GPU, 1, "batch",
-                              converted * inp.batch_size, p + "device.normalize",
-                              f"{inp.batch_size:,} samples x {converted:,} B ({names} as "
-                              "copied, before device.normalize)"))
-    else:
-        terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch",
-                          device_sample * inp.batch_size, p + "batch_size", device_detail))
-        if normalized:  # while the next batch converts: its uint8 input and float32 output
-            terms.append(Term(name, "device stage normalize", HOST, 1, "batch",
-                              (sample + floats) * inp.batch_size, p + "device.normalize",
-                              f"{inp.batch_size:,} samples x ({sample:,} B in + {floats:,} B "
-                              f"out: {names} in float32)"))
     return terms
 
 

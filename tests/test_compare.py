@@ -118,6 +118,33 @@ def test_the_best_peer_is_the_fastest_of_all_peers(monkeypatch, fastest):
     assert "0.50x" in ours_row, ours_row
 
 
+def test_w1_measures_inputkit_inline_beside_its_thread_workers_and_heads_with_the_faster(
+        monkeypatch):
+    """A trivial fetch is fastest in the consumer's thread: W1 (and W2) measure that shape
+    too, both rows are printed, and the ratio that counts is the faster one's."""
+    rates = {peer.key: 100.0 for peer in PEERS}
+    _fake(monkeypatch, rates)
+
+    def ours(spec, seconds, batch_bytes):
+        kind = spec.inputs[0].worker_kind
+        return compare.Measurement(f"inputkit ({kind}, fake)", 300.0 if kind == "inline" else 50.0,
+                                   1.0, 0.01, 100.0)
+
+    monkeypatch.setattr(compare, "measure_inputkit", ours)
+    monkeypatch.setattr("inputkit.peers.catalog.Peer.missing", lambda self: None)
+    result = compare.run_workload(compare.WORKLOADS["w1"], [], 0.1, lambda text: None)
+    assert [m.loader for m in result["inputkit_rows"]] == ["inputkit (thread, fake)",
+                                                           "inputkit (inline, fake)"]
+    assert result["inputkit"].loader == "inputkit (inline, fake)"
+    console = Console(record=True, width=240)
+    print_report(console, [result], None)
+    lines = console.export_text().splitlines()
+    assert "3.00x" in next(line for line in lines if "inputkit (inline, fake)" in line)
+    assert "0.50x" in next(line for line in lines if "inputkit (thread, fake)" in line)
+    four = compare.run_workload(compare.WORKLOADS["w4"], [], 0.1, lambda text: None)
+    assert [m.loader for m in four["inputkit_rows"]] == ["inputkit (process, fake)"]
+
+
 def test_a_missing_torchdata_skips_its_peer_with_the_reason(monkeypatch):
     """Without torchdata the thread peer is skipped, the table says why and how to get it,
     and the best peer is taken among the peers that ran."""

@@ -1,6 +1,6 @@
 """Framework overhead: inputkit against a hand-rolled loop and the seed's design, in one run.
 
-Two peers over the same source:
+Three peers over the same source:
 
 - the hand-rolled loop, what users write without a loader: one thread calling
   ``fetch`` and concatenating chunks into batches, then ``torch.from_numpy``.
@@ -11,7 +11,13 @@ Two peers over the same source:
   one enqueuer thread builds exact batches (carrying leftovers) into a second
   bounded queue, and the consumer takes them. It has threads and queues like
   inputkit, and none of its checks, statistics or failure handling, so the
-  ratio to it is what those cost.
+  ratio to it is what those cost;
+- ``DataLoader(batch_size=None, num_workers=0)`` over the same fetch, the fastest
+  DataLoader on a trivial fetch (where chunks are batches: it does not re-chunk).
+
+inputkit runs inline (``workers.kind=inline``: the consumer's thread fetches) and with
+1, 2 and 4 thread workers. "vs best peer" is against the faster of the seed's design
+and DataLoader.
 
 With a fetch that waits (latency), worker threads overlap the waits and both
 threaded loaders should beat the loop by about the worker count.
@@ -144,11 +150,36 @@ def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple
     return batches, elapsed
 
 
-def with_inputkit(workload: dict[str, Any], seconds: float, workers: int) -> tuple[int, float]:
+def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int, float] | None:
+    """Batches per second of ``DataLoader(batch_size=None, num_workers=0)`` over the same fetch
+    (the fastest DataLoader on a trivial fetch); None where chunks are not batches (it would
+    need re-chunking this loader does not do)."""
+    from inputkit.peers.torch_loader import ChunkDataset
+
+    if workload["chunk_size"] != workload["batch_size"]:
+        return None
+    source = {"_target_": "inputkit.sources.synthetic.SyntheticSource",
+              **{k: v for k, v in workload.items() if k != "batch_size"}}
+    loader = torch.utils.data.DataLoader(ChunkDataset(source, workload["batch_size"]),
+                                         batch_size=None, num_workers=0)
+    stream = iter(loader)
+    next(stream)
+    batches = 0
+    began = time.perf_counter()
+    end = began + seconds
+    for _ in stream:
+        batches += 1
+        if time.perf_counter() >= end:
+            break
+    return batches, time.perf_counter() - began
+
+
+def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
+                  kind: str = "thread") -> tuple[int, float]:
     source = {"_target_": "inputkit.sources.synthetic.SyntheticSource",
               **{k: v for k, v in workload.items() if k != "batch_size"}}
     cfg = {"source": source, "batch_size": workload["batch_size"], "devices": "cpu",
-           "workers": {"count": workers}}
+           "workers": {"kind": kind, "count": workers}}
     batches = 0
     with inputkit.Runner(cfg) as runner:
         stream = runner.device(0)
@@ -169,9 +200,10 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
     args = parser.parse_args()
     console = Console()
-    table = Table(title=f"inputkit vs a hand-rolled loop and the seed's design "
-                        f"({args.seconds:g} s each)")
-    for column in ["workload", "loader", "batches/s", "MB/s", "vs loop", "vs seed design"]:
+    table = Table(title=f"inputkit vs a hand-rolled loop, the seed's design and DataLoader "
+                        f"in-process ({args.seconds:g} s each)")
+    for column in ["workload", "loader", "batches/s", "MB/s", "vs loop", "vs seed design",
+                   "vs best peer"]:
         table.add_column(column, justify="left" if column in ("workload", "loader") else "right")
     for name in args.workload or sorted(WORKLOADS):
         workload = WORKLOADS[name]
@@ -182,15 +214,23 @@ def main() -> None:
         for workers in (1, 2):
             runs.append((f"seed design, {workers} fetcher thread(s)",
                          seed_design(workload, args.seconds, workers)))
+        loader = dataloader_in_process(workload, args.seconds)
+        if loader is not None:
+            runs.append(("DataLoader in-process (num_workers=0)", loader))
+        runs.append(("inputkit, inline (workers.kind=inline)",
+                     with_inputkit(workload, args.seconds, 1, kind="inline")))
         for workers in (1, 2, 4):
             runs.append((f"inputkit, {workers} thread(s)",
                          with_inputkit(workload, args.seconds, workers)))
         base = runs[0][1][0] / runs[0][1][1]
         seed = max(b / e for label, (b, e) in runs if label.startswith("seed design"))
+        # The peers a user would pick instead: the seed's design and DataLoader (not the loop,
+        # which has no checks, statistics or failure handling at all).
+        best = max(b / e for label, (b, e) in runs if label.startswith(("seed", "DataLoader")))
         for label, (batches, elapsed) in runs:
             rate = batches / elapsed
             table.add_row(name, label, f"{rate:,.0f}", f"{rate * batch_mb:,.0f}",
-                          f"{rate / base:.2f}x", f"{rate / seed:.2f}x")
+                          f"{rate / base:.2f}x", f"{rate / seed:.2f}x", f"{rate / best:.2f}x")
         console.print(f"measured {name}", style="dim")
     console.print(table)
 

@@ -26,7 +26,8 @@ def compare_table(results: list[dict[str, Any]]) -> Table:
         workload = result["workload"]
         best = result["best_peer"].batches_per_s
         limit = result["limit"]
-        rows = [result["inputkit"], *result["peers"]]
+        ours = result.get("inputkit_rows") or [result["inputkit"]]
+        rows = [*ours, *result["peers"]]
         for index, m in enumerate(rows):
             table.add_row(
                 workload.title if index == 0 else "", m.loader, f"{m.batches_per_s:,.1f}",
@@ -34,7 +35,7 @@ def compare_table(results: list[dict[str, Any]]) -> Table:
                 "-" if m.peak_mb is None else f"{m.peak_mb:,.0f} MB",
                 f"{m.batches_per_s / best:.2f}x" if best else "-",
                 f"{m.batches_per_s / limit:.2f}" if limit else "-",
-                style="bold" if index == 0 else None,
+                style="bold" if m is result["inputkit"] else None,
             )
         for peer, reason in result["skipped"]:
             table.add_row("", f"{peer.label(result['spec'])}: skipped, {reason}",

@@ -37,11 +37,16 @@ class Workload:
     experiment: str
     title: str
     limit_name: str
+    # inputkit's other shapes worth measuring here, as overrides of the experiment: where the
+    # fetch is cheap, the consumer's own thread (workers.kind=inline) may beat any pool.
+    shapes: tuple[str, ...] = ()
 
 
 WORKLOADS = {
-    "w1": Workload("w1", "tiny", "W1 tiny samples (256 x 64 float32)", "fetch loop, 1 thread"),
-    "w2": Workload("w2", "images", "W2 image-sized (64 x 3x224x224 uint8)", "memcpy bandwidth"),
+    "w1": Workload("w1", "tiny", "W1 tiny samples (256 x 64 float32)", "fetch loop, 1 thread",
+                   ("workers=inline",)),
+    "w2": Workload("w2", "images", "W2 image-sized (64 x 3x224x224 uint8)", "memcpy bandwidth",
+                   ("workers=inline",)),
     "w3": Workload("w3", "remote", "W3 latency-bound (20 ms per fetch)", "workers / latency"),
     "w4": Workload("w4", "cpu", "W4 CPU-bound (an FFT per 3x64x64 sample)", "cores x 1 worker"),
 }
@@ -136,7 +141,9 @@ def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measure
             del first
             count, elapsed = _drain(stream, seconds)
     kind = spec.inputs[0].worker_kind
-    return Measurement(f"inputkit ({spec.inputs[0].worker_count} {kind} workers)", count / elapsed,
+    label = "inputkit (inline: the consumer's thread fetches)" if kind == "inline" else \
+        f"inputkit ({spec.inputs[0].worker_count} {kind} workers)"
+    return Measurement(label, count / elapsed,
                        count * batch_bytes / elapsed / 1e6, first_s, memory.peak / 1e6)
 
 
@@ -239,15 +246,21 @@ def run_workload(workload: Workload, overrides: list[str], seconds: float,
     skipped = [(peer, reasons[peer.key]) for peer in PEERS if reasons[peer.key] is not None]
     say(f"{workload.title}: physical limit")
     limits = [physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0))]
-    runs: dict[str, list[Measurement]] = {"inputkit": [], **{p.key: [] for p in runnable}}
+    shapes = {"inputkit": spec, **{
+        shape: inputkit.load_spec(inputkit.compose([f"experiment={workload.experiment}",
+                                                    "devices=cpu", *overrides, shape]))
+        for shape in workload.shapes}}
+    runs: dict[str, list[Measurement]] = {**{k: [] for k in shapes}, **{p.key: [] for p in runnable}}
     for repeat in range(repeats):  # interleaved, so slow phases of a noisy machine hit all
         suffix = f" (run {repeat + 1} of {repeats})" if repeats > 1 else ""
-        say(f"{workload.title}: inputkit{suffix}")
-        runs["inputkit"].append(measure_inputkit(spec, seconds, batch_bytes))
+        for key, shape_spec in shapes.items():
+            say(f"{workload.title}: inputkit{'' if key == 'inputkit' else ', ' + key}{suffix}")
+            runs[key].append(measure_inputkit(shape_spec, seconds, batch_bytes))
         for peer in runnable:
             say(f"{workload.title}: {peer.label(input_spec)}{suffix}")
             runs[peer.key].append(measure_peer(peer, input_spec, seconds, batch_bytes))
-    ours = _median(runs["inputkit"])
+    rows = [_median(runs[key]) for key in shapes]
+    ours = max(rows, key=lambda m: m.batches_per_s)  # inputkit's fastest shape here
     peers = [_median(runs[peer.key]) for peer in runnable]
     say(f"{workload.title}: physical limit, again")
     # Measured before and after the loaders; the higher one is kept, so noise on a shared
@@ -255,6 +268,7 @@ def run_workload(workload: Workload, overrides: list[str], seconds: float,
     limits.append(physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0)))
     limit, how = max(limits)
     return {"workload": workload, "limit": limit, "limit_how": how, "inputkit": ours,
+            "inputkit_rows": rows,
             "peers": peers, "best_peer": best_peer(peers), "skipped": skipped,
             "batch_bytes": batch_bytes, "workers": input_spec.worker_count, "spec": input_spec}
 

@@ -32,7 +32,8 @@ from inputkit.tuning.space import INLINE, InputSpace, Point
 TOLERANCE = 0.05  # within this share of the best measured is as good as the best
 # Verdicts after which a larger worker count is not tried (the next step is not worth it):
 CONSUMER_SETS_PACE = "consumer-bound"
-SATURATED = ("CPU-bound", "GIL-bound", "batcher-bound", "copy-bound", "transport-bound")
+SATURATED = ("CPU-bound", "GIL-bound", "batcher-bound", "copy-bound", "transport-bound",
+             "hand-over-bound")
 SMALL_GAIN = 0.5  # ... for SATURATED, only after a step that gained less than this
 
 
