@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -227,23 +226,3 @@ def test_bench_runs_inline_from_the_cli(tmp_path):
     assert coordinator["workers"]["kind"] == "inline" and coordinator["batches"] > 0
     assert "inline." in out.stdout or "hand-over" not in out.stdout
 
-
-def test_closing_mid_stream_from_another_thread_ends_the_consumer():
-    cfg = make_cfg({"_target_": "fakes.Slow", "seconds": 0.05}, batch_size=4, workers=INLINE)
-    errors: list[BaseException] = []
-    runner = Runner(cfg).start()
-
-    def consume() -> None:
-        try:
-            for _ in runner.device(0):
-                pass
-        except BaseException as exc:  # noqa: BLE001 - checked below
-            errors.append(exc)
-
-    consumer = threading.Thread(target=consume, daemon=True)
-    consumer.start()
-    time.sleep(0.3)
-    runner.close()
-    consumer.join(10)
-    assert not consumer.is_alive()
-    assert errors and "closed" in str(errors[0])

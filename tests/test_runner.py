@@ -202,8 +202,12 @@ def test_close_is_idempotent_and_safe_from_another_thread():
         runner.device(0)
 
 
-def test_close_while_consumer_waits_ends_its_wait_with_a_clear_error():
-    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.3}, batch_size=4, memory=NO_PROBE)
+@pytest.mark.parametrize("kind", ["thread", "inline"])
+def test_close_while_consumer_waits_ends_its_wait_with_a_clear_error(kind):
+    # Inline, the consumer is inside the fetch itself: close() from another thread ends its
+    # stream as soon as that fetch returns.
+    cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 0.3}, batch_size=4, memory=NO_PROBE,
+                   workers={"kind": kind, "count": 1})
     runner = Runner(cfg).start()
     caught = []
 

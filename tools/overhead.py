@@ -158,11 +158,27 @@ def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int
 
     if workload["chunk_size"] != workload["batch_size"]:
         return None
-    source = {"_target_": "inputkit.sources.synthetic.SyntheticSource",
-              **{k: v for k, v in workload.items() if k != "batch_size"}}
-    loader = torch.utils.data.DataLoader(ChunkDataset(source, workload["batch_size"]),
+    loader = torch.utils.data.DataLoader(ChunkDataset(_source(workload), workload["batch_size"]),
                                          batch_size=None, num_workers=0)
-    stream = iter(loader)
+    return _timed(iter(loader), seconds)
+
+
+def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
+                  kind: str = "thread") -> tuple[int, float]:
+    cfg = {"source": _source(workload), "batch_size": workload["batch_size"], "devices": "cpu",
+           "workers": {"kind": kind, "count": workers}}
+    with inputkit.Runner(cfg) as runner:
+        return _timed(runner.device(0), seconds)
+
+
+def _source(workload: dict[str, Any]) -> dict[str, Any]:
+    return {"_target_": "inputkit.sources.synthetic.SyntheticSource",
+            **{k: v for k, v in workload.items() if k != "batch_size"}}
+
+
+def _timed(stream: Any, seconds: float) -> tuple[int, float]:
+    """Batches taken from ``stream`` in ``seconds``, the clock started after the first
+    (start-up is not what this measures)."""
     next(stream)
     batches = 0
     began = time.perf_counter()
@@ -172,26 +188,6 @@ def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int
         if time.perf_counter() >= end:
             break
     return batches, time.perf_counter() - began
-
-
-def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
-                  kind: str = "thread") -> tuple[int, float]:
-    source = {"_target_": "inputkit.sources.synthetic.SyntheticSource",
-              **{k: v for k, v in workload.items() if k != "batch_size"}}
-    cfg = {"source": source, "batch_size": workload["batch_size"], "devices": "cpu",
-           "workers": {"kind": kind, "count": workers}}
-    batches = 0
-    with inputkit.Runner(cfg) as runner:
-        stream = runner.device(0)
-        next(stream)  # start-up is not what this measures
-        began = time.perf_counter()
-        end = began + seconds
-        for _ in stream:
-            batches += 1
-            if time.perf_counter() >= end:
-                break
-        elapsed = time.perf_counter() - began
-    return batches, elapsed
 
 
 def main() -> None:
