@@ -10,7 +10,13 @@
 2. **Shrink** the queues of each kind that came within 5% of the best (or reached the
    target), from its cheapest such count: the chunk queue capacity down the grid while
    throughput stays within 5% of the best measured (or at the target), then the batch
-   queue, then ``device.prefetch`` on CUDA.
+   queue, then ``device.prefetch`` on CUDA. A smaller queue that reads below that but
+   within the trials' noise is measured again right after the point it shrinks from, and
+   judged on the medians of both points' readings: on a noisy machine (10-30% between
+   runs here) one reading cannot tell 5% apart.
+
+A point measured more than once counts the median of its readings, in the search and in
+the answer, so one lucky reading neither sets the bar nor wins.
 
 Throughput rises with workers until one resource saturates and falls with queue size
 only once a queue is too short to absorb jitter, so each dimension has one knee, and
@@ -24,7 +30,9 @@ reaches it.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import replace
+from typing import Any
 
 from inputkit.tuning.ledger import OVER_BUDGET, Ledger, Trial
 from inputkit.tuning.space import INLINE, InputSpace, Point
@@ -39,7 +47,7 @@ SMALL_GAIN = 0.5  # ... for SATURATED, only after a step that gained less than t
 
 def upper_bound(space: InputSpace) -> int:
     """The most trials :func:`search_input` can measure for ``space`` (start and final included)."""
-    shrink = len(space.capacities) + len(space.batch_capacities) + len(space.prefetch)
+    shrink = 3 * (len(space.capacities) + len(space.batch_capacities) + len(space.prefetch))
     per_kind = sum(len(space.counts_of(k)) + (0 if k == INLINE else shrink) for k in space.kinds)
     return 1 + per_kind + 2
 
@@ -116,9 +124,28 @@ def _shrink(space: InputSpace, ledger: Ledger, point: Point, target: float | Non
         for value in sorted((v for v in grid if current is not None and v < current),
                             reverse=True):
             trial = ledger.evaluate(replace(point, **{attr: value}), f"shrink {_key(attr)}")
-            if not trial.measured or (trial.rate or 0.0) < _goal(ledger, space.input, target):
+            if not trial.measured:
+                break
+            if rate_of(ledger.trials, trial.point) < _goal(ledger, space.input, target) and \
+                    not _holds_up(ledger, point, trial, target):
                 break
             point = trial.point
+
+
+def _holds_up(ledger: Ledger, reference: Point, trial: Trial, target: float | None) -> bool:
+    """A shrunk point that read below the goal but within the noise: measure the point it
+    shrinks from and it again, back to back, and judge it on the medians of their readings
+    (the bar falls too where the reference's first reading was a lucky one)."""
+    goal = _goal(ledger, trial.point.input, target)
+    ref = ledger.evaluate(reference, "shrink")  # measured before: its trial, not a new run
+    noise = max(TOLERANCE, trial.spread or 0.0, ref.spread or 0.0)
+    floor = goal / (1.0 - TOLERANCE) * (1.0 - noise)  # the best (or target), less the noise
+    if goal <= 0 or (trial.rate or 0.0) < floor:
+        return False  # below by more than the noise: it is slower
+    again_ref = ledger.evaluate(reference, "recheck", fresh=True)
+    again = ledger.evaluate(trial.point, "recheck", fresh=True)
+    return again_ref.measured and again.measured and \
+        rate_of(ledger.trials, trial.point) >= _goal(ledger, trial.point.input, target)
 
 
 def _key(attr: str) -> str:
@@ -129,8 +156,7 @@ def _key(attr: str) -> str:
 def _goal(ledger: Ledger, input_name: str, target: float | None) -> float:
     """The rate a point must reach to be an answer: the target when one was measured to be
     reachable, else 95% of the best measured so far."""
-    best = ledger.best(input_name)
-    top = best.rate if best is not None and best.rate is not None else 0.0
+    top = max(pooled(ledger.trials, input_name).values(), default=0.0)
     if target is not None and top >= target:
         return target
     return (1.0 - TOLERANCE) * top
@@ -145,16 +171,33 @@ def _cost(trial: Trial) -> tuple[float, int, float]:
 def choose(trials: list[Trial], input_name: str, target: float | None) -> tuple[Trial | None, bool]:
     """The answer among the measured search trials of one input, and whether it reaches the
     target (True without one). None when nothing was measured."""
-    found = [t for t in trials if t.point.input == input_name and t.measured and t.phase != "final"]
+    rates = pooled(trials, input_name)
+    # One candidate per point: its latest search trial, judged by the median of its readings.
+    found = list({t.point.key: t for t in trials if t.point.input == input_name and t.measured
+                  and t.phase != "final"}.values())
     if not found:
         return None, False
     if target is not None:
-        reaching = [t for t in found if (t.rate or 0.0) >= target]
+        reaching = [t for t in found if rates[t.point.key] >= target]
         if reaching:
             return min(reaching, key=_cost), True
-    best = max(t.rate or 0.0 for t in found)
-    near = [t for t in found if (t.rate or 0.0) >= (1.0 - TOLERANCE) * best - 1e-9 * best]
+    best = max(rates.values())
+    near = [t for t in found if rates[t.point.key] >= (1.0 - TOLERANCE) * best - 1e-9 * best]
     return min(near, key=_cost), target is None
+
+
+def pooled(trials: list[Trial], input_name: str) -> dict[Any, float]:
+    """Each measured point's batches/s: the median of its search readings (not the final
+    re-measurements, which are reported beside the answer, not searched on)."""
+    readings: dict[Any, list[float]] = {}
+    for t in trials:
+        if t.point.input == input_name and t.measured and t.phase != "final":
+            readings.setdefault(t.point.key, []).append(t.rate or 0.0)
+    return {key: statistics.median(values) for key, values in readings.items()}
+
+
+def rate_of(trials: list[Trial], point: Point) -> float:
+    return pooled(trials, point.input).get(point.key, 0.0)
 
 
 def over_budget(trials: list[Trial]) -> list[Trial]:
