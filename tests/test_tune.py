@@ -182,6 +182,13 @@ def test_a_smaller_queue_within_the_noise_is_measured_again_beside_its_reference
         (8, "recheck", 94.0), (4, "shrink queue.capacity", 50.0)]
     chosen, _ = choose(ledger.trials, "main", None)
     assert chosen.point.capacity == 8  # as fast within 5% (by medians), and less memory
+    # A reference already read twice is not read again: only the next candidate is.
+    ledger = _ScriptedLedger({16: [100.0, 90.0], 8: [88.0, 94.0], 4: [85.0, 92.0]})
+    ledger.evaluate(start, "grow")
+    _shrink(space, ledger, start, None)
+    assert [(t.point.capacity, t.phase) for t in ledger.trials][-2:] == [
+        (4, "shrink queue.capacity"), (4, "recheck")]
+    assert choose(ledger.trials, "main", None)[0].point.capacity == 8  # q4's median: 88.5
     # Where the pair confirms the drop, the smaller queue is not kept.
     ledger = _ScriptedLedger({16: [100.0, 100.0], 8: [88.0, 80.0], 4: []})
     ledger.evaluate(start, "grow")

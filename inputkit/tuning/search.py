@@ -11,7 +11,8 @@
    target), from its cheapest such count: the chunk queue capacity down the grid while
    throughput stays within 5% of the best measured (or at the target), then the batch
    queue, then ``device.prefetch`` on CUDA. A smaller queue that reads below that but
-   within the trials' noise is measured again right after the point it shrinks from, and
+   within the run-to-run noise (20% here, or the trials' spread if larger) is measured
+   again right after the point it shrinks from (if that was read only once), and
    judged on the medians of both points' readings: on a noisy machine (10-30% between
    runs here) one reading cannot tell 5% apart.
 
@@ -43,11 +44,15 @@ CONSUMER_SETS_PACE = "consumer-bound"
 SATURATED = ("CPU-bound", "GIL-bound", "batcher-bound", "copy-bound", "transport-bound",
              "hand-over-bound")
 SMALL_GAIN = 0.5  # ... for SATURATED, only after a step that gained less than this
+# How far apart two runs of one point read here (10-30%, up to 50% on W2): a shrunk point
+# below the bar by less than this (or its trials' spread, if larger) is measured again.
+# A run's own spread (its slices) understates it: the slices share the run's luck.
+RUN_TO_RUN = 0.2
 
 
 def upper_bound(space: InputSpace) -> int:
     """The most trials :func:`search_input` can measure for ``space`` (start and final included)."""
-    shrink = 3 * (len(space.capacities) + len(space.batch_capacities) + len(space.prefetch))
+    shrink = 2 * (len(space.capacities) + len(space.batch_capacities) + len(space.prefetch)) + 1
     per_kind = sum(len(space.counts_of(k)) + (0 if k == INLINE else shrink) for k in space.kinds)
     return 1 + per_kind + 2
 
@@ -138,13 +143,16 @@ def _holds_up(ledger: Ledger, reference: Point, trial: Trial, target: float | No
     (the bar falls too where the reference's first reading was a lucky one)."""
     goal = _goal(ledger, trial.point.input, target)
     ref = ledger.evaluate(reference, "shrink")  # measured before: its trial, not a new run
-    noise = max(TOLERANCE, trial.spread or 0.0, ref.spread or 0.0)
+    noise = max(RUN_TO_RUN, trial.spread or 0.0, ref.spread or 0.0)
     floor = goal / (1.0 - TOLERANCE) * (1.0 - noise)  # the best (or target), less the noise
     if goal <= 0 or (trial.rate or 0.0) < floor:
         return False  # below by more than the noise: it is slower
-    again_ref = ledger.evaluate(reference, "recheck", fresh=True)
+    if readings(ledger.trials, reference) < 2:  # a reference read twice is not read again
+        again_ref = ledger.evaluate(reference, "recheck", fresh=True)
+        if not again_ref.measured:
+            return False
     again = ledger.evaluate(trial.point, "recheck", fresh=True)
-    return again_ref.measured and again.measured and \
+    return again.measured and \
         rate_of(ledger.trials, trial.point) >= _goal(ledger, trial.point.input, target)
 
 
@@ -194,6 +202,10 @@ def pooled(trials: list[Trial], input_name: str) -> dict[Any, float]:
         if t.point.input == input_name and t.measured and t.phase != "final":
             readings.setdefault(t.point.key, []).append(t.rate or 0.0)
     return {key: statistics.median(values) for key, values in readings.items()}
+
+
+def readings(trials: list[Trial], point: Point) -> int:
+    return sum(1 for t in trials if t.point.key == point.key and t.measured and t.phase != "final")
 
 
 def rate_of(trials: list[Trial], point: Point) -> float:
