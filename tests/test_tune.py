@@ -196,6 +196,28 @@ def test_a_smaller_queue_within_the_noise_is_measured_again_beside_its_reference
     assert choose(ledger.trials, "main", None)[0].point.capacity == 16
 
 
+def test_a_start_as_fast_side_by_side_and_cheaper_is_kept_over_a_lucky_pick():
+    from types import SimpleNamespace
+
+    from inputkit.tuning import InputAnswer, _remeasure
+
+    start = Point("main", "", "process", 2, 16, 4)
+    pick = Point("main", "", "process", 4, 16, 4)
+
+    def trial(point, phase, rate):
+        return Trial(0, point, phase, MEASURED, 100 * point.count, 10**9, rate=rate, runs=1)
+
+    finals = {start.key: 213.0, pick.key: 215.0}  # W4 here: the pick's 260 was a lucky run
+    ledger = SimpleNamespace(base=None, evaluate=lambda p, phase, fresh=False:
+                             trial(p, phase, finals[p.key]))
+    answer = InputAnswer("main", trial(pick, "grow", 260.0), trial(start, "start", 210.0))
+    [kept] = _remeasure([answer], [SimpleNamespace(start=start)], ledger, {}, {})
+    assert kept.kept_start and kept.chosen.point == start and kept.displaced.point == pick
+    finals[start.key] = 180.0  # slower side by side: the pick stands
+    [stands] = _remeasure([answer], [SimpleNamespace(start=start)], ledger, {}, {})
+    assert not stands.kept_start and stands.chosen.point == pick and stands.start_within is False
+
+
 def test_the_space_covers_every_worker_kind_and_named_inputs():
     cfg = plain_config(inputkit.compose(["devices=cpu", "experiment=train_val"]))
     spec = load_spec(cfg)

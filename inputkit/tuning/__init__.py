@@ -37,7 +37,9 @@ class InputAnswer:
     ``final`` and ``final_start`` are the re-measurements at the end of the search (None
     when it was interrupted). ``start_within``: the starting config measured within 5% of
     the answer, so the answer saves memory rather than time. ``target_reached``: the
-    answer reaches ``--target`` (True without a target)."""
+    answer reaches ``--target`` (True without a target). ``kept_start``: the search's answer
+    (``displaced``) and the start measured within 5% of each other at the end, and the
+    start plans less memory (or as much, with fewer workers): the start is kept."""
 
     input: str
     chosen: Trial | None
@@ -47,6 +49,8 @@ class InputAnswer:
     target: float | None = None
     target_reached: bool = True
     start_within: bool | None = None
+    kept_start: bool = False
+    displaced: Trial | None = None
 
     @property
     def point(self) -> Point | None:
@@ -156,6 +160,10 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
             answers = _remeasure(answers, spaces, ledger, start, tuned)
         except KeyboardInterrupt:
             interrupted = True
+        tuned = start
+        for answer in answers:  # a kept start changes nothing for its input
+            if answer.chosen is not None:
+                tuned = answer.chosen.point.apply(tuned)
     result = TuneResult(config=tuned, start_config=start, answers=tuple(answers),
                         trials=tuple(ledger.trials), interrupted=interrupted,
                         trial_limit_reached=limited, grid_points=sum(s.grid_size() for s in spaces),
@@ -223,5 +231,19 @@ def _remeasure(answers: list[InputAnswer], spaces: list[Any], ledger: Any,
         within = None
         if final.measured and final_start.measured:
             within = (final_start.rate or 0.0) >= (1.0 - TOLERANCE) * (final.rate or 0.0)
+        if within and answer.start is not None and _cheaper(final_start, final):
+            # Side by side the start is as fast and cheaper: the search's pick was a lucky
+            # reading, and the start is the answer.
+            out.append(replace(answer, chosen=answer.start, final=final_start,
+                               final_start=final_start, start_within=True, kept_start=True,
+                               displaced=final))
+            continue
         out.append(replace(answer, final=final, final_start=final_start, start_within=within))
     return out
+
+
+def _cheaper(a: Trial, b: Trial) -> bool:
+    """Less planned memory, or as much with fewer workers."""
+    if a.planned_bytes is None or b.planned_bytes is None:
+        return False
+    return (a.planned_bytes, a.point.count) < (b.planned_bytes, b.point.count)

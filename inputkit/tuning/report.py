@@ -67,7 +67,12 @@ def _answer_lines(a: InputAnswer, interrupted: bool) -> list[str]:
                 "(the starting config is kept)"]
     settings = " ".join(a.chosen.point.overrides())
     lines = [f"input '{a.input}': {settings}"]
-    if a.final is not None and a.chosen.phase == "start":
+    if a.kept_start and a.displaced is not None and a.final is not None:
+        lines.append(f"  the starting config is the answer: re-measured side by side it gave "
+                     f"{_rate(a.final)}, planned {_planned(a.final)}, within 5% of the "
+                     f"search's pick ({a.displaced.point.label()}: {_rate(a.displaced)}, "
+                     f"planned {_planned(a.displaced)}) and cheaper")
+    elif a.final is not None and a.chosen.phase == "start":
         lines.append(f"  the starting config is the answer (nothing to change); re-measured: "
                      f"{_rate(a.final)}")
     elif a.final is not None:
