@@ -208,7 +208,7 @@ def test_bench_json_lines_parse_and_the_summary_has_a_diagnosis(tmp_path):
     assert records[-1]["coordinators"][0]["queues"][0]["stage"] == "chunk queue"
     assert records[-1]["coordinators"][0]["verdict"] in (
         "consumer-bound", "balanced", "fetch-bound", "GIL-bound", "CPU-bound", "batcher-bound",
-        "input-bound")
+        "input-bound", "hand-over-bound")
     summary = json.loads(next((tmp_path / "outputs").rglob("summary.json")).read_text())
     assert summary["diagnosis"] and summary["peak_buffered_bytes"] > 0
     assert list((tmp_path / "outputs").rglob("metrics.png"))
