@@ -94,7 +94,7 @@ def judge(e: Evidence) -> Verdict | None:
                        f"{e.over} (full {last.full:.0%}): the input keeps up, so "
                        f"the consumer (the training step) sets the pace. Nothing in the input "
                        f"needs to change.")
-    if e.chunks and e.fetch_p50_ms < HANDOVER_FETCH_MS:
+    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS:  # (0: no fetch was timed)
         return _hand_over_bound(e, last, seen)
     if last.empty < STARVED:
         return Verdict("balanced", f"{seen} (full {last.full:.0%}): the input about keeps pace "
