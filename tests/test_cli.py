@@ -192,11 +192,12 @@ def test_a_process_worker_sweep_runs_through_multirun(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_compare_prints_inputkit_every_peer_and_the_limit(tmp_path):
-    out = run(["compare", "-w", "w1", "-w", "w3", "--seconds", "0.5", "--no-startup"], tmp_path,
+    out = run(["compare", "-w", "w1", "-w", "w3", "--seconds", "0.3", "--no-startup"], tmp_path,
               timeout=170)
     assert out.returncode == 0, out.stderr
     table = out.stdout
-    for text in ["inputkit (2 thread workers)", "DataLoader in-process (num_workers=0)",
+    for text in ["inputkit (2 thread workers)", "inputkit (inline: the consumer's thread fetches)",
+                 "DataLoader in-process (num_workers=0)",
                  "DataLoader per-item (2 procs)", "DataLoader chunks (8 procs)",
                  "torchdata.nodes (8 threads)",
                  "limit: 8 workers x 256 samples / 20 ms", "vs best peer"]:

@@ -26,7 +26,7 @@ from inputkit.tuning.space import INLINE, default_counts, input_space, worker_ki
 
 TESTS = Path(__file__).resolve().parent
 LATENCY = ["source=tiny", "source.latency_ms=20", "source.chunk_size=null", "devices=cpu"]
-SHORT = {"seconds": 0.8, "warmup": 0.3}
+SHORT = {"seconds": 0.5, "warmup": 0.2}
 
 
 class RecordingRunner(Runner):
