@@ -163,18 +163,28 @@ def _shared_limit(e: Evidence, both: str) -> Verdict | None:
     """
     if e.kind == "thread" and _gil_held(e) and e.fetch_cpu_share >= GIL_FETCH_CPU:
         return Verdict("GIL-bound", f"{both}, and fetch holds the GIL, which the batcher needs "
-                       f"too: a thread that asked for it found it held {e.gil_held:.0%} of the "
-                       f"time and waited {e.gil_wait_ms:.1f} ms on average (a free GIL takes "
-                       f"well under 0.5 ms). Use workers.kind=process "
-                       f"(workers.count={max(2, e.workers)}): the machine had {_idle_note(e)} "
-                       f"for them.", starved=True)
+                       f"too: {_gil_reading(e)}. {_use_processes(e)}", starved=True)
     if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
-        return Verdict("CPU-bound", f"{both}, and fetch computes (it ran on a CPU "
-                       f"{e.fetch_cpu_share:.0%} of its time, {e.fetch_cores:.1f} cores in all) "
-                       f"while the {e.cores}-core machine had {_idle_note(e)}: both stages wait "
-                       f"for a CPU, and more workers would find none; only a cheaper fetch "
-                       f"would help.", starved=True)
+        return Verdict("CPU-bound", f"{both}, and {_computes(e)}: both stages wait for a CPU, "
+                       f"and more workers would find none; only a cheaper fetch would help.",
+                       starved=True)
     return None
+
+
+def _gil_reading(e: Evidence) -> str:
+    return (f"a thread that asked for it found it held {e.gil_held:.0%} of the time and waited "
+            f"{e.gil_wait_ms:.1f} ms on average (a free GIL takes well under 0.5 ms)")
+
+
+def _use_processes(e: Evidence) -> str:
+    return (f"Use workers.kind=process (workers.count={max(2, e.workers)}): the machine had "
+            f"{_idle_note(e)} for them.")
+
+
+def _computes(e: Evidence) -> str:
+    return (f"fetch computes (it ran on a CPU {e.fetch_cpu_share:.0%} of its time, "
+            f"{e.fetch_cores:.1f} cores in all) while the {e.cores}-core machine had "
+            f"{_idle_note(e)}")
 
 
 def _gil_note(e: Evidence) -> str:
@@ -209,13 +219,9 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
             return Verdict("fetch-bound", f"{seen}: the workers are the slow side, and the GIL "
                            f"is busy{_gil_note(e)}, though not with fetch (it waits): more "
                            f"threads would wait for it too; no change to suggest.", starved=True)
-        held = (f"{seen}: the workers are the slow side, and fetch holds the GIL: a thread "
-                f"that asked for it found it held {e.gil_held:.0%} of the time and waited "
-                f"{e.gil_wait_ms:.1f} ms on average (a free GIL takes well under 0.5 ms), so the "
-                f"threads take turns and more of them will not help.")
-        return Verdict("GIL-bound", f"{held} Use workers.kind=process "
-                       f"(workers.count={max(2, e.workers)}): the machine had "
-                       f"{_idle_note(e)} for them.", starved=True)
+        return Verdict("GIL-bound", f"{seen}: the workers are the slow side, and fetch holds "
+                       f"the GIL: {_gil_reading(e)}, so the threads take turns and more of them "
+                       f"will not help. {_use_processes(e)}", starved=True)
     if e.kind == "process" and e.in_fetch < TRANSPORT:
         # No advice: thread workers were 0.5x to 2x as fast on the same run (4 MiB chunks,
         # 2 cores), so no change is known to help here.
@@ -224,11 +230,9 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
                        f"over (shared-memory slots, the pipe to this process), which more "
                        f"workers would share; no change is known to help here.", starved=True)
     if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
-        return Verdict("CPU-bound", f"{seen}, and fetch computes (it ran on a CPU "
-                       f"{e.fetch_cpu_share:.0%} of its time, {e.fetch_cores:.1f} cores in all) "
-                       f"while the {e.cores}-core machine had {_idle_note(e)}: more workers "
-                       f"(threads or processes) would find no CPU to run on; only a cheaper "
-                       f"fetch would help.", starved=True)
+        return Verdict("CPU-bound", f"{seen}, and {_computes(e)}: more workers (threads or "
+                       f"processes) would find no CPU to run on; only a cheaper fetch would "
+                       f"help.", starved=True)
     advice = f"Add workers (workers.count={e.workers * 2})."
     if e.kind == "thread" and e.gil_wait_ms is None:  # the GIL was not measured
         advice += " If fetch runs Python code, more threads will not help: workers.kind=process."

@@ -40,7 +40,7 @@ class InlineStage:
         self._transform = transform if transform is not None and transform.active else None
 
     def start(self) -> None:
-        pass
+        """Nothing runs ahead of the consumer: batches are made when it asks."""
 
     def get(self, stop: threading.Event) -> Any:
         """The next ``(tensors, n, nbytes, indices)``, or END, an EpochEnd, a Failure; None once

@@ -377,15 +377,8 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
                           chunk_bytes, p + "epoch.ordered", chunk_detail))
     terms.append(Term(name, "batcher", HOST, 1, "batch", batch_bytes, p + "batch_size",
                       batch_detail))
-    if inline:
-        pass  # no batch queue: the consumer takes each batch as it is made
-    elif inp.batch_capacity_bytes is not None:
-        terms.append(Term(name, "batch queue", HOST, 1, "byte limit",
-                          max(inp.batch_capacity_bytes, batch_bytes), p + "queue.batch_capacity",
-                          f"{format_size(inp.batch_capacity_bytes)} (at least one batch)"))
-    else:
-        terms.append(Term(name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
-                          p + "queue.batch_capacity", batch_detail))
+    if not inline:  # inline has no batch queue: the consumer takes each batch as it is made
+        terms.append(_batch_queue_term(inp, batch_bytes, batch_detail))
     # After device.normalize the device's batches hold float32 (4 B an element) in its fields.
     normalized = set(inp.normalize.fields) if inp.normalize is not None else set()
     floats = sum(math.prod(shape) * 4 for n, (shape, *_) in layout.fields.items() if n in normalized)
@@ -424,6 +417,16 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
                               f"{inp.batch_size:,} samples x ({sample:,} B in + {floats:,} B "
                               f"out: {names} in float32)"))
     return terms
+
+
+def _batch_queue_term(inp: InputSpec, batch_bytes: int, batch_detail: str) -> Term:
+    """``queue.batch_capacity`` batches, or its byte limit (at least one batch)."""
+    if inp.batch_capacity_bytes is not None:
+        return Term(inp.name, "batch queue", HOST, 1, "byte limit",
+                    max(inp.batch_capacity_bytes, batch_bytes), inp.key_prefix + "queue.batch_capacity",
+                    f"{format_size(inp.batch_capacity_bytes)} (at least one batch)")
+    return Term(inp.name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
+                inp.key_prefix + "queue.batch_capacity", batch_detail)
 
 
 def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_detail: str,

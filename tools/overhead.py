@@ -92,15 +92,18 @@ def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple
     batches_q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=4)
     stop = threading.Event()
 
+    def put(into: queue.Queue[Any], item: Any) -> None:
+        """Wait for room, giving up once stopped."""
+        while not stop.is_set():
+            try:
+                into.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def fetcher(worker_id: int) -> None:
         while not stop.is_set():
-            chunk = source.fetch(worker_id, batch_size)
-            while not stop.is_set():
-                try:
-                    chunks.put(chunk, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            put(chunks, source.fetch(worker_id, batch_size))
 
     def enqueuer() -> None:
         pending: list[dict[str, np.ndarray]] = []
@@ -121,13 +124,7 @@ def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple
                     rest = {k: v[batch_size:] for k, v in joined.items()}
                 count -= batch_size
                 pending = [rest] if count and rest is not None else []
-                batch = {k: torch.from_numpy(v) for k, v in merged.items()}
-                while not stop.is_set():
-                    try:
-                        batches_q.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                put(batches_q, {k: torch.from_numpy(v) for k, v in merged.items()})
 
     threads = [threading.Thread(target=fetcher, args=(i,), daemon=True) for i in range(workers)]
     threads.append(threading.Thread(target=enqueuer, daemon=True))

@@ -57,11 +57,13 @@ class Progress(Protocol):
 
 
 class NoProgress:
+    """The API's default: progress goes nowhere."""
+
     def started(self, k: int, n: int, point: Point, phase: str, best: Trial | None) -> None:
-        pass
+        """Nobody to tell."""
 
     def finished(self, trial: Trial, best: Trial | None) -> None:
-        pass
+        """Nobody to tell."""
 
 
 class TrialLimit(Exception):
