@@ -164,3 +164,12 @@ def with_field(chunk: Chunk, name: str, values: np.ndarray) -> Chunk:
     fields[name] = values
     return Chunk(fields=fields, n=chunk.n, nbytes=chunk.nbytes + values.nbytes,
                  worker_id=chunk.worker_id, borrowed=chunk.borrowed)
+
+
+def private_copy(chunk: Chunk) -> Chunk:
+    """A chunk that holds no worker's memory (a shared-memory slot, a Ray object): for the
+    reorder buffer, where chunks may wait long."""
+    if not chunk.borrowed:
+        return chunk
+    return Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
+                 nbytes=chunk.nbytes, worker_id=chunk.worker_id)

@@ -128,10 +128,11 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.dispatcher = None if length is None else Dispatcher(
             length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count,
             first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()})
-        # Threads share this coordinator's chain (inline: its one); processes build their own.
+        # Threads share this coordinator's chain (inline: its one); processes and Ray actors
+        # build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
-            if spec.processors and spec.worker_kind != "process" else None
+            if spec.processors and spec.worker_kind in ("thread", "inline") else None
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             processors=chain,

@@ -32,6 +32,10 @@ WORKER_PROCESS_BYTES = 12 * 2**20
 # multiprocessing's helper processes, started once per training process when any input
 # uses process workers: the resource tracker (about 8 MB) and the forkserver (about 15 MB).
 HELPER_PROCESSES_BYTES = 23 * 2**20
+# A Ray actor's process (a Ray worker with numpy and inputkit's actor code, PSS), and a
+# private local Ray's own processes (GCS, raylet, its agents), measured with Ray 2.60.
+RAY_ACTOR_BYTES = 64 * 2**20
+LOCAL_RAY_BYTES = 320 * 2**20
 HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
 
 
@@ -337,6 +341,13 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
                      inp.key_prefix)
         layouts[inp.name] = layout
         terms.extend(_input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+    ray_inputs = [inp for inp in spec.inputs if inp.worker_kind == "ray" and inp.ray.address is None]
+    if ray_inputs:  # one private local Ray per training process, whatever the inputs
+        first = ray_inputs[0]
+        terms.append(Term(first.name, "local Ray", HOST, 1, "set", LOCAL_RAY_BYTES,
+                          first.key_prefix + "workers.ray.address",
+                          "GCS, raylet and agents (address=null starts them here)",
+                          per_device=False))
     process_inputs = [inp for inp in spec.inputs if inp.worker_kind == "process"]
     if process_inputs:
         first = process_inputs[0]
@@ -433,6 +444,8 @@ def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_
                   slots: int) -> list[Term]:
     """The chunk queue and what thread or process workers hold."""
     name, p = inp.name, inp.key_prefix
+    if inp.worker_kind == "ray":
+        return _ray_terms(inp, layout, chunk_bytes, chunk_detail)
     terms = []
     if inp.chunk_capacity_bytes is not None:
         queue = max(inp.chunk_capacity_bytes, chunk_bytes)  # one chunk always fits
@@ -465,6 +478,44 @@ def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_
                           WORKER_PROCESS_BYTES, p + "workers.count",
                           f"{format_size(WORKER_PROCESS_BYTES)} each"))
     return terms
+
+
+def _ray_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int,
+               chunk_detail: str) -> list[Term]:
+    """Ray actors: the object-store bytes this input may pin on the trainer's node (results in
+    flight, and received chunks in the chunk queue and batcher, which stay views of their
+    objects), and the actors' own memory (on their nodes; here, with a local Ray)."""
+    name, p, actors = inp.name, inp.key_prefix, inp.worker_count
+    chunks = actors * inp.ray.inflight + 2 + 2
+    queued_bytes = 0
+    for count, size in ((inp.chunk_capacity, inp.chunk_capacity_bytes),
+                        (inp.batch_capacity, inp.batch_capacity_bytes)):
+        if size is None:
+            chunks += count
+        else:
+            queued_bytes += max(size, chunk_bytes)
+    natural = chunks * chunk_bytes + queued_bytes
+    if inp.ray.inflight_bytes is not None and inp.ray.inflight_bytes < natural:
+        store = Term(name, "Ray object store", SHARED, 1, "byte limit",
+                     max(inp.ray.inflight_bytes, chunk_bytes), p + "workers.ray.inflight_bytes",
+                     f"{format_size(inp.ray.inflight_bytes)} (at least one chunk)")
+    elif queued_bytes:
+        store = Term(name, "Ray object store", SHARED, 1, "byte limit", natural,
+                     p + "workers.ray.inflight", f"{chunks} chunks of {chunk_detail} + the "
+                     f"queues' {format_size(queued_bytes)}")
+    else:
+        store = Term(name, "Ray object store", SHARED, chunks, "chunks", chunk_bytes,
+                     p + "workers.ray.inflight", f"{actors} actors x {inp.ray.inflight} in "
+                     f"flight + queues and batcher; {chunk_detail}")
+    return [
+        store,
+        Term(name, "chunks in Ray actors", HOST, actors, "chunks", chunk_bytes,
+             p + "workers.count", chunk_detail + " (on the actors' nodes)"),
+        Term(name, "source copies", HOST, actors, "copies", layout.source_bytes,
+             p + "workers.count", f"{format_size(layout.source_bytes)} (one per actor)"),
+        Term(name, "Ray actor processes", HOST, actors, "processes", RAY_ACTOR_BYTES,
+             p + "workers.count", f"{format_size(RAY_ACTOR_BYTES)} each"),
+    ]
 
 
 def _suggestions(plan: MemoryPlan) -> list[str]:

@@ -101,7 +101,7 @@ class Runner:
                 key = f"{spec.key_prefix}source"
                 source: BoundSource | None = probed.get(name)
                 self._note_info(name, source)
-                if spec.worker_kind != "process":  # threads (and inline) share one source object
+                if spec.worker_kind in ("thread", "inline"):  # they share one source object
                     if source is not None and indexed_length(source.obj) is None:
                         self._drop_source(source)  # a fetch source: the probe consumed a chunk
                         source = None
@@ -110,7 +110,7 @@ class Runner:
                         self._sources.append(source)
                         self._note_info(name, source)
                     length = indexed_length(source.obj)
-                elif source is not None:  # each process builds its own: the probe's copy answers
+                elif source is not None:  # each process (or actor) builds its own: the probe's copy answers
                     length = indexed_length(source.obj)
                     self._drop_source(source)
                     source = None

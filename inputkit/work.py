@@ -234,6 +234,13 @@ class Dispatcher:
                 return True
         return self.skip(item)
 
+    def open(self, item: WorkItem) -> bool:
+        """Whether ``item`` still waits for samples: False once it was delivered or skipped (a
+        second answer for it, from a worker taken for dead, is a duplicate)."""
+        with self._cond:
+            entry = self._entries.get(item.seq)
+            return entry is not None and not entry.complete
+
     def requeue(self, item: WorkItem) -> None:
         """A worker died holding ``item``: hand out what it had not delivered again, first."""
         with self._cond:

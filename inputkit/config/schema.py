@@ -17,13 +17,15 @@ from omegaconf import MISSING
 
 
 class WorkerKind(str, Enum):
-    """How fetch calls run: a thread pool in this process, separate worker processes, or inline:
+    """How fetch calls run: a thread pool in this process, separate worker processes, inline:
     in the consumer's own thread when it asks for a batch (no threads, no queues; for a fetch
-    so cheap that handing chunks between threads would cost more than it)."""
+    so cheap that handing chunks between threads would cost more than it), or Ray actors,
+    on this machine or a cluster (docs/ray.md)."""
 
     thread = "thread"
     process = "process"
     inline = "inline"
+    ray = "ray"
 
 
 class StartMethod(str, Enum):
@@ -38,12 +40,37 @@ class StartMethod(str, Enum):
 
 
 @dataclass
+class RayConfig:
+    """Ray workers (``workers=ray``): where the actors run and how much they may have in flight."""
+
+    # null: start a private local Ray for this run (never attach to a cluster a leftover
+    # /tmp/ray file points at); auto: the cluster `ray start` made on this machine (or
+    # RAY_ADDRESS); host:port: a cluster's head (GCS); ray://host:port: through Ray Client.
+    address: str | None = None
+    # The private local Ray only: the CPUs it may use (null: the cores this process may run on).
+    num_cpus: float | None = None
+    # CPUs each actor asks Ray for (a fraction packs more actors than cores).
+    cpus_per_actor: float = 1.0
+    # Work items (or fetch calls) each actor holds at once: one it reads, the rest queued.
+    inflight: int = 2
+    # The most object-store bytes this input on one device may pin: results not yet received
+    # plus received chunks still referenced (null: what the queues can hold anyway).
+    inflight_bytes: Any = None
+    # Passed to each actor as Ray's runtime_env (pip, env_vars, working_dir...).
+    runtime_env: dict[str, Any] | None = None
+    # Seconds to reach the cluster, and for every actor to be placed and build its source.
+    connect_timeout: float = 15.0
+    start_timeout: float = 120.0
+
+
+@dataclass
 class WorkersConfig:
     kind: WorkerKind = WorkerKind.thread
     count: int = 4
     # Process workers only: how they start, and the size of one shared-memory slot.
     start_method: StartMethod = StartMethod.forkserver
     slot_bytes: Any = "16MiB"
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 # The failure policies are strings checked by the spec (not Enums: OmegaConf spells an

@@ -37,6 +37,20 @@ _INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
+class RaySpec:
+    """The checked ``workers.ray`` config (docs/ray.md)."""
+
+    address: str | None = None
+    num_cpus: float | None = None
+    cpus_per_actor: float = 1.0
+    inflight: int = 2
+    inflight_bytes: int | None = None
+    runtime_env: dict[str, Any] | None = None
+    connect_timeout: float = 15.0
+    start_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """One named input, checked. ``source`` is the plain source config (with ``_target_``)."""
 
@@ -59,6 +73,7 @@ class InputSpec:
     processors: tuple[dict[str, Any], ...] = ()  # plain configs, each with _target_
     normalize: NormalizeSpec | None = None  # device.normalize: float32 after the copy
     channels_last: bool = False
+    ray: RaySpec = RaySpec()
 
 
 @dataclass(frozen=True)
@@ -228,7 +243,34 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         processors=_processors(node.processors, p + "processors"),
         normalize=parse_normalize(_plain(node.device.normalize), p + "device.normalize"),
         channels_last=bool(node.device.channels_last),
+        ray=_ray_spec(node.workers.ray, p + "workers.ray."),
     )
+
+
+def _ray_spec(node: DictConfig, p: str) -> RaySpec:
+    for key, low in (("cpus_per_actor", 0.0), ("connect_timeout", 0.0), ("start_timeout", 0.0)):
+        if not node[key] > low:
+            raise ConfigError(p + key, f"must be more than {low:g}, got {node[key]}")
+    if node.inflight < 1:
+        raise ConfigError(p + "inflight", f"must be at least 1, got {node.inflight}")
+    if node.num_cpus is not None and not node.num_cpus > 0:
+        raise ConfigError(p + "num_cpus", f"must be more than 0 (or null), got {node.num_cpus}")
+    address = node.address
+    if address is not None and not str(address).strip():
+        raise ConfigError(p + "address", "is empty; use null (a private local Ray), auto, "
+                          "host:port or ray://host:port")
+    if address is not None and node.num_cpus is not None:
+        raise ConfigError(p + "num_cpus", f"sizes the private local Ray, but address={address} "
+                          "names a cluster; set the CPUs where the cluster starts (ray start "
+                          "--num-cpus), or drop one of the two")
+    inflight_bytes = None if node.inflight_bytes is None else \
+        parse_size(node.inflight_bytes, p + "inflight_bytes")
+    return RaySpec(address=None if address is None else str(address).strip(),
+                   num_cpus=None if node.num_cpus is None else float(node.num_cpus),
+                   cpus_per_actor=float(node.cpus_per_actor), inflight=int(node.inflight),
+                   inflight_bytes=inflight_bytes, runtime_env=_plain(node.runtime_env),
+                   connect_timeout=float(node.connect_timeout),
+                   start_timeout=float(node.start_timeout))
 
 
 def _plain(value: Any) -> Any:

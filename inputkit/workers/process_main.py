@@ -169,13 +169,13 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
     activity.started(index)
     try:
         arena = SlotArena.attach(args.arena, args.slots, args.slot_bytes)
-        limited = _one_torch_thread()
+        limited = one_torch_thread()
         # Building the source and its setup() are timed like a fetch (failures.fetch_timeout).
         states[index] = BUILDING
         activity.fetching(index)
         source = build_source(args.source_config, key=args.source_key)
         if not limited:  # the source imported torch itself; setup() may still choose otherwise
-            _one_torch_thread()
+            one_torch_thread()
         setup = getattr(source.obj, "setup", None)
         if callable(setup):
             states[index] = SETUP
@@ -255,7 +255,7 @@ class _Worker:
             chunk = call_with_policy(
                 lambda: self._checked(call(), expect, key),
                 self.args.policy, self.where, self.stop,
-                on_retry=lambda e: self.conn.send(("retry", _describe(e))))
+                on_retry=lambda e: self.conn.send(("retry", describe_error(e))))
         except BaseException:
             self.activity.fetched(index, progress=False)
             raise
@@ -282,7 +282,7 @@ class _Worker:
                 self.conn.send(("done",))
                 return
             except Skipped as skipped:
-                self.conn.send(("skip", _describe(skipped.error)))
+                self.conn.send(("skip", describe_error(skipped.error)))
                 continue
             if allocator is not None and chunk.n:
                 layout = allocator.layout_of(chunk.fields)
@@ -408,7 +408,7 @@ class _Worker:
             wall = cpu = 0.0  # the fetch's time is counted with its first piece
         return True
 
-def _one_torch_thread() -> bool:
+def one_torch_thread() -> bool:
     """Limit torch to one intra-op thread in this worker, as DataLoader does in each of its
     workers, if torch is imported here (never import it: most sources do not use it).
 
@@ -423,17 +423,23 @@ def _one_torch_thread() -> bool:
     return True
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _send_error(conn: Connection, exc: BaseException) -> None:
+def error_report(exc: BaseException) -> tuple[str, bytes | None, str, str, str]:
+    """``("error", exception_pickle_or_None, type_name, message, traceback_text)``: an error
+    that crosses a process boundary as the original exception where it pickles."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         payload: bytes | None = pickle.dumps(exc)
         pickle.loads(payload)  # exceptions with custom __init__ may not round-trip
     except Exception:
         payload = None
+    return ("error", payload, type(exc).__name__, str(exc), text)
+
+
+def _send_error(conn: Connection, exc: BaseException) -> None:
     # If the parent is gone, nobody is left to tell.
     with contextlib.suppress(BrokenPipeError, EOFError):
-        conn.send(("error", payload, type(exc).__name__, str(exc), text))
+        conn.send(error_report(exc))

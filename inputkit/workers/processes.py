@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema
+from inputkit.chunk import Chunk, ChunkSchema, private_copy
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
 from inputkit.failures import (
     RETRY,
@@ -201,7 +201,7 @@ class ProcessWorkerPool:
         self._returner = threading.Thread(target=self._return_slots,
                                           name=f"{thread_prefix}-slots", daemon=True)
         if dispatcher is not None:
-            dispatcher.bind(self._emit, hold=_private_copy)
+            dispatcher.bind(self._emit, hold=private_copy)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -696,11 +696,3 @@ class _SlotRef(weakref.ref):  # type: ignore[type-arg]
 def _error_type(text: str) -> str:
     """``OSError`` of a worker's ``OSError: message`` (how its skips and retries are keyed)."""
     return text.split(":", 1)[0]
-
-
-def _private_copy(chunk: Chunk) -> Chunk:
-    """A chunk that holds no shared-memory slot (for the reorder buffer)."""
-    if not chunk.borrowed:
-        return chunk
-    return Chunk(fields={k: v.copy() for k, v in chunk.fields.items()}, n=chunk.n,
-                 nbytes=chunk.nbytes, worker_id=chunk.worker_id)
