@@ -51,6 +51,8 @@ class RayConfig:
     num_cpus: float | None = None
     # CPUs each actor asks Ray for (a fraction packs more actors than cores).
     cpus_per_actor: float = 1.0
+    # SPREAD: actors over as many nodes as have room; DEFAULT: Ray's own placement (packs).
+    scheduling: str = "SPREAD"
     # Work items (or fetch calls) each actor holds at once: one it reads, the rest queued.
     inflight: int = 2
     # The most object-store bytes this input on one device may pin: results not yet received

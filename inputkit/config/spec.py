@@ -43,6 +43,7 @@ class RaySpec:
     address: str | None = None
     num_cpus: float | None = None
     cpus_per_actor: float = 1.0
+    scheduling: str = "SPREAD"
     inflight: int = 2
     inflight_bytes: int | None = None
     runtime_env: dict[str, Any] | None = None
@@ -255,6 +256,8 @@ def _ray_spec(node: DictConfig, p: str) -> RaySpec:
         raise ConfigError(p + "inflight", f"must be at least 1, got {node.inflight}")
     if node.num_cpus is not None and not node.num_cpus > 0:
         raise ConfigError(p + "num_cpus", f"must be more than 0 (or null), got {node.num_cpus}")
+    if node.scheduling not in ("SPREAD", "DEFAULT"):
+        raise ConfigError(p + "scheduling", f"must be SPREAD or DEFAULT, got {node.scheduling!r}")
     address = node.address
     if address is not None and not str(address).strip():
         raise ConfigError(p + "address", "is empty; use null (a private local Ray), auto, "
@@ -267,7 +270,8 @@ def _ray_spec(node: DictConfig, p: str) -> RaySpec:
         parse_size(node.inflight_bytes, p + "inflight_bytes")
     return RaySpec(address=None if address is None else str(address).strip(),
                    num_cpus=None if node.num_cpus is None else float(node.num_cpus),
-                   cpus_per_actor=float(node.cpus_per_actor), inflight=int(node.inflight),
+                   cpus_per_actor=float(node.cpus_per_actor), scheduling=str(node.scheduling),
+                   inflight=int(node.inflight),
                    inflight_bytes=inflight_bytes, runtime_env=_plain(node.runtime_env),
                    connect_timeout=float(node.connect_timeout),
                    start_timeout=float(node.start_timeout))

@@ -33,6 +33,12 @@ class ActorStats:
     chunks: int
     samples: int
     fetch_wall_s: float
+    node_id: str = ""  # Ray's node id: two nodes on one machine share an address
+
+    @property
+    def node_label(self) -> str:
+        """The node's address, with the start of its id when known (unique per node)."""
+        return f"{self.node} ({self.node_id[:8]})" if self.node_id else self.node
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,10 @@ class RayStats:
 
     @property
     def nodes(self) -> dict[str, list[ActorStats]]:
-        """The actors by node address."""
+        """The actors by node (``ActorStats.node_label``: address and id)."""
         by_node: dict[str, list[ActorStats]] = {}
         for actor in self.actors:
-            by_node.setdefault(actor.node, []).append(actor)
+            by_node.setdefault(actor.node_label, []).append(actor)
         return by_node
 
 

@@ -204,7 +204,7 @@ class RayWorkerPool:
             extra["runtime_env"] = dict(options.runtime_env)
         handle = self._remote_class.options(
             num_cpus=options.cpus_per_actor, max_restarts=0, max_task_retries=0,
-            max_concurrency=1, **extra).remote(args)
+            max_concurrency=1, scheduling_strategy=options.scheduling, **extra).remote(args)
         now = time.monotonic()  # building the source is timed like a call (fetch_timeout)
         actor = _Actor(index=index, name=f"ray worker {wid}", handle=handle,
                        setup_ref=handle.setup.remote(), created=now, busy_since=now)
@@ -647,7 +647,7 @@ class RayWorkerPool:
                 "starting" if actor.setup_ref is not None else FETCHING if actor.calls else IDLE
             actors.append(ActorStats(name=actor.name, node=actor.node, pid=actor.pid, state=state,
                                      chunks=actor.chunks, samples=actor.samples,
-                                     fetch_wall_s=actor.fetch_wall_s))
+                                     fetch_wall_s=actor.fetch_wall_s, node_id=actor.node_id))
         states = [s.state for s in actors]
         with self._lock:
             inflight, held = self._inflight, self._held
