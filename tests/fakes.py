@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -250,3 +251,20 @@ class FailsAndCountsCloses:
 
     def close(self) -> None:
         type(self).closed += 1
+
+
+class EnvIndexed:
+    """An indexable source whose ``env`` field is the integer in environment variable ``name``
+    where it reads (-1 if unset): shows what a worker's environment holds."""
+
+    def __init__(self, length: int = 100, name: str = "INPUTKIT_TEST_MARK") -> None:
+        self.length = length
+        self.name = name
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        value = int(os.environ.get(self.name, "-1"))
+        return {"id": np.asarray(indices, dtype=np.int64),
+                "env": np.full(len(indices), value, dtype=np.int64)}

@@ -316,13 +316,14 @@ class RayWorkerPool:
             self.fail(Failure.capture(exc, f"the Ray receiver of {self._label}"))
 
     def _drain_freed(self) -> None:
+        """Count the objects whose last view was freed (any thread: the receiver, stats())."""
         while True:
             try:
                 ref = self._freed.get_nowait()
             except queue.Empty:
                 return
-            self._refs.pop(id(ref), None)
             with self._lock:
+                self._refs.pop(id(ref), None)
                 self._held -= ref.nbytes
 
     def _take(self, ref: Any) -> bool:
@@ -451,8 +452,8 @@ class RayWorkerPool:
             roots[id(root)] = (root, (known[1] if known else 0) + array.nbytes)
         for root, nbytes in roots.values():
             ref = _HeldRef(root, self._freed.put, nbytes)
-            self._refs[id(ref)] = ref
             with self._lock:
+                self._refs[id(ref)] = ref
                 self._held += nbytes
 
     def _emit(self, item: Any) -> bool:
@@ -649,6 +650,7 @@ class RayWorkerPool:
                                      chunks=actor.chunks, samples=actor.samples,
                                      fetch_wall_s=actor.fetch_wall_s, node_id=actor.node_id))
         states = [s.state for s in actors]
+        self._drain_freed()
         with self._lock:
             inflight, held = self._inflight, self._held
         calls = sum(len(a.calls) for a in self._actors)
