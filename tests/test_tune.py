@@ -22,7 +22,7 @@ from inputkit.runner import Runner
 from inputkit.tuning import Grids, Point, plain_config, tune
 from inputkit.tuning.ledger import MEASURED, OVER_BUDGET, Trial
 from inputkit.tuning.search import choose
-from inputkit.tuning.space import INLINE, default_counts, input_space, worker_kinds
+from inputkit.tuning.space import INLINE, default_counts, input_space
 
 TESTS = Path(__file__).resolve().parent
 LATENCY = ["source=tiny", "source.latency_ms=20", "source.chunk_size=null", "devices=cpu"]
@@ -222,7 +222,7 @@ def test_the_space_covers_every_worker_kind_and_named_inputs():
     cfg = plain_config(inputkit.compose(["devices=cpu", "experiment=train_val"]))
     spec = load_spec(cfg)
     space = input_space(spec.input("val"), cfg, Grids().checked(), cpus=2, on_cuda=False)
-    assert space.kinds == worker_kinds() and default_counts(2) == (1, 2, 4)
+    assert space.kinds == ("thread", "process", "inline") and default_counts(2) == (1, 2, 4)
     assert space.start == Point("val", "inputs.val.", "thread", 1, 16, 4)
     for kind in space.kinds:
         assert space.counts_of(kind) == ((1,) if kind == INLINE else (1, 2, 4))
@@ -236,6 +236,9 @@ def test_the_space_covers_every_worker_kind_and_named_inputs():
     assert point.overrides()[0] == "inputs.val.workers.kind=process"
     with pytest.raises(inputkit.ConfigError, match="--kinds.*unknown worker kind"):
         Grids(kinds=("fibers",)).checked()
+    on_ray = load_spec(inputkit.compose(["devices=cpu", "workers=ray"]))
+    ray_space = input_space(on_ray.input("main"), cfg, Grids().checked(), cpus=2, on_cuda=False)
+    assert ray_space.kinds == ("ray",), "a run on Ray is tuned on Ray; a local one never starts it"
 
 
 @pytest.mark.timeout(120)

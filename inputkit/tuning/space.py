@@ -20,11 +20,23 @@ from inputkit.errors import ConfigError
 INLINE = "inline"  # runs fetch in the consumer's thread: one worker, no queues to size
 
 
+RAY = "ray"  # a deployment choice (a cluster), not a local one: searched only when started on it
+
+
 def worker_kinds() -> tuple[str, ...]:
     """Every worker kind the schema knows (a kind added to WorkerKind is searched too)."""
     from inputkit.config.schema import WorkerKind
 
     return tuple(kind.value for kind in WorkerKind)
+
+
+def default_kinds(start_kind: str) -> tuple[str, ...]:
+    """The kinds searched without --kinds: this machine's (threads, processes, inline) from a
+    local start; from Ray workers, Ray alone (how many actors, how much in flight), since a
+    trainer on Ray wants its preprocessing kept on the cluster."""
+    if start_kind == RAY:
+        return (RAY,)
+    return tuple(kind for kind in worker_kinds() if kind != RAY)
 
 
 def default_counts(cpus: int) -> tuple[int, ...]:
@@ -66,7 +78,8 @@ class Grids:
             if bad or not values:
                 raise ConfigError(name, f"expected whole numbers >= 1, got {list(values)}")
             out[name] = tuple(sorted(set(values)))
-        return Grids(kinds=tuple(dict.fromkeys(kinds)), counts=out.get("--counts"),
+        return Grids(kinds=tuple(dict.fromkeys(kinds)) if self.kinds is not None else None,
+                     counts=out.get("--counts"),
                      capacities=out["--capacities"], batch_capacities=out["--batch-capacities"],
                      prefetch=out["--prefetch"])
 
@@ -213,7 +226,7 @@ def input_space(spec: InputSpec, cfg: dict[str, Any], grids: Grids, cpus: int,
         prefetch = tuple(sorted(set(grids.prefetch) | {spec.device_prefetch}))
     else:
         start = replace(start, prefetch=None)  # on CPU nothing is prefetched to a device
-    kinds = grids.kinds if grids.kinds is not None else worker_kinds()
+    kinds = grids.kinds if grids.kinds is not None else default_kinds(spec.worker_kind)
     return InputSpace(input=spec.name, prefix=spec.key_prefix, start=start, kinds=kinds,
                       counts=grids.counts or default_counts(cpus), capacities=tuple(sorted(caps)),
                       batch_capacities=tuple(sorted(batch_caps)), prefetch=prefetch)
