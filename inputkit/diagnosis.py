@@ -18,7 +18,10 @@ Besides the verdict, live warnings report:
 - **empty chunks**: the source has returned only chunks with no samples.
 - **stall**: the watchdog sees a worker stuck in one fetch or delivering no samples
   (``failures.stall_timeout``); one warning per stalled worker, while it lasts.
-- **failures**: the failure policies have skipped chunks or restarted worker processes.
+- **failures**: the failure policies have skipped chunks or restarted worker processes
+  (or Ray actors).
+- **spill**: Ray spilled objects to disk on this machine's node (the in-flight cap or
+  the queues hold more than its object store).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ OVERBUFFER_MIN_BYTES = 256 * 2**20
 # about 30 us a batch here: inline workers do better (W1: docs/benchmarks.md).
 HANDOVER_FETCH_MS = 0.05
 INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, wants workers
+# Ray workers: the actors feed the chunk queue through one receiver thread in this process.
+ACTORS_IDLE = 0.5  # live actors inside fetch less than this share of their time: they wait
+RECEIVE_BUSY = 0.5  # the receiver taking results in at least this share of the span
+CAP_REACHED = 0.9  # in-flight plus held bytes at this share of the cap: no call goes out
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 BUDGET_SHARE = 0.8
 
@@ -94,7 +101,8 @@ def judge(e: Evidence) -> Verdict | None:
                        f"{e.over} (full {last.full:.0%}): the input keeps up, so "
                        f"the consumer (the training step) sets the pace. Nothing in the input "
                        f"needs to change.")
-    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS:  # (0: no fetch was timed)
+    # (0: no fetch was timed; Ray's cost per chunk is the receive path's, judged below)
+    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS and e.kind != "ray":
         return _hand_over_bound(e, last, seen)
     if last.empty < STARVED:
         return Verdict("balanced", f"{seen} (full {last.full:.0%}): the input about keeps pace "
@@ -161,6 +169,8 @@ def _shared_limit(e: Evidence, both: str) -> Verdict | None:
     chunks sat in the queue while fetch was the slow side. The GIL fetch holds, or a machine
     with no core to spare, limits both stages, and the remedy is the worker-side one.
     """
+    if _receive_bound(e):  # the receiver, a thread beside the batcher, holds both back
+        return _receive_verdict(e, both)
     if e.kind == "thread" and _gil_held(e) and e.fetch_cpu_share >= GIL_FETCH_CPU:
         return Verdict("GIL-bound", f"{both}, and fetch holds the GIL, which the batcher needs "
                        f"too: {_gil_reading(e)}. {_use_processes(e)}", starved=True)
@@ -213,6 +223,8 @@ def _gil_held(e: Evidence) -> bool:
 
 def _workers_slow(e: Evidence, seen: str) -> Verdict:
     """The batcher waits for chunks: fetch, the GIL, the CPUs, or the hand-over from processes."""
+    if e.kind == "ray" and e.receive_busy is not None:
+        return _ray_slow(e, seen)
     gil_held = _gil_held(e)
     if e.kind == "thread" and gil_held:
         if e.fetch_cpu_share < GIL_FETCH_CPU:
@@ -239,6 +251,60 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
     return Verdict("fetch-bound", f"{seen}, while the workers were inside fetch {e.in_fetch:.0%} "
                    f"of their time (p50 {e.fetch_p50_ms:.1f} ms): fetch is the slowest stage. "
                    f"{advice}", starved=True)
+
+
+def _cap_reached(e: Evidence) -> bool:
+    return e.cap_bytes is not None and e.pinned_bytes >= CAP_REACHED * e.cap_bytes
+
+
+def _receive_bound(e: Evidence) -> bool:
+    """Ray: the actors wait (not for the in-flight cap) while the receiver is busy."""
+    return e.kind == "ray" and e.receive_busy is not None and e.receive_busy >= RECEIVE_BUSY \
+        and e.in_fetch < ACTORS_IDLE and not _cap_reached(e)
+
+
+def _actors_note(e: Evidence) -> str:
+    cap = f" of a {format_size(e.cap_bytes)} cap" if e.cap_bytes is not None else ""
+    return (f"the Ray actors were inside fetch only {e.in_fetch:.0%} of their time "
+            f"({e.actors_reading:.0%} of them holding a call now; {e.inflight_items:,} items in "
+            f"flight, {format_size(e.pinned_bytes)} pinned{cap})")
+
+
+def _receive_verdict(e: Evidence, seen: str) -> Verdict:
+    return Verdict("receive-bound", f"{seen}, while {_actors_note(e)} and the receiver thread "
+                   f"in this process was busy taking results in {e.receive_busy or 0.0:.0%} of "
+                   f"it: the trainer-side receive path (getting each chunk from the object "
+                   f"store, checking it, handing it on), not the actors, sets the pace. Make "
+                   f"fewer, larger chunks (epoch.chunk_size, or source.chunk_size for a fetch "
+                   f"source), so that each receive brings more samples; where the data is on "
+                   f"this machine, local workers (workers.kind=process) skip the object store.",
+                   starved=True)
+
+
+def _ray_slow(e: Evidence, seen: str) -> Verdict:
+    """Ray actors feed the chunk queue through one receiver thread: which of them is slow."""
+    if e.in_fetch >= ACTORS_IDLE:  # the actors are busy: they are the slow side
+        if e.ray_local and e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
+            return Verdict("CPU-bound", f"{seen}, and {_computes(e)}: the private local Ray "
+                           f"has no CPU for more actors on this machine. Add nodes (ray start "
+                           f"on more machines, then workers.ray.address=auto; docs/ray.md).",
+                           starved=True)
+        return Verdict("fetch-bound", f"{seen}, while the Ray actors were inside fetch "
+                       f"{e.in_fetch:.0%} of their time (p50 {e.fetch_p50_ms:.1f} ms): the "
+                       f"actors are the slowest stage. Add actors or nodes "
+                       f"(workers.count={e.workers * 2} where the cluster has the CPUs, ray start "
+                       f"on more machines).", starved=True)
+    if _cap_reached(e):
+        return Verdict("in-flight-bound", f"{seen}, while {_actors_note(e)}: this pipeline pins "
+                       f"its whole object-store cap, so no more calls go out. Raise "
+                       f"workers.ray.inflight_bytes where the object store has room (inputkit "
+                       f"plan counts it).", starved=True)
+    if _receive_bound(e):
+        return _receive_verdict(e, seen)
+    return Verdict("input-bound", f"{seen}, while {_actors_note(e)} and the receiver thread was "
+                   f"busy only {e.receive_busy or 0.0:.0%}: neither the actors nor the receive "
+                   f"path is clearly the limit (results may be slow to travel between nodes); "
+                   f"no change to suggest.", starved=True)
 
 
 def _capacity_key(stage: str) -> str:
@@ -286,8 +352,9 @@ def _policy_actions(w: WorkerPoolStats, retries: bool = True) -> list[str]:
     if retries and w.retries:
         done.append(f"retried {_plural(w.retries, 'fetch', 'fetches')} (failures.on_error=retry)")
     if w.restarts:
-        done.append(f"restarted {_plural(w.restarts, 'worker process', 'worker processes')} "
-                    "(failures.on_worker_death=restart)")
+        what = _plural(w.restarts, "Ray actor") if w.kind == "ray" else \
+            _plural(w.restarts, "worker process", "worker processes")
+        done.append(f"restarted {what} (failures.on_worker_death=restart)")
     return done
 
 
@@ -339,12 +406,29 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
         actions = _policy_actions(workers, retries=False)
         if actions:
             found.append(f"failures: {place}: {', '.join(actions)} so far")
+    found += _spill_warnings(window.stats)
     memory = window.stats.memory
     if budget_bytes and memory is not None and memory.total_rss >= BUDGET_SHARE * budget_bytes:
         found.append(f"budget: the process tree holds {format_size(memory.total_rss)}, "
                      f"{memory.total_rss / budget_bytes:.0%} of memory.budget "
                      f"({format_size(budget_bytes)}); lower queue capacities or raise the budget")
     return found
+
+
+def spill_text(spilled: int) -> str:
+    return f"Ray spilled {format_size(spilled)} to disk: lower workers.ray.inflight_bytes or " \
+        "the queues"
+
+
+def _spill_warnings(stats: RunnerStats) -> list[str]:
+    """One warning per Ray address that spilled (its pools on each device share the figure)."""
+    spilled: dict[str, int] = {}
+    for c in stats.coordinators:
+        ray = c.workers.ray
+        if ray is not None and ray.spilled_bytes:
+            where_ = ray.address or "Ray"
+            spilled[where_] = max(spilled.get(where_, 0), ray.spilled_bytes)
+    return [f"spill: {address}: {spill_text(n)}" for address, n in spilled.items()]
 
 
 def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
@@ -364,6 +448,9 @@ def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
         lines.append(_final_line(c, e))
         lines += [f"{e.where}: over-buffered. {text[0].upper()}{text[1:]}"
                   for text in over_buffering(e, budget_bytes)]
+        ray = c.workers.ray
+        if ray is not None and ray.spilled_bytes:
+            lines.append(f"{e.where}: {spill_text(ray.spilled_bytes)}.")
         actions = _policy_actions(c.workers)
         if actions:
             error = _last_error(c.workers)
@@ -391,7 +478,8 @@ DECODE_BOUND = ("CPU-bound", "fetch-bound", "transport-bound")
 
 def _decoding_note(c: CoordinatorStats, e: Evidence, verdict: Verdict) -> str:
     """For a run whose workers decode images and set the pace: which worker kind is right."""
-    if not c.source.startswith(IMAGE_SOURCES) or verdict.kind not in DECODE_BOUND:
+    if not c.source.startswith(IMAGE_SOURCES) or verdict.kind not in DECODE_BOUND \
+            or e.kind == "ray":  # (which kind is right for Ray is a question of CPUs, not the GIL)
         return ""
     if e.kind == "process":
         return (" The workers decode images, which releases the GIL: thread workers "

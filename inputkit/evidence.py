@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from inputkit.probes import GilReading
 from inputkit.queues import QueueStats
 from inputkit.stats import CoordinatorStats
+from inputkit.workers.base import RayStats
 
 STAGES = {"chunks": "chunk queue", "batches": "batch queue", "device": "device prefetch"}
 
@@ -59,6 +61,13 @@ class Evidence:
     ``gil_held`` the share of its probes that found the GIL held, and
     ``idle_cores`` the machine's idle CPU seconds per second in the span (None: unknown).
     ``fetch_cpu_share``: CPU time over wall time inside fetch (near 0: fetch waits).
+
+    Ray workers add: ``receive_busy``, the share of the span the trainer's receiver thread
+    spent taking results in (None for other kinds); ``actors_reading``, the share of live
+    actors holding a call now; ``inflight_items`` and ``pinned_bytes`` (in flight plus held)
+    now, against ``cap_bytes``; how many ``nodes`` the actors run on, and ``ray_local``: a
+    private local Ray (this machine's idle cores are then the actors' too). For Ray,
+    ``in_fetch`` and ``workers`` count live actors only (a dead one is replaced, not idle).
     """
 
     where: str
@@ -80,6 +89,13 @@ class Evidence:
     empty_chunks: int = 0
     cores: int = 1
     switch_interval_ms: float = 5.0
+    receive_busy: float | None = None
+    actors_reading: float = 0.0
+    inflight_items: int = 0
+    pinned_bytes: int = 0
+    cap_bytes: int | None = None
+    nodes: int = 0
+    ray_local: bool = False  # a private local Ray: every actor runs on this machine
 
     def queue(self, stage: str) -> QueueEvidence | None:
         return next((q for q in self.queues if q.stage == stage), None)
@@ -136,14 +152,44 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         chunks, empty_chunks = w.chunks, w.empty_chunks
         # The pool counts idle time from its own start: the whole run, not the span.
         gil, idle = _gil(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
+    workers = w.workers if w.ray is None else _live(w.ray) or w.workers
     return Evidence(
         where=where(now), over=over, span_s=span, batches=batches, kind=w.kind,
-        workers=w.workers, queues=queues,
-        in_fetch=_share(wall, span * w.workers) if w.workers else 0.0,
+        workers=workers, queues=queues,
+        in_fetch=_share(wall, span * workers) if workers else 0.0,
         fetch_cores=cpu / span if span > 0 else 0.0, fetch_p50_ms=w.fetch_p50_ms,
         gil_wait_ms=gil[0], gil_held=gil[1], idle_cores=idle, fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
         copied_batches=copied, chunks=chunks, empty_chunks=empty_chunks,
-        cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0)
+        cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0,
+        **_ray(w.ray, before.workers.ray if before is not None else None, span))
+
+
+_LIVE_STATES = ("reading", "idle")  # an actor that can take calls (not starting, done, dead)
+
+
+def _live(ray: RayStats) -> int:
+    return sum(a.state in _LIVE_STATES for a in ray.actors)
+
+
+def _ray(now: RayStats | None, before: RayStats | None, span: float) -> dict[str, Any]:
+    """The Ray fields of :class:`Evidence` (none for other pools).
+
+    Without ``before`` (the run from its first batch) the receiver's busy time is shared
+    over the span, or its life when shorter: it took almost nothing in before the first batch.
+    """
+    if now is None:
+        return {}
+    if before is not None:
+        busy = now.receive_busy_s - before.receive_busy_s
+        wall = now.receive_wall_s - before.receive_wall_s
+    else:
+        busy, wall = now.receive_busy_s, min(now.receive_wall_s, span)
+    live = _live(now)
+    reading = sum(a.state == "reading" for a in now.actors)
+    return dict(receive_busy=_share(busy, wall), actors_reading=reading / live if live else 0.0,
+                inflight_items=now.inflight_items,
+                pinned_bytes=now.inflight_bytes + now.held_bytes, cap_bytes=now.cap_bytes,
+                nodes=len(now.nodes), ray_local=now.local)
 
 
 _MIN_PROBES = 5  # fewer probes than this say nothing about the GIL

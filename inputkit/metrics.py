@@ -9,12 +9,13 @@ JSON record per snapshot (``metrics.jsonl``) for plots and tools.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
 from inputkit.queues import QueueStats
 from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.workers.base import RayStats
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,93 @@ class QueueWindow:
                 "device": "device prefetch"}.get(self.name.rsplit("/", 1)[-1], self.name)
 
 
+_STATES = ("reading", "idle", "starting", "done", "dead")
+
+
+@dataclass(frozen=True)
+class ActorWindow:
+    """One Ray actor over the window: its state now and what it delivered per second."""
+
+    name: str
+    pid: int | None
+    state: str
+    chunks_per_s: float
+    samples_per_s: float
+
+
+@dataclass(frozen=True)
+class NodeWindow:
+    """The actors of one node (by its address): totals since start, rates over the window."""
+
+    node: str
+    actors: tuple[ActorWindow, ...]
+    chunks: int
+    samples: int
+    chunks_per_s: float
+    samples_per_s: float
+
+    @property
+    def states(self) -> dict[str, int]:
+        """How many actors are in each state (reading, idle, starting, done, dead, in that
+        order; a state not in that list after them)."""
+        found = Counter(a.state for a in self.actors)
+        rank = {state: i for i, state in enumerate(_STATES)}
+        return {state: found[state] for state in sorted(found, key=lambda s: rank.get(s, 99))}
+
+
+@dataclass(frozen=True)
+class RayWindow:
+    """A Ray pool over the window: per node, and the receiver's busy share of the window."""
+
+    stats: RayStats
+    nodes: tuple[NodeWindow, ...]
+    receive_busy: float
+
+    def record(self) -> dict[str, Any]:
+        """The ``ray`` entry of a coordinator in ``metrics.jsonl``."""
+        s = self.stats
+        return {"nodes": [{"node": n.node, "actors": len(n.actors), "states": n.states,
+                           "chunks": n.chunks, "samples": n.samples,
+                           "chunks_per_s": n.chunks_per_s, "samples_per_s": n.samples_per_s}
+                          for n in self.nodes],
+                "inflight_items": s.inflight_items, "inflight_bytes": s.inflight_bytes,
+                "held_bytes": s.held_bytes, "cap_bytes": s.cap_bytes,
+                "spilled_bytes": s.spilled_bytes, "duplicates": s.duplicates,
+                "receive_busy": self.receive_busy}
+
+
+def ray_window(now: RayStats, before: RayStats | None, span: float) -> RayWindow:
+    """Per-node rates between two snapshots (since start without ``before``; ``span`` is the
+    seconds between them). An actor is matched by name: one that replaced a dead actor
+    counts from 0, and one gone from the list no longer counts."""
+    then = {a.name: a for a in before.actors} if before is not None else {}
+    nodes = []
+    for node, actors in now.nodes.items():
+        rows = []
+        for a in actors:
+            old = then.get(a.name)
+            chunks = a.chunks - (old.chunks if old is not None else 0)
+            samples = a.samples - (old.samples if old is not None else 0)
+            rows.append(ActorWindow(name=a.name, pid=a.pid, state=a.state,
+                                    chunks_per_s=_per_s(chunks, span),
+                                    samples_per_s=_per_s(samples, span)))
+        nodes.append(NodeWindow(node=node, actors=tuple(rows),
+                                chunks=sum(a.chunks for a in actors),
+                                samples=sum(a.samples for a in actors),
+                                chunks_per_s=sum(r.chunks_per_s for r in rows),
+                                samples_per_s=sum(r.samples_per_s for r in rows)))
+    if before is not None:
+        busy = _share(now.receive_busy_s, before.receive_busy_s,
+                      now.receive_wall_s - before.receive_wall_s)
+    else:
+        busy = _share(now.receive_busy_s, 0.0, now.receive_wall_s)
+    return RayWindow(stats=now, nodes=tuple(nodes), receive_busy=busy)
+
+
+def _per_s(count: int, span: float) -> float:
+    return max(0, count) / span if span > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class CoordinatorWindow:
     input: str
@@ -47,6 +135,7 @@ class CoordinatorWindow:
     queues: tuple[QueueWindow, ...]
     stats: CoordinatorStats
     before: CoordinatorStats | None = None  # the snapshot the window starts from (diagnosis)
+    ray: RayWindow | None = None  # Ray workers: per node, over the window
 
 
 @dataclass(frozen=True)
@@ -81,7 +170,8 @@ class Window:
                              "p95_ms": c.stats.workers.fetch_p95_ms},
                  "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
                              "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
-                             "empty": q.empty} for q in c.queues]}
+                             "empty": q.empty} for q in c.queues],
+                 **({"ray": c.ray.record()} if c.ray is not None else {})}
                 for c in self.coordinators],
             "warnings": warnings,
         }
@@ -123,11 +213,16 @@ class MovingWindow:
             rates = _rates(c.samples, c.batches, c.bytes, prev, span) if prev else \
                 (c.samples_per_s, c.batches_per_s, c.mb_per_s)
             before_queues = {q.name: q for q in prev.queues} if prev else {}
+            ray = None
+            if c.workers.ray is not None:
+                old = prev.workers.ray if prev is not None else None
+                ray = ray_window(c.workers.ray, old, c.elapsed_s - prev.elapsed_s if prev
+                                 else c.elapsed_s)
             coordinators.append(CoordinatorWindow(
                 input=c.input, device=c.device, device_index=c.device_index,
                 samples_per_s=rates[0], batches_per_s=rates[1], mb_per_s=rates[2],
                 queues=tuple(_queue_window(q, before_queues.get(q.name)) for q in c.queues),
-                stats=c, before=prev))
+                stats=c, before=prev, ray=ray))
         return Window(
             elapsed_s=stats.elapsed_s, window_s=span,
             samples_per_s=sum(c.samples_per_s for c in coordinators),

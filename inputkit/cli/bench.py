@@ -20,7 +20,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from inputkit.cli.render import progress_line, skipped_lines, skipped_record, summary_table
+from inputkit.cli.render import (
+    progress_line,
+    ray_record,
+    ray_summary_lines,
+    skipped_lines,
+    skipped_record,
+    summary_table,
+)
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Coordinator
 from inputkit.dashboard import plain_lines, render
@@ -111,6 +118,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                               for p in c.workers.processors)
             console.print(f"processors of {c.input} on {c.device_index}:{c.device}, per chunk: "
                           f"{steps}", markup=False, highlight=False)
+    for line in ray_summary_lines(final):  # where Ray ran the actors, and what each node did
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for line in skipped_lines(final, "see summary.json" if output_dir is not None else ""):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     # The same judgement as the live verdict, over the run once batches flowed.
@@ -129,6 +138,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
                "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
                "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
+               **({"ray": ray_record(final)} if any(c.workers.ray for c in final.coordinators)
+                  else {}),
                "sources": runner.source_info, **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
+from inputkit.config.sizes import format_size
 from inputkit.stats import CoordinatorStats, RunnerStats
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ def progress_line(snapshot: RunnerStats, previous: RunnerStats | None, elapsed: 
     text.append(f"  {mbs:>9,.1f} MB/s", style="magenta")
     for c in snapshot.coordinators:
         fills = " ".join(f"{q.name.rsplit('/', 1)[-1]} {q.items}/{q.capacity}" for q in c.queues)
+        ray = c.workers.ray
+        if ray is not None:  # where the actors run, and what this input has in flight
+            fills += f" ray {len(ray.actors)} actors/{len(ray.nodes)} nodes in flight " \
+                     f"{format_size(ray.inflight_bytes)}"
         text.append(f"  [{c.input}@{c.device_index}:{c.device} {fills}]", style="dim")
     clock = f"{elapsed:.1f}s" + (f" of {limit:g}s" if limit is not None else "")
     text.append(f"  {clock}  batches {snapshot.batches:,}")
@@ -102,6 +107,55 @@ def skipped_record(stats: RunnerStats) -> list[dict[str, Any]]:
                          sorted(zip(c.workers.skipped_indices, c.workers.skipped_errors,
                                     strict=True))]}
             for c in stats.coordinators if c.workers.skipped_samples]
+
+
+def ray_record(stats: RunnerStats) -> list[dict[str, Any]]:
+    """summary.json's ``ray``: per input and device with Ray workers, where they ran (the
+    address, a private local Ray or not), how long connecting and starting the actors took,
+    per node its actors (by state), chunks and samples, and the object-store figures."""
+    from inputkit.metrics import ray_window
+
+    found = []
+    for c in stats.coordinators:
+        ray = c.workers.ray
+        if ray is None:
+            continue
+        nodes = ray_window(ray, None, c.elapsed_s).nodes
+        found.append({"input": c.input, "device_index": c.device_index, "device": c.device,
+                      "address": ray.address, "local": ray.local, "connect_s": ray.connect_s,
+                      "ready_s": ray.ready_s, "first_batch_s": c.first_batch_s,
+                      "nodes": [{"node": n.node, "actors": len(n.actors), "states": n.states,
+                                 "chunks": n.chunks, "samples": n.samples} for n in nodes],
+                      "inflight_items": ray.inflight_items, "inflight_bytes": ray.inflight_bytes,
+                      "held_bytes": ray.held_bytes, "cap_bytes": ray.cap_bytes,
+                      "duplicates": ray.duplicates, "spilled_bytes": ray.spilled_bytes,
+                      "restarts": c.workers.restarts})
+    return found
+
+
+def ray_summary_lines(stats: RunnerStats) -> list[str]:
+    """The end-of-run lines of each input with Ray workers: where they ran, how long start-up
+    took, then one line a node (its actors, chunks and samples), then duplicates and spill."""
+    from inputkit.dashboard import ray_where
+    from inputkit.metrics import ray_window
+
+    lines = []
+    for c in stats.coordinators:
+        ray = c.workers.ray
+        if ray is None:
+            continue
+        window = ray_window(ray, None, c.elapsed_s)
+        first = f", first batch at {_seconds(c.first_batch_s)}" if c.first_batch_s is not None \
+            else ""
+        lines.append(f"ray of input '{c.input}' on {c.device_index}:{c.device}: "
+                     f"{ray_where(window)}{first}")
+        for n in window.nodes:
+            lines.append(f"  node {n.node}: {len(n.actors)} actor{'s' if len(n.actors) != 1 else ''}, "
+                         f"{n.chunks:,} chunks, {n.samples:,} samples")
+        spilled = "unknown" if ray.spilled_bytes is None else format_size(ray.spilled_bytes)
+        lines.append(f"  duplicates dropped {ray.duplicates:,}, restarts {c.workers.restarts:,}, "
+                     f"spilled to disk {spilled}")
+    return lines
 
 
 def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table:
