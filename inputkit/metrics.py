@@ -94,14 +94,17 @@ class RayWindow:
 
 def ray_window(now: RayStats, before: RayStats | None, span: float) -> RayWindow:
     """Per-node rates between two snapshots (since start without ``before``; ``span`` is the
-    seconds between them). An actor is matched by name: one that replaced a dead actor
-    counts from 0, and one gone from the list no longer counts."""
+    seconds between them). An actor is matched by name and pid: one that replaced a dead
+    actor (under its name, in another process) counts from 0, and one gone from the list no
+    longer counts."""
     then = {a.name: a for a in before.actors} if before is not None else {}
     nodes = []
     for node, actors in now.nodes.items():
         rows = []
         for a in actors:
             old = then.get(a.name)
+            if old is not None and (old.pid not in (None, a.pid) or a.chunks < old.chunks):
+                old = None  # a new actor under the old one's name
             chunks = a.chunks - (old.chunks if old is not None else 0)
             samples = a.samples - (old.samples if old is not None else 0)
             rows.append(ActorWindow(name=a.name, pid=a.pid, state=a.state,

@@ -7,9 +7,11 @@ them), so none of these tests needs Ray installed or starts it.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from dataclasses import replace
 
+import pytest
 from rich.console import Console
 
 from inputkit.cli.render import progress_line, ray_record, ray_summary_lines
@@ -90,15 +92,17 @@ def recorded(renderable) -> str:
 def test_per_node_rates_are_taken_over_the_window_and_a_replacement_actor_counts_from_zero():
     before = ray_stats(1)
     now = ray_stats(2)
-    now = replace(now, actors=now.actors + (actor(5, WORKER, 4),))  # replaced a dead one
+    # The pool replaces a dead actor under its name, in a new process: its 4 chunks are new.
+    replaced = replace(actor(4, WORKER, 4), pid=2004)
+    now = replace(now, actors=now.actors[:4] + (replaced, actor(5, WORKER, 5)))
     ray = ray_window(now, before, span=5.0)
     nodes = {n.node: n for n in ray.nodes}
     assert set(nodes) == {HEAD, WORKER}
     assert nodes[HEAD].chunks_per_s == 4.0  # (20 - 10) x 2 actors over 5 s
-    assert nodes[WORKER].chunks_per_s == 12.0 + 0.8  # (60 - 30) x 2 / 5, and 4 / 5 new
-    assert nodes[WORKER].samples_per_s == 64 * 12.8
+    assert nodes[WORKER].chunks_per_s == pytest.approx(6.0 + 0.8 + 1.0)  # 30 / 5, 4 / 5, 5 / 5
+    assert nodes[WORKER].samples_per_s == pytest.approx(64 * 7.8)
     assert nodes[HEAD].states == {"reading": 2, "starting": 1}
-    assert nodes[WORKER].chunks == 124 and len(nodes[WORKER].actors) == 3
+    assert nodes[WORKER].chunks == 69 and len(nodes[WORKER].actors) == 3
 
 
 # --- the live view and the plain lines --------------------------------------------------------
@@ -246,6 +250,29 @@ def test_busy_actors_on_a_saturated_private_ray_are_told_to_add_nodes():
 def test_a_tiny_ray_fetch_is_judged_by_its_receive_path_not_called_hand_over_bound():
     v = judge(ray_ev(fetch_p50_ms=0.01))
     assert v is not None and v.kind == "receive-bound"
+
+
+def test_no_ray_verdict_contradicts_its_evidence():
+    """Every combination: receive-bound only with waiting actors and a busy receiver below
+    the cap; more actors advised only for busy actors; processes never for busy actors."""
+    for batch, chunk, in_fetch, busy, pinned, local, idle in itertools.product(
+            (0.1, 0.3, 0.9), (0.0, 0.3, 0.9), (0.1, 0.45, 0.6, 1.0), (0.1, 0.5, 0.9),
+            (8 * MB, 60 * MB), (False, True), (0.0, 1.5)):
+        e = ray_ev(queues=(QueueEvidence("chunk queue", 16, 0, 0, 0.0, chunk),
+                           QueueEvidence("batch queue", 4, 0, 0, 0.0, batch)),
+                   in_fetch=in_fetch, receive_busy=busy, pinned_bytes=pinned, ray_local=local,
+                   idle_cores=idle)
+        v = judge(e)
+        assert v is not None
+        if v.kind == "receive-bound":
+            assert batch >= 0.5 and chunk >= 0.2 and busy >= 0.5 and in_fetch < 0.5
+            assert pinned < 0.9 * 64 * MB
+        if "Add actors" in v.text or "Add nodes" in v.text:
+            assert in_fetch >= 0.5 and chunk >= 0.5
+        if in_fetch >= 0.5:
+            assert "workers.kind=process" not in v.text and v.kind != "receive-bound"
+        if v.kind == "hand-over-bound":
+            raise AssertionError(f"Ray judged hand-over-bound: {v.text}")
 
 
 def test_the_evidence_reads_the_receivers_busy_share_and_live_actors_over_the_window():
