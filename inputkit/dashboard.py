@@ -140,6 +140,11 @@ def ray_where(ray: RayWindow) -> str:
     return ", ".join(_ray_cells(ray))
 
 
+def node_name(node: NodeWindow) -> str:
+    """``node 10.0.0.2``; the pool calls a node ``?`` until its actors have answered."""
+    return "node not known yet (actors starting)" if node.node == "?" else f"node {node.node}"
+
+
 def node_line(node: NodeWindow) -> str:
     """``3 actors (2 reading, 1 starting)``: what runs on one node now."""
     return f"{_plural(len(node.actors), 'actor')} ({_states(node.states)})"
@@ -149,7 +154,7 @@ def actors_line(node: NodeWindow) -> str:
     """Each actor's rate, for a node with few enough of them; empty otherwise."""
     if len(node.actors) > SHOWN_ACTORS:
         return ""
-    return "  ".join(f"{a.name} {a.chunks_per_s:,.1f}/s" + ("" if a.state == "reading"
+    return "  ".join(f"{a.name.removeprefix('ray ')} {a.chunks_per_s:,.1f}/s" + ("" if a.state == "reading"
                                                             else f" {a.state}")
                      for a in node.actors)
 
@@ -169,7 +174,7 @@ def _ray_rows(table: Table, w: WorkerPoolStats, ray: RayWindow) -> None:
     table.add_row("  object store", facts[0], Text(facts[1], style=_pinned_style(ray)), facts[2],
                   Text("  ".join(facts[3:]), style="red" if ray.stats.spilled_bytes else ""))
     for node in ray.nodes:
-        table.add_row(f"  node {node.node}", node_line(node), f"{node.chunks_per_s:,.1f} chunks/s",
+        table.add_row(f"  {node_name(node)}", node_line(node), f"{node.chunks_per_s:,.1f} chunks/s",
                       f"{node.samples_per_s:,.0f} samples/s", actors_line(node))
 
 
@@ -286,7 +291,7 @@ def ray_lines(ray: RayWindow, where: str) -> list[str]:
     lines = [f"  ray {where}: {ray_where(ray)}; {'; '.join(ray_facts(ray))}"]
     for node in ray.nodes:
         each = actors_line(node)
-        lines.append(f"    node {node.node}: {node_line(node)} {node.chunks_per_s:,.1f} chunks/s "
+        lines.append(f"    {node_name(node)}: {node_line(node)} {node.chunks_per_s:,.1f} chunks/s "
                      f"{node.samples_per_s:,.0f} samples/s" + (f" [{each}]" if each else ""))
     return lines
 

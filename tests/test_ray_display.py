@@ -115,7 +115,7 @@ def test_the_dashboard_shows_each_node_its_counts_the_object_store_and_the_spill
     assert f"node {HEAD}" in text and f"node {WORKER}" in text
     assert "3 actors (2 reading, 1 starting)" in text and "2 actors (1 reading, 1 idle)" in text
     assert "4.0 chunks/s" in text and "12.0 chunks/s" in text  # per node, over the window
-    assert "ray worker 3 6.0/s" in text and "ray worker 4 6.0/s idle" in text
+    assert "worker 3 6.0/s" in text and "worker 4 6.0/s idle" in text
     assert "in flight 7 items 12.0 MB" in text and "held 20.0 MB of cap 64.0 MB" in text
     assert "duplicates dropped 3" in text and "SPILLED 48.0 MB" in text
     assert "Ray cluster 10.0.0.1:6379" in text and "connected in 0.4 s" in text
@@ -143,9 +143,17 @@ def test_many_actors_on_a_node_make_one_line_not_one_per_actor_and_no_spill_no_w
     view = two_snapshots(actors=actors, spilled=0, duplicates=0)
     text = recorded(render(view, live_warnings(view)))
     assert f"node {HEAD}" in text and "6 actors (6 reading)" in text
-    assert "ray worker 0" not in text  # 6 > 4 on one node: the node's line only
+    assert "worker 0" not in text  # 6 > 4 on one node: the node's line only
     assert "spill" not in text.lower() and "duplicates" not in text
     assert not [w for w in live_warnings(view) if w.startswith("spill")]
+
+
+def test_actors_not_yet_placed_are_shown_as_such_not_as_a_node_called_question_mark():
+    starting = tuple(replace(actor(i, "?", 0, state="starting"), pid=None) for i in range(2))
+    view = two_snapshots(actors=starting, ready_s=None, cap_bytes=None, inflight_items=0)
+    text = recorded(render(view, []))
+    assert "node not known yet (actors starting)  2 actors (2 starting)" in text
+    assert "actors starting" in text and "cap not sized yet" in text and "node ?" not in text
 
 
 def test_a_restarted_actor_is_named_as_such_in_the_failure_warning():

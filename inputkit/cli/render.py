@@ -136,7 +136,7 @@ def ray_record(stats: RunnerStats) -> list[dict[str, Any]]:
 def ray_summary_lines(stats: RunnerStats) -> list[str]:
     """The end-of-run lines of each input with Ray workers: where they ran, how long start-up
     took, then one line a node (its actors, chunks and samples), then duplicates and spill."""
-    from inputkit.dashboard import ray_where
+    from inputkit.dashboard import node_name, ray_where
     from inputkit.metrics import ray_window
 
     lines = []
@@ -150,7 +150,7 @@ def ray_summary_lines(stats: RunnerStats) -> list[str]:
         lines.append(f"ray of input '{c.input}' on {c.device_index}:{c.device}: "
                      f"{ray_where(window)}{first}")
         for n in window.nodes:
-            lines.append(f"  node {n.node}: {len(n.actors)} actor{'s' if len(n.actors) != 1 else ''}, "
+            lines.append(f"  {node_name(n)}: {len(n.actors)} actor{'s' if len(n.actors) != 1 else ''}, "
                          f"{n.chunks:,} chunks, {n.samples:,} samples")
         spilled = "unknown" if ray.spilled_bytes is None else format_size(ray.spilled_bytes)
         lines.append(f"  duplicates dropped {ray.duplicates:,}, restarts {c.workers.restarts:,}, "
