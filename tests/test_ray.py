@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-
 from conftest import make_cfg
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")
@@ -247,7 +246,7 @@ def test_inflight_bytes_bound_what_the_pipeline_pins():
                   ray={"inflight_bytes": 3 * chunk + 64 * 150}, epoch={"chunk_size": 64})
     peaks = []
     with Runner(cfg) as runner:
-        for batch in runner.device(0):
+        for _ in runner.device(0):
             time.sleep(0.002)  # a consumer slower than the actors: the pipeline fills up
             stats = runner.stats().coordinators[0].workers.ray
             peaks.append(stats.inflight_bytes + stats.held_bytes)

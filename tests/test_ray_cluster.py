@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-
 from conftest import make_cfg
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")

@@ -152,6 +152,7 @@ class RayWorkerPool:
         self._largest = 0  # the largest chunk seen (fetch estimates)
         self._duplicates = 0
         self._busy = 0.0  # receiver time spent taking results in
+        self._waited = 0.0  # ... of which it waited on a full chunk queue
         self._stalls: tuple[str, ...] = ()
         self._session_held = False
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-ray",
@@ -304,11 +305,11 @@ class RayWorkerPool:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=_POLL_S, fetch_local=False)
                 if ready:  # take in everything that is ready
                     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-                begin = time.perf_counter()
+                begin, waited = time.perf_counter(), self._waited
                 for ref in ready:
                     if not self._take(ref):
                         return
-                self._busy += time.perf_counter() - begin
+                self._busy += time.perf_counter() - begin - (self._waited - waited)
                 self._check_start()
                 if self._failed:
                     return
@@ -406,6 +407,7 @@ class RayWorkerPool:
         actor.fetch_wall_s += wall
         if call.item is not None and not self._current(call, seq):
             return True
+        fields = {name: writable(array) for name, array in fields.items()}
         self._hold(fields)
         if n:
             self._per_sample = max(self._per_sample, -(-nbytes // n))
@@ -463,12 +465,17 @@ class RayWorkerPool:
         return self._out.put_control(item)
 
     def _put(self, chunk: Chunk) -> bool:
-        """Into the chunk queue, waiting while it is full (freed views are counted meanwhile)."""
-        while not self._out.put(chunk, chunk.nbytes, self._stop, timeout=_POLL_S):
-            if self._stop.is_set() or self._out.closed:
-                return False
-            self._drain_freed()
-        return True
+        """Into the chunk queue, waiting while it is full (freed views are counted meanwhile).
+        The wait is not the receive path's work: it is taken out of ``receive_busy_s``."""
+        began = time.perf_counter()
+        try:
+            while not self._out.put(chunk, chunk.nbytes, self._stop, timeout=_POLL_S):
+                if self._stop.is_set() or self._out.closed:
+                    return False
+                self._drain_freed()
+            return True
+        finally:
+            self._waited += time.perf_counter() - began
 
     def _skipped_samples(self, actor: _Actor, bad: list[tuple[int, str]], ok: list[bool]) -> bool:
         self._repeats.log(logging.WARNING, SKIP_SAMPLES, bad[-1][1].split(":", 1)[0],
@@ -666,6 +673,29 @@ class RayWorkerPool:
             self.kind, states, (IDLE, FETCHING, "blocked", DONE), pids=tuple(self.pids()),
             stalls=self._stalls, processors=self._processor_totals.stats(), ray=ray_stats,
             **self._failures.snapshot())
+
+
+class _Pinned:
+    """A writeable window on a read-only object-store array, keeping the array (and so its
+    object) alive: ``np.asarray`` of it views the same memory."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self.__array_interface__ = {**array.__array_interface__,
+                                    "data": (array.__array_interface__["data"][0], False)}
+
+
+def writable(array: np.ndarray) -> np.ndarray:
+    """``array`` (a zero-copy view of a Ray object) as a writeable array over the same memory.
+
+    Ray lends objects read-only, so torch would copy every batch that lies in one chunk. The
+    object holds one actor's answer to this pool and nothing else reads it (the ObjectRef is
+    dropped once the answer is taken in), so writing to it can only change this pipeline's
+    own samples, as with a shared-memory slot. The memory stays mapped while any view lives.
+    """
+    if array.flags.writeable or array.size == 0:
+        return array
+    return np.asarray(_Pinned(array))
 
 
 def _death_reason(exc: BaseException) -> str:

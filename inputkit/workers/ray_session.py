@@ -76,8 +76,13 @@ def acquire(address: str | None, num_cpus: float | None, connect_timeout: float,
         if address is None:
             cpus = num_cpus if num_cpus is not None else \
                 max(float(len(os.sched_getaffinity(0))), needed_cpus)
+            # Ray runs its workers at nice 15 by default, under the trainer and under process
+            # workers (nice 0): on a busy host the actors then get a fraction of their CPUs.
+            # A private Ray exists only for these actors, so they run at the same priority
+            # as process workers would.
             ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+                     log_to_driver=False, configure_logging=False,
+                     _system_config={"worker_niceness": 0})
         else:
             _probe(ray, address, connect_timeout, key + "ray.address")
             try:
