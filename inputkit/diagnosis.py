@@ -243,8 +243,9 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
                        f"workers would share; no change is known to help here.", starved=True)
     if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
         return Verdict("CPU-bound", f"{seen}, and {_computes(e)}: more workers (threads or "
-                       f"processes) would find no CPU to run on; only a cheaper fetch would "
-                       f"help.", starved=True)
+                       f"processes) would find no CPU to run on; only a cheaper fetch, or "
+                       f"other machines' CPUs, would help: Ray workers run fetch on a cluster "
+                       f"(workers=ray, docs/ray.md).", starved=True)
     advice = f"Add workers (workers.count={e.workers * 2})."
     if e.kind == "thread" and e.gil_wait_ms is None:  # the GIL was not measured
         advice += " If fetch runs Python code, more threads will not help: workers.kind=process."

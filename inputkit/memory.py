@@ -505,8 +505,8 @@ def _ray_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int,
                      f"queues' {format_size(queued_bytes)}")
     else:
         store = Term(name, "Ray object store", SHARED, chunks, "chunks", chunk_bytes,
-                     p + "workers.ray.inflight", f"{actors} actors x {inp.ray.inflight} in "
-                     f"flight + queues and batcher; {chunk_detail}")
+                     p + "workers.ray.inflight", f"{chunk_detail} ({actors} actors x "
+                     f"{inp.ray.inflight} in flight, the rest in the queues and batcher)")
     return [
         store,
         Term(name, "chunks in Ray actors", HOST, actors, "chunks", chunk_bytes,

@@ -225,3 +225,29 @@ def test_a_probe_that_fails_closes_its_copy_of_the_source():
     with pytest.raises(SourceError, match="probe fetch failed"):
         plan_memory(inputkit.load_spec(make_cfg({"_target_": "fakes:FailsAndCountsCloses"})))
     assert FailsAndCountsCloses.closed == 1
+
+
+def test_ray_workers_plan_the_object_store_the_actors_and_one_local_ray():
+    from inputkit.config.spec import load_spec
+    from inputkit.memory import LOCAL_RAY_BYTES, RAY_ACTOR_BYTES
+
+    source = {"_target_": SYN, "fields": {"x": {"shape": [1024], "dtype": "uint8"}},
+              "chunk_size": 64}
+    ray = {"kind": "ray", "count": 3, "ray": {"inflight": 2}}
+    spec = load_spec(make_cfg(source, batch_size=64, workers=ray,
+                              queue={"capacity": 5, "batch_capacity": 2}))
+    plan = plan_memory(spec, devices=("cpu", "cpu"))
+    store = next(t for t in plan.terms if t.stage == "Ray object store")
+    # 3 actors x 2 in flight + 5 queued chunks + 2 queued batches + batcher and hand-over (4)
+    assert (store.count, store.unit_bytes) == (3 * 2 + 5 + 2 + 4, 64 * 1024)
+    assert plan.stage_bytes("main", "Ray actor processes") == 3 * RAY_ACTOR_BYTES
+    local = [t for t in plan.terms if t.stage == "local Ray"]
+    assert len(local) == 1 and local[0].bytes == LOCAL_RAY_BYTES and not local[0].per_device
+    assert "chunk queue" not in {t.stage for t in plan.terms}, "the chunks are in the store"
+
+    capped = load_spec(make_cfg(source, batch_size=64, workers={
+        **ray, "ray": {"inflight_bytes": "256KiB", "address": "auto"}}))
+    terms = plan_memory(capped, devices=("cpu",)).terms
+    store = next(t for t in terms if t.stage == "Ray object store")
+    assert (store.unit, store.bytes) == ("byte limit", 256 * 1024)
+    assert "local Ray" not in {t.stage for t in terms}, "a cluster's Ray is not this process's"

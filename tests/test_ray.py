@@ -47,7 +47,35 @@ def local_ray() -> Any:
         else:
             os.environ["PYTHONPATH"] = old
     yield
+    started = ray_processes()
     ray.shutdown()
+    wait_until(lambda: not live(started), 30, "Ray's processes left running after shutdown: "
+               + "; ".join(str(p) for p in live(started)))
+
+
+def ray_processes() -> set[int]:
+    """This process's descendants that belong to Ray (raylet, GCS, its workers and agents)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+            # (multiprocessing's forkserver, of the process-worker tests, lists Ray's paths)
+            if "ray" in line and "forkserver" not in line and "resource_tracker" not in line:
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def live(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.add(pid)
+        except psutil.Error:
+            continue
+    return out
 
 
 def ray_cfg(source: dict[str, Any], actors: int = 2, **top: Any) -> dict[str, Any]:
@@ -294,3 +322,22 @@ def test_runtime_env_reaches_the_actors():
     with Runner(cfg) as runner:
         values = np.concatenate([b["env"].numpy() for b in runner.device(0)])
     assert len(values) == 100 and set(values.tolist()) == {42}
+
+
+def test_a_consumer_keeping_one_small_field_of_every_batch_pins_no_more_than_the_cap():
+    # Each kept id tensor views its batch's object, which stays pinned whole: the pool counts
+    # the object, not the id's bytes, and once the room runs short batches are copies.
+    chunk = 64 * (4096 * 4 + 8)
+    cfg = ray_cfg({"_target_": SYN, "fields": {"x": {"shape": [4096], "dtype": "float32"}},
+                   "length": 64 * 150, "id_field": "id"}, batch_size=64, epoch={"chunk_size": 64},
+                  ray={"inflight_bytes": 24 * chunk})
+    kept, pinned = [], []
+    with Runner(cfg) as runner:
+        for batch in runner.device(0):
+            kept.append(batch["id"])
+            stats = runner.stats().coordinators[0]
+            pinned.append(stats.workers.ray.inflight_bytes + stats.workers.ray.held_bytes)
+        copied = stats.copied_batches
+    assert sorted(int(i) for ids in kept for i in ids) == list(range(64 * 150))
+    assert max(pinned) <= 24 * chunk, "more objects pinned than workers.ray.inflight_bytes"
+    assert copied >= 100, "batches past the cap were copies, so the kept ids pin nothing"

@@ -49,6 +49,13 @@ def descendants(pid: int) -> set[int]:
         return set()
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
+
+
 def alive(pids: set[int]) -> set[int]:
     out = set()
     for pid in pids:
@@ -187,8 +194,15 @@ def cluster() -> Any:
             os.environ["PYTHONPATH"] = old
     ray.init(address=made.address, log_to_driver=False, configure_logging=False)
     yield made, worker
+    started = {pid for pid in descendants(os.getpid()) if "ray" in cmdline(pid)
+               and "forkserver" not in cmdline(pid) and "resource_tracker" not in cmdline(pid)}
     ray.shutdown()
     made.shutdown()
+    deadline = time.monotonic() + 30
+    while alive(started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(started), "the cluster's processes left running: " + "; ".join(
+        f"{pid} {cmdline(pid)[:150]}" for pid in alive(started))
 
 
 def cluster_cfg(length: int, **extra: Any) -> dict[str, Any]:

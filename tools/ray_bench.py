@@ -12,9 +12,9 @@ first batch from a cold start (a private local Ray included); and a two-node run
 and a worker node on this machine, ray.cluster_utils.Cluster): every sample once, and
 how many each node read.
 
-Processes and actors get the same CPUs: ``--workers`` of each (default: the usable cores),
-and the steady-state rounds share one local Ray of that many CPUs, started once (as a
-training script that calls ray.init would).
+Processes and actors get the same CPUs: ``--workers`` of each (default: the usable cores).
+Every Ray run starts its own private local Ray, as ``workers=ray`` does by default (its
+start-up is outside the steady state, and in the cold-start figure).
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ def workloads(images: str | None, workers: int) -> dict[str, list[str]]:
     return out
 
 
-def pair(base: list[str]) -> dict[str, list[str]]:
+def pair(base: list[str], workers: int) -> dict[str, list[str]]:
+    """Process workers, and Ray actors of one CPU each on a private local Ray of the cores."""
     return {"processes": [*base, "workers=processes"],
-            "ray": [*base, "workers=ray", "workers.ray.cpus_per_actor=1"]}
+            "ray": [*base, "workers=ray", "workers.ray.cpus_per_actor=1",
+                    f"workers.ray.num_cpus={max(usable_cpus(), workers)}"]}
 
 
 def compare(console: Console, args: argparse.Namespace, workers: int) -> None:
@@ -89,7 +91,7 @@ def compare(console: Console, args: argparse.Namespace, workers: int) -> None:
     for column in ("workload", "loader", "batches/s", "samples/s", "MB/s", "rounds", "ray/processes"):
         table.add_column(column, justify="right" if column not in ("workload", "loader") else "left")
     for title, base in workloads(args.images, workers).items():
-        shapes = pair(base)
+        shapes = pair(base, workers)
         readings: dict[str, list[tuple[float, float, float]]] = {k: [] for k in shapes}
         for _ in range(args.rounds):
             for name, overrides in shapes.items():
@@ -105,7 +107,7 @@ def compare(console: Console, args: argparse.Namespace, workers: int) -> None:
     console.print(table)
 
 
-def per_chunk(console: Console, args: argparse.Namespace) -> None:
+def per_chunk(console: Console, args: argparse.Namespace, workers: int) -> None:
     """A no-op read of 64 tiny samples, one worker each: each loader's time per chunk."""
     base = ["source=tiny", "source.fields.x.shape=[4]", "source.chunk_size=64", "batch_size=64",
             "workers.count=1"]
@@ -113,7 +115,7 @@ def per_chunk(console: Console, args: argparse.Namespace) -> None:
     for column in ("loader", "chunks/s", "us per chunk"):
         table.add_column(column, justify="right" if column != "loader" else "left")
     times = {}
-    for name, overrides in pair(base).items():
+    for name, overrides in pair(base, workers).items():
         rate = statistics.median(steady_rate(compose(overrides), args.seconds, args.warmup)[0]
                                  for _ in range(args.rounds))
         times[name] = 1e6 / rate
@@ -129,7 +131,7 @@ def bandwidth(console: Console, args: argparse.Namespace, workers: int) -> None:
     for column in ("loader", "MB/s", "path"):
         table.add_column(column, justify="right" if column == "MB/s" else "left")
     paths = {"processes": "shared-memory slots", "ray": "object store, zero-copy views"}
-    for name, overrides in pair(base).items():
+    for name, overrides in pair(base, workers).items():
         mb = statistics.median(steady_rate(compose(overrides), args.seconds, args.warmup)[2]
                                for _ in range(args.rounds))
         table.add_row(name, f"{mb:,.0f}", paths[name])
@@ -142,7 +144,7 @@ def cold_starts(console: Console, args: argparse.Namespace, workers: int) -> Non
     for column in ("workload", "processes", "ray (a private local Ray started)"):
         table.add_column(column, justify="right" if column != "workload" else "left")
     for title, overrides in base.items():
-        shapes = pair(overrides)
+        shapes = pair(overrides, workers)
         firsts = {k: statistics.median(first_batch(compose(v)) for _ in range(3))
                   for k, v in shapes.items()}
         table.add_row(title, f"{firsts['processes']:.2f} s", f"{firsts['ray']:.2f} s")
@@ -198,15 +200,10 @@ def main() -> None:
         raise SystemExit("Ray is not installed: pip install 'inputkit[ray]'") from None
     console = Console(width=int(os.environ.get("COLUMNS", "160")))
     workers = args.workers
-    cold_starts(console, args, workers)  # before any Ray is up: each run starts its own
-    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    try:
-        compare(console, args, workers)
-        per_chunk(console, args)
-        bandwidth(console, args, workers)
-    finally:
-        ray.shutdown()
+    cold_starts(console, args, workers)
+    compare(console, args, workers)
+    per_chunk(console, args, workers)
+    bandwidth(console, args, workers)
     if not args.no_cluster:
         two_nodes(console, ray)
 

@@ -92,16 +92,27 @@ class _Actor:
     fetch_wall_s: float = 0.0
 
 
-class _HeldRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to one received object's array, and the bytes it pins."""
+class _Object:
+    """One received answer's object: its bytes stay pinned until every field's array is gone
+    (a view of one small field, an id kept by the consumer, pins the whole object)."""
 
-    __slots__ = ("nbytes",)
+    __slots__ = ("nbytes", "arrays")
 
-    def __init__(self, array: Any, callback: Callable[[Any], None], nbytes: int) -> None:
-        super().__init__(array, callback)
+    def __init__(self, nbytes: int, arrays: int) -> None:
         self.nbytes = nbytes
+        self.arrays = arrays
 
-    def __new__(cls, array: Any, callback: Callable[[Any], None], nbytes: int) -> _HeldRef:
+
+class _HeldRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to one array of a received object, and that object."""
+
+    __slots__ = ("object",)
+
+    def __init__(self, array: Any, callback: Callable[[Any], None], obj: _Object) -> None:
+        super().__init__(array, callback)
+        self.object = obj
+
+    def __new__(cls, array: Any, callback: Callable[[Any], None], obj: _Object) -> _HeldRef:
         return super().__new__(cls, array, callback)
 
 
@@ -325,7 +336,9 @@ class RayWorkerPool:
                 return
             with self._lock:
                 self._refs.pop(id(ref), None)
-                self._held -= ref.nbytes
+                ref.object.arrays -= 1
+                if not ref.object.arrays:  # its last array is gone: the object is let go
+                    self._held -= ref.object.nbytes
 
     def _take(self, ref: Any) -> bool:
         """One answer: an actor's setup or a call. False when the receiver should end."""
@@ -408,7 +421,7 @@ class RayWorkerPool:
         if call.item is not None and not self._current(call, seq):
             return True
         fields = {name: writable(array) for name, array in fields.items()}
-        self._hold(fields)
+        self._hold(fields, nbytes)
         if n:
             self._per_sample = max(self._per_sample, -(-nbytes // n))
         self._largest = max(self._largest, nbytes)
@@ -442,21 +455,21 @@ class RayWorkerPool:
         self._duplicates += 1
         return False
 
-    def _hold(self, fields: dict[str, np.ndarray]) -> None:
-        """Watch every object-store array of a chunk: its bytes are pinned until its last view
-        is freed (numpy views keep the array that owns no memory of its own alive)."""
-        roots: dict[int, tuple[np.ndarray, int]] = {}
+    def _hold(self, fields: dict[str, np.ndarray], nbytes: int) -> None:
+        """Watch the arrays of one received object (its ``nbytes`` are pinned until the last
+        is freed; numpy views keep alive the array whose memory they use)."""
+        roots: dict[int, np.ndarray] = {}
         for array in fields.values():
             root = array
             while isinstance(root.base, np.ndarray):
                 root = root.base
-            known = roots.get(id(root))
-            roots[id(root)] = (root, (known[1] if known else 0) + array.nbytes)
-        for root, nbytes in roots.values():
-            ref = _HeldRef(root, self._freed.put, nbytes)
-            with self._lock:
+            roots[id(root)] = root
+        obj = _Object(nbytes, len(roots))
+        with self._lock:
+            for root in roots.values():
+                ref = _HeldRef(root, self._freed.put, obj)
                 self._refs[id(ref)] = ref
-                self._held += nbytes
+            self._held += nbytes
 
     def _emit(self, item: Any) -> bool:
         """The dispatcher's way downstream: chunks wait for room, control messages do not."""
