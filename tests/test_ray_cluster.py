@@ -246,3 +246,28 @@ def test_an_actor_killed_and_a_node_stopped_mid_epoch_lose_and_repeat_nothing(cl
         "a sample was lost or delivered twice"
     assert workers.restarts >= 2, workers.last_error
     assert {a.node_id for a in workers.ray.actors if a.state != "dead"} == {made.head_node.node_id}
+
+
+def test_spilling_is_reported_in_the_stats(tmp_path):
+    # A Ray whose object store (80 MiB) is too small for what the program holds spills the
+    # rest to disk; the pool's stats say how much.
+    script = """
+import numpy as np, ray
+from inputkit import Runner
+ray.init(address='local', num_cpus=2, include_dashboard=False, log_to_driver=False,
+         object_store_memory=80 * 2**20)
+held = [ray.put(np.ones(30 * 2**20, np.uint8)) for _ in range(5)]
+cfg = {'source': {'_target_': 'faulty:Indexed', 'length': 200}, 'devices': 'cpu',
+       'batch_size': 50, 'epoch': {'chunk_size': 50},
+       'workers': {'kind': 'ray', 'count': 1, 'ray': {'cpus_per_actor': 0.5}}}
+with Runner(cfg) as runner:
+    n = sum(len(b['id']) for b in runner.device(0))
+    spilled = runner.stats().coordinators[0].workers.ray.spilled_bytes
+print('samples', n, 'spilled', spilled)
+ray.shutdown()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env=env(), cwd=tmp_path)
+    words = out.stdout.split()
+    assert words[:2] == ["samples", "200"], out.stderr[-3000:]
+    assert int(words[3]) >= 30 * 2**20, out.stdout

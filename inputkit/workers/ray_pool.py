@@ -22,7 +22,10 @@ number, and under ``failures.on_worker_death=restart`` a new actor takes its pla
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
+import os
 import pickle
 import queue
 import threading
@@ -721,7 +724,8 @@ def _death_reason(exc: BaseException) -> str:
 
 
 def _spilled_bytes(ray: Any) -> int | None:
-    """Bytes Ray spilled to disk on this machine's node (its session's spill folder)."""
+    """Bytes Ray spilled to disk on this machine's node: the files in its session's spill
+    folders (``ray_spilled_objects_<node id>``, Ray's default place for them)."""
     if ray is None or not ray.is_initialized():
         return None
     try:
@@ -733,17 +737,11 @@ def _spilled_bytes(ray: Any) -> int | None:
         return None
     if session is None:
         return None
-    import os
-
-    folder = os.path.join(session, "ray_spilled_objects")
-    if not os.path.isdir(folder):
-        return 0
     total = 0
-    for entry in os.scandir(folder):
-        try:
-            total += entry.stat().st_size
-        except OSError:
-            continue
+    for folder in glob.glob(os.path.join(glob.escape(session), "ray_spilled_objects*")):
+        for entry in os.scandir(folder):
+            with contextlib.suppress(OSError):
+                total += entry.stat().st_size
     return total
 
 
