@@ -8,11 +8,8 @@ plus received chunks this pipeline still references). One receiver thread waits
 on every outstanding result at once and feeds the chunk queue; from there the
 batcher and device stage do not know where a chunk was made.
 
-Results arrive zero-copy: on the trainer's node a chunk's arrays are read-only
-views of the objects, which stay pinned while any view lives. A weak reference to
-each object's array tells the pool when the last view is gone, which is how it
-knows what it pins; when the room runs short the batcher copies batches out so
-that views are not lent further (like the process pool's slots).
+Results arrive zero-copy, and what they pin in the object store is counted by the
+pool's ObjectLedger (workers/ray_objects.py).
 
 Because the pool knows which items each actor holds, an actor that dies (its
 process killed, its node stopped) loses nothing: its unanswered items are handed
@@ -22,15 +19,10 @@ number, and under ``failures.on_worker_death=restart`` a new actor takes its pla
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import logging
-import os
 import pickle
-import queue
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +49,7 @@ from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers import ray_session
 from inputkit.workers.base import ActorStats, FetchTally, RayStats, WorkerPoolStats
 from inputkit.workers.ray_actor import ActorArgs, FetchActor
+from inputkit.workers.ray_objects import ObjectLedger, spilled_bytes, writable
 
 log = logging.getLogger("inputkit.workers.ray")
 
@@ -95,30 +88,6 @@ class _Actor:
     fetch_wall_s: float = 0.0
 
 
-class _Object:
-    """One received answer's object: its bytes stay pinned until every field's array is gone
-    (a view of one small field, an id kept by the consumer, pins the whole object)."""
-
-    __slots__ = ("nbytes", "arrays")
-
-    def __init__(self, nbytes: int, arrays: int) -> None:
-        self.nbytes = nbytes
-        self.arrays = arrays
-
-
-class _HeldRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to one array of a received object, and that object."""
-
-    __slots__ = ("object",)
-
-    def __init__(self, array: Any, callback: Callable[[Any], None], obj: _Object) -> None:
-        super().__init__(array, callback)
-        self.object = obj
-
-    def __new__(cls, array: Any, callback: Callable[[Any], None], obj: _Object) -> _HeldRef:
-        return super().__new__(cls, array, callback)
-
-
 class RayWorkerPool:
     kind = "ray"
 
@@ -141,7 +110,6 @@ class RayWorkerPool:
         self._on_failure = on_failure
         self._policy = policy
         self._dispatcher = dispatcher
-        self._downstream = downstream
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._failed = False
@@ -157,13 +125,10 @@ class RayWorkerPool:
         self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
         self._repeats = pool_log(pool)
         self._processor_totals = ProcessorTotals()
-        # Object-store bytes: results expected, and received ones still referenced.
-        self._inflight = 0
-        self._held = 0
-        self._refs: dict[int, _HeldRef] = {}  # by id: a weak reference hashes as its array
-        self._freed: queue.SimpleQueue[_HeldRef] = queue.SimpleQueue()
-        self._per_sample = 0  # the most bytes per sample seen (index-range estimates)
-        self._largest = 0  # the largest chunk seen (fetch estimates)
+        # Object-store bytes: results asked for, and received ones still referenced.
+        self._objects = ObjectLedger(
+            spec.ray.inflight_bytes, len(worker_ids) * spec.ray.inflight, downstream,
+            dispatcher.chunk_size if dispatcher is not None else None, len(worker_ids))
         self._duplicates = 0
         self._busy = 0.0  # receiver time spent taking results in
         self._waited = 0.0  # ... of which it waited on a full chunk queue
@@ -251,47 +216,29 @@ class RayWorkerPool:
 
     # handing out -------------------------------------------------------------------------------
 
-    def _estimate(self, samples: int) -> int:
-        return self._per_sample * samples if self._dispatcher is not None else self._largest
-
     def cap_bytes(self) -> int | None:
         """The most object-store bytes this pool may pin (None until a result sized a chunk)."""
-        if self._options.inflight_bytes is not None:
-            return int(self._options.inflight_bytes)
-        chunk = self._estimate(self._dispatcher.chunk_size) if self._dispatcher is not None \
-            else self._largest
-        if not chunk:
-            return None
-        chunks, nbytes = self._downstream
-        return chunk * (len(self._ids) * self._options.inflight + chunks) + nbytes
-
-    def _room_for(self, estimate: int) -> bool:
-        cap = self.cap_bytes()
-        if cap is None:
-            return True
-        with self._lock:
-            pinned = self._inflight + self._held
-        return pinned + estimate <= cap or pinned == 0
+        return self._objects.cap()
 
     def _feed(self) -> None:
         """Give every live actor calls up to workers.ray.inflight, within the byte cap."""
-        sized = self._per_sample or self._largest  # before the first result: one call each
-        limit = self._options.inflight if sized else 1
+        objects = self._objects
+        limit = self._options.inflight if objects.sized else 1  # unsized: one call each
         for actor in self._actors:
             while not actor.finished and len(actor.calls) < limit and not self._stop.is_set():
                 item = None
                 if self._dispatcher is not None:
                     # Room for a whole chunk first: an item taken is handed out.
-                    if not self._room_for(self._estimate(self._dispatcher.chunk_size)):
+                    if not objects.room_for(objects.estimate()):
                         return
                     item = self._dispatcher.try_take()
                     if item is None:
                         return
-                    estimate = self._estimate(len(item.remaining))
+                    estimate = objects.estimate(len(item.remaining))
                     ref = actor.handle.read.remote(item.seq, item.epoch, item.remaining)
                 else:
-                    estimate = self._estimate(0)
-                    if not self._room_for(estimate):
+                    estimate = objects.estimate()
+                    if not objects.room_for(estimate):
                         return
                     ref = actor.handle.fetch.remote()
                 call = _Call(ref=ref, item=item, estimate=estimate, sent=time.monotonic())
@@ -299,8 +246,7 @@ class RayWorkerPool:
                     actor.busy_since = call.sent
                 actor.calls.append(call)
                 self._by_ref[ref] = (actor, call)
-                with self._lock:
-                    self._inflight += estimate
+                objects.asked(estimate)
 
     # the receiver thread -----------------------------------------------------------------------
 
@@ -308,7 +254,7 @@ class RayWorkerPool:
         ray = self._ray
         try:
             while not self._stop.is_set():
-                self._drain_freed()
+                self._objects.drain()
                 self._feed()
                 refs = list(self._by_ref)
                 if not refs:
@@ -330,19 +276,6 @@ class RayWorkerPool:
         except BaseException as exc:  # a bug here must reach the consumer, not hang it
             self.fail(Failure.capture(exc, f"the Ray receiver of {self._label}"))
 
-    def _drain_freed(self) -> None:
-        """Count the objects whose last view was freed (any thread: the receiver, stats())."""
-        while True:
-            try:
-                ref = self._freed.get_nowait()
-            except queue.Empty:
-                return
-            with self._lock:
-                self._refs.pop(id(ref), None)
-                ref.object.arrays -= 1
-                if not ref.object.arrays:  # its last array is gone: the object is let go
-                    self._held -= ref.object.nbytes
-
     def _take(self, ref: Any) -> bool:
         """One answer: an actor's setup or a call. False when the receiver should end."""
         entry = self._by_ref.pop(ref, None)
@@ -351,8 +284,7 @@ class RayWorkerPool:
         actor, call = entry
         if call is not None:
             actor.calls.remove(call)
-            with self._lock:
-                self._inflight -= call.estimate
+            self._objects.answered(call.estimate)
             actor.busy_since = time.monotonic() if actor.calls else 0.0
         try:
             answer = self._ray.get(ref)
@@ -424,10 +356,7 @@ class RayWorkerPool:
         if call.item is not None and not self._current(call, seq):
             return True
         fields = {name: writable(array) for name, array in fields.items()}
-        self._hold(fields, nbytes)
-        if n:
-            self._per_sample = max(self._per_sample, -(-nbytes // n))
-        self._largest = max(self._largest, nbytes)
+        self._objects.received(fields, n, nbytes)
         try:
             checked = self._schema.check(fields, self._ids[actor.index])
         except SourceError as exc:
@@ -458,22 +387,6 @@ class RayWorkerPool:
         self._duplicates += 1
         return False
 
-    def _hold(self, fields: dict[str, np.ndarray], nbytes: int) -> None:
-        """Watch the arrays of one received object (its ``nbytes`` are pinned until the last
-        is freed; numpy views keep alive the array whose memory they use)."""
-        roots: dict[int, np.ndarray] = {}
-        for array in fields.values():
-            root = array
-            while isinstance(root.base, np.ndarray):
-                root = root.base
-            roots[id(root)] = root
-        obj = _Object(nbytes, len(roots))
-        with self._lock:
-            for root in roots.values():
-                ref = _HeldRef(root, self._freed.put, obj)
-                self._refs[id(ref)] = ref
-            self._held += nbytes
-
     def _emit(self, item: Any) -> bool:
         """The dispatcher's way downstream: chunks wait for room, control messages do not."""
         if isinstance(item, Chunk):
@@ -488,7 +401,7 @@ class RayWorkerPool:
             while not self._out.put(chunk, chunk.nbytes, self._stop, timeout=_POLL_S):
                 if self._stop.is_set() or self._out.closed:
                     return False
-                self._drain_freed()
+                self._objects.drain()
             return True
         finally:
             self._waited += time.perf_counter() - began
@@ -519,8 +432,7 @@ class RayWorkerPool:
     def _forget(self, actor: _Actor, call: _Call) -> None:
         actor.calls.remove(call)
         self._by_ref.pop(call.ref, None)
-        with self._lock:
-            self._inflight -= call.estimate
+        self._objects.answered(call.estimate)
 
     # deaths ------------------------------------------------------------------------------------
 
@@ -610,14 +522,7 @@ class RayWorkerPool:
     def slots_scarce(self) -> bool:
         """True when so little object-store room is left that batches must be copied out (so
         that a consumer keeping batches does not keep objects pinned)."""
-        cap = self.cap_bytes()
-        if cap is None:
-            return False
-        chunk = self._estimate(self._dispatcher.chunk_size) if self._dispatcher is not None \
-            else self._largest
-        with self._lock:
-            pinned = self._inflight + self._held
-        return cap - pinned < (len(self._ids) + 2) * chunk
+        return self._objects.scarce()
 
     # the watchdog ------------------------------------------------------------------------------
 
@@ -673,45 +578,20 @@ class RayWorkerPool:
                                      chunks=actor.chunks, samples=actor.samples,
                                      fetch_wall_s=actor.fetch_wall_s, node_id=actor.node_id))
         states = [s.state for s in actors]
-        self._drain_freed()
-        with self._lock:
-            inflight, held = self._inflight, self._held
+        inflight, held = self._objects.snapshot()
         calls = sum(len(a.calls) for a in self._actors)
         connected = self._connected
         ray_stats = RayStats(
             address=connected.address if connected else "", local=bool(connected and connected.local),
             connect_s=connected.started_s if connected else 0.0, ready_s=self._ready_s,
-            actors=tuple(actors), inflight_items=calls, inflight_bytes=max(0, inflight),
-            held_bytes=max(0, held), cap_bytes=self.cap_bytes(), receive_busy_s=self._busy,
+            actors=tuple(actors), inflight_items=calls, inflight_bytes=inflight,
+            held_bytes=held, cap_bytes=self.cap_bytes(), receive_busy_s=self._busy,
             receive_wall_s=time.monotonic() - self._started if self._started else 0.0,
-            duplicates=self._duplicates, spilled_bytes=_spilled_bytes(self._ray))
+            duplicates=self._duplicates, spilled_bytes=spilled_bytes(self._ray))
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, "blocked", DONE), pids=tuple(self.pids()),
             stalls=self._stalls, processors=self._processor_totals.stats(), ray=ray_stats,
             **self._failures.snapshot())
-
-
-class _Pinned:
-    """A writeable window on a read-only object-store array, keeping the array (and so its
-    object) alive: ``np.asarray`` of it views the same memory."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self._array = array
-        self.__array_interface__ = {**array.__array_interface__,
-                                    "data": (array.__array_interface__["data"][0], False)}
-
-
-def writable(array: np.ndarray) -> np.ndarray:
-    """``array`` (a zero-copy view of a Ray object) as a writeable array over the same memory.
-
-    Ray lends objects read-only, so torch would copy every batch that lies in one chunk. The
-    object holds one actor's answer to this pool and nothing else reads it (the ObjectRef is
-    dropped once the answer is taken in), so writing to it can only change this pipeline's
-    own samples, as with a shared-memory slot. The memory stays mapped while any view lives.
-    """
-    if array.flags.writeable or array.size == 0:
-        return array
-    return np.asarray(_Pinned(array))
 
 
 def _death_reason(exc: BaseException) -> str:
@@ -721,28 +601,6 @@ def _death_reason(exc: BaseException) -> str:
         if "because" in line or "died" in line.lower() and "unexpectedly" not in line:
             return line[:300]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
-def _spilled_bytes(ray: Any) -> int | None:
-    """Bytes Ray spilled to disk on this machine's node: the files in its session's spill
-    folders (``ray_spilled_objects_<node id>``, Ray's default place for them)."""
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        from ray._private import worker
-
-        node = worker.global_worker.node
-        session = node.get_session_dir_path() if node is not None else None
-    except Exception:
-        return None
-    if session is None:
-        return None
-    total = 0
-    for folder in glob.glob(os.path.join(glob.escape(session), "ray_spilled_objects*")):
-        for entry in os.scandir(folder):
-            with contextlib.suppress(OSError):
-                total += entry.stat().st_size
-    return total
 
 
 def check_options(spec: Any) -> None:
