@@ -6,8 +6,11 @@ exception, with its traceback text, to the consumer, which re-raises it.
 
 from __future__ import annotations
 
+import pickle
 import traceback
 from dataclasses import dataclass
+
+from inputkit.errors import WorkerFailure
 
 
 class _End:
@@ -29,6 +32,20 @@ class Failure:
     @classmethod
     def capture(cls, exc: BaseException, where: str) -> Failure:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(exc=exc, where=where, traceback_text=text)
+
+    @classmethod
+    def from_report(cls, where: str, payload: bytes | None, type_name: str, message: str,
+                    text: str) -> Failure:
+        """The failure another process reported (workers/process_main.error_report): the
+        original exception where it unpickles, else a WorkerFailure with its type and message."""
+        exc: BaseException | None
+        try:
+            exc = pickle.loads(payload) if payload is not None else None
+        except Exception:
+            exc = None
+        if exc is None:
+            exc = WorkerFailure(f"{type_name}: {message}")
         return cls(exc=exc, where=where, traceback_text=text)
 
     def reraise(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import pickle
 import queue
 import select
 import signal
@@ -415,7 +414,7 @@ class ProcessWorkerPool:
             return True
         if kind == "error":
             worker.finished = True
-            self.fail(self._error_failure(index, *message[1:]))
+            self.fail(Failure.from_report(self._where(index), *message[1:]))
             return False
         raise WorkerFailure(f"unexpected message {kind!r} from {self._where(index)}")
 
@@ -580,17 +579,6 @@ class ProcessWorkerPool:
                               "(killed, os._exit, a crash in native code, or out of memory; "
                               f"its stderr may say more){note}"),
             where=self._where(index), traceback_text="")
-
-    def _error_failure(self, index: int, payload: bytes | None, type_name: str, message: str,
-                       text: str) -> Failure:
-        exc: BaseException
-        try:
-            exc = pickle.loads(payload) if payload is not None else None  # type: ignore[assignment]
-        except Exception:
-            exc = None  # type: ignore[assignment]
-        if exc is None:
-            exc = WorkerFailure(f"{type_name}: {message}")
-        return Failure(exc=exc, where=self._where(index), traceback_text=text)
 
     def fail(self, failure: Failure) -> None:
         with self._lock:

@@ -20,7 +20,6 @@ number, and under ``failures.on_worker_death=restart`` a new actor takes its pla
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 import time
 from collections import deque
@@ -298,7 +297,7 @@ class RayWorkerPool:
         actor.setup_ref = None
         if answer[0] == "error":
             actor.finished = True
-            self.fail(self._error_failure(actor, *answer[1:]))
+            self.fail(Failure.from_report(self._where(actor), *answer[1:]))
             return False
         _, actor.pid, actor.node, actor.node_id, _ = answer
         if actor.calls:
@@ -311,7 +310,7 @@ class RayWorkerPool:
         kind = answer[0]
         if kind == "error":
             actor.finished = True
-            self.fail(self._error_failure(actor, *answer[1:]))
+            self.fail(Failure.from_report(self._where(actor), *answer[1:]))
             return False
         if kind == "done":
             return self._actor_done(actor)
@@ -438,9 +437,7 @@ class RayWorkerPool:
 
     def _died(self, actor: _Actor, exc: BaseException, call: _Call | None) -> bool:
         """An actor's process or node died: hand its items out again; replace it or fail."""
-        if actor.dead:
-            if call is not None and call.item is not None and self._dispatcher is not None:
-                self._dispatcher.requeue(call.item)
+        if actor.dead:  # (its other calls were forgotten and handed out again already)
             return True
         actor.dead = actor.finished = True
         reason = _death_reason(exc)
@@ -503,17 +500,6 @@ class RayWorkerPool:
         if first:
             self._out.put_control(failure)
             self._on_failure(failure)
-
-    def _error_failure(self, actor: _Actor, payload: bytes | None, type_name: str, message: str,
-                       text: str) -> Failure:
-        exc: BaseException | None
-        try:
-            exc = pickle.loads(payload) if payload is not None else None
-        except Exception:
-            exc = None
-        if exc is None:
-            exc = WorkerFailure(f"{type_name}: {message}")
-        return Failure(exc=exc, where=self._where(actor), traceback_text=text)
 
     def _where(self, actor: _Actor) -> str:
         at = f"pid {actor.pid}, node {actor.node}" if actor.pid is not None else "not started yet"
