@@ -37,6 +37,9 @@ HELPER_PROCESSES_BYTES = 23 * 2**20
 RAY_ACTOR_BYTES = 64 * 2**20
 LOCAL_RAY_BYTES = 320 * 2**20
 HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
+# Memory-mapped files: the operating system's page cache, shared by every process and evicted
+# under pressure. Shown in the plan, never counted in the host total or the budget.
+PAGE_CACHE = "page cache"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class SampleLayout:
     # The source writes each read straight into a shared-memory slot (read_into, no
     # processors): a worker process then holds no private copy of its chunk.
     in_place: bool = False
+    # The files the source memory-maps (bytes, what they are): from its mapped_bytes().
+    mapped: tuple[int, str] = (0, "")
 
     @property
     def sample_bytes(self) -> int:
@@ -116,7 +121,8 @@ class MemoryPlan:
         return self.host_bytes > self.budget_bytes or gpu_over
 
     def dominating(self) -> Term:
-        return max(self.terms, key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
+        return max((t for t in self.terms if t.memory != PAGE_CACHE),
+                   key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
 
     def stage_bytes(self, input_name: str, stage: str) -> int:
         """Planned bytes of one stage of one input on one device (0 when absent)."""
@@ -277,11 +283,13 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
         scratch = scratch_of() if callable(scratch_of) else (0, "")
         in_place = callable(getattr(source.obj, "read_into", None)) and not spec.processors \
             and indexed_length(source.obj) is not None
+        mapped_of = getattr(source.obj, "mapped_bytes", None)
+        mapped = mapped_of() if callable(mapped_of) else (0, "")
         if keep is not None:
             keep[spec.name] = unclosed.pop()
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                             source_bytes=max(0, peak - chunk.nbytes), scratch=scratch,
-                            in_place=in_place)
+                            in_place=in_place, mapped=mapped)
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()
@@ -390,6 +398,10 @@ def _input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int)
                       batch_detail))
     if not inline:  # inline has no batch queue: the consumer takes each batch as it is made
         terms.append(_batch_queue_term(inp, batch_bytes, batch_detail))
+    if layout.mapped[0]:
+        terms.append(Term(name, "memory-mapped files", PAGE_CACHE, 1, "set", layout.mapped[0],
+                          p + "source", layout.mapped[1] + "; shared by all processes, not "
+                          "counted in host memory", per_device=False))
     # After device.normalize the device's batches hold float32 (4 B an element) in its fields.
     normalized = set(inp.normalize.fields) if inp.normalize is not None else set()
     floats = sum(math.prod(shape) * 4 for n, (shape, *_) in layout.fields.items() if n in normalized)

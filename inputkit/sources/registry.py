@@ -22,7 +22,9 @@ GROUP = "inputkit.sources"
 BUILTIN = {
     "synthetic": "inputkit.sources.synthetic.SyntheticSource",
     "arrays": "inputkit.sources.arrays.ArraySource",
+    "tokens": "inputkit.sources.tokens.TokenSource",
     "shards": "inputkit.sources.shards.ShardSource",
+    "parquet": "inputkit.sources.parquet.ParquetSource",
     "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
     "image_folder": "inputkit.sources.images.ImageFolderSource",
     "image_list": "inputkit.sources.images.ImageListSource",
