@@ -1,0 +1,382 @@
+"""Parquet files read by row: tabular and recommendation data, columns as fields.
+
+``ParquetSource(files="data/clicks-*.parquet", columns=["dense", "sparse_ids", "label"])``
+treats the files, in order, as one table of rows. The source is *indexable*: global row ``i``
+is found through the row counts in the files' footers (read once, when the source is built),
+so shuffling, exactly-once epochs, ``epoch.*`` and ``state_dict()`` resume come from the
+pipeline.
+
+Parquet's unit of decoding is the row group. ``read(indices)`` decodes only the row groups
+the indices touch, projected to the selected columns, never whole files; each worker keeps
+its last ``cache_row_groups`` decoded row groups (converted to numpy), so consecutive
+chunks of one row group, the usual unshuffled case, decode it once. Shuffled indices are
+grouped by row group, so a read decodes each row group it touches once. The memory plan
+counts the cache per worker (``read_scratch``).
+
+Fields: integer, float and bool columns become fields of their dtype; fixed-size lists of
+them become ``n x size`` (or deeper) fields; lists of varying length are padded or cut to
+``pad[column]`` items. Strings, nulls and other types are refused with an error naming the
+column (see :mod:`inputkit.sources.parquet_columns`). pyarrow is needed (``pip install
+'inputkit[parquet]'``); it is imported when the source is built.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from inputkit.errors import SourceError
+from inputkit.sources.parquet_columns import Column, column_spec, decoded_bytes, to_numpy
+from inputkit.sources.protocol import field_names
+
+NAME = "inputkit.sources.parquet.ParquetSource"
+Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
+_OPEN_FILES = 4  # Parquet files each worker keeps open (the most recently read)
+_GLOB = ("*", "?", "[")
+
+
+class ParquetSource:
+    """Rows of the Parquet ``files``: a glob pattern, a directory, a path or a list of them.
+
+    ``columns``: the columns to read (the others are never decoded); ``None`` reads every
+    column, and then every column must be one that becomes a field. ``pad``: ``{column:
+    length}`` for columns of variable-length lists, padded with ``pad_value`` or cut to that
+    length. ``cache_row_groups``: decoded row groups each worker keeps (1 serves unshuffled
+    reads; more helps shuffled reads of few, small row groups).
+    """
+
+    def __init__(self, files: str | Sequence[str], columns: Sequence[str] | str | None = None,
+                 pad: Mapping[str, int] | None = None, pad_value: int | float = 0,
+                 cache_row_groups: int = 1) -> None:
+        pq = _pyarrow_parquet()
+        if isinstance(cache_row_groups, bool) or not isinstance(cache_row_groups, int) \
+                or cache_row_groups < 1:
+            raise ValueError(f"cache_row_groups: expected a whole number >= 1, got "
+                             f"{cache_row_groups!r}")
+        self.files_arg = files
+        self.files = expand_files(files)
+        self.columns_arg = field_names(columns, "Parquet column names")
+        self.pad = _pad_lengths(pad)
+        self.pad_value = pad_value
+        self.cache_row_groups = cache_row_groups
+        footers = [_footer(pq, path) for path in self.files]
+        self.columns = self._select(footers)
+        names = [c.name for c in self.columns]
+        unused = [name for name in self.pad if name not in names]
+        if unused:
+            raise ValueError(f"pad.{unused[0]}: no column '{unused[0]}' is read (the columns are "
+                             f"{', '.join(names)}); remove it from source.pad")
+        # Row groups with rows, in order: global rows starts[g] .. starts[g + 1] - 1 are
+        # row group groups[g][1] of file groups[g][0].
+        groups: list[tuple[int, int]] = []
+        counts: list[int] = []
+        largest = 0
+        for f, meta in enumerate(footers):
+            for r in range(meta.num_row_groups):
+                group = meta.row_group(r)
+                if group.num_rows:
+                    groups.append((f, r))
+                    counts.append(group.num_rows)
+                    largest = max(largest, decoded_bytes(self.columns, group.num_rows,
+                                                         _leaf_values(group, self.pad)))
+        self.length = int(sum(counts))
+        if self.length == 0:
+            raise ValueError(f"files: the {len(self.files)} file(s) from {files!r} hold no rows")
+        self.groups = groups
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.group_bytes = largest  # the largest row group, decoded and converted
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._states: list[_WorkerState] = []  # every thread's, for close()
+
+    # the indexable protocol ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """A fresh array per column holding the rows at ``indices``, in that order."""
+        return self.read_into(indices, _fresh)
+
+    def read_into(self, indices: np.ndarray, allocate: Allocator) -> dict[str, np.ndarray]:
+        """``read``, with the output arrays from ``allocate(name, shape, dtype)`` (a process
+        worker's shared-memory slot): each value is copied once, from the decoded row group
+        to where the batch reads it."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(indices)
+        if n and (indices.min() < 0 or indices.max() >= self.length):
+            raise IndexError(f"read: indices must lie in 0..{self.length - 1}, got "
+                             f"{int(indices.min())}..{int(indices.max())}")
+        out = {c.name: allocate(c.name, (n, *c.shape), c.dtype) for c in self.columns}
+        if n == 0:
+            return out
+        starts = self.starts
+        if n == 1 or bool(np.all(np.diff(indices) == 1)):  # a range: slices of its row groups
+            first, stop = int(indices[0]), int(indices[-1]) + 1
+            g = int(np.searchsorted(starts, first, side="right")) - 1
+            pos = 0
+            while pos < n:
+                base = int(starts[g])
+                lo, hi = first + pos - base, min(stop, int(starts[g + 1])) - base
+                arrays = self._group(g)
+                for name, arr in arrays.items():
+                    out[name][pos:pos + hi - lo] = arr[lo:hi]
+                pos += hi - lo
+                g += 1
+            return out
+        where = np.searchsorted(starts, indices, side="right") - 1
+        order = np.argsort(where, kind="stable")
+        touched, begins = np.unique(where[order], return_index=True)
+        ends = np.append(begins[1:], n)
+        cached = self._state().cache
+        # the row groups in the cache first, so that they are used before they are evicted
+        visit = sorted(range(len(touched)), key=lambda k: int(touched[k]) not in cached)
+        for k in visit:
+            g = int(touched[k])
+            rows = order[begins[k]:ends[k]]
+            local = indices[rows] - starts[g]
+            arrays = self._group(g)
+            for name, arr in arrays.items():
+                out[name][rows] = arr[local]
+        return out
+
+    def read_scratch(self) -> tuple[int, str]:
+        """For the memory plan: the decoded row groups one worker keeps (from the footers)."""
+        total = self.cache_row_groups * self.group_bytes
+        return (total, f"{self.cache_row_groups} x {self.group_bytes:,} B: the largest row group "
+                       "decoded (source.cache_row_groups per worker)")
+
+    def run_info(self) -> dict[str, Any]:
+        """What the run's summary.json records about this source."""
+        return {"files": len(self.files), "rows": self.length, "row_groups": len(self.groups),
+                "columns": {c.name: {"type": c.arrow_type, "shape": list(c.shape),
+                                     "dtype": c.dtype.name} for c in self.columns},
+                "pad": dict(self.pad)}
+
+    def close(self) -> None:
+        """Close every worker's files and drop the decoded row groups."""
+        with self._lock:
+            states, self._states = self._states, []
+            self._local = threading.local()
+        for state in states:
+            state.close()
+
+    # pickling: open files and caches stay behind ---------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "_local", "_states"):
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_state()
+
+    def __repr__(self) -> str:
+        return (f"ParquetSource({len(self.files)} files from {self.files_arg!r}, "
+                f"columns={[c.name for c in self.columns]}, rows={self.length})")
+
+    # internals -------------------------------------------------------------------------------
+
+    def _select(self, footers: list[Any]) -> list[Column]:
+        """The columns to read, checked against every file's schema."""
+        first = footers[0].schema.to_arrow_schema()
+        present = list(first.names)
+        wanted = self.columns_arg if self.columns_arg is not None else present
+        missing = [name for name in wanted if name not in present]
+        if missing:
+            raise ValueError(f"columns: '{self.files[0]}' has no column '{missing[0]}'; its "
+                             f"columns are: {', '.join(present)}")
+        columns = [column_spec(name, first.field(name).type, self.pad.get(name), self.pad_value,
+                               self.files[0]) for name in wanted]
+        for path, meta in zip(self.files[1:], footers[1:], strict=True):
+            schema = meta.schema.to_arrow_schema()
+            for c in columns:
+                if c.name not in schema.names:
+                    raise ValueError(f"'{path}' has no column '{c.name}', which "
+                                     f"'{self.files[0]}' has; every file needs the columns read "
+                                     f"(its columns: {', '.join(schema.names)})")
+                typ = schema.field(c.name).type
+                if str(typ) != c.arrow_type:
+                    raise ValueError(f"column '{c.name}' is {typ} in '{path}' but {c.arrow_type} "
+                                     f"in '{self.files[0]}'; every file needs the same type per "
+                                     "column (rewrite one, or leave the column out with "
+                                     "source.columns)")
+            if self.columns_arg is None:
+                extra = [name for name in schema.names if name not in present]
+                if extra:
+                    raise ValueError(f"'{path}' has a column '{extra[0]}' that '{self.files[0]}' "
+                                     "lacks; every file needs the same columns, or list the "
+                                     "columns to read in source.columns")
+        return columns
+
+    def _state(self) -> _WorkerState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _WorkerState()
+            with self._lock:
+                self._states.append(state)
+        return state
+
+    def _group(self, g: int) -> dict[str, np.ndarray]:
+        """Row group ``g`` decoded, from this worker's cache or from its file."""
+        cache = self._state().cache
+        arrays = cache.get(g)
+        if arrays is not None:
+            cache.move_to_end(g)
+            return arrays
+        arrays = self._decode_row_group(g)
+        cache[g] = arrays
+        while len(cache) > self.cache_row_groups:
+            cache.popitem(last=False)
+        return arrays
+
+    def _decode_row_group(self, g: int) -> dict[str, np.ndarray]:
+        """Decode row group ``g`` (selected columns only) and convert it to numpy."""
+        f, r = self.groups[g]
+        path = self.files[f]
+        rows = int(self.starts[g + 1] - self.starts[g])
+        where = f"'{path}' (row group {r})"
+        handle = self._file(f)
+        try:
+            table = handle.read_row_group(r, columns=[c.name for c in self.columns],
+                                          use_threads=False)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: damaged data
+            raise SourceError(NAME, f"{where} cannot be read; the file is corrupt or truncated: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if table.num_rows != rows:
+            raise SourceError(NAME, f"{where} holds {table.num_rows:,} rows, but {rows:,} when "
+                              "the source was built; the file changed: build the source again")
+        arrays: dict[str, np.ndarray] = {}
+        for c in self.columns:
+            chunked = table.column(c.name)
+            array = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+            try:
+                arrays[c.name] = to_numpy(c, array, where)
+            except ValueError as exc:
+                raise SourceError(NAME, str(exc), field=c.name) from None
+        return arrays
+
+    def _file(self, f: int) -> Any:
+        """This worker's open handle on file ``f`` (a few stay open, the last used)."""
+        files = self._state().files
+        handle = files.get(f)
+        if handle is not None:
+            files.move_to_end(f)
+            return handle
+        pq = _pyarrow_parquet()
+        path = self.files[f]
+        try:
+            handle = pq.ParquetFile(path)
+        except Exception as exc:
+            raise SourceError(NAME, f"cannot open '{path}' as a Parquet file (it changed since the "
+                              f"source was built?): {type(exc).__name__}: {exc}") from exc
+        files[f] = handle
+        while len(files) > _OPEN_FILES:
+            files.popitem(last=False)[1].close()
+        return handle
+
+
+class _WorkerState:
+    """One worker thread's open files and decoded row groups (never shared between threads)."""
+
+    def __init__(self) -> None:
+        self.files: OrderedDict[int, Any] = OrderedDict()
+        self.cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+
+    def close(self) -> None:
+        self.cache.clear()
+        while self.files:
+            self.files.popitem()[1].close()
+
+
+def expand_files(files: str | Sequence[str]) -> list[str]:
+    """The Parquet files named by ``files``: each entry a glob (sorted), a directory (its
+    ``*.parquet`` files, recursively, sorted) or a path; each file once."""
+    entries = [files] if isinstance(files, (str, os.PathLike)) else files
+    if not isinstance(entries, Sequence) or not entries \
+            or not all(isinstance(e, (str, os.PathLike)) and str(e) for e in entries):
+        raise ValueError(f"files: expected a glob pattern, a directory, a path or a list of them, "
+                         f"got {files!r}")
+    found: list[str] = []
+    for entry in map(os.fspath, entries):
+        if any(ch in entry for ch in _GLOB):
+            matched = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+            if not matched:
+                raise ValueError(f"files: no files match '{entry}'{_resolved(entry)}")
+        elif os.path.isdir(entry):
+            matched = sorted(glob.glob(os.path.join(glob.escape(entry), "**", "*.parquet"),
+                                       recursive=True))
+            if not matched:
+                raise ValueError(f"files: the directory '{entry}' holds no .parquet files")
+        elif os.path.isfile(entry):
+            matched = [entry]
+        else:
+            raise ValueError(f"files: no such file or directory: '{entry}'{_resolved(entry)}")
+        found += matched
+    seen: set[str] = set()
+    for path in found:
+        if path in seen:
+            raise ValueError(f"files: '{path}' is listed twice; each file is read once per epoch")
+        seen.add(path)
+    return found
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise ValueError("source=parquet needs pyarrow: pip install 'inputkit[parquet]' (or "
+                         f"pip install pyarrow) ({exc})") from None
+    return pq
+
+
+def _footer(pq: Any, path: str) -> Any:
+    try:
+        return pq.read_metadata(path)
+    except Exception as exc:  # ArrowInvalid for a bad footer, OSError for a short file
+        raise ValueError(f"'{path}' is not a Parquet file, or is corrupt or truncated: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def _pad_lengths(pad: Mapping[str, int] | None) -> dict[str, int]:
+    if pad is None:
+        return {}
+    if not isinstance(pad, Mapping):
+        raise ValueError(f"pad: expected {{column: length, ...}}, got {pad!r}")
+    lengths = {}
+    for name, length in pad.items():
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"pad.{name}: expected a whole number of list items >= 1, got "
+                             f"{length!r}")
+        lengths[str(name)] = int(length)
+    return lengths
+
+
+def _leaf_values(group: Any, pad: Mapping[str, int]) -> dict[str, int]:
+    """Leaf values per padded column in one row group (the footer's column-chunk counts)."""
+    counts: dict[str, int] = {}
+    for j in range(group.num_columns):
+        chunk = group.column(j)
+        top = chunk.path_in_schema.split(".", 1)[0]
+        if top in pad:
+            counts[top] = counts.get(top, 0) + chunk.num_values
+    return counts
+
+
+def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype)
+
+
+def _resolved(path: str) -> str:
+    return "" if os.path.isabs(path) else f" (resolved to '{os.path.abspath(path)}')"
