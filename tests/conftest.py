@@ -65,6 +65,20 @@ def alive(pids: list[int]) -> list[int]:
     return out
 
 
+def ray_processes() -> set[int]:
+    """This process's descendants that belong to Ray (raylets, GCS, its workers and agents)."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+            # (multiprocessing's forkserver, of the process-worker tests, lists Ray's paths)
+            if "ray" in line and "forkserver" not in line and "resource_tracker" not in line:
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
 def children() -> set[int]:
     """Live child processes, except multiprocessing's long-lived forkserver and tracker."""
     out = set()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import make_cfg
+from conftest import alive, make_cfg, ray_processes
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")
 
@@ -49,33 +49,8 @@ def local_ray() -> Any:
     yield
     started = ray_processes()
     ray.shutdown()
-    wait_until(lambda: not live(started), 30, "Ray's processes left running after shutdown: "
-               + "; ".join(str(p) for p in live(started)))
-
-
-def ray_processes() -> set[int]:
-    """This process's descendants that belong to Ray (raylet, GCS, its workers and agents)."""
-    found = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            line = " ".join(child.cmdline())
-            # (multiprocessing's forkserver, of the process-worker tests, lists Ray's paths)
-            if "ray" in line and "forkserver" not in line and "resource_tracker" not in line:
-                found.add(child.pid)
-        except psutil.Error:
-            continue
-    return found
-
-
-def live(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.add(pid)
-        except psutil.Error:
-            continue
-    return out
+    wait_until(lambda: not alive(list(started)), 30, "Ray's processes left running after "
+               "shutdown: " + "; ".join(map(str, alive(list(started)))))
 
 
 def ray_cfg(source: dict[str, Any], actors: int = 2, **top: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import make_cfg
+from conftest import alive, make_cfg, ray_processes
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")
 
@@ -54,17 +54,6 @@ def cmdline(pid: int) -> str:
         return " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
         return ""
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.add(pid)
-        except psutil.Error:
-            continue
-    return out
 
 
 def shm() -> set[str]:
@@ -118,7 +107,7 @@ def test_bench_starts_a_private_local_ray_and_ctrl_c_leaves_nothing_behind(tmp_p
          "bench.seconds=60", "devices=cpu", "source.latency_ms=1"],
         cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
-    ray_processes: set[int] = set()
+    spawned: set[int] = set()
     seen = []
     try:
         assert proc.stdout is not None
@@ -126,13 +115,13 @@ def test_bench_starts_a_private_local_ray_and_ctrl_c_leaves_nothing_behind(tmp_p
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             seen.append(line)
-            ray_processes |= descendants(proc.pid)
+            spawned |= descendants(proc.pid)
             if "batches/s" in line:
                 break
         assert any("batches/s" in line for line in seen), seen
-        ray_processes |= descendants(proc.pid)
+        spawned |= descendants(proc.pid)
         names = set()
-        for pid in ray_processes:
+        for pid in spawned:
             try:
                 names.add(" ".join(psutil.Process(pid).cmdline()))
             except psutil.Error:
@@ -145,10 +134,10 @@ def test_bench_starts_a_private_local_ray_and_ctrl_c_leaves_nothing_behind(tmp_p
     assert proc.returncode == 130, stderr[-3000:]
     assert "interrupted after" in stdout
     deadline = time.monotonic() + 30
-    while alive(ray_processes) and time.monotonic() < deadline:
+    while alive(list(spawned)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not alive(ray_processes), "Ray processes left behind: " + ", ".join(
-        map(str, alive(ray_processes)))
+    assert not alive(list(spawned)), "Ray processes left behind: " + ", ".join(
+        map(str, alive(list(spawned))))
     assert shm() - before == set(), "shared-memory files left in /dev/shm"
 
 
@@ -194,15 +183,14 @@ def cluster() -> Any:
             os.environ["PYTHONPATH"] = old
     ray.init(address=made.address, log_to_driver=False, configure_logging=False)
     yield made, worker
-    started = {pid for pid in descendants(os.getpid()) if "ray" in cmdline(pid)
-               and "forkserver" not in cmdline(pid) and "resource_tracker" not in cmdline(pid)}
+    started = ray_processes()
     ray.shutdown()
     made.shutdown()
     deadline = time.monotonic() + 30
-    while alive(started) and time.monotonic() < deadline:
+    while alive(list(started)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not alive(started), "the cluster's processes left running: " + "; ".join(
-        f"{pid} {cmdline(pid)[:150]}" for pid in alive(started))
+    assert not alive(list(started)), "the cluster's processes left running: " + "; ".join(
+        f"{pid} {cmdline(pid)[:150]}" for pid in alive(list(started)))
 
 
 def cluster_cfg(length: int, **extra: Any) -> dict[str, Any]:
