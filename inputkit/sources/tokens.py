@@ -115,27 +115,7 @@ class TokenSource:
         if not n or not width.keys() & out.keys():
             return out
         starts = self._starts(indices)
-        # runs of windows that follow each other in the stream: [cut[i], cut[i + 1])
-        cut = np.flatnonzero(np.diff(starts) != self.stride) + 1
-        bounds = [0, *cut.tolist(), n]
-        maps = self._open()
-        step = self.stride
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            first = int(starts[a])
-            span = self._span(maps, first, first + (b - a - 1) * step + self.seq_len + 1)
-            if b - a == 1:
-                rows = span[None, :]
-            else:
-                rows = np.lib.stride_tricks.as_strided(
-                    span, shape=(b - a, self.seq_len + 1),
-                    strides=(step * span.itemsize, span.itemsize), writeable=False)
-            for name, arr in out.items():
-                if name == "input_ids":
-                    arr[a:b] = rows[:, :-1]
-                elif name == "labels":
-                    arr[a:b] = rows[:, 1:]
-                elif name == "tokens":
-                    arr[a:b] = rows
+        self._copy_windows(starts, out.get("input_ids"), out.get("labels"), out.get("tokens"))
         if self.vocab_size is not None or self.dtype.kind == "i":
             self._check_ids(out, starts)
         return out
@@ -210,6 +190,47 @@ class TokenSource:
             return indices * self.stride
         f = np.searchsorted(self.first_window, indices, side="right") - 1
         return self.file_start[f] + (indices - self.first_window[f]) * self.stride
+
+    def _copy_windows(self, starts: np.ndarray, inputs: np.ndarray | None,
+                      labels: np.ndarray | None, tokens: np.ndarray | None) -> None:
+        """Windows at stream positions ``starts`` into the output rows, cast on the way.
+
+        Windows that follow each other in the stream (a run) are one slice of the map viewed
+        as overlapping rows, so an unshuffled chunk is one copy per field; in a shuffled chunk
+        each window is its own run, one slice each. The per-run work is bookkeeping only:
+        which file, where in it, found for all runs at once."""
+        n, width, step = len(starts), self.seq_len + 1, self.stride
+        cut = np.flatnonzero(np.diff(starts) != step) + 1
+        heads = np.concatenate([[0], cut]).astype(np.int64)
+        lens = np.diff(np.concatenate([heads, [n]]))
+        firsts = starts[heads]
+        stops = firsts + (lens - 1) * step + width
+        files = np.searchsorted(self.file_start, firsts, side="right") - 1
+        inside = stops <= self.file_start[files + 1]  # the run lies in one file
+        local = firsts - self.file_start[files]
+        maps = self._open()
+        for a, count, f, lo, one_file, first, stop in zip(
+                heads.tolist(), lens.tolist(), files.tolist(), local.tolist(), inside.tolist(),
+                firsts.tolist(), stops.tolist(), strict=True):
+            span = maps[f][lo:lo + stop - first] if one_file else self._span(maps, first, stop)
+            if count == 1:
+                if inputs is not None:
+                    inputs[a] = span[:-1]
+                if labels is not None:
+                    labels[a] = span[1:]
+                if tokens is not None:
+                    tokens[a] = span
+                continue
+            rows = np.lib.stride_tricks.as_strided(
+                span, shape=(count, width), strides=(step * span.itemsize, span.itemsize),
+                writeable=False)
+            b = a + count
+            if inputs is not None:
+                inputs[a:b] = rows[:, :-1]
+            if labels is not None:
+                labels[a:b] = rows[:, 1:]
+            if tokens is not None:
+                tokens[a:b] = rows
 
     def _span(self, maps: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         """Stream tokens ``start:stop``: a view of one map, or the pieces of several joined."""
