@@ -175,6 +175,40 @@ def test_shuffled_indices_decode_each_row_group_touched_once_and_keep_their_orde
     assert src.read_scratch()[0] == 2 * src.group_bytes > 0
 
 
+def test_threads_share_the_cache_and_wait_for_one_decode_of_a_row_group(tmp_path):
+    import threading
+    import time
+
+    write_files(tmp_path)
+    src = ParquetSource(str(tmp_path / "*.parquet"), pad={"ragged": 3})
+    entered, release = threading.Event(), threading.Event()
+    decoded: list[int] = []
+    decode = src._decode_row_group
+
+    def slow(g: int):
+        decoded.append(g)
+        entered.set()
+        assert release.wait(30)
+        return decode(g)
+
+    src._decode_row_group = slow  # type: ignore[method-assign]
+    got: dict[str, list[int]] = {}
+    readers = [threading.Thread(target=lambda r=r, k=k: got.__setitem__(k, ids_of(src.read(r))))
+               for k, r in (("a", np.arange(0, 10)), ("b", np.arange(10, 20)))]
+    readers[0].start()
+    assert entered.wait(30)
+    readers[1].start()
+    deadline = time.monotonic() + 30
+    while src._cache.waits == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in readers:
+        t.join(30)
+    assert src._cache.waits == 1 and decoded == [0], "one decode for both threads"
+    assert got == {"a": list(range(10)), "b": list(range(10, 20))}
+    src.close()
+
+
 def test_projection_reads_only_the_listed_columns(tmp_path):
     # a string column, which cannot become a field, does not matter when it is not read
     write_files(tmp_path, name=lambda ids: pa.array([f"row {i}" for i in ids.tolist()]))
@@ -218,7 +252,9 @@ def test_the_memory_plan_counts_each_workers_row_group_and_no_private_chunk(tmp_
     terms = {t.stage: t for t in plan_memory(spec, devices=("cpu",)).terms}
     decode = terms["decoding in workers"]
     # 40 rows x (8 + 4 + 24 + 12 + 1) B converted, plus the ragged list's values and offsets
-    assert 40 * 49 < decode.unit_bytes < 40 * 49 + 40 * 4 * 4 + 41 * 8 + 1
+    # two (source.cache_row_groups) row groups of 40 rows x (8 + 4 + 24 + 12 + 1) B, converted,
+    # plus the ragged list's values and offsets
+    assert 2 * 40 * 49 < decode.unit_bytes <= 2 * (40 * 49 + 40 * 4 * 4 + 41 * 8)
     assert "row group" in decode.detail and decode.count == 2
     assert "chunks in worker processes" not in terms  # read_into writes into the slot
 

@@ -7,11 +7,12 @@ so shuffling, exactly-once epochs, ``epoch.*`` and ``state_dict()`` resume come 
 pipeline.
 
 Parquet's unit of decoding is the row group. ``read(indices)`` decodes only the row groups
-the indices touch, projected to the selected columns, never whole files; each worker keeps
-its last ``cache_row_groups`` decoded row groups (converted to numpy), so consecutive
-chunks of one row group, the usual unshuffled case, decode it once. Shuffled indices are
-grouped by row group, so a read decodes each row group it touches once. The memory plan
-counts the cache per worker (``read_scratch``).
+the indices touch, projected to the selected columns, never whole files. Each process
+keeps its last ``cache_row_groups`` decoded row groups (converted to numpy), shared by its
+thread workers, so the consecutive chunks of one row group, the usual unshuffled case,
+decode it once per process; two threads wanting the same row group wait for one decode.
+Shuffled indices are grouped by row group, so a read decodes each row group it touches
+once. The memory plan counts the cache per worker (``read_scratch``).
 
 Fields: integer, float and bool columns become fields of their dtype; fixed-size lists of
 them become ``n x size`` (or deeper) fields; lists of varying length are padded or cut to
@@ -47,13 +48,14 @@ class ParquetSource:
     ``columns``: the columns to read (the others are never decoded); ``None`` reads every
     column, and then every column must be one that becomes a field. ``pad``: ``{column:
     length}`` for columns of variable-length lists, padded with ``pad_value`` or cut to that
-    length. ``cache_row_groups``: decoded row groups each worker keeps (1 serves unshuffled
-    reads; more helps shuffled reads of few, small row groups).
+    length. ``cache_row_groups``: decoded row groups each process keeps, shared by its
+    threads (2 serve unshuffled reads, where workers cross a row group's end at different
+    times; more helps shuffled reads of few, small row groups).
     """
 
     def __init__(self, files: str | Sequence[str], columns: Sequence[str] | str | None = None,
                  pad: Mapping[str, int] | None = None, pad_value: int | float = 0,
-                 cache_row_groups: int = 1) -> None:
+                 cache_row_groups: int = 2) -> None:
         pq = _pyarrow_parquet()
         if isinstance(cache_row_groups, bool) or not isinstance(cache_row_groups, int) \
                 or cache_row_groups < 1:
@@ -95,8 +97,9 @@ class ParquetSource:
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._local = threading.local()  # this thread's open files
         self._states: list[_WorkerState] = []  # every thread's, for close()
+        self._cache = _RowGroupCache(self.cache_row_groups)
 
     # the indexable protocol ------------------------------------------------------------------
 
@@ -137,9 +140,8 @@ class ParquetSource:
         order = np.argsort(where, kind="stable")
         touched, begins = np.unique(where[order], return_index=True)
         ends = np.append(begins[1:], n)
-        cached = self._state().cache
         # the row groups in the cache first, so that they are used before they are evicted
-        visit = sorted(range(len(touched)), key=lambda k: int(touched[k]) not in cached)
+        visit = sorted(range(len(touched)), key=lambda k: int(touched[k]) not in self._cache)
         for k in visit:
             g = int(touched[k])
             rows = order[begins[k]:ends[k]]
@@ -153,7 +155,7 @@ class ParquetSource:
         """For the memory plan: the decoded row groups one worker keeps (from the footers)."""
         total = self.cache_row_groups * self.group_bytes
         return (total, f"{self.cache_row_groups} x {self.group_bytes:,} B: the largest row group "
-                       "decoded (source.cache_row_groups per worker)")
+                       "decoded (source.cache_row_groups; thread workers share one cache)")
 
     def run_info(self) -> dict[str, Any]:
         """What the run's summary.json records about this source."""
@@ -167,6 +169,7 @@ class ParquetSource:
         with self._lock:
             states, self._states = self._states, []
             self._local = threading.local()
+        self._cache.clear()
         for state in states:
             state.close()
 
@@ -174,7 +177,7 @@ class ParquetSource:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_lock", "_local", "_states"):
+        for key in ("_lock", "_local", "_states", "_cache"):
             del state[key]
         return state
 
@@ -229,17 +232,8 @@ class ParquetSource:
         return state
 
     def _group(self, g: int) -> dict[str, np.ndarray]:
-        """Row group ``g`` decoded, from this worker's cache or from its file."""
-        cache = self._state().cache
-        arrays = cache.get(g)
-        if arrays is not None:
-            cache.move_to_end(g)
-            return arrays
-        arrays = self._decode_row_group(g)
-        cache[g] = arrays
-        while len(cache) > self.cache_row_groups:
-            cache.popitem(last=False)
-        return arrays
+        """Row group ``g`` decoded, from this process's cache or from its file."""
+        return self._cache.get(g, self._decode_row_group)
 
     def _decode_row_group(self, g: int) -> dict[str, np.ndarray]:
         """Decode row group ``g`` (selected columns only) and convert it to numpy."""
@@ -287,15 +281,63 @@ class ParquetSource:
         return handle
 
 
+class _RowGroupCache:
+    """The last ``capacity`` decoded row groups, shared by the threads of one process; a row
+    group wanted by several threads at once is decoded by the first, the others wait for it
+    (and decode it themselves if that decode failed, to raise its error)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._done: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._pending: dict[int, threading.Event] = {}
+        self.waits = 0  # times a thread waited for another's decode (tests read it)
+
+    def __contains__(self, g: int) -> bool:
+        return g in self._done
+
+    def get(self, g: int, decode: Callable[[int], dict[str, np.ndarray]]
+            ) -> dict[str, np.ndarray]:
+        while True:
+            with self._lock:
+                arrays = self._done.get(g)
+                if arrays is not None:
+                    self._done.move_to_end(g)
+                    return arrays
+                event = self._pending.get(g)
+                mine = event is None
+                if event is None:
+                    event = self._pending[g] = threading.Event()
+                if not mine:
+                    self.waits += 1
+            if mine:
+                break
+            event.wait()  # another thread decodes it: bounded by that decode
+        arrays = None
+        try:
+            arrays = decode(g)
+            return arrays
+        finally:
+            with self._lock:
+                del self._pending[g]
+                if arrays is not None:
+                    self._done[g] = arrays
+                    while len(self._done) > self.capacity:
+                        self._done.popitem(last=False)
+            event.set()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._done.clear()
+
+
 class _WorkerState:
-    """One worker thread's open files and decoded row groups (never shared between threads)."""
+    """One worker thread's open Parquet files (a handle is never shared between threads)."""
 
     def __init__(self) -> None:
         self.files: OrderedDict[int, Any] = OrderedDict()
-        self.cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     def close(self) -> None:
-        self.cache.clear()
         while self.files:
             self.files.popitem()[1].close()
 
