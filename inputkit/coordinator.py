@@ -170,6 +170,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._batches = self._samples = self._bytes = 0
         self._finished = False
         self.epoch = first_epoch  # the epoch the consumer is in (index-range sources)
+        # A mixture: the field naming each sample's component, and the samples received of each.
+        self._component_field, self._component_names = _mixture_fields(spec.source)
+        self._component_counts = np.zeros(len(self._component_names), dtype=np.int64)
         # Index-range sources: the samples the consumer has received, per epoch (bool masks,
         # starting from what a resumed run had already received).
         self.consumed: dict[int, np.ndarray] = {e: m.copy() for e, m in consumed.items()}
@@ -208,6 +211,12 @@ class Coordinator(Iterator[dict[str, Any]]):
             self._batches += 1
             self._samples += n
             self._bytes += nbytes
+            if self._component_field is not None:
+                which = tensors.get(self._component_field)
+                if which is not None:
+                    self._component_counts += np.bincount(
+                        np.asarray(which.cpu()), minlength=len(self._component_names))[
+                        :len(self._component_names)]
             return tensors  # type: ignore[no-any-return]
         if item is END:
             if self.dispatcher is not None:
@@ -259,4 +268,17 @@ class Coordinator(Iterator[dict[str, Any]]):
             copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
             dropped_samples=self.batcher.rechunker.dropped, planned=dict(self.planned),
             source=str(self.spec.source.get("_target_", "")),
+            components=dict(zip(self._component_names, map(int, self._component_counts),
+                                strict=True)),
         )
+
+
+def _mixture_fields(source: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """A mixture source's component field and its components' names (else ``None, ()``)."""
+    if not str(source.get("_target_", "")).endswith("mixture.Mixture"):
+        return None, ()
+    field = source.get("component_field", "component")
+    parts = source.get("components") or []
+    names = tuple(str(p.get("name") or f"component {i}") if isinstance(p, dict) else f"component {i}"
+                  for i, p in enumerate(parts))
+    return (field or None), names

@@ -278,6 +278,12 @@ class Runner:
                 "consumed": {e: np.packbits(m).tobytes() for e, m in sorted(consumed.items())},
                 "samples": {e: int(m.sum()) for e, m in sorted(consumed.items())},
             }
+            info = self.source_info.get(name, {})
+            if info.get("mixture"):  # where each component of a mixture stands (for the record)
+                from inputkit.sources.mixture import Schedule
+
+                inputs[name]["components"] = Schedule.from_info(info).positions(
+                    epoch, consumed.get(epoch), [c["name"] for c in info["components"]])
         return {"version": 1, "inputs": inputs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -65,6 +65,8 @@ class CoordinatorStats(_Rates):
     # The memory plan's worst case for each stage of this coordinator (stage -> bytes).
     planned: dict[str, int] = field(default_factory=dict)
     source: str = ""  # the source's _target_ (the diagnosis has advice for some kinds)
+    # A mixture source: samples the consumer received from each component, by name.
+    components: dict[str, int] = field(default_factory=dict)
 
     @property
     def buffered_bytes(self) -> int:

@@ -30,7 +30,7 @@ from inputkit.cli.render import (
 )
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Coordinator
-from inputkit.dashboard import plain_lines, render
+from inputkit.dashboard import components_text, plain_lines, render
 from inputkit.diagnosis import diagnose, live_verdicts, live_warnings
 from inputkit.memory import parse_budget
 from inputkit.metrics import MovingWindow, Window
@@ -118,6 +118,10 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                               for p in c.workers.processors)
             console.print(f"processors of {c.input} on {c.device_index}:{c.device}, per chunk: "
                           f"{steps}", markup=False, highlight=False)
+    for c in final.coordinators:  # a mixture: the proportions the consumer received
+        if c.components:
+            console.print(f"components of {c.input} on {c.device_index}:{c.device}: "
+                          f"{components_text(c.components)}", markup=False, highlight=False)
     for line in ray_summary_lines(final):  # where Ray ran the actors, and what each node did
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     for line in skipped_lines(final, "see summary.json" if output_dir is not None else ""):
