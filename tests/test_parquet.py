@@ -296,6 +296,9 @@ def bad_case(tmp_path: Path, case: str) -> dict:
     elif case == "string column":
         pq.write_table(table(np.arange(50), name=pa.array(["a"] * 50)), paths[0])
         pq.write_table(table(np.arange(50, 100), name=pa.array(["b"] * 50)), paths[1])
+    elif case == "every column, two unreadable":
+        del keys["pad"]
+        pq.write_table(table(np.arange(50), name=pa.array(["a"] * 50)), paths[0])
     elif case == "zero rows":
         for p in paths:
             pq.write_table(table(np.arange(0)), p)
@@ -326,6 +329,9 @@ BAD = [
                            r".*set source\.pad=\{ragged: LENGTH\}"),
     ("string column", r"column 'name' in '.*part-00\.parquet' holds strings or bytes \(string\), "
                       r"which cannot become a tensor; leave it out with source\.columns"),
+    ("every column, two unreadable", r"column 'ragged' .* holds lists of varying length .*; nor "
+                                     r"can 'name' \(string\) become fields; to read the others: "
+                                     r"source\.columns=\[id,x,triple,even\]"),
     ("zero rows", r"files: the 2 file\(s\) from .* hold no rows"),
     ("pad on a number", r"pad\.id: column 'id' holds single numbers \(int64\), not lists; "
                         r"remove it from source\.pad"),

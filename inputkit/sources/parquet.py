@@ -200,8 +200,22 @@ class ParquetSource:
         if missing:
             raise ValueError(f"columns: '{self.files[0]}' has no column '{missing[0]}'; its "
                              f"columns are: {', '.join(present)}")
-        columns = [column_spec(name, first.field(name).type, self.pad.get(name), self.pad_value,
-                               self.files[0]) for name in wanted]
+        columns, refused = [], []
+        for name in wanted:
+            try:
+                columns.append(column_spec(name, first.field(name).type, self.pad.get(name),
+                                           self.pad_value, self.files[0]))
+            except ValueError as exc:
+                refused.append((name, str(exc)))
+        if refused:
+            message = refused[0][1]
+            if len(refused) > 1:
+                others = ", ".join(f"'{name}' ({first.field(name).type})" for name, _ in refused[1:])
+                message += f"; nor can {others} become fields"
+            if self.columns_arg is None and columns:  # every column was asked for
+                readable = ",".join(c.name for c in columns)
+                message += f"; to read the others: source.columns=[{readable}]"
+            raise ValueError(message)
         for path, meta in zip(self.files[1:], footers[1:], strict=True):
             schema = meta.schema.to_arrow_schema()
             for c in columns:
