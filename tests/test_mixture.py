@@ -137,3 +137,30 @@ def test_an_empty_component_or_different_fields_name_the_component(tmp_path):
         Mixture([part(10, 1.0, "a"), part(10, 1.0, "wide", dim=3)])
     with pytest.raises(ConfigError, match="component_field"):
         Mixture([part(10, 1.0, "a")], component_field="id")
+
+
+def test_the_pretraining_example_resumes_with_exactly_the_windows_of_an_uninterrupted_run(
+        tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "pretrain_mixture.py"
+
+    def run(out: Path, *extra: str) -> str:
+        done = subprocess.run([sys.executable, str(script), "--data", str(tmp_path / "tok"),
+                               "--out", str(out), "--steps", "30", *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    def steps(out: Path) -> dict[int, str]:  # a step redone after the checkpoint: the last one
+        lines = (out / "steps.txt").read_text().splitlines()
+        return {int(line.split(" ", 1)[0]): line.split(" ", 1)[1] for line in lines}
+
+    whole = run(tmp_path / "whole")
+    assert "done: 30 steps" in whole and "'web'" in whole
+    assert "stopped at step 17" in run(tmp_path / "crashed", "--stop-at", "17")
+    resumed = run(tmp_path / "crashed")
+    assert "resumed at step 15" in resumed and "done: 30 steps" in resumed
+    assert steps(tmp_path / "crashed") == steps(tmp_path / "whole")
