@@ -205,6 +205,7 @@ def test_threads_share_the_cache_and_wait_for_one_decode_of_a_row_group(tmp_path
     for t in readers:
         t.join(30)
     assert src._cache.waits == 1 and decoded == [0], "one decode for both threads"
+    assert src._cache.capacity == 2 * 2, "each thread brings cache_row_groups to the pool"
     assert got == {"a": list(range(10)), "b": list(range(10, 20))}
     src.close()
 

@@ -7,10 +7,11 @@ so shuffling, exactly-once epochs, ``epoch.*`` and ``state_dict()`` resume come 
 pipeline.
 
 Parquet's unit of decoding is the row group. ``read(indices)`` decodes only the row groups
-the indices touch, projected to the selected columns, never whole files. Each process
-keeps its last ``cache_row_groups`` decoded row groups (converted to numpy), shared by its
-thread workers, so the consecutive chunks of one row group, the usual unshuffled case,
-decode it once per process; two threads wanting the same row group wait for one decode.
+the indices touch, projected to the selected columns, never whole files. Each worker
+keeps its last ``cache_row_groups`` decoded row groups (converted to numpy); the thread
+workers of one process pool theirs into one cache of ``threads x cache_row_groups``, so the
+consecutive chunks of one row group, the usual unshuffled case, decode it once per process,
+and two threads wanting the same row group wait for one decode.
 Shuffled indices are grouped by row group, so a read decodes each row group it touches
 once. The memory plan counts the cache per worker (``read_scratch``).
 
@@ -48,9 +49,9 @@ class ParquetSource:
     ``columns``: the columns to read (the others are never decoded); ``None`` reads every
     column, and then every column must be one that becomes a field. ``pad``: ``{column:
     length}`` for columns of variable-length lists, padded with ``pad_value`` or cut to that
-    length. ``cache_row_groups``: decoded row groups each process keeps, shared by its
-    threads (2 serve unshuffled reads, where workers cross a row group's end at different
-    times; more helps shuffled reads of few, small row groups).
+    length. ``cache_row_groups``: decoded row groups kept per worker, pooled by the threads
+    of a process (2 serve unshuffled reads, where workers cross a row group's end at
+    different times; shuffled reads want every row group kept).
     """
 
     def __init__(self, files: str | Sequence[str], columns: Sequence[str] | str | None = None,
@@ -155,7 +156,7 @@ class ParquetSource:
         """For the memory plan: the decoded row groups one worker keeps (from the footers)."""
         total = self.cache_row_groups * self.group_bytes
         return (total, f"{self.cache_row_groups} x {self.group_bytes:,} B: the largest row group "
-                       "decoded (source.cache_row_groups; thread workers share one cache)")
+                       "decoded (source.cache_row_groups)")
 
     def run_info(self) -> dict[str, Any]:
         """What the run's summary.json records about this source."""
@@ -243,10 +244,13 @@ class ParquetSource:
             state = self._local.state = _WorkerState()
             with self._lock:
                 self._states.append(state)
+                # each thread worker brings its share of the pooled cache
+                self._cache.capacity = self.cache_row_groups * len(self._states)
         return state
 
     def _group(self, g: int) -> dict[str, np.ndarray]:
         """Row group ``g`` decoded, from this process's cache or from its file."""
+        self._state()  # counts this thread's share of the cache
         return self._cache.get(g, self._decode_row_group)
 
     def _decode_row_group(self, g: int) -> dict[str, np.ndarray]:
@@ -296,7 +300,7 @@ class ParquetSource:
 
 
 class _RowGroupCache:
-    """The last ``capacity`` decoded row groups, shared by the threads of one process; a row
+    """The last ``capacity`` decoded row groups, pooled by the threads of one process; a row
     group wanted by several threads at once is decoded by the first, the others wait for it
     (and decode it themselves if that decode failed, to raise its error)."""
 
