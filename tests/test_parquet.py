@@ -364,6 +364,13 @@ def test_damaged_data_and_nulls_are_source_errors_naming_file_row_group_and_colu
     with pytest.raises(SourceError, match=r"'.*damaged\.parquet' \(row group 2\) cannot be read; "
                                           r"the file is corrupt or truncated"):
         src.read(np.arange(55, 60))
+    cfg = make_cfg({"_target_": PARQUET, "files": str(path)}, batch_size=10,
+                   failures={"on_error": "skip"}, epoch={"count": 1})
+    with Runner(cfg) as runner:
+        got = sorted(i for batch in runner.device(0) for i in ids_of(batch))
+        skipped = runner.stats().coordinators[0].workers.skipped_indices
+    assert got == list(range(50)) + list(range(75, 100)), "the damaged row group alone is skipped"
+    assert sorted(skipped) == list(range(50, 75))
     holes = tmp_path / "holes.parquet"
     pq.write_table(pa.table({"id": ids, "score": pa.array([None if i == 70 else 1.0 for i in ids])}),
                    holes, row_group_size=50)
