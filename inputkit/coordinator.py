@@ -275,7 +275,8 @@ class Coordinator(Iterator[dict[str, Any]]):
 
 def _mixture_fields(source: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
     """A mixture source's component field and its components' names (else ``None, ()``)."""
-    if not str(source.get("_target_", "")).endswith("mixture.Mixture"):
+    target = str(source.get("_target_", ""))
+    if target != "mixture" and not target.endswith("mixture.Mixture"):  # (or its short name)
         return None, ()
     field = source.get("component_field", "component")
     parts = source.get("components") or []

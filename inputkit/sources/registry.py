@@ -25,6 +25,7 @@ BUILTIN = {
     "tokens": "inputkit.sources.tokens.TokenSource",
     "shards": "inputkit.sources.shards.ShardSource",
     "parquet": "inputkit.sources.parquet.ParquetSource",
+    "mixture": "inputkit.sources.mixture.Mixture",
     "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
     "image_folder": "inputkit.sources.images.ImageFolderSource",
     "image_list": "inputkit.sources.images.ImageListSource",
