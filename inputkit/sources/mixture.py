@@ -212,6 +212,13 @@ class Mixture:
     def __len__(self) -> int:
         return self.length
 
+    def setup(self, worker_id: int, num_workers: int) -> None:
+        """Each worker's setup, passed on to every component that has one."""
+        for component in self.components:
+            setup = getattr(component.source.obj, "setup", None)
+            if callable(setup):
+                setup(worker_id, num_workers)
+
     def _component_order(self, c: int, epoch: int) -> np.ndarray | None:
         if not self.shuffle:
             return None
