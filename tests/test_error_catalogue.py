@@ -147,7 +147,7 @@ CASES = [
     case("cuda-without-gpu", cli("bench", "devices=cuda"), 2,
          r"^error: devices: cuda:0 requested, but torch\.cuda\.is_available\(\) is False"),
     case("unknown-worker-kind", cli("bench", "workers.kind=fiber"), 2,
-         r"^error: workers\.kind: Invalid value 'fiber', expected one of \[thread, process, inline\]$"),
+         r"^error: workers\.kind: Invalid value 'fiber', expected one of \[thread, process, inline, ray\]$"),
     case("unknown-start-method", cli("bench", "workers.start_method=thread"), 2,
          r"^error: workers\.start_method: Invalid value 'thread', expected one of "
          r"\[fork, forkserver, spawn\]$"),
@@ -246,7 +246,7 @@ CASES = [
     case("target-not-a-name", plugin("fakes"), 2,
          r"^error: source\._target_: 'fakes' is neither an importable name \(pkg\.module:fn, "
          r"pkg\.module\.Class\) nor a known source \(arrays, image_folder, image_list, "
-         r"image_shards, shards, synthetic, torch_dataset\); "
+         r"image_shards, mixture, parquet, shards, synthetic, tokens, torch_dataset\); "
          r"`inputkit sources` lists them$"),
     case("target-import-raises",
          plugin("catalogue_broken:fetch", files={"catalogue_broken.py": "RATE = 1 / 0\n"}), 2,
