@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
+from inputkit.peers.compare import drain
 from inputkit.sources.synthetic import SyntheticSource
 
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -157,7 +158,7 @@ def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int
         return None
     loader = torch.utils.data.DataLoader(ChunkDataset(_source(workload), workload["batch_size"]),
                                          batch_size=None, num_workers=0)
-    return _timed(iter(loader), seconds)
+    return drain(iter(loader), seconds)
 
 
 def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
@@ -165,26 +166,12 @@ def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
     cfg = {"source": _source(workload), "batch_size": workload["batch_size"], "devices": "cpu",
            "workers": {"kind": kind, "count": workers}}
     with inputkit.Runner(cfg) as runner:
-        return _timed(runner.device(0), seconds)
+        return drain(runner.device(0), seconds)
 
 
 def _source(workload: dict[str, Any]) -> dict[str, Any]:
     return {"_target_": "inputkit.sources.synthetic.SyntheticSource",
             **{k: v for k, v in workload.items() if k != "batch_size"}}
-
-
-def _timed(stream: Any, seconds: float) -> tuple[int, float]:
-    """Batches taken from ``stream`` in ``seconds``, the clock started after the first
-    (start-up is not what this measures)."""
-    next(stream)
-    batches = 0
-    began = time.perf_counter()
-    end = began + seconds
-    for _ in stream:
-        batches += 1
-        if time.perf_counter() >= end:
-            break
-    return batches, time.perf_counter() - began
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ limit. The clock starts after each loader's first batch.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
+from inputkit.peers.compare import drain
 
 SEQ_LEN, BATCH = 2048, 8
 
@@ -103,18 +104,11 @@ def with_inputkit(path: str, kind: str, workers: int, chunk: int,
 
 
 def timed(stream: Iterator[Any], seconds: float) -> tuple[int, float]:
-    """Batches taken in ``seconds``, the clock started after the first; each is checked."""
+    """``drain`` (batches in ``seconds`` after the first), with the first batch's shape checked."""
     first = next(stream)
     if tuple(first["input_ids"].shape) != (BATCH, SEQ_LEN):
         raise RuntimeError(f"a batch of shape {tuple(first['input_ids'].shape)}")
-    batches = 0
-    began = time.perf_counter()
-    end = began + seconds
-    for _ in stream:
-        batches += 1
-        if time.perf_counter() >= end:
-            break
-    return batches, time.perf_counter() - began
+    return drain(itertools.chain([first], stream), seconds)
 
 
 def main() -> None:

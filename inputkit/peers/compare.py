@@ -118,8 +118,9 @@ def cpu_since(before: dict[int, float]) -> float:
     return sum(now - before.get(pid, 0.0) for pid, now in tree_cpu().items())
 
 
-def _drain(stream: Iterator[Any], seconds: float) -> tuple[int, float]:
-    """Batches taken in ``seconds`` of steady state (the clock starts after the first)."""
+def drain(stream: Iterator[Any], seconds: float) -> tuple[int, float]:
+    """Batches taken in ``seconds`` of steady state (the clock starts after the first, so
+    start-up is not what it measures); the benchmarks in tools/ time their loaders with it."""
     next(stream)
     count = 0
     began = time.perf_counter()
@@ -139,7 +140,7 @@ def measure_inputkit(spec: RunSpec, seconds: float, batch_bytes: int) -> Measure
             first = next(stream)
             first_s = time.perf_counter() - began
             del first
-            count, elapsed = _drain(stream, seconds)
+            count, elapsed = drain(stream, seconds)
     kind = spec.inputs[0].worker_kind
     label = "inputkit (inline: the consumer's thread fetches)" if kind == "inline" else \
         f"inputkit ({spec.inputs[0].worker_count} {kind} workers)"
@@ -157,7 +158,7 @@ def measure_peer(peer: Peer, spec: InputSpec, seconds: float, batch_bytes: int) 
             first = next(stream)
             first_s = time.perf_counter() - began
             del first
-            count, elapsed = _drain(stream, seconds)
+            count, elapsed = drain(stream, seconds)
         finally:
             close()
     return Measurement(peer.label(spec), count / elapsed, count * batch_bytes / elapsed / 1e6,
