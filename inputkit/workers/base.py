@@ -234,6 +234,29 @@ class WorkerPool(Protocol):
         worker stalled past ``stall_timeout``."""
 
 
+class FailsOnce:
+    """The first failure of a pool stops its workers and reaches the consumer; later ones (a
+    sibling failing as it stops) are dropped. Thread, process and Ray pools share it; each
+    sets ``_lock``, ``_failed``, ``_stop`` (anything with ``set()``), ``_out`` (its chunk
+    queue, or inline's inbox) and ``_on_failure`` (which stops every pool of the runner)."""
+
+    _lock: threading.Lock
+    _failed: bool
+    _stop: Any
+    _out: Any
+    _on_failure: Any
+
+    def fail(self, failure: Any) -> None:
+        """Stop every worker and send ``failure`` (a messages.Failure) to the consumer."""
+        with self._lock:
+            first = not self._failed
+            self._failed = True
+        self._stop.set()  # siblings stop after their current fetch
+        if first:
+            self._out.put_control(failure)
+            self._on_failure(failure)
+
+
 class FetchTally:
     """What a pool's workers fetched: counts, bytes, time, recent latencies. Thread-safe."""
 

@@ -50,7 +50,7 @@ from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
-from inputkit.workers.base import Activity, FetchTally, WorkerPoolStats, inside, overdue
+from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
 from inputkit.workers.process_main import (
     BLOCKED,
@@ -138,7 +138,7 @@ class _Worker:
 _ITEMS_AHEAD = 2  # index-range items a worker holds: one it reads, one waiting, no round trip
 
 
-class ProcessWorkerPool:
+class ProcessWorkerPool(FailsOnce):
     kind = "process"
 
     def __init__(self, *, source_config: dict[str, Any], source_key: str, source_name: str,
@@ -579,15 +579,6 @@ class ProcessWorkerPool:
                               "(killed, os._exit, a crash in native code, or out of memory; "
                               f"its stderr may say more){note}"),
             where=self._where(index), traceback_text="")
-
-    def fail(self, failure: Failure) -> None:
-        with self._lock:
-            first = not self._failed
-            self._failed = True
-        self._stop.set()
-        if first:
-            self._out.put_control(failure)
-            self._on_failure(failure)
 
     def _where(self, index: int) -> str:
         pid = self._workers[index].process.pid if index < len(self._workers) else None

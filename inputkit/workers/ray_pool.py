@@ -46,7 +46,7 @@ from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers import ray_session
-from inputkit.workers.base import ActorStats, FetchTally, RayStats, WorkerPoolStats
+from inputkit.workers.base import ActorStats, FailsOnce, FetchTally, RayStats, WorkerPoolStats
 from inputkit.workers.ray_actor import ActorArgs, FetchActor
 from inputkit.workers.ray_objects import ObjectLedger, spilled_bytes, writable
 
@@ -87,7 +87,7 @@ class _Actor:
     fetch_wall_s: float = 0.0
 
 
-class RayWorkerPool:
+class RayWorkerPool(FailsOnce):
     kind = "ray"
 
     def __init__(self, *, spec: Any, schema: ChunkSchema, worker_ids: list[int], num_workers: int,
@@ -491,15 +491,6 @@ class RayWorkerPool:
         return (f"the cluster has {free:g} of {total:g} CPUs free and each actor asks for "
                 f"{self._options.cpus_per_actor:g} (workers.ray.cpus_per_actor); lower "
                 "workers.count or cpus_per_actor, add nodes, or the source's constructor is slow")
-
-    def fail(self, failure: Failure) -> None:
-        with self._lock:
-            first = not self._failed
-            self._failed = True
-        self._stop.set()
-        if first:
-            self._out.put_control(failure)
-            self._on_failure(failure)
 
     def _where(self, actor: _Actor) -> str:
         at = f"pid {actor.pid}, node {actor.node}" if actor.pid is not None else "not started yet"

@@ -37,7 +37,15 @@ from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
 from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD, Dispatcher, WorkItem
-from inputkit.workers.base import Activity, FetchClock, FetchTally, WorkerPoolStats, inside, overdue
+from inputkit.workers.base import (
+    Activity,
+    FailsOnce,
+    FetchClock,
+    FetchTally,
+    WorkerPoolStats,
+    inside,
+    overdue,
+)
 from inputkit.workers.samples import SampleRead, read_skipping
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
@@ -45,7 +53,7 @@ SETUP = "setup"  # inside the shared source's setup() for this worker id
 _PHASES = {SETUP: "setup()"}
 
 
-class ThreadWorkerPool:
+class ThreadWorkerPool(FailsOnce):
     kind = "thread"
 
     def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
@@ -316,15 +324,6 @@ class ThreadWorkerPool:
         if isinstance(item, Chunk):
             return self._out.put(item, item.nbytes, self._stop)
         return self._out.put_control(item)
-
-    def fail(self, failure: Failure) -> None:
-        with self._lock:
-            first = not self._failed
-            self._failed = True
-        self._stop.set()  # siblings stop after their current fetch
-        if first:
-            self._out.put_control(failure)
-            self._on_failure(failure)  # stops every worker of the runner at once
 
 
 def _describe(exc: BaseException) -> str:
