@@ -200,20 +200,31 @@ def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_
     return terms
 
 
+def held_views(inp: InputSpec) -> tuple[int, tuple[int, ...]]:
+    """What the chunk queue, the batcher and the batch queue can hold at once as views of
+    chunks a worker lent (a Ray object): a count (the batcher's current and leftover chunks,
+    a batch with the consumer or the copy, and the queues sized in items), and the byte
+    limits of the queues sized in bytes. The plan and the Ray pool's default cap read it."""
+    chunks = 2 + 2
+    limits = []
+    for count, size in ((inp.chunk_capacity, inp.chunk_capacity_bytes),
+                        (inp.batch_capacity, inp.batch_capacity_bytes)):
+        if size is None:
+            chunks += count
+        else:
+            limits.append(size)
+    return chunks, tuple(limits)
+
+
 def _ray_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int,
                chunk_detail: str) -> list[Term]:
     """Ray actors: the object-store bytes this input may pin on the trainer's node (results in
     flight, and received chunks in the chunk queue and batcher, which stay views of their
     objects), and the actors' own memory (on their nodes; here, with a local Ray)."""
     name, p, actors = inp.name, inp.key_prefix, inp.worker_count
-    chunks = actors * inp.ray.inflight + 2 + 2
-    queued_bytes = 0
-    for count, size in ((inp.chunk_capacity, inp.chunk_capacity_bytes),
-                        (inp.batch_capacity, inp.batch_capacity_bytes)):
-        if size is None:
-            chunks += count
-        else:
-            queued_bytes += max(size, chunk_bytes)
+    held, limits = held_views(inp)
+    chunks = actors * inp.ray.inflight + held
+    queued_bytes = sum(max(size, chunk_bytes) for size in limits)  # one chunk always fits
     natural = chunks * chunk_bytes + queued_bytes
     if inp.ray.inflight_bytes is not None and inp.ray.inflight_bytes < natural:
         store = Term(name, "Ray object store", SHARED, 1, "byte limit",

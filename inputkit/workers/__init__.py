@@ -73,23 +73,11 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
             processors=spec.processors, processors_seed=spec.epoch.seed,
             processors_key=f"{spec.key_prefix}processors", **common)  # type: ignore[arg-type]
     if spec.worker_kind == "ray":
+        from inputkit.memory_terms import held_views
         from inputkit.workers.ray_pool import RayWorkerPool
 
-        return RayWorkerPool(spec=spec, downstream=_downstream(spec), **common)  # type: ignore[arg-type]
+        chunks, limits = held_views(spec)  # the views its queues may hold: the default cap
+        return RayWorkerPool(spec=spec, downstream=(chunks, sum(limits)), **common)  # type: ignore[arg-type]
     raise ConfigError(f"{spec.key_prefix}workers.kind",
                       f"unknown worker kind '{spec.worker_kind}'; available: thread, process, "
                       "inline, ray")
-
-
-def _downstream(spec: InputSpec) -> tuple[int, int]:
-    """What the chunk queue, the batcher and the batch queue can hold at once (as views of
-    received chunks): ``(chunks, bytes)``, a count and a byte part (for queues sized in bytes)."""
-    chunks = 2 + 2  # the batcher's current and leftover chunks; a batch with the consumer or copy
-    nbytes = 0
-    for count, size in ((spec.chunk_capacity, spec.chunk_capacity_bytes),
-                        (spec.batch_capacity, spec.batch_capacity_bytes)):
-        if size is None:
-            chunks += count
-        else:
-            nbytes += size
-    return chunks, nbytes
