@@ -132,6 +132,7 @@ class RayWorkerPool(FailsOnce):
         self._busy = 0.0  # receiver time spent taking results in
         self._waited = 0.0  # ... of which it waited on a full chunk queue
         self._stalls: tuple[str, ...] = ()
+        self._spill_read: tuple[float, int | None] = (float("-inf"), None)  # (when, bytes)
         self._session_held = False
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-ray",
                                           daemon=True)
@@ -564,11 +565,20 @@ class RayWorkerPool(FailsOnce):
             actors=tuple(actors), inflight_items=calls, inflight_bytes=inflight,
             held_bytes=held, cap_bytes=self.cap_bytes(), receive_busy_s=self._busy,
             receive_wall_s=time.monotonic() - self._started if self._started else 0.0,
-            duplicates=self._duplicates, spilled_bytes=spilled_bytes(self._ray))
+            duplicates=self._duplicates, spilled_bytes=self._spilled())
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, "blocked", DONE), pids=tuple(self.pids()),
             stalls=self._stalls, processors=self._processor_totals.stats(), ray=ray_stats,
             **self._failures.snapshot())
+
+
+    def _spilled(self) -> int | None:
+        """What Ray spilled, read from disk at most once a second (stats() runs several times a
+        second on a dashboard; the folder listing is the same in between)."""
+        now = time.monotonic()
+        if now - self._spill_read[0] >= 1.0:
+            self._spill_read = (now, spilled_bytes(self._ray))
+        return self._spill_read[1]
 
 
 def _death_reason(exc: BaseException) -> str:
