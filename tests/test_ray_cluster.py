@@ -83,6 +83,8 @@ def test_num_cpus_with_a_cluster_address_is_a_config_error():
     with pytest.raises(ConfigError, match=r"workers\.ray\.num_cpus"):
         load_spec(make_cfg({"_target_": "x:y"}, workers={"kind": "ray",
                                                          "ray": {"address": "auto", "num_cpus": 4}}))
+    with pytest.raises(ConfigError, match=r"workers\.ray\.inflight_bytes: must be a positive size"):
+        load_spec(make_cfg({"_target_": "x:y"}, workers={"kind": "ray", "ray": {"inflight_bytes": 0}}))
 
 
 def test_ray_missing_says_how_to_install_it(tmp_path):

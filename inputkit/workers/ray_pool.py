@@ -216,10 +216,6 @@ class RayWorkerPool(FailsOnce):
 
     # handing out -------------------------------------------------------------------------------
 
-    def cap_bytes(self) -> int | None:
-        """The most object-store bytes this pool may pin (None until a result sized a chunk)."""
-        return self._objects.cap()
-
     def _feed(self) -> None:
         """Give every live actor calls up to workers.ray.inflight, within the byte cap."""
         objects = self._objects
@@ -563,7 +559,7 @@ class RayWorkerPool(FailsOnce):
             address=connected.address if connected else "", local=bool(connected and connected.local),
             connect_s=connected.started_s if connected else 0.0, ready_s=self._ready_s,
             actors=tuple(actors), inflight_items=calls, inflight_bytes=inflight,
-            held_bytes=held, cap_bytes=self.cap_bytes(), receive_busy_s=self._busy,
+            held_bytes=held, cap_bytes=self._objects.cap(), receive_busy_s=self._busy,
             receive_wall_s=time.monotonic() - self._started if self._started else 0.0,
             duplicates=self._duplicates, spilled_bytes=self._spilled())
         return self._tally.stats(
@@ -588,11 +584,3 @@ def _death_reason(exc: BaseException) -> str:
         if "because" in line or "died" in line.lower() and "unexpectedly" not in line:
             return line[:300]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-
-
-def check_options(spec: Any) -> None:
-    """Config errors a Ray pool would meet only once started."""
-    if spec.worker_kind == "ray" and spec.ray.inflight_bytes is not None \
-            and spec.ray.inflight_bytes <= 0:
-        raise ConfigError(f"{spec.key_prefix}workers.ray.inflight_bytes",
-                          "must be a positive size, e.g. 512MiB (or null)")
