@@ -172,7 +172,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.epoch = first_epoch  # the epoch the consumer is in (index-range sources)
         # A mixture: the field naming each sample's component, and the samples received of each.
         self._component_field, self._component_names = _mixture_fields(spec.source)
-        self._component_counts = np.zeros(len(self._component_names), dtype=np.int64)
+        self._component_counts: Any = None  # a tensor beside the batches' (no sync on CUDA)
         # Index-range sources: the samples the consumer has received, per epoch (bool masks,
         # starting from what a resumed run had already received).
         self.consumed: dict[int, np.ndarray] = {e: m.copy() for e, m in consumed.items()}
@@ -213,10 +213,10 @@ class Coordinator(Iterator[dict[str, Any]]):
             self._bytes += nbytes
             if self._component_field is not None:
                 which = tensors.get(self._component_field)
-                if which is not None:
-                    self._component_counts += np.bincount(
-                        np.asarray(which.cpu()), minlength=len(self._component_names))[
-                        :len(self._component_names)]
+                if which is not None:  # counted on the batch's device: a GPU batch is not synced
+                    counts = which.bincount(minlength=len(self._component_names))
+                    self._component_counts = counts if self._component_counts is None else \
+                        self._component_counts + counts
             return tensors  # type: ignore[no-any-return]
         if item is END:
             if self.dispatcher is not None:
@@ -268,9 +268,15 @@ class Coordinator(Iterator[dict[str, Any]]):
             copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
             dropped_samples=self.batcher.rechunker.dropped, planned=dict(self.planned),
             source=str(self.spec.source.get("_target_", "")),
-            components=dict(zip(self._component_names, map(int, self._component_counts),
-                                strict=True)),
+            components=self._components(),
         )
+
+
+    def _components(self) -> dict[str, int]:
+        """A mixture's samples received, by component (zeros before the first batch)."""
+        counts = self._component_counts
+        values = counts.tolist() if counts is not None else [0] * len(self._component_names)
+        return dict(zip(self._component_names, values, strict=False))
 
 
 def _mixture_fields(source: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
