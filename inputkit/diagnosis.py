@@ -490,4 +490,4 @@ def _decoding_note(c: CoordinatorStats, e: Evidence, verdict: Verdict) -> str:
     return (" The workers decode images, which releases the GIL: thread workers are the right "
             "kind here (process workers would add a copy through shared memory). Where Pillow "
             "decodes (the summary's sources.<input>.decoder), OpenCV takes about half its CPU "
-            "per image: pip install 'inputkit[images]'.")
+            "per image: pip install 'inputkit-ml[images]'.")

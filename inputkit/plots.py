@@ -1,6 +1,6 @@
 """Optional PNG plots of a run's ``metrics.jsonl`` and of a parameter sweep.
 
-matplotlib is an optional extra (``inputkit[plot]``): it is imported lazily, only
+matplotlib is an optional extra (``inputkit-ml[plot]``): it is imported lazily, only
 inside the functions that draw, so the rest of inputkit never pays for it or needs
 it. Figures are drawn on the Agg canvas directly (no pyplot), so plotting leaves no
 global figure state behind and works in headless processes and threads.
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-INSTALL_HINT = "pip install 'inputkit[plot]'  (or: pip install matplotlib)"
+INSTALL_HINT = "pip install 'inputkit-ml[plot]'  (or: pip install matplotlib)"
 
 _MB = 1e6
 _SIZE_IN = (10.0, 7.0)

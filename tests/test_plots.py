@@ -182,7 +182,7 @@ def test_load_records_names_bad_line(tmp_path: Path) -> None:
 
 def test_matplotlib_available_and_hint() -> None:
     assert isinstance(plots.matplotlib_available(), bool)
-    assert "inputkit[plot]" in plots.INSTALL_HINT and "matplotlib" in plots.INSTALL_HINT
+    assert "inputkit-ml[plot]" in plots.INSTALL_HINT and "matplotlib" in plots.INSTALL_HINT
 
 
 def test_plots_does_not_import_matplotlib_or_torch_eagerly() -> None:

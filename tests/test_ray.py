@@ -20,7 +20,7 @@ import psutil
 import pytest
 from conftest import alive, make_cfg, ray_processes
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit-ml[ray]'")
 
 from inputkit import Runner  # noqa: E402
 from inputkit.errors import WorkerFailure  # noqa: E402

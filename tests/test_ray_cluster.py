@@ -22,7 +22,7 @@ import psutil
 import pytest
 from conftest import alive, make_cfg, ray_processes
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit[ray]'")
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'inputkit-ml[ray]'")
 
 from inputkit import Runner  # noqa: E402
 from inputkit.errors import ConfigError, InputkitError  # noqa: E402
@@ -96,7 +96,7 @@ def test_ray_missing_says_how_to_install_it(tmp_path):
               "try:\n    Runner(cfg).start()\nexcept Exception as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, env=env(), cwd=tmp_path)
-    assert "pip install 'inputkit[ray]'" in out.stdout and "workers.kind" in out.stdout, out
+    assert "pip install 'inputkit-ml[ray]'" in out.stdout and "workers.kind" in out.stdout, out
 
 
 # -- a Ray that inputkit starts itself --------------------------------------------------------

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if opencv_available():
         decoders.append(("opencv", Decoder("opencv")))
     else:
-        print("opencv: not installed (pip install 'inputkit[images]'), left out", file=sys.stderr)
+        print("opencv: not installed (pip install 'inputkit-ml[images]'), left out", file=sys.stderr)
     print(f"{count} images of {args.folder}, {np.mean([len(d) for d in data]) / 1024:.0f} KiB "
           f"each on average; one thread, best of {args.rounds} rounds")
     for recipe, steps in RECIPES.items():

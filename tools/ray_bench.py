@@ -197,7 +197,7 @@ def main() -> None:
     try:
         import ray
     except ImportError:
-        raise SystemExit("Ray is not installed: pip install 'inputkit[ray]'") from None
+        raise SystemExit("Ray is not installed: pip install 'inputkit-ml[ray]'") from None
     console = Console(width=int(os.environ.get("COLUMNS", "160")))
     workers = args.workers
     cold_starts(console, args, workers)

@@ -6,7 +6,7 @@ Backends (``source.decode.backend``):
   (bilinear, antialiased, as torchvision's Pillow path), and a JPEG whose box is
   at least twice the output size is decoded at 1/2, 1/4 or 1/8 scale with
   ``draft`` (libjpeg's DCT scaling), so fewer pixels are decoded and resized.
-- ``opencv`` (``pip install 'inputkit[images]'``): OpenCV decodes JPEGs (with the
+- ``opencv`` (``pip install 'inputkit-ml[images]'``): OpenCV decodes JPEGs (with the
   same DCT scaling) and resizes the box with ``cv2.resize`` (bilinear, no
   antialiasing: the DCT scaling already took the output within 2x of the box).
   Other formats, and the files it would decode differently, go to Pillow.
@@ -66,10 +66,10 @@ class Decoder:
             import PIL  # noqa: F401  (every backend reads headers, and non-JPEGs, with Pillow)
         except ImportError:
             raise bad_key(f"{key}.backend", "the image sources need Pillow, which is not "
-                          "installed: pip install 'inputkit[images]'") from None
+                          "installed: pip install 'inputkit-ml[images]'") from None
         if backend == "opencv" and not opencv_available():
             raise bad_key(f"{key}.backend", "opencv needs OpenCV, which is not installed: pip "
-                              "install 'inputkit[images]' (or opencv-python-headless), or use "
+                              "install 'inputkit-ml[images]' (or opencv-python-headless), or use "
                               "decode.backend=pillow")
         self.requested = backend
         self.backend = ("opencv" if opencv_available() else "pillow") if backend == "auto" \

@@ -111,7 +111,7 @@ IMAGE_PEERS: tuple[Peer, ...] = (
     Peer("dataloader-pillow", "processes", "DataLoader + Pillow ({n} procs)",
          "torch", _TORCH, _image_dataloader("processes")),
     Peer("spdl", "threads", "SPDL, FFmpeg decode ({n} threads)", "spdl.pipeline",
-         "pip install 'inputkit[peers]' (spdl) and FFmpeg's shared libraries", _spdl, _spdl_check),
+         "pip install 'inputkit-ml[peers]' (spdl) and FFmpeg's shared libraries", _spdl, _spdl_check),
 )
 
 

@@ -19,7 +19,7 @@ Fields: integer, float and bool columns become fields of their dtype; fixed-size
 them become ``n x size`` (or deeper) fields; lists of varying length are padded or cut to
 ``pad[column]`` items. Strings, nulls and other types are refused with an error naming the
 column (see :mod:`inputkit.sources.parquet_columns`). pyarrow is needed (``pip install
-'inputkit[parquet]'``); it is imported when the source is built.
+'inputkit-ml[parquet]'``); it is imported when the source is built.
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def _pyarrow_parquet() -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ValueError("source=parquet needs pyarrow: pip install 'inputkit[parquet]' (or "
+        raise ValueError("source=parquet needs pyarrow: pip install 'inputkit-ml[parquet]' (or "
                          f"pip install pyarrow) ({exc})") from None
     return pq
 

@@ -46,7 +46,7 @@ def import_ray(key: str) -> Any:
         import ray
     except ImportError as exc:
         raise ConfigError(key, "Ray workers need Ray, which is not installed; "
-                          "pip install 'inputkit[ray]' (or pick workers=threads or "
+                          "pip install 'inputkit-ml[ray]' (or pick workers=threads or "
                           "workers=processes)") from exc
     return ray
 
