@@ -354,3 +354,62 @@ def test_shards_with_long_member_names_are_indexed_through_tarfile(tmp_path):
     source.decoder.decode_into(images[2], expected, source.transforms, 0, 0, 2)
     assert np.array_equal(source.read(np.array([2]))["image"][0], expected)
     source.close()
+
+
+def sixteen_bit_files() -> dict[str, tuple[bytes, np.ndarray]]:
+    """Real 16-bit files (grey PNG from Pillow; grey PNG, RGB PNG and PGM from OpenCV when it is
+    installed), each storing 100 beside a brightest pixel of 200 (all values under 256) or of
+    4000 (with 0x1234 too): each with the RGB pixels it must decode to, the top 8 bits
+    (value >> 8) of every value."""
+    files: dict[str, tuple[bytes, np.ndarray]] = {}
+    for brightest in (200, 4000):
+        grey = np.full((6, 8), 100, np.uint16)
+        if brightest > 255:
+            grey[2:4, 2:6] = 0x1234
+        grey[0, 0] = brightest
+        expected = np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+        files[f"pillow-{brightest}.png"] = (encoded(Image.fromarray(grey), "PNG"), expected)
+        if opencv_available():
+            import cv2
+
+            bgr = np.stack([grey, grey // 2 + 0x0800, np.full_like(grey, 0xABCD)], axis=-1)
+            rgb = (bgr[:, :, ::-1] >> 8).astype(np.uint8)
+            for name, array, want in (("grey.png", grey, expected), ("rgb.png", bgr, rgb),
+                                      ("grey.pgm", grey, expected)):
+                ok, data = cv2.imencode("." + name.split(".")[1], array)
+                assert ok
+                files[f"opencv-{brightest}-{name}"] = (data.tobytes(), want)
+    return files
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["fast", "exact"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sixteen_bit_images_keep_their_top_8_bits_whatever_their_brightest_pixel(
+        tmp_path, backend, exact):
+    """One rule for every 16-bit image: 100 decodes to 0 (100 >> 8) beside a brightest pixel
+    of 200 as beside one of 4000 (it decoded to 100 and 0), and 0x1234 to 0x12, with either
+    backend, fast or exact."""
+    files = sixteen_bit_files()
+    (tmp_path / "c").mkdir()
+    for name, (data, _) in files.items():
+        (tmp_path / "c" / name).write_bytes(data)
+    source = ImageFolderSource(str(tmp_path), [{"resize": [6, 8]}],
+                               decode={"backend": backend, "exact": exact})
+    out = source.read(np.arange(len(source)))["image"]
+    for k in range(len(source)):
+        name = os.path.basename(source.describe(k)["file"])
+        want = files[name][1].transpose(2, 0, 1)
+        assert np.array_equal(out[k], want), (name, out[k][:, :4, :4], want[:, :4, :4])
+        assert out[k][2, 1, 1] == 0, name  # blue holds the grey values: 100 >> 8
+        if "4000" in name:
+            assert out[k][2, 2, 2] == 0x12, name
+
+
+def test_a_32_bit_image_outside_the_16_bit_range_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "c").mkdir()
+    wide = Image.fromarray(np.array([[70000, 5], [5, 5]], np.int32), "I")
+    (tmp_path / "c" / "depth.tif").write_bytes(encoded(wide, "TIFF"))
+    source = ImageFolderSource(str(tmp_path), [{"resize": [2, 2]}])
+    with pytest.raises(SourceError, match=r"depth.tif.*pixels from 5 to 70000, outside the "
+                                          r"16-bit range"):
+        source.read(np.array([0]))

@@ -258,10 +258,18 @@ def _rgb(img: Any) -> Any:
 
     if img.mode == "RGB":
         return img
-    if img.mode in _SIXTEEN_BIT:  # convert() would clip at 255: keep the top 8 bits instead
+    if img.mode in _SIXTEEN_BIT:
+        # convert() would clip at 255. One rule for every image, as torchvision's 16-bit
+        # branch and Pillow's own 16-bit RGB decode: the top 8 bits (value >> 8), whatever
+        # the brightest pixel. Mode I also holds 32-bit TIFFs: a value outside 16 bits has
+        # no top 8 bits to keep, so it is refused rather than guessed at.
         wide = np.asarray(img)
-        top = (wide >> 8) if wide.max(initial=0) > 255 else wide
-        img = Image.fromarray(np.clip(top, 0, 255).astype(np.uint8), mode="L")
+        low, high = (int(wide.min()), int(wide.max())) if wide.size else (0, 0)
+        if low < 0 or high > 0xFFFF:
+            raise ImageError(f"it holds {img.mode} pixels from {low} to {high}, outside the "
+                             "16-bit range whose top 8 bits an image keeps; store such data "
+                             "as .npy")
+        img = Image.fromarray((wide.astype(np.uint16) >> 8).astype(np.uint8), mode="L")
     elif img.mode in ("F",):
         raise ImageError("it holds floating-point pixels (mode F); store such data as .npy")
     return img.convert("RGB")
