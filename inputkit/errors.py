@@ -6,6 +6,8 @@ do; the CLI prints them as one line (exit code 2 for configuration errors).
 
 from __future__ import annotations
 
+import os
+
 
 class InputkitError(Exception):
     """Base class of every error inputkit raises on purpose."""
@@ -59,3 +61,9 @@ class WorkerFailure(InputkitError):
 
 class ShutdownError(InputkitError):
     """A thread did not stop within the close timeout (it is named, with its stack)."""
+
+
+def shown_name(name: str | bytes) -> str:
+    """A file or member name for a message: one that is not UTF-8 (``b"caf\\xe9.jpg"``) shows its
+    odd bytes escaped (``caf\\xe9.jpg``), so the message prints and serializes anywhere."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")

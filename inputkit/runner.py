@@ -63,6 +63,7 @@ class Runner:
         # What each input's source says about itself (run_info(): an image folder's classes),
         # for the run's summary; from whichever copy of the source this process builds.
         self.source_info: dict[str, dict[str, Any]] = {}
+        self._source_of: dict[str, BoundSource] = {}  # input -> the source this process holds
         self._abort = Abort()
         self._lock = threading.Lock()
         self._state = "new"
@@ -109,6 +110,7 @@ class Runner:
                         source = build_source(spec.source, key=key)
                         self._sources.append(source)
                         self._note_info(name, source)
+                    self._source_of[name] = source
                     length = indexed_length(source.obj)
                 elif source is not None:  # each process (or actor) builds its own: the probe's copy answers
                     length = indexed_length(source.obj)
@@ -223,6 +225,22 @@ class Runner:
     def device(self, index: int = 0, input: str | None = None) -> Coordinator:
         """The iterator of batches (dicts of tensors on the device) for device ``index``."""
         return self._coordinator(self._input_name(input), index)
+
+    def source(self, input: str | None = None) -> Any:
+        """The source object of ``input``, to ask it about its samples (an image source's
+        ``describe(index)``: which file a batch's ``id`` came from). With thread or inline
+        workers it is the object they read; where each worker process builds its own, a copy
+        built here on the first call (closed with the runner)."""
+        name = self._input_name(input)
+        with self._lock:  # close() takes it too: a copy built here is always closed
+            self._coordinator(name, 0)  # started and not closed
+            bound = self._source_of.get(name)
+            if bound is None:
+                spec = self.spec.input(name)
+                bound = build_source(spec.source, key=f"{spec.key_prefix}source")
+                self._source_of[name] = bound
+                self._sources.append(bound)
+        return bound.obj
 
     def steps(self, input: str | None = None) -> Iterator[list[Batch | None]]:
         """One batch per device per step, for data-parallel loops.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.errors import SourceError
+from inputkit.errors import SourceError, shown_name
 from inputkit.images.decode import Decoder, ImageError
 from inputkit.images.transforms import Transforms, bad_key
 
@@ -40,7 +40,13 @@ class EncodedImageSource(ABC):
 
     NAME = "inputkit.sources.images"
 
-    def __init__(self, transforms: Any, decode: Mapping[str, Any] | None, seed: int) -> None:
+    def __init__(self, transforms: Any, decode: Mapping[str, Any] | None, seed: int,
+                 id_field: str | None = None) -> None:
+        if id_field is not None and (not isinstance(id_field, str) or not id_field
+                                     or id_field in ("image", "label")):
+            raise bad_key("id_field", f"expected the name of an extra int64 field holding each "
+                          f"sample's index (e.g. id), other than image and label; got {id_field!r}")
+        self.id_field = id_field
         self.transforms = Transforms.parse(transforms)
         decode = dict(decode or {})
         unknown = sorted(set(decode) - {"backend", "exact", "max_pixels"})
@@ -76,6 +82,10 @@ class EncodedImageSource(ABC):
         images = allocate("image", (n, *self.out_shape), np.dtype(np.uint8))
         labels = allocate("label", (n,), np.dtype(np.int64))
         labels[:] = self.labels[indices]
+        chunk = {"image": images, "label": labels}
+        if self.id_field is not None:  # which sample each row is: describe(i) names its file
+            chunk[self.id_field] = allocate(self.id_field, (n,), np.dtype(np.int64))
+            chunk[self.id_field][:] = indices
         decode, transforms, seed = self.decoder.decode_into, self.transforms, self.seed
         for k, index in enumerate(indices.tolist()):
             try:
@@ -90,7 +100,21 @@ class EncodedImageSource(ABC):
             pixels = geometry.size[0] * geometry.size[1]
             if len(data) > self.largest[0] or pixels > self.largest[1]:
                 self.largest = (max(len(data), self.largest[0]), max(pixels, self.largest[1]))
-        return {"image": images, "label": labels}
+        return chunk
+
+    def describe(self, index: int) -> dict[str, Any]:
+        """Where sample ``index`` comes from: its label and file (a folder or list), or its
+        shard and member: for per-image eval output, or to find a sample an error named."""
+        index = self._checked(index)
+        return {"index": index, "label": int(self.labels[index]), **self.origin(index)}
+
+    def _checked(self, index: int) -> int:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"a sample index is a whole number, got {index!r}")
+        if not 0 <= index < len(self.labels):
+            raise IndexError(f"sample index {index} is out of range: this source has "
+                             f"{len(self.labels):,} samples (0..{len(self.labels) - 1})")
+        return int(index)
 
     def read_scratch(self) -> tuple[int, str]:
         """For the memory plan: what one worker holds while it decodes (after a read): the
@@ -119,6 +143,11 @@ class EncodedImageSource(ABC):
     def where(self, index: int) -> str:
         """Where sample ``index`` lives, for errors: ``file '...'`` or shard and member."""
 
+    @abstractmethod
+    def origin(self, index: int) -> dict[str, Any]:
+        """Where sample ``index`` lives, as ``describe`` gives it (``file``, or ``shard`` and
+        ``member``)."""
+
 
 def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype)
@@ -138,8 +167,8 @@ class ImageFolderSource(EncodedImageSource):
 
     def __init__(self, path: str, transforms: Any, decode: Mapping[str, Any] | None = None,
                  seed: int = 0, extensions: Sequence[str] | None = None,
-                 allow_empty_classes: bool = False) -> None:
-        super().__init__(transforms, decode, seed)
+                 allow_empty_classes: bool = False, id_field: str | None = None) -> None:
+        super().__init__(transforms, decode, seed, id_field)
         if not isinstance(path, (str, os.PathLike)) or not str(path):
             raise bad_key("path", f"expected the folder that holds one folder per "
                               f"class, got {path!r}")
@@ -170,21 +199,31 @@ class ImageFolderSource(EncodedImageSource):
                               f"folder(s) but no images in them (extensions "
                               f"{', '.join(self.extensions)})")
         if empty and not allow_empty_classes:
-            shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+            listed = ", ".join(shown_name(e) for e in empty[:5]) + (", ..." if len(empty) > 5 else "")
             raise bad_key("path", f"{len(empty)} class folder(s) of '{self.path}' hold "
-                              f"no images: {shown}; remove them, or set "
+                              f"no images: {listed}; remove them, or set "
                               "allow_empty_classes=true to keep their class indices")
         self.empty_classes = empty
-        # One array of bytes, not a list of str: an ImageNet-sized list stays tens of MB per process.
-        self.files = np.array([f.encode() for f in files])
+        # One array of bytes, not a list of str: an ImageNet-sized list stays tens of MB per
+        # process. The bytes are the file system's own (os.fsencode), so a name that is not
+        # UTF-8 (b"caf\xe9.jpg", from an archive made elsewhere) is kept as it is on disk.
+        self.files = np.array([os.fsencode(f) for f in files])
         self.labels = np.array(labels, dtype=np.int64)
 
+    def path_of(self, index: int) -> str:
+        """The file of sample ``index``, as ``open()`` takes it (os.fsdecode: a name that is not
+        UTF-8 keeps its bytes as surrogate escapes; ``os.fsencode`` gives the bytes back)."""
+        return os.path.join(self.path, os.fsdecode(self.files[self._checked(index)]))
+
     def encoded(self, index: int) -> bytes:
-        with open(os.path.join(self.path, self.files[index].decode()), "rb") as f:
+        with open(self.path_of(index), "rb") as f:
             return f.read()
 
     def where(self, index: int) -> str:
-        return f"file '{os.path.join(self.path, self.files[index].decode())}'"
+        return f"file '{shown_name(self.path_of(index))}'"
+
+    def origin(self, index: int) -> dict[str, Any]:
+        return {"file": self.path_of(index), "class": self.classes[int(self.labels[index])]}
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "path": self.path, "class_to_index": self.class_to_index,
@@ -206,8 +245,9 @@ class ImageListSource(EncodedImageSource):
     NAME = "inputkit.sources.images.ImageListSource"
 
     def __init__(self, path: str, transforms: Any, root: str | None = None,
-                 decode: Mapping[str, Any] | None = None, seed: int = 0) -> None:
-        super().__init__(transforms, decode, seed)
+                 decode: Mapping[str, Any] | None = None, seed: int = 0,
+                 id_field: str | None = None) -> None:
+        super().__init__(transforms, decode, seed, id_field)
         if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
             what = "a folder (for the ImageFolder layout, use source=image_folder)" \
                 if isinstance(path, str) and os.path.isdir(path) else "no such file"
@@ -221,23 +261,27 @@ class ImageListSource(EncodedImageSource):
         if not files:
             raise bad_key("path", f"the list '{self.path}' names no images")
         self.lines = np.array([line for line, _ in files], dtype=np.int64)
-        self.files = np.array([f.encode() for _, f in files])
+        self.files = np.array([os.fsencode(f) for _, f in files])  # the bytes, as for a folder
         self.labels = np.array(labels, dtype=np.int64)
-        first = self._file(0)
+        first = self.path_of(0)
         if not os.path.exists(first):
-            raise bad_key("root", f"the list's first image, '{first}' (line "
+            raise bad_key("root", f"the list's first image, '{shown_name(first)}' (line "
                               f"{self.lines[0]} of '{self.path}'), does not exist; relative paths "
                               f"are taken from source.root ('{self.root}')")
 
-    def _file(self, index: int) -> str:
-        return os.path.join(self.root, self.files[index].decode())
+    def path_of(self, index: int) -> str:
+        """The file of sample ``index``, as ``open()`` takes it (see ImageFolderSource.path_of)."""
+        return os.path.join(self.root, os.fsdecode(self.files[self._checked(index)]))
 
     def encoded(self, index: int) -> bytes:
-        with open(self._file(index), "rb") as f:
+        with open(self.path_of(index), "rb") as f:
             return f.read()
 
     def where(self, index: int) -> str:
-        return f"file '{self._file(index)}' (line {self.lines[index]} of '{self.path}')"
+        return f"file '{shown_name(self.path_of(index))}' (line {self.lines[index]} of '{self.path}')"
+
+    def origin(self, index: int) -> dict[str, Any]:
+        return {"file": self.path_of(index), "line": int(self.lines[index])}
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "path": self.path, "root": self.root,
@@ -257,8 +301,8 @@ class ImageShardSource(EncodedImageSource):
 
     def __init__(self, urls: str | Sequence[str], transforms: Any,
                  decode: Mapping[str, Any] | None = None, seed: int = 0,
-                 label: str | None = "cls") -> None:
-        super().__init__(transforms, decode, seed)
+                 label: str | None = "cls", id_field: str | None = None) -> None:
+        super().__init__(transforms, decode, seed, id_field)
         from inputkit.sources.shards import _expand_urls
         from inputkit.sources.tar_index import index_shards
 
@@ -286,8 +330,14 @@ class ImageShardSource(EncodedImageSource):
         return data
 
     def where(self, index: int) -> str:
-        return (f"shard '{self.shards[int(self.shard_of[index])]}', member "
-                f"'{self.names[index].decode()}'")
+        return (f"shard '{shown_name(self.shards[int(self.shard_of[index])])}', member "
+                f"'{shown_name(self.names[index])}'")
+
+    def origin(self, index: int) -> dict[str, Any]:
+        """The shard file, the member's name (str; os.fsdecode, as a path), and its bytes' place."""
+        return {"shard": self.shards[int(self.shard_of[index])],
+                "member": os.fsdecode(self.names[index]),
+                "offset": int(self.offsets[index]), "size": int(self.sizes[index])}
 
     def close(self) -> None:
         with self._lock:
@@ -337,7 +387,9 @@ def _images_under(folder: str, extensions: tuple[str, ...]) -> list[str]:
 def _parse_list(path: str) -> tuple[list[tuple[int, str]], list[int]]:
     files: list[tuple[int, str]] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8") as f:
+    # A name that is not UTF-8 (a list written on another system) keeps its bytes, which name
+    # the file on disk as they do in a folder's index.
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for number, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):

@@ -13,6 +13,7 @@ import tarfile
 
 import numpy as np
 
+from inputkit.errors import shown_name
 from inputkit.images.transforms import bad_key
 from inputkit.sources.shards import _split_name
 
@@ -41,7 +42,8 @@ def index_shards(shards: list[str], extensions: tuple[str, ...], label: str | No
             shard_of.append(number)
             offsets.append(offset)
             sizes.append(size)
-            names.append(name.encode())
+            # The member's bytes as the tar holds them (a name that is not UTF-8 included).
+            names.append(name.encode("utf-8", "surrogateescape"))
             labels.append(value)
     if not offsets:
         raise bad_key("urls", f"the {len(shards)} shard(s) hold no images (members named "
@@ -76,8 +78,8 @@ def _index_one(path: str, images: set[str], label: str | None) -> list[tuple[int
         entry = samples.setdefault(key, [None, None, None, None])
         if ext in images:
             if entry[0] is not None:
-                raise bad_key("urls", f"shard '{path}': sample '{key}' has two images, "
-                              f"'{entry[2]}' and '{name}'")
+                raise bad_key("urls", f"shard '{path}': sample '{shown_name(key)}' has two "
+                              f"images, '{shown_name(entry[2])}' and '{shown_name(name)}'")
             entry[0], entry[1], entry[2] = offset, size, name
         elif label is not None and ext == label:
             entry[3] = _label(payload or b"", name, path)
@@ -87,11 +89,12 @@ def _index_one(path: str, images: set[str], label: str | None) -> list[tuple[int
         if offset is None:
             continue  # a key with no image (metadata only) is not a sample
         if label is not None and value is None:
+            key, name = shown_name(key), shown_name(name)
             raise bad_key("urls", f"shard '{path}': sample '{key}' ('{name}') has no '{key}.{label}' "
                           "label member; every sample needs one (or set source.label=null)")
         if offset + size > end:
-            raise bad_key("urls", f"shard '{path}' is truncated: member '{name}' needs bytes up to "
-                          f"{offset + size:,} but the file ends at {end:,}")
+            raise bad_key("urls", f"shard '{path}' is truncated: member '{shown_name(name)}' "
+                          f"needs bytes up to {offset + size:,} but the file ends at {end:,}")
         found.append((offset, size, name, -1 if value is None else value))
     return found
 
@@ -112,7 +115,7 @@ def _label(payload: bytes, name: str, path: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise bad_key("urls", f"shard '{path}', member '{name}': expected a whole number "
+        raise bad_key("urls", f"shard '{path}', member '{shown_name(name)}': expected a whole number "
                       f"(the class label), got {text[:40]!r}") from None
 
 
@@ -123,7 +126,8 @@ def _tarfile_members(path: str, label: str | None) -> list[Member]:
     """Every regular member, through tarfile (any tar format)."""
     found: list[Member] = []
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        # Names decoded as _plain_members decodes them: UTF-8, odd bytes kept as escapes.
+        with tarfile.open(path, mode="r:", encoding="utf-8", errors="surrogateescape") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
