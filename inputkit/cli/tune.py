@@ -1,7 +1,7 @@
 """``inputkit tune``: search the settings of the configured input(s), write and print the answer.
 
 ``inputkit tune [OVERRIDES] [--seconds S] [--warmup S] [--repeats N] [--target N]
-[--max-trials N] [--config-dir DIR]``. The overrides and ``--config-dir`` /
+[--max-trials N] [--budget 5m] [--config-dir DIR]``. The overrides and ``--config-dir`` /
 ``--config-name`` go to Hydra as for ``inputkit bench``, and the run directory is
 Hydra's (``outputs/<date>/<time>``). Progress is a live view on a terminal and plain
 lines otherwise (a pipe, a file, ``CI=true``). Ctrl-C or SIGTERM stop the search
@@ -39,6 +39,8 @@ def tune_command(
                                             "cheapest point that reaches it wins"),
     max_trials: int = typer.Option(None, "--max-trials", help="stop the search after this many "
                                    "measured trials (the two re-measurements come on top)"),
+    budget: str = typer.Option(None, help="wall time the search may take, e.g. 5m, 90s, 1h30m: "
+                                          "trials that do not fit are skipped and listed"),
     kinds: str = typer.Option(None, help="worker kinds to search, e.g. thread,process "
                                          "(default: every kind)"),
     counts: str = typer.Option(None, help="worker counts, e.g. 1,2,4,8 (default: 1, 2, 4, ... "
@@ -56,17 +58,20 @@ def tune_command(
       inputkit tune experiment=imagenet_train source.path=/data/train
       inputkit tune experiment=images --seconds 3 --target 120
       inputkit tune --config-dir ./conf experiment=mine --kinds thread --counts 1,2,4
+      inputkit tune experiment=remote --budget 5m
 
     Every point is checked by the memory planner first; a point over memory.budget is
     never started. The answer (the least planned memory, then the fewest workers, within
     5% of the best measured; with --target, the cheapest point reaching it) is measured
     again beside the starting config, then written to tuned/experiment/tuned.yaml in the
     run directory with trials.csv and tune.png: run it with
-    inputkit bench --config-dir RUN_DIR/tuned experiment=tuned.
+    inputkit bench --config-dir RUN_DIR/tuned experiment=tuned. Where the ranking rests on
+    differences smaller than the noise of the readings, the output says so.
     """
     raise typer.Exit(run_tune(list(ctx.args), {
         "seconds": seconds, "warmup": warmup, "repeats": repeats, "target": target,
-        "max_trials": max_trials, "kinds": kinds, "counts": counts, "capacities": capacities,
+        "max_trials": max_trials, "budget": budget, "kinds": kinds, "counts": counts,
+        "capacities": capacities,
         "batch_capacities": batch_capacities, "prefetch": prefetch}))
 
 
@@ -86,6 +91,10 @@ def run_tune(argv: list[str], options: dict[str, Any]) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        if options.get("budget") is not None:  # a bad duration fails before Hydra starts
+            from inputkit.tuning.budget import parse_duration
+
+            options = {**options, "budget": parse_duration(options["budget"], "--budget")}
         if any(a in ("-m", "--multirun") for a in argv):
             raise ConfigError("--multirun", "inputkit tune searches by itself; drop -m (the "
                               "grids are --kinds, --counts, --capacities, --batch-capacities)")
@@ -165,7 +174,7 @@ def tune_task(cfg: Any, options: dict[str, Any], grids: Any, command: str) -> An
             result = tune(cfg, seconds=options["seconds"], warmup=options["warmup"],
                           repeats=options["repeats"], target=options["target"],
                           max_trials=options["max_trials"], grids=grids, output_dir=run_dir,
-                          progress=display, command=command)
+                          progress=display, command=command, budget=options.get("budget"))
     except Exception as exc:  # returned, not raised: Hydra would print its own error line
         return {"error": exc}
     console.print(trials_table(result))

@@ -38,8 +38,10 @@ def outcome(trial: Trial) -> str:
     planned = format_size(trial.planned_bytes) if trial.planned_bytes is not None else "?"
     if trial.status == MEASURED:
         runs = f", {trial.runs} runs" if trial.runs > 1 else ""
-        return (f"{trial.rate:,.1f} batches/s (spread {trial.spread or 0:.0%}{runs}, "
-                f"{trial.verdict or 'no verdict'}), planned {planned}")
+        span = f" of {trial.seconds:.2g} s" if trial.seconds else ""
+        short = ", too short to rank" if trial.too_short else ""
+        return (f"{trial.rate:,.1f} batches/s (spread {trial.spread or 0:.0%}{runs}{span}"
+                f"{short}, {trial.verdict or 'no verdict'}), planned {planned}")
     if trial.status == "over budget":
         return (f"over budget: planned {planned} > memory.budget "
                 f"{format_size(trial.budget_bytes or 0)}, not started")

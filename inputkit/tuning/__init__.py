@@ -12,7 +12,9 @@ every point first (a point over ``memory.budget`` is never started), short trial
 through :class:`~inputkit.Runner`, their ``stats()`` and the diagnosis steer the search
 (:mod:`inputkit.tuning.search`), and the answer is re-measured against the starting config
 in the same run. Ctrl-C stops the search cleanly: ``tune`` then returns the best answer
-so far with ``interrupted=True`` (and writes it, given an ``output_dir``).
+so far with ``interrupted=True`` (and writes it, given an ``output_dir``). ``budget``
+(``"5m"``) bounds the search's wall time (:mod:`inputkit.tuning.budget`); every answer
+says where its ranking is within the noise (:mod:`inputkit.tuning.noise`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inputkit.tuning.ledger import Progress, Trial
+from inputkit.tuning.budget import Budget
+from inputkit.tuning.ledger import Measure, Progress, Trial
 from inputkit.tuning.space import Grids, Point
 from inputkit.tuning.trial import Step
 
-__all__ = ["Grids", "InputAnswer", "Point", "Trial", "TuneResult", "tune"]
+__all__ = ["Budget", "Grids", "InputAnswer", "Point", "Trial", "TuneResult", "tune"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class InputAnswer:
     the answer, so the answer saves memory rather than time. ``target_reached``: the
     answer reaches ``--target`` (True without a target). ``kept_start``: the search's answer
     (``displaced``) and the start measured within 5% of each other at the end, and the
-    start plans less memory (or as much, with fewer workers): the start is kept."""
+    start plans less memory (or as much, with fewer workers): the start is kept.
+    ``doubts``: where the ranking that chose it is within the noise of the readings (empty:
+    it is not); ``notes``: what else the search did that the report names."""
 
     input: str
     chosen: Trial | None
@@ -51,6 +56,8 @@ class InputAnswer:
     start_within: bool | None = None
     kept_start: bool = False
     displaced: Trial | None = None
+    doubts: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def point(self) -> Point | None:
@@ -71,6 +78,14 @@ class TuneResult:
     wall_s: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
     command: str = ""
+    budget: str = ""  # "--budget 5m 00s, spent 4m 52s"; empty without a budget
+
+    @property
+    def skipped(self) -> list[Trial]:
+        """Trials not started because what was left of ``--budget`` did not cover them."""
+        from inputkit.tuning.ledger import SKIPPED
+
+        return [t for t in self.trials if t.status == SKIPPED]
 
     @property
     def measured(self) -> int:
@@ -111,7 +126,8 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
          target: float | None = None, max_trials: int | None = None, grids: Grids | None = None,
          output_dir: str | Path | None = None, step: Step | None = None,
          progress: Progress | None = None, command: str = "inputkit.tune()",
-         runner_class: Any = None) -> TuneResult:
+         runner_class: Any = None, budget: float | str | Budget | None = None,
+         measure: Measure | None = None) -> TuneResult:
     """Search worker kind, count and queue sizes of every input (``bench.input``: that one).
 
     ``seconds``/``warmup``: each trial's measured span and the warm-up before it;
@@ -120,18 +136,24 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
     wins); ``max_trials``: the most trials the search measures (the two re-measurements
     at the end come on top); ``grids``: the values searched; ``step``: called on every
     batch as the training step would be (default: batches are taken as fast as they
-    come); ``output_dir``: where the tuned config, the table and the plot go.
+    come); ``output_dir``: where the tuned config, the table and the plot go;
+    ``budget``: the search's wall time (``"5m"``, seconds, or a :class:`Budget` on a clock
+    of your own): trials that do not fit are skipped and listed; ``measure``: a stand-in
+    for the trial runner, ``(spec, input, settings) -> Measurement`` (tests, simulations).
     """
     from inputkit.config.schema import usable_cpus
     from inputkit.config.spec import load_spec
     from inputkit.errors import ConfigError
     from inputkit.runner import Runner
+    from inputkit.tuning.budget import parse_duration
     from inputkit.tuning.ledger import Ledger, TrialLimit
     from inputkit.tuning.report import write_outputs
     from inputkit.tuning.search import upper_bound
     from inputkit.tuning.space import input_space
     from inputkit.tuning.trial import Settings
 
+    if not isinstance(budget, Budget):
+        budget = Budget(parse_duration(budget) if budget is not None else None)
     began = time.monotonic()
     settings = Settings(seconds=seconds, warmup=warmup, repeats=repeats, step=step).check()
     grids = (grids or Grids()).checked()
@@ -145,8 +167,10 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
     on_cuda = any(d.startswith("cuda") for d in devices)
     names = [spec.bench_input] if spec.bench_input else [s.name for s in spec.inputs]
     spaces = [input_space(spec.input(n), start, grids, usable_cpus(), on_cuda) for n in names]
-    ledger = Ledger(start, devices, settings, max_trials, progress, runner_class or Runner)
+    ledger = Ledger(start, devices, settings, max_trials, progress, runner_class or Runner,
+                    budget=budget, measure_fn=measure)
     ledger.expected = sum(upper_bound(s) for s in spaces)
+    ledger.finals_left = 2 * len(spaces)  # the re-measurements' runs are kept aside
     interrupted = limited = False
     try:
         _search(spaces, ledger, target)
@@ -164,13 +188,27 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
         for answer in answers:  # a kept start changes nothing for its input
             if answer.chosen is not None:
                 tuned = answer.chosen.point.apply(tuned)
+    answers = [_with_doubts(a, ledger) for a in answers]
     result = TuneResult(config=tuned, start_config=start, answers=tuple(answers),
                         trials=tuple(ledger.trials), interrupted=interrupted,
                         trial_limit_reached=limited, grid_points=sum(s.grid_size() for s in spaces),
-                        wall_s=time.monotonic() - began, command=command)
+                        wall_s=time.monotonic() - began, command=command,
+                        budget=budget.describe())
     if output_dir is not None:
         result = write_outputs(result, Path(output_dir), ledger)
     return result
+
+
+def _with_doubts(answer: InputAnswer, ledger: Any) -> InputAnswer:
+    """The answer with the search's notes and the doubts of its ranking (noise.doubts)."""
+    from dataclasses import replace
+
+    from inputkit.tuning.noise import doubts
+
+    mine = [text for name, text in ledger.doubts if name == answer.input]
+    found = doubts(ledger.trials, answer.chosen, answer.final, answer.target, mine)
+    return replace(answer, doubts=found,
+                   notes=tuple(text for name, text in ledger.notes if name == answer.input))
 
 
 def _devices(spec: Any) -> tuple[str, ...]:

@@ -5,7 +5,10 @@ The memory planner sees each point before anything starts. A point over
 bytes and is never started, whatever ``memory.allow_over_budget`` says: the tuner must not
 be the thing that runs a machine out of memory. A point that fits is measured
 (:mod:`inputkit.tuning.trial`) and recorded with its figures. The ledger also keeps the
-count of measured trials against ``max_trials`` and tells the progress display.
+count of measured trials against ``max_trials`` and the wall clock against ``--budget``
+(:mod:`inputkit.tuning.budget`: a trial that does not fit is recorded as *skipped
+(budget)* and not started), tells the progress display, and keeps the search's notes
+(what it decided within the noise, where it grew past the grid) for the report.
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from inputkit.config.spec import RunSpec, load_spec
 from inputkit.errors import ConfigError
 from inputkit.memory import MemoryPlan, plan_memory
 from inputkit.runner import Runner
+from inputkit.tuning.budget import Budget
 from inputkit.tuning.space import Point
 from inputkit.tuning.trial import Measurement, Settings, measure
 
 MEASURED, OVER_BUDGET, FAILED, INVALID = "measured", "over budget", "failed", "invalid"
+SKIPPED = "skipped (budget)"  # not started: what is left of --budget does not cover one run
+
+Measure = Callable[[RunSpec, str, Settings], Measurement]
+"""What measures a trial: ``(spec, input name, settings) -> Measurement`` (the real one
+runs the pipeline; a test or a simulation may pass its own to ``tune(measure=...)``)."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,8 @@ class Trial:
     number: int  # in the order considered, from 1
     point: Point
     phase: str  # start, grow, shrink queue.capacity, ..., final
-    status: str  # measured, over budget (never started), failed, invalid (the config refused it)
+    status: str  # measured, over budget (never started), failed, invalid (the config refused
+    # it), skipped (budget): not started, the --budget left did not cover it
     planned_bytes: int | None  # the plan's host total for the whole config at this point
     budget_bytes: int | None
     rate: float | None = None  # batches/s, the slowest device's (median of the runs)
@@ -42,6 +52,9 @@ class Trial:
     verdict_text: str = ""
     error: str = ""
     gpu_bytes: int = 0  # planned GPU bytes per device
+    seconds: float | None = None  # measured seconds per run (over --seconds where lengthened)
+    too_short: bool = False  # a slice counted too few batches to rank 5% apart, even lengthened
+    fetch_cpu_share: float | None = None  # CPU over wall time inside fetch (near 0: it waits)
 
     @property
     def measured(self) -> bool:
@@ -75,7 +88,8 @@ class Ledger:
 
     def __init__(self, base: dict[str, Any], devices: tuple[str, ...], settings: Settings,
                  max_trials: int | None, progress: Progress | None = None,
-                 runner_class: type[Runner] = Runner) -> None:
+                 runner_class: type[Runner] = Runner, budget: Budget | None = None,
+                 measure_fn: Measure | None = None) -> None:
         self._base = base  # the plain config points apply to (each input's answer goes in)
         self._version = 0
         self.devices = devices
@@ -85,6 +99,12 @@ class Ledger:
         self.runner_class = runner_class
         self.trials: list[Trial] = []
         self.expected = 0  # the most trials the search may still measure (for "k of n")
+        self.budget = budget or Budget(None)
+        self.finals_left = 0  # re-measurements still to come: their runs are kept aside
+        self.notes: list[tuple[str, str]] = []  # (input, text): steps the report should name
+        self.doubts: list[tuple[str, str]] = []  # (input, text): decisions within the noise
+        self._measure: Measure = measure_fn or (
+            lambda spec, name, settings: measure(spec, name, settings, runner_class))
         self._seen: dict[tuple[Any, ...], Trial] = {}
         self._plans: dict[tuple[Any, ...], tuple[RunSpec, MemoryPlan]] = {}
 
@@ -113,8 +133,19 @@ class Ledger:
             self._plans[key] = (spec, plan_memory(spec, devices=self.devices))
         return self._plans[key]
 
+    def note(self, input_name: str, text: str) -> None:
+        if (input_name, text) not in self.notes:
+            self.notes.append((input_name, text))
+
+    def doubt(self, input_name: str, text: str) -> None:
+        if (input_name, text) not in self.doubts:
+            self.doubts.append((input_name, text))
+
     def fits(self, point: Point) -> bool | None:
-        """Whether the point's plan fits the budget; None when the config refuses the point."""
+        """Whether the point's plan fits the budget; None when the config refuses the point.
+        Once --budget is spent nothing is planned any more (the point is skipped anyway)."""
+        if self.budget.exhausted:
+            return True
         try:
             return not self.plan(point)[1].over_budget
         except ConfigError:
@@ -126,6 +157,12 @@ class Ledger:
         if not fresh and point.key in self._seen:
             return self._seen[point.key]
         number = len(self.trials) + 1
+        if phase == "final":
+            self.finals_left = max(0, self.finals_left - 1)
+        settings = self.budget.allows(self.settings, self.finals_left)
+        if settings is None:  # not planned either: planning may probe the source
+            return self._record(Trial(number, point, phase, SKIPPED, None, None,
+                                      error="what is left of --budget does not cover a run"))
         try:
             spec, plan = self.plan(point)
         except ConfigError as exc:
@@ -140,20 +177,25 @@ class Ledger:
         k = self.measured_count + 1
         n = max(k, min(self.expected, self.max_trials) if self.max_trials else self.expected)
         self.progress.started(k, n, point, phase, self.best(point.input))
+        began = self.budget.clock()
         try:
-            result: Measurement = measure(replace(spec, allow_over_budget=False), point.input,
-                                          self.settings, self.runner_class)
+            result: Measurement = self._measure(replace(spec, allow_over_budget=False),
+                                                point.input, settings)
         except (KeyboardInterrupt, TrialLimit):
             raise
         except Exception as exc:  # noqa: BLE001 - a point that fails is a row, not the end
             text = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0]
             return self._record(Trial(number, point, phase, FAILED, runs=1, error=text,
                                       **figures))
+        self.budget.record(self.budget.clock() - began, len(result.runs),
+                           sum(r.span_s for r in result.runs), settings)
         median = result.verdict
         return self._record(Trial(number, point, phase, MEASURED, rate=result.rate,
                                   samples_per_s=result.samples_per_s, spread=result.spread,
                                   runs=len(result.runs), verdict=median.verdict,
-                                  verdict_text=median.verdict_text, **figures))
+                                  verdict_text=median.verdict_text, seconds=result.span_s,
+                                  too_short=result.too_short,
+                                  fetch_cpu_share=result.fetch_cpu_share, **figures))
 
     def _record(self, trial: Trial) -> Trial:
         self.trials.append(trial)

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 CSV_FIELDS = ("trial", "input", "phase", "status", "kind", "workers", "queue_capacity",
               "batch_capacity", "prefetch", "planned_bytes", "budget_bytes", "batches_per_s",
-              "samples_per_s", "spread", "runs", "verdict", "chosen", "error")
+              "samples_per_s", "spread", "runs", "verdict", "chosen", "error", "seconds",
+              "too_short", "fetch_cpu_share")
+WITHIN_NOISE = "the ranking is within the noise"
 
 
 def bench_command(run_dir: Path) -> str:
@@ -55,9 +57,14 @@ def answer_lines(result: TuneResult) -> list[str]:
     lines.append(f"{measured} trial(s) measured of a {result.grid_points}-point grid"
                  + (f", {skipped} point(s) over memory.budget never started" if skipped else "")
                  + f", in {result.wall_s:.1f} s"
+                 + (f" ({result.budget})" if result.budget else "")
                  + ("; stopped at --max-trials" if result.trial_limit_reached else "")
                  + ("; interrupted (Ctrl-C): the best answer so far, not re-measured"
                     if result.interrupted else ""))
+    if result.skipped:
+        lines.append(f"skipped for lack of --budget ({len(result.skipped)} trial(s), never "
+                     "started): " + "; ".join(f"{t.phase} {t.point.label()}"
+                                               for t in result.skipped))
     return lines
 
 
@@ -92,25 +99,37 @@ def _answer_lines(a: InputAnswer, interrupted: bool) -> list[str]:
         lines.append(f"  --target {a.target:g} batches/s: " + (
             "reached" if a.target_reached else "not reached by any point; the answer is the "
             "cheapest within 5% of the best"))
+    lines += [f"  {note}" for note in a.notes]
+    if a.doubts:
+        lines.append(f"  WARNING: {WITHIN_NOISE} (give longer --seconds, more --repeats, or "
+                     "more --budget):")
+        lines += [f"    - {doubt}" for doubt in a.doubts]
     return lines
 
 
 def trials_table(result: TuneResult) -> Table:
     """Every trial, the chosen ones marked: for the terminal."""
     chosen = {id(a.chosen) for a in result.answers if a.chosen is not None}
-    table = Table(title="inputkit tune: trials", title_justify="left", header_style="bold")
-    for name in ("#", "input", "phase", "point", "planned", "batches/s", "spread", "runs",
+    doubtful = [a.input for a in result.answers if a.doubts]
+    caption = (f"WARNING: for input(s) {', '.join(doubtful)}, {WITHIN_NOISE}: see below"
+               if doubtful else None)
+    table = Table(title="inputkit tune: trials", title_justify="left", header_style="bold",
+                  caption=caption, caption_justify="left")
+    for name in ("#", "input", "phase", "point", "planned", "batches/s", "spread", "runs x s",
                  "verdict / status"):
         table.add_column(name, justify="right" if name in ("#", "planned", "batches/s", "spread",
-                                                            "runs") else "left")
+                                                            "runs x s") else "left")
     for t in result.trials:
         status = (t.verdict or "") if t.status == MEASURED else \
             t.status + (f": {t.error}" if t.error else "")
+        if t.too_short:
+            status += " (too short)"
         if id(t) in chosen:
             status = f"ANSWER {status}"
+        runs = f"{t.runs}x{t.seconds:.2g}s" if t.seconds else str(t.runs)
         table.add_row(str(t.number), t.point.input, t.phase, t.point.label(), _planned(t),
                       f"{t.rate:,.1f}" if t.rate is not None else "-",
-                      f"{t.spread:.0%}" if t.spread is not None else "-", str(t.runs), status,
+                      f"{t.spread:.0%}" if t.spread is not None else "-", runs, status,
                       style="bold green" if id(t) in chosen else
                       ("dim" if t.status != MEASURED else None))
     return table
@@ -131,7 +150,11 @@ def write_csv(result: TuneResult, path: Path) -> Path:
                 "batches_per_s": None if t.rate is None else round(t.rate, 3),
                 "samples_per_s": None if t.samples_per_s is None else round(t.samples_per_s, 1),
                 "spread": None if t.spread is None else round(t.spread, 4), "runs": t.runs,
-                "verdict": t.verdict, "chosen": id(t) in chosen, "error": t.error})
+                "verdict": t.verdict, "chosen": id(t) in chosen, "error": t.error,
+                "seconds": None if t.seconds is None else round(t.seconds, 3),
+                "too_short": t.too_short,
+                "fetch_cpu_share": None if t.fetch_cpu_share is None else
+                round(t.fetch_cpu_share, 4)})
     return path
 
 

@@ -2,11 +2,18 @@
 
 1. **Grow** the worker count, per worker kind, with generous queues (the largest grid
    capacities that fit the budget): 1, 2, 4, ... while each step adds more throughput than
-   the noise (5%, or the trials' measured spread if larger). It stops early when the next
-   step cannot help: the count is over budget (more workers only hold more), ``--target``
-   is reached (more workers only cost memory), or the diagnosis of the trial says more
-   workers would not help (the consumer sets the pace; or, after a step that gained
-   less than half, the CPUs, the GIL, the batcher or the hand-over from processes).
+   the noise (5%, or the trials' measured spread if larger). A step whose gain is within
+   a noise larger than 5% is measured again (both points, back to back) and judged on the
+   medians; a climb that still stops within the noise is one of the answer's doubts. It
+   stops early when the next step cannot help: the count is over budget (more workers
+   only hold more), ``--target`` is reached (more workers only cost memory), or the
+   diagnosis of the trial says more workers would not help (the consumer sets the pace;
+   or, after a step that gained less than half, the CPUs, the GIL, the batcher or the
+   hand-over from processes). The default counts end at twice the cores, which is right
+   for a fetch that computes; for a fetch that waits (on a CPU less than
+   ``FETCH_WAITS`` of its time, from the trial's evidence) the climb goes on doubling
+   past them while each doubling gains at least half (up to ``WAITING_MAX`` workers, and
+   as far as memory.budget allows).
 2. **Shrink** the queues of each kind that came within 5% of the best (or reached the
    target), from its cheapest such count: the chunk queue capacity down the grid while
    throughput stays within 5% of the best measured (or at the target), then the batch
@@ -35,10 +42,12 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
+from inputkit.diagnosis import FETCH_WAITS
 from inputkit.tuning.ledger import OVER_BUDGET, Ledger, Trial
+from inputkit.tuning.noise import TOLERANCE, pair_noise, search_readings
 from inputkit.tuning.space import INLINE, InputSpace, Point
 
-TOLERANCE = 0.05  # within this share of the best measured is as good as the best
+WAITING_MAX = 1024  # the most workers a climb past the default counts goes to
 # Verdicts after which a larger worker count is not tried (the next step is not worth it):
 CONSUMER_SETS_PACE = "consumer-bound"
 SATURATED = ("CPU-bound", "GIL-bound", "batcher-bound", "copy-bound", "transport-bound",
@@ -67,7 +76,7 @@ def search_input(space: InputSpace, ledger: Ledger, target: float | None) -> Non
             grown[kind] = _grow(space, ledger, first, target)
     for trials in grown.values():
         goal = _goal(ledger, space.input, target)
-        good = [t for t in trials if t.measured and (t.rate or 0.0) >= goal]
+        good = [t for t in trials if t.measured and rate_of(ledger.trials, t.point) >= goal]
         if not good:
             continue
         cheapest = min(good, key=_cost)
@@ -97,26 +106,67 @@ def _generous(space: InputSpace, ledger: Ledger, kind: str) -> Point | None:
 def _grow(space: InputSpace, ledger: Ledger, first: Point, target: float | None) -> list[Trial]:
     trials: list[Trial] = []
     previous: Trial | None = None
-    for count in space.counts_of(first.kind):
+    counts = list(space.counts_of(first.kind))
+    grid_end = counts[-1]
+    for count in counts:  # grows while it runs, for a fetch that waits
         trial = ledger.evaluate(replace(first, count=count), "grow")
         trials.append(trial)
         if not trial.measured:
-            break  # over budget (more workers hold more), failed or refused
-        rate = trial.rate or 0.0
-        if target is not None and rate >= target:
+            break  # over budget (more workers hold more), failed, refused or out of --budget
+        if target is not None and rate_of(ledger.trials, trial.point) >= target:
             break
         if trial.verdict == CONSUMER_SETS_PACE:
             break
         if previous is not None:
-            before = previous.rate or 0.0
-            gain = rate / before - 1.0 if before > 0 else float("inf")
-            noise = max(TOLERANCE, previous.spread or 0.0, trial.spread or 0.0)
+            gain, noise = _step(ledger, previous.point, trial.point)
             if gain <= noise:
+                if noise > TOLERANCE and gain > TOLERANCE:
+                    ledger.doubt(space.input, f"the climb of {first.kind} workers stopped at "
+                                 f"x{count}: its gain over x{previous.point.count} ({gain:+.0%}) "
+                                 f"was within the noise of the readings ({noise:.0%}), so more "
+                                 "workers were not tried")
                 break
             if trial.verdict in SATURATED and gain < SMALL_GAIN:
                 break
+            if count >= grid_end and count == counts[-1] and _waits(space, trial, gain):
+                counts.append(count * 2)
+                ledger.expected += 1
         previous = trial
+    if counts[-1] > grid_end:
+        shares = [t.fetch_cpu_share for t in trials if t.fetch_cpu_share is not None]
+        ledger.note(space.input, f"{first.kind} workers grew past the default counts (which "
+                    f"end at {grid_end}, twice the cores), up to x{trials[-1].point.count}: fetch "
+                    f"waits (on a CPU at most {max(shares):.0%} of its time) and each doubling "
+                    "gained at least half")
     return trials
+
+
+def _step(ledger: Ledger, before: Point, after: Point) -> tuple[float, float]:
+    """The gain from ``before`` to ``after`` (medians of their readings) and the noise it is
+    judged under. A gain within a noise over 5% is read again: both points, back to back
+    (each at most twice), and judged on the medians."""
+    gain, noise = _gain(ledger, before, after), pair_noise(ledger.trials, before, after)
+    if noise > TOLERANCE and -noise < gain <= noise:
+        again = [p for p in (before, after) if readings(ledger.trials, p) < 2]
+        for point in again:
+            if not ledger.evaluate(point, "recheck", fresh=True).measured:
+                return gain, noise
+        if again:
+            gain, noise = _gain(ledger, before, after), pair_noise(ledger.trials, before, after)
+    return gain, noise
+
+
+def _gain(ledger: Ledger, before: Point, after: Point) -> float:
+    was, now = rate_of(ledger.trials, before), rate_of(ledger.trials, after)
+    return now / was - 1.0 if was > 0 else float("inf")
+
+
+def _waits(space: InputSpace, trial: Trial, gain: float) -> bool:
+    """Grow past the default counts: they are the defaults, fetch waits rather than
+    computes, the doubling gained at least half, and the cap is not reached."""
+    share = trial.fetch_cpu_share
+    return space.open_counts and trial.point.kind != INLINE and share is not None and \
+        share < FETCH_WAITS and gain >= SMALL_GAIN and trial.point.count * 2 <= WAITING_MAX
 
 
 def _shrink(space: InputSpace, ledger: Ledger, point: Point, target: float | None) -> None:
@@ -197,11 +247,8 @@ def choose(trials: list[Trial], input_name: str, target: float | None) -> tuple[
 def pooled(trials: list[Trial], input_name: str) -> dict[Any, float]:
     """Each measured point's batches/s: the median of its search readings (not the final
     re-measurements, which are reported beside the answer, not searched on)."""
-    readings: dict[Any, list[float]] = {}
-    for t in trials:
-        if t.point.input == input_name and t.measured and t.phase != "final":
-            readings.setdefault(t.point.key, []).append(t.rate or 0.0)
-    return {key: statistics.median(values) for key, values in readings.items()}
+    return {key: statistics.median(values)
+            for key, values in search_readings(trials, input_name).items()}
 
 
 def readings(trials: list[Trial], point: Point) -> int:

@@ -152,6 +152,8 @@ class InputSpace:
     capacities: tuple[int, ...]
     batch_capacities: tuple[int, ...]
     prefetch: tuple[int, ...] = field(default=())  # empty: not searched (no CUDA device)
+    # The counts are the default grid (not --counts): a fetch that waits may grow past it.
+    open_counts: bool = False
 
     def counts_of(self, kind: str) -> tuple[int, ...]:
         return (1,) if kind == INLINE else self.counts
@@ -229,4 +231,5 @@ def input_space(spec: InputSpec, cfg: dict[str, Any], grids: Grids, cpus: int,
     kinds = grids.kinds if grids.kinds is not None else default_kinds(spec.worker_kind)
     return InputSpace(input=spec.name, prefix=spec.key_prefix, start=start, kinds=kinds,
                       counts=grids.counts or default_counts(cpus), capacities=tuple(sorted(caps)),
-                      batch_capacities=tuple(sorted(batch_caps)), prefetch=prefetch)
+                      batch_capacities=tuple(sorted(batch_caps)), prefetch=prefetch,
+                      open_counts=grids.counts is None)

@@ -4,8 +4,15 @@ The trial starts a Runner for one input, lets one consumer thread per device tak
 batches as fast as they come (or through the caller's ``step``, a stand-in for the
 training step), waits for every device's first batch, then ``warmup`` seconds, then
 measures ``seconds`` in a few slices. The rate is the slowest device's batches per
-second, which is what a data-parallel step gets. A run whose slices disagree by more
-than the noise is repeated (up to ``repeats`` runs) and the median kept.
+second, which is what a data-parallel step gets.
+
+A run too short to count (a slice with fewer than ``MIN_SLICE_BATCHES`` batches: one
+batch more or less moves such a slice by over 10%) is lengthened while it runs, its span
+doubled up to ``lengthen`` times ``seconds``. A run whose slices still disagree by more
+than the noise is repeated (up to ``repeats`` runs) and the median kept; the spread of
+several runs is that of their rates, each counted over its whole span. Counting coarse
+slices no longer excuses a spread: a trial that stays too short is flagged
+(``Measurement.too_short``) and the tuner says its ranking is within the noise.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from inputkit.stats import RunnerStats
 
 SLICES = 4  # measurement slices per run: their spread says how noisy the machine is
 NOISY = 0.10  # a run whose slices spread more than this (relative range) is repeated
+MIN_SLICE_BATCHES = 10  # fewer batches in a slice: the run is lengthened (too short to count)
 FIRST_BATCH_S = 120.0  # the most a trial waits for every device's first batch
 _TICK_S = 0.05
 
@@ -44,6 +52,7 @@ class Settings:
     warmup: float = 1.0
     repeats: int = 3
     step: Step | None = None  # called on every batch, like a training step; None: free-running
+    lengthen: int = 4  # a run too short to count may measure up to this many times seconds
 
     def check(self) -> Settings:
         from inputkit.errors import ConfigError
@@ -54,6 +63,8 @@ class Settings:
             raise ConfigError("--warmup", f"must be >= 0 seconds, got {self.warmup:g}")
         if self.repeats < 1:
             raise ConfigError("--repeats", f"must be at least 1, got {self.repeats}")
+        if self.lengthen < 1:
+            raise ConfigError("lengthen", f"must be at least 1, got {self.lengthen}")
         return self
 
 
@@ -67,6 +78,9 @@ class Run:
     slice_batches: int  # the fewest batches any slice counted (its counting noise: 1 / this)
     verdict: str | None  # inputkit.diagnosis.judge over the measured span: its kind
     verdict_text: str
+    span_s: float = 0.0  # the measured seconds (``seconds`` times ``length``)
+    length: int = 1  # how many times ``seconds`` the run measured (lengthened: > 1)
+    fetch_cpu_share: float | None = None  # CPU over wall time inside fetch (near 0: it waits)
 
 
 @dataclass(frozen=True)
@@ -96,10 +110,25 @@ class Measurement:
         """The run whose rate is the median's (or nearest it): its verdict is the trial's."""
         return min(self.runs, key=lambda r: abs(r.rate - self.rate))
 
+    @property
+    def span_s(self) -> float:
+        """Measured seconds per run (the median; more than ``seconds`` where lengthened)."""
+        return statistics.median(r.span_s for r in self.runs)
+
+    @property
+    def fetch_cpu_share(self) -> float | None:
+        shares = [r.fetch_cpu_share for r in self.runs if r.fetch_cpu_share is not None]
+        return statistics.median(shares) if shares else None
+
+    @property
+    def too_short(self) -> bool:
+        """A run's slice counted too few batches to rank points 5% apart, even lengthened."""
+        return min(r.slice_batches for r in self.runs) < MIN_SLICE_BATCHES
+
     def noisy(self) -> bool:
-        """Spread beyond the noise, and beyond what counting whole batches explains."""
-        floor = 2.0 / max(1, min(r.slice_batches for r in self.runs))
-        return self.spread > max(NOISY, floor)
+        """Spread beyond the noise. Coarse slices do not excuse it: a run too short to
+        count reads as noisy, and another run (counted over its whole span) says more."""
+        return self.spread > NOISY
 
 
 class _Consumer:
@@ -151,9 +180,14 @@ def run_once(spec: RunSpec, input_name: str, settings: Settings,
                 _wait_for_first_batches(runner, consumers)
                 _wait(settings.warmup, consumers)
                 snapshots = [runner.stats()]
-                for _ in range(SLICES):
-                    _wait(settings.seconds / SLICES, consumers)
-                    snapshots.append(runner.stats())
+                length = 1
+                while True:  # SLICES x length intervals, each a SLICES-th of seconds
+                    while len(snapshots) <= SLICES * length:
+                        _wait(settings.seconds / SLICES, consumers)
+                        snapshots.append(runner.stats())
+                    if not longer(_interval_batches(snapshots), length, settings.lengthen):
+                        break
+                    length *= 2
             finally:
                 stop.set()
     finally:
@@ -161,7 +195,22 @@ def run_once(spec: RunSpec, input_name: str, settings: Settings,
         for consumer in consumers:
             consumer.thread.join(timeout=5.0)
     _raise_consumer_error(consumers)
-    return _run_from(snapshots)
+    return _run_from(snapshots[::length], length)
+
+
+def longer(interval_batches: list[int], length: int, most: int) -> bool:
+    """Whether a run of ``length`` times seconds, which counted ``interval_batches`` (the
+    slowest device's batches per SLICES-th of seconds), should double its span: one of its
+    SLICES slices (``length`` intervals each) counted fewer than MIN_SLICE_BATCHES batches,
+    and doubling stays within ``most`` times seconds."""
+    if length * 2 > most:
+        return False
+    slices = [sum(interval_batches[i:i + length]) for i in range(0, len(interval_batches), length)]
+    return bool(slices) and min(slices) < MIN_SLICE_BATCHES
+
+
+def _interval_batches(snapshots: list[RunnerStats]) -> list[int]:
+    return [_slowest(before, now)[1] for before, now in zip(snapshots, snapshots[1:], strict=False)]
 
 
 def _raise_consumer_error(consumers: list[_Consumer]) -> None:
@@ -192,7 +241,7 @@ def _wait(seconds: float, consumers: list[_Consumer]) -> None:
         time.sleep(min(_TICK_S, left))
 
 
-def _run_from(snapshots: list[RunnerStats]) -> Run:
+def _run_from(snapshots: list[RunnerStats], length: int = 1) -> Run:
     """Rates between consecutive snapshots (slices) and over the whole span."""
     first, last = snapshots[0], snapshots[-1]
     slices, counted = [], []
@@ -203,13 +252,17 @@ def _run_from(snapshots: list[RunnerStats]) -> Run:
     rate, _ = _slowest(first, last)
     span = last.elapsed_s - first.elapsed_s
     samples = (last.samples - first.samples) / span if span > 0 else 0.0
-    verdicts = [judge(evidence(now, before, over="the trial"))
-                for before, now in zip(first.coordinators, last.coordinators, strict=True)]
+    seen = [evidence(now, before, over="the trial")
+            for before, now in zip(first.coordinators, last.coordinators, strict=True)]
+    verdicts = [judge(e) for e in seen]
     found = next((v for v in verdicts if v is not None and v.starved), None) or \
         next((v for v in verdicts if v is not None), None)
+    # The input waits only where every device's fetch waits: the one that computes the most.
+    shares = [e.fetch_cpu_share for e in seen if e.chunks > 0]
     return Run(rate=rate, samples_per_s=samples, slices=tuple(slices),
                slice_batches=min(counted) if counted else 0,
-               verdict=found.kind if found else None, verdict_text=found.text if found else "")
+               verdict=found.kind if found else None, verdict_text=found.text if found else "",
+               span_s=span, length=length, fetch_cpu_share=max(shares) if shares else None)
 
 
 def _slowest(before: RunnerStats, now: RunnerStats) -> tuple[float, int]:
