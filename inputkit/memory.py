@@ -147,21 +147,25 @@ _PROBE_TRIES = 8  # with failures.on_error=skip, chunks the probe may try before
 
 def _probe_fetch(source: Any, spec: InputSpec) -> Any:
     """The probe's one chunk, read the way the pipeline will read it, under the input's policy:
-    retry retries, and skip moves on to the next chunk (a few times)."""
+    retry retries; skip skips a bad sample alone (an indexable source's chunk is read again one
+    sample at a time, as the workers do) and moves on to the next chunk (a few times)."""
     length = indexed_length(source.obj)
     if length == 0:
         raise SourceExhausted
+    where = f"the memory probe of {source.name}"
+    skip = spec.failures.on_error == "skip"
     if length is not None:  # the first chunks the pipeline will read
         size = spec.epoch.chunk_size or spec.batch_size
-        calls = [functools.partial(source.obj.read, np.arange(start, min(start + size, length)))
-                 for start in range(0, min(length, _PROBE_TRIES * size), size)]
+        ranges = [np.arange(start, min(start + size, length))
+                  for start in range(0, min(length, _PROBE_TRIES * size), size)]
+        if skip:
+            return _probe_skipping(source, ranges, spec.failures, where)
+        calls = [functools.partial(source.obj.read, indices) for indices in ranges]
     else:
         calls = [functools.partial(source.fetch, 0, spec.batch_size)] * _PROBE_TRIES
     policy = spec.failures
-    skip = policy.on_error == "skip"
     if skip:
         policy = dataclasses.replace(policy, on_error="raise")
-    where = f"the memory probe of {source.name}"
     for i, call in enumerate(calls):
         try:
             return call_with_policy(call, policy, where)
@@ -169,6 +173,32 @@ def _probe_fetch(source: Any, spec: InputSpec) -> Any:
             if not skip or i == len(calls) - 1:
                 raise
     raise SourceExhausted  # unreachable: calls is never empty
+
+
+def _probe_skipping(source: Any, ranges: list[np.ndarray], policy: Any, where: str) -> Any:
+    """The good samples of the first chunk that has any, under ``failures.on_error=skip``: as
+    in the workers, a chunk whose read fails is read again one index at a time and only its
+    bad samples are left out. Every sample of every chunk tried bad: a SourceError naming the
+    first few with their errors."""
+    from inputkit.chunk import ChunkSchema, check_read
+    from inputkit.workers.samples import read_skipping
+
+    schema = ChunkSchema(source.name)
+
+    def check(raw: Any, n: int) -> Any:
+        return check_read(schema.check(raw, 0), n, source.name)
+
+    bad: list[tuple[int, str]] = []
+    for indices in ranges:
+        got = read_skipping(source.obj.read, indices, check, lambda chunk: chunk, policy, where,
+                            stop=None)
+        if got.chunk is not None:
+            return got.chunk.fields
+        bad.extend(got.bad)
+    shown = "; ".join(f"sample {index}: {error}" for index, error in bad[:3])
+    raise SourceError(source.name, f"the memory planner's probe read samples 0-{int(ranges[-1][-1])} and "
+                      f"every one of those {len(bad):,} failed (failures.on_error=skip skips them "
+                      f"one by one): {shown}; fix the source, or {DECLARE_SIZES} to skip the probe")
 
 
 def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> SampleLayout:
