@@ -18,11 +18,12 @@ import time
 from rich.console import Console
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.dashboard import Dashboard
 
 
 def run_once(overrides: list[str], seconds: float, dashboard: bool) -> float:
-    cfg = inputkit.compose(["devices=cpu", *overrides])
+    cfg = inputkit.compose(layered(["devices=cpu"], overrides))
     with inputkit.Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
@@ -66,7 +67,7 @@ def main() -> None:
 
 def render_cost(overrides: list[str], frames: int = 200) -> float:
     """Seconds of CPU one refresh takes (snapshot, warnings, render to a terminal console)."""
-    cfg = inputkit.compose(["devices=cpu", *overrides])
+    cfg = inputkit.compose(layered(["devices=cpu"], overrides))
     with inputkit.Runner(cfg) as runner:
         next(runner.device(0))
         view = Dashboard(runner, console=Console(file=io.StringIO(), force_terminal=True,

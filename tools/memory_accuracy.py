@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.config.sizes import format_size
 from inputkit.memory import plan_memory
 from inputkit.peers.compare import WORKLOADS
@@ -53,7 +54,7 @@ def tree_pss() -> int:
 def measure(overrides: list[str], seconds: float, consume_every: float) -> tuple[int, int, str]:
     import numpy as np
 
-    cfg = inputkit.compose([*overrides, "devices=cpu"])
+    cfg = inputkit.compose(layered(overrides, ["devices=cpu"]))
     spec = inputkit.load_spec(cfg)
     plan = plan_memory(spec, devices=("cpu",))
     top = plan.dominating()

@@ -32,13 +32,14 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.config.schema import usable_cpus
 
 TOOLS = Path(__file__).resolve().parent
 
 
 def compose(overrides: list[str]) -> Any:
-    return inputkit.compose(["devices=cpu", *overrides])
+    return inputkit.compose(layered(["devices=cpu"], overrides))
 
 
 def steady_rate(cfg: Any, seconds: float, warmup: float) -> tuple[float, float, float]:

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.config.schema import usable_cpus
 from inputkit.config.sizes import format_size
 from inputkit.config.spec import load_spec
@@ -86,9 +87,9 @@ def sweep(base: list[str], sweeps: list[list[str]], seconds: float, prefetch: bo
     figures, errors, wall = [], [], 0.0
     for i, grid in enumerate(sweeps):
         folder = cwd / "sweep" / str(i)
-        spent, out = inputkit_cmd(["bench", "-m", *base, *grid, f"bench.seconds={seconds}",
-                                   "bench.dashboard=false", "bench.json=false", "bench.plot=false",
-                                   f"hydra.sweep.dir={folder}"], cwd)
+        spent, out = inputkit_cmd(["bench", "-m", *layered(base, grid, [
+            f"bench.seconds={seconds}", "bench.dashboard=false", "bench.json=false",
+            "bench.plot=false", f"hydra.sweep.dir={folder}"])], cwd)
         wall += spent
         if out.returncode != 0:
             errors.append(f"sweep {' '.join(grid)}: exit {out.returncode}: "
@@ -112,9 +113,9 @@ def head_to_head(base: list[str], keys: list[tuple[Any, ...]], seconds: float, r
     for round_ in range(rounds):
         for i, key in enumerate(keys):
             folder = cwd / "head_to_head" / f"{round_}-{i}"
-            _, out = inputkit_cmd(["bench", *base, *_overrides(key), f"bench.seconds={seconds}",
-                                   "bench.dashboard=false", "bench.json=false", "bench.plot=false",
-                                   f"hydra.run.dir={folder}"], cwd)
+            _, out = inputkit_cmd(["bench", *layered(base, _overrides(key), [
+                f"bench.seconds={seconds}", "bench.dashboard=false", "bench.json=false",
+                "bench.plot=false", f"hydra.run.dir={folder}"])], cwd)
             if out.returncode != 0:
                 raise SystemExit(f"bench {_label(key)} failed: {out.stderr.strip()[-500:]}")
             summary = json.loads((folder / "summary.json").read_text())
@@ -181,7 +182,7 @@ def main() -> None:
                    "planned (answer / best)"):
         table.add_column(column)
     for name in args.workload or ["w2", "w4"]:
-        base = [*workload_overrides(name, args.images), *args.overrides]
+        base = layered(workload_overrides(name, args.images), args.overrides)
         cwd = root / name
         cwd.mkdir(parents=True, exist_ok=True)
         cfg = plain_config(inputkit.compose(base))

@@ -104,9 +104,11 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         from inputkit.cli.bench import make_console
         from inputkit.cli.plan import EXIT_OVER_BUDGET, print_plan
         from inputkit.config.compose import compose
+        from inputkit.config.overrides import check_repeated
         from inputkit.config.spec import load_spec
         from inputkit.memory import plan_memory
 
+        check_repeated(overrides)  # named as the command line's, before compose() sees them
         spec = load_spec(compose(overrides, config_name=config_name, config_dir=config_dir))
         if not probe:
             spec = replace(spec, probe=False)
@@ -202,6 +204,9 @@ def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bo
             raise ConfigError("--seconds", f"must be positive, got {seconds:g}")
         if repeats < 1:
             raise ConfigError("--repeats", f"must be at least 1, got {repeats}")
+        from inputkit.config.overrides import check_repeated
+
+        check_repeated(overrides)  # layered over each workload's own, so checked here
         console = make_console()
 
         def say(text: str) -> None:

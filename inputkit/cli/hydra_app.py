@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from inputkit.config.compose import DEFAULT_CONFIG_NAME, search_path
 from inputkit.config.errors import check_overrides, quote_brace_patterns, translate_config_errors
+from inputkit.config.overrides import check_repeated
 from inputkit.config.targets import TargetReplacingConfigLoader
 
 
@@ -51,6 +52,7 @@ def run_with_hydra(argv: list[str], task: Callable[[DictConfig], Any], prog: str
 
         raise ConfigError("command line", "use only one of --cfg, --info and --multirun")
     check_overrides(overrides)  # a malformed override is named before Hydra sees it
+    check_repeated(overrides)  # a key given twice (an unquoted brace range) is refused
     GlobalHydra.instance().clear()
     try:
         with translate_config_errors():

@@ -67,14 +67,17 @@ def compose(
     """Compose a config the way ``inputkit bench`` does, for use in a training script.
 
     ``overrides`` use Hydra's grammar (``batch_size=32``, ``+source.noise=1``,
-    ``~bench.steps``, ``experiment=images``). The result has no ``hydra`` node and
-    can be passed straight to :class:`inputkit.Runner`.
+    ``~bench.steps``, ``experiment=images``). A key given twice is a ConfigError (to
+    layer your overrides over defaults, see :func:`inputkit.config.overrides.layered`).
+    The result has no ``hydra`` node and can be passed straight to :class:`inputkit.Runner`.
     """
     from hydra.types import RunMode
 
     from inputkit.config.errors import quote_brace_patterns, translate_config_errors
+    from inputkit.config.overrides import check_repeated
     from inputkit.config.targets import TargetReplacingConfigLoader
 
+    check_repeated(overrides or (), "in compose(overrides=...)")
     with translate_config_errors(overrides or (), config_dir=f"{PYTHON_CONFIG_DIR} folder"):
         # The loader is used directly (not through GlobalHydra) so compose() also works
         # inside a user's own @hydra.main application without disturbing it.

@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.peers.catalog import PEERS, Peer, best_peer
 from inputkit.sources.loader import build_source
@@ -238,7 +239,8 @@ def run_workload(workload: Workload, overrides: list[str], seconds: float,
     The result's ``best_peer`` is the fastest of all peers (median runs), and ``skipped``
     lists ``(peer, reason)`` for the peers whose package is missing.
     """
-    cfg = inputkit.compose([f"experiment={workload.experiment}", "devices=cpu", *overrides])
+    base = [f"experiment={workload.experiment}", "devices=cpu"]
+    cfg = inputkit.compose(layered(base, overrides))
     spec = inputkit.load_spec(cfg)
     input_spec = spec.inputs[0]
     batch_bytes = sample_bytes(input_spec) * input_spec.batch_size
@@ -248,8 +250,7 @@ def run_workload(workload: Workload, overrides: list[str], seconds: float,
     say(f"{workload.title}: physical limit")
     limits = [physical_limit(workload, input_spec, batch_bytes, min(seconds, 2.0))]
     shapes = {"inputkit": spec, **{
-        shape: inputkit.load_spec(inputkit.compose([f"experiment={workload.experiment}",
-                                                    "devices=cpu", *overrides, shape]))
+        shape: inputkit.load_spec(inputkit.compose(layered(base, overrides, [shape])))
         for shape in workload.shapes}}
     runs: dict[str, list[Measurement]] = {**{k: [] for k in shapes}, **{p.key: [] for p in runnable}}
     for repeat in range(repeats):  # interleaved, so slow phases of a noisy machine hit all
@@ -281,8 +282,8 @@ def first_batch_latency(overrides: list[str], workers: int = 4, devices: int = 2
     """
     import torch  # noqa: F401
 
-    cfg = inputkit.compose(["experiment=cpu", f"workers.count={workers}",
-                            f"devices=[{','.join(['cpu'] * devices)}]", *overrides])
+    cfg = inputkit.compose(layered(["experiment=cpu", f"workers.count={workers}",
+                                    f"devices=[{','.join(['cpu'] * devices)}]"], overrides))
     began = time.perf_counter()
     with inputkit.Runner(cfg) as runner:
         for index in range(devices):

@@ -8,14 +8,19 @@ cache. Every loader makes uint8 CHW batches of 64 with int64 labels:
 - inputkit: ``experiment=imagenet_train`` on that folder with the machine's cores as
   workers, once with thread and once with process workers (each is reported, with the
   decoder the source picked; the faster is the headline row), device-side normalisation
-  switched off so that every loader delivers the same uint8 batches;
-- the peers in ``catalog.IMAGE_PEERS``: DataLoader with torchvision's Pillow recipe,
-  in-process and with worker processes, and SPDL;
+  switched off so that every loader delivers the same uint8 batches; and, where that
+  decoder is not Pillow, once more with threads and ``decode.backend=pillow``, so that the
+  decoder's share of the lead shows;
+- the peers in ``catalog.IMAGE_PEERS``: DataLoader with torchvision's Pillow recipe and
+  with the same recipe written with OpenCV (in-process and with worker processes),
+  DataLoader with albumentations, and SPDL;
 - the limit: one thread running the exact Pillow recipe, times the cores, measured
   before and after the loaders (the higher is kept).
 
 Per loader: images/s in steady state, CPU-ms per image (the process tree's CPU time in
-that window divided by the images delivered), time to the first batch, peak PSS.
+that window divided by the images delivered), time to the first batch, peak PSS. Each row
+carries its decoder (``notes["decoder"]``): inputkit is compared with the fastest peer of
+all, with the fastest peer that decodes as it does, and with the fastest Pillow peer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 import inputkit
+from inputkit.config.overrides import layered
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError
 from inputkit.peers.catalog import IMAGE_PEERS, Opened, Peer, best_peer
@@ -42,6 +48,7 @@ IMAGES = Workload("w5", "imagenet_train",
                   "Pillow recipe, 1 thread x cores")
 BATCH = 64
 KINDS = ("thread", "process")
+PILLOW = "source.decode.backend=pillow"  # the extra inputkit row: the decoder's share
 CACHED_COUNT = 2000
 # 3 x 224 x 224 uint8 and an int64 label
 SAMPLE_BYTES = 3 * 224 * 224 + 8
@@ -83,10 +90,10 @@ def inputkit_spec(train: Path, kind: str, overrides: list[str]) -> RunSpec:
     quoted = str(train).replace("\\", "\\\\").replace("'", "\\'")
     base = ["experiment=imagenet_train", f"source.path='{quoted}'", f"batch_size={BATCH}",
             f"workers.count={cores()}", f"workers.kind={kind}", "devices=cpu", "epoch.count=null"]
-    cfg = inputkit.compose([*base, *overrides])
+    cfg = inputkit.compose(layered(base, overrides))
     if OmegaConf.select(cfg, "device.normalize", default=None) is not None:
         # The peers deliver uint8; the float conversion would be work only inputkit does.
-        cfg = inputkit.compose([*base, *overrides, "device.normalize=null"])
+        cfg = inputkit.compose(layered(base, overrides, ["device.normalize=null"]))
     return inputkit.load_spec(cfg)
 
 
@@ -108,7 +115,8 @@ def _epochs(coordinator: Iterator[Any]) -> Iterator[Any]:
             return
 
 
-def _measure(label: str, start: Callable[[], Opened], seconds: float) -> Measurement:
+def _measure(label: str, start: Callable[[], Opened], seconds: float,
+             decoder: str | None) -> Measurement:
     """Open a loader, time its first batch, then count images and CPU for ``seconds``."""
     with TreeMemory() as memory:
         began = time.perf_counter()
@@ -131,7 +139,7 @@ def _measure(label: str, start: Callable[[], Opened], seconds: float) -> Measure
             close()
     rate = samples / elapsed
     return Measurement(label, rate / BATCH, rate * SAMPLE_BYTES / 1e6, first_s, memory.peak / 1e6,
-                       samples_per_s=rate,
+                       notes={"decoder": decoder}, samples_per_s=rate,
                        cpu_ms_per_sample=cpu_s * 1000 / samples if samples else None)
 
 
@@ -156,11 +164,21 @@ def measure_inputkit_images(spec: RunSpec, seconds: float) -> Measurement:
         runner.__enter__()
         return _epochs(runner.device(0)), lambda: runner.__exit__(None, None, None)
 
-    return _measure(label, start, seconds)
+    return _measure(label, start, seconds, decoder)
 
 
 def measure_image_peer(peer: Peer, spec: InputSpec, seconds: float) -> Measurement:
-    return _measure(peer.label(spec), lambda: peer.open(spec), seconds)
+    return _measure(peer.label(spec), lambda: peer.open(spec), seconds, peer.decoder)
+
+
+def decoder_of(m: Measurement) -> str | None:
+    return m.notes.get("decoder")
+
+
+def best_with(peers: list[Measurement], decoder: str | None) -> Measurement | None:
+    """The fastest of ``peers`` that decodes with ``decoder``; None when none does."""
+    same = [m for m in peers if decoder is not None and decoder_of(m) == decoder]
+    return best_peer(same) if same else None
 
 
 def image_limit(train: Path, seconds: float) -> tuple[float, str]:
@@ -180,12 +198,15 @@ def skipped_images(reason: str) -> dict[str, Any]:
 def run_images_workload(images: str | os.PathLike[str] | None, overrides: list[str],
                         seconds: float, say: Callable[[str], None],
                         repeats: int = 1) -> dict[str, Any]:
-    """inputkit (threads and processes), every image peer that can run, and the limit.
+    """inputkit (threads, processes, and threads with Pillow), every image peer that can
+    run, and the limit.
 
-    ``best_dataloader`` is the faster DataLoader, ``spdl`` SPDL's row (None when it was
-    skipped), ``inputkit`` the faster of inputkit's two rows; ``skipped`` lists
-    ``(peer, reason)``. Without images (no ``--images`` and no scikit-image) the result
-    has only ``skipped_reason``.
+    ``inputkit`` is the faster of inputkit's thread and process rows; ``best_peer`` the
+    fastest peer of all, ``same_decoder`` the fastest peer decoding as ``inputkit`` does,
+    ``best_pillow`` the fastest Pillow peer, ``inputkit_pillow`` inputkit's Pillow row
+    (None where its default decoder is Pillow already), ``spdl`` SPDL's row (None when it
+    was skipped); ``skipped`` lists ``(peer, reason)``. Without images (no ``--images``
+    and no scikit-image) the result has only ``skipped_reason``.
     """
     title = IMAGES.title
     train, about = image_folder(images, say)
@@ -193,31 +214,38 @@ def run_images_workload(images: str | os.PathLike[str] | None, overrides: list[s
         return skipped_images(about)
     specs = {kind: inputkit_spec(train, kind, overrides) for kind in KINDS}
     input_spec = specs["thread"].inputs[0]
+    if decoder_name(input_spec) != "pillow":
+        specs["pillow"] = inputkit_spec(train, "thread", [*overrides, PILLOW])
     reasons = {peer.key: peer.missing() for peer in IMAGE_PEERS}
     runnable = [peer for peer in IMAGE_PEERS if reasons[peer.key] is None]
     skipped = [(peer, reasons[peer.key]) for peer in IMAGE_PEERS if reasons[peer.key] is not None]
     say(f"{title}: physical limit")
     limits = [image_limit(train, min(seconds, 2.0))]
-    runs: dict[str, list[Measurement]] = {**{kind: [] for kind in KINDS},
+    runs: dict[str, list[Measurement]] = {**{kind: [] for kind in specs},
                                           **{p.key: [] for p in runnable}}
     for repeat in range(repeats):  # interleaved, so slow phases of a noisy machine hit all
         suffix = f" (run {repeat + 1} of {repeats})" if repeats > 1 else ""
-        for kind in KINDS:
-            say(f"{title}: inputkit, {kind} workers{suffix}")
-            runs[kind].append(measure_inputkit_images(specs[kind], seconds))
+        for kind, spec in specs.items():
+            what = f"thread workers, {PILLOW}" if kind == "pillow" else f"{kind} workers"
+            say(f"{title}: inputkit, {what}{suffix}")
+            runs[kind].append(measure_inputkit_images(spec, seconds))
         for peer in runnable:
             say(f"{title}: {peer.label(input_spec)}{suffix}")
             runs[peer.key].append(measure_image_peer(peer, input_spec, seconds))
     say(f"{title}: physical limit, again")
     limits.append(image_limit(train, min(seconds, 2.0)))
     limit, how = max(limits)
-    ours = [_median(runs[kind]) for kind in KINDS]
-    peers = {peer.key: _median(runs[peer.key]) for peer in runnable}
-    loaders = [peers[p.key] for p in runnable if p.key.startswith("dataloader")]
+    rows = {kind: _median(runs[kind]) for kind in specs}
+    headline = max((rows[kind] for kind in KINDS), key=lambda m: m.batches_per_s)
+    by_key = {peer.key: _median(runs[peer.key]) for peer in runnable}
+    peers = list(by_key.values())
     return {"workload": IMAGES, "images": True, "about": about, "folder": train,
             "limit": limit / BATCH, "limit_images": limit, "limit_how": how,
-            "inputkit_rows": ours, "inputkit": max(ours, key=lambda m: m.batches_per_s),
-            "peers": list(peers.values()),
-            "best_dataloader": best_peer(loaders) if loaders else None,
-            "spdl": peers.get("spdl"), "skipped": skipped, "spec": input_spec,
+            "inputkit_rows": list(rows.values()), "inputkit": headline,
+            "inputkit_pillow": rows.get("pillow"), "peers": peers,
+            "best_peer": best_peer(peers) if peers else None,
+            "same_decoder": best_with(peers, decoder_of(headline)),
+            "best_pillow": best_with(peers, "pillow"),
+            "spdl": by_key.get("spdl"),
+            "skipped": skipped, "spec": input_spec,
             "batch_bytes": SAMPLE_BYTES * BATCH, "workers": input_spec.worker_count}
