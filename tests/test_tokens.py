@@ -292,3 +292,117 @@ def test_cli_bench_reads_token_files(tmp_path):
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "156" in out.stdout, out.stdout  # one epoch: (40,000 - 257) // 256 + 1 windows
+
+
+# ids that do not fit the declared keys ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, vocab_size, output_dtype, message", [
+    ("uint16", 50_000, "int16", r"output_dtype: int16 holds ids up to 32,767, but "
+                                r"source\.vocab_size=50000 means ids up to 49,999, and a cast "
+                                r"would wrap them \(id 49,999 becomes -15,537\)"),
+    ("uint16", None, "int16", r"output_dtype: int16 holds ids up to 32,767, but the file's "
+                              r"source\.dtype=uint16 holds ids up to 65,535 and "
+                              r"source\.vocab_size is not set"),
+    ("uint16", None, "uint8", r"output_dtype: uint8 holds ids up to 255, but the file's "
+                              r"source\.dtype=uint16"),
+    ("uint32", 300, "int8", r"output_dtype: int8 holds ids up to 127, but source\.vocab_size=300"),
+])
+def test_an_output_dtype_that_cannot_hold_every_id_is_a_config_error_naming_both_keys(
+        tmp_path, dtype, vocab_size, output_dtype, message):
+    """uint16 ids 44725 used to arrive as int16 -20811: a cast that can wrap is refused."""
+    write_tokens(tmp_path, [1000], dtype=dtype)
+    source = {"_target_": TOKENS, "files": str(tmp_path / "*.bin"), "dtype": dtype,
+              "seq_len": 16, "vocab_size": vocab_size, "output_dtype": output_dtype}
+    with pytest.raises(ConfigError, match=r"^source: inputkit\.sources\.tokens\.TokenSource: "
+                                          + message):
+        Runner(make_cfg(source, batch_size=4)).start()
+
+
+def test_cli_bench_exits_2_on_an_output_dtype_that_wraps_ids(tmp_path):
+    np.array([44725, 23658, 37099] * 100, dtype=np.uint16).tofile(tmp_path / "a.bin")
+    out = subprocess.run([sys.executable, "-m", "inputkit", "bench", "source=tokens",
+                          "source.files=a.bin", "source.dtype=uint16", "source.seq_len=8",
+                          "source.vocab_size=50000", "source.output_dtype=int16",
+                          "bench.seconds=1", "devices=cpu"],
+                         cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "output_dtype: int16 holds ids up to 32,767" in out.stdout + out.stderr
+
+
+def test_a_narrowing_output_dtype_that_fits_vocab_size_checks_ids_before_the_cast(tmp_path):
+    """int16 holds every id below vocab_size=30000, so the cast is allowed; an id the file holds
+    past vocab_size would wrap in it (40000 -> -25536, 65535 -> -1), so the ids are checked as
+    the file holds them and the error names the true id."""
+    ids = np.arange(2000, dtype=np.uint16) * 15
+    ids.tofile(tmp_path / "a.bin")
+    src = TokenSource(str(tmp_path / "a.bin"), dtype="uint16", seq_len=16, vocab_size=30_000,
+                      output_dtype="int16")
+    got = src.read(np.arange(len(src)))["input_ids"]
+    assert got.dtype == np.int16 and np.array_equal(got.ravel(), ids[:got.size].astype(np.int16))
+    ids[1500] = 40_000
+    ids.tofile(tmp_path / "a.bin")
+    src = TokenSource(str(tmp_path / "a.bin"), dtype="uint16", seq_len=16, vocab_size=30_000,
+                      output_dtype="int16")
+    src.read(np.arange(0, 90))  # windows 0..89 end at token 1440: clean
+    for indices in (np.arange(80, 100), np.array([95, 3, 93])):  # a run, and shuffled windows
+        with pytest.raises(SourceError, match=r"'.*a\.bin': token id 40000 at token offset "
+                                              r"1,500 \(byte 3,000\) is >= vocab_size=30000"):
+            src.read(indices)
+    signed = np.arange(300, dtype=np.int32)
+    signed[100] = -1
+    np.save(tmp_path / "s.npy", signed)
+    src = TokenSource(str(tmp_path / "s.npy"), seq_len=20, output_dtype="uint32")
+    with pytest.raises(SourceError, match=r"token id -1 at token offset 100 .* is negative"):
+        src.read(np.arange(len(src)))  # not 4294967295, what -1 becomes as uint32
+
+
+def test_a_uint16_file_read_as_uint32_is_refused_naming_dtype_and_vocab_size(tmp_path):
+    """uint16 pairs read as uint32 are ids like 1,550,495,413; with no vocab_size, a sample
+    of the file's ids at 2**24 or more is a config error."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50_000, 100_000, dtype=np.uint16)
+    ids.tofile(tmp_path / "a.bin")
+    source = {"_target_": TOKENS, "files": str(tmp_path / "a.bin"), "dtype": "uint32",
+              "seq_len": 64}
+    with pytest.raises(ConfigError, match=r"dtype: '.*a\.bin' read as source\.dtype=uint32 holds "
+                                          r"token id [\d,]+ \(token offset [\d,]+\), and no "
+                                          r"tokenizer has that many ids .*set source\.vocab_size"):
+        Runner(make_cfg(source, batch_size=4)).start()
+    big = np.zeros(50_000, np.uint32)  # clean but for one id past 2**24, in the last block
+    big[-10] = 2 ** 24
+    big.tofile(tmp_path / "b.bin")
+    with pytest.raises(ValueError, match=r"holds token id 16,777,216 \(token offset 49,990\)"):
+        TokenSource(str(tmp_path / "b.bin"), dtype="uint32", seq_len=64)
+    big[-10] = 2 ** 24 - 1  # the largest id accepted without vocab_size
+    big.tofile(tmp_path / "b.bin")
+    assert TokenSource(str(tmp_path / "b.bin"), dtype="uint32", seq_len=64).total_tokens == 50_000
+    # with vocab_size, every id read is checked instead: the misread ids fail the first read
+    src = TokenSource(str(tmp_path / "a.bin"), dtype="uint32", seq_len=64, vocab_size=50_000)
+    with pytest.raises(SourceError, match=r">= vocab_size=50000"):
+        src.read(np.arange(4))
+
+
+def test_a_uint32_file_read_as_uint16_is_refused(tmp_path):
+    """uint32 ids below 65,536 read as uint16 are id, 0, id, 0, ...: a zero at every odd
+    position of the sample (and ids at the even ones) is a config error naming the dtype."""
+    ids = np.random.default_rng(1).integers(1, 50_000, 20_000).astype(np.uint32)
+    ids.tofile(tmp_path / "a.bin")
+    with pytest.raises(ValueError, match=r"dtype: '.*a\.bin' read as source\.dtype=uint16 holds 0 "
+                                         r"at every odd position of the [\d,]+ tokens sampled.*"
+                                         r"looks like uint32 tokens read as uint16"):
+        TokenSource(str(tmp_path / "a.bin"), dtype="uint16", seq_len=64, vocab_size=50_000)
+    assert TokenSource(str(tmp_path / "a.bin"), dtype="uint32", seq_len=64).total_tokens == 20_000
+    ids.astype(np.uint16).tofile(tmp_path / "b.bin")  # the same ids as uint16: no zeros
+    assert TokenSource(str(tmp_path / "b.bin"), dtype="uint16", seq_len=64).total_tokens == 20_000
+
+
+def test_a_big_endian_npy_file_names_its_byte_order(tmp_path):
+    np.save(tmp_path / "b.npy", np.arange(100, dtype=">u2"))
+    with pytest.raises(ValueError, match=r"dtype: '.*b\.npy' holds uint16 \(big-endian, '>u2'\) "
+                                         r"tokens but source\.dtype is uint16; set "
+                                         r"source\.dtype=null"):
+        TokenSource(str(tmp_path / "b.npy"), dtype="uint16", seq_len=8)
+    src = TokenSource(str(tmp_path / "b.npy"), seq_len=8)  # the header's dtype, read right
+    assert src.read(np.array([1]))["input_ids"][0].tolist() == \
+        list(range(8, 16))

@@ -10,17 +10,17 @@ concatenated stream, in order (a window may span two files); ``mode="per_file"``
 file on its own, so no window crosses a file boundary.
 
 The source is indexable by window, so shuffling, exactly-once epochs, ``epoch.*`` keys and
-``state_dict()`` resume come from the pipeline. The constructor reads only sizes and
-``.npy`` headers, so bad files fail when the source is built (a config error naming
-``source``); the maps are opened on the first read, once per process, and their pages are
-shared through the page cache (the memory plan shows them as page cache, not as buffers).
+``state_dict()`` resume come from the pipeline. The constructor reads sizes, ``.npy``
+headers and a sample of the raw files' ids (:mod:`inputkit.sources.token_files`), so bad
+files and a ``dtype`` or ``output_dtype`` that does not fit them fail when the source is
+built (a config error naming ``source`` and the keys); the maps are opened on the first
+read, once per process, and their pages are shared through the page cache (the memory plan
+shows them as page cache, not as buffers).
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,12 +29,12 @@ import numpy as np
 
 from inputkit.errors import SourceError
 from inputkit.sources.arrays import _read_header
+from inputkit.sources.token_files import dtype_name, expand, output_range, sample_ids
 
 NAME = "inputkit.sources.tokens.TokenSource"
 FIELDS = ("input_ids", "labels", "tokens", "id")  # what `fields` may list
 MODES = ("stream", "per_file")
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
-_GLOB = re.compile(r"[*?[]")
 
 
 class TokenSource:
@@ -47,7 +47,8 @@ class TokenSource:
     ``per_file``). ``vocab_size``: when set, every token read is checked to be below it.
     ``fields``: any of ``input_ids``, ``labels`` (shifted by one), ``tokens`` (the whole
     ``seq_len + 1`` window) and ``id`` (the window's index). ``output_dtype``: the dtype of
-    the token fields (``int64``, as torch's cross-entropy expects; ``None`` keeps the file's).
+    the token fields (``int64``, as torch's cross-entropy expects; ``None`` keeps the file's);
+    it must hold every id (below ``vocab_size``, else every value of ``dtype``).
     """
 
     def __init__(self, files: str | Sequence[str], seq_len: int, dtype: str | None = None,
@@ -63,18 +64,24 @@ class TokenSource:
         self.vocab_size = None if vocab_size is None else _positive(vocab_size, "vocab_size")
         self.fields = _fields(fields)
         self.declared = _dtype(dtype, "dtype") if dtype is not None else None
-        self.paths = _expand(files)
+        self.paths = expand(files)
         sizes = [_inspect(path, self.declared) for path in self.paths]
-        self.dtype = sizes[0][1]  # _expand never returns an empty list
+        self.dtype = sizes[0][1]  # expand never returns an empty list
         for path, (_, file_dtype, _) in zip(self.paths, sizes, strict=True):
             if file_dtype != self.dtype:
-                raise ValueError(f"files: '{path}' holds {file_dtype.name} tokens but "
-                                 f"'{self.paths[0]}' holds {self.dtype.name}; every file needs "
-                                 "the same dtype (set source.dtype to check it)")
+                raise ValueError(f"files: '{path}' holds {dtype_name(file_dtype)} tokens but "
+                                 f"'{self.paths[0]}' holds {dtype_name(self.dtype)}; every file "
+                                 "needs the same dtype (set source.dtype to check it)")
         self.output_dtype = self.dtype if output_dtype is None else _dtype(output_dtype,
                                                                            "output_dtype")
+        output_range(self.dtype, self.output_dtype, self.vocab_size)
+        # a cast that could change a value (a wider or signed file into a narrower or unsigned
+        # output, the ids checked to fit by vocab_size): the ids are checked before the cast
+        self.narrow = not np.can_cast(self.dtype, self.output_dtype, "safe")
         self.file_tokens = np.array([n for n, _, _ in sizes], dtype=np.int64)
         self.offsets = [off for _, _, off in sizes]  # header bytes before the tokens (.npy)
+        sample_ids(self.paths, self.file_tokens.tolist(), self.offsets,
+                   [not p.endswith(".npy") for p in self.paths], self.dtype, self.vocab_size)
         # token k of the stream is token k - file_start[f] of file f
         self.file_start = np.concatenate([[0], np.cumsum(self.file_tokens)]).astype(np.int64)
         self.total_tokens = int(self.file_start[-1])
@@ -116,7 +123,7 @@ class TokenSource:
             return out
         starts = self._starts(indices)
         self._copy_windows(starts, out.get("input_ids"), out.get("labels"), out.get("tokens"))
-        if self.vocab_size is not None or self.dtype.kind == "i":
+        if not self.narrow and (self.vocab_size is not None or self.dtype.kind == "i"):
             self._check_ids(out, starts)
         return out
 
@@ -213,6 +220,8 @@ class TokenSource:
                 heads.tolist(), lens.tolist(), files.tolist(), local.tolist(), inside.tolist(),
                 firsts.tolist(), stops.tolist(), strict=True):
             span = maps[f][lo:lo + stop - first] if one_file else self._span(maps, first, stop)
+            if self.narrow:  # checked as the file holds them: the cast could hide a bad id
+                self._check_span(span, first)
             if count == 1:
                 if inputs is not None:
                     inputs[a] = span[:-1]
@@ -262,6 +271,16 @@ class TokenSource:
                     else arr < 0
                 row, col = np.unravel_index(int(np.argmax(bad)), arr.shape)
                 self._bad_id(int(arr[row, col]), int(starts[row]) + int(col) + shift, name)
+
+    def _check_span(self, span: np.ndarray, first: int) -> None:
+        """The tokens of one run, stream positions ``first`` on, before a narrowing cast."""
+        low = self.dtype.kind == "i" and int(span.min()) < 0
+        if low or (self.vocab_size is not None and int(span.max()) >= self.vocab_size):
+            bad = span < 0
+            if self.vocab_size is not None:
+                bad |= span >= self.vocab_size
+            k = int(np.argmax(bad))
+            self._bad_id(int(span[k]), first + k, next(f for f in self.fields if f != "id"))
 
     def _bad_id(self, value: int, position: int, name: str) -> None:
         f = int(np.searchsorted(self.file_start, position, side="right")) - 1
@@ -333,33 +352,6 @@ def _fields(fields: Sequence[str] | str) -> list[str]:
     return names
 
 
-def _expand(files: str | Sequence[str]) -> list[str]:
-    entries = [files] if isinstance(files, (str, os.PathLike)) else files
-    if not isinstance(entries, Sequence) or not entries or \
-            not all(isinstance(e, (str, os.PathLike)) and str(e) for e in entries):
-        raise ValueError(f"files: expected a path, a glob pattern ('data/*.bin') or a list of "
-                         f"them, got {files!r}")
-    paths: list[str] = []
-    for entry in map(os.fspath, entries):
-        if _GLOB.search(entry):
-            found = sorted(p for p in glob.glob(entry) if not os.path.isdir(p))
-            if not found:
-                raise ValueError(f"files: no files match '{entry}'{_resolved(entry)}; check the "
-                                 "pattern (quote it in the shell: 'source.files=/data/*.bin')")
-            paths += found
-        elif os.path.isdir(entry):
-            raise ValueError(f"files: '{entry}' is a directory; name its files, e.g. "
-                             f"'{os.path.join(entry, '*.bin')}'")
-        elif not os.path.exists(entry):
-            raise ValueError(f"files: no such file: '{entry}'{_resolved(entry)}")
-        else:
-            paths.append(entry)
-    if len(set(paths)) != len(paths):
-        twice = next(p for p in paths if paths.count(p) > 1)
-        raise ValueError(f"files: '{twice}' is listed twice; each file is read once per epoch")
-    return paths
-
-
 def _inspect(path: str, declared: np.dtype | None) -> tuple[int, np.dtype, int]:
     """(tokens, dtype, header bytes) of one file, from its size and ``.npy`` header."""
     try:
@@ -387,9 +379,10 @@ def _inspect(path: str, declared: np.dtype | None) -> tuple[int, np.dtype, int]:
         return size // declared.itemsize, declared, 0
     shape, dtype, offset = header
     if declared is not None and dtype != declared:
-        raise ValueError(f"dtype: '{path}' holds {dtype.name} tokens but source.dtype is "
-                         f"{declared.name}; set source.dtype={dtype.name} or null (a .npy file "
-                         "carries its dtype)")
+        fix = "source.dtype=null" if dtype.name == declared.name else \
+            f"source.dtype={dtype.name} or null"
+        raise ValueError(f"dtype: '{path}' holds {dtype_name(dtype)} tokens but source.dtype is "
+                         f"{dtype_name(declared)}; set {fix} (a .npy file carries its dtype)")
     if dtype.kind not in "iu":
         raise ValueError(f"'{path}' holds {dtype.name}; token ids are integers (save e.g. "
                          "np.uint16 or np.uint32 tokens)")
@@ -402,6 +395,3 @@ def _inspect(path: str, declared: np.dtype | None) -> tuple[int, np.dtype, int]:
                          f"({shape[0]:,} {dtype.name} tokens) but the file holds {size:,}")
     return int(shape[0]), dtype, offset
 
-
-def _resolved(path: str) -> str:
-    return "" if os.path.isabs(path) else f" (resolved to '{os.path.abspath(path)}')"
