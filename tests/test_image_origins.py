@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from imagefiles import jpeg_bytes, photo, write_folder
 
-from inputkit import Runner, SourceError, compose
+from inputkit import Runner, SourceError, compose, load_spec
 from inputkit.images.decode import Decoder
 from inputkit.images.transforms import Transforms
 from inputkit.sources.images import ImageFolderSource, ImageListSource, ImageShardSource
@@ -159,6 +159,7 @@ def test_the_val_recipe_reads_every_image_once_in_index_order_on_every_run(tmp_p
         assert Path(info["file"]).is_file()
     spec_epoch = compose(["experiment=imagenet_val", "source.path=x"]).epoch
     assert spec_epoch.ordered is True and spec_epoch.shuffle is False
+    assert load_spec(compose(["experiment=train_val"])).input("val").epoch.ordered  # its val too
 
 
 def test_runner_source_is_the_workers_own_or_a_copy_for_processes(tmp_path):
