@@ -6,8 +6,11 @@ the fastest, whichever it is. Peers whose package is missing are skipped with th
 reason (the thread peer needs ``torchdata``).
 
 W5 (real JPEGs) has peers of its own, ``IMAGE_PEERS``: DataLoader over an ImageFolder-style
-dataset doing torchvision's Pillow recipe (in-process and with worker processes) and
-SPDL (FFmpeg decoding in threads; skipped with the reason where it cannot decode).
+dataset doing torchvision's Pillow recipe, and the same recipe with OpenCV (each in-process
+and with worker processes), DataLoader with albumentations' recipe (skipped with the reason
+where albumentations is not installed), and SPDL (FFmpeg decoding in threads; skipped with
+the reason where it cannot decode). Each says which decoder it uses, so that inputkit can be
+compared with the fastest peer of all and with the fastest one decoding as it does.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Peer:
     # A deeper check than the import, when importing is not enough (SPDL imports without
     # the FFmpeg libraries it needs): returns why the peer cannot run, or None.
     check: Callable[[], str | None] | None = None
+    decoder: str | None = None  # W5: the library that decodes ("pillow", "opencv", "ffmpeg")
 
     def label(self, spec: InputSpec) -> str:
         return self.title.format(n=spec.worker_count)
@@ -83,13 +87,19 @@ PEERS: tuple[Peer, ...] = (
 )
 
 
-def _image_dataloader(variant: str) -> Callable[[InputSpec], Opened]:
+def _image_dataloader(variant: str, recipe: str = "pillow") -> Callable[[InputSpec], Opened]:
     def opener(spec: InputSpec) -> Opened:
         from inputkit.peers.torch_loader import open_image_loader
 
-        return open_image_loader(variant, spec)
+        return open_image_loader(variant, spec, recipe)
 
     return opener
+
+
+def _albumentations_check() -> str | None:
+    from inputkit.peers.cv2_recipe import albumentations_missing
+
+    return albumentations_missing()
 
 
 def _spdl(spec: InputSpec) -> Opened:
@@ -105,13 +115,21 @@ def _spdl_check() -> str | None:
 
 
 # W5 (real images): the same JPEG folder, decoded, cropped, flipped and batched by each.
+_OPENCV = "pip install 'inputkit-ml[images]' (opencv-python-headless)"
 IMAGE_PEERS: tuple[Peer, ...] = (
     Peer("dataloader-pillow-in-process", "in-process", "DataLoader + Pillow in-process (num_workers=0)",
-         "torch", _TORCH, _image_dataloader("in-process")),
+         "torch", _TORCH, _image_dataloader("in-process"), decoder="pillow"),
     Peer("dataloader-pillow", "processes", "DataLoader + Pillow ({n} procs)",
-         "torch", _TORCH, _image_dataloader("processes")),
+         "torch", _TORCH, _image_dataloader("processes"), decoder="pillow"),
+    Peer("dataloader-opencv-in-process", "in-process", "DataLoader + OpenCV in-process (num_workers=0)",
+         "cv2", _OPENCV, _image_dataloader("in-process", "opencv"), decoder="opencv"),
+    Peer("dataloader-opencv", "processes", "DataLoader + OpenCV ({n} procs)",
+         "cv2", _OPENCV, _image_dataloader("processes", "opencv"), decoder="opencv"),
+    Peer("albumentations", "processes", "DataLoader + albumentations ({n} procs)", "cv2", _OPENCV,
+         _image_dataloader("processes", "albumentations"), _albumentations_check, decoder="opencv"),
     Peer("spdl", "threads", "SPDL, FFmpeg decode ({n} threads)", "spdl.pipeline",
-         "pip install 'inputkit-ml[peers]' (spdl) and FFmpeg's shared libraries", _spdl, _spdl_check),
+         "pip install 'inputkit-ml[peers]' (spdl) and FFmpeg's shared libraries", _spdl, _spdl_check,
+         decoder="ffmpeg"),
 )
 
 

@@ -11,10 +11,14 @@
 
 The last two use the input's worker count (processes), ``persistent_workers=True`` and
 ``prefetch_factor=4``. ``inputkit.peers.catalog`` lists these with the thread peer.
+
+W5's DataLoaders (``make_image_loader``) run an ImageFolder-style dataset with one of
+``RECIPES``: torchvision's Pillow recipe, the same recipe with OpenCV, or albumentations.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -107,32 +111,54 @@ VARIANTS = ("in-process", "per-item", "chunks")
 
 
 IMAGE_VARIANTS = ("in-process", "processes")
+# Which dataset decodes and transforms: torchvision's Pillow recipe, the same recipe written
+# with OpenCV calls, or albumentations' (inputkit.peers.pil_recipe and cv2_recipe).
+RECIPES = ("pillow", "opencv", "albumentations")
 
 
-def make_image_loader(variant: str, spec: InputSpec) -> DataLoader:  # type: ignore[type-arg]
-    """W5's DataLoader: ``ImageFolder``-style map dataset over ``spec.source.path`` with
-    torchvision's training recipe (``inputkit.peers.pil_recipe``), shuffled, batches of
-    ``spec.batch_size``; ``processes`` uses the input's worker count, persistent workers
-    and ``prefetch_factor=4``."""
-    from inputkit.peers.pil_recipe import ImageFolderDataset
+def image_dataset(recipe: str, root: str | os.PathLike[str]) -> Dataset:  # type: ignore[type-arg]
+    """The ImageFolder-style dataset over ``root`` that runs ``recipe`` (one of ``RECIPES``)."""
+    if recipe == "pillow":
+        from inputkit.peers.pil_recipe import ImageFolderDataset
 
-    dataset = ImageFolderDataset(spec.source["path"])
+        return ImageFolderDataset(root)
+    if recipe == "opencv":
+        from inputkit.peers.cv2_recipe import OpenCVImageFolder
+
+        return OpenCVImageFolder(root)
+    if recipe == "albumentations":
+        from inputkit.peers.cv2_recipe import AlbumentationsImageFolder
+
+        return AlbumentationsImageFolder(root)
+    raise ValueError(f"unknown image recipe {recipe!r}; use one of {', '.join(RECIPES)}")
+
+
+def make_image_loader(variant: str, spec: InputSpec,
+                      recipe: str = "pillow") -> DataLoader:  # type: ignore[type-arg]
+    """W5's DataLoader: an ``ImageFolder``-style map dataset over ``spec.source.path`` doing
+    ``recipe``'s training transforms, shuffled, batches of ``spec.batch_size``;
+    ``processes`` uses the input's worker count, persistent workers, ``prefetch_factor=4``
+    and a ``worker_init_fn`` that reseeds a dataset with generators of its own."""
+    if variant not in IMAGE_VARIANTS:
+        raise ValueError(f"unknown image DataLoader variant {variant!r}; use one of "
+                         f"{', '.join(IMAGE_VARIANTS)}")
+    dataset = image_dataset(recipe, spec.source["path"])
     if variant == "in-process":
         return DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, num_workers=0)
-    if variant == "processes":
-        return DataLoader(dataset, batch_size=spec.batch_size, shuffle=True,
-                          num_workers=spec.worker_count, persistent_workers=True,
-                          prefetch_factor=PREFETCH_FACTOR)
-    raise ValueError(f"unknown image DataLoader variant {variant!r}; use one of "
-                     f"{', '.join(IMAGE_VARIANTS)}")
+    from inputkit.peers.cv2_recipe import worker_init
+
+    return DataLoader(dataset, batch_size=spec.batch_size, shuffle=True,
+                      num_workers=spec.worker_count, persistent_workers=True,
+                      prefetch_factor=PREFETCH_FACTOR, worker_init_fn=worker_init)
 
 
-def open_image_loader(variant: str, spec: InputSpec) -> tuple[Iterator[Any], Callable[[], None]]:
+def open_image_loader(variant: str, spec: InputSpec, recipe: str = "pillow",
+                      ) -> tuple[Iterator[Any], Callable[[], None]]:
     """An endless stream of (images, labels) batches, epoch after epoch, and the call that
     stops the worker processes."""
     from inputkit.peers.pil_recipe import endless
 
-    loader = make_image_loader(variant, spec)
+    loader = make_image_loader(variant, spec, recipe)
 
     def close() -> None:
         iterator = getattr(loader, "_iterator", None)
