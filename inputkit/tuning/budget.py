@@ -87,12 +87,14 @@ class Budget:
         overhead = statistics.median(self._overheads) if self._overheads else STARTUP_S
         return overhead + settings.warmup + length * settings.seconds
 
-    def allows(self, settings: Settings, reserve_runs: int) -> Settings | None:
+    def allows(self, settings: Settings, reserve_runs: int, final: bool = False) -> Settings | None:
         """The trial's settings cut to what is left (less ``reserve_runs`` runs kept for the
-        re-measurements at the end); None: not even one plain run fits, so it is skipped."""
+        re-measurements at the end); None: not even one plain run fits, so it is skipped.
+        A ``final`` re-measurement draws on the runs kept aside for it, so it may run after
+        the search ran out."""
         if self.seconds is None:
             return settings
-        if self.exhausted:
+        if self.exhausted and not final:
             return None
         left = self.left() - reserve_runs * self.run_cost(settings)
         if left < self.run_cost(settings):

@@ -159,7 +159,7 @@ class Ledger:
         number = len(self.trials) + 1
         if phase == "final":
             self.finals_left = max(0, self.finals_left - 1)
-        settings = self.budget.allows(self.settings, self.finals_left)
+        settings = self.budget.allows(self.settings, self.finals_left, final=phase == "final")
         if settings is None:  # not planned either: planning may probe the source
             return self._record(Trial(number, point, phase, SKIPPED, None, None,
                                       error="what is left of --budget does not cover a run"))
