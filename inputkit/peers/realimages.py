@@ -215,7 +215,7 @@ def run_images_workload(images: str | os.PathLike[str] | None, overrides: list[s
     specs = {kind: inputkit_spec(train, kind, overrides) for kind in KINDS}
     input_spec = specs["thread"].inputs[0]
     if decoder_name(input_spec) != "pillow":
-        specs["pillow"] = inputkit_spec(train, "thread", [*overrides, PILLOW])
+        specs["pillow"] = inputkit_spec(train, "thread", layered(overrides, [PILLOW]))
     reasons = {peer.key: peer.missing() for peer in IMAGE_PEERS}
     runnable = [peer for peer in IMAGE_PEERS if reasons[peer.key] is None]
     skipped = [(peer, reasons[peer.key]) for peer in IMAGE_PEERS if reasons[peer.key] is not None]
