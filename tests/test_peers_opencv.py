@@ -129,6 +129,21 @@ def test_without_albumentations_its_peer_is_skipped_with_the_extra_to_install(mo
     assert "pip install 'inputkit-ml[peers]'" in reason
 
 
+@pytest.mark.parametrize("backend", [None, "opencv", "pillow"])
+def test_the_pillow_row_decodes_with_pillow_whatever_the_user_overrides(train, backend):
+    """The extra inputkit row decodes with Pillow over a user's own decode.backend (not a
+    key given twice), and is left out where inputkit decodes with Pillow already."""
+    overrides = [] if backend is None else [f"source.decode.backend={backend}"]
+    spec = realimages.inputkit_spec(train, "thread", overrides).inputs[0]
+    pillow = realimages.pillow_spec(train, overrides, spec)
+    if backend == "pillow":
+        assert pillow is None
+    else:
+        assert realimages.decoder_name(spec) == "opencv"
+        assert realimages.decoder_name(pillow.inputs[0]) == "pillow"
+        assert pillow.inputs[0].worker_kind == "thread"
+
+
 def _m(loader: str, rate: float, decoder: str | None) -> Measurement:
     return Measurement(loader, rate / 64, 0.0, 0.1, 300.0, notes={"decoder": decoder},
                        samples_per_s=rate, cpu_ms_per_sample=1.0)

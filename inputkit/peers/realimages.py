@@ -171,6 +171,15 @@ def measure_image_peer(peer: Peer, spec: InputSpec, seconds: float) -> Measureme
     return _measure(peer.label(spec), lambda: peer.open(spec), seconds, peer.decoder)
 
 
+def pillow_spec(train: Path, overrides: list[str], spec: InputSpec) -> RunSpec | None:
+    """inputkit with thread workers decoding with Pillow (``decode.backend=pillow`` over the
+    user's overrides), the row that shows the decoder's share; None where ``spec`` (the
+    thread row's input) decodes with Pillow already."""
+    if decoder_name(spec) == "pillow":
+        return None
+    return inputkit_spec(train, "thread", layered(overrides, [PILLOW]))
+
+
 def decoder_of(m: Measurement) -> str | None:
     return m.notes.get("decoder")
 
@@ -214,8 +223,8 @@ def run_images_workload(images: str | os.PathLike[str] | None, overrides: list[s
         return skipped_images(about)
     specs = {kind: inputkit_spec(train, kind, overrides) for kind in KINDS}
     input_spec = specs["thread"].inputs[0]
-    if decoder_name(input_spec) != "pillow":
-        specs["pillow"] = inputkit_spec(train, "thread", layered(overrides, [PILLOW]))
+    if (pillow := pillow_spec(train, overrides, input_spec)) is not None:
+        specs["pillow"] = pillow
     reasons = {peer.key: peer.missing() for peer in IMAGE_PEERS}
     runnable = [peer for peer in IMAGE_PEERS if reasons[peer.key] is None]
     skipped = [(peer, reasons[peer.key]) for peer in IMAGE_PEERS if reasons[peer.key] is not None]
