@@ -12,10 +12,12 @@ from typing import Any
 
 import typer
 
+from inputkit.cli.help_format import Command, Group
 from inputkit.cli.tune import tune_command
 
 app = typer.Typer(
     name="inputkit",
+    cls=Group,
     help="Configuration-driven, observable, memory-safe training input.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,7 +48,7 @@ def _root(
     """inputkit feeds training input: declared in Hydra configs, measured, memory-safe."""
 
 
-@app.command(context_settings=_PASS_THROUGH)
+@app.command(cls=Command, context_settings=_PASS_THROUGH)
 def bench(ctx: typer.Context) -> None:
     """Stream batches from the configured input(s) and report throughput per device.
 
@@ -60,7 +62,8 @@ def bench(ctx: typer.Context) -> None:
       inputkit bench --config-dir ./conf    your configs, searched before ours
       inputkit bench --config-name NAME     start from your own primary config
       inputkit bench -m workers.count=1,2,4 sweep, then one comparison table
-      inputkit bench --json                 snapshots to metrics.jsonl (bench.json=true)
+      inputkit bench --json                 snapshots to metrics.jsonl
+      inputkit bench --traceback            a failed worker's traceback too
 
     Config groups: source, workers, experiment (inputkit sources lists the
     sources). inputkit bench --cfg job prints every key with its value;
@@ -72,7 +75,7 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(_run_bench(args))
 
 
-@app.command(context_settings=_PASS_THROUGH)
+@app.command(cls=Command, context_settings=_PASS_THROUGH)
 def plan(
     ctx: typer.Context,
     config_dir: str = typer.Option(None, "--config-dir", "-cd",
@@ -119,15 +122,16 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
     return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
 
 
-app.command(name="tune", context_settings=_PASS_THROUGH)(tune_command)
+app.command(name="tune", cls=Command, context_settings=_PASS_THROUGH)(tune_command)
 
 
-@app.command()
+@app.command(cls=Command)
 def sources(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
-    """List every available source: the built-ins and plugins registered under the
-    'inputkit.sources' entry-point group, with their config keys.
+    """List every available source, built-in or plugin, with its config keys.
 
-    A table on a terminal; one block of plain lines per source otherwise (a pipe, a file).
+    Plugins are registered under the 'inputkit.sources' entry-point group. A
+    table on a terminal; one block of plain lines per source otherwise (a pipe,
+    a file).
     """
     import json
     from dataclasses import asdict
@@ -156,7 +160,7 @@ def sources(as_json: bool = typer.Option(False, "--json", help="print JSON inste
     raise typer.Exit(0)
 
 
-@app.command(context_settings=_PASS_THROUGH)
+@app.command(cls=Command, context_settings=_PASS_THROUGH)
 def compare(
     ctx: typer.Context,
     workload: list[str] = typer.Option(
@@ -171,12 +175,14 @@ def compare(
 ) -> None:
     """Run the same fetch work through inputkit and its peers, side by side.
 
-    Peers: DataLoader in-process (num_workers=0) and with worker processes, and
-    torchdata.nodes with threads. Workloads are the shipped experiments: w1 = tiny,
-    w2 = images, w3 = remote, w4 = cpu; w5 = real JPEGs through imagenet_train, against
-    DataLoader with torchvision's Pillow recipe and SPDL. Extra arguments are Hydra
-    overrides applied to every workload (e.g. workers.count=4). Prints throughput, time
-    to first batch, peak memory, the ratio to the fastest peer and to the physical limit.
+    Peers: DataLoader in-process (num_workers=0) and with worker processes,
+    and torchdata.nodes with threads. Workloads are the shipped experiments:
+    w1 = tiny, w2 = images, w3 = remote, w4 = cpu; w5 = real JPEGs through
+    imagenet_train, against DataLoader with torchvision's Pillow recipe,
+    with that recipe in OpenCV and with albumentations, and SPDL. Extra
+    arguments are Hydra overrides applied to every workload (e.g.
+    workers.count=4). Prints throughput, time to first batch, peak
+    memory, the ratio to the fastest peer and to the physical limit.
     """
     raise typer.Exit(_run_compare(workload or ["w1", "w2", "w3", "w4", "w5"], seconds, repeats,
                                   startup, list(ctx.args), images))
