@@ -398,3 +398,94 @@ def test_argument_checks(tmp_path):
     with pytest.raises(IndexError, match=r"indices must lie in 0\.\.399"):
         src.read(np.array([400]))
     assert src.read(np.array([], np.int64))["id"].shape == (0,)
+
+
+# nulls: only the rows that hold one ------------------------------------------------------------
+
+def holes_file(path: Path) -> Path:
+    """120 rows in row groups of 30: a null score at row 47; a null item at row 50 of
+    ``triple`` and a null list at row 55; in ``ragged`` (pad 3) a null item kept at row 70,
+    one past the cut at row 80 and a null list at row 60."""
+    ids = np.arange(120, dtype=np.int64)
+    fixed = pa.array([None if k == 3 * 50 + 1 else k for k in range(360)], pa.int64())
+    triple = pa.FixedSizeListArray.from_arrays(fixed, 3, mask=pa.array(ids == 55))
+    ragged = [None if i == 60 else [1, None, 3] if i == 70 else [1, 2, 3, None] if i == 80
+              else [int(i)] for i in ids.tolist()]
+    pq.write_table(pa.table({
+        "id": ids, "score": pa.array([None if i == 47 else float(i) for i in ids.tolist()]),
+        "triple": triple, "ragged": pa.array(ragged, pa.list_(pa.int32()))}),
+        path, row_group_size=30)
+    return path
+
+
+@pytest.mark.parametrize("workers", [THREADS, PROCESSES], ids=["threads", "processes"])
+def test_a_null_under_skip_drops_only_its_row_and_every_other_row_arrives_once(tmp_path, workers):
+    """One null at row 47 of a row group of 30 (rows 30-59) used to skip all 30 rows."""
+    holes = holes_file(tmp_path / "holes.parquet")
+    cfg = make_cfg({"_target_": PARQUET, "files": str(holes), "columns": ["id", "score"]},
+                   batch_size=10, workers=workers, failures={"on_error": "skip"},
+                   epoch={"count": 1, "shuffle": True, "seed": 3})
+    with Runner(cfg) as runner:
+        batches = [{k: v.numpy() for k, v in b.items()} for b in runner.device(0)]
+        stats = runner.stats().coordinators[0].workers
+    got = [i for b in batches for i in ids_of(b)]
+    assert sorted(got) == [i for i in range(120) if i != 47], "every other row, exactly once"
+    assert all(np.array_equal(b["score"], b["id"].astype(np.float64)) for b in batches)
+    assert stats.skipped_samples == 1 and list(stats.skipped_indices) == [47]
+    assert "column 'score' has 1 null rows" in stats.skipped_errors[0]
+
+
+def test_a_read_fails_only_when_it_reaches_a_row_with_a_null_in_a_column_it_keeps(tmp_path):
+    src = ParquetSource(str(holes_file(tmp_path / "holes.parquet")), pad={"ragged": 3})
+    got = src.read(np.r_[30:47, 48:50, 56:60, 80])  # row group 1 but its null rows; row 80's
+    assert ids_of(got) == [*range(30, 47), 48, 49, *range(56, 60), 80]  # null is past the cut
+    assert got["ragged"][-1].tolist() == [1, 2, 3]
+    assert src.read(np.array([60]))["ragged"].tolist() == [[0, 0, 0]], "a null list is empty"
+    for rows, column, row in [(np.arange(40, 50), "score", 47), (np.array([50]), "triple", 50),
+                              (np.array([90, 55]), "triple", 55), (np.array([71, 70]), "ragged", 70)]:
+        with pytest.raises(SourceError, match=rf"field '{column}': column '{column}' has \d null "
+                                              rf"rows in '.*holes\.parquet' \(row group \d\); of "
+                                              rf"the rows read, row {row} holds one\. A tensor has "
+                                              rf"no nulls: set source\.fill_null=\{{{column}: "):
+            src.read(rows)
+
+
+def test_fill_null_replaces_nulls_per_column_or_with_one_value(tmp_path):
+    import inputkit
+
+    holes = holes_file(tmp_path / "holes.parquet")
+    src = ParquetSource(str(holes), pad={"ragged": 3},
+                        fill_null={"score": -1.5, "triple": -7, "ragged": 9})
+    every = src.read(np.arange(120))
+    assert every["score"][47] == -1.5 and every["score"][46] == 46.0
+    assert every["triple"][50].tolist() == [150, -7, 152]
+    assert every["triple"][55].tolist() == [-7, -7, -7], "a null list: fill_null in every item"
+    assert every["ragged"][70].tolist() == [1, 9, 3] and every["ragged"][60].tolist() == [0, 0, 0]
+    assert src.run_info()["fill_null"] == {"score": -1.5, "triple": -7, "ragged": 9}
+    cfg = inputkit.compose(["source=parquet", f"source.files={holes}", "source.pad={ragged: 3}",
+                            "source.fill_null=0", "devices=cpu", "batch_size=40",
+                            "epoch.count=1"])
+    with Runner(cfg) as runner:
+        batches = [{k: v.numpy() for k, v in b.items()} for b in runner.device(0)]
+        skipped = runner.stats().coordinators[0].workers.skipped_samples
+    score = np.concatenate([b["score"] for b in batches])[np.argsort(
+        np.concatenate([b["id"] for b in batches]))]
+    assert len(score) == 120 and skipped == 0 and score[47] == 0 and score[48] == 48
+
+
+@pytest.mark.parametrize("fill, message", [
+    ({"nope": 1}, r"fill_null\.nope: no column 'nope' is read \(the columns are id, score, "
+                  r"triple, ragged\); remove it from source\.fill_null"),
+    ("x", r"fill_null: expected a number \(for every column\) or \{column: number"),
+    (0.5, r"fill_null: 0\.5 does not fit column 'id' \(int64\); give that column its own: "
+          r"source\.fill_null=\{id: VALUE"),
+    ({"id": -1.5}, r"fill_null\.id: -1\.5 does not fit column 'id' \(int64\)"),
+    ({"score": "a"}, r"fill_null\.score: expected a number to fill the nulls of column 'score'"),
+])
+def test_a_bad_fill_null_is_a_config_error_naming_the_key(tmp_path, fill, message):
+    holes = holes_file(tmp_path / "holes.parquet")
+    cfg = make_cfg({"_target_": PARQUET, "files": str(holes), "pad": {"ragged": 3},
+                    "fill_null": fill}, batch_size=8)
+    with pytest.raises(ConfigError, match=r"source: inputkit\.sources\.parquet\.ParquetSource: "
+                                          + message):
+        Runner(cfg).start()

@@ -17,8 +17,11 @@ once. The memory plan counts the cache per worker (``read_scratch``).
 
 Fields: integer, float and bool columns become fields of their dtype; fixed-size lists of
 them become ``n x size`` (or deeper) fields; lists of varying length are padded or cut to
-``pad[column]`` items. Strings, nulls and other types are refused with an error naming the
-column (see :mod:`inputkit.sources.parquet_columns`). pyarrow is needed (``pip install
+``pad[column]`` items. Strings and other types are refused with an error naming the column
+(see :mod:`inputkit.sources.parquet_columns`). A null is replaced by ``fill_null`` (one value,
+or ``{column: value}``); without one, a read that reaches a row holding a null fails naming
+the column and the row, and only such reads: under ``failures.on_error=skip`` the pipeline
+drops those rows alone, not their row group. pyarrow is needed (``pip install
 'inputkit-ml[parquet]'``); it is imported when the source is built.
 """
 
@@ -27,14 +30,14 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from inputkit.errors import SourceError
-from inputkit.sources.parquet_columns import Column, column_spec, decoded_bytes, to_numpy
+from inputkit.sources.parquet_cache import OpenFiles, RowGroup, RowGroupCache
+from inputkit.sources.parquet_columns import Column, column_spec, decoded_bytes, to_numpy, with_fill
 from inputkit.sources.protocol import field_names
 
 NAME = "inputkit.sources.parquet.ParquetSource"
@@ -51,12 +54,15 @@ class ParquetSource:
     length}`` for columns of variable-length lists, padded with ``pad_value`` or cut to that
     length. ``cache_row_groups``: decoded row groups kept per worker, pooled by the threads
     of a process (2 serve unshuffled reads, where workers cross a row group's end at
-    different times; shuffled reads want every row group kept).
+    different times; shuffled reads want every row group kept). ``fill_null``: what replaces
+    a null, one number for every column or ``{column: number}``; ``None`` refuses the rows
+    that hold one (each read that reaches one fails, naming the column and the row).
     """
 
     def __init__(self, files: str | Sequence[str], columns: Sequence[str] | str | None = None,
                  pad: Mapping[str, int] | None = None, pad_value: int | float = 0,
-                 cache_row_groups: int = 2) -> None:
+                 cache_row_groups: int = 2,
+                 fill_null: int | float | Mapping[str, int | float] | None = None) -> None:
         pq = _pyarrow_parquet()
         if isinstance(cache_row_groups, bool) or not isinstance(cache_row_groups, int) \
                 or cache_row_groups < 1:
@@ -67,14 +73,16 @@ class ParquetSource:
         self.columns_arg = field_names(columns, "Parquet column names")
         self.pad = _pad_lengths(pad)
         self.pad_value = pad_value
+        self.fill_null = _fill_values(fill_null)
         self.cache_row_groups = cache_row_groups
         footers = [_footer(pq, path) for path in self.files]
         self.columns = self._select(footers)
         names = [c.name for c in self.columns]
-        unused = [name for name in self.pad if name not in names]
-        if unused:
-            raise ValueError(f"pad.{unused[0]}: no column '{unused[0]}' is read (the columns are "
-                             f"{', '.join(names)}); remove it from source.pad")
+        for key, given in (("pad", self.pad), ("fill_null", self.fill_null)):
+            unused = [name for name in given if name is not None and name not in names]
+            if unused:
+                raise ValueError(f"{key}.{unused[0]}: no column '{unused[0]}' is read (the "
+                                 f"columns are {', '.join(names)}); remove it from source.{key}")
         # Row groups with rows, in order: global rows starts[g] .. starts[g + 1] - 1 are
         # row group groups[g][1] of file groups[g][0].
         groups: list[tuple[int, int]] = []
@@ -99,8 +107,8 @@ class ParquetSource:
     def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._local = threading.local()  # this thread's open files
-        self._states: list[_WorkerState] = []  # every thread's, for close()
-        self._cache = _RowGroupCache(self.cache_row_groups)
+        self._states: list[OpenFiles] = []  # every thread's, for close()
+        self._cache = RowGroupCache(self.cache_row_groups)
 
     # the indexable protocol ------------------------------------------------------------------
 
@@ -131,8 +139,10 @@ class ParquetSource:
             while pos < n:
                 base = int(starts[g])
                 lo, hi = first + pos - base, min(stop, int(starts[g + 1])) - base
-                arrays = self._group(g)
-                for name, arr in arrays.items():
+                group = self._group(g)
+                if group.nulls:
+                    self._refuse_nulls(g, group, np.arange(lo, hi))
+                for name, arr in group.arrays.items():
                     out[name][pos:pos + hi - lo] = arr[lo:hi]
                 pos += hi - lo
                 g += 1
@@ -147,8 +157,10 @@ class ParquetSource:
             g = int(touched[k])
             rows = order[begins[k]:ends[k]]
             local = indices[rows] - starts[g]
-            arrays = self._group(g)
-            for name, arr in arrays.items():
+            group = self._group(g)
+            if group.nulls:
+                self._refuse_nulls(g, group, local)
+            for name, arr in group.arrays.items():
                 out[name][rows] = arr[local]
         return out
 
@@ -163,7 +175,9 @@ class ParquetSource:
         return {"files": len(self.files), "rows": self.length, "row_groups": len(self.groups),
                 "columns": {c.name: {"type": c.arrow_type, "shape": list(c.shape),
                                      "dtype": c.dtype.name} for c in self.columns},
-                "pad": dict(self.pad)}
+                "pad": dict(self.pad),
+                "fill_null": {c.name: c.fill_null for c in self.columns
+                              if c.fill_null is not None}}
 
     def close(self) -> None:
         """Close every worker's files and drop the decoded row groups."""
@@ -236,24 +250,48 @@ class ParquetSource:
                     raise ValueError(f"'{path}' has a column '{extra[0]}' that '{self.files[0]}' "
                                      "lacks; every file needs the same columns, or list the "
                                      "columns to read in source.columns")
+        for k, c in enumerate(columns):
+            if c.name in self.fill_null:
+                columns[k] = with_fill(c, f"fill_null.{c.name}", self.fill_null[c.name])
+            elif None in self.fill_null:
+                columns[k] = with_fill(c, "fill_null", self.fill_null[None])
         return columns
 
-    def _state(self) -> _WorkerState:
+    def _state(self) -> OpenFiles:
         state = getattr(self._local, "state", None)
         if state is None:
-            state = self._local.state = _WorkerState()
+            state = self._local.state = OpenFiles()
             with self._lock:
                 self._states.append(state)
                 # each thread worker brings its share of the pooled cache
                 self._cache.capacity = self.cache_row_groups * len(self._states)
         return state
 
-    def _group(self, g: int) -> dict[str, np.ndarray]:
+    def _group(self, g: int) -> RowGroup:
         """Row group ``g`` decoded, from this process's cache or from its file."""
         self._state()  # counts this thread's share of the cache
         return self._cache.get(g, self._decode_row_group)
 
-    def _decode_row_group(self, g: int) -> dict[str, np.ndarray]:
+    def _refuse_nulls(self, g: int, group: RowGroup, local: np.ndarray) -> None:
+        """A SourceError naming the column and the rows when rows ``local`` of row group ``g``
+        hold a null (rows are then read one by one under skip: only those are dropped)."""
+        for name, null in group.nulls.items():
+            hit = np.unique(local[np.isin(local, null)])
+            if not len(hit):
+                continue
+            f, r = self.groups[g]
+            rows = ", ".join(f"{int(i):,}" for i in hit[:3] + self.starts[g])
+            rows = f"row {rows} holds" if len(hit) == 1 else f"rows {rows}" + (
+                f" and {len(hit) - 3:,} more" if len(hit) > 3 else "") + " hold"
+            raise SourceError(NAME, f"column '{name}' has {len(null):,} null rows in "
+                              f"'{self.files[f]}' (row group {r}); of the rows read, {rows} "
+                              f"one. A tensor has no nulls: set "
+                              f"source.fill_null={{{name}: VALUE}} (or one value for every "
+                              "column), fill them when the file is written, or leave the column "
+                              "out with source.columns; failures.on_error=skip drops only those "
+                              "rows", field=name)
+
+    def _decode_row_group(self, g: int) -> RowGroup:
         """Decode row group ``g`` (selected columns only) and convert it to numpy."""
         f, r = self.groups[g]
         path = self.files[f]
@@ -269,15 +307,14 @@ class ParquetSource:
         if table.num_rows != rows:
             raise SourceError(NAME, f"{where} holds {table.num_rows:,} rows, but {rows:,} when "
                               "the source was built; the file changed: build the source again")
-        arrays: dict[str, np.ndarray] = {}
+        decoded = RowGroup({})
         for c in self.columns:
             chunked = table.column(c.name)
             array = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
-            try:
-                arrays[c.name] = to_numpy(c, array, where)
-            except ValueError as exc:
-                raise SourceError(NAME, str(exc), field=c.name) from None
-        return arrays
+            decoded.arrays[c.name], null = to_numpy(c, array)
+            if len(null):
+                decoded.nulls[c.name] = null
+        return decoded
 
     def _file(self, f: int) -> Any:
         """This worker's open handle on file ``f`` (a few stay open, the last used)."""
@@ -297,67 +334,6 @@ class ParquetSource:
         while len(files) > _OPEN_FILES:
             files.popitem(last=False)[1].close()
         return handle
-
-
-class _RowGroupCache:
-    """The last ``capacity`` decoded row groups, pooled by the threads of one process; a row
-    group wanted by several threads at once is decoded by the first, the others wait for it
-    (and decode it themselves if that decode failed, to raise its error)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._done: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-        self._pending: dict[int, threading.Event] = {}
-        self.waits = 0  # times a thread waited for another's decode (tests read it)
-
-    def __contains__(self, g: int) -> bool:
-        return g in self._done
-
-    def get(self, g: int, decode: Callable[[int], dict[str, np.ndarray]]
-            ) -> dict[str, np.ndarray]:
-        while True:
-            with self._lock:
-                arrays = self._done.get(g)
-                if arrays is not None:
-                    self._done.move_to_end(g)
-                    return arrays
-                event = self._pending.get(g)
-                mine = event is None
-                if event is None:
-                    event = self._pending[g] = threading.Event()
-                if not mine:
-                    self.waits += 1
-            if mine:
-                break
-            event.wait()  # another thread decodes it: bounded by that decode
-        arrays = None
-        try:
-            arrays = decode(g)
-            return arrays
-        finally:
-            with self._lock:
-                del self._pending[g]
-                if arrays is not None:
-                    self._done[g] = arrays
-                    while len(self._done) > self.capacity:
-                        self._done.popitem(last=False)
-            event.set()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._done.clear()
-
-
-class _WorkerState:
-    """One worker thread's open Parquet files (a handle is never shared between threads)."""
-
-    def __init__(self) -> None:
-        self.files: OrderedDict[int, Any] = OrderedDict()
-
-    def close(self) -> None:
-        while self.files:
-            self.files.popitem()[1].close()
 
 
 def expand_files(files: str | Sequence[str]) -> list[str]:
@@ -421,6 +397,18 @@ def _pad_lengths(pad: Mapping[str, int] | None) -> dict[str, int]:
                              f"{length!r}")
         lengths[str(name)] = int(length)
     return lengths
+
+
+def _fill_values(fill: Any) -> dict[str | None, Any]:
+    """``fill_null`` as ``{column: value}``; one value for every column is under ``None``."""
+    if fill is None:
+        return {}
+    if isinstance(fill, Mapping):
+        return {str(name): value for name, value in fill.items()}
+    if isinstance(fill, (bool, int, float)):
+        return {None: fill}
+    raise ValueError(f"fill_null: expected a number (for every column) or {{column: number, "
+                     f"...}}, got {fill!r}")
 
 
 def _leaf_values(group: Any, pad: Mapping[str, int]) -> dict[str, int]:
