@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import tracemalloc
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,53 +31,13 @@ from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-ex
     RAY_ACTOR_BYTES,
     SHARED,
     WORKER_PROCESS_BYTES,
+    MemoryPlan,
     SampleLayout,
     Term,
     input_terms,
 )
+from inputkit.plan_fixes import suggest_fixes
 from inputkit.sources.protocol import indexed_length
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    devices: tuple[str, ...]
-    layouts: dict[str, SampleLayout]
-    terms: tuple[Term, ...]
-    budget_bytes: int
-    budget_text: str
-    gpu_budget_bytes: int | None
-    suggestions: tuple[str, ...] = field(default=())
-
-    @property
-    def device_count(self) -> int:
-        return len(self.devices)
-
-    def total(self, memory: tuple[str, ...] = (HOST, SHARED, PINNED)) -> int:
-        """Bytes over every device, for the given kinds of memory."""
-        return sum(t.bytes * (self.device_count if t.per_device else 1)
-                   for t in self.terms if t.memory in memory)
-
-    @property
-    def host_bytes(self) -> int:
-        return self.total()
-
-    @property
-    def gpu_bytes_per_device(self) -> int:
-        return sum(t.bytes for t in self.terms if t.memory == GPU)
-
-    @property
-    def over_budget(self) -> bool:
-        gpu_over = self.gpu_budget_bytes is not None and \
-            self.gpu_bytes_per_device > self.gpu_budget_bytes
-        return self.host_bytes > self.budget_bytes or gpu_over
-
-    def dominating(self) -> Term:
-        return max((t for t in self.terms if t.memory != PAGE_CACHE),
-                   key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
-
-    def stage_bytes(self, input_name: str, stage: str) -> int:
-        """Planned bytes of one stage of one input on one device (0 when absent)."""
-        return sum(t.bytes for t in self.terms if t.input == input_name and t.stage == stage)
 
 
 class UnknownSampleSizes(ConfigError):
@@ -128,13 +87,16 @@ def declared_layout(spec: InputSpec) -> SampleLayout | None:
     if id_field:
         sizes[str(id_field)] = ((), np.dtype(np.int64).str, 8)
     chunk = spec.source.get("chunk_size_max") or spec.source.get("chunk_size") or spec.batch_size
+    chunk_key = "source.chunk_size_max" if spec.source.get("chunk_size_max") else \
+        "source.chunk_size" if spec.source.get("chunk_size") else ""
     length = spec.source.get("length")
     if isinstance(length, int) and length >= 0:  # finite: read by index range (epoch.chunk_size)
         chunk = min(int(spec.epoch.chunk_size or spec.batch_size), length)
+        chunk_key = "epoch.chunk_size"
     sample_bytes = sum(size for *_, size in sizes.values())
     # The synthetic source keeps one random pool per field, as large as its biggest chunk.
     return SampleLayout(fields=sizes, chunk_samples=int(chunk), source="declared",
-                        source_bytes=sample_bytes * max(int(chunk), 1))
+                        source_bytes=sample_bytes * max(int(chunk), 1), chunk_key=chunk_key)
 
 
 # What to do when sizes are unknown, for every kind of source (function, class, object):
@@ -269,9 +231,11 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
         mapped = mapped_of() if callable(mapped_of) else (0, "")
         if keep is not None:
             keep[spec.name] = unclosed.pop()
+        chunk_key = "epoch.chunk_size" if indexed_length(source.obj) is not None else \
+            "source.chunk_size" if spec.source.get("chunk_size") else ""
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                             source_bytes=max(0, peak - chunk.nbytes), scratch=scratch,
-                            in_place=in_place, mapped=mapped)
+                            in_place=in_place, mapped=mapped, chunk_key=chunk_key)
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()
@@ -306,15 +270,11 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
     torch); ``available`` overrides the RAM a percentage budget is taken of (for tests);
     ``keep`` receives the sources the probe built, by input name (see probed_layout).
     """
-    from inputkit.workers import slot_count
-
     budget, gpu_budget, probe = spec.memory_budget, spec.memory_gpu_budget, spec.probe
     budget_bytes = parse_budget(budget, "memory.budget", available)
     gpu_bytes = parse_size(gpu_budget, "memory.gpu_budget") if gpu_budget is not None else None
     devices = devices if devices is not None else guess_devices(spec.devices)
-    on_gpu = any(d.startswith("cuda") for d in devices)
     layouts: dict[str, SampleLayout] = {}
-    terms: list[Term] = []
     for inp in spec.inputs:
         # Processors may change sizes (a crop): then only a probe through them knows.
         layout = declared_layout(inp) if not inp.processors else None
@@ -330,7 +290,34 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
                      {n: (shape, dtype) for n, (shape, dtype, _) in layout.fields.items()},
                      inp.key_prefix)
         layouts[inp.name] = layout
-        terms.extend(input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+
+    def plan_of(run: RunSpec, sizes: dict[str, SampleLayout]) -> MemoryPlan:
+        return MemoryPlan(devices=devices, layouts=sizes, terms=tuple(plan_terms(run, sizes, devices)),
+                          budget_bytes=budget_bytes, budget_text=str(budget),
+                          gpu_budget_bytes=gpu_bytes)
+
+    def replan(run: RunSpec, sizes: dict[str, SampleLayout]) -> MemoryPlan:
+        """The plan of a fix: declared sizes are read again from its config (a chunk size)."""
+        return plan_of(run, {inp.name: (declared_layout(inp) or sizes[inp.name])
+                             if sizes[inp.name].source == "declared" else sizes[inp.name]
+                             for inp in run.inputs})
+
+    plan = plan_of(spec, layouts)
+    if plan.over_budget:
+        plan = dataclasses.replace(plan, suggestions=tuple(suggest_fixes(plan, spec, replan)))
+    return plan
+
+
+def plan_terms(spec: RunSpec, layouts: dict[str, SampleLayout],
+               devices: tuple[str, ...]) -> list[Term]:
+    """Every line of the plan, from each input's sample sizes."""
+    from inputkit.workers import slot_count
+
+    on_gpu = any(d.startswith("cuda") for d in devices)
+    terms: list[Term] = []
+    for inp in spec.inputs:
+        terms.extend(input_terms(inp, layouts[inp.name], on_gpu,
+                                 slot_count(inp, "cuda" if on_gpu else "cpu")))
     ray_inputs = [inp for inp in spec.inputs if inp.worker_kind == "ray" and inp.ray.address is None]
     if ray_inputs:  # one private local Ray per training process, whatever the inputs
         first = ray_inputs[0]
@@ -344,40 +331,7 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
         terms.append(Term(first.name, "multiprocessing helpers", HOST, 1, "set",
                           HELPER_PROCESSES_BYTES, first.key_prefix + "workers.kind",
                           "resource tracker + forkserver", per_device=False))
-    plan = MemoryPlan(devices=devices, layouts=layouts, terms=tuple(terms),
-                      budget_bytes=budget_bytes, budget_text=str(budget), gpu_budget_bytes=gpu_bytes)
-    if plan.over_budget:
-        plan = MemoryPlan(**{**plan.__dict__, "suggestions": tuple(_suggestions(plan))})
-    return plan
-
-
-def _suggestions(plan: MemoryPlan) -> list[str]:
-    """Concrete settings that fit: the largest count of the dominating term, or a smaller chunk."""
-    top = plan.dominating()
-    if plan.host_bytes <= plan.budget_bytes:
-        return [f"Lower device.prefetch or batch_size to fit memory.gpu_budget "
-                f"({format_size(plan.gpu_budget_bytes or 0)} per device)."]
-    n = plan.device_count if top.per_device else 1
-    rest = plan.host_bytes - top.bytes * n
-    room = plan.budget_bytes - rest
-    largest = room // (top.unit_bytes * n) if top.unit_bytes else 0
-    tips = []
-    if top.unit == "byte limit":
-        fits = max(0, room // n)
-        tips.append(f"Set {top.key}={format_size(fits).replace(' ', '')} or less.")
-    elif largest >= 1 and top.key.endswith(("capacity", "workers.count", "prefetch")):
-        tips.append(f"Set {top.key}={largest} or less (it holds {format_size(largest * top.unit_bytes * n)}"
-                    f" in all).")
-    layout = plan.layouts.get(top.input)
-    if layout is not None and top.unit in ("chunks", "slots", "byte limit") and top.count >= 1:
-        per_chunk = room // (max(top.count, 1) * n)
-        samples = per_chunk // max(layout.sample_bytes, 1)
-        if samples >= 1:
-            tips.append(f"Or keep {top.key}={top.count} with chunks of at most {samples:,} "
-                        f"samples (source.chunk_size).")
-    if not tips:
-        tips.append("Use fewer devices or a smaller batch_size, or raise memory.budget.")
-    return tips
+    return terms
 
 
 def parse_budget(value: Any, key: str, available: int | None = None) -> int:

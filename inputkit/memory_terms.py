@@ -10,9 +10,9 @@ The planner (inputkit.memory) adds them up against the budget.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from inputkit.config.sizes import format_size
+from inputkit.config.sizes import format_size, size_setting
 from inputkit.config.spec import InputSpec
 
 # A worker process's own footprint before it holds any data (interpreter, numpy,
@@ -30,6 +30,8 @@ HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
 # Memory-mapped files: the operating system's page cache, shared by every process and evicted
 # under pressure. Shown in the plan, never counted in the host total or the budget.
 PAGE_CACHE = "page cache"
+# The unit of a term bounded by a size (queue.capacity=256MiB): one limit, not a count.
+BYTE_LIMIT = "byte limit"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class SampleLayout:
     in_place: bool = False
     # The files the source memory-maps (bytes, what they are): from its mapped_bytes().
     mapped: tuple[int, str] = (0, "")
+    # The key (without the input's prefix) that sets the samples of a chunk for this source
+    # (epoch.chunk_size for an indexable source, source.chunk_size for one that takes it), or
+    # "" when no key does: the plan's fixes offer a smaller chunk only through it.
+    chunk_key: str = ""
 
     @property
     def sample_bytes(self) -> int:
@@ -73,8 +79,60 @@ class Term:
     def bytes(self) -> int:
         return self.count * self.unit_bytes
 
+    def holds(self) -> str:
+        """What the line holds, as the plan's table shows it: a count of units, or for a byte
+        limit the most it may hold and what sets it."""
+        if self.unit == BYTE_LIMIT:
+            return f"up to {format_size(self.bytes)} ({self.detail})"
+        return f"{self.count:,} {self.unit} x {self.detail}"
+
     def formula(self) -> str:
-        return f"{self.count:,} {self.unit} x {self.detail} = {format_size(self.bytes)}"
+        if self.unit == BYTE_LIMIT:
+            return self.holds()
+        return f"{self.holds()} = {format_size(self.bytes)}"
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    devices: tuple[str, ...]
+    layouts: dict[str, SampleLayout]
+    terms: tuple[Term, ...]
+    budget_bytes: int
+    budget_text: str
+    gpu_budget_bytes: int | None
+    suggestions: tuple[str, ...] = field(default=())
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def total(self, memory: tuple[str, ...] = (HOST, SHARED, PINNED)) -> int:
+        """Bytes over every device, for the given kinds of memory."""
+        return sum(t.bytes * (self.device_count if t.per_device else 1)
+                   for t in self.terms if t.memory in memory)
+
+    @property
+    def host_bytes(self) -> int:
+        return self.total()
+
+    @property
+    def gpu_bytes_per_device(self) -> int:
+        return sum(t.bytes for t in self.terms if t.memory == GPU)
+
+    @property
+    def over_budget(self) -> bool:
+        gpu_over = self.gpu_budget_bytes is not None and \
+            self.gpu_bytes_per_device > self.gpu_budget_bytes
+        return self.host_bytes > self.budget_bytes or gpu_over
+
+    def dominating(self) -> Term:
+        return max((t for t in self.terms if t.memory != PAGE_CACHE),
+                   key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
+
+    def stage_bytes(self, input_name: str, stage: str) -> int:
+        """Planned bytes of one stage of one input on one device (0 when absent)."""
+        return sum(t.bytes for t in self.terms if t.input == input_name and t.stage == stage)
+
 
 
 def input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int) -> list[Term]:
@@ -142,20 +200,29 @@ def input_terms(inp: InputSpec, layout: SampleLayout, on_gpu: bool, slots: int) 
     else:
         terms.append(Term(name, "batch in the consumer's hands", HOST, 1, "batch",
                           device_sample * inp.batch_size, p + "batch_size", device_detail))
-        if normalized:  # while the next batch converts: its uint8 input and float32 output
+        if normalized and inline:  # while the next batch converts: its uint8 input and float32
             terms.append(Term(name, "device stage normalize", HOST, 1, "batch",
                               (sample + floats) * inp.batch_size, p + "device.normalize",
                               f"{inp.batch_size:,} samples x ({sample:,} B in + {floats:,} B "
                               f"out: {names} in float32)"))
+        elif normalized:  # a thread converts ahead: device.prefetch float batches wait, one forms
+            terms.append(Term(name, "device prefetch", HOST, inp.device_prefetch + 1, "batches",
+                              device_sample * inp.batch_size, p + "device.prefetch",
+                              device_detail))
+            terms.append(Term(name, "device stage normalize", HOST, 1, "batch",
+                              sample * inp.batch_size, p + "device.normalize",
+                              f"{inp.batch_size:,} samples x {sample:,} B (the uint8 batch "
+                              f"being converted)"))
     return terms
 
 
 def _batch_queue_term(inp: InputSpec, batch_bytes: int, batch_detail: str) -> Term:
     """``queue.batch_capacity`` batches, or its byte limit (at least one batch)."""
     if inp.batch_capacity_bytes is not None:
-        return Term(inp.name, "batch queue", HOST, 1, "byte limit",
+        return Term(inp.name, "batch queue", HOST, 1, BYTE_LIMIT,
                     max(inp.batch_capacity_bytes, batch_bytes), inp.key_prefix + "queue.batch_capacity",
-                    f"{format_size(inp.batch_capacity_bytes)} (at least one batch)")
+                    _limit_detail(inp.key_prefix + "queue.batch_capacity",
+                                  inp.batch_capacity_bytes, "batch"))
     return Term(inp.name, "batch queue", HOST, inp.batch_capacity, "batches", batch_bytes,
                 inp.key_prefix + "queue.batch_capacity", batch_detail)
 
@@ -170,8 +237,8 @@ def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_
     if inp.chunk_capacity_bytes is not None:
         queue = max(inp.chunk_capacity_bytes, chunk_bytes)  # one chunk always fits
         terms.append(Term(name, "chunk queue", HOST if inp.worker_kind == "thread" else SHARED,
-                          1, "byte limit", queue, p + "queue.capacity",
-                          f"{format_size(inp.chunk_capacity_bytes)} (at least one chunk)"))
+                          1, BYTE_LIMIT, queue, p + "queue.capacity",
+                          _limit_detail(p + "queue.capacity", inp.chunk_capacity_bytes, "chunk")))
     if inp.worker_kind == "thread":
         if inp.chunk_capacity_bytes is None:
             terms.append(Term(name, "chunk queue", HOST, inp.chunk_capacity, "chunks", chunk_bytes,
@@ -198,6 +265,11 @@ def _worker_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int, chunk_
                           WORKER_PROCESS_BYTES, p + "workers.count",
                           f"{format_size(WORKER_PROCESS_BYTES)} each"))
     return terms
+
+
+def _limit_detail(key: str, limit: int, unit: str) -> str:
+    """How a byte limit was set: ``queue.capacity=64GiB, at least one chunk``."""
+    return f"{key}={size_setting(limit)}, at least one {unit}"
 
 
 def held_views(inp: InputSpec) -> tuple[int, tuple[int, ...]]:
@@ -227,11 +299,12 @@ def _ray_terms(inp: InputSpec, layout: SampleLayout, chunk_bytes: int,
     queued_bytes = sum(max(size, chunk_bytes) for size in limits)  # one chunk always fits
     natural = chunks * chunk_bytes + queued_bytes
     if inp.ray.inflight_bytes is not None and inp.ray.inflight_bytes < natural:
-        store = Term(name, "Ray object store", SHARED, 1, "byte limit",
+        store = Term(name, "Ray object store", SHARED, 1, BYTE_LIMIT,
                      max(inp.ray.inflight_bytes, chunk_bytes), p + "workers.ray.inflight_bytes",
-                     f"{format_size(inp.ray.inflight_bytes)} (at least one chunk)")
+                     _limit_detail(p + "workers.ray.inflight_bytes", inp.ray.inflight_bytes,
+                                   "chunk"))
     elif queued_bytes:
-        store = Term(name, "Ray object store", SHARED, 1, "byte limit", natural,
+        store = Term(name, "Ray object store", SHARED, 1, BYTE_LIMIT, natural,
                      p + "workers.ray.inflight", f"{chunks} chunks of {chunk_detail} + the "
                      f"queues' {format_size(queued_bytes)}")
     else:

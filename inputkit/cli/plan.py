@@ -22,7 +22,7 @@ def plan_table(plan: MemoryPlan) -> Table:
     for term in plan.terms:
         in_all = term.bytes * (n if term.per_device else 1)
         table.add_row(term.input, term.stage, term.memory,
-                      f"{term.count:,} {term.unit} x {term.detail}",
+                      term.holds(),
                       format_size(term.bytes) if term.per_device else "-",
                       format_size(in_all), style="bold red" if term is top and plan.over_budget
                       else None)

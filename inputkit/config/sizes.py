@@ -39,3 +39,24 @@ def format_size(size: float) -> str:
         if abs(size) >= scale:
             return f"{size / scale:.1f} {unit}"
     return f"{int(size)} B"
+
+
+_BINARY = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
+
+
+def size_setting(size: int) -> str:
+    """``size`` as a config value that parses back to exactly it: ``64GiB``, ``1536KiB``,
+    ``1000``."""
+    for unit, scale in _BINARY:
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(int(size))
+
+
+def size_setting_at_most(size: int) -> str:
+    """A round config value of at most ``size`` bytes (within a tenth of it): ``11GiB`` for
+    11.8 GiB, ``740MiB``, ``4096``."""
+    for unit, scale in _BINARY:
+        if size >= 10 * scale:
+            return f"{size // scale}{unit}"
+    return str(max(0, int(size)))
