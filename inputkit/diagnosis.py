@@ -26,12 +26,14 @@ Besides the verdict, live warnings report:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from inputkit.config.sizes import format_size
 from inputkit.evidence import Evidence, QueueEvidence, evidence, where
 from inputkit.metrics import CoordinatorWindow, Window
+from inputkit.own_stages import decoding_note, delivery_bound, device_stage_bound
 from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.verdict import Verdict
 from inputkit.workers.base import WorkerPoolStats
 
 # Shares of the span the consumer's queue (batch queue, or device prefetch on CUDA) was empty.
@@ -58,7 +60,10 @@ FULL = 0.8  # over-buffering: a queue full at least this share of the span
 OVERBUFFER_BUDGET_SHARE = 0.05
 OVERBUFFER_MIN_BYTES = 256 * 2**20
 # A fetch faster than this (ms, p50) costs less than handing its chunk between threads,
-# about 30 us a batch here: inline workers do better (W1: docs/benchmarks.md).
+# about 30 us a batch here: inline workers do better (W1: docs/benchmarks.md), where batches
+# pass as views. Not where the batcher copies chunks into batches: inline then does every fetch
+# and the copy in one thread (the default config, 64-sample chunks into 256-sample batches:
+# inline 0.45x the thread workers' samples/s, docs/configuration.md#inline-workers).
 HANDOVER_FETCH_MS = 0.05
 INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, wants workers
 # Ray workers: the actors feed the chunk queue through one receiver thread in this process.
@@ -67,19 +72,6 @@ RECEIVE_BUSY = 0.5  # the receiver taking results in at least this share of the 
 CAP_REACHED = 0.9  # in-flight plus held bytes at this share of the cap: no call goes out
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 BUDGET_SHARE = 0.8
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """``kind`` (``fetch-bound``, ...) and ``text``: the evidence, then the change to try, if
-    any. ``starved``: the consumer waits on the input (a live warning)."""
-
-    kind: str
-    text: str
-    starved: bool = False
-
-    def line(self, where: str) -> str:
-        return f"{where}: {self.kind}. {self.text}"
 
 
 def judge(e: Evidence) -> Verdict | None:
@@ -96,13 +88,15 @@ def judge(e: Evidence) -> Verdict | None:
     if last is None:
         return None
     seen = f"The {last.stage} was empty {last.empty:.0%} of {e.over}"
-    if last.empty < KEEPS_UP:
-        return Verdict("consumer-bound", f"The {last.stage} was empty only {last.empty:.0%} of "
-                       f"{e.over} (full {last.full:.0%}): the input keeps up, so "
-                       f"the consumer (the training step) sets the pace. Nothing in the input "
-                       f"needs to change.")
+    if last.empty < KEEPS_UP:  # the consumer's time inside next() is inputkit's, not the step's
+        return delivery_bound(e, last) or Verdict(
+            "consumer-bound", f"The {last.stage} was empty only {last.empty:.0%} of {e.over} "
+            f"(full {last.full:.0%}) and the consumer spent {1 - e.in_next:.0%} of it outside "
+            f"next(): the input keeps up, so the consumer (the training step) sets the pace. "
+            f"Nothing in the input needs to change.")
     # (0: no fetch was timed; Ray's cost per chunk is the receive path's, judged below)
-    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS and e.kind != "ray":
+    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS and e.kind != "ray" \
+            and not e.copied_batches:
         return _hand_over_bound(e, last, seen)
     if last.empty < STARVED:
         return Verdict("balanced", f"{seen} (full {last.full:.0%}): the input about keeps pace "
@@ -141,9 +135,7 @@ def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
     if chunks.empty < BATCHER_SLOW:
         batch = e.queue("batch queue")
         if last.stage == "device prefetch" and batch is not None and batch.empty < BATCHER_SLOW:
-            return Verdict("copy-bound", f"{seen} while the batch queue was empty only "
-                           f"{batch.empty:.0%}: batches wait for the host-to-device copy, the "
-                           f"slowest stage.", starved=True)
+            return device_stage_bound(e, seen, batch)  # the copy, or normalize on CPU
         waiting = f"{seen} while chunks waited (the chunk queue was empty only {chunks.empty:.0%})"
         if e.copied_batches:
             return Verdict("batcher-bound", f"{waiting}: assembling batches from several chunks "
@@ -433,20 +425,25 @@ def _spill_warnings(stats: RunnerStats) -> list[str]:
 
 
 def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
-             since: RunnerStats | None = None) -> list[str]:
+             since: RunnerStats | None = None,
+             sources: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """After a run: per coordinator, the bottleneck stage, why, and the one change to try.
 
     The run is judged from ``since`` (a snapshot taken once batches flowed) to ``stats``,
     or from each coordinator's first batch. Over-buffered queues get a line each, and a
     coordinator whose failure policies skipped, retried or restarted anything gets a
-    line saying so, with the latest error they handled.
+    line saying so, with the latest error they handled. ``sources``: the runner's
+    ``source_info`` (what each input's source reported: an image source's decoder).
     """
     before = {(c.input, c.device_index): c for c in since.coordinators} if since else {}
     lines = []
     for c in stats.coordinators:
         start = before.get((c.input, c.device_index))
-        e = evidence(c, start if start is not None and start.batches else None)
-        lines.append(_final_line(c, e))
+        # A run that ended within its first snapshot (a small finite input) has no batches
+        # after ``since``: it is judged from its first batch, not called empty.
+        e = evidence(c, start if start is not None and 0 < start.batches < c.batches else None)
+        decoder = (sources or {}).get(c.input, {}).get("decoder")
+        lines.append(_final_line(c, e, decoder))
         lines += [f"{e.where}: over-buffered. {text[0].upper()}{text[1:]}"
                   for text in over_buffering(e, budget_bytes)]
         ray = c.workers.ray
@@ -459,35 +456,11 @@ def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
     return lines
 
 
-def _final_line(c: CoordinatorStats, e: Evidence) -> str:
+def _final_line(c: CoordinatorStats, e: Evidence, decoder: str | None) -> str:
     verdict = judge(e)
     if verdict is None:
         return f"{e.where}: no batches were delivered, nothing to diagnose"
     if verdict.kind == "empty chunks":  # the same words as the catalogue of errors shows
         return f"{e.where}: the source returned only empty chunks ({c.workers.empty_chunks:,} in " \
                f"{c.elapsed_s:.1f} s): check fetch; failures.stall_timeout reports this as a stall"
-    return verdict.line(e.where) + _decoding_note(c, e, verdict)
-
-
-# Image decoding (Pillow, OpenCV) releases the GIL, so thread workers decode in parallel and
-# skip the hand-over through shared memory: on 2 cores, inputkit compare's W5 (JPEG ->
-# RandomResizedCrop 224) gave 2,345 images/s with 2 threads and 1,791 with 2 processes, at
-# 0.82 and 1.09 CPU-ms an image (docs/images.md).
-IMAGE_SOURCES = ("inputkit.sources.images.", "image_folder", "image_list", "image_shards")
-DECODE_BOUND = ("CPU-bound", "fetch-bound", "transport-bound")
-
-
-def _decoding_note(c: CoordinatorStats, e: Evidence, verdict: Verdict) -> str:
-    """For a run whose workers decode images and set the pace: which worker kind is right."""
-    if not c.source.startswith(IMAGE_SOURCES) or verdict.kind not in DECODE_BOUND \
-            or e.kind == "ray":  # (which kind is right for Ray is a question of CPUs, not the GIL)
-        return ""
-    if e.kind == "process":
-        return (" The workers decode images, which releases the GIL: thread workers "
-                "(workers.kind=thread) decode as fast in parallel and skip the hand-over through "
-                "shared memory (measured 1.3x the images/s at three quarters of the CPU per "
-                "image; docs/images.md).")
-    return (" The workers decode images, which releases the GIL: thread workers are the right "
-            "kind here (process workers would add a copy through shared memory). Where Pillow "
-            "decodes (the summary's sources.<input>.decoder), OpenCV takes about half its CPU "
-            "per image: pip install 'inputkit-ml[images]'.")
+    return verdict.line(e.where) + decoding_note(c, e, verdict, decoder)

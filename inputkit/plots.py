@@ -64,9 +64,29 @@ def cheapest_within(points: list[dict[str, Any]], tolerance: float = 0.05) -> di
     return min(near, key=lambda p: (int(p["peak_buffered_bytes"]), -float(p["samples_per_s"])))
 
 
+def import_quietly() -> None:
+    """Import matplotlib's font manager with its INFO records held back.
+
+    On its first import in a fresh MPLCONFIGDIR, matplotlib builds its font cache and logs
+    "generated new fontManager" at INFO; under Hydra's logging (INFO to the console) that
+    line lands in the middle of a command's output. Warnings still show (a slow build says
+    "Matplotlib is building the font cache"). Every drawing function calls this first.
+    """
+    import logging
+
+    logger = logging.getLogger("matplotlib.font_manager")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        import matplotlib.font_manager  # noqa: F401  (builds or loads the font cache)
+    finally:
+        logger.setLevel(level)
+
+
 def _figure(nrows: int, size_in: tuple[float, float] = _SIZE_IN) -> tuple[Any, Any]:
     """A pyplot-free Agg figure, so nothing is registered globally or left open."""
     try:
+        import_quietly()
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment

@@ -69,10 +69,12 @@ def bench(ctx: typer.Context) -> None:
     sources). inputkit bench --cfg job prints every key with its value;
     docs/configuration.md in inputkit's source repository describes each one.
     """
-    args = list(ctx.args)
+    from inputkit.cli.failure_text import traceback_wanted
+
+    args, traceback = traceback_wanted(list(ctx.args))  # ours too: a worker's whole traceback
     if "--json" in args:  # our flag, not Hydra's: every snapshot to metrics.jsonl
         args = [a for a in args if a != "--json"] + ["bench.json=true"]
-    raise typer.Exit(_run_bench(args))
+    raise typer.Exit(_run_bench(args, traceback))
 
 
 @app.command(cls=Command, context_settings=_PASS_THROUGH)
@@ -235,7 +237,7 @@ def _run_compare(workloads: list[str], seconds: float, repeats: int, startup: bo
     return 0
 
 
-def _run_bench(argv: list[str]) -> int:
+def _run_bench(argv: list[str], traceback: bool | None = None) -> int:
     from rich.console import Console
 
     from inputkit.errors import ConfigError, InputkitError
@@ -263,7 +265,7 @@ def _run_bench(argv: list[str]) -> int:
                   "(see `inputkit plan`)", markup=False)
         return EXIT_OVER_BUDGET
     except ConfigError as exc:
-        return _report(err, exc, str(exc), EXIT_CONFIG)
+        return _report(err, exc, str(exc), EXIT_CONFIG, traceback)
     except KeyboardInterrupt as exc:
         word = "terminated" if terminated else "interrupted"
         if exc.args:  # bench names the threads that did not stop (stuck inside a fetch)
@@ -273,9 +275,9 @@ def _run_bench(argv: list[str]) -> int:
             err.print(f"{word}: the pipeline was stopped cleanly", markup=False)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except InputkitError as exc:
-        return _report(err, exc, str(exc), 1)
+        return _report(err, exc, str(exc), 1, traceback)
     except Exception as exc:  # a user's fetch raised: its type, message and worker traceback
-        return _report(err, exc, f"{type(exc).__name__}: {exc}", 1)
+        return _report(err, exc, f"{type(exc).__name__}: {exc}", 1, traceback)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if results is not None and len(results) > 1:
@@ -315,12 +317,13 @@ def _sweep_plot(console: Any, points: list[tuple[list[str], dict[str, Any]]]) ->
     console.print(f"sweep plot: {path}", markup=False, highlight=False)
 
 
-def _report(err: Any, exc: BaseException, text: str, code: int) -> int:
-    """Print ``error: text`` and the exception's notes (a worker's traceback) on stderr."""
-    err.print(f"error: {text}", markup=False)
-    for note in getattr(exc, "__notes__", []):
-        err.print(note, markup=False)
-    return code
+def _report(err: Any, exc: BaseException, text: str, code: int,
+            traceback: bool | None = None) -> int:
+    """Print ``error: text``, the exception's notes and hints on stderr (cli.failure_text);
+    ``traceback`` None: as INPUTKIT_TRACEBACK says."""
+    from inputkit.cli.failure_text import report, traceback_wanted
+
+    return report(err, exc, text, code, traceback_wanted([])[1] if traceback is None else traceback)
 
 
 def _bench_with_hydra(argv: list[str]) -> list[Any] | None:

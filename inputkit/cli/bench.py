@@ -50,6 +50,7 @@ class _Consumer:
         self.steps = steps
         self.stop = stop
         self.error: BaseException | None = None
+        self.ended: str | None = None  # "steps" (bench.steps), "end" (the input's last epoch)
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"inputkit-bench-{coordinator.spec.name}-"
                                             f"{coordinator.device_index}")
@@ -60,10 +61,14 @@ class _Consumer:
             while not self.coordinator.finished:  # one pass per epoch
                 for _batch in self.coordinator:
                     count += 1
-                    if self.stop.is_set() or (self.steps is not None and count >= self.steps):
+                    if self.stop.is_set():
+                        return
+                    if self.steps is not None and count >= self.steps:
+                        self.ended = "steps"
                         return
                 if self.stop.is_set():
                     return
+            self.ended = "end"
         except BaseException as exc:
             if not self.stop.is_set():
                 self.error = exc
@@ -110,8 +115,9 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     errors = [c.error for c in consumers if c.error is not None]
     if errors:
         raise errors[0]
-    state = "interrupted after" if interrupted else "ran"
-    console.print(summary_table(final, title=f"inputkit bench {state} {elapsed:.1f} s"))
+    title = f"inputkit bench interrupted after {_duration(elapsed)}" if interrupted else \
+        f"inputkit bench ran {_duration(elapsed)}: {_ended_by(consumers, spec)}"
+    console.print(summary_table(final, title=title))
     for c in final.coordinators:
         if c.workers.processors:  # which step is slow, measured inside the workers
             steps = ", ".join(f"{p.name} {p.ms_per_chunk:.2f} ms ({p.calls:,} chunks)"
@@ -127,7 +133,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     for line in skipped_lines(final, "see summary.json" if output_dir is not None else ""):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     # The same judgement as the live verdict, over the run once batches flowed.
-    diagnosis = diagnose(final, recorder.budget_bytes, since=recorder.streaming)
+    diagnosis = diagnose(final, recorder.budget_bytes, since=recorder.streaming,
+                         sources=runner.source_info)
     console.print("diagnosis:", style="bold")
     for line in diagnosis:
         console.print(f"  {line}", markup=False, highlight=False)
@@ -187,12 +194,53 @@ def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spe
     console.print(f"plot: {path}", highlight=False, markup=False)
 
 
+def _duration(seconds: float) -> str:
+    """0.04 s, 2.0 s: a short run keeps its hundredths (a finite input may take 0.04 s)."""
+    return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _epochs(runner: Any) -> str | None:
+    """The end of every input that has one (an indexable source with epoch.count set):
+    'the end of its 1 epoch of 781 samples (epoch.count=1)'; None when any input is endless
+    or read by fetch (which ends only when the source says so)."""
+    ends = set()
+    for c in runner.coordinators():
+        count = c.spec.epoch.count
+        if c.dispatcher is None or count is None:
+            return None
+        ends.add((count, c.length))
+    if len(ends) != 1:
+        return "the end of each input's epochs (epoch.count)"
+    [(count, length)] = ends
+    return (f"the end of its {count} epoch{'s' if count != 1 else ''} of {length:,} samples "
+            f"(epoch.count={count})")
+
+
+def _ended_by(consumers: list[_Consumer], spec: RunSpec) -> str:
+    """What ended the run: the time limit, the step limit, or the input itself."""
+    ends = {c.ended for c in consumers}
+    if None in ends and spec.bench_seconds is not None:  # stopped by the watch: time is up
+        return f"bench.seconds={spec.bench_seconds:g} reached"
+    if ends == {"steps"}:
+        return f"bench.steps={spec.bench_steps} reached"
+    counts = sorted({c.coordinator.spec.epoch.count for c in consumers if c.ended == "end"},
+                    key=str)
+    epochs = f" (epoch.count={counts[0]})" if len(counts) == 1 and counts[0] is not None else ""
+    what = f"the input ended{epochs}" if ends == {"end"} else \
+        f"each input ended or reached bench.steps={spec.bench_steps}"
+    return what + (f", before bench.seconds={spec.bench_seconds:g}"
+                   if spec.bench_seconds is not None else "")
+
+
 def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
     limits = []
     if spec.bench_seconds is not None:
         limits.append(f"{spec.bench_seconds:g} s")
     if spec.bench_steps is not None:
         limits.append(f"{spec.bench_steps} steps per device")
+    epochs = _epochs(runner)
+    if limits and epochs is not None:
+        limits.append(epochs)
     limit = " or ".join(limits) if limits else "the end of the input (its last epoch)"
     inputs = ", ".join(runner.input_names)
     return (f"inputkit bench: input(s) {inputs} on {', '.join(runner.devices)}, "

@@ -197,6 +197,16 @@ def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table
     return table
 
 
+# How a source is read, by SourceInfo.kind: its own fetch(), or by index (len() and
+# read(indices): an indexable source), or read(indices) with no len().
+_READS = {"fetch": "fetch()", "indexable": "index", "read": "read(indices), with no len()"}
+
+
+def reads_by(kind: str) -> str:
+    """``fetch, indexable`` as ``fetch() or by index``: the words that follow 'reads by'."""
+    return " or by ".join(_READS.get(k.strip(), k.strip()) for k in kind.split(",") if k.strip())
+
+
 def sources_table(found: Sequence[SourceInfo]) -> Table:
     """``inputkit sources`` on a terminal: one row per source, long cells folded."""
     table = Table(title="inputkit sources", show_lines=True)
@@ -206,7 +216,7 @@ def sources_table(found: Sequence[SourceInfo]) -> Table:
         keys = "\n".join(f"{k}={v}" if v else k for k, v in info.keys)
         what = Text(info.summary) if info.error is None else \
             Text(f"cannot import: {info.error}", style="red")
-        table.add_row(info.name, info.target, info.origin, info.kind, keys, what)
+        table.add_row(info.name, info.target, info.origin, reads_by(info.kind), keys, what)
     return table
 
 
@@ -216,7 +226,7 @@ def sources_lines(found: Sequence[SourceInfo]) -> list[str]:
     for info in found:
         if lines:
             lines.append("")
-        how = f"; reads by {info.kind}" if info.kind else ""
+        how = f"; reads by {reads_by(info.kind)}" if info.kind else ""
         lines.append(f"{info.name}: {info.target} ({info.origin}{how})")
         if info.error is not None:
             lines.append(f"    cannot import: {info.error}")

@@ -44,7 +44,8 @@ def tune_command(
     kinds: str = typer.Option(None, help="worker kinds to search, e.g. thread,process "
                                          "(default: every kind)"),
     counts: str = typer.Option(None, help="worker counts, e.g. 1,2,4,8 (default: 1, 2, 4, ... "
-                                          "up to twice the usable cores)"),
+                                          "up to twice the usable cores, then on doubling "
+                                          "while it pays for a fetch that waits)"),
     capacities: str = typer.Option("1,2,4,8,16", help="chunk queue capacities (queue.capacity)"),
     batch_capacities: str = typer.Option("1,2,4", "--batch-capacities",
                                          help="batch queue capacities (queue.batch_capacity)"),
@@ -57,16 +58,18 @@ def tune_command(
     \b
       inputkit tune experiment=imagenet_train source.path=/data/train
       inputkit tune experiment=images --seconds 3 --target 120
-      inputkit tune --config-dir ./conf experiment=mine --kinds thread --counts 1,2,4
+      inputkit tune --config-dir ./conf experiment=mine --counts 1,2,4
       inputkit tune experiment=remote --budget 5m
 
-    Every point is checked by the memory planner first; a point over memory.budget is
-    never started. The answer (the least planned memory, then the fewest workers, within
-    5% of the best measured; with --target, the cheapest point reaching it) is measured
-    again beside the starting config, then written to tuned/experiment/tuned.yaml in the
-    run directory with trials.csv and tune.png: run it with
-    inputkit bench --config-dir RUN_DIR/tuned experiment=tuned. Where the ranking rests on
-    differences smaller than the noise of the readings, the output says so.
+    Every point is checked by the memory planner first; a point over
+    memory.budget is never started. The answer (the least planned memory, then
+    the fewest workers, within 5% of the best measured; with --target, the
+    cheapest point reaching it) is measured again beside the starting config,
+    then written to tuned/experiment/tuned.yaml in the run directory with
+    trials.csv and tune.png: run it with
+    inputkit bench --config-dir RUN_DIR/tuned experiment=tuned. Where the
+    ranking rests on differences smaller than the noise of the readings, the
+    output says so.
     """
     raise typer.Exit(run_tune(list(ctx.args), {
         "seconds": seconds, "warmup": warmup, "repeats": repeats, "target": target,
@@ -80,9 +83,11 @@ def run_tune(argv: list[str], options: dict[str, Any]) -> int:
     from rich.console import Console
 
     from inputkit.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED, _report
+    from inputkit.cli.failure_text import traceback_wanted
     from inputkit.errors import ConfigError, InputkitError
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
+    argv, traceback = traceback_wanted(argv)  # --traceback: a failed worker's whole traceback
     terminated: list[int] = []
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -105,15 +110,15 @@ def run_tune(argv: list[str], options: dict[str, Any]) -> int:
         if isinstance(result, dict):
             raise result["error"]
     except ConfigError as exc:
-        return _report(err, exc, str(exc), EXIT_CONFIG)
+        return _report(err, exc, str(exc), EXIT_CONFIG, traceback)
     except KeyboardInterrupt:
         err.print(f"{'terminated' if terminated else 'interrupted'} before the first trial; "
                   "nothing was written", markup=False)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except InputkitError as exc:
-        return _report(err, exc, str(exc), 1)
+        return _report(err, exc, str(exc), 1, traceback)
     except Exception as exc:  # a source's own error, with its worker traceback in the notes
-        return _report(err, exc, f"{type(exc).__name__}: {exc}", 1)
+        return _report(err, exc, f"{type(exc).__name__}: {exc}", 1, traceback)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if result.interrupted:

@@ -20,6 +20,9 @@ _MB = 1e6
 
 
 def plot_trials(result: TuneResult, path: Path) -> Path:
+    from inputkit.plots import import_quietly
+
+    import_quietly()  # no "generated new fontManager" line in inputkit tune's output
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
