@@ -34,9 +34,11 @@ except ImportError:  # pragma: no cover - an older or newer torch without the re
 from inputkit.config.spec import InputSpec, RunSpec, load_spec
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.runner import Runner
+from inputkit.work import batches_in, epoch_share
 
 log = logging.getLogger(__name__)
 _STATE_KIND = "inputkit.InputkitIterableDataset"  # marks the dicts state_dict() returns
+_UNKNOWN = object()  # a length not yet asked for
 
 
 class InputkitBatch(dict):  # type: ignore[type-arg]
@@ -78,7 +80,9 @@ class InputkitIterableDataset(IterableDataset):
 
     :meth:`state_dict` says what has been delivered (the Runner's own state), and
     :meth:`load_state_dict` on a new dataset makes its next pass deliver only the rest
-    of that epoch: the ``Stateful`` protocol of torchdata's ``StatefulDataLoader``.
+    of that epoch: the ``Stateful`` protocol of torchdata's ``StatefulDataLoader`` (the loader
+    to give Lightning, whose checkpoints then resume mid-epoch). ``len()`` is the batches of
+    one pass on this device, for an indexable source (see :meth:`__len__`).
     """
 
     def __init__(self, cfg: Any, device: int = 0, input: str | None = None) -> None:
@@ -145,6 +149,15 @@ class InputkitIterableDataset(IterableDataset):
                                 f"'{state.get('input')}', this dataset streams '{self.input}'")
         self._pipeline.resume_from(state["runner"])
 
+    def __len__(self) -> int:
+        """Batches one pass yields on this device and rank, for progress bars (a DataLoader's
+        ``len()``): this device's share of a whole epoch, cut into batches as the batcher
+        does (``drop_last``). A resumed pass yields only the rest, and skipped samples
+        (``failures.on_error=skip``) make fewer, never more. A source read by ``fetch`` (an
+        endless stream, an iterable dataset) has no length: TypeError, as for any unsized
+        iterable."""
+        return self._pipeline.batches_per_epoch()
+
     @property
     def runner(self) -> Runner | None:
         """The running Runner (for ``stats()``), or None between Runners."""
@@ -185,6 +198,42 @@ class _Pipeline:
         self._open: int | None = None  # the pass in the middle of an epoch, if any
         self._resume: dict[str, Any] | None = None  # loaded; given to the next Runner
         self._stopped_at: dict[str, Any] | None = None  # the last Runner's state when it closed
+        self._length: Any = _UNKNOWN  # samples per epoch (None: read by fetch), for len()
+
+    def batches_per_epoch(self) -> int:
+        """The batches of one whole epoch on this device of this rank (see the dataset's len())."""
+        with self._lock:
+            runner = self.runner
+        if runner is not None:  # what the running pipeline itself uses
+            length = runner.coordinators(self.input)[0].length
+            devices, rank = len(runner.devices), runner.rank
+        else:
+            from inputkit.device import resolve_devices
+            from inputkit.distributed import rank_info
+
+            if self._length is _UNKNOWN:  # a Runner's state says; else a copy of the source
+                self._length = _saved_length(self.position(), self.input)
+            if self._length is _UNKNOWN:
+                self._length = _epoch_length(self.spec.input(self.input))
+            length = self._length
+            rank = rank_info(self.spec.distributed)
+            devices = len(resolve_devices(
+                self.spec.devices, rank.local_rank if rank.world_size > 1 else None))
+        spec = self.spec.input(self.input)
+        if length is None:
+            raise TypeError(
+                f"InputkitIterableDataset has no len(): input '{self.input}' reads "
+                f"'{spec.source['_target_']}' by fetch (an endless stream or an iterable "
+                "dataset), so the batches of a pass are not known in advance; only a source "
+                "with __len__ and read(indices) has a length")
+        if self.device >= devices:
+            raise InputkitError(f"InputkitIterableDataset(device={self.device}): device index "
+                                f"{self.device} is out of range; this config feeds {devices} "
+                                f"device(s); use an index below {devices}")
+        first, slots = rank.device_slots(devices)
+        samples = epoch_share(length, spec.epoch.chunk_size or spec.batch_size,
+                              first + self.device, slots)
+        return batches_in(samples, spec.batch_size, spec.drop_last)
 
     def position(self) -> dict[str, Any] | None:
         """The Runner state to resume from (None: the start)."""
@@ -284,6 +333,32 @@ def _endless_epochs(spec: RunSpec, name: str) -> RunSpec:
         return spec
     endless = dataclasses.replace(chosen, epoch=dataclasses.replace(chosen.epoch, count=None))
     return dataclasses.replace(spec, inputs=tuple(endless if s.name == name else s for s in spec.inputs))
+
+
+def _saved_length(state: dict[str, Any] | None, name: str) -> Any:
+    """Samples per epoch as a Runner state records them (resumable inputs only), or _UNKNOWN."""
+    saved = (state or {}).get("inputs", {}).get(name, {})
+    return int(saved["length"]) if saved.get("resumable") else _UNKNOWN
+
+
+def _epoch_length(spec: InputSpec) -> int | None:
+    """Samples per epoch of the input's source (None: read by fetch), from a private copy;
+    an iterable torch dataset is known as such without building it."""
+    from inputkit.sources.loader import build_source, import_target
+    from inputkit.sources.protocol import indexed_length
+    from inputkit.sources.torch_dataset import TorchDatasetSource, dataset_kind
+
+    key = f"{spec.key_prefix}source"
+    target = import_target(spec.source["_target_"], key=f"{key}._target_")
+    if not callable(getattr(target, "read", None)):
+        return None
+    if target is TorchDatasetSource and dataset_kind(spec.source) == "iterable":
+        return None
+    source = build_source(spec.source, key=key)
+    try:
+        return indexed_length(source.obj)
+    finally:
+        source.close()
 
 
 def _indexable(spec: InputSpec) -> bool:

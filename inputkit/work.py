@@ -324,3 +324,25 @@ class Dispatcher:
                 else:
                     markers = self._close_epoch_locked()
         return all(self._emit(m) for m in markers)
+
+
+def epoch_share(length: int, chunk_size: int, slot: int, slots: int) -> int:
+    """Samples of a whole epoch of ``length`` that device slot ``slot`` of ``slots`` reads.
+
+    The same split as :class:`Dispatcher`: chunks ``slot, slot + slots, ...`` of
+    ``chunk_size`` samples, the epoch's last chunk holding the remainder. A resumed
+    epoch gives a slot at most this many.
+    """
+    chunks = -(-length // chunk_size)
+    if slot >= chunks:
+        return 0
+    mine = len(range(slot, chunks, slots))
+    short = chunks * chunk_size - length  # what the epoch's last chunk lacks
+    return mine * chunk_size - (short if (chunks - 1 - slot) % slots == 0 else 0)
+
+
+def batches_in(samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches the batcher makes of one epoch's ``samples``: whole ones, and the remainder as
+    a partial last batch unless ``drop_last``."""
+    whole, rest = divmod(samples, batch_size)
+    return whole + (1 if rest and not drop_last else 0)

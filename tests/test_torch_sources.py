@@ -359,8 +359,10 @@ def test_the_dataset_is_built_once_per_process(tmp_path, workers, others):
 
     log.unlink()
     with InputkitIterableDataset(cfg) as ds:  # the adapter adds no construction of its own
-        assert sorted(ids_of(list(DataLoader(ds, batch_size=None)))) == list(range(40))
+        assert sorted(ids_of([b for b in DataLoader(ds, batch_size=None)])) == list(range(40))
+        assert len(ds) == 3  # while running, the Runner knows the length
     assert constructions(log) == (1, others)
+    assert len(ds) == 3  # and after it stopped, its last state does
 
 
 # dropping values of tuple samples --------------------------------------------------------------
