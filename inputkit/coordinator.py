@@ -168,6 +168,8 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._finished_at: float | None = None
         self._first_batch_s: float | None = None
         self._batches = self._samples = self._bytes = 0
+        # The consumer's seconds inside __next__ (for a batch): inputkit's share of its thread.
+        self._next_s = 0.0
         self._finished = False
         self.epoch = first_epoch  # the epoch the consumer is in (index-range sources)
         # A mixture: the field naming each sample's component, and the samples received of each.
@@ -194,6 +196,7 @@ class Coordinator(Iterator[dict[str, Any]]):
             raise StopIteration
         if self.stages.closed:
             raise InputkitError(f"{self.label}: the runner is closed; no more batches")
+        entered = time.perf_counter()
         stop = self._abort.event
         try:
             item = None if stop.is_set() else self.device_stage.get(stop)
@@ -217,6 +220,8 @@ class Coordinator(Iterator[dict[str, Any]]):
                     counts = which.bincount(minlength=len(self._component_names))
                     self._component_counts = counts if self._component_counts is None else \
                         self._component_counts + counts
+            if self._batches > 1:  # the first batch's wait is start-up, outside every span
+                self._next_s += time.perf_counter() - entered
             return tensors  # type: ignore[no-any-return]
         if item is END:
             if self.dispatcher is not None:
@@ -268,7 +273,8 @@ class Coordinator(Iterator[dict[str, Any]]):
             copied_batches=self.batcher.copied_batches, view_batches=self.batcher.view_batches,
             dropped_samples=self.batcher.rechunker.dropped, planned=dict(self.planned),
             source=str(self.spec.source.get("_target_", "")),
-            components=self._components(),
+            components=self._components(), next_s=self._next_s,
+            device_busy_s=self.device_stage.busy_s,
         )
 
 

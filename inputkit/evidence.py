@@ -68,6 +68,11 @@ class Evidence:
     now, against ``cap_bytes``; how many ``nodes`` the actors run on, and ``ray_local``: a
     private local Ray (this machine's idle cores are then the actors' too). For Ray,
     ``in_fetch`` and ``workers`` count live actors only (a dead one is replaced, not idle).
+
+    inputkit's own stages after the batcher: ``in_next``, the share of the span the consumer
+    spent inside ``next()`` (its thread's time in inputkit: waiting for a batch, and making its
+    tensors), and ``device_busy``, the share the device stage's own thread spent copying or
+    converting (``device.normalize``) batches; ``device`` is ``cpu`` or ``cuda:N``.
     """
 
     where: str
@@ -96,6 +101,9 @@ class Evidence:
     cap_bytes: int | None = None
     nodes: int = 0
     ray_local: bool = False  # a private local Ray: every actor runs on this machine
+    in_next: float = 0.0
+    device_busy: float = 0.0
+    device: str = "cpu"
 
     def queue(self, stage: str) -> QueueEvidence | None:
         return next((q for q in self.queues if q.stage == stage), None)
@@ -140,6 +148,7 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         batches, copied = now.batches - before.batches, now.copied_batches - before.copied_batches
         chunks, empty_chunks = w.chunks - pw.chunks, w.empty_chunks - pw.empty_chunks
         gil, idle = _gil(w.gil, pw.gil), _idle(w.idle_cpu_s, pw.idle_cpu_s, span)
+        in_next, device_busy = now.next_s - before.next_s, now.device_busy_s - before.device_busy_s
     else:
         startup = now.first_batch_s or 0.0
         span = now.elapsed_s - startup
@@ -152,6 +161,7 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         chunks, empty_chunks = w.chunks, w.empty_chunks
         # The pool counts idle time from its own start: the whole run, not the span.
         gil, idle = _gil(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
+        in_next, device_busy = now.next_s, now.device_busy_s  # (next_s skips the first batch)
     workers = w.workers if w.ray is None else _live(w.ray) or w.workers
     return Evidence(
         where=where(now), over=over, span_s=span, batches=batches, kind=w.kind,
@@ -160,6 +170,7 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         fetch_cores=cpu / span if span > 0 else 0.0, fetch_p50_ms=w.fetch_p50_ms,
         gil_wait_ms=gil[0], gil_held=gil[1], idle_cores=idle, fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
         copied_batches=copied, chunks=chunks, empty_chunks=empty_chunks,
+        in_next=_share(in_next, span), device_busy=_share(device_busy, span), device=now.device,
         cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0,
         **_ray(w.ray, before.workers.ray if before is not None else None, span))
 

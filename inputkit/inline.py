@@ -27,6 +27,7 @@ class InlineStage:
     """Batches (and control messages) made on demand, in the calling thread."""
 
     prefetch = 0
+    busy_s = 0.0  # no thread of its own: its work is the consumer's time inside next()
 
     def __init__(self, pool: InlineWorkerPool, batcher: Batcher, device: str,
                  transform: DeviceTransform | None = None) -> None:

@@ -41,10 +41,13 @@ class _Rates:
 class CoordinatorStats(_Rates):
     """One input on one device: what the consumer received, and each stage's state.
 
-    ``queues`` lists the chain in order: chunk queue, batch queue, and on CUDA the
-    device prefetch queue. ``copied_batches`` were assembled from several chunks
-    (one copy); ``view_batches`` lay inside one chunk and were handed out without
-    a copy. ``first_batch_s``: seconds from start to the first batch delivered.
+    ``queues`` lists the chain in order: chunk queue, batch queue, and on CUDA (or on CPU
+    with ``device.normalize``) the device prefetch queue. ``copied_batches`` were assembled
+    from several chunks (one copy); ``view_batches`` lay inside one chunk and were handed out
+    without a copy. ``first_batch_s``: seconds from start to the first batch delivered.
+    ``next_s``: seconds the consumer spent inside ``next()`` for the batches it received
+    (waiting included); ``device_busy_s``: seconds the device stage's own thread spent
+    copying or converting batches (0 where it has none).
     """
 
     input: str
@@ -67,6 +70,8 @@ class CoordinatorStats(_Rates):
     source: str = ""  # the source's _target_ (the diagnosis has advice for some kinds)
     # A mixture source: samples the consumer received from each component, by name.
     components: dict[str, int] = field(default_factory=dict)
+    next_s: float = 0.0
+    device_busy_s: float = 0.0
 
     @property
     def buffered_bytes(self) -> int:

@@ -207,9 +207,15 @@ def test_the_plan_counts_the_float_batch_where_it_exists():
     hands = cpu["batch in the consumer's hands"]
     assert hands.bytes == 16 * (4 * image + label)
     assert "image in float32 after device.normalize" in hands.detail
-    # While the next batch converts: its uint8 input and the float32 image it becomes.
-    assert cpu["device stage normalize"].bytes == 16 * ((image + label) + 4 * image)
-    assert "device stage normalize" not in plain
+    # A thread converts ahead of the consumer: device.prefetch float batches wait, one forms
+    # (its float output), and the uint8 batch it reads.
+    assert cpu["device prefetch"].bytes == 3 * 16 * (4 * image + label)  # prefetch 2 + 1
+    assert cpu["device stage normalize"].bytes == 16 * (image + label)
+    assert "device stage normalize" not in plain and "device prefetch" not in plain
+    inline, _ = sizes("cpu", device={"normalize": NORMALIZE}, workers={"kind": "inline"})
+    # Inline converts in the consumer's thread: the uint8 input and the float32 it becomes.
+    assert inline["device stage normalize"].bytes == 16 * ((image + label) + 4 * image)
+    assert "device prefetch" not in inline
     gpu, plan = sizes("cuda:0", device={"normalize": NORMALIZE, "prefetch": 2})
     assert gpu["pinned staging"].bytes == 3 * 16 * (image + label), "the copy moves uint8"
     assert gpu["device prefetch"].bytes == 3 * 16 * (4 * image + label)

@@ -181,8 +181,9 @@ def test_the_imagenet_experiments_run_from_the_cli_and_record_the_classes(tmp_pa
 def test_the_diagnosis_says_which_worker_kind_decodes_best(tmp_path, workers, advice):
     import dataclasses
 
-    from inputkit.diagnosis import Verdict, _decoding_note
     from inputkit.evidence import evidence
+    from inputkit.own_stages import decoding_note as _decoding_note
+    from inputkit.verdict import Verdict
 
     path = write_list(tmp_path, 24)
     with Runner(make_cfg(source(path), batch_size=8, workers=workers)) as runner:
