@@ -141,6 +141,30 @@ def test_the_summary_names_the_limit_that_ended_an_endless_run(limit, ended, tmp
     assert "the end of its" not in result.output  # synthetic is endless: no epoch in the header
 
 
+@pytest.mark.timeout(180)
+def test_a_fetch_source_that_ends_is_said_to_have_ended(tmp_path, monkeypatch):
+    """A fetch source ends when it raises SourceExhausted: unknown beforehand, so the header
+    has no epoch; the summary says it ended, with no epoch.count (it does not apply)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(TESTS))
+    result = _invoke(["bench", "~source", "+source._target_=fakes:RandomChunks",
+                      "+source.length=500", "devices=cpu", "batch_size=16", "bench.seconds=60",
+                      "bench.plot=false", "memory.probe=false",
+                      "+source._fields_={id: {dtype: int64}, x: {shape: [3], dtype: float32}}"])
+    assert result.exit_code == 0, result.output
+    assert "until 60 s (start-up took" in result.output, result.output
+    assert _title(result.output).endswith(": the input ended, before bench.seconds=60"), \
+        result.output
+
+
+@pytest.mark.parametrize("seconds, text", [(0.03, "30 ms"), (0.0004, "0 ms"), (0.2, "0.2 s"),
+                                           (10.06, "10.1 s")])
+def test_a_short_run_is_shown_in_milliseconds_not_as_zero_seconds(seconds, text):
+    from inputkit.cli.bench import _duration
+
+    assert _duration(seconds) == text
+
+
 @pytest.fixture
 def corrupt_folder(tmp_path: Path) -> Path:
     """An ImageFolder tree of 2 classes x 3 JPEGs, one of them not an image at all."""

@@ -195,8 +195,8 @@ def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spe
 
 
 def _duration(seconds: float) -> str:
-    """0.04 s, 2.0 s: a short run keeps its hundredths (a finite input may take 0.04 s)."""
-    return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    """2.0 s, or 40 ms under a tenth of a second (a small finite input), never '0.0 s'."""
+    return f"{seconds:.1f} s" if seconds >= 0.095 else f"{seconds * 1000:.0f} ms"
 
 
 def _epochs(runner: Any) -> str | None:
@@ -223,8 +223,8 @@ def _ended_by(consumers: list[_Consumer], spec: RunSpec) -> str:
         return f"bench.seconds={spec.bench_seconds:g} reached"
     if ends == {"steps"}:
         return f"bench.steps={spec.bench_steps} reached"
-    counts = sorted({c.coordinator.spec.epoch.count for c in consumers if c.ended == "end"},
-                    key=str)
+    counts = sorted({c.coordinator.spec.epoch.count for c in consumers
+                     if c.ended == "end" and c.coordinator.dispatcher is not None}, key=str)
     epochs = f" (epoch.count={counts[0]})" if len(counts) == 1 and counts[0] is not None else ""
     what = f"the input ended{epochs}" if ends == {"end"} else \
         f"each input ended or reached bench.steps={spec.bench_steps}"
