@@ -296,6 +296,19 @@ def test_budget_bookkeeping_on_an_injected_clock():
     assert Budget(None).allows(settings, reserve_runs=5) == settings
 
 
+def test_the_budget_costs_each_worker_kind_by_its_own_runs():
+    """Process workers start slower than threads: a thread trial is costed by thread runs,
+    the runs kept for the re-measurements by the dearest kind's."""
+    settings = Settings(seconds=1.0, warmup=0.0)
+    budget = Budget(60.0, clock=Clock())
+    budget.record(wall_s=1.5, runs=1, measured_s=1.0, settings=settings, kind="thread")
+    budget.record(wall_s=6.0, runs=1, measured_s=1.0, settings=settings, kind="process")
+    assert budget.run_cost(settings, kind="thread") == 1.5
+    assert budget.run_cost(settings, kind="process") == 6.0
+    assert budget.run_cost(settings) == 6.0  # what is kept aside: the dearest
+    assert budget.run_cost(settings, kind="inline") == pytest.approx(1.0 + 2.75)  # not run yet
+
+
 def test_the_search_keeps_its_budget_and_lists_what_it_skipped(tmp_path):
     """Every trial as noisy as can be (all repeats, lengthened 4x): on the injected clock the
     search, re-measurements included, ends within its 60 s, and says what it left out."""

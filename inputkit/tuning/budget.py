@@ -2,8 +2,9 @@
 
 People size a search by the time they can give it, not by a trial count. The budget
 plans each trial before it starts: a run costs its start-up and close (measured on the
-runs so far; a guess of ``STARTUP_S`` before the first), its warm-up and its measured
-span, and the re-measurements at the end are kept aside from the start. A trial that
+runs so far of the same worker kind, since processes start slower than threads; a guess
+of ``STARTUP_S`` before the first), its warm-up and its measured span, and the
+re-measurements at the end are kept aside from the start, at the dearest kind's cost. A trial that
 does not fit what is left is not started: it is recorded as *skipped (budget)*, and so is
 every later one, so the table says what the budget left out. A trial that fits may
 repeat and lengthen only as far as what is left allows, so the search ends at most one
@@ -59,7 +60,8 @@ class Budget:
     """The search's wall-clock allowance (``seconds`` None: unlimited) on ``clock``.
 
     Runs are costed as ``overhead + warmup + measured span``; the overhead (start-up and
-    close) is the median of what the runs so far took beyond their warm-up and span.
+    close) is the median of what the runs so far of that worker kind took beyond their
+    warm-up and span (of every kind's, for a kind not run yet).
     """
 
     def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -69,7 +71,7 @@ class Budget:
         self.clock = clock
         self.began = clock()
         self.exhausted = False  # once a trial was skipped, every later one is
-        self._overheads: list[float] = []
+        self._overheads: dict[str, list[float]] = {}
 
     def spent(self) -> float:
         return self.clock() - self.began
@@ -77,33 +79,46 @@ class Budget:
     def left(self) -> float:
         return float("inf") if self.seconds is None else self.seconds - self.spent()
 
-    def record(self, wall_s: float, runs: int, measured_s: float, settings: Settings) -> None:
-        """A trial of ``runs`` runs took ``wall_s`` in all, ``measured_s`` of it measured."""
+    def record(self, wall_s: float, runs: int, measured_s: float, settings: Settings,
+               kind: str = "") -> None:
+        """A trial of ``runs`` runs of ``kind`` workers took ``wall_s`` in all, ``measured_s``
+        of it measured."""
         if runs > 0:
-            self._overheads.append(max(0.0, wall_s - measured_s - runs * settings.warmup) / runs)
+            self._overheads.setdefault(kind, []).append(
+                max(0.0, wall_s - measured_s - runs * settings.warmup) / runs)
 
-    def run_cost(self, settings: Settings, length: int = 1) -> float:
-        """One run's expected wall time, its span ``length`` times ``--seconds``."""
-        overhead = statistics.median(self._overheads) if self._overheads else STARTUP_S
-        return overhead + settings.warmup + length * settings.seconds
+    def _overhead(self, kind: str | None) -> float:
+        if kind is not None and kind in self._overheads:
+            return statistics.median(self._overheads[kind])
+        every = [v for values in self._overheads.values() for v in values]
+        if kind is None and self._overheads:  # the dearest kind's: for what is kept aside
+            return max(statistics.median(values) for values in self._overheads.values())
+        return statistics.median(every) if every else STARTUP_S
 
-    def allows(self, settings: Settings, reserve_runs: int, final: bool = False) -> Settings | None:
-        """The trial's settings cut to what is left (less ``reserve_runs`` runs kept for the
-        re-measurements at the end); None: not even one plain run fits, so it is skipped.
-        A ``final`` re-measurement draws on the runs kept aside for it, so it may run after
-        the search ran out."""
+    def run_cost(self, settings: Settings, length: int = 1, kind: str | None = None) -> float:
+        """One run's expected wall time, its span ``length`` times ``--seconds``, with
+        ``kind`` workers (None: the dearest kind run so far)."""
+        return self._overhead(kind) + settings.warmup + length * settings.seconds
+
+    def allows(self, settings: Settings, reserve_runs: int, final: bool = False,
+               kind: str | None = None) -> Settings | None:
+        """The settings of a trial of ``kind`` workers cut to what is left (less
+        ``reserve_runs`` runs kept for the re-measurements at the end); None: not even one
+        plain run fits, so it is skipped. A ``final`` re-measurement draws on the runs kept
+        aside for it, so it may run after the search ran out."""
         if self.seconds is None:
             return settings
         if self.exhausted and not final:
             return None
         left = self.left() - reserve_runs * self.run_cost(settings)
-        if left < self.run_cost(settings):
+        if left < self.run_cost(settings, kind=kind):
             self.exhausted = True
             return None
         length = 1
-        while length * 2 <= settings.lengthen and self.run_cost(settings, length * 2) <= left:
+        while length * 2 <= settings.lengthen and \
+                self.run_cost(settings, length * 2, kind) <= left:
             length *= 2
-        repeats = max(1, min(settings.repeats, int(left // self.run_cost(settings, length))))
+        repeats = max(1, min(settings.repeats, int(left // self.run_cost(settings, length, kind))))
         return replace(settings, repeats=repeats, lengthen=length)
 
     def describe(self) -> str:

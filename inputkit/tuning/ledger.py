@@ -159,7 +159,8 @@ class Ledger:
         number = len(self.trials) + 1
         if phase == "final":
             self.finals_left = max(0, self.finals_left - 1)
-        settings = self.budget.allows(self.settings, self.finals_left, final=phase == "final")
+        settings = self.budget.allows(self.settings, self.finals_left, final=phase == "final",
+                                      kind=point.kind)
         if settings is None:  # not planned either: planning may probe the source
             return self._record(Trial(number, point, phase, SKIPPED, None, None,
                                       error="what is left of --budget does not cover a run"))
@@ -188,7 +189,7 @@ class Ledger:
             return self._record(Trial(number, point, phase, FAILED, runs=1, error=text,
                                       **figures))
         self.budget.record(self.budget.clock() - began, len(result.runs),
-                           sum(r.span_s for r in result.runs), settings)
+                           sum(r.span_s for r in result.runs), settings, point.kind)
         median = result.verdict
         return self._record(Trial(number, point, phase, MEASURED, rate=result.rate,
                                   samples_per_s=result.samples_per_s, spread=result.spread,
