@@ -18,6 +18,15 @@ def pipeline_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("inputkit-") and t.is_alive()]
 
 
+def wait_until(condition: Any, what: str, seconds: float = 30.0) -> None:
+    """Poll ``condition()`` until it is true: a state barrier with a deadline generous enough
+    for a loaded machine, that fails the test naming ``what`` it waited for."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:g} s for {what}"
+        time.sleep(0.02)
+
+
 def wait_for_no_pipeline_threads(seconds: float = 3.0) -> list[threading.Thread]:
     """Wait up to ``seconds`` for every inputkit thread to end; return those still running."""
     deadline = time.monotonic() + seconds

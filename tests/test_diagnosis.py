@@ -15,7 +15,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import make_cfg
+from conftest import make_cfg, wait_until
 
 from inputkit import Runner
 from inputkit.diagnosis import (
@@ -367,13 +367,6 @@ def run(cfg: dict, seconds: float = 1.5, consume: bool = True) -> tuple[Evidence
         after = runner.stats()
     e = evidence(after.coordinators[0], before.coordinators[0])
     return e, diagnose(after, 2**30, since=before)
-
-
-def wait_until(condition, what: str, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {seconds:g} s for {what}"
-        time.sleep(0.02)
 
 
 def synthetic(**source) -> dict:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, pipeline_threads, wait_for_no_pipeline_threads
+from conftest import make_cfg, pipeline_threads, wait_for_no_pipeline_threads, wait_until
 
 import inputkit
 from inputkit import ConfigError, InputkitError, Runner, SourceError, WorkerFailure
@@ -149,10 +149,8 @@ def test_a_failure_stops_every_worker_of_the_runner_at_once():
         return [t for t in pipeline_threads() if "-fetch-" in t.name]
 
     with Runner(cfg) as runner:
-        deadline = time.monotonic() + 5
-        while fetchers() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not fetchers(), "every worker, on every device, stops after the failure"
+        wait_until(lambda: not fetchers(), "every worker, on every device, to stop after the "
+                   "failure")
         assert {t.name for t in pipeline_threads()} >= {"inputkit-main-0-batcher"}
         errors = []
         for device in (0, 1):
@@ -172,11 +170,14 @@ def test_early_break_and_leaving_the_block_stop_every_thread_within_2s():
         for step, _batch in enumerate(runner.device(0)):
             if step == 5:
                 break
-        time.sleep(0.2)  # workers now block on full queues
-        # Per device: 4 fetch threads, the batcher and the GIL probe; + the stall watchdog.
-        assert len(pipeline_threads()) == 2 * (4 + 2) + 1
-        began = time.monotonic()
-    assert time.monotonic() - began < 2.0
+        wait_until(lambda: [c.workers.blocked for c in runner.stats().coordinators] == [4, 4],
+                   "every worker to block on a full queue")
+        names = [t.name for t in pipeline_threads()]
+        for device in (0, 1):  # the config's 4 workers per device, and its batcher
+            assert len([n for n in names if n.startswith(f"inputkit-main-{device}-fetch-")]) == 4
+            assert f"inputkit-main-{device}-batcher" in names
+    # Leaving the block closes with close()'s 2 s timeout, which raises ShutdownError naming
+    # any thread still running then; none is left.
     assert pipeline_threads() == []
 
 
@@ -220,7 +221,8 @@ def test_close_while_consumer_waits_ends_its_wait_with_a_clear_error(kind):
 
     t = threading.Thread(target=consume)
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: runner.stats().coordinators[0].workers.fetching == 1,
+               "the slow fetch to begin")  # inline: inside the consumer's own next()
     runner.close()
     t.join(3)
     assert not t.is_alive()
@@ -231,11 +233,10 @@ def test_a_fetch_that_never_returns_is_reported_by_close():
     cfg = make_cfg({"_target_": "fakes:Slow", "seconds": 3.5}, batch_size=4,
                    workers={"count": 1}, memory=NO_PROBE)
     runner = Runner(cfg).start()
-    time.sleep(0.1)
-    began = time.monotonic()
+    wait_until(lambda: runner.stats().coordinators[0].workers.fetching == 1,
+               "the worker to be inside fetch")
     with pytest.raises(inputkit.ShutdownError, match="did not stop within 0.5s") as info:
         runner.close(timeout=0.5)
-    assert time.monotonic() - began < 1.5
     assert "still inside fetch of fakes:Slow" in str(info.value) and "time.sleep" in str(info.value)
     wait_for_no_pipeline_threads(5)  # let the slow fetch finish
 
