@@ -12,13 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import make_cfg
+from conftest import make_cfg, wait_until
 from rich.console import Console
 
 from inputkit import Runner
 from inputkit.dashboard import Dashboard, plain_lines, render
 from inputkit.diagnosis import diagnose, live_warnings
-from inputkit.evidence import evidence
 from inputkit.metrics import MovingWindow
 from inputkit.probes import GilReading
 from inputkit.queues import QueueStats
@@ -54,14 +53,22 @@ def consume_until(runner, done, seconds: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-def wait_until_full(runner, queue_index: int = 0, seconds: float = 20.0) -> None:
-    """Wait (with a generous deadline) until a queue of device 0 is at capacity."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        q = runner.stats().coordinators[0].queues[queue_index]
-        if q.items >= q.capacity:
-            return
-        time.sleep(0.02)
+def wait_until_full(runner, *queue_indices: int) -> None:
+    """Wait (with a generous deadline that fails the test) until these queues of device 0 are
+    at capacity (default: the chunk and the batch queue)."""
+    def full() -> bool:
+        queues = runner.stats().coordinators[0].queues
+        return all(queues[i].items >= queues[i].capacity for i in queue_indices or (0, 1))
+
+    wait_until(full, f"queues {queue_indices or (0, 1)} of device 0 to fill up")
+
+
+def slow_step(runner, seconds: float) -> None:
+    """A training step that takes ``seconds``: the queues are full (waited for) and stay full
+    while it runs, then it takes one batch. On any machine the consumer is the slow side."""
+    wait_until_full(runner)
+    time.sleep(seconds)  # the step itself, not a barrier
+    next(runner.device(0))
 
 
 def test_a_sleeping_consumer_is_the_verdict_and_small_full_queues_raise_no_warning():
@@ -74,7 +81,7 @@ def test_a_sleeping_consumer_is_the_verdict_and_small_full_queues_raise_no_warni
         next(runner.device(0))
         wait_until_full(runner)
         window.update(runner.stats())
-        consume(runner, 1.6, pause=0.2)  # the training step is the slow side
+        slow_step(runner, 1.0)  # the training step is the slow side
         view = window.update(runner.stats())
         warnings = live_warnings(view, budget_bytes=8 * 2**30)
         text = recorded(render(view, warnings))
@@ -88,8 +95,10 @@ def test_a_sleeping_consumer_is_the_verdict_and_small_full_queues_raise_no_warni
 
 
 def test_a_slow_fetch_empties_the_queues_and_the_verdict_names_it_live():
+    # 200 ms asleep per chunk, against microseconds of batching: the queues are empty nearly
+    # all the time however busy the machine, and the sleep needs no CPU.
     cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [16]}}, "chunk_size": 64,
-                    "latency_ms": 40}, batch_size=64, workers={"count": 1})
+                    "latency_ms": 200}, batch_size=64, workers={"count": 1})
     window = MovingWindow(5.0)
     with Runner(cfg) as runner:
         next(runner.device(0))
@@ -109,7 +118,8 @@ def test_a_slow_fetch_empties_the_queues_and_the_verdict_names_it_live():
     assert "fetch-bound" in line and "workers.count=2" in line
 
 
-def _gil_bound_stats(probes: int, wait_s: float, held: int, cpu_s: float) -> RunnerStats:
+def _gil_bound_stats(probes: int, wait_s: float, held: int, cpu_s: float,
+                     idle_cpu_s: float = 12.0) -> RunnerStats:
     """Two thread workers, 10 s into streaming, both always inside fetch, both queues empty."""
     def queue(name: str) -> QueueStats:
         return QueueStats(name=name, capacity=16, max_bytes=None, items=0, bytes=0, peak_items=1,
@@ -121,7 +131,7 @@ def _gil_bound_stats(probes: int, wait_s: float, held: int, cpu_s: float) -> Run
                               chunks=90, samples=90 * 64, bytes=0, empty_chunks=0,
                               fetch_wall_s=19.8, fetch_cpu_s=cpu_s, fetch_p50_ms=220.0,
                               fetch_p95_ms=260.0, gil=GilReading(probes, wait_s, held),
-                              idle_cpu_s=12.0)
+                              idle_cpu_s=idle_cpu_s)
     c = CoordinatorStats(input="main", device="cpu", device_index=0, batch_size=64, batches=90,
                          samples=90 * 64, bytes=0, elapsed_s=10.0, first_batch_s=0.0,
                          finished=False, workers=workers, queues=(queue("main/0/chunks"),
@@ -130,31 +140,19 @@ def _gil_bound_stats(probes: int, wait_s: float, held: int, cpu_s: float) -> Run
     return RunnerStats(elapsed_s=10.0, coordinators=(c,))
 
 
-def test_cpu_bound_thread_workers_are_diagnosed_as_gil_bound():
-    # It failed 5 of 7 runs alone: the old rule wanted the threads to keep 0.7 of a core busy
-    # inside fetch, which a loaded machine does not give them (and fetch in C code that
-    # releases the GIL does). The judgement is now read from the GIL probe, tested here on
-    # stated figures; the run below checks the verdict its measured idle cores call for.
+def test_cpu_bound_thread_workers_are_diagnosed_from_the_gil_probe():
+    # A real run of pure-Python fetch in threads failed 5 of 7 runs: which verdict is true
+    # depends on the cores the rest of the machine leaves idle. The judgement is read from
+    # the GIL probe and the idle cores, tested here on stated figures;
+    # tools/diagnosis_bench.py (scenario gil) runs it for real and prints what it found.
     [line] = diagnose(_gil_bound_stats(probes=400, wait_s=3.2, held=360, cpu_s=2.5))  # 8 ms
     assert "GIL-bound" in line and "found it held 90% of the time and waited 8.0 ms" in line
     assert "Use workers.kind=process (workers.count=2)" in line  # 1.2 idle cores
     [free] = diagnose(_gil_bound_stats(probes=400, wait_s=0.04, held=8, cpu_s=2.5))  # free
     assert "GIL" not in free and "fetch-bound" in free
-    cfg = make_cfg({"_target_": SYN, "fields": {"x": {"shape": [4]}}, "chunk_size": 64,
-                    "cpu_ms": 40}, batch_size=64, workers={"count": 2})
-    with Runner(cfg) as runner:
-        next(runner.device(0))
-        since = runner.stats()
-        consume(runner, 1.5)
-        final = runner.stats()
-    e = evidence(final.coordinators[0], since.coordinators[0])
-    [line] = diagnose(final, since=since)
-    # With idle cores the probe's reading is clean; on a saturated machine (two busy loops on
-    # two cores) it is not judged, and the verdict is that the CPUs are the limit. Either way
-    # it never advises more threads. (It failed once in CI as "input-bound ... the chunk queue
-    # 47%": the batcher waits for the GIL too, which the in-between rule now names.)
-    assert ("GIL-bound" if e.idle_cores >= 0.5 else "CPU-bound") in line, line
-    assert "workers.count=4" not in line
+    [busy] = diagnose(_gil_bound_stats(probes=400, wait_s=3.2, held=360, cpu_s=2.5,
+                                       idle_cpu_s=1.0))  # 0.1 idle cores: no clean reading
+    assert "CPU-bound" in busy and "GIL" not in busy and "workers." not in busy, busy
 
 
 def test_plain_lines_carry_the_same_numbers():
@@ -237,12 +235,10 @@ def test_the_bench_recorder_keeps_each_warning_once_per_queue_and_writes_json(tm
     with Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
-        wait_until_full(runner, 0)
-        wait_until_full(runner, 1)
+        wait_until_full(runner)
         recorder.update(runner.stats())
         for _ in range(4):
-            next(stream)
-            time.sleep(0.4)  # a slow consumer: both queues stay full
+            slow_step(runner, 0.8)  # a slow consumer: both queues stay full
             recorder.update(runner.stats())
     recorder.close()
     seen = list(recorder.seen_warnings.values())
