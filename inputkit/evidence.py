@@ -103,7 +103,7 @@ class Evidence:
     ray_local: bool = False  # a private local Ray: every actor runs on this machine
     in_next: float = 0.0
     device_busy: float = 0.0
-    device: str = "cpu"
+    device: str = ""  # (unknown in stated evidence: a device prefetch queue reads as CUDA's)
 
     def queue(self, stage: str) -> QueueEvidence | None:
         return next((q for q in self.queues if q.stage == stage), None)
