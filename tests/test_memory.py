@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import make_cfg
+from conftest import make_cfg, wait_until
 
 import inputkit
 from inputkit import ConfigError, Runner, SourceError
@@ -191,7 +190,9 @@ def test_byte_capacity_keeps_the_bytes_buffered_within_the_plan():
     with Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
-        time.sleep(0.3)  # nobody consumes: the chunk queue fills up to its byte limit
+        # Nobody consumes: the workers fill the chunk queue up to its byte limit, then block.
+        wait_until(lambda: runner.stats().coordinators[0].workers.blocked == 3,
+                   "the workers to block on the full chunk queue")
         stats = runner.stats()
     chunk_queue = stats.coordinators[0].queues[0]
     largest_chunk = 64 * 4096
@@ -205,7 +206,7 @@ def test_stats_report_planned_buffered_and_measured_memory():
                    workers={"kind": "process", "count": 2})
     with Runner(cfg) as runner:
         next(runner.device(0))
-        time.sleep(0.2)
+        wait_until(lambda: runner.stats().memory.workers_rss > 0, "the workers' memory reading")
         stats = runner.stats()
     assert stats.planned_host_bytes == runner.plan.host_bytes > 0
     assert stats.buffered_bytes == sum(q.bytes for c in stats.coordinators for q in c.queues)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import assert_nothing_leaked, children, make_cfg, segments
+from conftest import assert_nothing_leaked, children, make_cfg, segments, wait_until
 
 from inputkit import ConfigError, Runner, WorkerFailure
 from inputkit.failures import FetchTimeout, StallError
@@ -288,8 +288,10 @@ def test_a_stalled_worker_is_reported_with_its_stack(caplog):
     with caplog.at_level(logging.WARNING, logger="inputkit.watchdog"), Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
-        time.sleep(0.9)
-        stalls = runner.stats().coordinators[0].workers.stalls
+        seen: list[tuple[str, ...]] = []
+        wait_until(lambda: seen.append(runner.stats().coordinators[0].workers.stalls) or seen[-1],
+                   "the stall to show (the fetch hangs 1.5 s, stall_timeout is 0.3 s)")
+        stalls = seen[-1]
         next(stream)  # it recovers: a stall is reported, not fatal
     assert stalls and "inside one fetch" in stalls[0]
     assert caplog.text.count("stall (failures.stall_timeout=0.3s)") == 1
