@@ -243,6 +243,13 @@ class Coordinator(Iterator[dict[str, Any]]):
         raise InputkitError(f"{self.label}: the runner was closed while waiting for a batch")
 
     @property
+    def first_batch_at(self) -> float | None:
+        """When the consumer received its first batch (``time.monotonic()``), or None."""
+        if self._first_batch_s is None or self._started_at is None:
+            return None
+        return self._started_at + self._first_batch_s
+
+    @property
     def finished(self) -> bool:
         """True once the epoch of a finite source has been fully delivered."""
         return self._finished

@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from inputkit import startup
 from inputkit.config.normalize import check_fields
 from inputkit.config.sizes import format_size, parse_size
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
 from inputkit.failures import call_with_policy
+from inputkit.footprint import object_bytes
 from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-exported
     GPU,
     HELPER_PROCESSES_BYTES,
@@ -181,10 +183,14 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
     import_target(spec.source["_target_"], key=f"{spec.key_prefix}source._target_")
     unclosed: list[Any] = []  # the copy, closed here unless it is handed to the caller
     try:
+        # Built untraced (tracing makes indexing a large folder five times slower): what the
+        # built object holds (its index) is measured by walking it, and the read is traced.
+        with startup.step("index", f"building {spec.key_prefix}source ({name})"):
+            source = build_source(spec.source, key=f"{spec.key_prefix}source")
+        unclosed.append(source)
+        own_bytes = object_bytes(source.obj)
         tracemalloc.start()
         try:
-            source = build_source(spec.source, key=f"{spec.key_prefix}source")
-            unclosed.append(source)
             try:
                 setup = getattr(source.obj, "setup", None)
                 if callable(setup):  # as the only worker of a private copy
@@ -234,7 +240,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
         chunk_key = "epoch.chunk_size" if indexed_length(source.obj) is not None else \
             "source.chunk_size" if spec.source.get("chunk_size") else ""
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
-                            source_bytes=max(0, peak - chunk.nbytes), scratch=scratch,
+                            source_bytes=own_bytes + max(0, peak - chunk.nbytes), scratch=scratch,
                             in_place=in_place, mapped=mapped, chunk_key=chunk_key)
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
@@ -263,12 +269,15 @@ def guess_devices(requested: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
-                available: int | None = None, keep: dict[str, Any] | None = None) -> MemoryPlan:
+                available: int | None = None, keep: dict[str, Any] | None = None,
+                known: dict[str, SampleLayout] | None = None) -> MemoryPlan:
     """Every term of every input on one device, the budget, and fixes if it does not fit.
 
     ``devices`` are the resolved devices (default: the config's, ``auto`` guessed without
     torch); ``available`` overrides the RAM a percentage budget is taken of (for tests);
-    ``keep`` receives the sources the probe built, by input name (see probed_layout).
+    ``keep`` receives the sources the probe built, by input name (see probed_layout);
+    ``known``: sizes an earlier plan of the same inputs found, by input name (not probed
+    again: ``inputkit bench`` plans before the runner does).
     """
     budget, gpu_budget, probe = spec.memory_budget, spec.memory_gpu_budget, spec.probe
     budget_bytes = parse_budget(budget, "memory.budget", available)
@@ -277,7 +286,8 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
     layouts: dict[str, SampleLayout] = {}
     for inp in spec.inputs:
         # Processors may change sizes (a crop): then only a probe through them knows.
-        layout = declared_layout(inp) if not inp.processors else None
+        layout = (known or {}).get(inp.name) or \
+            (declared_layout(inp) if not inp.processors else None)
         if layout is None:
             if not probe:
                 raise UnknownSampleSizes(f"{inp.key_prefix}source._fields_", "unknown sample sizes: "

@@ -23,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from inputkit import startup
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator, Stages
 from inputkit.distributed import RankInfo, rank_info
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
-from inputkit.sources.protocol import indexed_length
+from inputkit.sources.protocol import indexed_length, ships_built
+from inputkit.startup import Prepared
 from inputkit.stats import RunnerStats
 from inputkit.watchdog import Watchdog, Watched
 
@@ -48,8 +50,12 @@ class Runner:
     Use it as a context manager, or call :meth:`start` and :meth:`close`.
     """
 
-    def __init__(self, cfg: Any, *, inputs: Sequence[str] | None = None) -> None:
+    def __init__(self, cfg: Any, *, inputs: Sequence[str] | None = None,
+                 prepared: Prepared | None = None) -> None:
+        """``prepared``: sizes and sources an earlier plan of the same config found (the
+        ``inputkit bench`` command plans before it starts the runner); taken, not built again."""
         self.spec: RunSpec = cfg if isinstance(cfg, RunSpec) else load_spec(cfg)
+        self._prepared = prepared
         names = [s.name for s in self.spec.inputs]
         if inputs is not None:
             for name in inputs:
@@ -88,13 +94,17 @@ class Runner:
                                     "create a new Runner to start again")
             self._state = "starting"
         try:
-            self.rank = rank_info(self.spec.distributed)
-            self.devices = tuple(resolve_devices(
-                self.spec.devices, self.rank.local_rank if self.rank.world_size > 1 else None))
+            with startup.step("devices", "importing torch, resolving devices"):
+                self.rank = rank_info(self.spec.distributed)
+                self.devices = tuple(resolve_devices(
+                    self.spec.devices, self.rank.local_rank if self.rank.world_size > 1 else None))
             first_slot, slots = self.rank.device_slots(len(self.devices))
-            probed: dict[str, BoundSource] = {}  # the probe's copies: built once, used here
+            # The probe's copies (this one's, or the command's plan's): built once, used here.
+            known, taken = self._prepared.take(self.spec) if self._prepared else ({}, {})
+            probed: dict[str, BoundSource] = dict(taken)
             try:
-                self.plan = self._check_memory(probed)
+                with startup.step("probe/plan", "planning memory"):
+                    self.plan = self._check_memory(probed, known)
             finally:
                 self._sources.extend(probed.values())  # closed by close() unless used below
             for name in self.input_names:
@@ -107,19 +117,26 @@ class Runner:
                         self._drop_source(source)  # a fetch source: the probe consumed a chunk
                         source = None
                     if source is None:
-                        source = build_source(spec.source, key=key)
+                        with startup.step("index", f"building {key} ({spec.source['_target_']})"):
+                            source = build_source(spec.source, key=key)
                         self._sources.append(source)
                         self._note_info(name, source)
                     self._source_of[name] = source
                     length = indexed_length(source.obj)
-                elif source is not None:  # each process (or actor) builds its own: the probe's copy answers
-                    length = indexed_length(source.obj)
-                    self._drop_source(source)
-                    source = None
-                else:  # fail here, not in every worker
-                    target = import_target(spec.source["_target_"], key=f"{key}._target_")
-                    length = _length_of_private_copy(spec.source, key) \
-                        if callable(getattr(target, "read", None)) else None
+                else:  # processes (or actors) build their own, or take a copy of this one
+                    if source is None:  # fail here, not in every worker
+                        target = import_target(spec.source["_target_"], key=f"{key}._target_")
+                        if callable(getattr(target, "read", None)):
+                            with startup.step("index", f"building {key} ({spec.source['_target_']})"):
+                                source = build_source(spec.source, key=key)
+                            self._sources.append(source)
+                    length = indexed_length(source.obj) if source is not None else None
+                    if source is not None and not (spec.worker_kind == "process"
+                                                   and ships_built(source.obj)):
+                        self._drop_source(source)  # the workers build their own from the config
+                        source = None
+                    if source is not None:  # the copy the workers take: runner.source() answers
+                        self._source_of[name] = source
                 _check_epoch_keys(spec, length)
                 if spec.processors:  # a bad processor config fails here, naming processors[i]
                     from inputkit.processors import ProcessorChain
@@ -167,16 +184,17 @@ class Runner:
         self._sources.remove(source)
         source.close()
 
-    def _check_memory(self, probed: dict[str, BoundSource]) -> MemoryPlan | None:
+    def _check_memory(self, probed: dict[str, BoundSource],
+                      known: dict[str, Any]) -> MemoryPlan | None:
         """Plan the worst case first; refuse a plan over ``memory.budget`` unless allowed.
         ``probed`` receives the sources the probe built, which start() uses instead of building
-        them again."""
+        them again; ``known``: sizes planned before (not probed again)."""
         from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
 
         selected = dataclasses.replace(
             self.spec, inputs=tuple(s for s in self.spec.inputs if s.name in self.input_names))
         try:
-            plan = plan_memory(selected, devices=self.devices, keep=probed)
+            plan = plan_memory(selected, devices=self.devices, keep=probed, known=known)
         except UnknownSampleSizes as exc:
             log.warning("no memory plan, so no budget check: %s", exc)
             return None
@@ -207,7 +225,7 @@ class Runner:
                                 + "\n".join(stuck))
 
     def __enter__(self) -> Runner:
-        return self.start()
+        return self.start() if self._state == "new" else self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -378,17 +396,6 @@ class Runner:
             raise InputkitError(f"device index {index} is out of range; this runner feeds "
                                 f"{len(self.devices)} device(s): {', '.join(self.devices)}")
         return self._coordinators[(name, index)]
-
-
-
-def _length_of_private_copy(config: dict[str, Any], key: str) -> int | None:
-    """How many samples an indexable source holds, from a copy built here (process workers
-    build their own)."""
-    source = build_source(config, key=key)
-    try:
-        return indexed_length(source.obj)
-    finally:
-        source.close()
 
 
 def _check_epoch_keys(spec: Any, length: int | None) -> None:

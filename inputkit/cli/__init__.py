@@ -327,12 +327,30 @@ def _report(err: Any, exc: BaseException, text: str, code: int,
 
 
 def _bench_with_hydra(argv: list[str]) -> list[Any] | None:
+    from rich.console import Console
+
     from inputkit.cli.bench import bench_task, check_config
     from inputkit.cli.hydra_app import run_with_hydra
+    from inputkit.startup import Prepared, StartupClock, process_started
 
     # Hydra raises instead of printing and exiting, so errors get our one-line form.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    return run_with_hydra(argv, bench_task, prog="inputkit bench", check=check_config)
+    # Start-up is timed from the process's start, its slow steps shown on stderr; what the
+    # config check builds (the probe's sources, each input's sizes) is the run's, not rebuilt.
+    clock = StartupClock(began=process_started(), console=Console(stderr=True, highlight=False))
+    prepared = Prepared()
+
+    def check(cfg: Any) -> None:
+        check_config(cfg, prepared)
+
+    def task(cfg: Any) -> dict[str, Any]:
+        return bench_task(cfg, prepared)
+
+    try:
+        with clock.current():
+            return run_with_hydra(argv, task, prog="inputkit bench", check=check)
+    finally:
+        prepared.close()
 
 
 def main(argv: list[str] | None = None) -> None:

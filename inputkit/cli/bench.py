@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from inputkit import startup
 from inputkit.cli.render import (
     progress_line,
     ray_record,
@@ -75,15 +76,23 @@ class _Consumer:
 
 
 def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the bench for ``spec``; print progress and the summary; return the summary dict."""
+              extra: dict[str, Any] | None = None,
+              prepared: startup.Prepared | None = None) -> dict[str, Any]:
+    """Run the bench for ``spec``; print progress and the summary; return the summary dict.
+
+    ``prepared``: what the command's config check built (sizes, the probe's sources), used
+    instead of building them again. Start-up is timed on the command's clock when there is one
+    (inputkit.startup), else from this call."""
     from inputkit.runner import Runner
 
     names = [spec.bench_input] if spec.bench_input else [s.name for s in spec.inputs]
-    runner = Runner(spec, inputs=names)
+    runner = Runner(spec, inputs=names, prepared=prepared)
     stop = threading.Event()
-    begun = time.monotonic()
+    clock = startup.current() or startup.StartupClock()
     interrupted = False
+    with clock.current(), clock.step("workers start", "starting the workers"):
+        runner.start()
+    running_at = time.monotonic()
     with runner:
         budget = parse_budget(spec.memory_budget, "memory.budget") if runner.plan else None
         jsonl = output_dir / "metrics.jsonl" if output_dir is not None and spec.bench_json \
@@ -92,7 +101,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
             jsonl.parent.mkdir(parents=True, exist_ok=True)
         recorder = Recorder(budget, jsonl)
         started = time.monotonic()  # the time limit counts from here, after start-up
-        startup_s = started - begun
+        startup_s = clock.elapsed(started)  # from the command's start
         consumers = [_Consumer(c, spec.bench_steps, stop) for c in runner.coordinators()]
         limit = spec.bench_seconds
         try:  # from the first consumer on, Ctrl-C ends in the summary of what was measured
@@ -117,7 +126,16 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         raise errors[0]
     title = f"inputkit bench interrupted after {_duration(elapsed)}" if interrupted else \
         f"inputkit bench ran {_duration(elapsed)}: {_ended_by(consumers, spec)}"
-    console.print(summary_table(final, title=title))
+    # First batches count from the command's start: what the user waited.
+    firsts = [c.first_batch_at for c in runner.coordinators()]
+    console.print(summary_table(final, title=title, first_batch_s=[
+        clock.elapsed(at) if at is not None else None for at in firsts]))
+    last = max((at for at in firsts if at is not None), default=None)
+    total = clock.elapsed(last) if last is not None else None
+    if last is not None:  # (the last device to get one: they all had one by then)
+        clock.record("first batch", last - running_at)
+        console.print(f"first batch {total:.2f} s after the command started: "
+                      f"{clock.breakdown(total)}", markup=False, highlight=False, soft_wrap=True)
     for c in final.coordinators:
         if c.workers.processors:  # which step is slow, measured inside the workers
             steps = ", ".join(f"{p.name} {p.ms_per_chunk:.2f} ms ({p.calls:,} chunks)"
@@ -146,7 +164,10 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                           highlight=False)
     peak = max(recorder.peak_buffered_bytes,
                sum(q.peak_bytes for c in final.coordinators for q in c.queues[:1]))
+    startup_record = {**clock.record_dict(),
+                      "to_first_batch_s": round(total, 4) if total is not None else None}
     summary = {"stats": final.to_dict(), "wall_s": elapsed, "startup_s": startup_s,
+               "startup": startup_record,
                "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
                "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
                **({"ray": ray_record(final)} if any(c.workers.ray for c in final.coordinators)
@@ -361,24 +382,37 @@ def make_console() -> Console:
     return console
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail fast on bad values and unimportable sources, before any job starts."""
+def check_config(cfg: DictConfig, prepared: startup.Prepared | None = None) -> None:
+    """Fail fast on bad values and unimportable sources, before any job starts. ``prepared``
+    keeps the sizes and the sources the plan's probe built, for the run's runner."""
     from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
     from inputkit.sources.loader import import_target
 
     spec = load_spec(cfg)
     for input_spec in spec.inputs:
         import_target(input_spec.source["_target_"], key=f"{input_spec.key_prefix}source._target_")
+    built: dict[str, Any] = {}
     try:
-        plan = plan_memory(spec)
-    except UnknownSampleSizes:
-        return  # the runner says so when it starts
+        with startup.step("probe/plan", "planning memory"):
+            plan = plan_memory(spec, keep=built)
+    except BaseException as exc:
+        for source in built.values():
+            source.close()
+        if isinstance(exc, UnknownSampleSizes):
+            return  # the runner says so when it starts
+        raise
+    if prepared is not None:
+        prepared.keep(spec, plan.layouts, built)
+    else:
+        for source in built.values():
+            source.close()
     if plan.over_budget and not spec.allow_over_budget:
         raise MemoryBudgetError(plan)
 
 
-def bench_task(cfg: DictConfig) -> dict[str, Any]:
-    """The Hydra task behind ``inputkit bench``: one run (or one sweep point)."""
+def bench_task(cfg: DictConfig, prepared: startup.Prepared | None = None) -> dict[str, Any]:
+    """The Hydra task behind ``inputkit bench``: one run (or one sweep point); ``prepared``:
+    what check_config built for it."""
     from hydra.core.hydra_config import HydraConfig
 
     output_dir = None
@@ -390,7 +424,7 @@ def bench_task(cfg: DictConfig) -> dict[str, Any]:
     console = make_console()
     try:
         spec = load_spec(cfg)
-        return run_bench(spec, console, output_dir, extra)
+        return run_bench(spec, console, output_dir, extra, prepared)
     except Exception as exc:
         # Returned, not raised: Hydra would print its own "Error executing job" line, and a
         # sweep goes on to its other points. The CLI raises it (single run) or lists it (sweep).

@@ -60,8 +60,14 @@ def _queue_cell(c: CoordinatorStats, index: int) -> str:
     return f"{q.full_fraction:.0%} / {q.empty_fraction:.0%}"
 
 
-def summary_table(stats: RunnerStats, title: str) -> Table:
-    """Per input and device: totals, rates, first-batch latency, queue full/empty shares."""
+def summary_table(stats: RunnerStats, title: str,
+                  first_batch_s: Sequence[float | None] | None = None) -> Table:
+    """Per input and device: totals, rates, first-batch latency, queue full/empty shares.
+
+    ``first_batch_s``: each coordinator's first batch as the table shows it (bench: from the
+    command's start, what the user waited); default: from the coordinator's start."""
+    firsts = list(first_batch_s) if first_batch_s is not None else \
+        [c.first_batch_s for c in stats.coordinators]
     table = Table(title=title, title_justify="left", header_style="bold")
     for name, justify in [("input", "left"), ("device", "left"), ("batches", "right"),
                           ("samples", "right"), ("samples/s", "right"), ("batches/s", "right"),
@@ -69,11 +75,11 @@ def summary_table(stats: RunnerStats, title: str) -> Table:
                           ("chunk q full/empty", "right"), ("batch q full/empty", "right"),
                           ("fetch p50/p95", "right")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for c in stats.coordinators:
+    for c, first in zip(stats.coordinators, firsts, strict=True):
         table.add_row(
             c.input, f"{c.device_index}:{c.device}", f"{c.batches:,}", f"{c.samples:,}",
             f"{c.samples_per_s:,.0f}", f"{c.batches_per_s:,.1f}", f"{c.mb_per_s:,.1f}",
-            _seconds(c.first_batch_s),
+            _seconds(first),
             _queue_cell(c, 0), _queue_cell(c, 1),
             f"{c.workers.fetch_p50_ms:.1f} / {c.workers.fetch_p95_ms:.1f} ms",
         )

@@ -25,6 +25,7 @@ import numpy as np
 from inputkit.errors import SourceError, shown_name
 from inputkit.images.decode import Decoder, ImageError
 from inputkit.images.transforms import Transforms, bad_key
+from inputkit.startup import progress
 
 # torchvision's IMG_EXTENSIONS, and .webp.
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -39,6 +40,9 @@ class EncodedImageSource(ABC):
     """
 
     NAME = "inputkit.sources.images"
+    # Worker processes take a pickled copy of the source built in the parent (the index is
+    # built once per run); what is per process (open shard files) is left out by pickling.
+    ship_built = True
 
     def __init__(self, transforms: Any, decode: Mapping[str, Any] | None, seed: int,
                  id_field: str | None = None) -> None:
@@ -189,11 +193,14 @@ class ImageFolderSource(EncodedImageSource):
         labels: list[int] = []
         empty: list[str] = []
         for label, name in enumerate(self.classes):
-            found = _images_under(os.path.join(self.path, name), self.extensions)
+            found = _images_under(os.path.join(self.path, name), self.extensions,
+                                  lambda n, done=len(files): progress(
+                                      done + n, "files", f"indexing {self.path}"))
             if not found:
                 empty.append(name)
             files += [os.path.join(name, f) for f in found]
             labels += [label] * len(found)
+        progress(len(files), "files", f"indexing {self.path}")
         if not files:
             raise bad_key("path", f"'{self.path}' has {len(self.classes)} class "
                               f"folder(s) but no images in them (extensions "
@@ -372,10 +379,14 @@ def _extensions(extensions: Sequence[str] | None) -> tuple[str, ...]:
     return tuple("." + e.lower().lstrip(".") for e in extensions)
 
 
-def _images_under(folder: str, extensions: tuple[str, ...]) -> list[str]:
-    """Image files under ``folder`` (recursive, sorted, hidden ones left out), relative to it."""
-    found = []
+def _images_under(folder: str, extensions: tuple[str, ...],
+                  found_so_far: Callable[[int], None] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursive, sorted, hidden ones left out), relative to it.
+    ``found_so_far(n)`` is told the count after each folder (start-up progress)."""
+    found: list[str] = []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        if found_so_far is not None:
+            found_so_far(len(found))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = os.path.relpath(root, folder)
         for name in sorted(files):

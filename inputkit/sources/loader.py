@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
+import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from inputkit.errors import ConfigError
-from inputkit.sources.protocol import FetchResult
+from inputkit.sources.protocol import FetchResult, ships_built
+
+log = logging.getLogger(__name__)
 
 # Keys of a source config that are about the source, not arguments to it: what to build,
 # and the sizes of its fields declared for the memory planner (docs/memory.md).
@@ -122,6 +126,27 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
         return BoundSource(name=target, fetch=bound, obj=obj)
     raise ConfigError(f"{key}._target_", f"{target} is a {type(obj).__name__}, not a class, "
                       "function or object with fetch(worker_id, batch_size_hint)")
+
+
+def built_copy(source: BoundSource | None) -> bytes | None:
+    """``source`` pickled for the worker processes, if it ships built (its index is then built
+    once, in the parent); None: each worker builds its own from the config."""
+    if source is None or not ships_built(source.obj):
+        return None
+    try:
+        return pickle.dumps(source.obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure: the workers build their own
+        log.warning("source '%s' could not be pickled for its worker processes (%s: %s); each "
+                    "builds its own", source.name, type(exc).__name__, exc)
+        return None
+
+
+def rebind(name: str, obj: Any) -> BoundSource:
+    """A BoundSource around an instance that build_source made elsewhere (the copy a worker
+    process receives from its parent, see protocol.ships_built)."""
+    fetch = getattr(obj, "fetch", None)
+    return BoundSource(name=name, fetch=fetch if callable(fetch) else _fetch_by_index_only(name),
+                       obj=obj)
 
 
 def _fetch_by_index_only(target: str) -> Callable[[int, int], Any]:

@@ -73,6 +73,15 @@ def indexed_length(obj: object) -> int | None:
     return int(length)
 
 
+def ships_built(obj: object) -> bool:
+    """Whether worker processes take a pickled copy of this source, built once in the parent,
+    instead of each building its own (an image folder's index, built once per run). A source
+    class says so with ``ship_built = True``; its pickled state must leave out what belongs to
+    one process (open files, memory maps). Not assumed of others: pickling a memory-mapped
+    array copies the whole file, and a constructor may do per-process work."""
+    return bool(getattr(type(obj), "ship_built", False)) and not isinstance(obj, type)
+
+
 def field_names(fields: Sequence[str] | str | None, what: str) -> list[str] | None:
     """A source's ``fields`` argument: None (every field), one name, or a list of distinct
     names; ``what`` says what a name is, for the error."""

@@ -43,7 +43,8 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
                      on_failure: Callable[[Failure], None],
                      dispatcher: Dispatcher | None = None,
                      processors: Any = None) -> WorkerPool:
-    """The pool for ``workers.kind``: threads share ``source``; processes build their own.
+    """The pool for ``workers.kind``: threads share ``source``; processes build their own, or
+    take a pickled copy of ``source`` when it ships built (sources.protocol.ships_built).
 
     With a ``dispatcher`` (an indexable source), workers read its index-range items
     instead of calling fetch. ``processors``: the input's ProcessorChain (thread workers
@@ -64,10 +65,12 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
             return InlineWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
         return ThreadWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
     if spec.worker_kind == "process":
+        from inputkit.sources.loader import built_copy
         from inputkit.workers.processes import ProcessWorkerPool
 
         return ProcessWorkerPool(
-            source_config=spec.source, source_key=f"{spec.key_prefix}source",
+            built=built_copy(source), source_config=spec.source,
+            source_key=f"{spec.key_prefix}source",
             source_name=spec.source["_target_"], start_method=spec.start_method,
             slots=slot_count(spec, device), slot_bytes=spec.slot_bytes,
             processors=spec.processors, processors_seed=spec.epoch.seed,

@@ -44,7 +44,7 @@ from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
-from inputkit.sources.loader import build_source
+from inputkit.sources.loader import build_source, rebind
 from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity, FetchClock
@@ -107,6 +107,7 @@ class WorkerArgs:
     processors: tuple[dict[str, Any], ...] = ()  # chunk transforms, built in the worker
     processors_seed: int = 0
     processors_key: str = "processors"
+    built: bytes | None = None  # the source built in the parent, pickled (instead of the config)
 
 
 class Inbox:
@@ -173,7 +174,8 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
         # Building the source and its setup() are timed like a fetch (failures.fetch_timeout).
         states[index] = BUILDING
         activity.fetching(index)
-        source = build_source(args.source_config, key=args.source_key)
+        source = rebind(args.source_config["_target_"], pickle.loads(args.built)) \
+            if args.built is not None else build_source(args.source_config, key=args.source_key)
         if not limited:  # the source imported torch itself; setup() may still choose otherwise
             one_torch_thread()
         setup = getattr(source.obj, "setup", None)

@@ -148,7 +148,8 @@ class ProcessWorkerPool(FailsOnce):
                  slot_bytes: int, policy: FailurePolicy = FailurePolicy(),
                  dispatcher: Dispatcher | None = None,
                  processors: tuple[dict[str, Any], ...] = (), processors_seed: int = 0,
-                 processors_key: str = "processors") -> None:
+                 processors_key: str = "processors", built: bytes | None = None) -> None:
+        self._built = built  # the source pickled in the parent (built_copy), or None
         self._processors = (tuple(processors), processors_seed, processors_key)
         self._processor_totals = ProcessorTotals()
         self._source_config = source_config
@@ -247,7 +248,7 @@ class ProcessWorkerPool(FailsOnce):
             slot_bytes=self._slot_bytes, policy=self._policy,
             indexed=self._dispatcher is not None, pool_size=len(self._ids),
             processors=self._processors[0], processors_seed=self._processors[1],
-            processors_key=self._processors[2])
+            processors_key=self._processors[2], built=self._built)
         self._states[index] = IDLE
         self._activity.started(index)  # type: ignore[union-attr]
         process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
