@@ -416,5 +416,6 @@ def test_a_big_full_queue_is_over_buffered_and_the_advised_capacity_holds_a_quar
     assert over_buffering(e, 2**30) and e.queue("chunk queue").bytes > 100e6
     small = make_cfg(synthetic(fields=sample), queue={"capacity": 8, "batch_capacity": 2}, **cfg)
     e_small, lines = run(small, seconds=0.5, consume=False)
-    assert e_small.queue("chunk queue").bytes * 4 == e.queue("chunk queue").bytes
+    # 8 chunks against 32 (one fewer in either if the batcher took one for the last batch)
+    assert e_small.queue("chunk queue").bytes * 3 < e.queue("chunk queue").bytes, (e, e_small)
     assert not [line for line in lines if "over-buffered" in line], lines
