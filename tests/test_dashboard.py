@@ -88,7 +88,9 @@ def test_a_sleeping_consumer_is_the_verdict_and_small_full_queues_raise_no_warni
         final = runner.stats()
     assert warnings == []
     assert "verdict  main @ 0:cpu: consumer-bound. The batch queue was empty only" in text
-    assert "chunk queue" in text and "16/16" in text and re.search(r"full +(9\d|100)%", text)
+    # 16/16, or 15/16 if the batcher took a chunk after the step's batch, before the snapshot
+    assert "chunk queue" in text and re.search(r"1[56]/16", text)
+    assert re.search(r"full +(9\d|100)%", text)
     assert "warnings" not in text
     [line] = diagnose(final, 8 * 2**30)
     assert "consumer-bound" in line
