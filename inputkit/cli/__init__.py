@@ -117,7 +117,10 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         spec = load_spec(compose(overrides, config_name=config_name, config_dir=config_dir))
         if not probe:
             spec = replace(spec, probe=False)
-        memory_plan = plan_memory(spec)
+        from inputkit.startup import StartupClock
+
+        with StartupClock(console=err).current():  # a slow index is shown while it is built
+            memory_plan = plan_memory(spec)
     except (ConfigError, SourceError) as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)
     print_plan(make_console(), memory_plan)
