@@ -130,26 +130,35 @@ def _image_stats():
     return dataclasses.replace(_run_stats().coordinators[0], source=FOLDER)
 
 
-def _default_profile(batch_empty: float, copied: bool) -> Evidence:
-    """The shipped default (conf/config.yaml: synthetic 3x64x64 uint8 in chunks of 64, batches of
-    256, 4 thread workers) as a fast machine saw it: each fetch a 786 kB copy under 50 us."""
+def _default_profile(batch_empty: float, copied: bool, fetch_ms: float = 0.03) -> Evidence:
+    """The shipped default (conf/config.yaml: synthetic 3x64x64 uint8, batches of 256, 4 thread
+    workers; chunks of one batch, so batches are views) as a machine saw it."""
+    return ev(queues=(queue("chunk queue", 0.04, 0.6), queue("batch queue", batch_empty)),
+              fetch_p50_ms=fetch_ms, in_fetch=0.1, in_next=0.3, copied_batches=500 if copied else 0)
+
+
+def test_the_shipped_default_takes_batch_sized_chunks():
+    """The issue: plain `inputkit bench` was told to change its own default. With chunks of 64 into
+    batches of 256 it read 'batcher-bound ... make chunks batch-sized' (measured here: batch-sized
+    chunks gave 2x the samples/s), so the default source takes one batch per fetch."""
     import inputkit
 
     spec = inputkit.load_spec(inputkit.compose(["devices=cpu"])).inputs[0]
-    chunk = spec.source["chunk_size"]
-    assert (spec.worker_kind, spec.worker_count, spec.batch_size, chunk) == ("thread", 4, 256, 64)
-    # (chunks smaller than the batch: each batch is assembled, one copy, from several)
-    return ev(queues=(queue("chunk queue", 0.04, 0.6), queue("batch queue", batch_empty)),
-              fetch_p50_ms=0.03, in_fetch=0.1, in_next=0.3, copied_batches=500 if copied else 0)
+    assert (spec.worker_kind, spec.worker_count, spec.batch_size) == ("thread", 4, 256)
+    assert spec.source["chunk_size"] is None  # one batch per fetch: views, no copy
 
 
 @pytest.mark.parametrize("batch_empty", [0.3, 0.7])
 def test_the_shipped_default_is_not_told_to_use_inline_workers(batch_empty):
     """The issue: plain `inputkit bench` ended with 'hand-over-bound ... Use workers.kind=inline'.
-    Its batches are copied from four chunks each; inline does every fetch and that copy in one
-    thread, measured at 0.45x the thread workers' samples/s, so threads (the default) are right."""
-    v = verdict(_default_profile(batch_empty, copied=True))
-    assert v.kind != "hand-over-bound" and "workers.kind" not in v.text, v.text
-    # W1's shape (chunk = batch, views) still gets the advice that measured 4x to 5x there.
+    The default's fetch makes a 3 MB batch (1.5 ms here): no hand-over to save. Chunks smaller
+    than the batch (copied) are not told either: inline does every fetch and that copy in one
+    thread, measured at 0.45x the thread workers' samples/s."""
+    for profile in (_default_profile(batch_empty, copied=False, fetch_ms=1.5),
+                    _default_profile(batch_empty, copied=True)):
+        v = verdict(profile)
+        assert v.kind != "hand-over-bound" and "workers.kind" not in v.text, v.text
+    # W1's shape (chunk = batch, views, a fetch under 50 us) still gets the advice that measured
+    # 4x to 5x there.
     w1 = verdict(_default_profile(batch_empty, copied=False))
     assert w1.kind == "hand-over-bound" and "workers.kind=inline" in w1.text
