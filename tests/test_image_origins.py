@@ -174,3 +174,16 @@ def test_runner_source_is_the_workers_own_or_a_copy_for_processes(tmp_path):
             assert source.describe(3)["class"] == "class_1"
         with pytest.raises(Exception, match="a Runner runs once"):
             runner.source()
+
+
+def test_a_file_that_is_not_an_image_is_named_without_a_memory_address(tmp_path):
+    """Pillow names the buffer it read (`<_io.BytesIO object at 0x7fb6...>`): noise beside the
+    file the message already names, and different on every run."""
+    (tmp_path / "train" / "c").mkdir(parents=True)
+    (tmp_path / "train" / "c" / "notes.jpg").write_bytes(b"not a picture")
+    source = ImageFolderSource(str(tmp_path / "train"), SAME)
+    with pytest.raises(SourceError) as info:
+        source.read(np.array([0]))
+    message = str(info.value)
+    assert "notes.jpg" in message and "not an image Pillow can read" in message, message
+    assert "BytesIO" not in message and " at 0x" not in message, message

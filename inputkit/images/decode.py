@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -123,7 +124,8 @@ class Decoder:
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{exc} (raise decode.max_pixels if you trust the file)") from None
         except Exception as exc:
-            raise ImageError(f"not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+            raise ImageError(f"not an image Pillow can read ({type(exc).__name__}: "
+                             f"{_without_buffer(exc)})") from None
         width, height = img.size
         self._check_pixels(width, height)
         geometry = transforms.plan(width, height, seed, epoch, index)
@@ -314,3 +316,12 @@ def _exact(img: Any, geometry: Geometry, out: np.ndarray) -> None:
             if name == "random_resized_crop":
                 rgb = rgb.resize(size, Image.Resampling.BILINEAR)
     _write(rgb, False, out)
+
+
+_BUFFER = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
+def _without_buffer(exc: BaseException) -> str:
+    """Pillow names the in-memory buffer it was given (`<_io.BytesIO object at 0x...>`): a
+    memory address that means nothing to the user, whose file the error already names."""
+    return _BUFFER.sub("", str(exc))
