@@ -71,6 +71,7 @@ ACTORS_IDLE = 0.5  # live actors inside fetch less than this share of their time
 RECEIVE_BUSY = 0.5  # the receiver taking results in at least this share of the span
 CAP_REACHED = 0.9  # in-flight plus held bytes at this share of the cap: no call goes out
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
+TOO_FEW_BATCHES = 8  # with a span under MIN_WINDOW_S: too little run for a final verdict
 BUDGET_SHARE = 0.8
 
 
@@ -460,6 +461,12 @@ def _final_line(c: CoordinatorStats, e: Evidence, decoder: str | None) -> str:
     verdict = judge(e)
     if verdict is None:
         return f"{e.where}: no batches were delivered, nothing to diagnose"
+    if 0 < e.batches < TOO_FEW_BATCHES and e.span_s < MIN_WINDOW_S:
+        # (a small finite input: shares of 71 ms over 2 batches name no stage, and a verdict
+        # such as 'the training step sets the pace' would be made up)
+        return f"{e.where}: {e.batches} batch{'es' if e.batches > 1 else ''} over " \
+               f"{e.span_s * 1000:.0f} ms: too short to tell which stage sets " \
+               f"the pace (a longer run or a larger epoch can: bench.seconds, epoch.count)"
     if verdict.kind == "empty chunks":  # the same words as the catalogue of errors shows
         return f"{e.where}: the source returned only empty chunks ({c.workers.empty_chunks:,} in " \
                f"{c.elapsed_s:.1f} s): check fetch; failures.stall_timeout reports this as a stall"

@@ -237,3 +237,15 @@ def test_live_warnings_show_stalls_and_what_the_policies_did():
     assert not [w for w in warnings if "retried" in w]  # retries that worked cost only time
     assert live_warnings(_window(_stats(batches=10, chunks=10, samples=40, stalls=stalls,
                                         finished=True))) == []
+
+
+def test_a_run_too_short_to_judge_is_said_to_be_so_not_given_a_verdict():
+    """Seen: a bench of 7 images ended in 71 ms with 'consumer-bound ... the consumer (the
+    training step) sets the pace', from shares of two batches, beside a table that said the batch
+    queue was empty 82% of the time."""
+    [line] = diagnose(_stats(elapsed=0.07, batches=2, finished=True, batch_empty=0.0,
+                             chunks=2, samples=8))
+    assert "too short to tell which stage sets the pace" in line and "bound" not in line, line
+    [longer] = diagnose(_stats(elapsed=2.0, batches=2, finished=True, batch_empty=0.0,
+                               chunks=2, samples=8))  # a slow step over 2 s: judged as before
+    assert "consumer-bound" in longer or "delivery-bound" in longer, longer
