@@ -121,7 +121,7 @@ def _run_stats():
                     "fields": {"x": {"shape": [4]}}, "chunk_size": 8}, batch_size=8)
     with Runner(cfg) as runner:
         stream = runner.device(0)
-        for _ in range(3):
+        for _ in range(12):  # more than diagnosis.TOO_FEW_BATCHES: a run long enough to judge
             next(stream)
         return runner.stats()
 
