@@ -76,14 +76,14 @@ def opencv_transform(cv2: Any, bgr: np.ndarray, draws: GlobalDraws) -> torch.Ten
     return torch.from_numpy(img).permute(2, 0, 1)
 
 
-class OpenCVImageFolder(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """An ImageFolder over ``root`` with the hand-written OpenCV recipe."""
+class _CV2ImageFolder(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """An ImageFolder over ``root`` read with ``cv2.imread``; subclasses say how an image
+    (BGR HWC uint8) becomes the CHW tensor. OpenCV is set up in the process that reads."""
 
-    backend = "OpenCV"
+    backend = ""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.classes, self.samples = find_samples(root)
-        self.draws = GlobalDraws()
         self._cv2: Any = None
 
     def __len__(self) -> int:
@@ -93,7 +93,23 @@ class OpenCVImageFolder(torch.utils.data.Dataset):  # type: ignore[type-arg]
         if self._cv2 is None:
             self._cv2 = one_thread()
         path, label = self.samples[index]
-        return opencv_transform(self._cv2, cv2_loader(self._cv2, path), self.draws), label
+        return self.transform_image(self._cv2, cv2_loader(self._cv2, path)), label
+
+    def transform_image(self, cv2: Any, bgr: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OpenCVImageFolder(_CV2ImageFolder):
+    """An ImageFolder over ``root`` with the hand-written OpenCV recipe."""
+
+    backend = "OpenCV"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(root)
+        self.draws = GlobalDraws()
+
+    def transform_image(self, cv2: Any, bgr: np.ndarray) -> torch.Tensor:
+        return opencv_transform(cv2, bgr, self.draws)
 
 
 def albumentations() -> Any:
@@ -124,26 +140,17 @@ def albumentations_transform() -> Any:
                       ToTensorV2()])
 
 
-class AlbumentationsImageFolder(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class AlbumentationsImageFolder(_CV2ImageFolder):
     """An ImageFolder over ``root`` with albumentations' documented recipe."""
 
     backend = "albumentations"
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.classes, self.samples = find_samples(root)
+        super().__init__(root)
         self.transform = albumentations_transform()
-        self._cv2: Any = None
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        if self._cv2 is None:
-            self._cv2 = one_thread()
-        cv2 = self._cv2
-        path, label = self.samples[index]
-        rgb = cv2.cvtColor(cv2_loader(cv2, path), cv2.COLOR_BGR2RGB)
-        return self.transform(image=rgb)["image"], label
+    def transform_image(self, cv2: Any, bgr: np.ndarray) -> torch.Tensor:
+        return self.transform(image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))["image"]
 
     def reseed(self, seed: int) -> None:
         """albumentations draws from generators of its own, seeded once in the parent
