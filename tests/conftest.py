@@ -120,6 +120,20 @@ def assert_nothing_leaked(before_segments: set[str], before_children: set[int],
     assert children() - before_children == set(), "worker processes left running"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every cache inputkit writes (index files, downloaded shards) goes to a tmp folder of this
+    test session, never to the user's ~/.cache (storage.cache_dir reads INPUTKIT_CACHE_DIR)."""
+    folder = str(tmp_path_factory.mktemp("inputkit-cache"))
+    before = os.environ.get("INPUTKIT_CACHE_DIR")
+    os.environ["INPUTKIT_CACHE_DIR"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("INPUTKIT_CACHE_DIR", None)
+    else:
+        os.environ["INPUTKIT_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every test must leave no inputkit thread running (they have 2 s to stop)."""
