@@ -29,7 +29,7 @@ BUILTIN = {
     "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
     "image_folder": "inputkit.sources.images.ImageFolderSource",
     "image_list": "inputkit.sources.images.ImageListSource",
-    "image_shards": "inputkit.sources.images.ImageShardSource",
+    "image_shards": "inputkit.sources.image_shards.ImageShardSource",
 }
 _FETCH_ARGS = ("worker_id", "batch_size_hint", "batch_size")
 
