@@ -169,3 +169,33 @@ def consume_within(runner: Any, loop: Any, seconds: float) -> BaseException | No
     consumer.join(5)
     assert not waiting, f"the consumer was still waiting after {seconds:g}s"
     return raised[0] if raised else None
+
+
+# -- real storage servers on 127.0.0.1 (tests/storage_servers.py) --------------------------
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """moto's S3 server in a subprocess for the whole session (skipped only where moto's
+    server extra is not installed; the test extra installs it)."""
+    pytest.importorskip("moto.server", reason="moto's server is not installed: pip install 'moto[server]'")
+    pytest.importorskip("boto3", reason="boto3 is not installed: pip install boto3")
+    from storage_servers import S3Server
+
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A fresh bucket on the session's S3 server, with the AWS environment of this test
+    pointing at it (AWS_ENDPOINT_URL, test credentials, plain http; undone after the test)."""
+    from storage_servers import S3Bucket, apply_env
+
+    if not s3_server.running:  # a test before this one stopped it and did not start it again
+        s3_server.start()
+    apply_env(s3_server.env(), monkeypatch)
+    return S3Bucket(s3_server, s3_server.make_bucket())
