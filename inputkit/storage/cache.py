@@ -1,0 +1,382 @@
+"""A bounded disk cache of whole remote objects (shards), shared by threads and processes.
+
+Why it is shaped this way:
+
+- never a partial file under a final name: an object is written to ``<key>.part`` in
+  the same folder, size-checked against the listing, then renamed; its size and etag
+  are recorded beside it (``<key>.meta``) so a later run reuses it only when they match;
+- one download per object across threads *and* processes: the downloader holds an
+  ``fcntl.flock`` on ``<key>.lock``; a second asker waits for it and then finds the file;
+- the folder's total (temporary files included) never passes ``max_bytes``: a download
+  first reserves its size, under a folder-wide lock, by creating its ``.part`` file at
+  full length, evicting cached objects that are not needed soon (given the epoch's
+  order, the one whose next use is farthest: Belady's rule), and waits, bounded, when
+  everything cached is still needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from inputkit.storage.errors import StorageError
+
+# What a .meta file may take: reserved with the object so the total stays under the budget.
+META_BYTES = 4096
+_BUDGET_LOCK = ".budget.lock"
+_POLL_S = 0.02
+
+NextUse = Callable[[str], float]  # url -> when it is needed next (math.inf: not this epoch)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """One object in the cache: where it came from and how large it is."""
+
+    url: str
+    size: int
+    etag: str | None
+    path: str
+
+
+def _count(name: str, n: int = 1) -> None:
+    from inputkit.storage import stats
+
+    stats.add(name, n)
+
+
+class DiskCache:
+    """Whole objects in ``dir/objects``, at most ``max_bytes`` of them, temporary files included.
+
+    Picklable (its folder and budget): process workers open the same folder and obey the
+    same locks. ``wait_s`` bounds how long a download waits for room, or for another's
+    download of the same object.
+    """
+
+    def __init__(self, dir: str, max_bytes: int, wait_s: float = 120.0) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"cache.max_bytes: expected a positive number of bytes, got "
+                             f"{max_bytes!r}")
+        self.root = dir
+        self.dir = os.path.join(dir, "objects")
+        self.max_bytes = max_bytes
+        self.wait_s = wait_s
+        os.makedirs(self.dir, exist_ok=True)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"root": self.root, "dir": self.dir, "max_bytes": self.max_bytes,
+                "wait_s": self.wait_s}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"DiskCache({self.dir!r}, max_bytes={self.max_bytes:,})"
+
+    # names ----------------------------------------------------------------------------------
+
+    def key(self, url: str) -> str:
+        """The file name an object gets: a hash of its URL, then its base name for people."""
+        digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:60]
+        return f"{digest}-{base}" if base else digest
+
+    def path(self, url: str) -> str:
+        """Where ``url`` lives once cached (it may not be there: see :meth:`cached`)."""
+        return os.path.join(self.dir, self.key(url))
+
+    # looking ----------------------------------------------------------------------------------
+
+    def cached(self, url: str, size: int, etag: str | None) -> str | None:
+        """The local file of ``url`` when a complete copy of this size (and etag, when both are
+        known) is cached; else None. Counts nothing."""
+        path = self.path(url)
+        meta = _read_meta(path + ".meta")
+        if meta is None or meta.get("url") != url or meta.get("size") != size:
+            return None
+        if etag is not None and meta.get("etag") is not None and meta["etag"] != etag:
+            return None
+        try:
+            if os.stat(path).st_size != size:
+                return None
+        except FileNotFoundError:
+            return None
+        return path
+
+    def usage(self) -> int:
+        """Bytes in the folder now: cached objects, their records and downloads under way."""
+        total = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.dir):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+    def entries(self) -> list[Cached]:
+        """Every complete object in the folder (with a record that matches its file)."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.dir):
+                if not name.endswith(".meta"):
+                    continue
+                path = os.path.join(self.dir, name[:-5])
+                meta = _read_meta(path + ".meta")
+                if meta is None:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_size == meta.get("size"):
+                        found.append(Cached(meta["url"], meta["size"], meta.get("etag"), path))
+        return found
+
+    # fetching ---------------------------------------------------------------------------------
+
+    def fetch(self, url: str, size: int, etag: str | None, download: Callable[[str, str], int],
+              next_use: NextUse | None = None) -> str:
+        """The local file of ``url``, downloaded with ``download(url, dest_path)`` unless a
+        matching copy is cached (a stale one, of another size or etag, is replaced).
+
+        ``next_use(url)`` ranks objects by when they are needed next (smaller is sooner;
+        math.inf: not needed again this epoch): to make room, the cache evicts objects
+        needed later than this one, farthest first, and never one needed sooner. Without
+        it, the least recently used go first.
+        """
+        if size + META_BYTES > self.max_bytes:
+            raise StorageError(url, "other", f"'{url}' is {size:,} bytes, more than the whole "
+                               f"cache (cache.max_bytes={self.max_bytes:,}): raise cache.max_bytes "
+                               f"to at least {size + META_BYTES:,}")
+        path = self.path(url)
+        found = self.cached(url, size, etag)
+        if found is not None:
+            _touch(found)
+            _count("cache_hits")
+            return found
+        with self._object_lock(url):
+            found = self.cached(url, size, etag)  # another process may have just made it
+            if found is not None:
+                _touch(found)
+                _count("cache_hits")
+                return found
+            self._remove(path)  # a stale copy (size or etag changed), if any
+            part = path + ".part"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)  # left by a crashed download (we hold its lock)
+            self._reserve(url, part, size, next_use)
+            try:
+                written = download(url, part)
+                actual = os.path.getsize(part)
+                if actual != size or written != size:
+                    raise StorageError(url, "other", f"'{url}' changed while it was read: the "
+                                       f"listing said {size:,} bytes, the download gave "
+                                       f"{written if written != size else actual:,}; run again to list it anew")
+                _write_meta(path + ".meta", url, size, etag)
+                os.replace(part, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                raise
+            _count("cache_misses")
+            _count("cache_bytes", size)
+            return path
+
+    def wait_for(self, url: str, size: int, etag: str | None, seconds: float,
+                 failed: Callable[[], str | None] | None = None) -> str:
+        """The local file of ``url`` once someone else (the prefetcher) has cached it; waits up
+        to ``seconds``. ``failed()`` returns a reason when that download has failed."""
+        deadline = time.monotonic() + seconds
+        while True:
+            found = self.cached(url, size, etag)
+            if found is not None:
+                _count("cache_hits")
+                return found
+            reason = failed() if failed is not None else None
+            if reason is not None:
+                raise StorageError(url, "other", reason)
+            if time.monotonic() > deadline:
+                raise StorageError(url, "unreachable", f"'{url}' was not in the cache after "
+                                   f"{seconds:g} s of waiting for the shard prefetcher to fetch "
+                                   f"it (cache.dir={self.root!r})")
+            time.sleep(_POLL_S)
+
+    def evict(self, url: str) -> bool:
+        """Remove ``url``'s cached copy now (not needed again this epoch); False when absent
+        or being downloaded."""
+        lock = self._try_object_lock(url)
+        if lock is None:
+            return False
+        try:
+            return self._remove(self.path(url))
+        finally:
+            _unlock(lock)
+
+    # internals ----------------------------------------------------------------------------------
+
+    def _reserve(self, url: str, part: str, size: int, next_use: NextUse | None) -> None:
+        """Create ``part`` at full length once the budget has room, evicting as allowed."""
+        need = size + META_BYTES
+        mine = next_use(url) if next_use is not None else -math.inf
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            with self._budget_lock():
+                used = self.usage()
+                if used + need > self.max_bytes:
+                    self._drop_orphans()
+                    used = self.usage()
+                for victim in self._victims(mine, next_use, exclude=url):
+                    if used + need <= self.max_bytes:
+                        break
+                    freed = _size_of(victim.path) + _size_of(victim.path + ".meta")
+                    if self.evict(victim.url):
+                        used -= freed
+                if used + need <= self.max_bytes:
+                    with open(part, "wb") as f:
+                        f.truncate(size)  # the reservation, visible to every process
+                    return
+            if time.monotonic() > deadline:
+                raise StorageError(url, "other", f"the disk cache has no room for '{url}' "
+                                   f"({size:,} bytes) after {self.wait_s:g} s: "
+                                   f"cache.max_bytes={self.max_bytes:,} holds {used:,} bytes of "
+                                   "objects still needed sooner; raise cache.max_bytes (to at "
+                                   f"least {used + need:,}) or lower cache.read_ahead")
+            time.sleep(_POLL_S * 5)
+
+    def _victims(self, mine: float, next_use: NextUse | None, exclude: str) -> list[Cached]:
+        """Cached objects that may go to make room, the first to go first."""
+        others = [c for c in self.entries() if c.url != exclude]
+        if next_use is None:
+            return sorted(others, key=lambda c: _mtime(c.path))
+        ranked = [(next_use(c.url), _mtime(c.path), c) for c in others]
+        return [c for rank, _, c in sorted(ranked, key=lambda r: (-r[0], r[1]))
+                if rank > mine or rank == math.inf]
+
+    def _drop_orphans(self) -> None:
+        """Remove ``.part`` files whose downloader is gone (a crashed process) and records
+        without an object."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            full = os.path.join(self.dir, name)
+            if name.endswith(".part"):
+                url_path = full[:-5]
+                lock = _try_lock_path(url_path + ".lock")
+                if lock is not None:
+                    try:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(full)
+                    finally:
+                        _unlock(lock)
+            elif name.endswith(".meta") and not os.path.exists(full[:-5]) \
+                    and not os.path.exists(full[:-5] + ".part"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(full)
+
+    def _remove(self, path: str) -> bool:
+        removed = False
+        for name in (path, path + ".meta"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+                removed = True
+        return removed
+
+    @contextlib.contextmanager
+    def _budget_lock(self) -> Iterator[None]:
+        with _locked(os.path.join(self.dir, _BUDGET_LOCK), self.wait_s, "the cache's budget lock"):
+            yield
+
+    @contextlib.contextmanager
+    def _object_lock(self, url: str) -> Iterator[None]:
+        with _locked(self.path(url) + ".lock", self.wait_s + 600.0, f"'{url}''s download"):
+            yield
+
+    def _try_object_lock(self, url: str) -> int | None:
+        return _try_lock_path(self.path(url) + ".lock")
+
+
+# Threads of one process each open the lock file, so flock excludes them from one another too.
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def _locked(path: str, seconds: float, what: str) -> Iterator[None]:
+    deadline = time.monotonic() + seconds
+    while True:
+        fd = _try_lock_path(path)
+        if fd is not None:
+            break
+        if time.monotonic() > deadline:
+            raise StorageError(path, "other", f"waited {seconds:g} s for {what} ({path}): "
+                               "another process holds it; is a stuck run using this cache.dir?")
+        time.sleep(_POLL_S)
+    try:
+        yield
+    finally:
+        _unlock(fd)
+
+
+def _try_lock_path(path: str) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _read_meta(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _write_meta(path: str, url: str, size: int, etag: str | None) -> None:
+    text = json.dumps({"url": url, "size": size, "etag": etag})
+    if len(text.encode()) > META_BYTES - 64:
+        raise StorageError(url, "other", f"the URL is {len(url):,} characters long; the disk "
+                           f"cache records at most {META_BYTES - 64:,} bytes beside an object")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _size_of(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _touch(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(path)

@@ -1,0 +1,198 @@
+"""The bounded disk cache of shards (inputkit.storage.cache), alone and under a real run of
+image_shards from a local S3 server (moto, tests/storage_servers.py)."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from inputkit.storage.cache import META_BYTES, DiskCache
+from inputkit.storage.errors import StorageError
+
+
+def _writer(payload: bytes, log: str | None = None, pause: float = 0.0):
+    """A download function that writes ``payload`` in pieces (pausing between them, so a
+    reader has time to look at a half-written file) and logs each call to ``log``."""
+
+    def download(url: str, dest: str) -> int:
+        if log is not None:
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()} {url}\n")
+        with open(dest, "r+b" if os.path.exists(dest) else "wb") as f:
+            for start in range(0, len(payload), 4096):
+                f.write(payload[start:start + 4096])
+                f.flush()
+                if pause:
+                    time.sleep(pause)
+        return len(payload)
+
+    return download
+
+
+def _fetch_in_child(root: str, max_bytes: int, url: str, payload: bytes, log: str) -> None:
+    cache = DiskCache(root, max_bytes)
+    path = cache.fetch(url, len(payload), "e1", _writer(payload, log, pause=0.002))
+    with open(path, "rb") as f:
+        if f.read() != payload:
+            raise SystemExit(3)
+
+
+def test_a_reader_never_sees_a_partial_file_under_the_final_name(tmp_path) -> None:
+    """While a download writes slowly, the final name is absent or complete, never partial."""
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    payload = os.urandom(64 * 1024)
+    url = "s3://b/shard-000.tar"
+    final = cache.path(url)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(os.path.getsize(final))
+            except FileNotFoundError:
+                seen.append(-1)
+
+    watcher = threading.Thread(target=watch, name="test-watcher")
+    watcher.start()
+    try:
+        path = cache.fetch(url, len(payload), "e1", _writer(payload, pause=0.005))
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert path == final
+    assert -1 in seen, "the watcher never looked before the rename"
+    assert set(seen) <= {-1, len(payload)}, f"a partial file was visible: sizes {sorted(set(seen))}"
+    with open(path, "rb") as f:
+        assert f.read() == payload
+    assert not [n for n in os.listdir(cache.dir) if n.endswith(".part")]
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_fetching_one_object_download_it_once(tmp_path) -> None:
+    """The object lock is an flock: a second process waits for the first, then finds the file."""
+    payload = os.urandom(256 * 1024)
+    log = str(tmp_path / "downloads.log")
+    ctx = multiprocessing.get_context("spawn")
+    args = (str(tmp_path / "cache"), 1 << 22, "s3://b/one.tar", payload, log)
+    procs = [ctx.Process(target=_fetch_in_child, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(90)
+    assert [p.exitcode for p in procs] == [0, 0]
+    with open(log) as f:
+        assert len(f.read().splitlines()) == 1, "the object was downloaded twice"
+
+
+def test_threads_fetching_one_object_download_it_once(tmp_path) -> None:
+    cache = DiskCache(str(tmp_path), 1 << 22)
+    payload = os.urandom(128 * 1024)
+    log = str(tmp_path / "downloads.log")
+    paths: list[str] = []
+    threads = [threading.Thread(target=lambda: paths.append(cache.fetch(
+        "s3://b/x.tar", len(payload), None, _writer(payload, log, pause=0.001))),
+        name=f"test-fetch-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(paths) == 4 and len(set(paths)) == 1
+    with open(log) as f:
+        assert len(f.read().splitlines()) == 1
+
+
+def test_the_budget_is_never_exceeded_and_farthest_next_use_goes_first(tmp_path) -> None:
+    """Room for three objects: a fourth evicts the one needed farthest ahead (Belady), and the
+    folder, sampled throughout, never holds more than max_bytes."""
+    size = 50_000
+    cache = DiskCache(str(tmp_path), 3 * (size + META_BYTES) + 100)
+    order = {f"s3://b/{i}.tar": i for i in range(6)}  # each object's next use
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], cache.usage())
+
+    sampler = threading.Thread(target=sample, name="test-sampler")
+    sampler.start()
+    try:
+        for url in ["s3://b/0.tar", "s3://b/1.tar", "s3://b/5.tar"]:
+            cache.fetch(url, size, None, _writer(b"x" * size, pause=0.0005), order.__getitem__)
+        cache.fetch("s3://b/2.tar", size, None, _writer(b"y" * size, pause=0.0005),
+                    order.__getitem__)
+    finally:
+        stop.set()
+        sampler.join(5)
+    held = sorted(c.url for c in cache.entries())
+    assert held == ["s3://b/0.tar", "s3://b/1.tar", "s3://b/2.tar"], held
+    assert 0 < peak[0] <= cache.max_bytes
+    assert cache.usage() <= cache.max_bytes
+
+
+def test_everything_still_needed_sooner_waits_then_fails_naming_the_key(tmp_path) -> None:
+    size = 40_000
+    cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES), wait_s=0.5)
+    order = {"s3://b/a.tar": 0, "s3://b/b.tar": 1, "s3://b/c.tar": 2}
+    for url in ("s3://b/a.tar", "s3://b/b.tar"):
+        cache.fetch(url, size, None, _writer(b"a" * size), order.__getitem__)
+    with pytest.raises(StorageError, match=r"cache.max_bytes=.*raise cache.max_bytes") as info:
+        cache.fetch("s3://b/c.tar", size, None, _writer(b"c" * size), order.__getitem__)
+    assert info.value.url == "s3://b/c.tar"
+    assert not [n for n in os.listdir(cache.dir) if n.endswith(".part")]
+    # not needed any more this epoch (inf): it may go
+    order["s3://b/a.tar"] = math.inf
+    cache.fetch("s3://b/c.tar", size, None, _writer(b"c" * size), order.__getitem__)
+    assert sorted(c.url for c in cache.entries()) == ["s3://b/b.tar", "s3://b/c.tar"]
+
+
+def test_an_object_larger_than_the_cache_is_refused_at_once(tmp_path) -> None:
+    cache = DiskCache(str(tmp_path), 10_000)
+    with pytest.raises(StorageError, match=r"more than the whole cache \(cache.max_bytes=10,000\)"):
+        cache.fetch("s3://b/big.tar", 20_000, None, _writer(b"z" * 20_000))
+
+
+def test_a_download_of_the_wrong_size_leaves_nothing(tmp_path) -> None:
+    cache = DiskCache(str(tmp_path), 1 << 20)
+    with pytest.raises(StorageError, match="listing said 1,000 bytes, the download gave 900"):
+        cache.fetch("s3://b/s.tar", 1000, None, _writer(b"q" * 900))
+    assert os.listdir(cache.dir) == [n for n in os.listdir(cache.dir) if n.endswith(".lock")]
+
+
+def test_a_restart_reuses_matching_objects_and_replaces_stale_ones(tmp_path) -> None:
+    """A second DiskCache on the same folder (a new run) reuses an object whose size and etag
+    match, and downloads again one whose etag or size changed."""
+    log = str(tmp_path / "downloads.log")
+    first = DiskCache(str(tmp_path / "c"), 1 << 20)
+    first.fetch("s3://b/a.tar", 1000, "v1", _writer(b"1" * 1000, log))
+    first.fetch("s3://b/b.tar", 1000, "v1", _writer(b"1" * 1000, log))
+    again = DiskCache(str(tmp_path / "c"), 1 << 20)
+    same = again.fetch("s3://b/a.tar", 1000, "v1", _writer(b"1" * 1000, log))
+    new_etag = again.fetch("s3://b/b.tar", 1000, "v2", _writer(b"2" * 1000, log))
+    new_size = again.fetch("s3://b/a.tar", 1200, "v1", _writer(b"3" * 1200, log))
+    with open(log) as f:
+        assert [line.split()[1] for line in f.read().splitlines()] == \
+            ["s3://b/a.tar", "s3://b/b.tar", "s3://b/b.tar", "s3://b/a.tar"]
+    assert same == new_size
+    with open(new_etag, "rb") as f:
+        assert f.read() == b"2" * 1000
+    with open(new_size, "rb") as f:
+        assert f.read() == b"3" * 1200
+    assert again.cached("s3://b/a.tar", 1000, "v1") is None
+
+
+def test_an_orphaned_part_file_of_a_crashed_download_is_reclaimed(tmp_path) -> None:
+    size = 30_000
+    cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES))
+    with open(cache.path("s3://b/dead.tar") + ".part", "wb") as f:
+        f.truncate(size)  # nobody holds its lock: its process is gone
+    cache.fetch("s3://b/a.tar", size, None, _writer(b"a" * size))
+    cache.fetch("s3://b/b.tar", size, None, _writer(b"b" * size))
+    assert not os.path.exists(cache.path("s3://b/dead.tar") + ".part")
+    assert cache.usage() <= cache.max_bytes
