@@ -1,0 +1,202 @@
+"""Where data lives: is a path remote, which store holds it, and what a pattern expands to.
+
+Local paths expand exactly as the shard source always did (braces, then globs, sorted, every
+miss an error naming the key); remote ones list the store from the prefix before the first
+wildcard, so one LIST request covers a glob however many objects it matches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inputkit.storage.errors import StorageError
+
+#: scheme -> the kind of store that serves it
+SCHEMES = {
+    "s3": "s3", "s3a": "s3",
+    "gs": "gcs", "gcs": "gcs",
+    "az": "azure", "azure": "azure", "abfs": "azure", "abfss": "azure",
+    "http": "http", "https": "http",
+}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB = re.compile(r"[*?[]")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+@dataclass(frozen=True)
+class Location:
+    """A remote URL split into what picks the store (``kind``, ``scheme``, ``bucket``) and the
+    object's ``key`` inside it. For http(s) the bucket is ``host[:port]``."""
+
+    kind: str
+    scheme: str
+    bucket: str
+    key: str
+
+    @property
+    def base(self) -> str:
+        """The URL of the store's root: ``s3://bucket``, ``https://host:port``."""
+        return f"{self.scheme}://{self.bucket}"
+
+    def url(self, key: str) -> str:
+        """The URL of ``key`` in the same store."""
+        return f"{self.base}/{key}"
+
+
+def is_remote(path: str) -> bool:
+    """True for a URL a store serves (s3, gs, az/azure/abfs[s], http[s]); False for a local path.
+
+    Any other ``scheme://`` is neither: ``parse`` refuses it naming the schemes it knows."""
+    match = _SCHEME.match(path) if isinstance(path, str) else None
+    return match is not None and match.group(1).lower() in SCHEMES
+
+
+def has_scheme(path: str) -> bool:
+    """True when ``path`` starts with some ``scheme://``, known or not."""
+    return isinstance(path, str) and _SCHEME.match(path) is not None
+
+
+def parse(url: str, key: str | None = None) -> Location:
+    """Split ``url`` into its store and object key; an unknown scheme or a missing bucket is a
+    StorageError naming the URL (and ``key``, the config key that set it)."""
+    match = _SCHEME.match(url)
+    if match is None:
+        raise StorageError(url, "other", "not a URL; remote data is written scheme://bucket/path "
+                           f"(schemes: {', '.join(sorted(SCHEMES))})", key)
+    scheme = match.group(1).lower()
+    if scheme not in SCHEMES:
+        raise StorageError(url, "other", f"unknown scheme '{scheme}://'; use one of "
+                           f"{', '.join(s + '://' for s in sorted(SCHEMES))} or a local path", key)
+    rest = url[match.end():]
+    bucket, _, object_key = rest.partition("/")
+    if not bucket:
+        what = "host" if SCHEMES[scheme] == "http" else "bucket (or container)"
+        raise StorageError(url, "other", f"names no {what}; write {scheme}://<{what.split()[0]}>/"
+                           "<path>", key)
+    return Location(SCHEMES[scheme], scheme, bucket, object_key)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion: ``a-{00..02}.tar`` -> a-00.tar, a-01.tar, a-02.tar;
+    ``{train,val}.tar`` -> train.tar, val.tar. Braces that are neither stay as they are."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body = match.group(1)
+    numbers = _RANGE.match(body)
+    if numbers:
+        first, last = numbers.groups()
+        padded = any(len(n.lstrip("-")) > 1 and n.lstrip("-").startswith("0") for n in (first, last))
+        width = max(len(first), len(last)) if padded else 0
+        step = 1 if int(last) >= int(first) else -1
+        options = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
+    elif "," in body:
+        options = body.split(",")
+    else:  # not an expansion: keep the braces, expand what follows
+        head = pattern[:match.end()]
+        return [head + rest for rest in expand_braces(pattern[match.end():])]
+    head, tail = pattern[:match.start()], pattern[match.end():]
+    return [head + option + rest for option in options for rest in expand_braces(tail)]
+
+
+def has_glob(path: str) -> bool:
+    """True when ``path`` holds a glob wildcard (``*``, ``?``, ``[``)."""
+    return _GLOB.search(path) is not None
+
+
+def expand(urls: str | Sequence[str], key: str) -> list[str]:
+    """Every file or object ``urls`` names, in order: braces expanded, globs matched (sorted),
+    each entry's matches kept together. Local and remote entries may mix.
+
+    A pattern that matches nothing, a missing local file, a directory or a path named twice is
+    an error naming ``key``; a remote glob lists the store once from its literal prefix.
+    """
+    entries = [urls] if isinstance(urls, str) else urls
+    if not isinstance(entries, Sequence) or not entries or \
+            not all(isinstance(u, str) and u for u in entries):
+        raise ValueError(f"{key}: expected a path, a glob pattern ('data/train-*.tar') or a list "
+                         f"of paths, got {urls!r}")
+    found: list[str] = []
+    for entry in entries:
+        if has_scheme(entry):
+            found += _expand_remote(entry, key)
+        elif entry.startswith("pipe:"):
+            raise ValueError(f"{key}: 'pipe:' URLs are not supported ('{entry}'); name the files "
+                             "or objects themselves (s3://, gs://, az://, https:// or a local path)")
+        else:
+            found += _expand_local(entry, key)
+    seen: set[str] = set()
+    for path in found:
+        if path in seen:
+            raise ValueError(f"{key}: '{path}' is listed twice; each file is read once per epoch")
+        seen.add(path)
+    return found
+
+
+def _expand_local(entry: str, key: str) -> list[str]:
+    found: list[str] = []
+    missing: list[str] = []
+    for path in expand_braces(entry):
+        if has_glob(path):
+            found += sorted(p for p in glob.glob(path) if not os.path.isdir(p))
+        elif os.path.isdir(path):
+            raise ValueError(f"{key}: '{path}' is a directory; name its files, e.g. "
+                             f"'{os.path.join(path, '*.tar')}'")
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            missing.append(path)
+    if missing:
+        if len(missing) == 1 and missing[0] == entry:
+            raise ValueError(f"{key}: no such file: '{entry}'{_resolved(entry)}")
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ValueError(f"{key}: {len(missing)} file(s) of '{entry}' do not exist: {shown}")
+    if not found:
+        raise ValueError(f"{key}: no files match '{entry}'{_resolved(entry)}")
+    return found
+
+
+def _expand_remote(entry: str, key: str) -> list[str]:
+    """Brace alternatives are taken as written (no request); globs list the store once per
+    distinct literal prefix."""
+    from inputkit.storage.store import open_store  # the client only when a URL is used
+
+    found: list[str] = []
+    listings: dict[str, list[str]] = {}
+    for url in expand_braces(entry):
+        where = parse(url, key)
+        if not has_glob(where.key):
+            found.append(url)
+            continue
+        if SCHEMES[where.scheme] == "http":
+            raise StorageError(url, "other", "an http(s) server cannot be listed, so a glob "
+                               "cannot be matched; name the files, e.g. with a brace range "
+                               "'shard-{000..127}.tar'", key)
+        literal = _GLOB.split(where.key, maxsplit=1)[0]
+        prefix = where.base + "/" + literal
+        if prefix not in listings:
+            listings[prefix] = [info.url for info in open_store(url).list(prefix)]
+        pattern = where.base + "/" + where.key
+        matched = [u for u in listings[prefix] if _match(u, pattern)]
+        if not matched:
+            raise StorageError(url, "not_found", f"no objects match (listed '{prefix}'); check "
+                               "the bucket, the prefix and the pattern", key)
+        found += matched
+    return found
+
+
+def _match(url: str, pattern: str) -> bool:
+    """Glob match where ``*`` and ``?`` stay inside one path segment, as a shell glob does."""
+    if url.count("/") != pattern.count("/"):
+        return False
+    return all(fnmatch.fnmatchcase(u, p) for u, p in zip(url.split("/"), pattern.split("/"), strict=True))
+
+
+def _resolved(path: str) -> str:
+    return "" if os.path.isabs(path) else f" (resolved to '{os.path.abspath(path)}')"

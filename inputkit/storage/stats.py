@@ -1,0 +1,108 @@
+"""Storage counters summed over every process of a run, without touching the worker protocols.
+
+Each process owns one small counter file (a few int64 slots, memory-mapped) in a per-run
+folder; the first process to count creates the folder and names it in
+``INPUTKIT_STORAGE_STATS_DIR``, which the worker processes it starts inherit. ``stats()`` sums
+every file there, so a finished worker's counts still reach the parent. ``in_flight`` is a
+gauge (each process adds while a request runs and takes away when it ends).
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+import threading
+
+ENV_DIR = "INPUTKIT_STORAGE_STATS_DIR"
+NAMES = ("bytes_read", "requests", "in_flight", "retries", "errors", "cache_hits", "cache_misses",
+         "cache_bytes")
+_SLOT = struct.Struct("<q")
+_SIZE = _SLOT.size * len(NAMES)
+_INDEX = {name: i for i, name in enumerate(NAMES)}
+
+
+class _Counters:
+    """This process's counter file: its own, never written by another process."""
+
+    def __init__(self, folder: str) -> None:
+        self.pid = os.getpid()
+        path = os.path.join(folder, f"{self.pid}.counters")
+        with open(path, "wb+") as handle:
+            handle.write(b"\0" * _SIZE)
+            handle.flush()
+            self.map = mmap.mmap(handle.fileno(), _SIZE)
+        self.lock = threading.Lock()
+
+    def add(self, name: str, amount: int) -> None:
+        offset = _INDEX[name] * _SLOT.size
+        with self.lock:
+            (value,) = _SLOT.unpack_from(self.map, offset)
+            _SLOT.pack_into(self.map, offset, value + amount)
+
+
+_lock = threading.Lock()
+_mine: _Counters | None = None
+
+
+def _folder() -> str:
+    folder = os.environ.get(ENV_DIR)
+    if folder and os.path.isdir(folder):
+        return folder
+    folder = tempfile.mkdtemp(prefix=f"inputkit-storage-stats-{os.getpid()}-")
+    os.environ[ENV_DIR] = folder
+    atexit.register(_remove, folder, os.getpid())
+    return folder
+
+
+def _remove(folder: str, owner: int) -> None:
+    """At exit of the process that made the folder (a forked child inherits the hook: skip)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _counters() -> _Counters:
+    global _mine
+    mine = _mine
+    if mine is not None and mine.pid == os.getpid():
+        return mine
+    with _lock:
+        if _mine is None or _mine.pid != os.getpid():  # first use, or a forked child
+            _mine = _Counters(_folder())
+        return _mine
+
+
+def add(name: str, amount: int = 1) -> None:
+    """Add ``amount`` to counter ``name`` (one of NAMES) for this process."""
+    _counters().add(name, amount)
+
+
+def prepare() -> str:
+    """Create this run's counter folder now (before worker processes start) and return it;
+    the runner may call it so every worker counts into the same folder."""
+    return _folder()
+
+
+def stats() -> dict[str, int]:
+    """Every counter summed over the processes of this run (this one and the workers it
+    started, finished ones included)."""
+    totals = dict.fromkeys(NAMES, 0)
+    folder = os.environ.get(ENV_DIR)
+    if not folder or not os.path.isdir(folder):
+        return totals
+    for name in os.listdir(folder):
+        if not name.endswith(".counters"):
+            continue
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:
+                data = handle.read(_SIZE)
+        except FileNotFoundError:  # removed as we listed: nothing to add
+            continue
+        if len(data) < _SIZE:
+            continue
+        for i, key in enumerate(NAMES):
+            totals[key] += _SLOT.unpack_from(data, i * _SLOT.size)[0]
+    return totals

@@ -1,0 +1,375 @@
+"""One object store per scheme + bucket (or host) + settings, over obstore.
+
+A Store pickles as its base URL and settings; the client is rebuilt lazily in each process,
+so a source holding one can travel to a worker process. Every request goes through
+``retry.call`` (counted, backed off, bounded) and is counted in ``storage.stats()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from inputkit.storage import retry, stats
+from inputkit.storage.errors import StorageError
+from inputkit.storage.locations import Location, parse
+from inputkit.storage.settings import StorageSettings, settings
+
+INSTALL_HINT = "pip install 'inputkit-ml[storage]'"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object: its full URL, size in bytes and entity tag (None where the store has none)."""
+
+    url: str
+    size: int
+    etag: str | None
+
+
+class Store:
+    """Reads objects under one base URL (``s3://bucket``, ``https://host:port``)."""
+
+    kind = "store"
+
+    def __init__(self, base: Location, cfg: StorageSettings) -> None:
+        self.base = base
+        self.settings = cfg
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[str, StorageSettings]]:
+        return (_rebuild, (self.base.base + "/", self.settings))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base.base!r})"
+
+    # the client -------------------------------------------------------------------------------
+
+    def client(self) -> Any:
+        """The obstore store, built on first use in this process."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+        return self._client
+
+    def _build(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not build a client")
+
+    def _client_options(self, endpoint: str | None) -> dict[str, Any]:
+        cfg = self.settings
+        options: dict[str, Any] = {
+            "timeout": timedelta(seconds=cfg.timeout_s),
+            "connect_timeout": timedelta(seconds=cfg.connect_timeout_s),
+        }
+        if (endpoint or self.base.scheme).startswith("http") and \
+                not (endpoint or self.base.scheme).startswith("https"):
+            options["allow_http"] = True
+        return options
+
+    # requests ---------------------------------------------------------------------------------
+
+    def _path(self, url: str) -> str:
+        where = parse(url)
+        if where.base != self.base.base:
+            raise ValueError(f"{url} is not in the store {self.base.base}")
+        return where.key
+
+    def _call(self, url: str, request: Any) -> Any:
+        with _slots(self.settings.concurrency):
+            return retry.call(url, self.settings, request)
+
+    def list(self, url_prefix: str) -> list[ObjectInfo]:
+        """Every object whose URL starts with ``url_prefix``, sorted by URL."""
+        obs = _obstore()
+        key = self._path(url_prefix)
+        folder = key.rsplit("/", 1)[0] if "/" in key else ""
+        client = self.client()
+
+        def listing() -> list[dict[str, Any]]:
+            return [meta for batch in obs.list(client, prefix=folder or None) for meta in batch]
+
+        found = [self._info(meta) for meta in self._call(url_prefix, listing)]
+        return sorted((info for info in found if info.url.startswith(url_prefix)),
+                      key=lambda info: info.url)
+
+    def head(self, url: str) -> ObjectInfo:
+        """The object's size and etag (one HEAD request)."""
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+        return self._info(self._call(url, lambda: obs.head(client, path)))
+
+    def read(self, url: str) -> bytes:
+        """The whole object."""
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+        data = self._call(url, lambda: bytes(obs.get(client, path).bytes()))
+        stats.add("bytes_read", len(data))
+        return data
+
+    def read_range(self, url: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start``; a range past the object's end is an error."""
+        _check_range(url, start, length)
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+        data = self._call(url, lambda: bytes(obs.get_range(client, path, start=start,
+                                                               length=length)))
+        _check_length(url, start, length, len(data))
+        stats.add("bytes_read", len(data))
+        return data
+
+    def read_ranges(self, url: str, starts: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
+        """Several ranges of one object, fetched concurrently (near ranges coalesced)."""
+        if len(starts) != len(lengths):
+            raise ValueError(f"read_ranges({url}): {len(starts)} starts but {len(lengths)} lengths")
+        for start, length in zip(starts, lengths, strict=True):
+            _check_range(url, start, length)
+        if not starts:
+            return []
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+        parts = self._call(url, lambda: [bytes(b) for b in obs.get_ranges(
+            client, path, starts=list(starts), lengths=list(lengths))])
+        for start, length, part in zip(starts, lengths, parts, strict=True):
+            _check_length(url, start, length, len(part))
+        stats.add("bytes_read", sum(len(p) for p in parts))
+        return parts
+
+    def read_many(self, urls: Sequence[str]) -> list[bytes | StorageError]:
+        """Many whole objects, up to ``storage.concurrency`` in flight; each failure is returned
+        in its place as a StorageError (retries done), so one bad object fails alone."""
+        if not urls:
+            return []
+        obs = _obstore()
+        client = self.client()
+        paths = [self._path(u) for u in urls]
+        return asyncio.run(self._gather(obs, client, list(urls), paths))
+
+    async def _gather(self, obs: Any, client: Any, urls: list[str],
+                      paths: list[str]) -> list[bytes | StorageError]:
+        gate = asyncio.Semaphore(self.settings.concurrency)
+
+        async def one(url: str, path: str) -> bytes | StorageError:
+            async def request() -> bytes:
+                response = await obs.get_async(client, path)
+                return bytes(await response.bytes_async())
+
+            async with gate:
+                try:
+                    data = await retry.call_async(url, self.settings, request)
+                except StorageError as exc:
+                    return exc
+            stats.add("bytes_read", len(data))
+            return data
+
+        return list(await asyncio.gather(*(one(u, p) for u, p in zip(urls, paths, strict=True))))
+
+    def download(self, url: str, dest_path: str) -> int:
+        """Stream the object into ``dest_path`` (written under a temporary name, size-checked,
+        then renamed: never a partial file at ``dest_path``); return the bytes written."""
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+        partial = f"{dest_path}.part-{os.getpid()}-{threading.get_ident()}"
+
+        def fetch() -> int:
+            response = obs.get(client, path)
+            expected = int(response.meta["size"])
+            written = 0
+            try:
+                with open(partial, "wb") as out:
+                    for chunk in response.stream(min_chunk_size=8 * 2**20):
+                        out.write(chunk)
+                        written += len(chunk)
+                        stats.add("bytes_read", len(chunk))
+                if written != expected:
+                    raise ConnectionError(f"body ended after {written} of {expected} bytes "
+                                          "(connection reset)")
+            except BaseException:
+                _unlink(partial)
+                raise
+            return written
+
+        written = self._call(url, fetch)
+        os.replace(partial, dest_path)
+        return written
+
+    def _info(self, meta: dict[str, Any]) -> ObjectInfo:
+        etag = meta.get("e_tag")
+        return ObjectInfo(self.base.url(meta["path"]), int(meta["size"]),
+                          etag.strip('"') if etag else None)
+
+
+class S3Store(Store):
+    """s3:// (and S3-compatible servers via AWS_ENDPOINT_URL or storage.endpoint)."""
+
+    kind = "s3"
+
+    def _build(self) -> Any:
+        from obstore.store import S3Store as Client
+
+        from inputkit.storage.credentials import aws_profile
+
+        cfg = self.settings
+        config: dict[str, Any] = aws_profile()
+        if cfg.endpoint:
+            config["endpoint"] = cfg.endpoint
+        if cfg.region:
+            config["region"] = cfg.region
+        if cfg.anonymous:
+            config["skip_signature"] = True
+        config.update(cfg.options)
+        endpoint = (config.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
+        return _built(self.base, lambda: Client(
+            self.base.bucket, config=config, client_options=self._client_options(endpoint),
+            retry_config={"max_retries": 0}))
+
+
+class GCSStore(Store):
+    """gs:// (credentials: GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT*)."""
+
+    kind = "gcs"
+
+    def _build(self) -> Any:
+        from obstore.store import GCSStore as Client
+
+        cfg = self.settings
+        config: dict[str, Any] = {}
+        if cfg.anonymous:
+            config["skip_signature"] = True
+        config.update(cfg.options)
+        if cfg.endpoint:  # an emulator (fake-gcs-server) or a private endpoint
+            config["base_url"] = cfg.endpoint
+        return _built(self.base, lambda: Client(
+            self.base.bucket, config=config, client_options=self._client_options(cfg.endpoint),
+            retry_config={"max_retries": 0}))
+
+
+class AzureStore(Store):
+    """az:// azure:// abfs[s]:// (AZURE_STORAGE_ACCOUNT_NAME / _KEY / _CONNECTION_STRING / SAS)."""
+
+    kind = "azure"
+
+    def _build(self) -> Any:
+        from obstore.store import AzureStore as Client
+
+        from inputkit.storage.credentials import azure_connection_string
+
+        cfg = self.settings
+        config: dict[str, Any] = azure_connection_string()
+        container, _, account = self.base.bucket.partition("@")
+        if account:  # abfss://container@account.dfs.core.windows.net
+            config["account_name"] = account.split(".", 1)[0]
+        if cfg.anonymous:
+            config["skip_signature"] = True
+        if cfg.endpoint:
+            config["endpoint"] = cfg.endpoint
+        config.update(cfg.options)
+        return _built(self.base, lambda: Client(
+            container, config=config,
+            client_options=self._client_options(config.get("endpoint")),
+            retry_config={"max_retries": 0}))
+
+
+class HTTPStore(Store):
+    """http:// https:// (plain GETs and ranged GETs; a web server cannot be listed)."""
+
+    kind = "http"
+
+    def _build(self) -> Any:
+        from obstore.store import HTTPStore as Client
+
+        return _built(self.base, lambda: Client.from_url(
+            self.base.base, client_options=self._client_options(self.base.scheme),
+            retry_config={"max_retries": 0}))
+
+    def list(self, url_prefix: str) -> list[ObjectInfo]:
+        """Refused: a web server has no listing; name the files (brace ranges expand locally)."""
+        raise StorageError(url_prefix, "other", "an http(s) server cannot be listed; name the "
+                           "files, e.g. with a brace range 'shard-{000..127}.tar'")
+
+
+_KINDS: dict[str, type[Store]] = {"s3": S3Store, "gcs": GCSStore, "azure": AzureStore,
+                                  "http": HTTPStore}
+_open: dict[tuple[str, str], Store] = {}
+_open_lock = threading.Lock()
+
+
+def open_store(url: str) -> Store:
+    """The store that holds ``url`` under the current settings (one per scheme + bucket/host +
+    settings in this process)."""
+    return _store_for(url, settings()[0])
+
+
+def _store_for(url: str, cfg: StorageSettings) -> Store:
+    where = parse(url)
+    root = Location(where.kind, where.scheme, where.bucket, "")
+    key = (root.base, repr(cfg))
+    with _open_lock:
+        store = _open.get(key)
+        if store is None:
+            store = _open[key] = _KINDS[where.kind](root, cfg)
+        return store
+
+
+def _rebuild(base_url: str, cfg: StorageSettings) -> Store:
+    return _store_for(base_url, cfg)
+
+
+def _obstore() -> Any:
+    try:
+        import obstore
+    except ImportError as exc:
+        raise ImportError(f"reading s3://, gs://, az:// or http(s):// data needs obstore: "
+                          f"{INSTALL_HINT}") from exc
+    return obstore
+
+
+def _built(base: Location, make: Any) -> Any:
+    _obstore()
+    try:
+        return make()
+    except Exception as exc:  # noqa: BLE001 - a bad option or credential names the store
+        raise StorageError(base.base, "other", f"cannot set up the client: {exc}; check the "
+                           "storage.* keys and the credentials in the environment") from exc
+
+
+_slot_lock = threading.Lock()
+_slot_gate: tuple[int, int, threading.BoundedSemaphore] | None = None
+
+
+def _slots(concurrency: int) -> threading.BoundedSemaphore:
+    """The process's gate on blocking requests in flight (storage.concurrency)."""
+    global _slot_gate
+    gate = _slot_gate
+    if gate is None or gate[0] != os.getpid() or gate[1] != concurrency:
+        with _slot_lock:
+            gate = _slot_gate
+            if gate is None or gate[0] != os.getpid() or gate[1] != concurrency:
+                gate = _slot_gate = (os.getpid(), concurrency, threading.BoundedSemaphore(concurrency))
+    return gate[2]
+
+
+def _check_range(url: str, start: int, length: int) -> None:
+    if start < 0 or length < 0:
+        raise ValueError(f"{url}: a range needs start >= 0 and length >= 0, got {start}, {length}")
+
+
+def _check_length(url: str, start: int, length: int, got: int) -> None:
+    if got != length:
+        raise StorageError(url, "other", f"asked for {length} bytes at {start}, got {got}: the "
+                           "object is shorter than the index says; rebuild the index (it may "
+                           "have changed)")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
