@@ -23,6 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from inputkit.sources.remote_files import expand as remote_expand
+from inputkit.sources.remote_files import is_url, read_spans
+
 _GLOB = re.compile(r"[*?[]")
 # Ids at or past this, with no vocab_size, are refused: the largest tokenizer vocabularies in
 # use hold about 256K ids (2**18), so 2**24 leaves 64x room, while a uint16 file read as uint32
@@ -95,6 +98,13 @@ def _blocks(path: str, count: int, offset: int, dtype: np.dtype) -> tuple[np.nda
         last = (count - size) // 2 * 2
         starts = (np.linspace(0, last, SAMPLE_BLOCKS) // 2 * 2).astype(np.int64).tolist()
     values, positions = [], []
+    if is_url(path):  # the blocks as byte ranges of the object, fetched together
+        nbytes = size * dtype.itemsize
+        got = read_spans([(path, offset + start * dtype.itemsize, nbytes) for start in starts])
+        for start, data in zip(starts, got, strict=True):
+            values.append(np.frombuffer(data, dtype=dtype))
+            positions.append(np.arange(start, start + size))
+        return np.concatenate(positions), np.concatenate(values)
     try:
         with open(path, "rb") as f:
             for start in starts:
@@ -144,7 +154,9 @@ def expand(files: str | Sequence[str]) -> list[str]:
                          f"them, got {files!r}")
     paths: list[str] = []
     for entry in map(os.fspath, entries):
-        if _GLOB.search(entry):
+        if is_url(entry):  # a bucket's objects: braces and globs (listing the store)
+            paths += remote_expand(entry, "files")
+        elif _GLOB.search(entry):
             found = sorted(p for p in glob.glob(entry) if not os.path.isdir(p))
             if not found:
                 raise ValueError(f"files: no files match '{entry}'{_resolved(entry)}; check the "

@@ -29,6 +29,8 @@ import numpy as np
 
 from inputkit.errors import SourceError
 from inputkit.sources.arrays import _read_header
+from inputkit.sources.remote_files import is_url, npy_header, read_spans
+from inputkit.sources.remote_files import sizes as object_sizes
 from inputkit.sources.token_files import dtype_name, expand, output_range, sample_ids
 
 NAME = "inputkit.sources.tokens.TokenSource"
@@ -65,7 +67,12 @@ class TokenSource:
         self.fields = _fields(fields)
         self.declared = _dtype(dtype, "dtype") if dtype is not None else None
         self.paths = expand(files)
-        sizes = [_inspect(path, self.declared) for path in self.paths]
+        # objects in a store are read by byte ranges (their sizes from one head each), never mapped
+        self.remote = [is_url(path) for path in self.paths]
+        remote_sizes = dict(zip((p for p, r in zip(self.paths, self.remote, strict=True) if r),
+                                object_sizes([p for p, r in zip(self.paths, self.remote,
+                                                                 strict=True) if r]), strict=True))
+        sizes = [_inspect(path, self.declared, remote_sizes.get(path)) for path in self.paths]
         self.dtype = sizes[0][1]  # expand never returns an empty list
         for path, (_, file_dtype, _) in zip(self.paths, sizes, strict=True):
             if file_dtype != self.dtype:
@@ -142,10 +149,23 @@ class TokenSource:
 
     def mapped_bytes(self) -> tuple[int, str]:
         """For the memory plan: the bytes of the mapped files. They are page cache, which the
-        operating system shares between processes and evicts under pressure, not buffers."""
-        size = self.total_tokens * self.dtype.itemsize
-        return size, (f"{len(self.paths):,} token file(s), {self.total_tokens:,} tokens x "
-                      f"{self.dtype.itemsize} B ({self.dtype.name})")
+        operating system shares between processes and evicts under pressure, not buffers.
+        Objects in a store are not mapped (0): the ranges a read fetches are as large as the
+        windows it returns, held while the chunk is filled (the probe measures them)."""
+        local = [i for i, r in enumerate(self.remote) if not r]
+        tokens = int(self.file_tokens[local].sum()) if local else 0
+        if not tokens:
+            return 0, ""
+        return tokens * self.dtype.itemsize, (
+            f"{len(local):,} token file(s), {tokens:,} tokens x {self.dtype.itemsize} B "
+            f"({self.dtype.name})")
+
+    def sample_groups(self) -> np.ndarray:
+        """The file of each window (of its first token, in stream mode): for a shuffle that
+        keeps reads within a few files at a time."""
+        return (np.searchsorted(self.file_start, self._starts(np.arange(self.length,
+                                                                        dtype=np.int64)),
+                                side="right") - 1).astype(np.int64)
 
     # pickling: the maps are per process ------------------------------------------------------
 
@@ -216,10 +236,16 @@ class TokenSource:
         inside = stops <= self.file_start[files + 1]  # the run lies in one file
         local = firsts - self.file_start[files]
         maps = self._open()
-        for a, count, f, lo, one_file, first, stop in zip(
+        fetched = self._fetch_spans(maps, firsts.tolist(), stops.tolist()) \
+            if any(self.remote) else None
+        for k, (a, count, f, lo, one_file, first, stop) in enumerate(zip(
                 heads.tolist(), lens.tolist(), files.tolist(), local.tolist(), inside.tolist(),
-                firsts.tolist(), stops.tolist(), strict=True):
-            span = maps[f][lo:lo + stop - first] if one_file else self._span(maps, first, stop)
+                firsts.tolist(), stops.tolist(), strict=True)):
+            if fetched is not None:
+                span = fetched[k]
+            else:
+                span = maps[f][lo:lo + stop - first] if one_file else \
+                    self._span(maps, first, stop)
             if self.narrow:  # checked as the file holds them: the cast could hide a bad id
                 self._check_span(span, first)
             if count == 1:
@@ -240,6 +266,39 @@ class TokenSource:
                 labels[a:b] = rows[:, 1:]
             if tokens is not None:
                 tokens[a:b] = rows
+
+    def _fetch_spans(self, maps: list[np.ndarray], firsts: list[int],
+                     stops: list[int]) -> list[np.ndarray]:
+        """Stream tokens ``firsts[k]:stops[k]`` of each run, where some files are objects in a
+        store: every remote piece one byte range, all of a chunk's ranges fetched together
+        (``Store.read_ranges``); local pieces are slices of their maps."""
+        itemsize = self.dtype.itemsize
+        pieces: list[list[tuple[int, int, int]]] = []  # per run: (file, lo, hi) in file tokens
+        requests: list[tuple[str, int, int]] = []
+        for start, stop in zip(firsts, stops, strict=True):
+            run = []
+            f = int(np.searchsorted(self.file_start, start, side="right")) - 1
+            while start < stop:
+                base, end = int(self.file_start[f]), int(self.file_start[f + 1])
+                if end > start:
+                    hi = min(stop, end)
+                    run.append((f, start - base, hi - base))
+                    if self.remote[f]:
+                        requests.append((self.paths[f], self.offsets[f] + (start - base) * itemsize,
+                                         (hi - start) * itemsize))
+                    start = hi
+                f += 1
+            pieces.append(run)
+        try:
+            got = iter(read_spans(requests))
+        except SourceError as exc:
+            raise SourceError(NAME, f"cannot read token windows: {exc}") from exc
+        spans = []
+        for run in pieces:
+            parts = [np.frombuffer(next(got), dtype=self.dtype) if self.remote[f]
+                     else maps[f][lo:hi] for f, lo, hi in run]
+            spans.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return spans
 
     def _span(self, maps: list[np.ndarray], start: int, stop: int) -> np.ndarray:
         """Stream tokens ``start:stop``: a view of one map, or the pieces of several joined."""
@@ -302,7 +361,7 @@ class TokenSource:
 
     def _map(self, i: int) -> np.ndarray:
         path, count = self.paths[i], int(self.file_tokens[i])
-        if count == 0:
+        if count == 0 or self.remote[i]:  # an object in a store is read by ranges, not mapped
             return np.empty(0, self.dtype)
         try:
             size = os.path.getsize(path)
@@ -352,8 +411,18 @@ def _fields(fields: Sequence[str] | str) -> list[str]:
     return names
 
 
-def _inspect(path: str, declared: np.dtype | None) -> tuple[int, np.dtype, int]:
-    """(tokens, dtype, header bytes) of one file, from its size and ``.npy`` header."""
+def _inspect(path: str, declared: np.dtype | None,
+             remote_size: int | None = None) -> tuple[int, np.dtype, int]:
+    """(tokens, dtype, header bytes) of one file, from its size and ``.npy`` header (for an
+    object in a store, ``remote_size`` from its listing and the header by one ranged read)."""
+    if remote_size is not None:
+        size = remote_size
+        try:
+            header = npy_header(path, size)[:3] if path.endswith(".npy") else None
+        except (ValueError, EOFError) as exc:
+            raise ValueError(f"cannot read '{path}' as a .npy file: "
+                             f"{type(exc).__name__}: {exc}") from None
+        return _checked(path, declared, size, header)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -368,6 +437,12 @@ def _inspect(path: str, declared: np.dtype | None) -> tuple[int, np.dtype, int]:
     except OSError as exc:
         raise ValueError(f"cannot read '{path}': {type(exc).__name__}: {exc}; check that the "
                          "file exists and is readable") from None
+    return _checked(path, declared, size, header)
+
+
+def _checked(path: str, declared: np.dtype | None, size: int,
+             header: tuple[tuple[int, ...], np.dtype, int] | None) -> tuple[int, np.dtype, int]:
+    """(tokens, dtype, header bytes) of a file of ``size`` bytes, checked against the keys."""
     if header is None:
         if declared is None:
             raise ValueError(f"dtype: required for the raw token file '{path}' (only .npy files "
