@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from inputkit.storage.counters import stats
 from inputkit.storage.errors import StorageError
 from inputkit.storage.locations import expand, is_remote
 from inputkit.storage.settings import (
@@ -16,7 +17,6 @@ from inputkit.storage.settings import (
     configure,
     settings,
 )
-from inputkit.storage.stats import stats
 
 if TYPE_CHECKING:
     from inputkit.storage.store import ObjectInfo, Store

@@ -2,14 +2,16 @@
 
 Why it is shaped this way:
 
-- never a partial file under a final name: an object is written to ``<key>.part`` in
-  the same folder, size-checked against the listing, then renamed; its size and etag
+- never a partial file under a final name: an object is downloaded to ``<key>.dl`` (the
+  store's own temporary names beside it) in the same folder, size-checked against the
+  listing, then renamed; its size and etag
   are recorded beside it (``<key>.meta``) so a later run reuses it only when they match;
 - one download per object across threads *and* processes: the downloader holds an
   ``fcntl.flock`` on ``<key>.lock``; a second asker waits for it and then finds the file;
 - the folder's total (temporary files included) never passes ``max_bytes``: a download
-  first reserves its size, under a folder-wide lock, by creating its ``.part`` file at
-  full length, evicting cached objects that are not needed soon (given the epoch's
+  first reserves its size, under a folder-wide lock, with a reservation record
+  ``<key>.part`` that counts as its full size until the download is renamed, evicting
+  cached objects that are not needed soon (given the epoch's
   order, the one whose next use is farthest: Belady's rule), and waits, bounded, when
   everything cached is still needed.
 """
@@ -50,9 +52,9 @@ class Cached:
 
 
 def _count(name: str, n: int = 1) -> None:
-    from inputkit.storage import stats
+    from inputkit.storage import counters
 
-    stats.add(name, n)
+    counters.add(name, n)
 
 
 class DiskCache:
@@ -114,12 +116,20 @@ class DiskCache:
         return path
 
     def usage(self) -> int:
-        """Bytes in the folder now: cached objects, their records and downloads under way."""
-        total = 0
+        """Bytes the folder holds or has promised: cached objects and their records, plus each
+        download under way at its full size (its reservation), whatever it has written yet."""
+        sizes: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.dir):
                 with contextlib.suppress(FileNotFoundError):
-                    total += entry.stat(follow_symlinks=False).st_size
+                    sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+        total = sum(sizes.values())
+        for name in sizes:
+            if name.endswith(".part"):
+                reserved = _reserved(os.path.join(self.dir, name))
+                key = name[:-5] + ".dl"
+                written = sum(v for n, v in sizes.items() if n.startswith(key))
+                total += max(0, reserved - written)
         return total
 
     def entries(self) -> list[Cached]:
@@ -167,23 +177,21 @@ class DiskCache:
                 _count("cache_hits")
                 return found
             self._remove(path)  # a stale copy (size or etag changed), if any
-            part = path + ".part"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(part)  # left by a crashed download (we hold its lock)
+            part, dest = path + ".part", path + ".dl"
+            _remove_download(path)  # left by a crashed download (we hold its lock)
             self._reserve(url, part, size, next_use)
             try:
-                written = download(url, part)
-                actual = os.path.getsize(part)
+                written = download(url, dest)
+                actual = os.path.getsize(dest)
                 if actual != size or written != size:
+                    got = written if written != size else actual
                     raise StorageError(url, "other", f"'{url}' changed while it was read: the "
                                        f"listing said {size:,} bytes, the download gave "
-                                       f"{written if written != size else actual:,}; run again to list it anew")
+                                       f"{got:,}; run again to list it anew")
                 _write_meta(path + ".meta", url, size, etag)
-                os.replace(part, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(part)
-                raise
+                os.replace(dest, path)
+            finally:
+                _remove_download(path)
             _count("cache_misses")
             _count("cache_bytes", size)
             return path
@@ -221,7 +229,7 @@ class DiskCache:
     # internals ----------------------------------------------------------------------------------
 
     def _reserve(self, url: str, part: str, size: int, next_use: NextUse | None) -> None:
-        """Create ``part`` at full length once the budget has room, evicting as allowed."""
+        """Write the reservation record ``part`` once the budget has room, evicting as allowed."""
         need = size + META_BYTES
         mine = next_use(url) if next_use is not None else -math.inf
         deadline = time.monotonic() + self.wait_s
@@ -238,8 +246,8 @@ class DiskCache:
                     if self.evict(victim.url):
                         used -= freed
                 if used + need <= self.max_bytes:
-                    with open(part, "wb") as f:
-                        f.truncate(size)  # the reservation, visible to every process
+                    with open(part, "w") as f:
+                        f.write(str(need))  # the reservation, visible to every process
                     return
             if time.monotonic() > deadline:
                 raise StorageError(url, "other", f"the disk cache has no room for '{url}' "
@@ -272,8 +280,7 @@ class DiskCache:
                 lock = _try_lock_path(url_path + ".lock")
                 if lock is not None:
                     try:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(full)
+                        _remove_download(url_path)
                     finally:
                         _unlock(lock)
             elif name.endswith(".meta") and not os.path.exists(full[:-5]) \
@@ -361,6 +368,24 @@ def _write_meta(path: str, url: str, size: int, etag: str | None) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _reserved(part: str) -> int:
+    try:
+        with open(part) as f:
+            return int(f.read() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _remove_download(path: str) -> None:
+    """Remove the reservation and every temporary file of the object at ``path``."""
+    folder, key = os.path.split(path)
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(folder):
+            if name == key + ".part" or name.startswith(key + ".dl"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
 
 
 def _size_of(path: str) -> int:

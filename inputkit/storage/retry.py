@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from inputkit.storage import stats
+from inputkit.storage import counters
 from inputkit.storage.errors import StorageError
 from inputkit.storage.settings import StorageSettings
 
@@ -60,8 +60,12 @@ def classify(exc: BaseException) -> str:
 
 def describe(exc: BaseException, kind: str) -> str:
     """What went wrong and what to do, in one line (the client's multi-line debug dump cut)."""
-    first = str(exc).split("\n\nDebug source:", 1)[0].strip()
-    first = re.sub(r"<\?xml.*", "", first, flags=re.S).strip() or type(exc).__name__
+    text = str(exc)
+    first = text.split("\n\nDebug source:", 1)[0].strip()
+    first = re.sub(r":?\s*<\?xml.*", "", first, flags=re.S).strip() or type(exc).__name__
+    code = re.search(r"<Code>(\w+)</Code>", text)
+    if code:
+        first += f" ({code.group(1)})"
     advice = {
         "not_found": "no such object or bucket; check the URL (and storage.endpoint / "
                      "AWS_ENDPOINT_URL for an S3-compatible server)",
@@ -104,7 +108,7 @@ class _Attempts:
             out_of_time = False
         retryable = kind == "transient" or kind == "unreachable"
         if not retryable or self.tries >= self.cfg.retries or out_of_time:
-            stats.add("errors")
+            counters.add("errors")
             message = describe(exc, kind)
             if retryable and self.tries:
                 message += f"; gave up after {self.tries} retries"
@@ -114,7 +118,7 @@ class _Attempts:
             left = self.cfg.connect_timeout_s - (now - self.unreachable_since)  # type: ignore[operator]
             wait = max(0.0, min(wait, left))
         self.tries += 1
-        stats.add("retries")
+        counters.add("retries")
         return wait
 
 
@@ -122,14 +126,14 @@ def call(url: str, cfg: StorageSettings, request: Callable[[], T]) -> T:
     """Run ``request`` (one call into the client) with counted retries; raise StorageError."""
     attempts = _Attempts(url, cfg)
     while True:
-        stats.add("requests")
-        stats.add("in_flight")
+        counters.add("requests")
+        counters.add("in_flight")
         try:
             return request()
         except Exception as exc:  # noqa: BLE001 - every client failure is classified
             wait = attempts.next_wait(exc)
         finally:
-            stats.add("in_flight", -1)
+            counters.add("in_flight", -1)
         time.sleep(wait)
 
 
@@ -137,12 +141,12 @@ async def call_async(url: str, cfg: StorageSettings, request: Callable[[], Await
     """``call`` for a coroutine-returning request."""
     attempts = _Attempts(url, cfg)
     while True:
-        stats.add("requests")
-        stats.add("in_flight")
+        counters.add("requests")
+        counters.add("in_flight")
         try:
             return await request()
         except Exception as exc:  # noqa: BLE001 - every client failure is classified
             wait = attempts.next_wait(exc)
         finally:
-            stats.add("in_flight", -1)
+            counters.add("in_flight", -1)
         await asyncio.sleep(wait)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from inputkit.storage import retry, stats
+from inputkit.storage import counters, retry
 from inputkit.storage.errors import StorageError
 from inputkit.storage.locations import Location, parse
 from inputkit.storage.settings import StorageSettings, settings
@@ -110,7 +110,7 @@ class Store:
         obs = _obstore()
         path, client = self._path(url), self.client()
         data = self._call(url, lambda: bytes(obs.get(client, path).bytes()))
-        stats.add("bytes_read", len(data))
+        counters.add("bytes_read", len(data))
         return data
 
     def read_range(self, url: str, start: int, length: int) -> bytes:
@@ -121,7 +121,7 @@ class Store:
         data = self._call(url, lambda: bytes(obs.get_range(client, path, start=start,
                                                                length=length)))
         _check_length(url, start, length, len(data))
-        stats.add("bytes_read", len(data))
+        counters.add("bytes_read", len(data))
         return data
 
     def read_ranges(self, url: str, starts: Sequence[int], lengths: Sequence[int]) -> list[bytes]:
@@ -138,7 +138,7 @@ class Store:
             client, path, starts=list(starts), lengths=list(lengths))])
         for start, length, part in zip(starts, lengths, parts, strict=True):
             _check_length(url, start, length, len(part))
-        stats.add("bytes_read", sum(len(p) for p in parts))
+        counters.add("bytes_read", sum(len(p) for p in parts))
         return parts
 
     def read_many(self, urls: Sequence[str]) -> list[bytes | StorageError]:
@@ -165,7 +165,7 @@ class Store:
                     data = await retry.call_async(url, self.settings, request)
                 except StorageError as exc:
                     return exc
-            stats.add("bytes_read", len(data))
+            counters.add("bytes_read", len(data))
             return data
 
         return list(await asyncio.gather(*(one(u, p) for u, p in zip(urls, paths, strict=True))))
@@ -186,7 +186,7 @@ class Store:
                     for chunk in response.stream(min_chunk_size=8 * 2**20):
                         out.write(chunk)
                         written += len(chunk)
-                        stats.add("bytes_read", len(chunk))
+                        counters.add("bytes_read", len(chunk))
                 if written != expected:
                     raise ConnectionError(f"body ended after {written} of {expected} bytes "
                                           "(connection reset)")
