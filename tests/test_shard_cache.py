@@ -190,9 +190,14 @@ def test_a_restart_reuses_matching_objects_and_replaces_stale_ones(tmp_path) -> 
 def test_an_orphaned_part_file_of_a_crashed_download_is_reclaimed(tmp_path) -> None:
     size = 30_000
     cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES))
-    with open(cache.path("s3://b/dead.tar") + ".part", "wb") as f:
-        f.truncate(size)  # nobody holds its lock: its process is gone
+    dead = cache.path("s3://b/dead.tar")
+    with open(dead + ".part", "w") as f:
+        f.write(str(size))  # a reservation nobody holds the lock of: its process is gone
+    with open(dead + ".dl.part-1-2", "wb") as f:
+        f.write(b"d" * 1000)
+    assert cache.usage() == size + len(str(size))  # the reservation counts in full
     cache.fetch("s3://b/a.tar", size, None, _writer(b"a" * size))
     cache.fetch("s3://b/b.tar", size, None, _writer(b"b" * size))
-    assert not os.path.exists(cache.path("s3://b/dead.tar") + ".part")
+    assert not [n for n in os.listdir(cache.dir) if n.startswith(os.path.basename(dead) + ".")
+                and not n.endswith(".lock")]
     assert cache.usage() <= cache.max_bytes
