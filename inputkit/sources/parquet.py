@@ -39,6 +39,9 @@ from inputkit.errors import SourceError
 from inputkit.sources.parquet_cache import OpenFiles, RowGroup, RowGroupCache
 from inputkit.sources.parquet_columns import Column, column_spec, decoded_bytes, to_numpy, with_fill
 from inputkit.sources.protocol import field_names
+from inputkit.sources.remote_files import RangeFile, is_url, list_prefix
+from inputkit.sources.remote_files import expand as remote_expand
+from inputkit.sources.remote_files import sizes as object_sizes
 
 NAME = "inputkit.sources.parquet.ParquetSource"
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
@@ -75,7 +78,12 @@ class ParquetSource:
         self.pad_value = pad_value
         self.fill_null = _fill_values(fill_null)
         self.cache_row_groups = cache_row_groups
-        footers = [_footer(pq, path) for path in self.files]
+        # an object in a store: its size from one head, its footer from one or two ranged
+        # reads, once; a worker's handle then reads only the column chunks a row group needs
+        remote = [path for path in self.files if is_url(path)]
+        self.remote_sizes = dict(zip(remote, object_sizes(remote), strict=True))
+        footers = [_footer(pq, path, self.remote_sizes.get(path)) for path in self.files]
+        self.footers = footers if remote else None  # kept (and pickled) for remote handles
         self.columns = self._select(footers)
         names = [c.name for c in self.columns]
         for key, given in (("pad", self.pad), ("fill_null", self.fill_null)):
@@ -163,6 +171,11 @@ class ParquetSource:
             for name, arr in group.arrays.items():
                 out[name][rows] = arr[local]
         return out
+
+    def sample_groups(self) -> np.ndarray:
+        """The file of each row: for a shuffle that keeps reads within a few files at a time."""
+        files = np.array([f for f, _ in self.groups], dtype=np.int64)
+        return np.repeat(files, np.diff(self.starts))
 
     def read_scratch(self) -> tuple[int, str]:
         """For the memory plan: the decoded row groups one worker keeps (from the footers)."""
@@ -301,6 +314,8 @@ class ParquetSource:
         try:
             table = handle.read_row_group(r, columns=[c.name for c in self.columns],
                                           use_threads=False)
+        except SourceError as exc:  # the store's answer (missing object, unreachable...)
+            raise SourceError(NAME, f"{where} cannot be read: {exc.message}") from exc
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...: damaged data
             raise SourceError(NAME, f"{where} cannot be read; the file is corrupt or truncated: "
                               f"{type(exc).__name__}: {exc}") from exc
@@ -326,7 +341,12 @@ class ParquetSource:
         pq = _pyarrow_parquet()
         path = self.files[f]
         try:
-            handle = pq.ParquetFile(path)
+            if path in self.remote_sizes:  # the footer read when the source was built
+                assert self.footers is not None
+                handle = pq.ParquetFile(RangeFile(path, self.remote_sizes[path], block=1 << 16),
+                                        metadata=self.footers[f])
+            else:
+                handle = pq.ParquetFile(path)
         except Exception as exc:
             raise SourceError(NAME, f"cannot open '{path}' as a Parquet file (it changed since the "
                               f"source was built?): {type(exc).__name__}: {exc}") from exc
@@ -346,6 +366,9 @@ def expand_files(files: str | Sequence[str]) -> list[str]:
                          f"got {files!r}")
     found: list[str] = []
     for entry in map(os.fspath, entries):
+        if is_url(entry):
+            found += _remote_files(entry)
+            continue
         if any(ch in entry for ch in _GLOB):
             matched = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
             if not matched:
@@ -368,6 +391,18 @@ def expand_files(files: str | Sequence[str]) -> list[str]:
     return found
 
 
+def _remote_files(entry: str) -> list[str]:
+    """The objects of one URL: a pattern (braces, globs), a ``.parquet`` object, or a prefix
+    (a URL ending in ``/`` or without ``.parquet``: its ``*.parquet`` objects, sorted)."""
+    if any(ch in entry for ch in (*_GLOB, "{")) or entry.endswith(".parquet"):
+        return remote_expand(entry, "files")
+    matched = [info.url for info in list_prefix(entry) if info.url.endswith(".parquet")]
+    if not matched:
+        raise ValueError(f"files: no .parquet objects under '{entry.rstrip('/')}/'; name the "
+                         "objects (e.g. 'files=s3://bucket/data/*.parquet') or check the prefix")
+    return matched
+
+
 def _pyarrow_parquet() -> Any:
     try:
         import pyarrow.parquet as pq
@@ -377,9 +412,13 @@ def _pyarrow_parquet() -> Any:
     return pq
 
 
-def _footer(pq: Any, path: str) -> Any:
+def _footer(pq: Any, path: str, remote_size: int | None = None) -> Any:
     try:
+        if remote_size is not None:  # the last 64 KiB in one ranged read (and more if needed)
+            return pq.read_metadata(RangeFile(path, remote_size, block=1 << 16))
         return pq.read_metadata(path)
+    except SourceError:  # the store's own error names the URL and what to do
+        raise
     except Exception as exc:  # ArrowInvalid for a bad footer, OSError for a short file
         raise ValueError(f"'{path}' is not a Parquet file, or is corrupt or truncated: "
                          f"{type(exc).__name__}: {exc}") from None
