@@ -27,7 +27,7 @@ from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue, QueueClosed
 from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
-from inputkit.work import Dispatcher, EpochEnd
+from inputkit.work import Dispatcher, EpochEnd, EpochOrders
 from inputkit.workers import WorkerPool, make_worker_pool
 from inputkit.workers.inline import InlineWorkerPool
 
@@ -104,10 +104,12 @@ class Coordinator(Iterator[dict[str, Any]]):
     def __init__(self, spec: InputSpec, device: str, device_index: int,
                  source: BoundSource | None, schema: ChunkSchema, abort: Abort,
                  num_devices: int, length: int | None = None, slot: int | None = None,
-                 resume: tuple[int, dict[int, np.ndarray]] | None = None) -> None:
+                 resume: tuple[int, dict[int, np.ndarray]] | None = None,
+                 orders: EpochOrders | None = None) -> None:
         """``num_devices``: device slots sharing each epoch (over every rank); ``slot``: this
         coordinator's one among them (default: ``device_index``); ``resume``: the epoch to
-        start in and the samples already delivered (epoch -> mask), from Runner.state_dict."""
+        start in and the samples already delivered (epoch -> mask), from Runner.state_dict;
+        ``orders``: the input's epoch orders, shared by its devices (default: this one's own)."""
         self.spec = spec
         self.device = device
         self.device_index = device_index
@@ -127,7 +129,8 @@ class Coordinator(Iterator[dict[str, Any]]):
         self.length = length
         self.dispatcher = None if length is None else Dispatcher(
             length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count,
-            first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()})
+            first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()},
+            orders=orders)
         # Threads share this coordinator's chain (inline: its one); processes and Ray actors
         # build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",

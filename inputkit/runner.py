@@ -30,10 +30,11 @@ from inputkit.coordinator import Abort, Coordinator, Stages
 from inputkit.distributed import RankInfo, rank_info
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
-from inputkit.sources.protocol import indexed_length, ships_built
+from inputkit.sources.protocol import indexed_length, sample_groups, ships_built
 from inputkit.startup import Prepared
 from inputkit.stats import RunnerStats
 from inputkit.watchdog import Watchdog, Watched
+from inputkit.work import EpochOrders
 
 if TYPE_CHECKING:
     from inputkit.memory import MemoryPlan
@@ -123,6 +124,7 @@ class Runner:
                         self._note_info(name, source)
                     self._source_of[name] = source
                     length = indexed_length(source.obj)
+                    orders = _epoch_orders(spec, source, length)
                 else:  # processes (or actors) build their own, or take a copy of this one
                     if source is None:  # fail here, not in every worker
                         target = import_target(spec.source["_target_"], key=f"{key}._target_")
@@ -131,6 +133,7 @@ class Runner:
                                 source = build_source(spec.source, key=key)
                             self._sources.append(source)
                     length = indexed_length(source.obj) if source is not None else None
+                    orders = _epoch_orders(spec, source, length)
                     if source is not None and not (spec.worker_kind == "process"
                                                    and ships_built(source.obj)):
                         self._drop_source(source)  # the workers build their own from the config
@@ -148,7 +151,7 @@ class Runner:
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
                                               slots, length, slot=first_slot + index,
-                                              resume=resume)
+                                              resume=resume, orders=orders)
                     # A stream outlives the expression that made it: Runner(cfg).start().device(0)
                     # keeps its runner (and so its pipeline) alive while the stream is in use.
                     coordinator.owner = self
@@ -405,13 +408,25 @@ def _check_epoch_keys(spec: Any, length: int | None) -> None:
     from inputkit.work import EpochSpec
 
     default = EpochSpec()
-    for name in ("shuffle", "ordered", "chunk_size", "count"):
+    for name in ("shuffle", "shuffle_window", "ordered", "chunk_size", "count"):
         if getattr(spec.epoch, name) != getattr(default, name):
             raise ConfigError(
                 f"{spec.key_prefix}epoch.{name}",
                 f"needs an indexable source (one with __len__ and read(indices)), and "
                 f"'{spec.source['_target_']}' is read by fetch(worker_id, batch_size); "
                 "see docs/reliability.md")
+
+
+def _epoch_orders(spec: Any, source: BoundSource | None, length: int | None) -> EpochOrders | None:
+    """The input's epoch orders, shared by its devices; ``shuffle=shards`` takes the source's
+    shards (``sample_groups()``) here, before a process-worker source is dropped."""
+    if length is None or source is None:
+        return None
+    groups = None
+    if spec.epoch.shuffle_mode == "shards":
+        groups = sample_groups(source.obj, length, f"{spec.key_prefix}epoch.shuffle",
+                               spec.source["_target_"])
+    return EpochOrders(length, spec.epoch, groups)
 
 
 def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], timeout: float) -> list[str]:

@@ -12,7 +12,9 @@ epoch still arrives exactly once. The same bookkeeping gives:
 - epochs: items of epoch ``e + 1`` are handed out only once epoch ``e`` is
   complete, so no batch mixes two epochs; each epoch ends with an
   :class:`EpochEnd` marker (the last one with ``END``);
-- shuffling: epoch ``e`` reads a permutation drawn from ``(seed, e)``;
+- shuffling: epoch ``e`` reads an order drawn from ``(seed, e)`` (inputkit/shuffle.py): a
+  global permutation, or with ``shuffle=shards`` a block shuffle that keeps reads within a
+  window of the source's shards; every device computes the same order;
 - ``ordered``: chunks leave in seq order whatever the worker count or timing, so
   the same config and seed give the same batches. Out-of-order chunks wait in a
   reorder buffer, bounded by handing out at most ``window`` items past the
@@ -46,9 +48,53 @@ class EpochSpec:
 
     count: int | None = 1
     chunk_size: int | None = None
-    shuffle: bool = False
+    shuffle: bool | str = False  # False (index order), True (global) or "shards"
     seed: int = 0
     ordered: bool = False
+    shuffle_window: int = 8  # shuffle=shards: shards per block whose samples are shuffled together
+
+    @property
+    def shuffle_mode(self) -> str:
+        """"none", "global" or "shards" (see inputkit/shuffle.py)."""
+        if self.shuffle == "shards":
+            return "shards"
+        return "global" if self.shuffle in (True, "global") else "none"
+
+
+class EpochOrders:
+    """Each epoch's order for every device of one input: drawn once per epoch and shared
+    (read-only arrays); the last two epochs are kept, since devices may be one epoch apart.
+    Thread-safe."""
+
+    def __init__(self, length: int, spec: EpochSpec, groups: np.ndarray | None = None) -> None:
+        from inputkit.shuffle import ShardLayout
+
+        self.length = length
+        self.spec = spec
+        self.mode = spec.shuffle_mode
+        if self.mode == "shards" and groups is None:
+            raise ValueError("epoch.shuffle=shards needs the source's sample_groups()")
+        self.layout = ShardLayout.of(groups) if self.mode == "shards" and groups is not None \
+            else None
+        self._lock = threading.Lock()
+        self._orders: dict[int, np.ndarray] = {}
+
+    def get(self, epoch: int) -> np.ndarray | None:
+        """Epoch ``epoch``'s order (read-only), or None for index order (never materialized)."""
+        if self.mode == "none":
+            return None
+        with self._lock:
+            order = self._orders.get(epoch)
+            if order is None:
+                from inputkit.shuffle import epoch_order
+
+                order = epoch_order(self.length, self.spec.seed, epoch, self.mode, self.layout,
+                                    self.spec.shuffle_window)
+                order.flags.writeable = False
+                self._orders[epoch] = order
+                for old in [e for e in self._orders if e < epoch - 1]:
+                    del self._orders[old]
+            return order
 
 
 @dataclass(frozen=True)
@@ -77,6 +123,7 @@ class _Entry:
     """A handed-out item: pieces waiting to leave (ordered mode), and whether it is complete."""
 
     item: WorkItem
+    start: int = 0  # the item's first position in this epoch's order
     pieces: deque[Any] = field(default_factory=deque)
     complete: bool = False
 
@@ -93,9 +140,12 @@ class Dispatcher:
 
     def __init__(self, length: int, batch_size: int, spec: EpochSpec, device_index: int,
                  num_devices: int, window: int, first_epoch: int = 0,
-                 consumed: dict[int, np.ndarray] | None = None) -> None:
+                 consumed: dict[int, np.ndarray] | None = None,
+                 orders: EpochOrders | None = None) -> None:
         """``first_epoch`` and ``consumed`` (epoch -> bool mask of samples already delivered)
-        resume a run saved with Runner.state_dict: those samples are not read again."""
+        resume a run saved with Runner.state_dict: those samples are not read again.
+        ``orders``: the input's epoch orders, shared by its devices (default: this
+        dispatcher's own; ``shuffle=shards`` needs one built with the source's groups)."""
         self.length = length
         self.chunk_size = spec.chunk_size or batch_size
         self.spec = spec
@@ -106,6 +156,8 @@ class Dispatcher:
         self._hold: Callable[[Any], Any] = lambda chunk: chunk
         self._cond = threading.Condition()
         self._consumed = consumed or {}
+        self.orders = orders if orders is not None else EpochOrders(length, spec)
+        self._positions: np.ndarray | None = None  # index order materialized for progress()
         self._chunks_per_epoch = 0
         self.epoch = -1  # the epoch being handed out
         self._order: np.ndarray | None = None  # this epoch's permutation (shuffle only)
@@ -159,23 +211,47 @@ class Dispatcher:
             np.arange(start, stop, dtype=np.int64)
         item = WorkItem(epoch=self.epoch, seq=self._seq, indices=indices)
         self._seq += 1
-        self._entries[item.seq] = _Entry(item)
+        self._entries[item.seq] = _Entry(item, start=start)
         return item
 
     def _start_epoch(self, epoch: int) -> None:
         """Begin handing out ``epoch`` (called with the lock held, or from __init__)."""
         self.epoch = epoch
         self._next_k = self.device_index
-        self._order = None
-        if self.spec.shuffle and self.length:
-            self._order = np.random.default_rng((self.spec.seed, epoch)).permutation(
-                self.length).astype(np.int64)
+        self._positions = None
+        self._order = self.orders.get(epoch) if self.length else None
         consumed = self._consumed.pop(epoch, None)
         if consumed is not None:  # resuming: only what the consumer had not received
             order = self._order if self._order is not None else np.arange(self.length, dtype=np.int64)
             self._order = order[~consumed[order]]
+            self._order.flags.writeable = False
         self._epoch_length = len(self._order) if self._order is not None else self.length
         self._chunks_per_epoch = -(-self._epoch_length // self.chunk_size)
+
+    def progress(self) -> tuple[int, np.ndarray, int]:
+        """``(epoch, order, low)`` for a prefetcher: the epoch being handed out, its order (the
+        sample index at each position; a resumed epoch's order holds only what was left), and
+        the position below which every sample of this device's share was read (delivered or
+        skipped): the start of its oldest unfinished item, or of the next to hand out.
+
+        Shards whose last position is below ``low`` are done with for this epoch; fetch ahead
+        from ``low``. Positions of other devices' items (chunks ``d, d + D, ...`` go to device
+        ``d``) are not tracked here: a process feeding several devices takes the smallest
+        ``low``. ``order`` is the dispatcher's own array, not a copy: read-only, do not write
+        to it. Cheap, and safe from any thread."""
+        with self._cond:
+            order = self._order
+            if order is None:  # index order: materialized once per epoch, only if asked
+                if self._positions is None:
+                    self._positions = np.arange(self._epoch_length, dtype=np.int64)
+                    self._positions.flags.writeable = False
+                order = self._positions
+            low = min(self._next_k * self.chunk_size, self._epoch_length)
+            for entry in self._entries.values():  # by seq: the first unfinished is the oldest
+                if not entry.complete and entry.item.epoch == self.epoch:
+                    low = min(low, entry.start)
+                    break
+            return self.epoch, order, low
 
     # results --------------------------------------------------------------------------------
 

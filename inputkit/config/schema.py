@@ -116,8 +116,13 @@ class EpochConfig:
     count: int | None = 1
     # Samples per read() call (null: the batch size).
     chunk_size: int | None = None
-    # A new permutation of the indices each epoch, drawn from (seed, epoch).
-    shuffle: bool = False
+    # A new order each epoch, drawn from (seed, epoch): false (index order), true (a global
+    # permutation) or shards (a block shuffle that keeps reads within a few of the source's
+    # shards: for shards in object storage; see docs/storage.md).
+    shuffle: Any = False
+    # shuffle=shards: shards per block; a block's samples are shuffled among themselves, so
+    # a cache holds about 2x this many shards.
+    shuffle_window: int = 8
     seed: int = 0
     # Deliver chunks in index order: same config + seed -> same batches, whatever the
     # worker count or timing.
@@ -179,6 +184,41 @@ class BenchConfig:
 
 
 @dataclass
+class StorageConfig:
+    """How to reach s3://, gs://, az:// and http(s):// data (run-wide; docs/storage.md).
+    Unset keys come from the standard environment variables (AWS_ENDPOINT_URL, AWS_REGION...)."""
+
+    # An S3-compatible server (MinIO, moto, R2...): http://127.0.0.1:9000; null: the environment.
+    endpoint: str | None = None
+    region: str | None = None
+    # true: unsigned requests, for public buckets (no credentials looked up).
+    anonymous: bool = False
+    # Requests in flight per process (a folder of small objects wants many; shards few).
+    concurrency: int = 32
+    # One request, start to last byte; and the most an endpoint that does not answer may take.
+    timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    # Transient failures (5xx, throttling, resets, timeouts) retried per request, each counted;
+    # backoff_s is the first wait, doubled each retry up to 10 s, with full jitter.
+    retries: int = 8
+    backoff_s: float = 0.2
+    # Passed to the client as its config (obstore's S3/GCS/Azure keys), over the environment.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CacheConfig:
+    """The local disk cache of downloaded objects (run-wide; docs/storage.md)."""
+
+    # null: $INPUTKIT_CACHE_DIR, else $XDG_CACHE_HOME/inputkit, else ~/.cache/inputkit.
+    dir: str | None = None
+    # A size (20GiB); null: 20GiB, but never more than half the free space of dir's disk.
+    max_bytes: Any = None
+    # Shards each worker fetches ahead of need.
+    read_ahead: int = 4
+
+
+@dataclass
 class InputConfig:
     """One named input: a source, its workers, its queues and its batch size."""
 
@@ -210,6 +250,8 @@ class InputkitConfig(InputConfig):
     inputs: dict[str, Any] = field(default_factory=dict)
     bench: BenchConfig = field(default_factory=BenchConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
 
 INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device", "failures", "epoch",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -95,6 +95,9 @@ class RunSpec:
     allow_over_budget: bool = False
     probe: bool = True
     distributed: str = "auto"
+    # the run-wide storage and cache groups, checked; storage.configure() takes them
+    storage: Mapping[str, Any] = field(default_factory=dict)
+    cache: Mapping[str, Any] = field(default_factory=dict)
 
     def input(self, name: str, key: str = "bench.input") -> InputSpec:
         """The input called ``name``; a ConfigError naming ``key`` lists the known ones."""
@@ -160,7 +163,13 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         allow_over_budget=bool(root.memory.allow_over_budget),
         probe=bool(root.memory.probe),
         distributed=str(root.distributed),
+        storage=_group(root, "storage"),
+        cache=_group(root, "cache"),
     )
+    from inputkit.storage.settings import cache_settings, storage_settings
+
+    storage_settings(spec.storage)  # a bad value is a ConfigError naming storage.X now
+    cache_settings(spec.cache)
     if spec.distributed not in ("auto", "off"):
         raise ConfigError("distributed", f"unknown mode '{spec.distributed}'; use auto or off")
     from inputkit.memory import parse_budget
@@ -171,6 +180,10 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
     if bench.input is not None:
         spec.input(bench.input)  # raises a ConfigError naming the known inputs
     return spec
+
+
+def _group(root: DictConfig, name: str) -> dict[str, Any]:
+    return dict(OmegaConf.to_container(root[name], resolve=True))  # type: ignore[arg-type]
 
 
 def _without_hydra(cfg: Any) -> Any:
@@ -333,9 +346,21 @@ def _epoch_spec(node: DictConfig, p: str) -> EpochSpec:
     if node.chunk_size is not None and node.chunk_size < 1:
         raise ConfigError(p + "chunk_size", f"must be at least 1, or null for the batch size, "
                           f"got {node.chunk_size}")
+    shuffle = node.shuffle
+    if isinstance(shuffle, str) and shuffle.strip().lower() in ("shards", "global"):
+        shuffle = True if shuffle.strip().lower() == "global" else "shards"
+    if not isinstance(shuffle, bool) and shuffle != "shards":
+        raise ConfigError(p + "shuffle", f"expected false (index order), true (a global "
+                          f"permutation) or shards (a block shuffle over the source's shards), "
+                          f"got {shuffle!r}")
+    window = node.get("shuffle_window", 8)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(p + "shuffle_window", f"must be a whole number of shards, at least 1, "
+                          f"got {window!r}")
     return EpochSpec(count=None if node.count is None else int(node.count),
                      chunk_size=None if node.chunk_size is None else int(node.chunk_size),
-                     shuffle=bool(node.shuffle), seed=int(node.seed), ordered=bool(node.ordered))
+                     shuffle=shuffle, seed=int(node.seed), ordered=bool(node.ordered),
+                     shuffle_window=int(window))
 
 
 def _devices(value: Any) -> tuple[str, ...]:

@@ -73,6 +73,33 @@ def indexed_length(obj: object) -> int | None:
     return int(length)
 
 
+# Sources that store samples together in shards or files, and say which (``sample_groups``):
+# named in the error for ``epoch.shuffle=shards`` on a source that does not.
+SHARDED_SOURCES = ("image_shards", "shards", "tokens", "parquet")
+
+
+def sample_groups(obj: object, length: int, key: str, target: str) -> np.ndarray:
+    """The optional capability ``sample_groups() -> np.ndarray``: one group id (any integer)
+    per sample, naming the shard or file that stores it (the tar shard of an image_shards
+    sample, the file of a tokens or Parquet sample). ``epoch.shuffle=shards`` orders an epoch
+    by these groups, so that reads stay within a window of shards (each fetched once per
+    epoch into a bounded cache). ``key`` (``epoch.shuffle``) and ``target`` name the config
+    at fault when the source has no such method or gives a wrong answer."""
+    from inputkit.errors import ConfigError
+
+    method = getattr(obj, "sample_groups", None)
+    if not callable(method):
+        raise ConfigError(key, f"shards needs a source that stores its samples in shards and "
+                          f"says which (sample_groups()): {', '.join(SHARDED_SOURCES)}; "
+                          f"'{target}' has none. Use epoch.shuffle=true for a global shuffle")
+    groups = np.asarray(method())
+    if groups.shape != (length,) or not np.issubdtype(groups.dtype, np.integer):
+        raise ConfigError(key, f"shards: '{target}'.sample_groups() must give one integer group "
+                          f"id per sample ({length:,}), got dtype {groups.dtype} shape "
+                          f"{groups.shape}")
+    return groups
+
+
 def ships_built(obj: object) -> bool:
     """Whether worker processes take a pickled copy of this source, built once in the parent,
     instead of each building its own (an image folder's index, built once per run). A source
