@@ -9,6 +9,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from inputkit.storage.cache import META_BYTES, DiskCache
@@ -201,3 +202,56 @@ def test_an_orphaned_part_file_of_a_crashed_download_is_reclaimed(tmp_path) -> N
     assert not [n for n in os.listdir(cache.dir) if n.startswith(os.path.basename(dead) + ".")
                 and not n.endswith(".lock")]
     assert cache.usage() <= cache.max_bytes
+
+
+# a real run of image_shards from the local S3 server ------------------------------------------
+
+SHARDS, PER_SHARD = 8, 6
+TRANSFORMS = [{"resize": {"size": 16}}, {"center_crop": {"size": 16}}]
+
+
+@pytest.fixture(scope="module")
+def shard_files(tmp_path_factory) -> list:
+    """Eight shards of six small JPEGs; each sample's label is its own number, so a run can
+    check that every sample arrived exactly once."""
+    from imagefiles import jpeg_bytes, photo, write_shards
+
+    images = [jpeg_bytes(photo(40, 32, i), quality=70) for i in range(SHARDS * PER_SHARD)]
+    folder = tmp_path_factory.mktemp("shards")
+    return write_shards(folder, images, list(range(len(images))), per_shard=PER_SHARD)
+
+
+def _upload(bucket, shard_files) -> str:
+    for path in shard_files:
+        bucket.put(f"train/{path.name}", path.read_bytes())
+    return bucket.url("train/train-{000..007}.tar")
+
+
+def _labels_of_epochs(runner, epochs: int) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in range(epochs)]
+    epoch = 0
+    for batch in runner.device(0):
+        out[epoch].extend(int(v) for v in batch["label"])
+        if sum(map(len, out[:epoch + 1])) == (epoch + 1) * SHARDS * PER_SHARD:
+            epoch += 1
+    return out
+
+
+def test_image_shards_from_a_bucket_read_directly(s3_bucket, shard_files, tmp_path) -> None:
+    """A source used in a script (no runner, no prefetcher): a read downloads its shard into
+    the cache and reads the member from the cached file; the shards indexed stay cached."""
+    from inputkit import storage
+    from inputkit.sources.image_shards import ImageShardSource
+
+    storage.configure(None, {"dir": str(tmp_path / "cache"), "max_bytes": "1MiB"})
+    try:
+        source = ImageShardSource(_upload(s3_bucket, shard_files), transforms=TRANSFORMS)
+        assert source.shards[0].startswith("s3://") and len(source) == SHARDS * PER_SHARD
+        before = storage.stats()
+        chunk = source.read(np.arange(len(source)))
+        after = storage.stats()
+        assert sorted(chunk["label"].tolist()) == list(range(SHARDS * PER_SHARD))
+        assert after["cache_misses"] == before["cache_misses"], "indexing left the shards cached"
+        assert source.describe(7)["shard"] == s3_bucket.url("train/train-001.tar")
+    finally:
+        storage.configure(None, None)

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from inputkit.errors import shown_name
 from inputkit.sources.images import EXTENSIONS, EncodedImageSource
 
@@ -31,19 +33,38 @@ class ImageShardSource(EncodedImageSource):
                  decode: Mapping[str, Any] | None = None, seed: int = 0,
                  label: str | None = "cls", id_field: str | None = None) -> None:
         super().__init__(transforms, decode, seed, id_field)
+        from inputkit.sources.remote_shards import remote_urls
         from inputkit.sources.shards import _expand_urls
         from inputkit.sources.tar_index import index_shards
 
-        self.shards = _expand_urls(urls)
+        self.remote = None
+        if remote_urls(urls):  # s3://, gs://, az://, http(s)://: through the disk cache
+            from inputkit.sources.remote_shards import RemoteShards, index_remote
+
+            self.remote = RemoteShards.listed(urls, "urls")
+            self.shards = self.remote.urls
+            index = index_remote(self.remote, EXTENSIONS, label)
+        else:
+            self.shards = _expand_urls(urls)
+            index = index_shards(self.shards, EXTENSIONS, label)
         self.urls = urls
         self.label = label
-        index = index_shards(self.shards, EXTENSIONS, label)
         self.shard_of, self.offsets, self.sizes, self.names, self.labels = index
         self._lock = threading.Lock()
+        self._reading = threading.local()
         self._fds: dict[int, int] = {}
+
+    def read_into(self, indices: Any, allocate: Any, epoch: int = 0) -> dict[str, Any]:
+        self._reading.epoch = epoch  # a remote shard's read waits for this epoch's download
+        return super().read_into(indices, allocate, epoch)
 
     def encoded(self, index: int) -> bytes:
         shard = int(self.shard_of[index])
+        if self.remote is not None:
+            from inputkit.sources.remote_shards import read_member
+
+            return read_member(self.remote, shard, int(self.offsets[index]),
+                               int(self.sizes[index]), getattr(self._reading, "epoch", 0))
         fd = self._fds.get(shard)
         if fd is None:
             with self._lock:
@@ -67,6 +88,10 @@ class ImageShardSource(EncodedImageSource):
                 "member": os.fsdecode(self.names[index]),
                 "offset": int(self.offsets[index]), "size": int(self.sizes[index])}
 
+    def sample_groups(self) -> np.ndarray:
+        """The shard of each sample (for ``epoch.shuffle=shards``)."""
+        return np.asarray(self.shard_of, dtype=np.int64)
+
     def close(self) -> None:
         with self._lock:
             fds, self._fds = self._fds, {}
@@ -75,13 +100,14 @@ class ImageShardSource(EncodedImageSource):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"]
+        del state["_lock"], state["_reading"]
         state["_fds"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._reading = threading.local()
 
     def run_info(self) -> dict[str, Any]:
         return {**super().run_info(), "shards": len(self.shards),

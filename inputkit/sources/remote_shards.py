@@ -1,0 +1,206 @@
+"""Shards that live in an object store, made local through the bounded disk cache.
+
+A source whose shards are remote (``s3://``, ``gs://``, ``az://``, ``http(s)://``) keeps a
+:class:`RemoteShards`: the shards' URLs, sizes and etags from one listing, and the
+:class:`~inputkit.storage.cache.DiskCache` they are downloaded into. Reading a sample is then a
+positioned read of the cached shard file. Who downloads:
+
+- the :class:`~inputkit.storage.prefetch.ShardPrefetcher` in the parent, in the epoch's order,
+  when the runner started one (``prefetched``): workers, threads or processes, wait for the
+  shard to appear under its final name, or for the prefetcher's record that it failed;
+- else the worker that needs it (a source used directly in a script).
+
+Nothing here imports a storage client until a URL is remote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from inputkit.storage.cache import DiskCache, NextUse
+
+T = TypeVar("T")
+_MAX_HEADS = 16  # heads in flight while listing sizes
+_WAIT_S = 600.0  # a worker waits this long for the prefetcher before naming the shard
+
+
+def remote_urls(urls: str | Sequence[str]) -> bool:
+    """Whether ``urls`` (a pattern or a list) names remote objects; a list mixing local paths
+    and URLs is refused, naming ``urls``."""
+    from inputkit.sources.remote_files import is_url
+
+    entries = [urls] if isinstance(urls, str) else list(urls)
+    remote = [is_url(u) for u in entries]
+    if any(remote) and not all(remote):
+        raise ValueError("urls: mixes local paths and remote URLs; put the shards in one place "
+                         "(all local, or all in the store)")
+    return bool(entries) and all(remote)
+
+
+class RemoteShards:
+    """The shards of one source: URLs, sizes and etags, and the cache that makes them local.
+
+    Picklable: process workers take it with the source and open the same cache folder.
+    """
+
+    def __init__(self, urls: list[str], sizes: list[int], etags: list[str | None],
+                 cache: DiskCache) -> None:
+        self.urls = urls
+        self.sizes = sizes
+        self.etags = etags
+        self.cache = cache
+        self.prefetched = False  # set when a ShardPrefetcher in the parent fetches them
+
+    @classmethod
+    def listed(cls, urls: str | Sequence[str], key: str) -> RemoteShards:
+        """Expand ``urls`` (brace ranges, globs listing the store) and ask each object's size
+        and etag, concurrently."""
+        from inputkit import storage
+
+        found: list[str] = []
+        for entry in [urls] if isinstance(urls, str) else list(urls):
+            found.extend(storage.expand(entry, key))
+
+        def head(url: str) -> Any:
+            return storage.open_store(url).head(url)
+
+        with ThreadPoolExecutor(min(_MAX_HEADS, len(found)) or 1,
+                                thread_name_prefix="inputkit-head") as pool:
+            infos = list(pool.map(head, found))
+        _, cache_cfg = storage.settings()
+        cache = DiskCache(cache_cfg.dir or storage.cache_dir(), cache_cfg.max_bytes)
+        return cls(found, [i.size for i in infos], [i.etag for i in infos], cache)
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+    # making a shard local -------------------------------------------------------------------
+
+    def fetch(self, shard: int, next_use: NextUse | None = None) -> str:
+        """Download shard ``shard`` into the cache unless it is there; its local path."""
+        from inputkit import storage
+
+        url = self.urls[shard]
+        return self.cache.fetch(url, self.sizes[shard], self.etags[shard],
+                                storage.open_store(url).download, next_use)
+
+    def local(self, shard: int, epoch: int) -> str:
+        """The local file of shard ``shard`` for a read in ``epoch``: waited for when the
+        prefetcher fetches it, else fetched here."""
+        if not self.prefetched:
+            return self.fetch(shard)
+        url = self.urls[shard]
+        marker = self.failure_marker(shard, epoch)
+
+        def failed() -> str | None:
+            try:
+                with open(marker, encoding="utf-8") as f:
+                    return f.read() or f"the shard prefetcher could not download '{url}'"
+            except FileNotFoundError:
+                return None
+
+        return self.cache.wait_for(url, self.sizes[shard], self.etags[shard], _WAIT_S, failed)
+
+    # the prefetcher's failure records ------------------------------------------------------------
+
+    def failure_marker(self, shard: int, epoch: int) -> str:
+        """The file that says the prefetcher's download of ``shard`` failed in ``epoch``."""
+        return f"{self.cache.path(self.urls[shard])}.failed-{epoch}"
+
+    def mark_failed(self, shard: int, epoch: int, message: str) -> None:
+        tmp = self.failure_marker(shard, epoch) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(message)
+        os.replace(tmp, self.failure_marker(shard, epoch))
+
+    def clear_failures(self) -> None:
+        """Forget every failure record of these shards (a new run tries them again)."""
+        folder = self.cache.dir
+        keys = {self.cache.key(u) for u in self.urls}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(folder):
+                if ".failed-" in name and name.split(".failed-", 1)[0] in keys:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+
+    # indexing -------------------------------------------------------------------------------------
+
+    def stage(self, index_one: Callable[[int, str], T], parallel: int = 4) -> list[T]:
+        """``index_one(number, local_path)`` for every shard, downloading several at once into
+        the cache (where they stay while the budget allows, so the first epoch starts warm on
+        them). A shard evicted before it was indexed is fetched again."""
+
+        def one(number: int) -> T:
+            for _ in range(3):
+                path = self.fetch(number)
+                try:
+                    return index_one(number, path)
+                except FileNotFoundError:
+                    continue  # evicted by another download before we read it
+            raise ValueError(f"urls: '{self.urls[number]}' was evicted from the disk cache three "
+                             f"times before it could be indexed: raise cache.max_bytes "
+                             f"(now {self.cache.max_bytes:,})")
+
+        workers = max(1, min(parallel, len(self.urls)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="inputkit-index") as pool:
+            return list(pool.map(one, range(len(self.urls))))
+
+
+def read_member(remote: RemoteShards, shard: int, offset: int, size: int, epoch: int) -> bytes:
+    """``size`` bytes at ``offset`` of remote shard ``shard``: one positioned read of its
+    cached file (made local first). A file evicted between finding and opening it is made
+    local again."""
+    for _ in range(3):
+        path = remote.local(shard, epoch)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise OSError(f"read {len(data):,} of {size:,} bytes of the cached copy '{path}' of "
+                          f"'{remote.urls[shard]}': the file changed since it was indexed")
+        return data
+    raise OSError(f"the cached copy of '{remote.urls[shard]}' was evicted three times before it "
+                  f"could be read: raise cache.max_bytes (now {remote.cache.max_bytes:,})")
+
+
+def index_remote(remote: RemoteShards, extensions: tuple[str, ...], label: str | None) -> Any:
+    """The tar index (inputkit.sources.tar_index) of remote shards: each shard downloaded whole
+    into the cache (several at once) and its headers read from the local file; errors name
+    the shard's URL, not its cached copy."""
+    import numpy as np
+
+    from inputkit.sources.tar_index import _check_uncompressed, _index_one
+
+    images = {e.lstrip(".") for e in extensions}
+
+    def one(number: int, path: str) -> list[tuple[int, int, str, int]]:
+        try:
+            _check_uncompressed(path)
+            return _index_one(path, images, label)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(path, remote.urls[number])) from None
+
+    found = remote.stage(one)
+    shard_of = np.concatenate([np.full(len(f), n, dtype=np.int32) for n, f in enumerate(found)])
+    rows = [row for f in found for row in f]
+    if not rows:
+        raise ValueError(f"urls: the {len(remote)} shard(s) hold no images (members named "
+                         f"<key>.<ext> with ext one of {', '.join(sorted(images))})")
+    offsets = np.array([r[0] for r in rows], dtype=np.int64)
+    sizes = np.array([r[1] for r in rows], dtype=np.int64)
+    names = np.array([r[2].encode("utf-8", "surrogateescape") for r in rows])
+    labels = np.array([r[3] for r in rows], dtype=np.int64)
+    return shard_of, offsets, sizes, names, labels
