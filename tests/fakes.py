@@ -268,3 +268,25 @@ class EnvIndexed:
         value = int(os.environ.get(self.name, "-1"))
         return {"id": np.asarray(indices, dtype=np.int64),
                 "env": np.full(len(indices), value, dtype=np.int64)}
+
+
+class GroupedIndexed:
+    """An indexable source stored in ``shards`` shards of uneven size, which says so
+    (``sample_groups``): each sample's ``id`` and ``shard``, for ``epoch.shuffle=shards``."""
+
+    def __init__(self, length: int = 600, shards: int = 12) -> None:
+        self.length = length
+        # uneven shards, not contiguous in index order: sample i is in shard (i * 7) % shards
+        # for the first half and (i // 13) % shards after, so each shard has a mix of both
+        index = np.arange(length, dtype=np.int64)
+        self.groups = np.where(index < length // 2, (index * 7) % shards, (index // 13) % shards)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def sample_groups(self) -> np.ndarray:
+        return self.groups
+
+    def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        indices = np.asarray(indices, dtype=np.int64)
+        return {"id": indices, "shard": self.groups[indices]}
