@@ -24,7 +24,9 @@ import numpy as np
 from inputkit.errors import SourceError, shown_name
 from inputkit.images.decode import Decoder, ImageError
 from inputkit.images.transforms import Transforms, bad_key
-from inputkit.startup import progress
+from inputkit.sources.image_index import folder_index, list_index
+from inputkit.sources.index_cache import IndexOrigin
+from inputkit.sources.index_file import IndexFile, Names
 
 # torchvision's IMG_EXTENSIONS, and .webp.
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -63,6 +65,32 @@ class EncodedImageSource(ABC):
         self.labels = np.zeros(0, dtype=np.int64)
         self.out_shape = (3, *self.transforms.out_size)  # C, H, W
         self.largest = (0, 0)  # the largest encoded file (bytes) and image (pixels) read so far
+
+    # the index: mapped from one file, pickled as its path ---------------------------------------
+
+    index: IndexFile | None = None
+    index_origin: IndexOrigin | None = None
+    # Views of self.index: left out when pickled (a worker maps the same file instead).
+    INDEX_VIEWS = ("files", "labels", "lines", "shard_of", "offsets", "sizes", "names")
+
+    def _attach(self) -> None:
+        """Set the views of ``self.index`` a subclass reads (names and labels here)."""
+        if self.index is None:
+            return
+        if "names" in self.index:
+            self.files = Names(self.index["names"], self.index["name_offsets"])
+        self.labels = self.index["labels"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self.INDEX_VIEWS:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.index is not None:
+            self._attach()
 
     # the indexable protocol ------------------------------------------------------------------
 
@@ -133,8 +161,11 @@ class EncodedImageSource(ABC):
 
     def run_info(self) -> dict[str, Any]:
         """What the run's summary.json records about this source."""
-        return {"samples": len(self), "decoder": self.decoder.name,
+        info = {"samples": len(self), "decoder": self.decoder.name,
                 "transforms": self.transforms.describe(), "output": list(self.out_shape)}
+        if self.index is not None and self.index_origin is not None:
+            info["index"] = self.index_origin.info(self.index, len(self))
+        return info
 
     # what a subclass provides ----------------------------------------------------------------
 
@@ -182,39 +213,22 @@ class ImageFolderSource(EncodedImageSource):
                               "files, use source=image_list)")
             raise bad_key("path", f"no such folder: '{self.path}'{_resolved(self.path)}")
         self.extensions = _extensions(extensions)
-        self.classes = sorted(entry.name for entry in os.scandir(self.path)
-                              if entry.is_dir() and not entry.name.startswith("."))
-        if not self.classes:
-            raise bad_key("path", f"'{self.path}' holds no class folders; the layout "
-                              "is path/<class>/<file> (one folder per class)")
-        self.class_to_index = {name: i for i, name in enumerate(self.classes)}
-        files: list[str] = []
-        labels: list[int] = []
-        empty: list[str] = []
-        for label, name in enumerate(self.classes):
-            found = _images_under(os.path.join(self.path, name), self.extensions,
-                                  lambda n, done=len(files): progress(
-                                      done + n, "files", f"indexing {self.path}"))
-            if not found:
-                empty.append(name)
-            files += [os.path.join(name, f) for f in found]
-            labels += [label] * len(found)
-        progress(len(files), "files", f"indexing {self.path}")
-        if not files:
-            raise bad_key("path", f"'{self.path}' has {len(self.classes)} class "
-                              f"folder(s) but no images in them (extensions "
-                              f"{', '.join(self.extensions)})")
+        self.index, self.index_origin = folder_index(self.path, self.extensions)
+        self._attach()
+        empty = self.empty_classes
         if empty and not allow_empty_classes:
             listed = ", ".join(shown_name(e) for e in empty[:5]) + (", ..." if len(empty) > 5 else "")
             raise bad_key("path", f"{len(empty)} class folder(s) of '{self.path}' hold "
                               f"no images: {listed}; remove them, or set "
                               "allow_empty_classes=true to keep their class indices")
-        self.empty_classes = empty
-        # One array of bytes, not a list of str: an ImageNet-sized list stays tens of MB per
-        # process. The bytes are the file system's own (os.fsencode), so a name that is not
-        # UTF-8 (b"caf\xe9.jpg", from an archive made elsewhere) is kept as it is on disk.
-        self.files = np.array([os.fsencode(f) for f in files])
-        self.labels = np.array(labels, dtype=np.int64)
+
+    def _attach(self) -> None:
+        # Names are one blob of the file system's own bytes (os.fsencode: a name that is not
+        # UTF-8, b"caf\xe9.jpg", is kept as it is on disk) and offsets, mapped from the index file.
+        super()._attach()
+        self.classes = list(self.index.meta["classes"])
+        self.class_to_index = {name: i for i, name in enumerate(self.classes)}
+        self.empty_classes = list(self.index.meta["empty_classes"])
 
     def path_of(self, index: int) -> str:
         """The file of sample ``index``, as ``open()`` takes it (os.fsdecode: a name that is not
@@ -263,17 +277,17 @@ class ImageListSource(EncodedImageSource):
         self.root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(self.root):
             raise bad_key("root", f"no such folder: '{self.root}'")
-        files, labels = _parse_list(self.path)
-        if not files:
-            raise bad_key("path", f"the list '{self.path}' names no images")
-        self.lines = np.array([line for line, _ in files], dtype=np.int64)
-        self.files = np.array([os.fsencode(f) for _, f in files])  # the bytes, as for a folder
-        self.labels = np.array(labels, dtype=np.int64)
+        self.index, self.index_origin = list_index(self.path, self.root, _parse_list)
+        self._attach()
         first = self.path_of(0)
         if not os.path.exists(first):
             raise bad_key("root", f"the list's first image, '{shown_name(first)}' (line "
                               f"{self.lines[0]} of '{self.path}'), does not exist; relative paths "
                               f"are taken from source.root ('{self.root}')")
+
+    def _attach(self) -> None:
+        super()._attach()
+        self.lines = self.index["lines"]
 
     def path_of(self, index: int) -> str:
         """The file of sample ``index``, as ``open()`` takes it (see ImageFolderSource.path_of)."""
@@ -304,22 +318,6 @@ def _extensions(extensions: Sequence[str] | None) -> tuple[str, ...]:
         raise bad_key("extensions", f"expected a list like [jpg, png], got "
                           f"{extensions!r}")
     return tuple("." + e.lower().lstrip(".") for e in extensions)
-
-
-def _images_under(folder: str, extensions: tuple[str, ...],
-                  found_so_far: Callable[[int], None] | None = None) -> list[str]:
-    """Image files under ``folder`` (recursive, sorted, hidden ones left out), relative to it.
-    ``found_so_far(n)`` is told the count after each folder (start-up progress)."""
-    found: list[str] = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        if found_so_far is not None:
-            found_so_far(len(found))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = os.path.relpath(root, folder)
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(extensions):
-                found.append(name if rel == "." else os.path.join(rel, name))
-    return found
 
 
 def _parse_list(path: str) -> tuple[list[tuple[int, str]], list[int]]:
