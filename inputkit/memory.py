@@ -279,6 +279,9 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
     ``known``: sizes an earlier plan of the same inputs found, by input name (not probed
     again: ``inputkit bench`` plans before the runner does).
     """
+    from inputkit import storage
+
+    storage.configure(spec.storage, spec.cache)  # before the probe builds a source
     budget, gpu_budget, probe = spec.memory_budget, spec.memory_gpu_budget, spec.probe
     budget_bytes = parse_budget(budget, "memory.budget", available)
     gpu_bytes = parse_size(gpu_budget, "memory.gpu_budget") if gpu_budget is not None else None

@@ -95,6 +95,10 @@ class Runner:
                                     "create a new Runner to start again")
             self._state = "starting"
         try:
+            from inputkit import storage
+
+            # before any source is built; process workers inherit it through the environment
+            storage.configure(self.spec.storage, self.spec.cache)
             with startup.step("devices", "importing torch, resolving devices"):
                 self.rank = rank_info(self.spec.distributed)
                 self.devices = tuple(resolve_devices(
@@ -160,6 +164,10 @@ class Runner:
                                                if t.input == name}
                     self._coordinators[(name, index)] = coordinator
                     self._stages.append(coordinator.stages)
+                prefetcher = _shard_prefetcher(name, source, [
+                    self._coordinators[(name, i)].dispatcher for i in range(len(self.devices))])
+                if prefetcher is not None:  # before the workers start (and take the source)
+                    self._stages.append(prefetcher.start())
             self._watchdog = Watchdog([
                 Watched(c.workers, c.spec.failures, c.label) for c in self._coordinators.values()])
             self._stages.insert(0, self._watchdog)  # first to stop: it looks at the pools
@@ -427,6 +435,21 @@ def _epoch_orders(spec: Any, source: BoundSource | None, length: int | None) -> 
         groups = sample_groups(source.obj, length, f"{spec.key_prefix}epoch.shuffle",
                                spec.source["_target_"])
     return EpochOrders(length, spec.epoch, groups)
+
+
+def _shard_prefetcher(name: str, source: BoundSource | None, dispatchers: list[Any]) -> Any:
+    """A ShardPrefetcher for an input whose source keeps its shards in an object store
+    (``remote_shards()``): it fills the disk cache in the dispatchers' order, and the workers
+    wait for it instead of downloading. None for every other source."""
+    shards = getattr(source.obj, "remote_shards", None) if source is not None else None
+    remote = shards() if callable(shards) else None
+    if remote is None or not dispatchers or any(d is None for d in dispatchers):
+        return None
+    from inputkit import storage
+    from inputkit.storage.prefetch import ShardPrefetcher
+
+    return ShardPrefetcher(remote, source.obj.sample_groups(), dispatchers,
+                           storage.settings()[1].read_ahead, name=name)
 
 
 def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], timeout: float) -> list[str]:

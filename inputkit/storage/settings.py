@@ -77,7 +77,7 @@ def configure(storage_cfg: Mapping[str, Any] | None, cache_cfg: Mapping[str, Any
     """Set this process's settings (and its future workers') from the config groups; a bad
     value is a ConfigError naming ``storage.X`` or ``cache.X``."""
     global _current
-    current = (_storage(dict(storage_cfg or {})), _cache(dict(cache_cfg or {})))
+    current = (storage_settings(storage_cfg), cache_settings(cache_cfg))
     _current = current
     os.environ[ENV_SETTINGS] = json.dumps([dataclasses.asdict(current[0]),
                                            dataclasses.asdict(current[1])])
@@ -93,7 +93,7 @@ def settings() -> tuple[StorageSettings, CacheSettings]:
             storage, cache = json.loads(inherited)
             _current = (StorageSettings(**storage), CacheSettings(**cache))
         else:
-            _current = (_storage({}), _cache({}))
+            _current = (storage_settings(None), cache_settings(None))
     return _current
 
 
@@ -109,7 +109,9 @@ def reset() -> None:
     os.environ.pop(ENV_SETTINGS, None)
 
 
-def _storage(cfg: dict[str, Any]) -> StorageSettings:
+def storage_settings(storage_cfg: Mapping[str, Any] | None) -> StorageSettings:
+    """The config's ``storage`` group checked (a ConfigError names ``storage.X``)."""
+    cfg = dict(storage_cfg or {})
     known = {f.name for f in dataclasses.fields(StorageSettings)}
     _refuse_unknown(cfg, known, "storage")
     defaults = StorageSettings()
@@ -139,7 +141,10 @@ def _storage(cfg: dict[str, Any]) -> StorageSettings:
         options={str(k): str(v) for k, v in options.items()})
 
 
-def _cache(cfg: dict[str, Any]) -> CacheSettings:
+def cache_settings(cache_cfg: Mapping[str, Any] | None) -> CacheSettings:
+    """The config's ``cache`` group checked (a ConfigError names ``cache.X``); a null
+    max_bytes becomes 20GiB or half the free space of the cache's disk, whichever is less."""
+    cfg = dict(cache_cfg or {})
     known = {f.name for f in dataclasses.fields(CacheSettings)}
     _refuse_unknown(cfg, known, "cache")
     folder = cfg.get("dir")
