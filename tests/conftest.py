@@ -199,3 +199,47 @@ def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         s3_server.start()
     apply_env(s3_server.env(), monkeypatch)
     return S3Bucket(s3_server, s3_server.make_bucket())
+
+
+@pytest.fixture
+def http_server() -> Iterator[Any]:
+    """Factory: ``http_server(root)`` serves the folder ``root`` on 127.0.0.1 with Range
+    support (tests/http_range_server.py); every server made is stopped after the test."""
+    from storage_servers import HttpServer
+
+    made: list[Any] = []
+
+    def make(root: Any, port: int = 0) -> Any:
+        server = HttpServer(root, port=port).start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Any]:
+    """Factory: ``fault_proxy(target)`` puts a FaultProxy in front of ``target`` (an object
+    with ``.endpoint``, e.g. s3_server or an http_server, or a (host, port) pair); every proxy
+    made is closed after the test. Point a client at ``proxy.endpoint``."""
+    from urllib.parse import urlsplit
+
+    from storage_servers import FaultProxy
+
+    made: list[Any] = []
+
+    def make(target: Any) -> Any:
+        if isinstance(target, tuple):
+            host, port = target
+        else:
+            parts = urlsplit(target if isinstance(target, str) else target.endpoint)
+            host, port = parts.hostname, parts.port
+        proxy = FaultProxy(host, port).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()

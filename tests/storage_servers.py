@@ -25,7 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["S3Bucket", "S3Server", "apply_env", "free_port", "s3_env"]
+from fault_proxy import FaultProxy, ProxyCounts, rst_close
+from http_range_server import HttpServer, Seen, parse_range
+
+__all__ = ["FaultProxy", "HttpServer", "ProxyCounts", "S3Bucket", "S3Server", "Seen", "apply_env",
+           "free_port", "parse_range", "rst_close", "s3_env"]
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
