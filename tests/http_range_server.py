@@ -124,6 +124,14 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     owner: HttpServer
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client (or the fault proxy) hanging up mid-request is normal here: stay quiet
+        about it; anything else is printed as usual."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         self.owner._track(request)
         super().process_request(request, client_address)

@@ -340,3 +340,21 @@ def test_proxy_close_leaves_no_threads(served) -> None:
         conn.close()
     assert [t.name for t in threading.enumerate()
             if t.ident not in before and t.is_alive() and t.name.startswith("test-proxy")] == []
+
+
+def test_obstore_http_store_through_proxy(served, fault_proxy) -> None:
+    """obstore's HTTP store reads whole objects, ranges and heads from HttpServer through the
+    proxy (over plain http it needs client_options allow_http), and a reset request is
+    retried by it and counted by the proxy."""
+    obstore = pytest.importorskip("obstore")
+    from obstore.store import HTTPStore
+
+    server, data = served
+    proxy = fault_proxy(server)
+    store = HTTPStore.from_url(proxy.endpoint, client_options={"allow_http": True})
+    assert bytes(obstore.get(store, "shards/a.tar").bytes()) == data
+    assert bytes(obstore.get_range(store, "shards/a.tar", start=100, length=7)) == data[100:107]
+    assert obstore.head(store, "shards/a.tar")["size"] == len(data)
+    proxy.reset_connections(n=1)
+    assert bytes(obstore.get(store, "shards/a.tar").bytes()) == data
+    assert proxy.counts.resets == 1
