@@ -341,9 +341,10 @@ class ParquetSource:
         pq = _pyarrow_parquet()
         path = self.files[f]
         try:
-            if path in self.remote_sizes:  # the footer read when the source was built
+            if path in self.remote_sizes:  # the footer read when the source was built; each
+                # read is the exact range pyarrow asks for (a column chunk): no read-ahead
                 assert self.footers is not None
-                handle = pq.ParquetFile(RangeFile(path, self.remote_sizes[path], block=1 << 16),
+                handle = pq.ParquetFile(RangeFile(path, self.remote_sizes[path], block=0),
                                         metadata=self.footers[f])
             else:
                 handle = pq.ParquetFile(path)
