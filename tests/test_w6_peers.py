@@ -1,0 +1,80 @@
+"""W6's peers (WebDataset, Mosaic Streaming, LitData) against moto's S3 server on 127.0.0.1:
+each delivers every image of a tiny set exactly once per epoch, decoded by W5's recipe, in
+two epochs (the second from its cache). A peer that is not installed is skipped with the
+reason (docs/benchmarks.md#w6-object-storage has the install recipe)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imagefiles import jpeg_bytes, photo, write_shards
+
+from inputkit.peers.storage_formats import prepare, tar_samples
+from inputkit.peers.storage_peers import STORAGE_PEERS, StoragePeer, peer_env
+
+COUNT = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 photo-like JPEGs in 2 tar shards; image i has label i, so a label names its image."""
+    folder = tmp_path_factory.mktemp("w6-shards")
+    images = [jpeg_bytes(photo(160 + 7 * i, 120 + 5 * i, seed=i)) for i in range(COUNT)]
+    write_shards(folder, images, list(range(COUNT)), per_shard=COUNT // 2)
+    return folder
+
+
+def test_tar_samples_pairs_every_image_with_its_label(tiny_shards: Path) -> None:
+    """The converters read the same (jpg, label) pairs inputkit's image_shards reads."""
+    samples = list(tar_samples(tiny_shards))
+    assert [label for _, _, label in samples] == list(range(COUNT))
+    assert all(jpg[:2] == b"\xff\xd8" for _, jpg, _ in samples)
+
+
+def test_tar_samples_refuses_a_sample_without_its_label(tmp_path: Path) -> None:
+    """A .jpg without its .cls is an error naming the shard, never a sample dropped."""
+    import io
+    import tarfile
+
+    with tarfile.open(tmp_path / "train-000.tar", "w") as tar:
+        data = jpeg_bytes(photo(64, 48, seed=1))
+        info = tarfile.TarInfo("000000.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=r"train-000\.tar.*lack a \.jpg or a \.cls"):
+        list(tar_samples(tmp_path))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("peer", STORAGE_PEERS, ids=lambda p: p.key)
+def test_peer_reads_each_image_once_per_epoch(peer: StoragePeer, tiny_shards: Path, tmp_path: Path,
+                                              s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two epochs from S3: the labels are exactly 0..31 each epoch, batches are uint8
+    3x224x224, and epoch 1 left the data in the peer's cache folder."""
+    why = peer.missing()
+    if why is not None:
+        pytest.skip(why)
+    for name, value in peer_env(s3_bucket.server.endpoint).items():
+        monkeypatch.setenv(name, value)
+    data = prepare(peer.fmt, tiny_shards, tmp_path / "formats")
+    s3_bucket.upload_tree(data, peer.fmt)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    loader = peer.open(s3_bucket.url(peer.fmt), data, str(cache), workers=2, seed=0)
+    try:
+        for epoch in (1, 2):
+            labels: Counter[int] = Counter()
+            for images, batch_labels in loader.epoch():
+                assert tuple(images.shape[1:]) == (3, 224, 224)
+                assert str(images.dtype) == "torch.uint8"
+                assert len(images) == len(batch_labels)
+                labels.update(int(label) for label in batch_labels)
+            assert labels == Counter(range(COUNT)), f"epoch {epoch}: {labels}"
+            if epoch == 1:
+                cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 0]
+                assert cached, f"{peer.key} left nothing in its cache folder {cache}"
+    finally:
+        loader.close()
