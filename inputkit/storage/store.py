@@ -298,6 +298,7 @@ class HTTPStore(Store):
 _KINDS: dict[str, type[Store]] = {"s3": S3Store, "gcs": GCSStore, "azure": AzureStore,
                                   "http": HTTPStore}
 _open: dict[tuple[str, str], Store] = {}
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 _open_lock = threading.Lock()
 
 
@@ -310,7 +311,10 @@ def open_store(url: str) -> Store:
 def _store_for(url: str, cfg: StorageSettings) -> Store:
     where = parse(url)
     root = Location(where.kind, where.scheme, where.bucket, "")
-    key = (root.base, repr(cfg))
+    # the environment's credentials and endpoints too: a store built before they changed
+    # must not answer for the new ones
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
+    key = (root.base, repr((cfg, env)))
     with _open_lock:
         store = _open.get(key)
         if store is None:
