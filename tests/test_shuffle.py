@@ -237,3 +237,32 @@ def test_resume_a_shards_epoch_onto_other_worker_and_device_counts(after):
         second = [i for s in streams for b in s for i in b["id"].tolist()]
     assert sorted(first + rest) == list(range(600)), "epoch 0: each sample exactly once"
     assert sorted(second) == list(range(600)), "epoch 1: whole"
+
+
+@pytest.mark.parametrize("workers", [{"kind": "thread", "count": 2}, {"kind": "process", "count": 2}],
+                         ids=["threads", "processes"])
+def test_token_files_read_file_blocks_in_the_shards_order(tmp_path, workers):
+    """A real sharded source: 6 token files; the run's order is the block shuffle over the
+    files the source names (each window exactly once), also when process workers build their
+    own source."""
+    from inputkit.sources.tokens import TokenSource
+
+    for f in range(6):
+        np.save(tmp_path / f"part-{f}.npy", np.arange(f * 1000, f * 1000 + 200 + 40 * f,
+                                                      dtype=np.int32))
+    files = str(tmp_path / "part-*.npy")
+    source = {"_target_": "inputkit.sources.tokens.TokenSource", "files": files, "seq_len": 9,
+              "mode": "per_file", "fields": ["id", "tokens"]}
+    cfg = make_cfg(source, batch_size=8, workers=workers,
+                   epoch={"count": 1, "shuffle": "shards", "shuffle_window": 2, "seed": 2,
+                          "chunk_size": 4, "ordered": True})
+    groups = TokenSource(files, seq_len=9, mode="per_file").sample_groups()
+    with Runner(cfg) as runner:
+        batches = list(runner.device(0))
+    ids = np.concatenate([b["id"].numpy() for b in batches])
+    assert np.array_equal(ids, epoch_order(len(groups), 2, 0, "shards", groups, 2))
+    first_tokens = np.concatenate([b["tokens"].numpy()[:, 0] for b in batches])
+    assert np.array_equal(np.unique(first_tokens // 1000, return_index=True)[0], np.arange(6))
+    files_per_batch = [len(set((first_tokens[p:p + 8] // 1000).tolist()))
+                       for p in range(0, len(ids), 8)]
+    assert max(files_per_batch) <= 4, "a batch spans at most two blocks of 2 files"
