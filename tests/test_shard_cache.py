@@ -3,6 +3,7 @@ image_shards from a local S3 server (moto, tests/storage_servers.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -228,13 +229,8 @@ def _upload(bucket, shard_files) -> str:
 
 
 def _labels_of_epochs(runner, epochs: int) -> list[list[int]]:
-    out: list[list[int]] = [[] for _ in range(epochs)]
-    epoch = 0
-    for batch in runner.device(0):
-        out[epoch].extend(int(v) for v in batch["label"])
-        if sum(map(len, out[:epoch + 1])) == (epoch + 1) * SHARDS * PER_SHARD:
-            epoch += 1
-    return out
+    """The labels device 0 received, per epoch (each pass over the stream is one epoch)."""
+    return [[int(v) for batch in runner.device(0) for v in batch["label"]] for _ in range(epochs)]
 
 
 def test_image_shards_from_a_bucket_read_directly(s3_bucket, shard_files, tmp_path) -> None:
@@ -255,3 +251,58 @@ def test_image_shards_from_a_bucket_read_directly(s3_bucket, shard_files, tmp_pa
         assert source.describe(7)["shard"] == s3_bucket.url("train/train-001.tar")
     finally:
         storage.configure(None, None)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_run_from_a_bucket_stays_in_budget_and_reads_each_shard_once_per_epoch(
+        s3_bucket, shard_files, tmp_path, kind) -> None:
+    """Two epochs of epoch.shuffle=shards from s3:// with a cache that holds four of the eight
+    shards: every sample exactly once per epoch, the cache folder sampled throughout never
+    above cache.max_bytes, each shard downloaded once per epoch by the prefetcher; a second
+    run starts on what the first left cached (fewer shards downloaded)."""
+    from conftest import make_cfg
+
+    from inputkit import Runner, storage
+
+    url = _upload(s3_bucket, shard_files)
+    largest = max(p.stat().st_size for p in shard_files)
+    max_bytes = 4 * (largest + META_BYTES)
+    folder = tmp_path / "cache"
+    cfg = make_cfg({"_target_": "inputkit.sources.image_shards.ImageShardSource", "urls": url,
+                    "transforms": TRANSFORMS},
+                   batch_size=4, workers={"kind": kind, "count": 2},
+                   epoch={"shuffle": "shards", "shuffle_window": 2, "seed": 3, "count": 2},
+                   cache={"dir": str(folder), "max_bytes": max_bytes, "read_ahead": 2})
+    cache = DiskCache(str(folder), max_bytes)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            total = 0
+            for name in os.listdir(cache.dir):
+                with contextlib.suppress(FileNotFoundError):  # renamed or evicted meanwhile
+                    total += os.stat(os.path.join(cache.dir, name)).st_size
+            peak[0] = max(peak[0], total)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, name="test-cache-sampler")
+    sampler.start()
+    misses = []
+    try:
+        for _ in range(2):  # the second run: a restart over the same cache
+            before = storage.stats()["cache_misses"]
+            with Runner(cfg) as runner:
+                epochs = _labels_of_epochs(runner, 2)
+            misses.append(storage.stats()["cache_misses"] - before)
+            for labels in epochs:
+                assert sorted(labels) == list(range(SHARDS * PER_SHARD))
+    finally:
+        stop.set()
+        sampler.join(5)
+        storage.configure(None, None)
+    assert 0 < peak[0] <= max_bytes, f"the cache folder held {peak[0]:,} bytes > {max_bytes:,}"
+    # indexing fetches each shard once, then each epoch once more for those evicted meanwhile
+    assert misses[0] <= SHARDS + 2 * SHARDS, misses
+    assert misses[1] < misses[0], f"the second run downloaded as much as the first: {misses}"

@@ -34,22 +34,22 @@ class ImageShardSource(EncodedImageSource):
                  label: str | None = "cls", id_field: str | None = None) -> None:
         super().__init__(transforms, decode, seed, id_field)
         from inputkit.sources.remote_shards import remote_urls
+        from inputkit.sources.shard_index import shards_index
         from inputkit.sources.shards import _expand_urls
-        from inputkit.sources.tar_index import index_shards
 
         self.remote = None
         if remote_urls(urls):  # s3://, gs://, az://, http(s)://: through the disk cache
-            from inputkit.sources.remote_shards import RemoteShards, index_remote
+            from inputkit.sources.remote_shards import RemoteShards
 
             self.remote = RemoteShards.listed(urls, "urls")
             self.shards = self.remote.urls
-            index = index_remote(self.remote, EXTENSIONS, label)
         else:
             self.shards = _expand_urls(urls)
-            index = index_shards(self.shards, EXTENSIONS, label)
         self.urls = urls
         self.label = label
-        self.shard_of, self.offsets, self.sizes, self.names, self.labels = index
+        # Built once (or mapped from the index cache); workers map the same file.
+        self.index, self.index_origin = shards_index(self.shards, self.remote, EXTENSIONS, label)
+        self._attach()
         self._lock = threading.Lock()
         self._reading = threading.local()
         self._fds: dict[int, int] = {}
@@ -88,6 +88,11 @@ class ImageShardSource(EncodedImageSource):
                 "member": os.fsdecode(self.names[index]),
                 "offset": int(self.offsets[index]), "size": int(self.sizes[index])}
 
+    def remote_shards(self) -> Any:
+        """The shards' RemoteShards when they live in an object store (the runner then starts a
+        ShardPrefetcher for them), else None."""
+        return self.remote
+
     def sample_groups(self) -> np.ndarray:
         """The shard of each sample (for ``epoch.shuffle=shards``)."""
         return np.asarray(self.shard_of, dtype=np.int64)
@@ -98,14 +103,20 @@ class ImageShardSource(EncodedImageSource):
         for fd in fds.values():
             os.close(fd)
 
+    def _attach(self) -> None:
+        super()._attach()
+        self.names = self.files  # member names' bytes
+        self.shard_of, self.offsets = self.index["shard_of"], self.index["offsets"]
+        self.sizes = self.index["sizes"]
+
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         del state["_lock"], state["_reading"]
         state["_fds"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self._lock = threading.Lock()
         self._reading = threading.local()
 

@@ -54,6 +54,7 @@ class RemoteShards:
         self.etags = etags
         self.cache = cache
         self.prefetched = False  # set when a ShardPrefetcher in the parent fetches them
+        self.stopped = False  # set when that prefetcher stops (this process's workers stop waiting)
 
     @classmethod
     def listed(cls, urls: str | Sequence[str], key: str) -> RemoteShards:
@@ -101,13 +102,26 @@ class RemoteShards:
         marker = self.failure_marker(shard, epoch)
 
         def failed() -> str | None:
+            if self.stopped:
+                return "the run is closing: the shard prefetcher stopped"
             try:
                 with open(marker, encoding="utf-8") as f:
                     return f.read() or f"the shard prefetcher could not download '{url}'"
             except FileNotFoundError:
                 return None
 
+        if self.cache.cached(url, self.sizes[shard], self.etags[shard]) is None:
+            with open(self.want_marker(shard), "a"):
+                pass  # the prefetcher fetches a shard a worker waits for, whatever its order
         return self.cache.wait_for(url, self.sizes[shard], self.etags[shard], _WAIT_S, failed)
+
+    def want_marker(self, shard: int) -> str:
+        """The (empty) file a waiting worker leaves for the prefetcher."""
+        return f"{self.cache.path(self.urls[shard])}.want"
+
+    def clear_want(self, shard: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.want_marker(shard))
 
     # the prefetcher's failure records ------------------------------------------------------------
 
@@ -127,7 +141,8 @@ class RemoteShards:
         keys = {self.cache.key(u) for u in self.urls}
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(folder):
-                if ".failed-" in name and name.split(".failed-", 1)[0] in keys:
+                if (".failed-" in name and name.split(".failed-", 1)[0] in keys) or \
+                        (name.endswith(".want") and name[:-5] in keys):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, name))
 
@@ -176,31 +191,20 @@ def read_member(remote: RemoteShards, shard: int, offset: int, size: int, epoch:
                   f"could be read: raise cache.max_bytes (now {remote.cache.max_bytes:,})")
 
 
-def index_remote(remote: RemoteShards, extensions: tuple[str, ...], label: str | None) -> Any:
-    """The tar index (inputkit.sources.tar_index) of remote shards: each shard downloaded whole
-    into the cache (several at once) and its headers read from the local file; errors name
-    the shard's URL, not its cached copy."""
-    import numpy as np
-
-    from inputkit.sources.tar_index import _check_uncompressed, _index_one
+def index_remote(remote: RemoteShards, extensions: tuple[str, ...],
+                 label: str | None) -> dict[str, Any]:
+    """The tar index (inputkit.sources.tar_index's arrays) of remote shards: each shard
+    downloaded whole into the cache (several at once) and its headers read from the local
+    file; errors name the shard's URL, not its cached copy."""
+    from inputkit.sources.tar_index import _check_uncompressed, _index_arrays, compact
 
     images = {e.lstrip(".") for e in extensions}
 
-    def one(number: int, path: str) -> list[tuple[int, int, str, int]]:
+    def one(number: int, path: str) -> Any:
         try:
             _check_uncompressed(path)
-            return _index_one(path, images, label)
+            return _index_arrays(path, images, label)
         except ValueError as exc:
             raise ValueError(str(exc).replace(path, remote.urls[number])) from None
 
-    found = remote.stage(one)
-    shard_of = np.concatenate([np.full(len(f), n, dtype=np.int32) for n, f in enumerate(found)])
-    rows = [row for f in found for row in f]
-    if not rows:
-        raise ValueError(f"urls: the {len(remote)} shard(s) hold no images (members named "
-                         f"<key>.<ext> with ext one of {', '.join(sorted(images))})")
-    offsets = np.array([r[0] for r in rows], dtype=np.int64)
-    sizes = np.array([r[1] for r in rows], dtype=np.int64)
-    names = np.array([r[2].encode("utf-8", "surrogateescape") for r in rows])
-    labels = np.array([r[3] for r in rows], dtype=np.int64)
-    return shard_of, offsets, sizes, names, labels
+    return compact(remote.stage(one), images, len(remote))
