@@ -10,6 +10,7 @@ import pickle
 from collections.abc import Iterator
 
 import pytest
+from fault_proxy import FaultProxy
 from http_range_server import HttpServer
 from storage_servers import S3Server, apply_env, free_port
 
@@ -293,3 +294,48 @@ def test_settings_default_to_the_cache_dir_of_the_environment(monkeypatch, tmp_p
     monkeypatch.setenv("INPUTKIT_CACHE_DIR", str(tmp_path / "c"))
     assert storage.cache_dir() == str(tmp_path / "c")
     reset()
+
+
+@pytest.fixture
+def proxied(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FaultProxy, str]]:
+    """A bucket reached through a FaultProxy in front of the S3 server."""
+    with FaultProxy("127.0.0.1", s3.port) as proxy:
+        apply_env(s3.env(proxy.endpoint), monkeypatch)
+        storage.configure({"backoff_s": 0.01, "connect_timeout_s": 10}, None)
+        yield proxy, s3.make_bucket()
+        reset()
+
+
+def test_reset_connections_are_retried_and_every_retry_counted(s3, proxied, tmp_path):
+    proxy, bucket = proxied
+    url = s3.put(f"s3://{bucket}/r.bin", _data(200_000, 5))
+    store = storage.open_store(url)
+    assert store.read_range(url, 0, 10) == _data(200_000, 5)[:10]  # a pooled connection now
+    before = storage.stats()
+    proxy.reset_connections(n=3)
+    assert store.read(url) == _data(200_000, 5)
+    after = storage.stats()
+    assert proxy.counts.resets == 3
+    assert after["retries"] - before["retries"] == 3
+    assert after["errors"] == before["errors"]
+    assert after["bytes_read"] - before["bytes_read"] == 200_000
+    proxy.reset_connections(n=1, after_bytes=50_000)  # the body cut short mid-download
+    dest = tmp_path / "r.bin"
+    assert store.download(url, str(dest)) == 200_000
+    assert dest.read_bytes() == _data(200_000, 5)
+    assert os.listdir(tmp_path) == ["r.bin"]
+    assert storage.stats()["retries"] - after["retries"] == 1
+
+
+def test_a_store_that_goes_away_and_comes_back_loses_no_read(s3, proxied):
+    """Refused for a while (shorter than connect_timeout_s): the reads wait, retrying."""
+    proxy, bucket = proxied
+    urls = [s3.put(f"s3://{bucket}/g/{i}.bin", _data(10_000, i)) for i in range(8)]
+    store = storage.open_store(urls[0])
+    before = storage.stats()
+    proxy.refuse(for_s=1.0)
+    got = store.read_many(urls)
+    assert got == [_data(10_000, i) for i in range(8)]
+    after = storage.stats()
+    assert after["retries"] > before["retries"]
+    assert after["errors"] == before["errors"]

@@ -107,16 +107,19 @@ class _Attempts:
             self.unreachable_since = None
             out_of_time = False
         retryable = kind == "transient" or kind == "unreachable"
-        if not retryable or self.tries >= self.cfg.retries or out_of_time:
+        # an unreachable endpoint is bounded by time (connect_timeout_s), not by a count: a
+        # store that comes back within it loses no read, however fast the refusals come
+        spent = out_of_time if kind == "unreachable" else self.tries >= self.cfg.retries
+        if not retryable or spent:
             counters.add("errors")
             message = describe(exc, kind)
             if retryable and self.tries:
                 message += f"; gave up after {self.tries} retries"
             raise StorageError(self.url, kind, message) from exc
         wait = backoff(self.tries, self.cfg.backoff_s)
-        if kind == "unreachable":  # never wait past the connect deadline
+        if kind == "unreachable":  # look again at least every second, never past the deadline
             left = self.cfg.connect_timeout_s - (now - self.unreachable_since)  # type: ignore[operator]
-            wait = max(0.0, min(wait, left))
+            wait = max(0.0, min(wait, left, 1.0))
         self.tries += 1
         counters.add("retries")
         return wait
