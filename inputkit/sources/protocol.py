@@ -75,7 +75,7 @@ def indexed_length(obj: object) -> int | None:
 
 # Sources that store samples together in shards or files, and say which (``sample_groups``):
 # named in the error for ``epoch.shuffle=shards`` on a source that does not.
-SHARDED_SOURCES = ("image_shards", "shards", "tokens", "parquet")
+SHARDED_SOURCES = ("image_shards", "tokens", "parquet")
 
 
 def sample_groups(obj: object, length: int, key: str, target: str) -> np.ndarray:
