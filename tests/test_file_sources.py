@@ -281,7 +281,8 @@ def test_url_patterns_globs_braces_and_lists_name_the_same_shards(tmp_path):
     ("train-{000..003}.tar", r"urls: 1 file\(s\) of '.*train-\{000\.\.003\}\.tar' do not exist: "
                              r".*train-003\.tar"),
     ("", r"urls: expected a path, a glob pattern"),
-    ("https://example.com/train-000.tar", r"urls: only local files are supported"),
+    ("hdfs://example.com/train-000.tar", r"urls: 'hdfs://example\.com/train-000\.tar' is neither "
+                                         r"a local path nor an s3://"),
 ])
 def test_bad_urls_are_config_errors_naming_source_and_pattern(tmp_path, urls, message):
     write_shards(tmp_path, [1, 1, 1])

@@ -5,6 +5,8 @@ unreadable token window or Parquet row group is skipped alone and counted; bytes
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import pytest
 from conftest import make_cfg
 
 from inputkit import Runner, SourceError, storage
+from inputkit.errors import SourceExhausted
+from inputkit.sources.shards import ShardSource
 from inputkit.sources.tokens import TokenSource
 
 pa = pytest.importorskip("pyarrow")
@@ -213,3 +217,107 @@ def test_parquet_missing_object_fails_at_once_naming_the_url(tmp_path, s3_bucket
         ParquetSource([s3_bucket.url("pq/part-0.parquet"), missing])
     with pytest.raises(ValueError, match=r"no \.parquet objects under"):
         ParquetSource(s3_bucket.url("elsewhere"))
+
+
+# shards -----------------------------------------------------------------------------------------
+
+def write_shards(folder: Path, sizes: list[int], gz: bool = False) -> list[Path]:
+    """Shards train-000.tar(.gz), ... of samples numbered on across shards: ``k.x.npy`` (16
+    floats, the first k) and ``k.label.cls`` (k)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, start = [], 0
+    for s, size in enumerate(sizes):
+        path = folder / f"train-{s:03d}.tar{'.gz' if gz else ''}"
+        with tarfile.open(path, "w:gz" if gz else "w") as tar:
+            for k in range(start, start + size):
+                buf = io.BytesIO()
+                np.save(buf, np.full(16, k, np.float32))
+                for name, data in ((f"{k:06d}.x.npy", buf.getvalue()),
+                                   (f"{k:06d}.label.cls", str(k).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+        start += size
+    return paths
+
+
+def read_all(source: ShardSource) -> dict[str, np.ndarray]:
+    source.setup(0, 1)
+    chunks = []
+    try:
+        while True:
+            chunks.append(source.fetch(0, 7))
+    except SourceExhausted:
+        pass
+    finally:
+        source.close()
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["tar", "tar.gz"])
+def test_shards_from_a_bucket_stream_the_samples_of_the_local_shards(tmp_path, s3_bucket,
+                                                                     monkeypatch, gz):
+    """Plain and gzip shards, streamed in ranged reads (a small block here, so one shard is
+    many requests): the same samples, in the same order, as the local shards."""
+    import inputkit.sources.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "_REMOTE_BLOCK", 4096)
+    write_shards(tmp_path / "sh", [23, 17, 9], gz=gz)
+    put_folder(s3_bucket, tmp_path / "sh", "sh")
+    ext = "tar.gz" if gz else "tar"
+    local = read_all(ShardSource(str(tmp_path / "sh" / f"train-*.{ext}")))
+    before = storage.stats()
+    remote = ShardSource(s3_bucket.url(f"sh/train-{{000..002}}.{ext}"))
+    assert remote.shards == [s3_bucket.url(f"sh/train-{s:03d}.{ext}") for s in range(3)]
+    got = read_all(remote)
+    same_chunks(got, local)
+    assert got["label"].tolist() == list(range(49))
+    after = storage.stats()
+    size = sum(p.stat().st_size for p in (tmp_path / "sh").iterdir())
+    assert after["bytes_read"] - before["bytes_read"] >= size
+    assert after["requests"] - before["requests"] > 3, "streamed in blocks, not one GET each"
+    assert ShardSource(s3_bucket.url(f"sh/*.{ext}")).shards == remote.shards
+
+
+def test_shards_over_https_style_urls_through_the_runner(tmp_path, http_server):
+    write_shards(tmp_path / "sh", [23, 17, 9])
+    server = http_server(tmp_path / "sh")
+    cfg = make_cfg({"_target_": "inputkit.sources.shards.ShardSource",
+                    "urls": server.url("train-{000..002}.tar")}, batch_size=8,
+                   workers={"count": 2})
+    with Runner(cfg) as runner:
+        labels = sorted(drain(runner, "label"))
+    assert labels == list(range(49)), "every sample exactly once"
+
+
+def test_shards_missing_or_vanishing_object_fails_naming_its_url(tmp_path, s3_bucket,
+                                                                  monkeypatch):
+    import inputkit.sources.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "_REMOTE_BLOCK", 4096)
+    write_shards(tmp_path / "sh", [40])
+    put_folder(s3_bucket, tmp_path / "sh", "sh")
+    missing = s3_bucket.url("sh/train-001.tar")
+    source = ShardSource([missing, s3_bucket.url("sh/train-000.tar")])  # no request yet
+    source.setup(0, 1)
+    try:  # the first fetch opens it: no retries for a missing object
+        with pytest.raises(SourceError, match=rf"shard '{missing.replace('.', '[.]')}' cannot be "
+                                              "read: .*not_found|NoSuchKey|not found") as caught:
+            source.fetch(0, 2)
+        assert caught.value.__cause__.kind == "not_found"
+    finally:
+        source.close()
+    url = s3_bucket.url("sh/train-000.tar")
+    source = ShardSource(url)
+    source.setup(0, 1)
+    try:
+        assert source.fetch(0, 2)["label"].tolist() == [0, 1]
+        s3_bucket.server.delete(url)  # gone after its first block was read
+        with pytest.raises(SourceError, match=rf"shard '{url.replace('.', '[.]')}' could not be "
+                                              r"read \(after member '0000\d\d\.\w+\.\w+'\): .*no such "
+                                              "object"):
+            while True:
+                source.fetch(0, 2)
+    finally:
+        source.close()

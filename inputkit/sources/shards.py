@@ -40,6 +40,9 @@ import numpy as np
 
 from inputkit.errors import SourceError, SourceExhausted
 from inputkit.sources.protocol import field_names
+from inputkit.sources.remote_files import RangeFile, is_url
+from inputkit.sources.remote_files import expand as remote_expand
+from inputkit.sources.remote_files import store as remote_store
 
 NAME = "inputkit.sources.shards.ShardSource"
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg"})
@@ -47,6 +50,7 @@ INT_EXTS = frozenset({"txt", "cls", "json"})
 SUPPORTED = ".npy, .png, .jpg, .jpeg, .txt, .cls, .json"
 _BLOCK = tarfile.BLOCKSIZE
 _KEEP = 4 * tarfile.RECORDSIZE  # bytes of the stream kept to look at the block the archive ended on
+_REMOTE_BLOCK = 4 << 20  # a remote shard streams in ranged reads of this many bytes, one held
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
@@ -210,10 +214,16 @@ class ShardSource:
                 worker.reading = None
                 worker.last_member = info.name
                 return _Member(key, field, ext, info.name, data)
-        except SourceError:
+        except SourceError as exc:
+            path, last, reading = worker.path, worker.last_member, worker.reading
             worker.failed_key = None
             worker.close()
-            raise
+            if exc.source == NAME:
+                raise
+            # the store's error (the object went away, the endpoint stopped answering...)
+            after = f" (in member '{reading[1]}')" if reading else \
+                f" (after member '{last}')" if last else ""
+            raise SourceError(NAME, f"shard '{path}' could not be read{after}: {exc}") from exc
         except _READ_ERRORS as exc:
             path, last, reading = worker.path, worker.last_member, worker.reading
             worker.failed_key = reading[0] if reading else None
@@ -314,7 +324,11 @@ class _Worker:
     def open(self, path: str) -> None:
         self.path, self.last_member, self.pending, self.reading = path, None, None, None
         try:
-            self.raw = open(path, "rb")
+            if is_url(path):  # streamed by ranged reads, one block held at a time
+                size = remote_store(path).head(path).size
+                self.raw = RangeFile(path, size, block=_REMOTE_BLOCK)  # type: ignore[assignment]
+            else:
+                self.raw = open(path, "rb")
             magic = self.raw.read(6)
             self.raw.seek(0)
             if magic.startswith(b"\x1f\x8b"):
@@ -328,6 +342,9 @@ class _Worker:
             self.compressed = inner is not self.raw
             self.stream = _Tracked(inner)
             self.tar = tarfile.open(fileobj=self.stream, mode="r|")  # type: ignore[call-overload]
+        except SourceError as exc:  # the store's error names the URL and the cause
+            self.close()
+            raise SourceError(NAME, f"shard '{path}' cannot be read: {exc}") from exc
         except _READ_ERRORS as exc:
             self.close()
             raise SourceError(NAME, f"shard '{path}' is not a tar file, or is corrupt or truncated: "
@@ -483,9 +500,12 @@ def _expand_urls(urls: str | Sequence[str]) -> list[str]:
                          f"paths, got {urls!r}")
     shards: list[str] = []
     for entry in entries:
+        if is_url(entry):  # objects in a store: braces and globs (a glob lists the store)
+            shards += remote_expand(entry, "urls")
+            continue
         if "://" in entry or entry.startswith("pipe:"):
-            raise ValueError(f"urls: only local files are supported, got '{entry}'; copy the "
-                             "shards to a local or mounted disk first")
+            raise ValueError(f"urls: '{entry}' is neither a local path nor an s3://, gs://, "
+                             "az:// or http(s):// URL; name the shards by one of those")
         found: list[str] = []
         missing: list[str] = []
         for path in expand_braces(entry):
