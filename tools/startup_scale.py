@@ -89,7 +89,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """The figures of one row: first batch, parent and per-worker PSS (after the batches)."""
     if "error" in result:
         return {"error": result["error"]}
-    row: dict[str, Any] = {"first_batch_s": result["first_batch_s"]}
+    row: dict[str, Any] = {"first_batch_s": result["first_batch_s"],
+                           "first_batch_cpu_s": result.get("first_batch_cpu_s")}
     for when in ("first", "after"):
         procs = result[f"memory_{when}"]
         workers = [p["pss"] for p in procs if p["role"] == "worker"]
@@ -154,7 +155,8 @@ def _cells(row: dict[str, Any]) -> str:
     n = row["samples"]
     mem = row.get("index_memory_bytes")
     disk = row.get("index_disk_bytes")
-    return (f"first batch {row['first_batch_s']:7.2f} s | parent PSS {row['parent_pss_mib_after']:7.1f} MiB"
+    return (f"first batch {row['first_batch_s']:7.2f} s ({_fmt(row.get('first_batch_cpu_s'), '.1f')} CPU-s)"
+            f" | parent PSS {row['parent_pss_mib_after']:7.1f} MiB"
             f" | worker PSS {_fmt(row['worker_pss_mib_after']):>6} MiB (x{row['workers_after']})"
             f" | index {_fmt(mem / n if mem else None, '.0f'):>4} B/sample in memory,"
             f" {_fmt(disk / n if disk else None, '.0f'):>4} on disk")
@@ -181,7 +183,8 @@ def projection(rows: list[dict[str, Any]]) -> str:
         if n != large or low is None:
             continue
         parts = []
-        for key, unit in (("first_batch_s", "s first batch"), ("parent_pss_mib_after", "MiB parent"),
+        for key, unit in (("first_batch_s", "s first batch"), ("first_batch_cpu_s", "CPU-s"),
+                          ("parent_pss_mib_after", "MiB parent"),
                           ("worker_pss_mib_after", "MiB/worker")):
             a, b = low.get(key), big.get(key)
             if a is None or b is None:
@@ -191,6 +194,14 @@ def projection(rows: list[dict[str, Any]]) -> str:
                          f"({slope * 1e6:+.2f}/M)")
         lines.append(f"  {form:7} {loader:19} {phase:7} " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _save(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if args.json and not args.merge:
+        meta = {"argv": sys.argv[1:], "src": args.src, "loadavg": os.getloadavg(),
+                "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,13 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             built = build(args.out, n, args.classes, args.shards).__dict__
             print(f"{n:,} samples ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
             rows += measure(built, args)
+            _save(args, rows)  # each size as soon as it is measured
     print(table(rows))
     print(projection(rows))
-    if args.json:
-        meta = {"argv": sys.argv[1:], "src": args.src, "loadavg": os.getloadavg(),
-                "cpus": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    _save(args, rows)
     return 1 if any("error" in r for r in rows) else 0
 
 
