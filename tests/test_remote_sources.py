@@ -16,6 +16,7 @@ from conftest import make_cfg
 
 from inputkit import Runner, SourceError, storage
 from inputkit.errors import SourceExhausted
+from inputkit.sources.arrays import ArraySource
 from inputkit.sources.shards import ShardSource
 from inputkit.sources.tokens import TokenSource
 
@@ -321,3 +322,27 @@ def test_shards_missing_or_vanishing_object_fails_naming_its_url(tmp_path, s3_bu
                 source.fetch(0, 2)
     finally:
         source.close()
+
+
+# arrays -----------------------------------------------------------------------------------------
+
+def test_arrays_from_a_bucket_read_rows_by_ranges_like_the_local_files(tmp_path, s3_bucket):
+    folder = tmp_path / "arr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / "image.npy", rng.integers(0, 255, (300, 4, 5), dtype=np.uint8))
+    np.save(folder / "label.npy", np.arange(300, dtype=np.int64))
+    put_folder(s3_bucket, folder, "arr")
+    local = ArraySource(str(folder))
+    remote = ArraySource(s3_bucket.url("arr"))
+    assert remote.fields == ["image", "label"] and len(remote) == 300
+    assert remote.mapped_bytes() == (0, "")
+    before = storage.stats()["requests"]
+    for chunk in (np.arange(10, 60), np.array([5, 299, 7, 5, 6, 120]), np.arange(0)):
+        same_chunks(remote.read(chunk), local.read(chunk))
+    # a range is one request per field; [5, 299, 7, 5, 6, 120] is runs 5-7, 120, 299
+    assert storage.stats()["requests"] - before <= 2 + 2 * 3
+    with pytest.raises(ValueError, match=r"path: no \.npy objects under 's3://.*/nothing/'"):
+        ArraySource(s3_bucket.url("nothing"))
+    with pytest.raises(ValueError, match=r"fields: no file 'depth\.npy'"):
+        ArraySource(s3_bucket.url("arr/"), fields=["image", "depth"])

@@ -27,6 +27,7 @@ import numpy as np
 
 from inputkit.errors import SourceError
 from inputkit.sources.protocol import field_names
+from inputkit.sources.remote_files import is_url, list_prefix, npy_header, read_spans
 
 NAME = "inputkit.sources.arrays.ArraySource"
 _NUMERIC_KINDS = "biufc"  # the dtypes a tensor can be made of
@@ -53,7 +54,12 @@ class ArraySource:
         self.path = os.fspath(path)
         self.mmap = mmap
         wanted = _field_list(fields)
-        if os.path.isdir(self.path):
+        self.remote = is_url(self.path)
+        self.sizes: dict[str, int] = {}  # field -> object size, for a prefix in a store
+        if self.remote:  # a "folder" of objects: headers by ranged reads, rows by ranges
+            self.npz = False
+            present, files, self.sizes = _remote_fields(self.path)
+        elif os.path.isdir(self.path):
             self.npz = False
             present = _npy_fields(self.path)
             files = {name: os.path.join(self.path, name + ".npy") for name in present}
@@ -80,6 +86,7 @@ class ArraySource:
                                  f"the fields there are: {', '.join(present)}")
         self.fields = list(wanted)
         self.files = {name: files[name] for name in self.fields}
+        self.offsets: dict[str, int] = {}  # field -> data offset, for objects in a store
         # name -> (shape, dtype) from the headers; the data is not touched here
         self.layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         for name in self.fields:
@@ -111,6 +118,8 @@ class ArraySource:
         if len(indices) and (indices.min() < 0 or indices.max() >= self.length):
             raise IndexError(f"read: indices must lie in 0..{self.length - 1}, got "
                              f"{int(indices.min())}..{int(indices.max())}")
+        if self.remote:
+            return self._read_remote(indices)
         arrays = self._open()
         if len(indices) == 0:
             return {name: np.empty((0, *arr.shape[1:]), arr.dtype) for name, arr in arrays.items()}
@@ -125,7 +134,7 @@ class ArraySource:
     def mapped_bytes(self) -> tuple[int, str]:
         """For the memory plan: the bytes of the memory-mapped files, which are page cache
         (shared between processes, evicted under pressure), not buffers; 0 when loaded."""
-        if self.npz or not self.mmap:
+        if self.npz or not self.mmap or self.remote:  # a store's objects are read by ranges
             return 0, ""
         size = sum(os.path.getsize(path) for path in self.files.values())
         return size, f"{len(self.files)} .npy file(s) in '{self.path}'"
@@ -156,7 +165,15 @@ class ArraySource:
         """Shape and dtype of one field from its file's header, checked."""
         label = f"'{self.files[name]}'"
         try:
-            if self.npz:
+            if self.remote:
+                shape, dtype, offset, fortran = npy_header(self.files[name], self.sizes[name])
+                size = self.sizes[name]
+                if fortran and len(shape) > 1:
+                    raise ValueError(f"{label} is in Fortran order, so its rows are not contiguous "
+                                     "and cannot be read by ranges; save it with "
+                                     "np.save(path, np.ascontiguousarray(array))")
+                self.offsets[name] = offset
+            elif self.npz:
                 with zipfile.ZipFile(self.path) as archive:
                     info = archive.getinfo(name + ".npy")
                     with archive.open(info) as member:
@@ -185,7 +202,40 @@ class ArraySource:
                              f"({shape} {dtype}) but the file holds {size:,}")
         return tuple(int(d) for d in shape), dtype
 
+    def _read_remote(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows at ``indices`` as byte ranges of each field's object: the distinct rows,
+        sorted, in runs of consecutive rows (one range each), all fetched together."""
+        if not len(indices):
+            return {name: np.empty((0, *shape[1:]), dtype)
+                    for name, (shape, dtype) in self.layout.items()}
+        rows, inverse = np.unique(indices, return_inverse=True)
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        heads = np.concatenate([[0], cut]).astype(np.int64)
+        counts = np.diff(np.concatenate([heads, [len(rows)]]))
+        firsts = rows[heads]
+        requests, spans = [], []
+        for name in self.fields:
+            shape, dtype = self.layout[name]
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            spans.append(len(requests))
+            requests += [(self.files[name], self.offsets[name] + int(first) * row, int(n) * row)
+                         for first, n in zip(firsts.tolist(), counts.tolist(), strict=True)]
+        try:
+            got = read_spans(requests)
+        except SourceError as exc:
+            raise SourceError(NAME, f"cannot read rows of '{self.path}': {exc}") from exc
+        out = {}
+        for k, name in enumerate(self.fields):
+            shape, dtype = self.layout[name]
+            data = b"".join(got[spans[k]:spans[k] + len(firsts)])
+            distinct = np.frombuffer(data, dtype=dtype).reshape((len(rows), *shape[1:]))
+            out[name] = distinct[inverse.reshape(-1)] if len(rows) != len(indices) or \
+                not np.array_equal(rows, indices) else distinct.copy()
+        return out
+
     def _open(self) -> dict[str, np.ndarray]:
+        if self.remote:  # nothing to open: every read asks the store for its rows
+            return {}
         arrays = self._arrays
         if arrays is not None:
             return arrays
@@ -230,6 +280,22 @@ def _npy_fields(path: str) -> list[str]:
         raise ValueError(f"path: no .npy files in '{path}'{hint}; expected one <field>.npy per "
                          "field, e.g. from np.save('" + os.path.join(path, "image.npy") + "', images)")
     return names
+
+
+def _remote_fields(url: str) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """The fields of a "folder" of ``<field>.npy`` objects in a store: names, URLs, sizes."""
+    if url.endswith((".npz", ".npy")):
+        raise ValueError(f"path: '{url}' is one object; from a store, set path to the prefix "
+                         "that holds one <field>.npy object per field (an .npz archive cannot "
+                         "be read by ranges: save one .npy per field)")
+    prefix = url.rstrip("/") + "/"
+    found = {info.url[len(prefix):-4]: info for info in list_prefix(prefix)
+             if info.url.endswith(".npy") and "/" not in info.url[len(prefix):]}
+    if not found:
+        raise ValueError(f"path: no .npy objects under '{prefix}'; expected one <field>.npy per "
+                         "field (check the bucket and the prefix)")
+    names = sorted(found)
+    return names, {n: found[n].url for n in names}, {n: int(found[n].size) for n in names}
 
 
 def _npz_fields(path: str) -> list[str]:
