@@ -339,3 +339,16 @@ def test_a_store_that_goes_away_and_comes_back_loses_no_read(s3, proxied):
     after = storage.stats()
     assert after["retries"] > before["retries"]
     assert after["errors"] == before["errors"]
+
+
+def test_an_azure_url_without_an_account_says_where_to_name_one(monkeypatch):
+    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_CONNECTION_STRING",
+                 "AZURE_STORAGE_USE_EMULATOR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(storage.StorageError, match=r"^az://box: names no storage account; set "
+                                                   "AZURE_STORAGE_ACCOUNT_NAME"):
+        storage.open_store("az://box/x.tar").read("az://box/x.tar")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;"
+                       "EndpointSuffix=core.windows.net")
+    assert storage.open_store("az://box/x.tar").client().config["account_name"] == "acct"

@@ -266,11 +266,19 @@ class AzureStore(Store):
         container, _, account = self.base.bucket.partition("@")
         if account:  # abfss://container@account.dfs.core.windows.net
             config["account_name"] = account.split(".", 1)[0]
+        config.update(cfg.options)
+        if not config.get("account_name"):
+            config["account_name"] = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+        if not config["account_name"] and not os.environ.get("AZURE_STORAGE_USE_EMULATOR"):
+            raise StorageError(self.base.base, "other", "names no storage account; set "
+                               "AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_CONNECTION_STRING), "
+                               "or write abfss://<container>@<account>.dfs.core.windows.net/...")
+        if not config["account_name"]:
+            del config["account_name"]  # the emulator's own account
         if cfg.anonymous:
             config["skip_signature"] = True
         if cfg.endpoint:
             config["endpoint"] = cfg.endpoint
-        config.update(cfg.options)
         return _built(self.base, lambda: Client(
             container, config=config,
             client_options=self._client_options(config.get("endpoint")),
