@@ -5,7 +5,8 @@ dispatchers (``Dispatcher.progress()``: the epoch, its order and ``low``, the po
 which every sample was delivered or skipped; over several devices, the smallest ``low``):
 
 - it keeps the next ``read_ahead`` shards from ``low`` (by first position in the order)
-  cached or downloading, plus any shard a worker is waiting for (its ``.want`` record);
+  cached or downloading, plus any shard a worker is waiting for (its ``.want`` record;
+  with ``read_ahead=0`` only those);
 - it evicts a shard once its last position in this epoch is below ``low``;
 - the cache makes room by Belady's rule with each shard's next use (its first position
   still ahead, else ``low``; not needed again this epoch: infinity);
@@ -39,8 +40,8 @@ class ShardPrefetcher:
     def __init__(self, remote: Any, groups: np.ndarray, dispatchers: Sequence[Any],
                  read_ahead: int, name: str = "main", threads: int = 2) -> None:
         """``remote``: the source's RemoteShards; ``groups``: the shard number of each sample."""
-        if read_ahead < 1:
-            raise ValueError(f"cache.read_ahead must be at least 1 shard, got {read_ahead}")
+        if read_ahead < 0:
+            raise ValueError(f"cache.read_ahead must be 0 or more shards, got {read_ahead}")
         self.remote = remote
         self.groups = np.asarray(groups, dtype=np.int64)
         self.dispatchers = list(dispatchers)
