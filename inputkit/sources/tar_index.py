@@ -8,6 +8,7 @@ by position: they get an error that says what to do.
 
 from __future__ import annotations
 
+import mmap
 import os
 import tarfile
 
@@ -15,41 +16,68 @@ import numpy as np
 
 from inputkit.errors import shown_name
 from inputkit.images.transforms import bad_key
-from inputkit.sources.shards import _split_name
+from inputkit.sources.index_file import narrow, pack_names
+from inputkit.startup import progress
 
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 
-Index = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def index_shards(shards: list[str], extensions: tuple[str, ...], label: str | None) -> Index:
-    """(shard number, data offset, size, member name, label) per sample, over every shard.
+def index_shards(shards: list[str], extensions: tuple[str, ...], label: str | None,
+                 parallel: int | None = None) -> dict[str, np.ndarray]:
+    """The compact index of every shard's samples (inputkit.sources.index_file): arrays
+    ``shard_of``, ``offsets``, ``sizes``, ``names``/``name_offsets`` (member names' bytes,
+    as the tar holds them) and ``labels``, each in the narrowest integer type.
 
     A sample is the members sharing a key (``<key>.<ext>``): one image (an extension in
     ``extensions``) and, unless ``label`` is None, a ``<key>.<label>`` member holding a
-    whole number. Labels are -1 when ``label`` is None.
+    whole number. Labels are -1 when ``label`` is None. ``parallel`` processes index the
+    shards (default: up to 4, one per core, when there are many large shards).
     """
-    shard_of: list[int] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
-    names: list[bytes] = []
-    labels: list[int] = []
     images = {e.lstrip(".") for e in extensions}
-    for number, path in enumerate(shards):
+    for path in shards:
         _check_uncompressed(path)
-        found = _index_one(path, images, label)
-        for offset, size, name, value in found:
-            shard_of.append(number)
-            offsets.append(offset)
-            sizes.append(size)
-            # The member's bytes as the tar holds them (a name that is not UTF-8 included).
-            names.append(name.encode("utf-8", "surrogateescape"))
-            labels.append(value)
-    if not offsets:
-        raise bad_key("urls", f"the {len(shards)} shard(s) hold no images (members named "
+    workers = _parallel(shards) if parallel is None else parallel
+    if workers > 1 and len(shards) > 1:
+        found = _in_processes(shards, images, label, workers)
+    else:
+        found = []
+        for done, path in enumerate(shards):
+            found.append(_index_arrays(path, images, label))
+            progress(sum(len(f[0]) for f in found), "samples",
+                     f"indexing source.urls ({done + 1}/{len(shards)} shards)")
+    return compact(found, images, len(shards))
+
+
+def compact(found: list[ShardRows], images: set[str], shards: int) -> dict[str, np.ndarray]:
+    """Per-shard rows as one index's arrays (see :func:`index_shards`)."""
+    counts = [len(f[0]) for f in found]
+    if not sum(counts):
+        raise bad_key("urls", f"the {shards} shard(s) hold no images (members named "
                       f"<key>.<ext> with ext one of {', '.join(sorted(images))})")
-    return (np.array(shard_of, dtype=np.int32), np.array(offsets, dtype=np.int64),
-            np.array(sizes, dtype=np.int64), np.array(names), np.array(labels, dtype=np.int64))
+    blob, name_offsets = pack_names([n for f in found for n in f[2]])
+    return {"shard_of": narrow(np.repeat(np.arange(len(found), dtype=np.int64), counts)),
+            "offsets": narrow(np.concatenate([f[0] for f in found])),
+            "sizes": narrow(np.concatenate([f[1] for f in found])),
+            "names": blob, "name_offsets": name_offsets,
+            "labels": narrow(np.concatenate([f[3] for f in found]))}
+
+
+def _parallel(shards: list[str]) -> int:
+    """Processes worth starting: one per core (at most 4) for 8+ shards of 256+ MiB in all."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if not cores or cores < 2 or len(shards) < 8:
+        return 1
+    total = sum(os.path.getsize(p) for p in shards)
+    return min(cores, 4) if total >= 256 << 20 else 1
+
+
+def _in_processes(shards: list[str], images: set[str], label: str | None,
+                  workers: int) -> list[ShardRows]:
+    from inputkit.sources.tar_index_pool import index_in_children
+
+    def done(count: int) -> None:
+        progress(count, "shards", f"indexing source.urls ({len(shards)} shards, {workers} processes)")
+
+    return index_in_children(shards, images, label, workers, done)
 
 
 def _check_uncompressed(path: str) -> None:
@@ -66,37 +94,63 @@ def _check_uncompressed(path: str) -> None:
 
 
 def _index_one(path: str, images: set[str], label: str | None) -> list[tuple[int, int, str, int]]:
-    samples: dict[str, list] = {}  # key -> [offset, size, name, label or None]
+    """(offset, size, member name, label) per sample of one shard (names as str, odd bytes
+    kept as surrogate escapes); :func:`_index_arrays` is the same as arrays."""
+    offsets, sizes, names, labels = _index_arrays(path, images, label)
+    return [(int(o), int(s), n.decode("utf-8", "surrogateescape"), int(v))
+            for o, s, n, v in zip(offsets, sizes, names, labels, strict=True)]
+
+
+ShardRows = tuple[np.ndarray, np.ndarray, list[bytes], np.ndarray]  # offsets, sizes, names, labels
+
+
+def _index_arrays(path: str, images: set[str], label: str | None) -> ShardRows:
+    """One shard's samples: data offsets, sizes, member names (bytes) and labels (-1 when
+    ``label`` is None), in the order their images appear in the shard."""
     members = _plain_members(path, label)
     if members is None:  # long names, pax headers or a damaged header: tarfile reads it
-        members = _tarfile_members(path, label)
+        members = [(name.encode("utf-8", "surrogateescape"), offset, size, payload)
+                   for name, offset, size, payload in _tarfile_members(path, label)]
+    image_ext = {e.encode() for e in images}
+    label_ext = label.lower().encode() if label is not None else None
+    samples: dict[bytes, list] = {}  # key -> [offset, size, name, label or None]
     for name, offset, size, payload in members:
-        parsed = _split_name(name)
-        if parsed is None:
+        folder, _, base = name.rpartition(b"/")
+        if base.startswith(b".") or b"." not in base:
             continue
-        key, _field, ext = parsed
-        entry = samples.setdefault(key, [None, None, None, None])
-        if ext in images:
+        stem, _, suffix = base.partition(b".")
+        ext = suffix.rpartition(b".")[2].lower()
+        key = folder + b"/" + stem if folder else stem
+        if ext in image_ext:
+            entry = samples.setdefault(key, [None, None, None, None])
             if entry[0] is not None:
                 raise bad_key("urls", f"shard '{path}': sample '{shown_name(key)}' has two "
                               f"images, '{shown_name(entry[2])}' and '{shown_name(name)}'")
             entry[0], entry[1], entry[2] = offset, size, name
-        elif label is not None and ext == label:
-            entry[3] = _label(payload or b"", name, path)
+        elif label_ext is not None and ext == label_ext:
+            samples.setdefault(key, [None, None, None, None])[3] = _label(payload or b"", name, path)
     end = os.path.getsize(path)
-    found = []
-    for key, (offset, size, name, value) in samples.items():
-        if offset is None:
+    rows = []
+    for key, entry in samples.items():
+        if entry[0] is None:
             continue  # a key with no image (metadata only) is not a sample
-        if label is not None and value is None:
-            key, name = shown_name(key), shown_name(name)
-            raise bad_key("urls", f"shard '{path}': sample '{key}' ('{name}') has no '{key}.{label}' "
-                          "label member; every sample needs one (or set source.label=null)")
-        if offset + size > end:
-            raise bad_key("urls", f"shard '{path}' is truncated: member '{shown_name(name)}' "
-                          f"needs bytes up to {offset + size:,} but the file ends at {end:,}")
-        found.append((offset, size, name, -1 if value is None else value))
-    return found
+        if label is not None and entry[3] is None:
+            shown_key, shown = shown_name(key), shown_name(entry[2])
+            raise bad_key("urls", f"shard '{path}': sample '{shown_key}' ('{shown}') has no "
+                          f"'{shown_key}.{label}' label member; every sample needs one (or set "
+                          "source.label=null)")
+        rows.append(entry)
+    offsets = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    sizes = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    labels = np.fromiter((-1 if r[3] is None else r[3] for r in rows), dtype=np.int64,
+                         count=len(rows))
+    if len(rows):
+        last = int(np.argmax(offsets + sizes))
+        if offsets[last] + sizes[last] > end:
+            raise bad_key("urls", f"shard '{path}' is truncated: member "
+                          f"'{shown_name(rows[last][2])}' needs bytes up to "
+                          f"{int(offsets[last] + sizes[last]):,} but the file ends at {end:,}")
+    return offsets, sizes, [r[2] for r in rows], labels
 
 
 def _check_end(tar: tarfile.TarFile, path: str) -> None:
@@ -110,7 +164,7 @@ def _check_end(tar: tarfile.TarFile, path: str) -> None:
                       f"{tar.offset:,} without the tar end-of-archive marker")
 
 
-def _label(payload: bytes, name: str, path: str) -> int:
+def _label(payload: bytes, name: bytes | str, path: str) -> int:
     text = payload.decode("utf-8", errors="replace").strip()
     try:
         return int(text)
@@ -120,6 +174,7 @@ def _label(payload: bytes, name: str, path: str) -> int:
 
 
 Member = tuple[str, int, int, bytes | None]  # name, data offset, size, data (label members)
+RawMember = tuple[bytes, int, int, bytes | None]  # the same with the name's bytes
 
 
 def _tarfile_members(path: str, label: str | None) -> list[Member]:
@@ -146,42 +201,88 @@ def _tarfile_members(path: str, label: str | None) -> list[Member]:
 _BLOCK = tarfile.BLOCKSIZE
 
 
-def _plain_members(path: str, label: str | None) -> list[Member] | None:
+def _plain_members(path: str, label: str | None) -> list[RawMember] | None:
     """Every regular member of a plain ustar/v7 tar (what WebDataset writers make), from its
-    512-byte headers read directly: several times faster than tarfile, which builds a
-    TarInfo per member. None when the shard needs tarfile (long names, pax or GNU headers,
-    a bad checksum), which then reads it, or says what is wrong."""
-    found: list[Member] = []
-    suffix = "." + label if label is not None else None
-    with open(path, "rb", buffering=0) as f:  # a seek and a 512-byte read per member
-        pos = 0
-        while True:
-            f.seek(pos)
-            header = f.read(_BLOCK)
-            if len(header) < _BLOCK:
-                return None  # cut off: tarfile's reading names the problem
-            if not header.strip(b"\0"):
-                return found  # the end-of-archive block
-            stored = header[148:156].split(b"\0", 1)[0].strip()
-            try:
-                checksum = int(stored or b"x", 8)
-                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            except ValueError:
-                return None
-            if checksum != sum(header[:148]) + 256 + sum(header[156:]):
-                return None
-            kind = header[156:157]
-            if kind not in (b"0", b"\0", b"5", b"1", b"2", b"3", b"4", b"6", b"7"):
-                return None  # pax ("x", "g") or GNU ("L", "K") extension headers
-            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            if header[257:262] == b"ustar":
-                prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                if prefix:
-                    name = f"{prefix}/{name}"
-            data = pos + _BLOCK
-            if kind in (b"0", b"\0", b"7"):
-                payload = None
-                if suffix is not None and name.lower().endswith(suffix):
-                    payload = f.read(size)
-                found.append((name, data, size, payload))
-            pos = data + -(-size // _BLOCK) * _BLOCK
+    512-byte headers read straight from a memory map (no TarInfo, no read call per member;
+    the header checksums are verified afterwards, all at once with numpy). None when the
+    shard needs tarfile (long names, pax or GNU headers, a bad checksum, a cut-off header),
+    which then reads it, or says what is wrong."""
+    suffix = b"." + label.lower().encode() if label is not None else None
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        if end < _BLOCK:
+            return None
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        found, headers = _walk_headers(mapped, end, suffix)
+        if found is None or not _checksums_match(mapped, headers):
+            return None
+        return found
+    finally:
+        mapped.close()
+
+
+def _walk_headers(mapped: mmap.mmap, end: int, suffix: bytes | None
+                  ) -> tuple[list[RawMember] | None, list[int]]:
+    found: list[RawMember] = []
+    headers: list[int] = []
+    plain = frozenset(b"0\x007")
+    known = frozenset(b"0\x00512346" + b"7")
+    pos = 0
+    while True:
+        if pos + _BLOCK > end:
+            return None, headers  # cut off: tarfile's reading names the problem
+        if mapped[pos] == 0 and not mapped[pos:pos + _BLOCK].strip(b"\0"):
+            return found, headers  # the end-of-archive block
+        kind = mapped[pos + 156]
+        if kind not in known:
+            return None, headers  # pax ("x", "g") or GNU ("L", "K") extension headers
+        try:
+            size = int(mapped[pos + 124:pos + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None, headers
+        headers.append(pos)
+        data = pos + _BLOCK
+        if kind in plain:
+            name = mapped[pos:pos + 100].split(b"\0", 1)[0]
+            if mapped[pos + 257:pos + 262] == b"ustar" and mapped[pos + 345]:
+                name = mapped[pos + 345:pos + 500].split(b"\0", 1)[0] + b"/" + name
+            payload = None
+            if suffix is not None and name.lower().endswith(suffix):
+                payload = mapped[data:data + size]
+            found.append((name, data, size, payload))
+        pos = data + -(-size // _BLOCK) * _BLOCK
+
+
+def _checksums_match(mapped: mmap.mmap, headers: list[int]) -> bool:
+    """Every header's stored checksum (octal, bytes 148..155) equals the sum of its bytes with
+    that field read as spaces: one numpy pass over all headers."""
+    if not headers:
+        return True
+    rows = _header_rows(mapped, headers)
+    total = rows.sum(axis=1, dtype=np.int64) - rows[:, 148:156].sum(axis=1, dtype=np.int64) + 256
+    field = rows[:, 148:156]
+    # The field as tarfile reads it: up to the first NUL, spaces around octal digits.
+    before_nul = np.cumsum(field == 0, axis=1) == 0
+    digit = (field >= 0x30) & (field <= 0x37) & before_nul
+    space = (field == 0x20) & before_nul
+    if not np.all(digit | space | ~before_nul) or not np.all(digit.any(axis=1)):
+        return False
+    columns = np.arange(8)
+    first = np.where(digit, columns, 8).min(axis=1)
+    last = np.where(digit, columns, -1).max(axis=1)
+    if not np.all(digit.sum(axis=1) == last - first + 1):  # a space between digits
+        return False
+    stored = np.zeros(len(rows), dtype=np.int64)
+    for column in range(8):
+        stored = np.where(digit[:, column], stored * 8 + (field[:, column].astype(np.int64) - 0x30),
+                          stored)
+    return bool(np.array_equal(stored, total))
+
+
+def _header_rows(mapped: mmap.mmap, headers: list[int]) -> np.ndarray:
+    """A copy of the header blocks at ``headers`` (n x 512): the map can then be closed."""
+    blocks = np.frombuffer(mapped, np.uint8, len(mapped) // _BLOCK * _BLOCK).reshape(-1, _BLOCK)
+    rows = blocks[np.asarray(headers, dtype=np.int64) // _BLOCK]
+    del blocks
+    return rows
