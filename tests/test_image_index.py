@@ -171,3 +171,50 @@ def test_process_workers_map_the_index_file_instead_of_a_pickled_copy(tmp_path):
         labels += [label for batch in batches for label in batch["label"].tolist()]
     assert sorted(labels) == [0] * 6 + [1] * 6
     assert mapped_by, f"no worker process maps {index_file}"
+
+
+# over URLs: a folder and a list in the local S3 server ---------------------------------------
+
+def test_image_folder_from_a_bucket_gives_the_local_folders_labels_and_pixels(s3_bucket, tmp_path):
+    root = write_folder(tmp_path / "data", classes=3, per_class=3)
+    (root / "class_1" / "sub").mkdir()  # a sub-folder: its files come after the folder's own
+    (root / "class_1" / "sub" / "a.jpg").write_bytes(jpeg_bytes(photo(50, 40, 9)))
+    (root / "class_2" / "notes.txt").write_text("not an image")
+    s3_bucket.upload_tree(root, "imagenet/train")
+    local = ImageFolderSource(str(root), VAL)
+    remote = ImageFolderSource(s3_bucket.url("imagenet/train"), VAL)
+    assert remote.classes == local.classes and remote.labels.tolist() == local.labels.tolist()
+    assert [os.path.relpath(local.path_of(i), root) for i in range(len(local))] == \
+        [remote.path_of(i).split("imagenet/train/", 1)[1] for i in range(len(remote))]
+    assert remote.describe(0)["file"] == s3_bucket.url("imagenet/train/class_0/img_000.jpg")
+    everything = np.arange(len(local))
+    assert np.array_equal(remote.read(everything)["image"], local.read(everything)["image"])
+    again = ImageFolderSource(s3_bucket.url("imagenet/train"), VAL)  # listed, found unchanged
+    assert again.run_info()["index"]["from_cache"] is True
+    s3_bucket.put("imagenet/train/class_0/zz.jpg", jpeg_bytes(photo(40, 40, 3)))
+    changed = ImageFolderSource(s3_bucket.url("imagenet/train"), VAL)
+    assert changed.run_info()["index"]["from_cache"] is False and len(changed) == len(local) + 1
+    trusted = ImageFolderSource(s3_bucket.url("imagenet/train"), VAL, trust_cached_listing=True)
+    assert trusted.run_info()["index"]["from_cache"] is True and len(trusted) == len(local) + 1
+
+
+def test_a_missing_object_is_skipped_alone_and_counted(s3_bucket, tmp_path):
+    """A list in the bucket names an object that is not there: under on_error=skip that sample
+    alone is skipped, and its error names the URL."""
+    rows = []
+    for i in range(12):
+        if i != 5:
+            s3_bucket.put(f"img/{i:03d}.jpg", jpeg_bytes(photo(40 + i, 40, i)))
+        rows.append(f"img/{i:03d}.jpg,{i}")
+    s3_bucket.put("list.csv", ("\n".join(rows) + "\n").encode())
+    source = ImageListSource(s3_bucket.url("list.csv"), VAL)
+    assert source.path_of(5) == s3_bucket.url("img/005.jpg")
+    cfg = make_cfg({"_target_": "inputkit.sources.images.ImageListSource",
+                    "path": s3_bucket.url("list.csv"), "transforms": VAL}, batch_size=4,
+                   workers={"count": 2}, failures={"on_error": "skip"}, epoch={"count": 1})
+    with Runner(cfg) as runner:
+        labels = [label for batch in runner.device(0) for label in batch["label"].tolist()]
+        stats = runner.stats().coordinators[0].workers
+    assert sorted(labels) == [i for i in range(12) if i != 5]
+    assert stats.skipped_samples == 1 and list(stats.skipped_indices) == [5]
+    assert s3_bucket.url("img/005.jpg") in " ".join(stats.skipped_errors)

@@ -70,6 +70,7 @@ class EncodedImageSource(ABC):
 
     index: IndexFile | None = None
     index_origin: IndexOrigin | None = None
+    remote = False  # some samples live at URLs (s3://, gs://, az://, http(s)://)
     # Views of self.index: left out when pickled (a worker maps the same file instead).
     INDEX_VIEWS = ("files", "labels", "lines", "shard_of", "offsets", "sizes", "names")
 
@@ -118,9 +119,16 @@ class EncodedImageSource(ABC):
             chunk[self.id_field] = allocate(self.id_field, (n,), np.dtype(np.int64))
             chunk[self.id_field][:] = indices
         decode, transforms, seed = self.decoder.decode_into, self.transforms, self.seed
-        for k, index in enumerate(indices.tolist()):
+        wanted = indices.tolist()
+        # Objects in a store: the chunk's objects fetched together, many requests in flight.
+        fetched = self._fetch_remote(wanted) if self.remote else [None] * n
+        for k, index in enumerate(wanted):
             try:
-                data = self.encoded(index)
+                data = fetched[k]
+                if data is None:
+                    data = self.encoded(index)
+                elif isinstance(data, Exception):
+                    raise OSError(str(data)) from data
             except OSError as exc:
                 raise SourceError(self.NAME, f"{self.where(index)}: cannot read it: "
                                   f"{type(exc).__name__}: {exc}", field="image") from exc
@@ -132,6 +140,22 @@ class EncodedImageSource(ABC):
             if len(data) > self.largest[0] or pixels > self.largest[1]:
                 self.largest = (max(len(data), self.largest[0]), max(pixels, self.largest[1]))
         return chunk
+
+    def _fetch_remote(self, indices: list[int]) -> list[bytes | Exception | None]:
+        """The encoded bytes of the samples at URLs (None for local files, read one by one)."""
+        from inputkit.sources.image_remote import fetch_many
+        from inputkit.storage import is_remote
+
+        where = [self.path_of(i) for i in indices]
+        remote = [k for k, path in enumerate(where) if is_remote(path)]
+        found: list[bytes | Exception | None] = [None] * len(indices)
+        for k, data in zip(remote, fetch_many([where[k] for k in remote]), strict=True):
+            found[k] = data
+        return found
+
+    def path_of(self, index: int) -> str:
+        """The file or URL of sample ``index`` (folder and list sources)."""
+        raise NotImplementedError(f"{type(self).__name__} has no file per sample")
 
     def describe(self, index: int) -> dict[str, Any]:
         """Where sample ``index`` comes from: its label and file (a folder or list), or its
@@ -201,19 +225,28 @@ class ImageFolderSource(EncodedImageSource):
 
     def __init__(self, path: str, transforms: Any, decode: Mapping[str, Any] | None = None,
                  seed: int = 0, extensions: Sequence[str] | None = None,
-                 allow_empty_classes: bool = False, id_field: str | None = None) -> None:
+                 allow_empty_classes: bool = False, id_field: str | None = None,
+                 trust_cached_listing: bool = False) -> None:
         super().__init__(transforms, decode, seed, id_field)
         if not isinstance(path, (str, os.PathLike)) or not str(path):
             raise bad_key("path", f"expected the folder that holds one folder per "
                               f"class, got {path!r}")
         self.path = os.fspath(path)
-        if not os.path.isdir(self.path):
+        self.extensions = _extensions(extensions)
+        if _is_remote(self.path):  # a prefix of objects: listed once, class = first component
+            from inputkit.sources.image_remote import remote_folder_index
+
+            self.remote = True
+            self.path = self.path.rstrip("/")
+            self.index, self.index_origin = remote_folder_index(self.path, self.extensions,
+                                                                bool(trust_cached_listing))
+        elif not os.path.isdir(self.path):
             if os.path.isfile(self.path):
                 raise bad_key("path", f"'{self.path}' is a file, not a folder (for a list of "
                               "files, use source=image_list)")
             raise bad_key("path", f"no such folder: '{self.path}'{_resolved(self.path)}")
-        self.extensions = _extensions(extensions)
-        self.index, self.index_origin = folder_index(self.path, self.extensions)
+        else:
+            self.index, self.index_origin = folder_index(self.path, self.extensions)
         self._attach()
         empty = self.empty_classes
         if empty and not allow_empty_classes:
@@ -232,12 +265,12 @@ class ImageFolderSource(EncodedImageSource):
 
     def path_of(self, index: int) -> str:
         """The file of sample ``index``, as ``open()`` takes it (os.fsdecode: a name that is not
-        UTF-8 keeps its bytes as surrogate escapes; ``os.fsencode`` gives the bytes back)."""
-        return os.path.join(self.path, os.fsdecode(self.files[self._checked(index)]))
+        UTF-8 keeps its bytes as surrogate escapes; ``os.fsencode`` gives the bytes back); the
+        object's URL when the folder is in a store."""
+        return _joined(self.path, self.files[self._checked(index)])
 
     def encoded(self, index: int) -> bytes:
-        with open(self.path_of(index), "rb") as f:
-            return f.read()
+        return _read(self.path_of(index))
 
     def where(self, index: int) -> str:
         return f"file '{shown_name(self.path_of(index))}'"
@@ -268,19 +301,30 @@ class ImageListSource(EncodedImageSource):
                  decode: Mapping[str, Any] | None = None, seed: int = 0,
                  id_field: str | None = None) -> None:
         super().__init__(transforms, decode, seed, id_field)
-        if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-            what = "a folder (for the ImageFolder layout, use source=image_folder)" \
-                if isinstance(path, str) and os.path.isdir(path) else "no such file"
-            raise bad_key("path", f"expected a list file of path,label lines, got "
+        if isinstance(path, str) and _is_remote(path):  # a list file in a store
+            from inputkit.sources.image_remote import remote_list_index
+
+            self.path = path
+            self.root = root if root is not None else path.rsplit("/", 1)[0]
+            self.index, self.index_origin = remote_list_index(path, self.root, _parse_list)
+        else:
+            if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+                what = "a folder (for the ImageFolder layout, use source=image_folder)" \
+                    if isinstance(path, str) and os.path.isdir(path) else "no such file"
+                raise bad_key("path", f"expected a list file of path,label lines, got "
                               f"{path!r}: {what}")
-        self.path = os.fspath(path)
-        self.root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(self.root):
-            raise bad_key("root", f"no such folder: '{self.root}'")
-        self.index, self.index_origin = list_index(self.path, self.root, _parse_list)
+            self.path = os.fspath(path)
+            self.root = os.fspath(root) if root is not None else \
+                os.path.dirname(os.path.abspath(path))
+            if not _is_remote(self.root) and not os.path.isdir(self.root):
+                raise bad_key("root", f"no such folder: '{self.root}'")
+            self.index, self.index_origin = list_index(self.path, self.root, _parse_list)
         self._attach()
+        self.remote = _is_remote(self.root)  # or a line names a URL (seen below, or on read)
         first = self.path_of(0)
-        if not os.path.exists(first):
+        if _is_remote(first):
+            self.remote = True
+        elif not os.path.exists(first):
             raise bad_key("root", f"the list's first image, '{shown_name(first)}' (line "
                               f"{self.lines[0]} of '{self.path}'), does not exist; relative paths "
                               f"are taken from source.root ('{self.root}')")
@@ -290,12 +334,11 @@ class ImageListSource(EncodedImageSource):
         self.lines = self.index["lines"]
 
     def path_of(self, index: int) -> str:
-        """The file of sample ``index``, as ``open()`` takes it (see ImageFolderSource.path_of)."""
-        return os.path.join(self.root, os.fsdecode(self.files[self._checked(index)]))
+        """The file (or URL) of sample ``index`` (see ImageFolderSource.path_of)."""
+        return _joined(self.root, self.files[self._checked(index)])
 
     def encoded(self, index: int) -> bytes:
-        with open(self.path_of(index), "rb") as f:
-            return f.read()
+        return _read(self.path_of(index))
 
     def where(self, index: int) -> str:
         return f"file '{shown_name(self.path_of(index))}' (line {self.lines[index]} of '{self.path}')"
@@ -320,34 +363,72 @@ def _extensions(extensions: Sequence[str] | None) -> tuple[str, ...]:
     return tuple("." + e.lower().lstrip(".") for e in extensions)
 
 
-def _parse_list(path: str) -> tuple[list[tuple[int, str]], list[int]]:
+def _parse_list(path: str, lines: Sequence[str] | None = None
+                ) -> tuple[list[tuple[int, str]], list[int]]:
+    """The list file's (line number, name) and labels; ``lines``: its text, when it is not a
+    local file (a list in a store)."""
+    if lines is None:
+        # A name that is not UTF-8 (a list written on another system) keeps its bytes, which
+        # name the file on disk as they do in a folder's index.
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return _parse_lines(path, f)
+    return _parse_lines(path, lines)
+
+
+def _parse_lines(path: str, lines: Any) -> tuple[list[tuple[int, str]], list[int]]:
     files: list[tuple[int, str]] = []
     labels: list[int] = []
-    # A name that is not UTF-8 (a list written on another system) keeps its bytes, which name
-    # the file on disk as they do in a folder's index.
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-            if len(parts) != 2:
-                raise bad_key("path", f"line {number} of '{path}': expected "
-                                  f"'path,label', got {line!r}")
-            name, label = parts[0].strip(), parts[1].strip()
-            try:
-                value = int(label)
-            except ValueError:
-                if not files and label.lower() == "label":
-                    continue  # a header line
-                raise bad_key("path", f"line {number} of '{path}': the label "
-                                  f"{label!r} is not a whole number") from None
-            if value < 0:
-                raise bad_key("path", f"line {number} of '{path}': the label {value} "
-                                  "is negative")
-            files.append((number, name))
-            labels.append(value)
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise bad_key("path", f"line {number} of '{path}': expected "
+                              f"'path,label', got {line!r}")
+        name, label = parts[0].strip(), parts[1].strip()
+        try:
+            value = int(label)
+        except ValueError:
+            if not files and label.lower() == "label":
+                continue  # a header line
+            raise bad_key("path", f"line {number} of '{path}': the label "
+                              f"{label!r} is not a whole number") from None
+        if value < 0:
+            raise bad_key("path", f"line {number} of '{path}': the label {value} "
+                              "is negative")
+        files.append((number, name))
+        labels.append(value)
     return files, labels
+
+
+def _is_remote(path: str) -> bool:
+    from inputkit.storage import is_remote
+
+    return is_remote(path)
+
+
+def _joined(base: str, name: bytes) -> str:
+    """``name`` (index bytes) under ``base``; a name that is itself a URL or absolute stays."""
+    text = os.fsdecode(name)
+    if _is_remote(text):
+        return text
+    if not _is_remote(base):
+        return os.path.join(base, text)
+    return base.rstrip("/") + "/" + text
+
+
+def _read(path: str) -> bytes:
+    """A file's or an object's bytes (OSError when they cannot be read: the sample's error)."""
+    if _is_remote(path):
+        from inputkit.sources.image_remote import fetch_many
+
+        data = fetch_many([path])[0]
+        if isinstance(data, Exception):
+            raise OSError(str(data)) from data
+        return data
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _resolved(path: str) -> str:
