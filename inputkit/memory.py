@@ -24,6 +24,7 @@ from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhau
 from inputkit.failures import call_with_policy
 from inputkit.footprint import object_bytes
 from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-exported
+    DISK,
     GPU,
     HELPER_PROCESSES_BYTES,
     HOST,
@@ -239,9 +240,12 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
             keep[spec.name] = unclosed.pop()
         chunk_key = "epoch.chunk_size" if indexed_length(source.obj) is not None else \
             "source.chunk_size" if spec.source.get("chunk_size") else ""
+        from inputkit.storage_plan import remote_data
+
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                             source_bytes=own_bytes + max(0, peak - chunk.nbytes), scratch=scratch,
-                            in_place=in_place, mapped=mapped, chunk_key=chunk_key)
+                            in_place=in_place, mapped=mapped, chunk_key=chunk_key,
+                            remote=remote_data(source.obj))
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()
@@ -303,6 +307,10 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
                      {n: (shape, dtype) for n, (shape, dtype, _) in layout.fields.items()},
                      inp.key_prefix)
         layouts[inp.name] = layout
+        if layout.remote is not None:  # a disk cache too small for the shards in use: refused
+            from inputkit.storage_plan import check_cache
+
+            check_cache(inp, layout.remote, layout.chunk_samples, len(devices))
 
     def plan_of(run: RunSpec, sizes: dict[str, SampleLayout]) -> MemoryPlan:
         return MemoryPlan(devices=devices, layouts=sizes, terms=tuple(plan_terms(run, sizes, devices)),
@@ -329,8 +337,13 @@ def plan_terms(spec: RunSpec, layouts: dict[str, SampleLayout],
     on_gpu = any(d.startswith("cuda") for d in devices)
     terms: list[Term] = []
     for inp in spec.inputs:
-        terms.extend(input_terms(inp, layouts[inp.name], on_gpu,
-                                 slot_count(inp, "cuda" if on_gpu else "cpu")))
+        layout = layouts[inp.name]
+        terms.extend(input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+        if layout.remote is not None:  # the disk cache and the download buffers
+            from inputkit.storage_plan import storage_terms
+
+            terms.extend(storage_terms(inp, layout.remote, layout.chunk_samples,
+                                       layout.sample_bytes, len(devices)))
     ray_inputs = [inp for inp in spec.inputs if inp.worker_kind == "ray" and inp.ray.address is None]
     if ray_inputs:  # one private local Ray per training process, whatever the inputs
         first = ray_inputs[0]

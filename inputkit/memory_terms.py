@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from inputkit.config.sizes import format_size, size_setting
 from inputkit.config.spec import InputSpec
@@ -30,6 +31,8 @@ HOST, SHARED, PINNED, GPU = "host", "shared memory", "pinned host", "GPU"
 # Memory-mapped files: the operating system's page cache, shared by every process and evicted
 # under pressure. Shown in the plan, never counted in the host total or the budget.
 PAGE_CACHE = "page cache"
+# Files on local disk (the object-store cache): shown in the plan, never counted in memory.
+DISK = "disk"
 # The unit of a term bounded by a size (queue.capacity=256MiB): one limit, not a count.
 BYTE_LIMIT = "byte limit"
 
@@ -55,6 +58,9 @@ class SampleLayout:
     # (epoch.chunk_size for an indexable source, source.chunk_size for one that takes it), or
     # "" when no key does: the plan's fixes offer a smaller chunk only through it.
     chunk_key: str = ""
+    # What the plan needs when the source reads from an object store (shard sizes, each
+    # sample's shard): inputkit.storage_plan.RemoteData, from the probe; None for local data.
+    remote: Any = field(default=None, compare=False)
 
     @property
     def sample_bytes(self) -> int:
@@ -126,7 +132,7 @@ class MemoryPlan:
         return self.host_bytes > self.budget_bytes or gpu_over
 
     def dominating(self) -> Term:
-        return max((t for t in self.terms if t.memory != PAGE_CACHE),
+        return max((t for t in self.terms if t.memory not in (PAGE_CACHE, DISK)),
                    key=lambda t: t.bytes * (self.device_count if t.per_device else 1))
 
     def stage_bytes(self, input_name: str, stage: str) -> int:

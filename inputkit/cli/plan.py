@@ -6,7 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from inputkit.config.sizes import format_size
-from inputkit.memory import GPU, MemoryPlan
+from inputkit.memory import DISK, GPU, MemoryPlan
+from inputkit.memory_terms import BYTE_LIMIT
 
 EXIT_OVER_BUDGET = 3
 
@@ -29,6 +30,12 @@ def plan_table(plan: MemoryPlan) -> Table:
     table.add_section()
     table.add_row("", "host memory (RAM + shared + pinned)", "", "", "",
                   format_size(plan.host_bytes), style="bold")
+    disk = [t for t in plan.terms if t.memory == DISK and t.unit != BYTE_LIMIT]
+    if disk:  # the object-store cache: on disk, apart from the budget
+        table.add_row("", "disk (object-store cache, not in the budget)", "", "", "",
+                      format_size(sum(t.bytes for t in disk)) + " in use of "
+                      + format_size(sum(t.bytes for t in plan.terms
+                                        if t.memory == DISK and t.unit == BYTE_LIMIT)), style="bold")
     if any(t.memory == GPU for t in plan.terms):
         table.add_row("", "GPU memory", "", "", format_size(plan.gpu_bytes_per_device), "",
                       style="bold")
