@@ -24,7 +24,7 @@ import numpy as np
 from inputkit.errors import SourceError, shown_name
 from inputkit.images.decode import Decoder, ImageError
 from inputkit.images.transforms import Transforms, bad_key
-from inputkit.sources.image_index import folder_index, list_index
+from inputkit.sources.image_index import _parse_list, folder_index, list_index
 from inputkit.sources.index_cache import IndexOrigin
 from inputkit.sources.index_file import IndexFile, Names
 
@@ -361,45 +361,6 @@ def _extensions(extensions: Sequence[str] | None) -> tuple[str, ...]:
         raise bad_key("extensions", f"expected a list like [jpg, png], got "
                           f"{extensions!r}")
     return tuple("." + e.lower().lstrip(".") for e in extensions)
-
-
-def _parse_list(path: str, lines: Sequence[str] | None = None
-                ) -> tuple[list[tuple[int, str]], list[int]]:
-    """The list file's (line number, name) and labels; ``lines``: its text, when it is not a
-    local file (a list in a store)."""
-    if lines is None:
-        # A name that is not UTF-8 (a list written on another system) keeps its bytes, which
-        # name the file on disk as they do in a folder's index.
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return _parse_lines(path, f)
-    return _parse_lines(path, lines)
-
-
-def _parse_lines(path: str, lines: Any) -> tuple[list[tuple[int, str]], list[int]]:
-    files: list[tuple[int, str]] = []
-    labels: list[int] = []
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-        if len(parts) != 2:
-            raise bad_key("path", f"line {number} of '{path}': expected "
-                              f"'path,label', got {line!r}")
-        name, label = parts[0].strip(), parts[1].strip()
-        try:
-            value = int(label)
-        except ValueError:
-            if not files and label.lower() == "label":
-                continue  # a header line
-            raise bad_key("path", f"line {number} of '{path}': the label "
-                              f"{label!r} is not a whole number") from None
-        if value < 0:
-            raise bad_key("path", f"line {number} of '{path}': the label {value} "
-                              "is negative")
-        files.append((number, name))
-        labels.append(value)
-    return files, labels
 
 
 def _is_remote(path: str) -> bool:
