@@ -218,3 +218,16 @@ def test_a_missing_object_is_skipped_alone_and_counted(s3_bucket, tmp_path):
     assert sorted(labels) == [i for i in range(12) if i != 5]
     assert stats.skipped_samples == 1 and list(stats.skipped_indices) == [5]
     assert s3_bucket.url("img/005.jpg") in " ".join(stats.skipped_errors)
+
+
+def test_a_rebuild_by_another_run_leaves_this_runs_workers_their_build(tmp_path):
+    """Another job (or rank) rebuilding the same folder's index writes a new build file; a
+    worker of this run unpickling its source still maps the build its parent checked."""
+    root = write_folder(tmp_path / "data", classes=2, per_class=2)
+    ours = ImageFolderSource(str(root), VAL)
+    shipped = pickle.dumps(ours)
+    (root / "class_0" / "late.jpg").write_bytes(jpeg_bytes(photo(40, 40, 5)))
+    theirs = ImageFolderSource(str(root), VAL)
+    assert theirs.run_info()["index"]["from_cache"] is False and len(theirs) == 5
+    worker_copy = pickle.loads(shipped)
+    assert len(worker_copy) == 4 and worker_copy.index.path == ours.index.path != theirs.index.path

@@ -15,10 +15,12 @@ that change what is indexed, e.g. extensions); the epoch and transforms are not 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,12 +96,35 @@ def load_or_build(identity: Mapping[str, Any], still_valid: Callable[[IndexFile]
     arrays, meta = build()
     meta = {**meta, "identity": key}
     try:
-        index = IndexFile.write(path, arrays, meta)
+        index = _publish(path, arrays, meta)
     except OSError as exc:
         index = IndexFile(arrays, meta)
         return index, IndexOrigin(False, None, time.monotonic() - started,
                                   f"not cached: cannot write '{path}': {exc.strerror or exc}")
     return index, IndexOrigin(False, path, time.monotonic() - started, why)
+
+
+def _publish(link: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> IndexFile:
+    """Write a build to its own file (``<name>-<build>.idx``, never replaced) and point ``link``
+    at it (a symbolic link, swapped atomically). A run's workers map the build file its parent
+    checked, so another run (a second job, another rank) rebuilding the same index meanwhile
+    changes nothing under them. Builds older than a day that ``link`` no longer names are
+    removed."""
+    stem = link[:-len(".idx")]
+    target = f"{stem}-{uuid.uuid4().hex[:12]}.idx"
+    index = IndexFile.write(target, arrays, meta)
+    temp = f"{link}.{os.getpid()}.{uuid.uuid4().hex[:8]}.link"
+    os.symlink(os.path.basename(target), temp)
+    os.replace(temp, link)
+    cutoff = time.time() - _KEEP_OLD_BUILDS_S
+    for old in glob.glob(glob.escape(stem) + "-*.idx"):
+        with contextlib.suppress(OSError):
+            if old != target and os.stat(old).st_mtime < cutoff:
+                os.unlink(old)
+    return index
+
+
+_KEEP_OLD_BUILDS_S = 86400.0  # a run still going (a worker restarted) may map an older build
 
 
 def stats_changed(paths: list[str], sizes: np.ndarray | None, mtimes: np.ndarray,

@@ -103,7 +103,9 @@ class IndexFile:
     def open(cls, path: str, verify: bool = True, build: str | None = None) -> IndexFile:
         """Map the index at ``path``. ``verify`` checks the data's CRC-32 (once, in the process
         that decides to trust a cached file); ``build`` insists on that build (a worker mapping
-        the file its parent checked). IndexFileError when it is not a whole index."""
+        the file its parent checked). IndexFileError when it is not a whole index. A symbolic
+        link is resolved: ``path`` is then the file it names (what workers are given)."""
+        path = os.path.realpath(path)
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
