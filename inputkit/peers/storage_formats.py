@@ -15,8 +15,10 @@ file written last; a folder without it (an interrupted conversion) is written ag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,9 +75,11 @@ def _write_litdata(shards: Path, out: Path) -> None:
     import litdata
 
     samples = [(key, jpg, label) for key, jpg, label in tar_samples(shards)]
-    litdata.optimize(fn=_LitSample(samples), inputs=list(range(len(samples))), output_dir=str(out),
-                     chunk_bytes=shard_bytes(shards) + (1 << 20), num_workers=1,
-                     mode="overwrite", start_method="fork")
+    # optimize prints its progress on stdout, where the benchmark's table goes
+    with contextlib.redirect_stdout(sys.stderr):
+        litdata.optimize(fn=_LitSample(samples), inputs=list(range(len(samples))), output_dir=str(out),
+                         chunk_bytes=shard_bytes(shards) + (1 << 20), num_workers=1,
+                         mode="overwrite", start_method="fork")
 
 
 class _LitSample:
