@@ -352,3 +352,39 @@ def test_an_azure_url_without_an_account_says_where_to_name_one(monkeypatch):
                        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;"
                        "EndpointSuffix=core.windows.net")
     assert storage.open_store("az://box/x.tar").client().config["account_name"] == "acct"
+
+
+def test_forkserver_workers_read_the_latest_settings_and_count_into_the_parent(http):
+    """The forkserver passes on the environment it started with; the run's folder it names
+    holds the settings configured since, and the workers' counters."""
+    from inputkit.workers.processes import context
+
+    (http.root / "f.bin").write_bytes(_data(4321, 9))
+    ctx = context("forkserver")
+    with ctx.Pool(1) as pool:  # the forkserver runs from here on (maybe from an earlier test)
+        pool.apply(_child_reads, (http.url("f.bin"),))
+    storage.configure({"concurrency": 7, "retries": 2}, {"read_ahead": 1})
+    before = storage.stats()
+    with ctx.Pool(1) as pool:
+        child_settings, size = pool.apply(_child_reads, (http.url("f.bin"),))
+    assert child_settings == storage.settings()
+    assert child_settings[0].concurrency == 7 and child_settings[1].read_ahead == 1
+    assert storage.stats()["bytes_read"] - before["bytes_read"] == 4321
+
+
+def test_a_process_that_configures_a_run_of_its_own_counts_apart_from_the_one_it_came_from(
+        tmp_path):
+    """A CLI started by another inputkit process inherits its folder's name but not its run."""
+    import subprocess
+    import sys
+
+    storage.stats()  # this process's folder exists
+    code = ("from inputkit import storage; from inputkit.storage import counters;"
+            "storage.configure(None, None); counters.add('bytes_read', 5);"
+            "import os; print(os.environ[counters.ENV_DIR])")
+    before = storage.stats()["bytes_read"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60)
+    assert out.stdout.strip() != os.environ["INPUTKIT_STORAGE_STATS_DIR"]
+    assert storage.stats()["bytes_read"] == before
+    reset()

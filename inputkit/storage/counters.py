@@ -23,6 +23,7 @@ NAMES = ("bytes_read", "requests", "in_flight", "retries", "errors", "cache_hits
 _SLOT = struct.Struct("<q")
 _SIZE = _SLOT.size * len(NAMES)
 _INDEX = {name: i for i, name in enumerate(NAMES)}
+_PREFIX = "inputkit-storage-stats-"
 
 
 class _Counters:
@@ -48,14 +49,23 @@ _lock = threading.Lock()
 _mine: _Counters | None = None
 
 
-def _folder() -> str:
+def _folder(own: bool = False) -> str:
     folder = os.environ.get(ENV_DIR)
-    if folder and os.path.isdir(folder):
+    if folder and os.path.isdir(folder) and not (own and _owner(folder) != os.getpid()):
         return folder
-    folder = tempfile.mkdtemp(prefix=f"inputkit-storage-stats-{os.getpid()}-")
+    folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     os.environ[ENV_DIR] = folder
     atexit.register(_remove, folder, os.getpid())
     return folder
+
+
+def _owner(folder: str) -> int | None:
+    """The pid of the process that made ``folder`` (its name says), or None."""
+    name = os.path.basename(folder)
+    if not name.startswith(_PREFIX):
+        return None
+    pid = name[len(_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def _remove(folder: str, owner: int) -> None:
@@ -80,10 +90,18 @@ def add(name: str, amount: int = 1) -> None:
     _counters().add(name, amount)
 
 
-def prepare() -> str:
-    """Create this run's counter folder now (before worker processes start) and return it;
-    the runner may call it so every worker counts into the same folder."""
-    return _folder()
+def prepare(own: bool = False) -> str:
+    """Create this run's folder now (before worker processes start) and return it. With
+    ``own`` (a process that configures a run of its own: the CLI, a runner), a folder that
+    another process made and this one inherited (a test suite's, say) is replaced by a new
+    one of this process's; workers never pass it, so they count into their parent's."""
+    global _mine
+    with _lock:
+        before = os.environ.get(ENV_DIR)
+        folder = _folder(own)
+        if folder != before and _mine is not None and _mine.pid == os.getpid():
+            _mine = None  # count into the new folder from now on
+        return folder
 
 
 def stats() -> dict[str, int]:

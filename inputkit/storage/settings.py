@@ -8,6 +8,7 @@ the worker protocols.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,6 +22,7 @@ from inputkit.config.sizes import parse_size
 from inputkit.errors import ConfigError
 
 ENV_SETTINGS = "INPUTKIT_STORAGE_SETTINGS"
+SETTINGS_FILE = "settings.json"
 #: the cache's budget when cache.max_bytes is null: a demanding user's default (a few epochs
 #: of an ImageNet-sized shard set), but never more than half the free space of its disk
 DEFAULT_MAX_BYTES = 20 * 2**30
@@ -79,8 +81,16 @@ def configure(storage_cfg: Mapping[str, Any] | None, cache_cfg: Mapping[str, Any
     global _current
     current = (storage_settings(storage_cfg), cache_settings(cache_cfg))
     _current = current
-    os.environ[ENV_SETTINGS] = json.dumps([dataclasses.asdict(current[0]),
-                                           dataclasses.asdict(current[1])])
+    text = json.dumps([dataclasses.asdict(current[0]), dataclasses.asdict(current[1])])
+    os.environ[ENV_SETTINGS] = text  # spawned and forked workers
+    # a forkserver started earlier passes on its own (older) environment, but the run's
+    # folder it names is this process's for its whole life: the latest settings live there
+    from inputkit.storage import counters
+
+    path = os.path.join(counters.prepare(own=True), SETTINGS_FILE)
+    with open(path + ".tmp", "w") as out:
+        out.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def settings() -> tuple[StorageSettings, CacheSettings]:
@@ -88,13 +98,27 @@ def settings() -> tuple[StorageSettings, CacheSettings]:
     defaults."""
     global _current
     if _current is None:
-        inherited = os.environ.get(ENV_SETTINGS)
+        inherited = _parents_settings() or os.environ.get(ENV_SETTINGS)
         if inherited:
             storage, cache = json.loads(inherited)
             _current = (StorageSettings(**storage), CacheSettings(**cache))
         else:
             _current = (storage_settings(None), cache_settings(None))
     return _current
+
+
+def _parents_settings() -> str | None:
+    """The settings the process that owns this run's folder configured last, if any."""
+    from inputkit.storage.counters import ENV_DIR
+
+    folder = os.environ.get(ENV_DIR)
+    if not folder:
+        return None
+    try:
+        with open(os.path.join(folder, SETTINGS_FILE)) as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def cache_dir() -> str:
@@ -107,6 +131,11 @@ def reset() -> None:
     global _current
     _current = None
     os.environ.pop(ENV_SETTINGS, None)
+    from inputkit.storage.counters import ENV_DIR
+
+    if os.environ.get(ENV_DIR):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(os.environ[ENV_DIR], SETTINGS_FILE))
 
 
 def storage_settings(storage_cfg: Mapping[str, Any] | None) -> StorageSettings:

@@ -49,6 +49,7 @@ from inputkit.failures import (
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
+from inputkit.storage.inherit import snapshot
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
@@ -74,6 +75,11 @@ _PHASES = {BUILDING: "the source's constructor", SETUP: "setup()"}
 
 def context(start_method: str) -> multiprocessing.context.BaseContext:
     """The multiprocessing context; forkserver preloads the worker module once."""
+    from inputkit.storage import counters
+
+    # the run's storage folder (counters, settings) is named in the environment before the
+    # forkserver starts: it and every worker it forks inherit that environment, not later ones
+    counters.prepare()
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
@@ -248,7 +254,7 @@ class ProcessWorkerPool(FailsOnce):
             slot_bytes=self._slot_bytes, policy=self._policy,
             indexed=self._dispatcher is not None, pool_size=len(self._ids),
             processors=self._processors[0], processors_seed=self._processors[1],
-            processors_key=self._processors[2], built=self._built)
+            processors_key=self._processors[2], built=self._built, storage_env=snapshot())
         self._states[index] = IDLE
         self._activity.started(index)  # type: ignore[union-attr]
         process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
