@@ -37,18 +37,20 @@ class ImageShardSource(EncodedImageSource):
         from inputkit.sources.shard_index import shards_index
         from inputkit.sources.shards import _expand_urls
 
-        self.remote = None
+        # (not ``self.remote``: that is EncodedImageSource's flag for samples fetched one object
+        # each; a shard's samples are read from its cached copy)
+        self.remote_set = None
         if remote_urls(urls):  # s3://, gs://, az://, http(s)://: through the disk cache
             from inputkit.sources.remote_shards import RemoteShards
 
-            self.remote = RemoteShards.listed(urls, "urls")
-            self.shards = self.remote.urls
+            self.remote_set = RemoteShards.listed(urls, "urls")
+            self.shards = self.remote_set.urls
         else:
             self.shards = _expand_urls(urls)
         self.urls = urls
         self.label = label
         # Built once (or mapped from the index cache); workers map the same file.
-        self.index, self.index_origin = shards_index(self.shards, self.remote, EXTENSIONS, label)
+        self.index, self.index_origin = shards_index(self.shards, self.remote_set, EXTENSIONS, label)
         self._attach()
         self._lock = threading.Lock()
         self._reading = threading.local()
@@ -60,10 +62,10 @@ class ImageShardSource(EncodedImageSource):
 
     def encoded(self, index: int) -> bytes:
         shard = int(self.shard_of[index])
-        if self.remote is not None:
+        if self.remote_set is not None:
             from inputkit.sources.remote_shards import read_member
 
-            return read_member(self.remote, shard, int(self.offsets[index]),
+            return read_member(self.remote_set, shard, int(self.offsets[index]),
                                int(self.sizes[index]), getattr(self._reading, "epoch", 0))
         fd = self._fds.get(shard)
         if fd is None:
@@ -91,7 +93,7 @@ class ImageShardSource(EncodedImageSource):
     def remote_shards(self) -> Any:
         """The shards' RemoteShards when they live in an object store (the runner then starts a
         ShardPrefetcher for them), else None."""
-        return self.remote
+        return self.remote_set
 
     def sample_groups(self) -> np.ndarray:
         """The shard of each sample (for ``epoch.shuffle=shards``)."""

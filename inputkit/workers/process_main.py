@@ -108,6 +108,7 @@ class WorkerArgs:
     processors_seed: int = 0
     processors_key: str = "processors"
     built: bytes | None = None  # the source built in the parent, pickled (instead of the config)
+    storage_env: tuple[tuple[str, str], ...] | None = None  # inputkit.storage.inherit.snapshot()
 
 
 class Inbox:
@@ -169,6 +170,10 @@ def worker_main(args: WorkerArgs, inbox_conn: Connection, conn: Connection, stop
     activity = Activity(stamps, args.pool_size)
     activity.started(index)
     try:
+        if args.storage_env is not None:  # the parent's endpoint, credentials and settings now
+            from inputkit.storage.inherit import apply
+
+            apply(args.storage_env)
         arena = SlotArena.attach(args.arena, args.slots, args.slot_bytes)
         limited = one_torch_thread()
         # Building the source and its setup() are timed like a fetch (failures.fetch_timeout).
