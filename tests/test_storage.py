@@ -388,3 +388,22 @@ def test_a_process_that_configures_a_run_of_its_own_counts_apart_from_the_one_it
     assert out.stdout.strip() != os.environ["INPUTKIT_STORAGE_STATS_DIR"]
     assert storage.stats()["bytes_read"] == before
     reset()
+
+
+def test_a_request_nobody_answers_times_out_and_is_retried_as_transient(s3, proxied):
+    """Accepted but never answered (a black hole): each try ends at storage.timeout_s, is
+    retried and counted, then fails naming the URL."""
+    proxy, bucket = proxied
+    url = s3.put(f"s3://{bucket}/h.bin", b"held")
+    storage.configure({"timeout_s": 0.3, "retries": 1, "backoff_s": 0.01}, None)
+    before = storage.stats()
+    proxy.blackhole(for_s=30)
+    try:
+        with pytest.raises(storage.StorageError, match=rf"^{url}: the store kept failing.*gave "
+                                                       "up after 1 retries") as info:
+            storage.open_store(url).read(url)
+    finally:
+        proxy.heal()
+    assert info.value.kind == "transient"
+    assert storage.stats()["retries"] - before["retries"] == 1
+    assert storage.open_store(url).read(url) == b"held"
