@@ -16,6 +16,7 @@ import numpy as np
 
 from inputkit.errors import shown_name
 from inputkit.sources.images import EXTENSIONS, EncodedImageSource
+from inputkit.sources.shard_files import ShardFiles
 
 
 class ImageShardSource(EncodedImageSource):
@@ -52,33 +53,25 @@ class ImageShardSource(EncodedImageSource):
         # Built once (or mapped from the index cache); workers map the same file.
         self.index, self.index_origin = shards_index(self.shards, self.remote_set, EXTENSIONS, label)
         self._attach()
-        self._lock = threading.Lock()
         self._reading = threading.local()
-        self._fds: dict[int, int] = {}
+        self._files = ShardFiles(self.shards, remote=self.remote_set is not None)
 
     def read_into(self, indices: Any, allocate: Any, epoch: int = 0) -> dict[str, Any]:
         self._reading.epoch = epoch  # a remote shard's read waits for this epoch's download
         return super().read_into(indices, allocate, epoch)
 
     def encoded(self, index: int) -> bytes:
-        shard = int(self.shard_of[index])
-        if self.remote_set is not None:
-            from inputkit.sources.remote_shards import read_member
+        # one pread of the shard's file, kept open per thread (a remote shard's cached copy is
+        # found, or waited for, once per thread and shard: ShardFiles)
+        return self._files.read(int(self.shard_of[index]), int(self.offsets[index]),
+                                int(self.sizes[index]), self._locate)
 
-            return read_member(self.remote_set, shard, int(self.offsets[index]),
-                               int(self.sizes[index]), getattr(self._reading, "epoch", 0))
-        fd = self._fds.get(shard)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(shard)
-                if fd is None:
-                    fd = self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
-        size = int(self.sizes[index])
-        data = os.pread(fd, size, int(self.offsets[index]))
-        if len(data) != size:
-            raise OSError(f"read {len(data):,} of {size:,} bytes: the shard changed since it "
-                          "was indexed")
-        return data
+    def _locate(self, shard: int) -> str:
+        """The file to open for shard ``shard``: the path, or a remote shard's cached copy for
+        this thread's epoch (waited for while the prefetcher fetches it)."""
+        if self.remote_set is None:
+            return self.shards[shard]
+        return self.remote_set.local(shard, getattr(self._reading, "epoch", 0))
 
     def where(self, index: int) -> str:
         return (f"shard '{shown_name(self.shards[int(self.shard_of[index])])}', member "
@@ -100,10 +93,7 @@ class ImageShardSource(EncodedImageSource):
         return np.asarray(self.shard_of, dtype=np.int64)
 
     def close(self) -> None:
-        with self._lock:
-            fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        self._files.close()
 
     def _attach(self) -> None:
         super()._attach()
@@ -113,13 +103,11 @@ class ImageShardSource(EncodedImageSource):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        del state["_lock"], state["_reading"]
-        state["_fds"] = {}
+        del state["_reading"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._lock = threading.Lock()
         self._reading = threading.local()
 
     def run_info(self) -> dict[str, Any]:
