@@ -106,12 +106,15 @@ def _is_dir(entry: os.DirEntry) -> bool:
 def list_index(path: str, root: str, parse: Callable[[str], tuple[list[tuple[int, str]], list[int]]]
                ) -> tuple[IndexFile, IndexOrigin]:
     """The index of a list file (arrays ``names``/``name_offsets``, ``labels``, ``lines``),
-    keyed by the file's path, size and mtime_ns and the root."""
+    keyed by the file's path, size, mtime_ns, ctime_ns and inode and the root."""
     resolved = os.path.abspath(path)
     identity = {"kind": "image_list", "path": resolved, "root": os.path.abspath(root)}
 
     def still_valid(index: IndexFile) -> str | None:
-        return stats_changed([resolved], index["list_size"], index["list_mtime"], None, "list")
+        if "list_ctime" not in index:
+            return "built before lists were keyed by inode and ctime"
+        return stats_changed([resolved], index["list_size"], index["list_mtime"],
+                             index["list_inode"], "list", index["list_ctime"])
 
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         st = os.stat(resolved)
@@ -122,7 +125,9 @@ def list_index(path: str, root: str, parse: Callable[[str], tuple[list[tuple[int
         arrays = {"names": blob, "name_offsets": offsets, "labels": narrow(labels),
                   "lines": narrow([line for line, _ in files]),
                   "list_size": np.array([st.st_size], dtype=np.int64),
-                  "list_mtime": np.array([st.st_mtime_ns], dtype=np.int64)}
+                  "list_mtime": np.array([st.st_mtime_ns], dtype=np.int64),
+                  "list_ctime": np.array([st.st_ctime_ns], dtype=np.int64),
+                  "list_inode": np.array([st.st_ino], dtype=np.uint64)}
         return arrays, {"samples": len(files)}
 
     return load_or_build(identity, still_valid, build, f"source.path {path}", "lines")

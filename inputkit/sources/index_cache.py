@@ -128,15 +128,22 @@ _KEEP_OLD_BUILDS_S = 86400.0  # a run still going (a worker restarted) may map a
 
 
 def stats_changed(paths: list[str], sizes: np.ndarray | None, mtimes: np.ndarray,
-                  inodes: np.ndarray | None, what: str) -> str | None:
-    """None when every path still has its recorded size/mtime_ns/inode, else what changed
-    (the first path that differs, or is gone)."""
+                  inodes: np.ndarray | None, what: str,
+                  ctimes: np.ndarray | None = None) -> str | None:
+    """None when every path still has its recorded size/mtime_ns/inode/ctime_ns, else what
+    changed (the first path that differs, or is gone).
+
+    Why ctime too for files: size + mtime miss a file replaced by another of the same size
+    whose mtime was kept (``cp -p``, ``tar x``, ``rsync -t``, a sync tool setting the
+    store's time): the index's offsets would then point into other bytes. ctime cannot be
+    set by a user, and a replacement by rename also changes the inode."""
     for i, path in enumerate(paths):
         try:
             st = os.stat(path)
         except OSError:
             return f"{what} '{path}' is gone"
         if st.st_mtime_ns != int(mtimes[i]) or (sizes is not None and st.st_size != int(sizes[i])) \
-                or (inodes is not None and st.st_ino != int(inodes[i])):
+                or (inodes is not None and st.st_ino != int(inodes[i])) \
+                or (ctimes is not None and st.st_ctime_ns != int(ctimes[i])):
             return f"{what} '{path}' changed"
     return None

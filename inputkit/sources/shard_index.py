@@ -1,6 +1,6 @@
-"""The index of image_shards, cached: keyed by each shard's path, size and mtime (local) or
-URL, size and etag (a store's listing), so a restart maps the cached file instead of
-reading every tar header again (minutes at ImageNet scale before the cache)."""
+"""The index of image_shards, cached: keyed by each shard's path, size, mtime, ctime and
+inode (local) or URL, size and etag (a store's listing), so a restart maps the cached file
+instead of reading every tar header again (minutes at ImageNet scale before the cache)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,18 @@ def shards_index(shards: list[str], remote: Any, extensions: tuple[str, ...],
             return arrays, {"samples": len(arrays["offsets"])}
     else:
         def still_valid(index: IndexFile) -> str | None:
-            return stats_changed(names, index["shard_bytes"], index["shard_mtimes"], None, "shard")
+            if "shard_ctimes" not in index:
+                return "built before shards were keyed by inode and ctime"
+            return stats_changed(names, index["shard_bytes"], index["shard_mtimes"],
+                                 index["shard_inodes"], "shard", index["shard_ctimes"])
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             stats = [os.stat(p) for p in names]  # before reading: a change meanwhile shows next time
             arrays = index_shards(shards, extensions, label)
             arrays.update(shard_bytes=np.array([st.st_size for st in stats], dtype=np.int64),
-                          shard_mtimes=np.array([st.st_mtime_ns for st in stats], dtype=np.int64))
+                          shard_mtimes=np.array([st.st_mtime_ns for st in stats], dtype=np.int64),
+                          shard_ctimes=np.array([st.st_ctime_ns for st in stats], dtype=np.int64),
+                          shard_inodes=np.array([st.st_ino for st in stats], dtype=np.uint64))
             return arrays, {"samples": len(arrays["offsets"])}
 
     return load_or_build(identity, still_valid, build, f"source.urls ({len(names)} shards)",
