@@ -85,13 +85,14 @@ class RemoteShards:
 
     # making a shard local -------------------------------------------------------------------
 
-    def fetch(self, shard: int, next_use: NextUse | None = None) -> str:
-        """Download shard ``shard`` into the cache unless it is there; its local path."""
+    def fetch(self, shard: int, next_use: NextUse | None = None, ahead: bool = False) -> str:
+        """Download shard ``shard`` into the cache unless it is there; its local path.
+        ``ahead``: see DiskCache.fetch (a read-ahead that may raise NoRoom)."""
         from inputkit import storage
 
         url = self.urls[shard]
         return self.cache.fetch(url, self.sizes[shard], self.etags[shard],
-                                storage.open_store(url).download, next_use)
+                                storage.open_store(url).download, next_use, ahead)
 
     def local(self, shard: int, epoch: int) -> str:
         """The local file of shard ``shard`` for a read in ``epoch``: waited for when the
@@ -167,28 +168,6 @@ class RemoteShards:
         workers = max(1, min(parallel, len(self.urls)))
         with ThreadPoolExecutor(workers, thread_name_prefix="inputkit-index") as pool:
             return list(pool.map(one, range(len(self.urls))))
-
-
-def read_member(remote: RemoteShards, shard: int, offset: int, size: int, epoch: int) -> bytes:
-    """``size`` bytes at ``offset`` of remote shard ``shard``: one positioned read of its
-    cached file (made local first). A file evicted between finding and opening it is made
-    local again."""
-    for _ in range(3):
-        path = remote.local(shard, epoch)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            data = os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-        if len(data) != size:
-            raise OSError(f"read {len(data):,} of {size:,} bytes of the cached copy '{path}' of "
-                          f"'{remote.urls[shard]}': the file changed since it was indexed")
-        return data
-    raise OSError(f"the cached copy of '{remote.urls[shard]}' was evicted three times before it "
-                  f"could be read: raise cache.max_bytes (now {remote.cache.max_bytes:,})")
 
 
 def index_remote(remote: RemoteShards, extensions: tuple[str, ...],

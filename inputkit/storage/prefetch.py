@@ -7,9 +7,15 @@ which every sample was delivered or skipped; over several devices, the smallest 
 - it keeps the next ``read_ahead`` shards from ``low`` (by first position in the order)
   cached or downloading, plus any shard a worker is waiting for (its ``.want`` record;
   with ``read_ahead=0`` only those);
-- it evicts a shard once its last position in this epoch is below ``low``;
+- a shard whose last position in this epoch is below ``low`` stays cached while the budget
+  has room (the next epoch, or the next run, reads it without a download) and is the first
+  to go when room is needed;
 - the cache makes room by Belady's rule with each shard's next use (its first position
-  still ahead, else ``low``; not needed again this epoch: infinity);
+  still ahead, else ``low``; not needed again this epoch: infinity). A read-ahead only
+  pushes out shards not needed again this epoch: when that leaves no room it waits until
+  ``low`` moves (``NoRoom``), so a shard fetched ahead never evicts one that would then be
+  downloaded twice in the epoch; only a shard a worker waits for may evict a shard needed
+  later;
 - a download that fails after the storage layer's retries is recorded for that epoch
   (``RemoteShards.mark_failed``): the workers waiting for the shard raise it (on_error=skip:
   its samples of this epoch alone are skipped, counted), and it is tried again next epoch.
@@ -30,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from inputkit.storage.cache import NoRoom
+
 _POLL_S = 0.02
 
 
@@ -47,7 +55,7 @@ class ShardPrefetcher:
         self.dispatchers = list(dispatchers)
         self.read_ahead = read_ahead
         self._stop = threading.Event()
-        self._todo: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._todo: queue.Queue[tuple[int, int, bool] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._busy: set[int] = set()  # shards queued or downloading
         self._failed: set[tuple[int, int]] = set()  # (epoch, shard) given up on this epoch
@@ -55,7 +63,9 @@ class ShardPrefetcher:
         self._first = np.zeros(0, dtype=np.int64)
         self._last = np.zeros(0, dtype=np.int64)
         self._low = 0
+        self._no_room_at = -1  # ``low`` when a read-ahead last found no room (-1: none)
         self.downloads = 0  # shards downloaded by this prefetcher
+        self.fetched: dict[tuple[int, int], int] = {}  # (epoch, shard) -> downloads
         self._threads = [threading.Thread(target=self._plan, name=f"inputkit-prefetch-{name}",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._download, daemon=True,
@@ -104,13 +114,12 @@ class ShardPrefetcher:
             if epoch != self._epoch:
                 self._new_epoch(epoch, order)
             self._low = low
-            self._evict_done(low)
-            for shard in self._wanted(epoch, low):
+            for shard, ahead in self._wanted(epoch, low):
                 with self._lock:
                     if shard in self._busy or (epoch, shard) in self._failed:
                         continue
                     self._busy.add(shard)
-                self._todo.put((epoch, shard))
+                self._todo.put((epoch, shard, ahead))
             self._stop.wait(_POLL_S)
 
     def _new_epoch(self, epoch: int, order: np.ndarray) -> None:
@@ -124,23 +133,18 @@ class ShardPrefetcher:
         last[shard_at] = positions
         self._first, self._last, self._epoch = first, last, epoch
 
-    def _evict_done(self, low: int) -> None:
-        """Shards whose last use this epoch is behind ``low`` (or that this epoch never uses)
-        leave the cache when it needs room; the ones done with go now."""
-        for shard in np.flatnonzero((self._last >= 0) & (self._last < low)).tolist():
-            if self.remote.cache.cached(self.remote.urls[shard], self.remote.sizes[shard],
-                                        self.remote.etags[shard]) is not None:
-                self.remote.cache.evict(self.remote.urls[shard])
-
-    def _wanted(self, epoch: int, low: int) -> list[int]:
-        """The next ``read_ahead`` shards still to read from ``low``, then any a worker waits for."""
-        ahead = np.flatnonzero(self._last >= low)
-        ahead = ahead[np.argsort(self._first[ahead], kind="stable")][:self.read_ahead]
-        wanted = ahead.tolist()
-        for shard in range(len(self.remote)):
-            if shard not in wanted and os.path.exists(self.remote.want_marker(shard)):
-                wanted.append(shard)
-        return [s for s in wanted if self.remote.cache.cached(
+    def _wanted(self, epoch: int, low: int) -> list[tuple[int, bool]]:
+        """(shard, ahead) to fetch: any shard a worker waits for (ahead=False), then the next
+        ``read_ahead`` shards still to read from ``low`` (ahead=True; none while the last
+        read-ahead at this ``low`` found no room)."""
+        waited = [s for s in range(len(self.remote))
+                  if os.path.exists(self.remote.want_marker(s))]
+        wanted = [(s, False) for s in waited]
+        if self._no_room_at != low:
+            ahead = np.flatnonzero(self._last >= low)
+            ahead = ahead[np.argsort(self._first[ahead], kind="stable")][:self.read_ahead]
+            wanted += [(s, True) for s in ahead.tolist() if s not in waited]
+        return [(s, a) for s, a in wanted if self.remote.cache.cached(
             self.remote.urls[s], self.remote.sizes[s], self.remote.etags[s]) is None]
 
     def next_use(self, url: str) -> float:
@@ -160,10 +164,16 @@ class ShardPrefetcher:
             job = self._todo.get()
             if job is None:
                 return
-            epoch, shard = job
+            epoch, shard, ahead = job
             try:
-                self.remote.fetch(shard, self.next_use)
-                self.downloads += 1
+                if self.remote.cache.cached(self.remote.urls[shard], self.remote.sizes[shard],
+                                            self.remote.etags[shard]) is None:
+                    self.remote.fetch(shard, self.next_use, ahead)
+                    with self._lock:
+                        self.downloads += 1
+                        self.fetched[(epoch, shard)] = self.fetched.get((epoch, shard), 0) + 1
+            except NoRoom:
+                self._no_room_at = self._low  # try again once reads move on
             except Exception as exc:  # noqa: BLE001 - recorded for the workers that need it
                 with self._lock:
                     self._failed.add((epoch, shard))
