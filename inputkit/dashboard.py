@@ -223,6 +223,35 @@ def _memory_line(window: Window, budget_bytes: int | None) -> Text:
     return text
 
 
+def storage_lines(window: Window) -> list[str]:
+    """One line per store the inputs read from: MB/s over the window, requests in flight,
+    retries and errors, the disk cache's fill against cache.max_bytes, hits and misses."""
+    from inputkit.storage_stats import storage_line
+
+    lines: dict[str, str] = {}
+    for c in window.coordinators:
+        now = c.stats.storage
+        if now is None or now.where in lines:
+            continue
+        before = c.before.storage if c.before is not None else None
+        span = c.stats.elapsed_s - c.before.elapsed_s if before is not None and c.before \
+            else c.stats.elapsed_s
+        lines[now.where] = storage_line(now, before, span)
+    return list(lines.values())
+
+
+def _storage_text(lines: list[str]) -> Text:
+    text = Text()
+    for i, line in enumerate(lines):
+        if i:
+            text.append("\n")
+        head, _, rest = line.partition(": ")
+        text.append("storage  ", style="bold")
+        text.append(head.removeprefix("storage ") + ": ")
+        text.append(rest, style="red" if ", 0 errors" not in rest else "")
+    return text
+
+
 def _verdict_lines(window: Window) -> Text:
     """One line per coordinator: what limits it over the window (diagnosis.judge)."""
     text = Text()
@@ -261,6 +290,9 @@ def render(window: Window, warnings: list[str], budget_bytes: int | None = None,
     parts: list[RenderableType] = [head]
     parts.append(_coordinators_table(window.coordinators))
     parts.append(_memory_line(window, budget_bytes))
+    stored = storage_lines(window)
+    if stored:  # an input reads from an object store
+        parts.append(_storage_text(stored))
     parts.append(_verdict_lines(window))
     # A starvation warning is the verdict line above in other words: shown once, as the verdict.
     shown = [w for w in warnings if not w.startswith(STARVATION)]
@@ -285,6 +317,7 @@ def plain_lines(window: Window) -> list[str]:
         ray = ray_of(c)
         if ray is not None:
             lines += ray_lines(ray, f"{c.input}@{c.device_index}:{c.device}")
+    lines += [f"  {line}" for line in storage_lines(window)]
     for c, verdict in zip(window.coordinators, live_verdicts(window), strict=True):
         lines.append(verdict_line(c, verdict))
     for c in window.coordinators:

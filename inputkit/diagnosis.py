@@ -70,6 +70,7 @@ INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, 
 ACTORS_IDLE = 0.5  # live actors inside fetch less than this share of their time: they wait
 RECEIVE_BUSY = 0.5  # the receiver taking results in at least this share of the span
 CAP_REACHED = 0.9  # in-flight plus held bytes at this share of the cap: no call goes out
+STORAGE_WAITS = 0.5  # workers blocked on the object store at least this share of their time
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 TOO_FEW_BATCHES = 8  # with a span under MIN_WINDOW_S: too little run for a final verdict
 BUDGET_SHARE = 0.8
@@ -218,6 +219,8 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
     """The batcher waits for chunks: fetch, the GIL, the CPUs, or the hand-over from processes."""
     if e.kind == "ray" and e.receive_busy is not None:
         return _ray_slow(e, seen)
+    if e.storage_wait is not None and e.storage_wait >= STORAGE_WAITS:
+        return storage_bound(e, seen)
     gil_held = _gil_held(e)
     if e.kind == "thread" and gil_held:
         if e.fetch_cpu_share < GIL_FETCH_CPU:
@@ -245,6 +248,29 @@ def _workers_slow(e: Evidence, seen: str) -> Verdict:
     return Verdict("fetch-bound", f"{seen}, while the workers were inside fetch {e.in_fetch:.0%} "
                    f"of their time (p50 {e.fetch_p50_ms:.1f} ms): fetch is the slowest stage. "
                    f"{advice}", starved=True)
+
+
+def storage_bound(e: Evidence, seen: str) -> Verdict:
+    """The workers wait on the object store (reads, or shards not yet in the disk cache)."""
+    from inputkit import storage
+
+    store, cache = storage.settings()
+    failing = f", {e.storage_retries:,} retries" + \
+        (f" and {e.storage_errors:,} errors" if e.storage_errors else "") if e.storage_retries \
+        or e.storage_errors else ""
+    return Verdict("storage-bound", f"{seen}: the workers spent {e.storage_wait:.0%} of their "
+                   f"time waiting on the store {e.storage_where}{_endpoint(store)} "
+                   f"({e.storage_mb_per_s:.1f} MB/s downloaded{failing}): raise "
+                   f"storage.concurrency (now {store.concurrency}) or cache.read_ahead (now "
+                   f"{cache.read_ahead}) so more is fetched ahead of the workers.", starved=True)
+
+
+def _endpoint(store: Any) -> str:
+    """`` at <endpoint>`` where one is set (storage.endpoint, else AWS_ENDPOINT_URL)."""
+    import os
+
+    endpoint = store.endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    return f" at {endpoint}" if endpoint else ""
 
 
 def _cap_reached(e: Evidence) -> bool:

@@ -104,6 +104,14 @@ class Evidence:
     in_next: float = 0.0
     device_busy: float = 0.0
     device: str = ""  # (unknown in stated evidence: a device prefetch queue reads as CUDA's)
+    # An input reading from an object store: the share of its workers' time spent blocked on
+    # the store (Store reads, waits for a shard to reach the cache; None: local data), the
+    # store, MB/s downloaded, retries and errors in the span, and the settings that help.
+    storage_wait: float | None = None
+    storage_where: str = ""
+    storage_mb_per_s: float = 0.0
+    storage_retries: int = 0
+    storage_errors: int = 0
 
     def queue(self, stage: str) -> QueueEvidence | None:
         return next((q for q in self.queues if q.stage == stage), None)
@@ -172,7 +180,24 @@ def evidence(now: CoordinatorStats, before: CoordinatorStats | None = None,
         copied_batches=copied, chunks=chunks, empty_chunks=empty_chunks,
         in_next=_share(in_next, span), device_busy=_share(device_busy, span), device=now.device,
         cores=available_cores(), switch_interval_ms=sys.getswitchinterval() * 1000.0,
-        **_ray(w.ray, before.workers.ray if before is not None else None, span))
+        **_ray(w.ray, before.workers.ray if before is not None else None, span),
+        **_storage(now, before, span))
+
+
+def _storage(now: CoordinatorStats, before: CoordinatorStats | None,
+             span: float) -> dict[str, Any]:
+    """The store's share of the workers' time, from two storage readings (run-wide counters
+    divided over every worker that reads the store)."""
+    s = now.storage
+    if s is None or span <= 0:
+        return {}
+    b = before.storage if before is not None else None
+    wait_s = (s.wait_us - (b.wait_us if b else 0)) / 1e6
+    return {"storage_wait": _share(wait_s, span * max(1, s.readers)),
+            "storage_where": s.where,
+            "storage_mb_per_s": (s.bytes_read - (b.bytes_read if b else 0)) / 1e6 / span,
+            "storage_retries": s.retries - (b.retries if b else 0),
+            "storage_errors": s.errors - (b.errors if b else 0)}
 
 
 _LIVE_STATES = ("reading", "idle")  # an actor that can take calls (not starting, done, dead)

@@ -174,10 +174,20 @@ class Window:
                  "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
                              "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
                              "empty": q.empty} for q in c.queues],
-                 **({"ray": c.ray.record()} if c.ray is not None else {})}
+                 **({"ray": c.ray.record()} if c.ray is not None else {}),
+                 **({"storage": _storage_record(c)} if c.stats.storage is not None else {})}
                 for c in self.coordinators],
             "warnings": warnings,
         }
+
+
+def _storage_record(c: CoordinatorWindow) -> dict[str, Any]:
+    """The store's figures over the window (MB/s) and now (counters, the cache's fill)."""
+    from inputkit.storage_stats import storage_record
+
+    before = c.before.storage if c.before is not None else None
+    span = c.stats.elapsed_s - c.before.elapsed_s if c.before is not None else c.stats.elapsed_s
+    return storage_record(c.stats.storage, before, span)  # type: ignore[arg-type]
 
 
 def _share(now: float, before: float, span: float) -> float:

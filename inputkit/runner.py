@@ -374,6 +374,7 @@ class Runner:
 
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
         coordinators = tuple(c.stats() for c in self._coordinators.values())
+        coordinators = _with_storage(coordinators, self.spec.inputs)
         pids = [pid for c in coordinators for pid in c.workers.pids]
         shared = sum(c.workers.shm_bytes_in_use for c in coordinators)
         return RunnerStats(elapsed_s=elapsed, coordinators=coordinators,
@@ -407,6 +408,30 @@ class Runner:
             raise InputkitError(f"device index {index} is out of range; this runner feeds "
                                 f"{len(self.devices)} device(s): {', '.join(self.devices)}")
         return self._coordinators[(name, index)]
+
+
+def _with_storage(coordinators: tuple[Any, ...], inputs: Any) -> tuple[Any, ...]:
+    """The coordinators of inputs that read from a store, with one storage reading (the
+    run's counters and the cache's fill) beside their own figures."""
+    from inputkit.storage_stats import read_storage, remote_where
+
+    wheres = {inp.name: remote_where(inp.source) for inp in inputs}
+    if not any(wheres.values()):
+        return coordinators
+    readers: dict[str, int] = {}
+    for c in coordinators:
+        if wheres.get(c.input) is not None:
+            readers[wheres[c.input]] = readers.get(wheres[c.input], 0) + c.workers.workers
+    readings: dict[str, Any] = {}
+    out = []
+    for c in coordinators:
+        where = wheres.get(c.input)
+        if where is not None:
+            if where not in readings:
+                readings[where] = dataclasses.replace(read_storage(where), readers=readers[where])
+            c = dataclasses.replace(c, storage=readings[where])
+        out.append(c)
+    return tuple(out)
 
 
 def _check_epoch_keys(spec: Any, length: int | None) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from inputkit.procmem import ProcessMemory
 from inputkit.queues import QueueStats
+from inputkit.storage_stats import StorageReading
 from inputkit.workers.base import WorkerPoolStats
 
 __all__ = ["CoordinatorStats", "QueueStats", "RunnerStats", "WorkerPoolStats"]
@@ -72,6 +73,9 @@ class CoordinatorStats(_Rates):
     components: dict[str, int] = field(default_factory=dict)
     next_s: float = 0.0
     device_busy_s: float = 0.0
+    # An input that reads from an object store: the run's storage counters and the disk
+    # cache's fill at this snapshot (inputkit.storage_stats); None for local data.
+    storage: StorageReading | None = None
 
     @property
     def buffered_bytes(self) -> int:

@@ -97,6 +97,12 @@ class RemoteShards:
     def local(self, shard: int, epoch: int) -> str:
         """The local file of shard ``shard`` for a read in ``epoch``: waited for when the
         prefetcher fetches it, else fetched here."""
+        from inputkit.storage import counters
+
+        with counters.waiting():  # a worker blocked on the store: the verdict's evidence
+            return self._local(shard, epoch)
+
+    def _local(self, shard: int, epoch: int) -> str:
         if not self.prefetched:
             return self.fetch(shard)
         url = self.urls[shard]

@@ -10,16 +10,21 @@ gauge (each process adds while a request runs and takes away when it ends).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import mmap
 import os
 import shutil
 import struct
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 
 ENV_DIR = "INPUTKIT_STORAGE_STATS_DIR"
 NAMES = ("bytes_read", "requests", "in_flight", "retries", "errors", "cache_hits", "cache_misses",
-         "cache_bytes")
+         "cache_bytes", "wait_us")
+# wait_us: microseconds readers spent blocked on the store (a Store read, or a worker waiting for
+# a shard to reach the cache); the prefetcher's downloads are not waits. The verdict reads it.
 _SLOT = struct.Struct("<q")
 _SIZE = _SLOT.size * len(NAMES)
 _INDEX = {name: i for i, name in enumerate(NAMES)}
@@ -88,6 +93,16 @@ def _counters() -> _Counters:
 def add(name: str, amount: int = 1) -> None:
     """Add ``amount`` to counter ``name`` (one of NAMES) for this process."""
     _counters().add(name, amount)
+
+
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Count the time inside the block as a reader's wait on the store (``wait_us``)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        add("wait_us", int((time.perf_counter() - start) * 1e6))
 
 
 def prepare(own: bool = False) -> str:

@@ -96,8 +96,27 @@ class Store:
             return [meta for batch in obs.list(client, prefix=folder or None) for meta in batch]
 
         found = [self._info(meta) for meta in self._call(url_prefix, listing)]
-        return sorted((info for info in found if info.url.startswith(url_prefix)),
+        return sorted((info for info in found if info.url.startswith(url_prefix)
+                       and not (info.size == 0 and self._is_marker(info.url))),
                       key=lambda info: info.url)
+
+    def _is_marker(self, url: str) -> bool:
+        """Whether a listed empty object is a "folder" marker (``data/sub/``, made by a
+        console's "create folder"): the client lists it without its slash, and that name
+        answers 404, so a glob or a prefix would hand a source a URL nobody can read."""
+        obs = _obstore()
+        path, client = self._path(url), self.client()
+
+        def probe() -> bool:
+            try:
+                obs.head(client, path)
+            except Exception as exc:  # noqa: BLE001 - a 404 is the answer, not an error
+                if retry.classify(exc) == "not_found":
+                    return True
+                raise
+            return False
+
+        return bool(self._call(url, probe))
 
     def head(self, url: str) -> ObjectInfo:
         """The object's size and etag (one HEAD request)."""
@@ -109,7 +128,8 @@ class Store:
         """The whole object."""
         obs = _obstore()
         path, client = self._path(url), self.client()
-        data = self._call(url, lambda: bytes(obs.get(client, path).bytes()))
+        with counters.waiting():
+            data = self._call(url, lambda: bytes(obs.get(client, path).bytes()))
         counters.add("bytes_read", len(data))
         return data
 
@@ -118,8 +138,9 @@ class Store:
         _check_range(url, start, length)
         obs = _obstore()
         path, client = self._path(url), self.client()
-        data = self._call(url, lambda: bytes(obs.get_range(client, path, start=start,
-                                                               length=length)))
+        with counters.waiting():
+            data = self._call(url, lambda: bytes(obs.get_range(client, path, start=start,
+                                                                   length=length)))
         _check_length(url, start, length, len(data))
         counters.add("bytes_read", len(data))
         return data
@@ -134,8 +155,9 @@ class Store:
             return []
         obs = _obstore()
         path, client = self._path(url), self.client()
-        parts = self._call(url, lambda: [bytes(b) for b in obs.get_ranges(
-            client, path, starts=list(starts), lengths=list(lengths))])
+        with counters.waiting():
+            parts = self._call(url, lambda: [bytes(b) for b in obs.get_ranges(
+                client, path, starts=list(starts), lengths=list(lengths))])
         for start, length, part in zip(starts, lengths, parts, strict=True):
             _check_length(url, start, length, len(part))
         counters.add("bytes_read", sum(len(p) for p in parts))
@@ -149,7 +171,8 @@ class Store:
         obs = _obstore()
         client = self.client()
         paths = [self._path(u) for u in urls]
-        return asyncio.run(self._gather(obs, client, list(urls), paths))
+        with counters.waiting():
+            return asyncio.run(self._gather(obs, client, list(urls), paths))
 
     async def _gather(self, obs: Any, client: Any, urls: list[str],
                       paths: list[str]) -> list[bytes | StorageError]:
