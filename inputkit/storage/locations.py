@@ -25,7 +25,6 @@ SCHEMES = {
 }
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB = re.compile(r"[*?[]")
-_BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
@@ -84,25 +83,49 @@ def parse(url: str, key: str | None = None) -> Location:
 
 def expand_braces(pattern: str) -> list[str]:
     """Shell-style brace expansion: ``a-{00..02}.tar`` -> a-00.tar, a-01.tar, a-02.tar;
-    ``{train,val}.tar`` -> train.tar, val.tar. Braces that are neither stay as they are."""
-    match = _BRACE.search(pattern)
-    if match is None:
+    ``{train,val}.tar`` -> train.tar, val.tar; nested ones as a shell does (``x{a,b{1,2}}``
+    -> xa, xb1, xb2). Braces that are neither (``{x}``, ``{}``, unbalanced) stay as they are."""
+    start = pattern.find("{")
+    while start != -1:
+        end, commas = _closing(pattern, start)
+        if end is not None:
+            break
+        start = pattern.find("{", start + 1)
+    else:
         return [pattern]
-    body = match.group(1)
+    body = pattern[start + 1:end]
+    head, tail = pattern[:start], pattern[end + 1:]
     numbers = _RANGE.match(body)
-    if numbers:
+    if commas:
+        cuts = [start, *commas, end]
+        options = [option for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+                   for option in expand_braces(pattern[a + 1:b])]
+    elif numbers:
         first, last = numbers.groups()
         padded = any(len(n.lstrip("-")) > 1 and n.lstrip("-").startswith("0") for n in (first, last))
         width = max(len(first), len(last)) if padded else 0
         step = 1 if int(last) >= int(first) else -1
         options = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
-    elif "," in body:
-        options = body.split(",")
-    else:  # not an expansion: keep the braces, expand what follows
-        head = pattern[:match.end()]
-        return [head + rest for rest in expand_braces(pattern[match.end():])]
-    head, tail = pattern[:match.start()], pattern[match.end():]
+    else:  # not an expansion: keep the braces, expand what is inside and what follows
+        options = ["{" + inner + "}" for inner in expand_braces(body)]
     return [head + option + rest for option in options for rest in expand_braces(tail)]
+
+
+def _closing(pattern: str, start: int) -> tuple[int | None, list[int]]:
+    """The position of the ``}`` that closes the ``{`` at ``start`` (None: unbalanced) and
+    the positions of the commas at its own level."""
+    depth, commas = 0, []
+    for i in range(start, len(pattern)):
+        char = pattern[i]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i, commas
+        elif char == "," and depth == 1:
+            commas.append(i)
+    return None, []
 
 
 def has_glob(path: str) -> bool:
@@ -192,10 +215,13 @@ def _expand_remote(entry: str, key: str) -> list[str]:
 
 
 def _match(url: str, pattern: str) -> bool:
-    """Glob match where ``*`` and ``?`` stay inside one path segment, as a shell glob does."""
+    """Glob match where ``*`` and ``?`` stay inside one path segment and a hidden name
+    (``.partial.tar``) matches only a pattern that starts with a dot, as a shell glob (and
+    the local expansion) does."""
     if url.count("/") != pattern.count("/"):
         return False
-    return all(fnmatch.fnmatchcase(u, p) for u, p in zip(url.split("/"), pattern.split("/"), strict=True))
+    return all(fnmatch.fnmatchcase(u, p) and (p.startswith(".") or not u.startswith("."))
+               for u, p in zip(url.split("/"), pattern.split("/"), strict=True))
 
 
 def _resolved(path: str) -> str:
