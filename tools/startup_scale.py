@@ -44,6 +44,7 @@ from scale_data import build  # noqa: E402
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "startup_scale_child.py")
 LOADERS = ("inputkit-threads", "inputkit-processes", "dataloader")
 FORMS = ("folder", "shards")
+PHASES = ("cold", "cached", "resume", "second")
 PROJECT_TO = 100_000_000
 MiB = 2**20
 
@@ -123,6 +124,8 @@ def measure(built: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
                 if loader.startswith("inputkit") else (("cold", {"footprint": True}),
                                                        ("second", {}))
             for phase, extra in phases:
+                if phase not in args.phases:
+                    continue
                 if phase == "resume" and not os.path.exists(state):
                     rows.append({"samples": n, "form": form, "loader": loader, "phase": phase,
                                  "error": "no saved state (the cached run failed)"})
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=128)
     parser.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="which starts to measure (resume needs cached; second is "
+                        "DataLoader's cached)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20, help="batches after the first, "

@@ -169,8 +169,8 @@ def dataloader(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     return loader, iter(loader), dataset
 
 
-def main() -> None:
-    spec = json.loads(sys.argv[1])
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One start as ``spec`` says, measured: the RESULT figures (what main() prints)."""
     inputkit_side = spec["loader"].startswith("inputkit")
     owner, batches, index_owner = (inputkit_loader if inputkit_side else dataloader)(spec)
     try:
@@ -200,7 +200,11 @@ def main() -> None:
             owner.close()
         else:
             del batches  # DataLoader's workers end with their iterator
-    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    print("RESULT " + json.dumps(measure(json.loads(sys.argv[1]))), flush=True)
 
 
 if __name__ == "__main__":
