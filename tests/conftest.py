@@ -190,15 +190,18 @@ def s3_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A fresh bucket on the session's S3 server, with the AWS environment of this test
-    pointing at it (AWS_ENDPOINT_URL, test credentials, plain http; undone after the test)."""
+    pointing at it (AWS_ENDPOINT_URL, test credentials, plain http; undone after the test).
+    After the test the server no longer puts it back at a restart."""
     from storage_servers import S3Bucket, apply_env
 
     if not s3_server.running:  # a test before this one stopped it and did not start it again
         s3_server.start()
     apply_env(s3_server.env(), monkeypatch)
-    return S3Bucket(s3_server, s3_server.make_bucket())
+    bucket = S3Bucket(s3_server, s3_server.make_bucket())
+    yield bucket
+    s3_server.forget(bucket.name)
 
 
 @pytest.fixture

@@ -211,6 +211,13 @@ class S3Server:
         self._buckets.append(name)
         return name
 
+    def forget(self, bucket: str) -> None:
+        """Stop putting ``bucket`` back at a restart (its test is over; the running server keeps
+        it): a restart late in a session re-creates only the buckets still in use, not every
+        object the session ever put."""
+        self._buckets = [name for name in self._buckets if name != bucket]
+        self._objects = {k: v for k, v in self._objects.items() if k[0] != bucket}
+
     def put(self, url: str, data: bytes) -> str:
         """Put ``data`` at ``s3://bucket/key``; returns the URL."""
         bucket, key = _split_s3(url)

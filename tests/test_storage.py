@@ -22,10 +22,12 @@ from inputkit.storage.store import open_store
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with S3Server() as server:
-        yield server
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Server:
+    """The session's S3 server (tests/conftest.py), started again if a test stopped it."""
+    if not s3_server.running:
+        s3_server.start()
+    return s3_server
 
 
 @pytest.fixture
@@ -33,8 +35,10 @@ def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh bucket; the environment points the client at the server; settings reset."""
     apply_env(s3.env(), monkeypatch)
     storage.configure({"backoff_s": 0.01}, None)
-    yield s3.make_bucket()
+    name = s3.make_bucket()
+    yield name
     reset()
+    s3.forget(name)
 
 
 @pytest.fixture
