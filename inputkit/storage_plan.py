@@ -116,7 +116,7 @@ def storage_terms(inp: Any, data: RemoteData, chunk: int, sample_bytes: int,
         terms.append(Term(name, "disk cache: shards in use", DISK, held, "shards", data.largest + META_BYTES,
                           p + "epoch.shuffle_window", f"{format_size(data.largest)}, the largest "
                           f"of {data.objects:,} shards in {data.where.rsplit('/', 1)[0]}/ "
-                          f"(in flight + cache.read_ahead={cache_cfg.read_ahead})",
+                          f"(in use at once, or cache.read_ahead={cache_cfg.read_ahead} if more)",
                           per_device=False))
         terms.append(Term(name, "download buffers", HOST, SHARD_DOWNLOADS, "downloads",
                           STREAM_CHUNK_BYTES, "cache.read_ahead", f"{format_size(STREAM_CHUNK_BYTES)} "
