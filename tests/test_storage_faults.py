@@ -304,3 +304,33 @@ def test_resume_mid_epoch_onto_other_workers_and_devices_within_the_cache_budget
     assert sorted(first + rest) == list(range(SAMPLES)), "epoch 0: each sample exactly once"
     assert sorted(second) == list(range(SAMPLES)), "epoch 1: whole"
     assert 0 < watch.peak <= max_bytes, f"the cache held {watch.peak:,} > {max_bytes:,} bytes"
+
+
+def test_bench_with_bad_credentials_fails_at_once_naming_the_url(tmp_path, monkeypatch) -> None:
+    """moto checking signatures, a key it does not know: `inputkit bench` exits 2 at start
+    with the URL and 'access denied', no retry."""
+    pytest.importorskip("moto.server")
+    from storage_servers import S3Server, apply_env
+    from typer.testing import CliRunner
+
+    from inputkit.cli import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # every request is authenticated
+        server = S3Server().start(restore=False)
+    try:
+        apply_env({**server.env(), "AWS_ACCESS_KEY_ID": "AKIANOTAKEY0000",
+                   "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, monkeypatch)
+        monkeypatch.chdir(tmp_path)
+        url = "s3://private/train/train-000.tar"
+        before = storage.stats()
+        result = CliRunner().invoke(app, [
+            "bench", "source=image_shards", f"source.urls={url}",
+            f"cache.dir={tmp_path / 'cache'}", "storage.backoff_s=0.01", "bench.seconds=1"],
+            env={"COLUMNS": "200"}, prog_name="inputkit")
+    finally:
+        server.stop()
+        storage.configure(None, None)
+    assert result.exit_code == 2, result.output
+    assert url in result.output and "access denied" in result.output, result.output
+    assert storage.stats()["retries"] == before["retries"]
