@@ -34,6 +34,7 @@ class RemoteData:
     total: int
     whole: bool  # whole shards into the disk cache (image_shards), else ranged reads
     range_bytes: int = 0  # ranged reads: the largest one (0: one sample's bytes)
+    per_object: bool = False  # one object per sample (image_folder/image_list from a store)
     groups: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
@@ -46,6 +47,10 @@ def remote_data(obj: Any) -> RemoteData | None:
         sizes = [int(s) for s in remote.sizes]
         return RemoteData(remote.urls[0], len(sizes), max(sizes, default=0), sum(sizes), True,
                           groups=np.asarray(groups_of(), dtype=np.int64))
+    if getattr(obj, "remote", None) is True:  # image_folder/image_list: an object per sample
+        largest = int(getattr(obj, "largest", (0, 0))[0])  # the largest file the probe read
+        where = str(getattr(obj, "path", None) or getattr(obj, "root", None) or "")
+        return RemoteData(where, len(obj), largest, 0, False, per_object=True)
     remote_sizes = getattr(obj, "remote_sizes", None)  # parquet: sizes by head, footers kept
     if isinstance(remote_sizes, dict) and remote_sizes:
         largest_range = 0
@@ -121,6 +126,13 @@ def storage_terms(inp: Any, data: RemoteData, chunk: int, sample_bytes: int,
         terms.append(Term(name, "download buffers", HOST, SHARD_DOWNLOADS, "downloads",
                           STREAM_CHUNK_BYTES, "cache.read_ahead", f"{format_size(STREAM_CHUNK_BYTES)} "
                           "stream chunk (shards stream to disk)", per_device=False))
+        return terms
+    if data.per_object:  # a chunk's objects are fetched together and held until decoded
+        terms.append(Term(name, "download buffers", HOST, inp.worker_count * max(1, chunk),
+                          "objects", data.largest, p + "workers.count",
+                          f"{format_size(data.largest)}, the largest file the probe read (a "
+                          f"chunk's objects fetched together, storage.concurrency="
+                          f"{store_cfg.concurrency} in flight per process)", per_device=False))
         return terms
     size = data.range_bytes or sample_bytes
     processes = inp.worker_count if inp.worker_kind in ("process", "ray") else 1

@@ -112,3 +112,32 @@ def test_inputkit_plan_refuses_a_small_cache_with_exit_2(s3_bucket, shard_files,
         storage.configure(None, None)
     assert result.exit_code == 2, result.output
     assert "cache.max_bytes" in result.output and "set cache.max_bytes=" in result.output
+
+
+def test_plan_of_an_image_folder_in_a_bucket_counts_its_download_buffers(s3_bucket,
+                                                                        tmp_path) -> None:
+    """Photos one object each: no disk cache lines, and a host line for the objects of every
+    worker's chunk fetched together, each as large as the largest file the probe read."""
+    from imagefiles import jpeg_bytes, photo
+
+    from inputkit import storage
+    from inputkit.config.spec import load_spec
+    from inputkit.memory import DISK, HOST, plan_memory
+
+    files = {f"imgs/c{i % 2}/p{i}.jpg": jpeg_bytes(photo(40, 32, i), quality=70)
+             for i in range(12)}
+    for key, data in files.items():
+        s3_bucket.put(key, data)
+    spec = load_spec({"source": {"_target_": "inputkit.sources.images.ImageFolderSource",
+                                 "path": s3_bucket.url("imgs"), "transforms": TRANSFORMS},
+                      "devices": "cpu", "batch_size": 4,
+                      "workers": {"kind": "thread", "count": 3},
+                      "cache": {"dir": str(tmp_path / "cache")}})
+    try:
+        plan = plan_memory(spec)
+    finally:
+        storage.configure(None, None)
+    assert not [t for t in plan.terms if t.memory == DISK]
+    buffers = next(t for t in plan.terms if t.stage == "download buffers")
+    assert buffers.memory == HOST and buffers.count == 3 * 4
+    assert buffers.unit_bytes in {len(d) for d in files.values()}  # the largest of the probe's
