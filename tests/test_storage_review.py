@@ -82,3 +82,54 @@ def test_keys_with_spaces_and_percent_signs_read_back_exactly(s3, bucket):
     assert [store.read(u) for u in found] == [blobs[u.rsplit("/", 1)[1]] for u in found]
     assert [i.size for i in store.list(f"{base}/")] == [len(blobs[u.rsplit("/", 1)[1]])
                                                         for u in found]
+
+
+def test_a_download_that_cannot_be_written_locally_is_the_disks_error_not_the_stores(
+        s3, bucket, tmp_path):
+    url = f"s3://{bucket}/shard.tar"
+    s3.put(url, b"x" * 1000)
+    store = open_store(url)
+    before = storage.stats()
+    with pytest.raises(FileNotFoundError) as info:  # was StorageError "no such object"
+        store.download(url, str(tmp_path / "no-such-folder" / "shard.tar"))
+    assert not isinstance(info.value, storage.StorageError)
+    assert any(url in note and "cache.dir" in note for note in info.value.__notes__)
+    after = storage.stats()
+    assert after["retries"] == before["retries"] and after["errors"] == before["errors"]
+    assert store.download(url, str(tmp_path / "shard.tar")) == 1000
+    assert (tmp_path / "shard.tar").read_bytes() == b"x" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.tar"]  # no temporary left
+
+
+def test_a_reused_pid_does_not_wipe_a_finished_workers_counts(tmp_path, monkeypatch):
+    from inputkit.storage import counters
+
+    monkeypatch.setenv(counters.ENV_DIR, str(tmp_path))
+    counters._Counters(str(tmp_path)).add("requests", 5)  # a worker that has finished
+    counters._Counters(str(tmp_path)).add("requests", 2)  # a later one with the same pid
+    assert counters.stats()["requests"] == 7
+
+
+def test_counter_folders_of_crashed_runs_are_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from inputkit.storage import counters
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    orphan = tmp_path / f"{counters._PREFIX}{dead_pid}-crashed"
+    living = tmp_path / f"{counters._PREFIX}{os.getpid()}-running"
+    for folder in (orphan, living):
+        folder.mkdir()
+        (folder / "1.counters").write_bytes(b"\0" * 8)
+    env = {k: v for k, v in os.environ.items() if k != counters.ENV_DIR}
+    env["TMPDIR"] = str(tmp_path)
+    code = ("from inputkit.storage import counters; counters.add('requests');"
+            "import os; print(os.environ[counters.ENV_DIR])")
+    made = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True, timeout=60).stdout.strip()
+    assert os.path.dirname(made) == str(tmp_path)
+    assert not orphan.exists() and living.exists() and not os.path.exists(made)

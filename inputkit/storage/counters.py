@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import mmap
 import os
 import shutil
@@ -18,6 +19,7 @@ import struct
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 ENV_DIR = "INPUTKIT_STORAGE_STATS_DIR"
@@ -36,8 +38,10 @@ class _Counters:
 
     def __init__(self, folder: str) -> None:
         self.pid = os.getpid()
-        path = os.path.join(folder, f"{self.pid}.counters")
-        with open(path, "wb+") as handle:
+        # a name of its own even when the pid is reused within a run (a restarted worker):
+        # "wb+" on '<pid>.counters' wiped a finished worker's counts
+        path = os.path.join(folder, f"{self.pid}-{uuid.uuid4().hex[:12]}.counters")
+        with open(path, "xb+") as handle:
             handle.write(b"\0" * _SIZE)
             handle.flush()
             self.map = mmap.mmap(handle.fileno(), _SIZE)
@@ -58,6 +62,7 @@ def _folder(own: bool = False) -> str:
     folder = os.environ.get(ENV_DIR)
     if folder and os.path.isdir(folder) and not (own and _owner(folder) != os.getpid()):
         return folder
+    _prune_orphans()
     folder = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     os.environ[ENV_DIR] = folder
     atexit.register(_remove, folder, os.getpid())
@@ -71,6 +76,26 @@ def _owner(folder: str) -> int | None:
         return None
     pid = name[len(_PREFIX):].split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
+
+
+def _prune_orphans() -> None:
+    """Remove the counter folders of runs that ended without their exit hook (killed,
+    crashed, os._exit): their maker's pid is gone. Otherwise /tmp gains one per such run,
+    forever."""
+    for folder in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), _PREFIX + "*")):
+        owner = _owner(folder)
+        if owner is not None and owner != os.getpid() and not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(folder: str, owner: int) -> None:

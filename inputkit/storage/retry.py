@@ -27,6 +27,19 @@ _TRANSIENT_WORDS = ("kind: Timeout", "kind: Request", "kind: Body", "kind: Decod
                     "error reading a body", "unexpected EOF", "SlowDown", "Throttl")
 
 
+class LocalFailure(Exception):
+    """A local OSError inside a request (writing a download to the cache disk): not the
+    store's doing, so never classified (a read-only cache folder is not "access denied;
+    check the credentials", a full disk not "the store refused"), never retried, raised as
+    the OSError itself with a note naming the URL."""
+
+    def __init__(self, error: OSError, url: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        error.add_note(f"while writing the download of {url} to the local disk; free space "
+                       "in cache.dir or point cache.dir at a writable folder")
+
+
 def classify(exc: BaseException) -> str:
     """The StorageError kind of a client exception: not_found, denied, unreachable (the
     endpoint refused or never answered the connection), transient (5xx, 429, throttling,
@@ -133,6 +146,8 @@ def call(url: str, cfg: StorageSettings, request: Callable[[], T]) -> T:
         counters.add("in_flight")
         try:
             return request()
+        except LocalFailure as exc:
+            raise exc.error from None
         except Exception as exc:  # noqa: BLE001 - every client failure is classified
             wait = attempts.next_wait(exc)
         finally:
@@ -148,6 +163,8 @@ async def call_async(url: str, cfg: StorageSettings, request: Callable[[], Await
         counters.add("in_flight")
         try:
             return await request()
+        except LocalFailure as exc:
+            raise exc.error from None
         except Exception as exc:  # noqa: BLE001 - every client failure is classified
             wait = attempts.next_wait(exc)
         finally:

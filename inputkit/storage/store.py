@@ -8,6 +8,7 @@ so a source holding one can travel to a worker process. Every request goes throu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -204,16 +205,19 @@ class Store:
             response = obs.get(client, path)
             expected = int(response.meta["size"])
             written = 0
+            out = _local(url, lambda: open(partial, "wb"))
             try:
-                with open(partial, "wb") as out:
-                    for chunk in response.stream(min_chunk_size=8 * 2**20):
-                        out.write(chunk)
-                        written += len(chunk)
-                        counters.add("bytes_read", len(chunk))
+                for chunk in response.stream(min_chunk_size=8 * 2**20):
+                    _local(url, lambda chunk=chunk: out.write(chunk))
+                    written += len(chunk)
+                    counters.add("bytes_read", len(chunk))
+                _local(url, out.close)
                 if written != expected:
                     raise ConnectionError(f"body ended after {written} of {expected} bytes "
                                           "(connection reset)")
             except BaseException:
+                with contextlib.suppress(OSError):
+                    out.close()
                 _unlink(partial)
                 raise
             return written
@@ -401,6 +405,15 @@ def _check_length(url: str, start: int, length: int, got: int) -> None:
         raise StorageError(url, "other", f"asked for {length} bytes at {start}, got {got}: the "
                            "object is shorter than the index says; rebuild the index (it may "
                            "have changed)")
+
+
+def _local(url: str, step: Any) -> Any:
+    """Run one local file step of a download; an OSError there is the disk's (see
+    retry.LocalFailure), kept apart from the store's failures."""
+    try:
+        return step()
+    except OSError as exc:
+        raise retry.LocalFailure(exc, url) from exc
 
 
 def _unlink(path: str) -> None:
