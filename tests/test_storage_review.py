@@ -133,3 +133,19 @@ def test_counter_folders_of_crashed_runs_are_removed_by_the_next_run(tmp_path):
                           text=True, check=True, timeout=60).stdout.strip()
     assert os.path.dirname(made) == str(tmp_path)
     assert not orphan.exists() and living.exists() and not os.path.exists(made)
+
+
+def test_a_download_of_a_listed_version_refuses_an_object_replaced_since(s3, bucket, tmp_path):
+    url = f"s3://{bucket}/shard-000.tar"
+    s3.put(url, b"a" * 2048)
+    listed = open_store(url).head(url)
+    s3.put(url, b"b" * 2048)  # replaced with the same size: only the etag tells
+    dest = tmp_path / "shard-000.tar"
+    with pytest.raises(storage.StorageError, match="changed in the store since it was listed") \
+            as info:
+        open_store(url).download(url, str(dest), etag=listed.etag)
+    assert info.value.url == url and info.value.kind == "other"
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
+    now = open_store(url).head(url)
+    assert open_store(url).download(url, str(dest), etag=now.etag) == 2048
+    assert dest.read_bytes() == b"b" * 2048

@@ -194,15 +194,29 @@ class Store:
 
         return list(await asyncio.gather(*(one(u, p) for u, p in zip(urls, paths, strict=True))))
 
-    def download(self, url: str, dest_path: str) -> int:
+    def download(self, url: str, dest_path: str, etag: str | None = None) -> int:
         """Stream the object into ``dest_path`` (written under a temporary name, size-checked,
-        then renamed: never a partial file at ``dest_path``); return the bytes written."""
+        then renamed: never a partial file at ``dest_path``); return the bytes written.
+
+        ``etag``: the version the caller listed and indexed. The store then sends only that
+        version (If-Match): an object replaced since, even by one of the same size, is a
+        StorageError naming the URL, never other bytes under an index built for the old ones.
+        """
         obs = _obstore()
         path, client = self._path(url), self.client()
         partial = f"{dest_path}.part-{os.getpid()}-{threading.get_ident()}"
+        # a web server's etags may be weak (W/"..."), which If-Match never matches
+        options = {"if_match": etag} if etag and self.kind != "http" else None
 
         def fetch() -> int:
-            response = obs.get(client, path)
+            try:
+                response = obs.get(client, path, options=options)
+            except Exception as exc:
+                if type(exc).__name__ == "PreconditionError":
+                    raise StorageError(url, "other", f"changed in the store since it was listed "
+                                       f"(etag {etag} was listed); start again to list and "
+                                       "index it anew") from exc
+                raise
             expected = int(response.meta["size"])
             written = 0
             out = _local(url, lambda: open(partial, "wb"))
