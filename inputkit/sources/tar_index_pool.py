@@ -27,7 +27,8 @@ def index_in_children(shards: list[str], images: set[str], label: str | None, wo
                       done: Any = None) -> list[Any]:
     """``_index_arrays`` of every shard, in ``workers`` child processes (shard i goes to child
     i % workers). ``done(count)`` is told how many shards are finished. A shard's error is
-    raised here as the same ValueError (the first failing shard in order)."""
+    raised here as the child raised it (ValueError, OSError...; the first failing shard of
+    those reported)."""
     children = []
     results: dict[int, Any] = {}
     errors: dict[int, str] = {}
@@ -58,11 +59,15 @@ def index_in_children(shards: list[str], images: set[str], label: str | None, wo
                         break
                     number, ok, value = pickle.loads(bytes(buffer[_FRAME.size:_FRAME.size + length]))
                     del buffer[:_FRAME.size + length]
-                    (results if ok else errors)[number] = value
+                    if ok:
+                        results[number] = value
+                    else:
+                        errors[number] = value
                     if done is not None:
                         done(len(results) + len(errors))
                 if errors:
-                    raise ValueError(errors[min(errors)])
+                    first = errors[min(errors)]
+                    raise first if isinstance(first, BaseException) else ValueError(first)
         for child in children:
             if child.wait(timeout=60) != 0:
                 raise RuntimeError(f"a tar-indexing child process exited with {child.returncode}")
@@ -90,8 +95,15 @@ def _main() -> None:
     for number, path in jobs:
         try:
             frame, failed = pickle.dumps((number, True, _index_arrays(path, images, label))), False
-        except ValueError as exc:
-            frame, failed = pickle.dumps((number, False, str(exc))), True
+        except Exception as exc:  # noqa: BLE001 - sent to the parent, raised there as it is
+            # any error, not only a damaged tar's ValueError: an unreadable shard (OSError)
+            # used to end the child with a traceback, and the parent said only "exited with 1"
+            try:
+                frame = pickle.dumps((number, False, exc))
+                pickle.loads(frame)
+            except Exception:  # noqa: BLE001 - an exception that does not pickle: its text
+                frame = pickle.dumps((number, False, f"{path}: {type(exc).__name__}: {exc}"))
+            failed = True
         out.write(_FRAME.pack(len(frame)) + frame)
         out.flush()
         if failed:
