@@ -149,3 +149,33 @@ def test_a_download_of_a_listed_version_refuses_an_object_replaced_since(s3, buc
     now = open_store(url).head(url)
     assert open_store(url).download(url, str(dest), etag=now.etag) == 2048
     assert dest.read_bytes() == b"b" * 2048
+
+
+def test_the_environment_wins_over_the_aws_files_setting_by_setting(tmp_path, monkeypatch):
+    from inputkit.storage.credentials import aws_profile
+
+    config = tmp_path / "config"
+    config.write_text("[profile lab]\nregion = eu-west-3\nendpoint_url = http://file:9000\n")
+    creds = tmp_path / "credentials"
+    creds.write_text("[lab]\naws_access_key_id = FILEKEY\naws_secret_access_key = FILESECRET\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "lab")
+    assert aws_profile() == {"access_key_id": "FILEKEY", "secret_access_key": "FILESECRET",
+                             "region": "eu-west-3", "endpoint": "http://file:9000"}
+    monkeypatch.setenv("AWS_REGION", "us-east-2")  # a region alone keeps the file's endpoint
+    assert aws_profile()["endpoint"] == "http://file:9000" and "region" not in aws_profile()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://env:9000")
+    assert "endpoint" not in aws_profile()
+
+
+def test_aws_endpoint_url_s3_is_the_endpoint_the_client_uses(s3, bucket, monkeypatch):
+    url = f"s3://{bucket}/x.bin"
+    s3.put(url, b"found")
+    endpoint = s3.env()["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    assert open_store(url).read(url) == b"found"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Mapping
 
 
 def aws_profile() -> dict[str, str]:
@@ -29,15 +30,23 @@ def aws_profile() -> dict[str, str]:
                                  ("token", "aws_session_token")):
                 if section.get(theirs):
                     found[ours] = section[theirs]
-    if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
-        config = _read(os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
-        name = profile if profile == "default" else f"profile {profile}"
-        if config.has_section(name) and config[name].get("region"):
-            found["region"] = config[name]["region"]
-        if config.has_section(name) and config[name].get("endpoint_url") and \
-                not os.environ.get("AWS_ENDPOINT_URL"):
-            found["endpoint"] = config[name]["endpoint_url"]
+    config = _read(os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+    name = profile if profile == "default" else f"profile {profile}"
+    settings: Mapping[str, str] = config[name] if config.has_section(name) else {}
+    # the environment wins over the file, each setting on its own (a region in the
+    # environment used to hide the file's endpoint_url too)
+    if settings.get("region") and not (os.environ.get("AWS_REGION")
+                                      or os.environ.get("AWS_DEFAULT_REGION")):
+        found["region"] = settings["region"]
+    if settings.get("endpoint_url") and not environment_endpoint():
+        found["endpoint"] = settings["endpoint_url"]
     return found
+
+
+def environment_endpoint() -> str | None:
+    """The S3 endpoint the environment names: AWS_ENDPOINT_URL_S3 (the service's own, first,
+    as the AWS tools take it), else AWS_ENDPOINT_URL."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def azure_connection_string() -> dict[str, str]:

@@ -254,10 +254,12 @@ class S3Store(Store):
     def _build(self) -> Any:
         from obstore.store import S3Store as Client
 
-        from inputkit.storage.credentials import aws_profile
+        from inputkit.storage.credentials import aws_profile, environment_endpoint
 
         cfg = self.settings
         config: dict[str, Any] = aws_profile()
+        if environment_endpoint():  # the client reads AWS_ENDPOINT_URL, not the _S3 one
+            config["endpoint"] = environment_endpoint()
         if cfg.endpoint:
             config["endpoint"] = cfg.endpoint
         if cfg.region:
@@ -265,8 +267,7 @@ class S3Store(Store):
         if cfg.anonymous:
             config["skip_signature"] = True
         config.update(cfg.options)
-        endpoint = (config.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL"))
+        endpoint = config.get("endpoint")
         return _built(self.base, lambda: Client(
             self.base.bucket, config=config, client_options=self._client_options(endpoint),
             retry_config={"max_retries": 0}))
