@@ -179,3 +179,22 @@ def test_aws_endpoint_url_s3_is_the_endpoint_the_client_uses(s3, bucket, monkeyp
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     assert open_store(url).read(url) == b"found"
+
+
+def test_read_many_works_from_a_thread_whose_event_loop_is_running(s3, bucket):
+    """An inline worker in a notebook (or an async framework) calls read_many from a thread
+    that runs an event loop, where asyncio.run refuses."""
+    import asyncio
+
+    urls = [f"s3://{bucket}/img-{i}.jpg" for i in range(5)]
+    for i, url in enumerate(urls):
+        s3.put(url, bytes([i]) * (i + 1))
+    store = open_store(urls[0])
+
+    async def inside_a_loop() -> list[bytes | storage.StorageError]:
+        return store.read_many(urls + [f"s3://{bucket}/missing.jpg"])
+
+    got = asyncio.run(inside_a_loop())
+    assert got[:5] == [bytes([i]) * (i + 1) for i in range(5)]
+    assert isinstance(got[5], storage.StorageError) and got[5].kind == "not_found"
+    assert got[5].url == f"s3://{bucket}/missing.jpg"

@@ -12,6 +12,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -173,7 +174,7 @@ class Store:
         client = self.client()
         paths = [self._path(u) for u in urls]
         with counters.waiting():
-            return asyncio.run(self._gather(obs, client, list(urls), paths))
+            return _run_async(lambda: self._gather(obs, client, list(urls), paths))
 
     async def _gather(self, obs: Any, client: Any, urls: list[str],
                       paths: list[str]) -> list[bytes | StorageError]:
@@ -374,6 +375,18 @@ def _store_for(url: str, cfg: StorageSettings) -> Store:
 
 def _rebuild(base_url: str, cfg: StorageSettings) -> Store:
     return _store_for(base_url, cfg)
+
+
+def _run_async(make: Any) -> Any:
+    """``asyncio.run(make())``, also from a thread whose event loop is running (a notebook's,
+    an async framework's, with inline workers), where asyncio.run refuses: there the
+    coroutine runs to completion on a helper thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="inputkit-storage-async") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _obstore() -> Any:
