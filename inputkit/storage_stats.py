@@ -50,7 +50,11 @@ def remote_where(source_cfg: Mapping[str, Any]) -> str | None:
     for value in source_cfg.values():
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(item, str) and is_remote(item):
-                return item.rsplit("/", 1)[0] + "/" if "/" in item.split("://", 1)[1] else item
+                head, _, last = item.rstrip("/").rpartition("/")
+                # a file name or a pattern names its folder; a prefix (s3://b/imgs) itself
+                if "/" in item.split("://", 1)[1] and any(c in last for c in "{*?[."):
+                    return head + "/"
+                return item.rstrip("/") + "/"
     return None
 
 
