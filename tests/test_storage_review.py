@@ -198,3 +198,33 @@ def test_read_many_works_from_a_thread_whose_event_loop_is_running(s3, bucket):
     assert got[:5] == [bytes([i]) * (i + 1) for i in range(5)]
     assert isinstance(got[5], storage.StorageError) and got[5].kind == "not_found"
     assert got[5].url == f"s3://{bucket}/missing.jpg"
+
+
+def test_read_many_waits_for_the_processs_request_slots(s3, bucket):
+    """storage.concurrency bounds the requests in flight in the whole process: read_many
+    in one thread waits while other threads hold every slot, and goes on once they are
+    given back."""
+    import threading
+
+    from inputkit.storage.store import _slots
+
+    urls = [f"s3://{bucket}/obj-{i}" for i in range(3)]
+    for url in urls:
+        s3.put(url, url.encode())
+    store = open_store(urls[0])
+    store.head(urls[0])  # the client built before the slots are taken
+    concurrency = storage.settings()[0].concurrency
+    slots = _slots(concurrency)
+    for _ in range(concurrency):
+        assert slots.acquire(timeout=10)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(store.read_many(urls)))
+    try:
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not got  # every slot is held elsewhere
+    finally:
+        for _ in range(concurrency):
+            slots.release()
+    reader.join(timeout=30)
+    assert not reader.is_alive() and got == [[u.encode() for u in urls]]

@@ -179,6 +179,9 @@ class Store:
     async def _gather(self, obs: Any, client: Any, urls: list[str],
                       paths: list[str]) -> list[bytes | StorageError]:
         gate = asyncio.Semaphore(self.settings.concurrency)
+        # the process's gate too: several threads each in read_many (thread workers) or
+        # beside blocking reads must together keep storage.concurrency requests in flight
+        slots = _slots(self.settings.concurrency)
 
         async def one(url: str, path: str) -> bytes | StorageError:
             async def request() -> bytes:
@@ -186,10 +189,13 @@ class Store:
                 return bytes(await response.bytes_async())
 
             async with gate:
+                await _acquire(slots)
                 try:
                     data = await retry.call_async(url, self.settings, request)
                 except StorageError as exc:
                     return exc
+                finally:
+                    slots.release()
             counters.add("bytes_read", len(data))
             return data
 
@@ -421,6 +427,14 @@ def _slots(concurrency: int) -> threading.BoundedSemaphore:
             if gate is None or gate[0] != os.getpid() or gate[1] != concurrency:
                 gate = _slot_gate = (os.getpid(), concurrency, threading.BoundedSemaphore(concurrency))
     return gate[2]
+
+
+async def _acquire(slots: threading.BoundedSemaphore) -> None:
+    """Take a slot of the process's gate without blocking the event loop."""
+    pause = 0.0005
+    while not slots.acquire(blocking=False):
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def _check_range(url: str, start: int, length: int) -> None:
