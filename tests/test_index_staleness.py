@@ -51,3 +51,25 @@ def test_a_list_replaced_with_same_size_and_mtime_is_read_again(tmp_path):
     again = ImageListSource(str(listing), VAL)
     assert again.run_info()["index"]["from_cache"] is False
     assert again.labels.tolist() == [5, 6]
+
+
+def test_a_cache_folder_without_symbolic_links_leaves_no_index_file_behind(tmp_path,
+                                                                          monkeypatch):
+    import inputkit.sources.index_cache as index_cache
+
+    images = [jpeg_bytes(photo(40, 30, i)) for i in range(4)]
+    write_shards(tmp_path / "s", images, [0, 1, 2, 3], per_shard=2)
+    folder = Path(index_cache.cache_root()) / "index"
+    before = set(folder.iterdir()) if folder.exists() else set()
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(index_cache.os, "symlink", no_links)
+    for _ in range(2):
+        source = ImageShardSource(str(tmp_path / "s" / "*.tar"), VAL)
+        assert source.labels.tolist() == [0, 1, 2, 3]
+        assert source.run_info()["index"]["from_cache"] is False
+        assert "not cached" in source.run_info()["index"]["why"]
+    after = set(folder.iterdir()) if folder.exists() else set()
+    assert after == before

@@ -114,8 +114,15 @@ def _publish(link: str, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> 
     target = f"{stem}-{uuid.uuid4().hex[:12]}.idx"
     index = IndexFile.write(target, arrays, meta)
     temp = f"{link}.{os.getpid()}.{uuid.uuid4().hex[:8]}.link"
-    os.symlink(os.path.basename(target), temp)
-    os.replace(temp, link)
+    try:
+        os.symlink(os.path.basename(target), temp)
+        os.replace(temp, link)
+    except OSError:  # no symbolic links here (some network or FUSE folders): a build no link
+        index.close()  # names would be left behind by every start, never reused nor pruned
+        for leftover in (temp, target):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+        raise
     cutoff = time.time() - _KEEP_OLD_BUILDS_S
     for old in glob.glob(glob.escape(stem) + "-*.idx"):
         with contextlib.suppress(OSError):
