@@ -228,3 +228,29 @@ def test_read_many_waits_for_the_processs_request_slots(s3, bucket):
             slots.release()
     reader.join(timeout=30)
     assert not reader.is_alive() and got == [[u.encode() for u in urls]]
+
+
+def test_a_worker_killed_mid_request_leaves_no_request_in_flight(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from inputkit.storage import counters
+
+    monkeypatch.setenv(counters.ENV_DIR, str(tmp_path))
+    code = ("from inputkit.storage import counters; counters.add('requests', 3);"
+            "counters.add('in_flight', 2); print('counted', flush=True); input()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "counted"
+        assert counters.stats()["in_flight"] == 2  # alive: its requests are in flight
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+    after = counters.stats()
+    assert after["requests"] == 3 and after["in_flight"] == 0

@@ -146,7 +146,7 @@ def prepare(own: bool = False) -> str:
 
 def stats() -> dict[str, int]:
     """Every counter summed over the processes of this run (this one and the workers it
-    started, finished ones included)."""
+    started, finished ones included; the in_flight gauge of live ones only)."""
     totals = dict.fromkeys(NAMES, 0)
     folder = os.environ.get(ENV_DIR)
     if not folder or not os.path.isdir(folder):
@@ -161,6 +161,11 @@ def stats() -> dict[str, int]:
             continue
         if len(data) < _SIZE:
             continue
+        pid = name.split("-", 1)[0].split(".", 1)[0]
+        # a process that died mid-request (killed worker) left its in_flight gauge raised:
+        # its counts stay, its requests are no longer in flight
+        dead = pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
         for i, key in enumerate(NAMES):
-            totals[key] += _SLOT.unpack_from(data, i * _SLOT.size)[0]
+            if not (dead and key == "in_flight"):
+                totals[key] += _SLOT.unpack_from(data, i * _SLOT.size)[0]
     return totals
