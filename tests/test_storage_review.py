@@ -254,3 +254,28 @@ def test_a_worker_killed_mid_request_leaves_no_request_in_flight(tmp_path, monke
                 pipe.close()
     after = counters.stats()
     assert after["requests"] == 3 and after["in_flight"] == 0
+
+
+def test_runs_configured_from_several_threads_at_once_do_not_trip_over_each_other():
+    """Two runners started from threads of one process both write the run's settings file."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def configure_often(concurrency: int) -> None:
+        try:
+            for _ in range(100):
+                storage.configure({"concurrency": concurrency}, None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=configure_often, args=(c,)) for c in (3, 5, 7, 9)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == [] and not any(t.is_alive() for t in threads)
+        assert storage.settings()[0].concurrency in (3, 5, 7, 9)
+    finally:
+        reset()

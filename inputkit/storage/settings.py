@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,9 +89,10 @@ def configure(storage_cfg: Mapping[str, Any] | None, cache_cfg: Mapping[str, Any
     from inputkit.storage import counters
 
     path = os.path.join(counters.prepare(own=True), SETTINGS_FILE)
-    with open(path + ".tmp", "w") as out:
+    temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"  # runs configured from threads
+    with open(temp, "w") as out:
         out.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(temp, path)
 
 
 def settings() -> tuple[StorageSettings, CacheSettings]:
