@@ -63,9 +63,14 @@ def test_a_remote_glob_leaves_hidden_objects_and_folder_markers_out(s3, bucket):
     assert storage.expand(f"{base}/*.tar", "source.urls") == \
         [f"{base}/a.tar", f"{base}/b.tar", f"{base}/empty.tar"]
     assert storage.expand(f"{base}/.*.tar", "source.urls") == [f"{base}/.c.tar"]
+    s3.put(f"{base}/full/", b"")  # a marker with objects below it: no HEAD needed
+    s3.put(f"{base}/full/x.tar", b"tar!")
     before = storage.stats()["errors"]
+    requests = storage.stats()["requests"]
     listed = [info.url for info in open_store(base).list(f"{base}/")]
     assert f"{base}/sub" not in listed and f"{base}/empty.tar" in listed
+    assert f"{base}/full" not in listed and f"{base}/full/x.tar" in listed
+    assert storage.stats()["requests"] - requests == 3  # the LIST, a HEAD each: sub, empty.tar
     assert storage.expand(f"{base}/*", "k") == [f"{base}/{n}" for n in ("a.tar", "b.tar",
                                                                       "empty.tar")]
     assert storage.stats()["errors"] == before  # telling a marker apart is not an error

@@ -8,6 +8,7 @@ so a source holding one can travel to a worker process. Every request goes throu
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import threading
@@ -97,15 +98,21 @@ class Store:
         def listing() -> list[dict[str, Any]]:
             return [meta for batch in obs.list(client, prefix=folder or None) for meta in batch]
 
-        found = [self._info(meta) for meta in self._call(url_prefix, listing)]
-        return sorted((info for info in found if info.url.startswith(url_prefix)
-                       and not (info.size == 0 and self._is_marker(info.url))),
-                      key=lambda info: info.url)
+        found = sorted((self._info(meta) for meta in self._call(url_prefix, listing)),
+                       key=lambda info: info.url)
+        urls = [info.url for info in found]
+        return [info for info in found if info.url.startswith(url_prefix)
+                and not (info.size == 0 and self._is_marker(info.url, urls))]
 
-    def _is_marker(self, url: str) -> bool:
+    def _is_marker(self, url: str, urls: list[str]) -> bool:
         """Whether a listed empty object is a "folder" marker (``data/sub/``, made by a
         console's "create folder"): the client lists it without its slash, and that name
-        answers 404, so a glob or a prefix would hand a source a URL nobody can read."""
+        answers 404, so a glob or a prefix would hand a source a URL nobody can read. One
+        with objects below it (``urls``, sorted) is a marker without asking; an empty
+        folder's costs one HEAD."""
+        below = bisect.bisect_left(urls, url + "/")
+        if below < len(urls) and urls[below].startswith(url + "/"):
+            return True
         obs = _obstore()
         path, client = self._path(url), self.client()
 
