@@ -152,6 +152,8 @@ class Runner:
                                                key=f"{spec.key_prefix}processors")
                 schema = ChunkSchema(spec.source["_target_"])
                 resume = self._resume_for(spec, length)
+                if length is not None:  # (then every device has a dispatcher: a prefetcher runs)
+                    _expect_prefetcher(source)  # before process workers take a pickled copy
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
                                               slots, length, slot=first_slot + index,
@@ -460,6 +462,16 @@ def _epoch_orders(spec: Any, source: BoundSource | None, length: int | None) -> 
         groups = sample_groups(source.obj, length, f"{spec.key_prefix}epoch.shuffle",
                                spec.source["_target_"])
     return EpochOrders(length, spec.epoch, groups)
+
+
+def _expect_prefetcher(source: BoundSource | None) -> None:
+    """Mark a source's remote shards as fed by a ShardPrefetcher now, before the coordinators
+    pickle the source for process workers: a copy pickled without the mark downloaded shards
+    itself beside the prefetcher (twice the downloads, evictions ranked by no order)."""
+    shards = getattr(source.obj, "remote_shards", None) if source is not None else None
+    remote = shards() if callable(shards) else None
+    if remote is not None:
+        remote.prefetched = True
 
 
 def _shard_prefetcher(name: str, source: BoundSource | None, dispatchers: list[Any]) -> Any:

@@ -259,11 +259,12 @@ def test_a_run_from_a_bucket_stays_in_budget_and_reads_each_shard_once_per_epoch
         s3_bucket, shard_files, tmp_path, kind) -> None:
     """Two epochs of epoch.shuffle=shards from s3:// with a cache that holds four of the eight
     shards: every sample exactly once per epoch, the cache folder sampled throughout never
-    above cache.max_bytes, each shard downloaded once per epoch by the prefetcher; a second
-    run starts on what the first left cached (fewer shards downloaded)."""
+    above cache.max_bytes, each shard downloaded at most once per epoch, by the prefetcher
+    alone; a second run starts on what the first left cached (fewer shards downloaded)."""
     from conftest import make_cfg
 
     from inputkit import Runner, storage
+    from inputkit.storage.prefetch import ShardPrefetcher
 
     url = _upload(s3_bucket, shard_files)
     largest = max(p.stat().st_size for p in shard_files)
@@ -290,11 +291,13 @@ def test_a_run_from_a_bucket_stays_in_budget_and_reads_each_shard_once_per_epoch
     sampler = threading.Thread(target=sample, name="test-cache-sampler")
     sampler.start()
     misses = []
+    per_epoch: list[dict] = []
     try:
         for _ in range(2):  # the second run: a restart over the same cache
             before = storage.stats()["cache_misses"]
             with Runner(cfg) as runner:
                 epochs = _labels_of_epochs(runner, 2)
+                per_epoch += [s.fetched for s in runner._stages if isinstance(s, ShardPrefetcher)]
             misses.append(storage.stats()["cache_misses"] - before)
             for labels in epochs:
                 assert sorted(labels) == list(range(SHARDS * PER_SHARD))
@@ -303,6 +306,86 @@ def test_a_run_from_a_bucket_stays_in_budget_and_reads_each_shard_once_per_epoch
         sampler.join(5)
         storage.configure(None, None)
     assert 0 < peak[0] <= max_bytes, f"the cache folder held {peak[0]:,} bytes > {max_bytes:,}"
-    # indexing fetches each shard once, then each epoch once more for those evicted meanwhile
-    assert misses[0] <= SHARDS + 2 * SHARDS, misses
+    # indexing fetches each shard once, the memory probe's chunk (read in the parent before
+    # the run starts) at most one shard; then the prefetcher alone (process workers' copies
+    # know it runs) downloads each shard at most once per epoch
+    assert len(per_epoch) == 2
+    assert 0 <= misses[0] - SHARDS - sum(per_epoch[0].values()) <= 1, (misses, per_epoch)
+    assert 0 <= misses[1] - sum(per_epoch[1].values()) <= 1, (misses, per_epoch)
+    for fetched in per_epoch:
+        assert all(n == 1 for n in fetched.values()), f"(epoch, shard) downloads: {fetched}"
     assert misses[1] < misses[0], f"the second run downloaded as much as the first: {misses}"
+
+
+def test_each_thread_opens_a_cached_shard_once_and_closes_an_evicted_copy(
+        s3_bucket, shard_files, tmp_path) -> None:
+    """A read is one pread of the shard's cached copy, opened once per thread and shard (not
+    once per sample); a copy the cache evicts (unlinked under the open file) is closed, made
+    local again and reopened, and the process holds no descriptor of it afterwards."""
+    from inputkit import storage
+    from inputkit.sources.image_shards import ImageShardSource
+
+    storage.configure(None, {"dir": str(tmp_path / "cache"), "max_bytes": "1MiB"})
+    try:
+        source = ImageShardSource(_upload(s3_bucket, shard_files), transforms=TRANSFORMS)
+        files = source._files
+        everything = np.arange(len(source))
+        first = source.read(everything)
+        assert files.opens == SHARDS and files.open_count() == SHARDS
+        again = source.read(everything[::-1])  # every sample once more: no file opened
+        assert files.opens == SHARDS
+        assert sorted(again["label"].tolist()) == sorted(first["label"].tolist())
+
+        url = source.shards[0]
+        evicted = source.remote_set.cache.path(url)
+        assert source.remote_set.cache.evict(url)
+
+        def open_on_evicted() -> int:
+            found = 0
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    found += os.readlink(f"/proc/self/fd/{fd}") == evicted + " (deleted)"
+            return found
+
+        assert open_on_evicted() == 1  # still open, its bytes still on disk
+        in_shard_0 = everything[np.asarray(source.shard_of) == 0]
+        chunk = source.read(in_shard_0)
+        assert sorted(chunk["label"].tolist()) == sorted(first["label"][in_shard_0].tolist())
+        assert files.opens == SHARDS + 1 and open_on_evicted() == 0
+        source.close()
+        assert files.open_count() == 0
+    finally:
+        storage.configure(None, None)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_shards_that_fit_the_budget_are_downloaded_once_per_run_not_per_epoch(
+        s3_bucket, shard_files, tmp_path, kind) -> None:
+    """With room for every shard, indexing downloads each shard once and the epochs read those
+    copies: no download in two epochs of epoch.shuffle=shards, none in a second run (a shard
+    read this epoch is kept while the budget has room, not evicted at once)."""
+    from conftest import make_cfg
+
+    from inputkit import Runner, storage
+
+    url = _upload(s3_bucket, shard_files)
+    max_bytes = sum(p.stat().st_size + META_BYTES for p in shard_files) + (64 << 10)
+    cfg = make_cfg({"_target_": "inputkit.sources.image_shards.ImageShardSource", "urls": url,
+                    "transforms": TRANSFORMS},
+                   batch_size=4, workers={"kind": kind, "count": 2},
+                   epoch={"shuffle": "shards", "shuffle_window": 2, "seed": 5, "count": 2},
+                   cache={"dir": str(tmp_path / "cache"), "max_bytes": max_bytes,
+                          "read_ahead": 2})
+    misses = []
+    try:
+        for _ in range(2):
+            before = storage.stats()["cache_misses"]
+            with Runner(cfg) as runner:
+                epochs = _labels_of_epochs(runner, 2)
+            misses.append(storage.stats()["cache_misses"] - before)
+            for labels in epochs:
+                assert sorted(labels) == list(range(SHARDS * PER_SHARD))
+    finally:
+        storage.configure(None, None)
+    assert misses == [SHARDS, 0], f"downloads per run: {misses} (indexing alone needs {SHARDS})"

@@ -100,6 +100,15 @@ def tree_cpu() -> float:
     return total + reaped.ru_utime + reaped.ru_stime
 
 
+def storage_stats() -> dict[str, int] | None:
+    """inputkit's storage counters so far (every process of the run), or None for a peer."""
+    if "inputkit.storage" not in sys.modules:
+        return None
+    from inputkit import storage
+
+    return storage.stats()
+
+
 def child(args: argparse.Namespace) -> None:
     def say(**event: Any) -> None:
         print(json.dumps(event), flush=True)
@@ -116,7 +125,7 @@ def child(args: argparse.Namespace) -> None:
                     first = time.perf_counter() - (began if epoch == 1 else t0)
                 images += len(batch_images)
             say(event="done", epoch=epoch, images=images, seconds=time.perf_counter() - t0,
-                cpu_s=tree_cpu() - cpu0, first_batch_s=first)
+                cpu_s=tree_cpu() - cpu0, first_batch_s=first, storage=storage_stats())
     finally:
         loader.close()
 
@@ -197,6 +206,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="workers/processes per loader")
     parser.add_argument("--peer", action="append", help="rows to run (default: all)")
     parser.add_argument("--work", default=None, help="folder for the formats (default: a tmp folder)")
+    parser.add_argument("--json", default=None, help="also write every row's figures here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--remote", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -238,6 +248,8 @@ def main() -> None:
             cache = tempfile.mkdtemp(prefix=f"cache-{key}-", dir=work)
             print(f"measuring {key} ...", file=sys.stderr)
             measured[key] = run_row(key, f"s3://{BUCKET}/{fmt}", data, cache, args.workers, env)
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=1))
     print_table(table, measured, args.workers)
 
 

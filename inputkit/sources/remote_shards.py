@@ -85,14 +85,13 @@ class RemoteShards:
 
     # making a shard local -------------------------------------------------------------------
 
-    def fetch(self, shard: int, next_use: NextUse | None = None, ahead: bool = False) -> str:
-        """Download shard ``shard`` into the cache unless it is there; its local path.
-        ``ahead``: see DiskCache.fetch (a read-ahead that may raise NoRoom)."""
+    def fetch(self, shard: int, next_use: NextUse | None = None) -> str:
+        """Download shard ``shard`` into the cache unless it is there; its local path."""
         from inputkit import storage
 
         url = self.urls[shard]
         return self.cache.fetch(url, self.sizes[shard], self.etags[shard],
-                                storage.open_store(url).download, next_use, ahead)
+                                storage.open_store(url).download, next_use)
 
     def local(self, shard: int, epoch: int) -> str:
         """The local file of shard ``shard`` for a read in ``epoch``: waited for when the
@@ -108,6 +107,8 @@ class RemoteShards:
         url = self.urls[shard]
         marker = self.failure_marker(shard, epoch)
 
+        want = self.want_marker(shard)
+
         def failed() -> str | None:
             if self.stopped:
                 return "the run is closing: the shard prefetcher stopped"
@@ -115,16 +116,35 @@ class RemoteShards:
                 with open(marker, encoding="utf-8") as f:
                     return f.read() or f"the shard prefetcher could not download '{url}'"
             except FileNotFoundError:
-                return None
+                pass
+            # still not cached: (re)leave the want record, which the prefetcher clears once
+            # the shard is cached, even if it is evicted again before this worker looks
+            try:
+                open(want, "a").close()
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(want), exist_ok=True)
+                open(want, "a").close()
+            return None
 
-        if self.cache.cached(url, self.sizes[shard], self.etags[shard]) is None:
-            with open(self.want_marker(shard), "a"):
-                pass  # the prefetcher fetches a shard a worker waits for, whatever its order
         return self.cache.wait_for(url, self.sizes[shard], self.etags[shard], _WAIT_S, failed)
 
     def want_marker(self, shard: int) -> str:
-        """The (empty) file a waiting worker leaves for the prefetcher."""
-        return f"{self.cache.path(self.urls[shard])}.want"
+        """The (empty) file a waiting worker leaves for the prefetcher, in a folder of its own
+        (``<cache.dir>/want``: the prefetcher lists that small folder, not every shard)."""
+        return os.path.join(self.cache.root, "want", self.cache.key(self.urls[shard]))
+
+    def waited_for(self) -> list[int]:
+        """The shards some worker is waiting for (has left a want record for), in order."""
+        try:
+            names = os.listdir(os.path.join(self.cache.root, "want"))
+        except FileNotFoundError:
+            return []
+        if not names:
+            return []
+        numbers = self.__dict__.get("_numbers")
+        if numbers is None:
+            numbers = self._numbers = {self.cache.key(u): i for i, u in enumerate(self.urls)}
+        return sorted(numbers[n] for n in names if n in numbers)
 
     def clear_want(self, shard: int) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -148,10 +168,11 @@ class RemoteShards:
         keys = {self.cache.key(u) for u in self.urls}
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(folder):
-                if (".failed-" in name and name.split(".failed-", 1)[0] in keys) or \
-                        (name.endswith(".want") and name[:-5] in keys):
+                if ".failed-" in name and name.split(".failed-", 1)[0] in keys:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(folder, name))
+        for shard in range(len(self.urls)):
+            self.clear_want(shard)
 
     # indexing -------------------------------------------------------------------------------------
 

@@ -41,11 +41,6 @@ _POLL_S = 0.02
 NextUse = Callable[[str], float]  # url -> when it is needed next (math.inf: not this epoch)
 
 
-class NoRoom(StorageError):
-    """A fetch ahead of need found no room without evicting an object still needed this
-    epoch; nothing was downloaded (the prefetcher tries again once reads have moved on)."""
-
-
 @dataclass(frozen=True)
 class Cached:
     """One object in the cache: where it came from and how large it is."""
@@ -156,17 +151,14 @@ class DiskCache:
     # fetching ---------------------------------------------------------------------------------
 
     def fetch(self, url: str, size: int, etag: str | None, download: Callable[[str, str], int],
-              next_use: NextUse | None = None, ahead: bool = False) -> str:
+              next_use: NextUse | None = None) -> str:
         """The local file of ``url``, downloaded with ``download(url, dest_path)`` unless a
         matching copy is cached (a stale one, of another size or etag, is replaced).
 
         ``next_use(url)`` ranks objects by when they are needed next (smaller is sooner;
         math.inf: not needed again this epoch): to make room, the cache evicts objects
         needed later than this one, farthest first, and never one needed sooner. Without
-        it, the least recently used go first. ``ahead`` (a read-ahead nobody waits for yet):
-        only objects not needed again this epoch may go, and when that leaves no room it
-        raises :class:`NoRoom` at once instead of waiting, so a shard fetched ahead never
-        pushes out one that would then be downloaded twice in the epoch.
+        it, the least recently used go first.
         """
         if size + META_BYTES > self.max_bytes:
             raise StorageError(url, "other", f"'{url}' is {size:,} bytes, more than the whole "
@@ -187,7 +179,7 @@ class DiskCache:
             self._remove(path)  # a stale copy (size or etag changed), if any
             part, dest = path + ".part", path + ".dl"
             _remove_download(path)  # left by a crashed download (we hold its lock)
-            self._reserve(url, part, size, next_use, ahead)
+            self._reserve(url, part, size, next_use)
             try:
                 written = download(url, dest)
                 actual = os.path.getsize(dest)
@@ -236,13 +228,10 @@ class DiskCache:
 
     # internals ----------------------------------------------------------------------------------
 
-    def _reserve(self, url: str, part: str, size: int, next_use: NextUse | None,
-                 ahead: bool = False) -> None:
+    def _reserve(self, url: str, part: str, size: int, next_use: NextUse | None) -> None:
         """Write the reservation record ``part`` once the budget has room, evicting as allowed."""
         need = size + META_BYTES
         mine = next_use(url) if next_use is not None else -math.inf
-        if ahead and next_use is not None:
-            mine = math.inf  # only objects not needed this epoch may make room
         deadline = time.monotonic() + self.wait_s
         while True:
             with self._budget_lock():
@@ -260,10 +249,6 @@ class DiskCache:
                     with open(part, "w") as f:
                         f.write(str(need))  # the reservation, visible to every process
                     return
-            if ahead:
-                raise NoRoom(url, "other", f"no room for '{url}' ahead of need: the cache "
-                             f"(cache.max_bytes={self.max_bytes:,}) holds {used:,} bytes still "
-                             "needed this epoch")
             if time.monotonic() > deadline:
                 raise StorageError(url, "other", f"the disk cache has no room for '{url}' "
                                    f"({size:,} bytes) after {self.wait_s:g} s: "

@@ -7,15 +7,13 @@ which every sample was delivered or skipped; over several devices, the smallest 
 - it keeps the next ``read_ahead`` shards from ``low`` (by first position in the order)
   cached or downloading, plus any shard a worker is waiting for (its ``.want`` record;
   with ``read_ahead=0`` only those);
-- a shard whose last position in this epoch is below ``low`` stays cached while the budget
-  has room (the next epoch, or the next run, reads it without a download) and is the first
-  to go when room is needed;
+- a worker's want record is read from one small folder (``RemoteShards.waited_for``), and
+  a shard found cached is checked in full once, then by its file alone;
+- when every shard fits ``cache.max_bytes``, a shard stays cached once read (the next epoch
+  and the next run read it without a download); otherwise a shard is evicted once its last
+  position in this epoch is below ``low``, leaving room for the shards ahead;
 - the cache makes room by Belady's rule with each shard's next use (its first position
-  still ahead, else ``low``; not needed again this epoch: infinity). A read-ahead only
-  pushes out shards not needed again this epoch: when that leaves no room it waits until
-  ``low`` moves (``NoRoom``), so a shard fetched ahead never evicts one that would then be
-  downloaded twice in the epoch; only a shard a worker waits for may evict a shard needed
-  later;
+  still ahead, else ``low``; not needed again this epoch: infinity);
 - a download that fails after the storage layer's retries is recorded for that epoch
   (``RemoteShards.mark_failed``): the workers waiting for the shard raise it (on_error=skip:
   its samples of this epoch alone are skipped, counted), and it is tried again next epoch.
@@ -36,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.storage.cache import NoRoom
+from inputkit.storage.cache import META_BYTES
 
 _POLL_S = 0.02
 
@@ -55,7 +53,7 @@ class ShardPrefetcher:
         self.dispatchers = list(dispatchers)
         self.read_ahead = read_ahead
         self._stop = threading.Event()
-        self._todo: queue.Queue[tuple[int, int, bool] | None] = queue.Queue()
+        self._todo: queue.Queue[tuple[int, int] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._busy: set[int] = set()  # shards queued or downloading
         self._failed: set[tuple[int, int]] = set()  # (epoch, shard) given up on this epoch
@@ -63,7 +61,11 @@ class ShardPrefetcher:
         self._first = np.zeros(0, dtype=np.int64)
         self._last = np.zeros(0, dtype=np.int64)
         self._low = 0
-        self._no_room_at = -1  # ``low`` when a read-ahead last found no room (-1: none)
+        self._have: set[int] = set()  # shards whose cached copy was found complete
+        self._paths = [remote.cache.path(u) for u in remote.urls]
+        self._shard_of = {u: i for i, u in enumerate(remote.urls)}
+        # every shard fits at once: keep what was read (epochs and runs after need no download)
+        self._all_fit = sum(s + META_BYTES for s in remote.sizes) <= remote.cache.max_bytes
         self.downloads = 0  # shards downloaded by this prefetcher
         self.fetched: dict[tuple[int, int], int] = {}  # (epoch, shard) -> downloads
         self._threads = [threading.Thread(target=self._plan, name=f"inputkit-prefetch-{name}",
@@ -114,12 +116,14 @@ class ShardPrefetcher:
             if epoch != self._epoch:
                 self._new_epoch(epoch, order)
             self._low = low
-            for shard, ahead in self._wanted(epoch, low):
+            if not self._all_fit:
+                self._evict_done(low)
+            for shard in self._wanted(epoch, low):
                 with self._lock:
                     if shard in self._busy or (epoch, shard) in self._failed:
                         continue
                     self._busy.add(shard)
-                self._todo.put((epoch, shard, ahead))
+                self._todo.put((epoch, shard))
             self._stop.wait(_POLL_S)
 
     def _new_epoch(self, epoch: int, order: np.ndarray) -> None:
@@ -133,25 +137,49 @@ class ShardPrefetcher:
         last[shard_at] = positions
         self._first, self._last, self._epoch = first, last, epoch
 
-    def _wanted(self, epoch: int, low: int) -> list[tuple[int, bool]]:
-        """(shard, ahead) to fetch: any shard a worker waits for (ahead=False), then the next
-        ``read_ahead`` shards still to read from ``low`` (ahead=True; none while the last
-        read-ahead at this ``low`` found no room)."""
-        waited = [s for s in range(len(self.remote))
-                  if os.path.exists(self.remote.want_marker(s))]
-        wanted = [(s, False) for s in waited]
-        if self._no_room_at != low:
-            ahead = np.flatnonzero(self._last >= low)
-            ahead = ahead[np.argsort(self._first[ahead], kind="stable")][:self.read_ahead]
-            wanted += [(s, True) for s in ahead.tolist() if s not in waited]
-        return [(s, a) for s, a in wanted if self.remote.cache.cached(
-            self.remote.urls[s], self.remote.sizes[s], self.remote.etags[s]) is None]
+    def _evict_done(self, low: int) -> None:
+        """Evict the shards whose last use this epoch is behind ``low`` (when not every shard
+        fits the budget: room for the ones ahead)."""
+        for shard in np.flatnonzero((self._last >= 0) & (self._last < low)).tolist():
+            if self._is_cached(shard):
+                self.remote.cache.evict(self.remote.urls[shard])
+                self._have.discard(shard)
+
+    def _wanted(self, epoch: int, low: int) -> list[int]:
+        """Any shard a worker waits for, then the next ``read_ahead`` shards still to read from
+        ``low``: those not cached."""
+        waited = []
+        for shard in self.remote.waited_for():
+            if self._last[shard] >= low:
+                waited.append(shard)
+            else:  # read to its end this epoch: a record left as its download ended
+                self.remote.clear_want(shard)
+        ahead = np.flatnonzero(self._last >= low)
+        ahead = ahead[np.argsort(self._first[ahead], kind="stable")][:self.read_ahead]
+        missing = []
+        for shard in waited + [s for s in ahead.tolist() if s not in waited]:
+            if not self._is_cached(shard):
+                missing.append(shard)
+            elif shard in waited:
+                self.remote.clear_want(shard)  # left after its download ended: satisfied
+        return missing
+
+    def _is_cached(self, shard: int) -> bool:
+        """Whether ``shard``'s complete copy is cached: its record checked once, then only that
+        its file is still there (an eviction unlinks it; only this prefetcher replaces it)."""
+        if shard in self._have and os.path.exists(self._paths[shard]):
+            return True
+        self._have.discard(shard)
+        if self.remote.cache.cached(self.remote.urls[shard], self.remote.sizes[shard],
+                                    self.remote.etags[shard]) is None:
+            return False
+        self._have.add(shard)
+        return True
 
     def next_use(self, url: str) -> float:
         """When ``url`` is needed next in this epoch (a position), for the cache's evictions."""
-        try:
-            shard = self.remote.urls.index(url)
-        except ValueError:
+        shard = self._shard_of.get(url)
+        if shard is None:
             return math.inf
         if shard >= len(self._last) or self._last[shard] < self._low:
             return math.inf
@@ -164,16 +192,14 @@ class ShardPrefetcher:
             job = self._todo.get()
             if job is None:
                 return
-            epoch, shard, ahead = job
+            epoch, shard = job
             try:
                 if self.remote.cache.cached(self.remote.urls[shard], self.remote.sizes[shard],
                                             self.remote.etags[shard]) is None:
-                    self.remote.fetch(shard, self.next_use, ahead)
+                    self.remote.fetch(shard, self.next_use)
                     with self._lock:
                         self.downloads += 1
                         self.fetched[(epoch, shard)] = self.fetched.get((epoch, shard), 0) + 1
-            except NoRoom:
-                self._no_room_at = self._low  # try again once reads move on
             except Exception as exc:  # noqa: BLE001 - recorded for the workers that need it
                 with self._lock:
                     self._failed.add((epoch, shard))
