@@ -284,3 +284,28 @@ def test_runs_configured_from_several_threads_at_once_do_not_trip_over_each_othe
         assert storage.settings()[0].concurrency in (3, 5, 7, 9)
     finally:
         reset()
+
+
+def test_a_range_file_behaves_as_a_file_at_its_edges(s3, bucket):
+    import io
+
+    from inputkit.sources.remote_files import RangeFile
+
+    url = f"s3://{bucket}/blob.bin"
+    data = bytes(range(256)) * 40
+    s3.put(url, data)
+    local, remote = io.BytesIO(data), RangeFile(url, len(data), block=1000)
+    for whence, offset, size in [(io.SEEK_SET, 0, 10), (io.SEEK_CUR, 995, 20),
+                                 (io.SEEK_END, -5, 100), (io.SEEK_END, 50, 10),
+                                 (io.SEEK_SET, 3000, -1), (io.SEEK_SET, 7, 0)]:
+        assert remote.seek(offset, whence) == local.seek(offset, whence)
+        assert remote.read(size) == local.read(size)
+        assert remote.tell() == local.tell()
+    buffer = bytearray(64)
+    remote.seek(len(data) - 10)
+    assert remote.readinto(buffer) == 10 and bytes(buffer[:10]) == data[-10:]
+    with pytest.raises(ValueError, match="never negative"):
+        remote.seek(-1)
+    with pytest.raises(ValueError, match="never negative"):
+        remote.seek(-len(data) - 1, io.SEEK_END)
+    remote.close()

@@ -151,8 +151,13 @@ class RangeFile(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"seek of '{self.url}': invalid whence {whence!r}")
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + int(offset))
+        if base + int(offset) < 0:  # as a file does: clamping to 0 would read other bytes
+            raise ValueError(f"seek of '{self.url}' to byte {base + int(offset)}: a position "
+                             "is never negative")
+        self._pos = base + int(offset)
         return self._pos
 
     def read(self, size: int | None = -1) -> bytes:
