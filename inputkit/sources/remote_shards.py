@@ -16,6 +16,7 @@ Nothing here imports a storage client until a URL is remote.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -89,9 +90,11 @@ class RemoteShards:
         """Download shard ``shard`` into the cache unless it is there; its local path."""
         from inputkit import storage
 
-        url = self.urls[shard]
-        return self.cache.fetch(url, self.sizes[shard], self.etags[shard],
-                                storage.open_store(url).download, next_use)
+        url, etag = self.urls[shard], self.etags[shard]
+        # the version listed and indexed, or a StorageError: never a replaced object's bytes
+        # read through offsets of the old one
+        download = functools.partial(storage.open_store(url).download, etag=etag)
+        return self.cache.fetch(url, self.sizes[shard], etag, download, next_use)
 
     def local(self, shard: int, epoch: int) -> str:
         """The local file of shard ``shard`` for a read in ``epoch``: waited for when the
