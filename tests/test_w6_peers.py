@@ -5,6 +5,10 @@ reason (docs/benchmarks.md#w6-object-storage has the install recipe)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -69,18 +73,48 @@ def test_peer_reads_each_image_once_per_epoch(peer: StoragePeer, tiny_shards: Pa
     cache = tmp_path / "cache"
     cache.mkdir()
     workers = 2 if peer.key == "webdataset" else 1
-    loader = peer.open(s3_bucket.url(peer.fmt), data, str(cache), workers=workers, seed=0)
-    try:
-        for epoch in (1, 2):
-            labels: Counter[int] = Counter()
-            for images, batch_labels in loader.epoch():
-                assert tuple(images.shape[1:]) == (3, 224, 224)
-                assert str(images.dtype) == "torch.uint8"
-                assert len(images) == len(batch_labels)
-                labels.update(int(label) for label in batch_labels)
-            assert labels == Counter(range(COUNT)), f"epoch {epoch}: {labels}"
-            if epoch == 1:
-                cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 0]
-                assert cached, f"{peer.key} left nothing in its cache folder {cache}"
-    finally:
-        loader.close()
+    # Each peer reads in a fresh interpreter, as W6 runs every row: LitData's loader crashed
+    # (SIGSEGV) in a pytest process that had run inputkit's storage tests before it (threads
+    # of other clients alive at its fork), which says nothing about either library's reading.
+    args = [peer.key, s3_bucket.url(peer.fmt), str(data), str(cache), str(workers)]
+    done = subprocess.run([sys.executable, "-c", _READ_TWO_EPOCHS, *args], capture_output=True,
+                          text=True, timeout=170, env=dict(os.environ))
+    assert done.returncode == 0, f"{peer.key} failed:\n{done.stderr[-4000:]}"
+    epochs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(epochs) == 2
+    for epoch, found in enumerate(epochs, start=1):
+        assert found["shapes"] == [[3, 224, 224]], f"epoch {epoch}: {found['shapes']}"
+        assert found["dtypes"] == ["torch.uint8"], f"epoch {epoch}: {found['dtypes']}"
+        labels = Counter(found["labels"])
+        assert labels == Counter(range(COUNT)), f"epoch {epoch}: {labels}"
+        if epoch == 1:
+            assert found["cached_files"] > 0, f"{peer.key} left nothing in its cache folder {cache}"
+
+
+# Run in a child: read two epochs with the named peer; print per epoch the labels, the
+# batch shapes and dtypes seen, and (after epoch 1) how many files its cache folder holds.
+_READ_TWO_EPOCHS = """
+import json, sys
+from pathlib import Path
+from inputkit.peers.storage_peers import storage_peer
+
+key, remote, data, cache, workers = sys.argv[1:6]
+loader = storage_peer(key).open(remote, Path(data), cache, workers=int(workers), seed=0)
+epochs = []
+try:
+    for epoch in (1, 2):
+        found = {"labels": [], "shapes": set(), "dtypes": set()}
+        for images, labels in loader.epoch():
+            assert len(images) == len(labels)
+            found["shapes"].add(tuple(images.shape[1:]))
+            found["dtypes"].add(str(images.dtype))
+            found["labels"] += [int(label) for label in labels]
+        found["shapes"] = sorted(list(s) for s in found["shapes"])
+        found["dtypes"] = sorted(found["dtypes"])
+        found["cached_files"] = sum(1 for p in Path(cache).rglob("*")
+                                    if p.is_file() and p.stat().st_size > 0)
+        epochs.append(found)
+finally:
+    loader.close()
+print(json.dumps(epochs))
+"""
