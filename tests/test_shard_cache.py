@@ -389,3 +389,34 @@ def test_shards_that_fit_the_budget_are_downloaded_once_per_run_not_per_epoch(
     finally:
         storage.configure(None, None)
     assert misses == [SHARDS, 0], f"downloads per run: {misses} (indexing alone needs {SHARDS})"
+
+
+def test_start_up_counts_the_listing_and_the_shards_downloaded_to_index(
+        s3_bucket, shard_files, tmp_path) -> None:
+    """A remote start's slow steps say how far they got: the objects listed from a glob, then
+    the shards downloaded and indexed, so the start-up line is never a bare wait."""
+    from inputkit import startup, storage
+    from inputkit.sources.image_shards import ImageShardSource
+
+    seen: list[tuple[int, str, str | None]] = []
+
+    class Recording(startup.StartupClock):
+        def progress(self, done: int, unit: str, label: str | None = None) -> None:
+            seen.append((done, unit, label))
+            super().progress(done, unit, label)
+
+    _upload(s3_bucket, shard_files)
+    storage.configure(None, {"dir": str(tmp_path / "cache"), "max_bytes": "1MiB"})
+    clock = Recording()
+    try:
+        with clock.current(), clock.step("index", "building source"):
+            source = ImageShardSource(s3_bucket.url("train/train-*.tar"), transforms=TRANSFORMS)
+        source.close()
+    finally:
+        storage.configure(None, None)
+    listed = [done for done, unit, label in seen if unit == "objects"]
+    assert listed and listed[-1] >= SHARDS, seen
+    assert any(label and label.startswith("listing s3://") for _, unit, label in seen
+               if unit == "objects")
+    shards = [done for done, unit, _ in seen if unit == "shards"]
+    assert shards == list(range(1, SHARDS + 1)), seen

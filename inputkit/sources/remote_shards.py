@@ -19,7 +19,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 from inputkit.storage.cache import DiskCache, NextUse
@@ -195,9 +195,16 @@ class RemoteShards:
                              f"times before it could be indexed: raise cache.max_bytes "
                              f"(now {self.cache.max_bytes:,})")
 
+        from inputkit.startup import progress
+
         workers = max(1, min(parallel, len(self.urls)))
+        label = f"downloading and indexing {len(self.urls):,} shards"
         with ThreadPoolExecutor(workers, thread_name_prefix="inputkit-index") as pool:
-            return list(pool.map(one, range(len(self.urls))))
+            futures = [pool.submit(one, number) for number in range(len(self.urls))]
+            # counted here, in the caller's thread: the start-up clock is not the pool's
+            for done, _ in enumerate(as_completed(futures), start=1):
+                progress(done, "shards", label)
+            return [future.result() for future in futures]
 
 
 def index_remote(remote: RemoteShards, extensions: tuple[str, ...],

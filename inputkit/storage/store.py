@@ -96,7 +96,13 @@ class Store:
         client = self.client()
 
         def listing() -> list[dict[str, Any]]:
-            return [meta for batch in obs.list(client, prefix=folder or None) for meta in batch]
+            from inputkit.startup import progress
+
+            metas: list[dict[str, Any]] = []
+            for batch in obs.list(client, prefix=folder or None):
+                metas += batch  # a page of up to 1,000: start-up shows the count as it grows
+                progress(len(metas), "objects", f"listing {url_prefix}")
+            return metas
 
         found = sorted((self._info(meta) for meta in self._call(url_prefix, listing)),
                        key=lambda info: info.url)
