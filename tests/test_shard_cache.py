@@ -138,6 +138,28 @@ def test_the_budget_is_never_exceeded_and_farthest_next_use_goes_first(tmp_path)
     assert cache.usage() <= cache.max_bytes
 
 
+def test_a_download_that_lands_mid_scan_is_counted_once(tmp_path) -> None:
+    """usage() lists the folder, then sizes each file: a download that lands in between shows
+    as its object beside its reservation (not yet removed), or beside its partial file (seen
+    before the rename). Each counts once, at the most of the promise and the bytes; counted
+    twice, the budget seemed 2x over to anyone sampling the folder (CI saw 204,257 bytes for a
+    162,388-byte budget holding three 50 kB objects)."""
+    size = 50_000
+    cache = DiskCache(str(tmp_path), 3 * (size + META_BYTES) + 100)
+    path = cache.fetch("s3://b/0.tar", size, None, _writer(b"x" * size))
+    alone = cache.usage()
+    assert size <= alone <= size + META_BYTES
+    with open(path + ".part", "w") as f:  # renamed, reservation not yet removed
+        f.write(str(size + META_BYTES))
+    assert cache.usage() <= size + META_BYTES + 16
+    with open(path + ".dl", "wb") as f:  # the partial file as a scan that began earlier saw it
+        f.write(b"x" * size)
+    assert cache.usage() <= size + META_BYTES + 16
+    os.unlink(path + ".dl")
+    os.unlink(path + ".part")
+    assert cache.usage() == alone
+
+
 def test_everything_still_needed_sooner_waits_then_fails_naming_the_key(tmp_path) -> None:
     size = 40_000
     cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES), wait_s=0.5)

@@ -117,19 +117,27 @@ class DiskCache:
 
     def usage(self) -> int:
         """Bytes the folder holds or has promised: cached objects and their records, plus each
-        download under way at its full size (its reservation), whatever it has written yet."""
+        download under way at its full size (its reservation), whatever it has written yet.
+
+        An object being fetched counts once, at the most of what its reservation promised,
+        its partial file and its file once renamed: the scan is not atomic, so a download
+        that lands mid-scan (its ``.dl`` seen before the rename, the object after, or the
+        object beside a reservation not yet removed) would otherwise count twice."""
         sizes: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.dir):
                 with contextlib.suppress(FileNotFoundError):
                     sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-        total = sum(sizes.values())
-        for name in sizes:
-            if name.endswith(".part"):
-                reserved = _reserved(os.path.join(self.dir, name))
-                key = name[:-5] + ".dl"
-                written = sum(v for n, v in sizes.items() if n.startswith(key))
-                total += max(0, reserved - written)
+        fetching = {name[:-5] for name in sizes if name.endswith(".part")}
+        total = 0
+        for name, size in sizes.items():
+            if not any(name == key or name.startswith(key + ".") for key in fetching):
+                total += size
+        for key in fetching:
+            written = sum(v for n, v in sizes.items() if n.startswith(key + ".dl"))
+            data = max(written, sizes.get(key, 0)) + sizes.get(key + ".meta", 0)
+            reserved = _reserved(os.path.join(self.dir, key + ".part"))
+            total += max(data, reserved) + sizes[key + ".part"]
         return total
 
     def entries(self) -> list[Cached]:
