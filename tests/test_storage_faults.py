@@ -97,17 +97,21 @@ class _CacheWatch:
     def __init__(self, folder) -> None:
         self.folder = str(folder)
         self.peak = 0
+        self.at_peak: list[tuple[str, int]] = []  # what the folder held then, for the message
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="test-cache-watch")
 
     def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
+            seen: list[tuple[str, int]] = []
             for root, _, names in os.walk(os.path.join(self.folder, "objects")):
                 for name in names:
                     with contextlib.suppress(FileNotFoundError):  # renamed or evicted meanwhile
-                        total += os.stat(os.path.join(root, name)).st_size
-            self.peak = max(self.peak, total)
+                        seen.append((name, os.stat(os.path.join(root, name)).st_size))
+                        total += seen[-1][1]
+            if total > self.peak:
+                self.peak, self.at_peak = total, seen
             self._stop.wait(0.002)
 
     def __enter__(self) -> _CacheWatch:
@@ -143,7 +147,7 @@ def test_connections_reset_mid_epoch_are_retried_counted_and_lose_no_sample(
     assert proxy.counts.resets - resets == 3
     assert after["retries"] - before["retries"] == 3
     assert after["errors"] == before["errors"]
-    assert 0 < watch.peak <= max_bytes
+    assert 0 < watch.peak <= max_bytes, f"the cache folder held {watch.at_peak}"
 
 
 def test_requests_delayed_mid_epoch_lose_no_sample(proxied, shard_files, tmp_path) -> None:
@@ -303,7 +307,8 @@ def test_resume_mid_epoch_onto_other_workers_and_devices_within_the_cache_budget
             second = [int(v) for s in streams for b in s for v in b["label"]]
     assert sorted(first + rest) == list(range(SAMPLES)), "epoch 0: each sample exactly once"
     assert sorted(second) == list(range(SAMPLES)), "epoch 1: whole"
-    assert 0 < watch.peak <= max_bytes, f"the cache held {watch.peak:,} > {max_bytes:,} bytes"
+    assert 0 < watch.peak <= max_bytes, \
+        f"the cache held {watch.peak:,} > {max_bytes:,} bytes: {watch.at_peak}"
 
 
 def test_bench_with_bad_credentials_fails_at_once_naming_the_url(tmp_path, monkeypatch) -> None:
