@@ -18,7 +18,8 @@ from conftest import make_cfg
 
 from inputkit import ConfigError, Runner, SourceError, SourceExhausted
 from inputkit.sources.arrays import ArraySource
-from inputkit.sources.shards import ShardSource, expand_braces
+from inputkit.sources.shards import ShardSource
+from inputkit.storage.locations import expand_braces
 
 ARRAYS = "inputkit.sources.arrays.ArraySource"
 SHARDS = "inputkit.sources.shards.ShardSource"

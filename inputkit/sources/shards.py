@@ -20,13 +20,11 @@ with no shard (fewer shards than workers) stops at once.
 from __future__ import annotations
 
 import bz2
-import glob
 import gzip
 import io
 import json
 import lzma
 import os
-import re
 import tarfile
 import threading
 import weakref
@@ -43,6 +41,7 @@ from inputkit.sources.protocol import field_names
 from inputkit.sources.remote_files import RangeFile, is_url
 from inputkit.sources.remote_files import expand as remote_expand
 from inputkit.sources.remote_files import store as remote_store
+from inputkit.storage.locations import _expand_local
 
 NAME = "inputkit.sources.shards.ShardSource"
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg"})
@@ -506,26 +505,7 @@ def _expand_urls(urls: str | Sequence[str]) -> list[str]:
         if "://" in entry or entry.startswith("pipe:"):
             raise ValueError(f"urls: '{entry}' is neither a local path nor an s3://, gs://, "
                              "az:// or http(s):// URL; name the shards by one of those")
-        found: list[str] = []
-        missing: list[str] = []
-        for path in expand_braces(entry):
-            if _GLOB.search(path):
-                found += sorted(p for p in glob.glob(path) if not os.path.isdir(p))
-            elif os.path.isdir(path):
-                raise ValueError(f"urls: '{path}' is a directory; name its shards, e.g. "
-                                 f"'{os.path.join(path, '*.tar')}'")
-            elif os.path.isfile(path):
-                found.append(path)
-            else:
-                missing.append(path)
-        if missing:
-            if len(missing) == 1 and missing[0] == entry:
-                raise ValueError(f"urls: no such file: '{entry}'{_resolved(entry)}")
-            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-            raise ValueError(f"urls: {len(missing)} file(s) of '{entry}' do not exist: {shown}")
-        if not found:
-            raise ValueError(f"urls: no files match '{entry}'{_resolved(entry)}")
-        shards += found
+        shards += _expand_local(entry, "urls")  # braces and globs, as every source reads them
     seen: set[str] = set()
     for path in shards:
         if path in seen:
@@ -533,34 +513,6 @@ def _expand_urls(urls: str | Sequence[str]) -> list[str]:
                              "per epoch")
         seen.add(path)
     return shards
-
-
-_GLOB = re.compile(r"[*?[]")
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Shell-style brace expansion: ``a-{00..02}.tar`` -> a-00.tar, a-01.tar, a-02.tar;
-    ``{train,val}.tar`` -> train.tar, val.tar. Braces that are neither stay as they are."""
-    match = _BRACE.search(pattern)
-    if match is None:
-        return [pattern]
-    body = match.group(1)
-    numbers = _RANGE.match(body)
-    if numbers:
-        first, last = numbers.groups()
-        padded = any(len(n.lstrip("-")) > 1 and n.lstrip("-").startswith("0") for n in (first, last))
-        width = max(len(first), len(last)) if padded else 0
-        step = 1 if int(last) >= int(first) else -1
-        options = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
-    elif "," in body:
-        options = body.split(",")
-    else:  # not an expansion: keep the braces, expand what follows
-        head = pattern[:match.end()]
-        return [head + rest for rest in expand_braces(pattern[match.end():])]
-    head, tail = pattern[:match.start()], pattern[match.end():]
-    return [head + option + rest for option in options for rest in expand_braces(tail)]
 
 
 def _field_list(fields: Sequence[str] | str | None) -> list[str] | None:
