@@ -116,6 +116,23 @@ class FlakyFetch:
         return _chunk(np.arange(8), 2)
 
 
+class LateFirstFetch:
+    """Endless fetch of 64-sample chunks of ``dim`` float32 columns; worker ``late``'s first
+    call takes ``seconds`` (one actor's first answer arriving well after the others')."""
+
+    def __init__(self, dim: int = 4096, late: int = 1, seconds: float = 1.5) -> None:
+        self.dim = dim
+        self.late = late
+        self.seconds = seconds
+        self.calls = 0
+
+    def fetch(self, worker_id: int, batch_size_hint: int) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if worker_id == self.late and self.calls == 1:
+            time.sleep(self.seconds)
+        return _chunk(np.arange(64), self.dim)
+
+
 class Hangs:
     """Endless fetch; after ``after`` good calls (per process), one call sleeps ``seconds``."""
 

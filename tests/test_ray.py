@@ -258,6 +258,34 @@ def test_inflight_bytes_bound_what_the_pipeline_pins():
     assert max(peaks) >= chunk  # it did pin something: the bound is what held it
 
 
+def test_the_first_calls_count_against_the_cap_once_a_chunk_is_sized():
+    """Each actor's first call goes out before any answer tells a chunk's size (estimated at
+    0 bytes). A first answer arriving late must be counted once the size is known, or the
+    calls handed out meanwhile fill the cap and it lands on top (a CI run saw 4 chunks
+    pinned under a 3-chunk cap). A watcher samples the ledger every millisecond."""
+    chunk = 64 * (4096 * 4 + 8)
+    cap = 3 * chunk + 100
+    cfg = ray_cfg({"_target_": "faulty:LateFirstFetch", "dim": 4096, "late": 1, "seconds": 1.5},
+                  batch_size=64, ray={"inflight_bytes": cap})
+    pinned, done = [], threading.Event()
+    with Runner(cfg) as runner:
+        def watch() -> None:
+            while not done.is_set():
+                stats = runner.stats().coordinators[0].workers.ray
+                pinned.append(stats.inflight_bytes + stats.held_bytes)
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for i, _ in enumerate(runner.device(0)):
+            time.sleep(0.2)  # far slower than the actors: the pipeline stays full to its cap
+            if i == 15:
+                break
+        done.set()
+        watcher.join(timeout=10)
+    assert max(pinned) <= cap, f"pinned {max(pinned):,} bytes under a cap of {cap:,}"
+
+
 def test_resume_from_process_workers_to_ray_and_back():
     source = {"_target_": SYN, "fields": {"x": {"shape": [2], "dtype": "float32"}},
               "length": 1000, "id_field": "id"}

@@ -220,6 +220,8 @@ class RayWorkerPool(FailsOnce):
         """Give every live actor calls up to workers.ray.inflight, within the byte cap."""
         objects = self._objects
         limit = self._options.inflight if objects.sized else 1  # unsized: one call each
+        if objects.sized:
+            self._size_unsized_calls()
         for actor in self._actors:
             while not actor.finished and len(actor.calls) < limit and not self._stop.is_set():
                 item = None
@@ -243,6 +245,17 @@ class RayWorkerPool(FailsOnce):
                 actor.calls.append(call)
                 self._by_ref[ref] = (actor, call)
                 objects.asked(estimate)
+
+    def _size_unsized_calls(self) -> None:
+        """Count the calls sent before any answer sized a chunk (estimated at 0 bytes then)
+        at the size now known, before another call is weighed against the cap: otherwise
+        each actor's first answer lands uncounted and the pool pins a chunk over its cap."""
+        for actor in self._actors:
+            for call in actor.calls:
+                if call.estimate == 0:
+                    call.estimate = self._objects.estimate(
+                        None if call.item is None else len(call.item.remaining))
+                    self._objects.asked(call.estimate)
 
     # the receiver thread -----------------------------------------------------------------------
 
