@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from inputkit import kinds
 from inputkit.chunk import ChunkSchema
 from inputkit.errors import ConfigError
 from inputkit.messages import Failure
@@ -54,33 +55,8 @@ def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None
                   batch_size_hint=spec.batch_size, out=out, label=label,
                   thread_prefix=thread_prefix, on_failure=on_failure, policy=spec.failures,
                   dispatcher=dispatcher)
-    if spec.worker_kind in ("thread", "inline"):
-        if source is None:
-            raise ConfigError(f"{spec.key_prefix}workers.kind", f"{spec.worker_kind} workers need "
-                              "the source built in this process")
-        if spec.worker_kind == "inline":  # the consumer fetches: what it makes goes to an inbox
-            from inputkit.workers.inline import InlineWorkerPool
-
-            del common["out"]
-            return InlineWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
-        return ThreadWorkerPool(source=source, processors=processors, **common)  # type: ignore[arg-type]
-    if spec.worker_kind == "process":
-        from inputkit.sources.loader import built_copy
-        from inputkit.workers.processes import ProcessWorkerPool
-
-        return ProcessWorkerPool(
-            built=built_copy(source), source_config=spec.source,
-            source_key=f"{spec.key_prefix}source",
-            source_name=spec.source["_target_"], start_method=spec.start_method,
-            slots=slot_count(spec, device), slot_bytes=spec.slot_bytes,
-            processors=spec.processors, processors_seed=spec.epoch.seed,
-            processors_key=f"{spec.key_prefix}processors", **common)  # type: ignore[arg-type]
-    if spec.worker_kind == "ray":
-        from inputkit.memory_terms import held_views
-        from inputkit.workers.ray_pool import RayWorkerPool
-
-        chunks, limits = held_views(spec)  # the views its queues may hold: the default cap
-        return RayWorkerPool(spec=spec, downstream=(chunks, sum(limits)), **common)  # type: ignore[arg-type]
-    raise ConfigError(f"{spec.key_prefix}workers.kind",
-                      f"unknown worker kind '{spec.worker_kind}'; available: thread, process, "
-                      "inline, ray")
+    kind = kinds.get(spec.worker_kind, f"{spec.key_prefix}workers.kind")
+    if kind.source_here and source is None:
+        raise ConfigError(f"{spec.key_prefix}workers.kind", f"{spec.worker_kind} workers need "
+                          "the source built in this process")
+    return kind.make_pool(spec, device, source=source, processors=processors, **common)  # type: ignore[no-any-return]
