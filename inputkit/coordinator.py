@@ -21,15 +21,15 @@ from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
 from inputkit.device import DeviceTransform, make_device_stage
 from inputkit.errors import InputkitError, WorkerFailure
-from inputkit.inline import InlineStage
+from inputkit.inline_stage import InlineStage
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
-from inputkit.queues import BoundedQueue, QueueClosed
+from inputkit.queues import BoundedQueue, QueueClosed, Stage
 from inputkit.sources.loader import BoundSource
 from inputkit.stats import CoordinatorStats
 from inputkit.work import Dispatcher, EpochEnd, EpochOrders
 from inputkit.workers import WorkerPool, make_worker_pool
-from inputkit.workers.inline import InlineWorkerPool
+from inputkit.workers.inline_pool import InlineWorkerPool
 
 
 class Abort:
@@ -120,9 +120,11 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._stop = threading.Event()
         inline = spec.worker_kind == "inline"  # the whole chain in the consumer's thread
         self.chunk_queue = None if inline else BoundedQueue(
-            f"{spec.name}/{device}/chunks", spec.chunk_capacity, spec.chunk_capacity_bytes)
+            f"{spec.name}/{device}/chunks", spec.chunk_capacity, spec.chunk_capacity_bytes,
+            stage=Stage.CHUNKS)
         self.batch_queue = None if inline else BoundedQueue(
-            f"{spec.name}/{device}/batches", spec.batch_capacity, spec.batch_capacity_bytes)
+            f"{spec.name}/{device}/batches", spec.batch_capacity, spec.batch_capacity_bytes,
+            stage=Stage.BATCHES)
         # An indexable source (length known) is read by index range: exactly once per epoch.
         slot = device_index if slot is None else slot
         first_epoch, consumed = resume if resume is not None else (0, {})

@@ -32,7 +32,7 @@ from inputkit.config.normalize import NormalizeSpec, check_fields, transformed_f
 from inputkit.errors import ConfigError
 from inputkit.float_buffers import FloatBuffers
 from inputkit.messages import END, Failure
-from inputkit.queues import BoundedQueue, QueueClosed
+from inputkit.queues import BoundedQueue, QueueClosed, Stage
 
 
 def resolve_devices(requested: tuple[str, ...], local_rank: int | None = None) -> list[str]:
@@ -206,7 +206,7 @@ class CpuThreadStage:
         self._where = where
         self.transform = transform
         self._convert = CpuDeviceStage(batches, transform).convert
-        self._ready = BoundedQueue(f"{name}/device", prefetch)
+        self._ready = BoundedQueue(f"{name}/device", prefetch, stage=Stage.DEVICE)
         self.thread = threading.Thread(target=self._run, name=f"inputkit-{name}-normalize",
                                        daemon=True)
 
@@ -263,7 +263,7 @@ class CudaDeviceStage:
         self._where = where
         self._transform = transform if transform is not None and transform.active else None
         self._stream = torch.cuda.Stream(device=self._device)
-        self._ready = BoundedQueue(f"{name}/device", prefetch)
+        self._ready = BoundedQueue(f"{name}/device", prefetch, stage=Stage.DEVICE)
         # Staging sets in flight; a set is reused once the event of its copy has completed.
         self._staging: deque[tuple[dict[str, Any], Any]] = deque()
         self._free: list[dict[str, Any]] = []

@@ -21,13 +21,6 @@ from inputkit.queues import QueueStats
 from inputkit.stats import CoordinatorStats
 from inputkit.workers.base import RayStats
 
-STAGES = {"chunks": "chunk queue", "batches": "batch queue", "device": "device prefetch"}
-
-
-def stage_name(queue_name: str) -> str:
-    """``main/0/chunks`` -> ``chunk queue``."""
-    return STAGES.get(queue_name.rsplit("/", 1)[-1], queue_name)
-
 
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity), which is what its workers can use."""
@@ -138,7 +131,7 @@ def _queue(now: QueueStats, before: QueueStats | None, span: float, idle_s: floa
     else:
         full = now.time_full_s - before.time_full_s
         empty = now.time_empty_s - before.time_empty_s
-    return QueueEvidence(stage=stage_name(now.name), capacity=now.capacity, items=now.items,
+    return QueueEvidence(stage=now.stage, capacity=now.capacity, items=now.items,
                          bytes=now.bytes, full=_share(full, span), empty=_share(empty, span),
                          max_bytes=now.max_bytes)
 

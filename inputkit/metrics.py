@@ -13,7 +13,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from inputkit.queues import QueueStats
+from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import RayStats
 
@@ -30,11 +30,7 @@ class QueueWindow:
     peak_bytes: int
     full: float  # share of the window at capacity
     empty: float  # share of the window empty
-
-    @property
-    def stage(self) -> str:
-        return {"chunks": "chunk queue", "batches": "batch queue",
-                "device": "device prefetch"}.get(self.name.rsplit("/", 1)[-1], self.name)
+    stage: Stage = Stage.OTHER
 
 
 _STATES = ("reading", "idle", "starting", "done", "dead")
@@ -202,7 +198,8 @@ def _queue_window(now: QueueStats, before: QueueStats | None) -> QueueWindow:
         full = _share(now.time_full_s, before.time_full_s, span)
         empty = _share(now.time_empty_s, before.time_empty_s, span)
     return QueueWindow(name=now.name, items=now.items, capacity=now.capacity, bytes=now.bytes,
-                       max_bytes=now.max_bytes, peak_bytes=now.peak_bytes, full=full, empty=empty)
+                       max_bytes=now.max_bytes, peak_bytes=now.peak_bytes, full=full, empty=empty,
+                       stage=now.stage)
 
 
 class MovingWindow:

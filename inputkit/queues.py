@@ -12,9 +12,26 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 _POLL_S = 0.05
+
+
+class Stage(StrEnum):
+    """Which stage of the chain a queue feeds, set where the queue is made (the one place that
+    knows it; views and verdicts read it instead of parsing queue names)."""
+
+    CHUNKS = "chunk queue"
+    BATCHES = "batch queue"
+    DEVICE = "device prefetch"
+    OTHER = "queue"
+
+    @property
+    def short(self) -> str:
+        """The one-word label of progress lines: ``chunks``, ``batches``, ``device``."""
+        return {"chunk queue": "chunks", "batch queue": "batches",
+                "device prefetch": "device"}.get(self.value, self.value)
 
 
 class QueueClosed(Exception):  # noqa: N818 - a signal, not an error
@@ -46,6 +63,7 @@ class QueueStats:
     put_wait_s: float
     get_wait_s: float
     elapsed_s: float
+    stage: Stage = Stage.OTHER
 
     @property
     def fill(self) -> float:
@@ -66,12 +84,14 @@ class QueueStats:
 class BoundedQueue:
     """FIFO of at most ``capacity`` payload items; control items bypass the bound."""
 
-    def __init__(self, name: str, capacity: int, max_bytes: int | None = None) -> None:
+    def __init__(self, name: str, capacity: int, max_bytes: int | None = None,
+                 stage: Stage = Stage.OTHER) -> None:
         if capacity < 1:
             raise ValueError(f"queue '{name}': capacity must be >= 1, got {capacity}")
         if max_bytes is not None and max_bytes < 1:
             raise ValueError(f"queue '{name}': max_bytes must be >= 1, got {max_bytes}")
         self.name = name
+        self.stage = stage
         self.capacity = capacity
         # With a byte limit, a put waits while the bytes would go over it, unless the queue
         # is empty: one item larger than the limit still passes, so nothing deadlocks.
@@ -186,7 +206,7 @@ class BoundedQueue:
                 bytes_in=self._bytes_in, bytes_out=self._bytes_out,
                 time_full_s=full, time_empty_s=empty,
                 put_wait_s=self._put_wait, get_wait_s=self._get_wait,
-                elapsed_s=now - self._created,
+                elapsed_s=now - self._created, stage=self.stage,
             )
 
     def _append(self, item: Any, nbytes: int, counts: bool) -> None:

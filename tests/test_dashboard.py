@@ -20,9 +20,12 @@ from inputkit.dashboard import Dashboard, plain_lines, render
 from inputkit.diagnosis import diagnose, live_warnings
 from inputkit.metrics import MovingWindow
 from inputkit.probes import GilReading
-from inputkit.queues import QueueStats
+from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import WorkerPoolStats
+
+# Queue names as the coordinator makes them, and the stage each is made with.
+STAGE_OF = {"chunks": Stage.CHUNKS, "batches": Stage.BATCHES, "device": Stage.DEVICE}
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 TESTS = Path(__file__).resolve().parent
@@ -127,7 +130,7 @@ def _gil_bound_stats(probes: int, wait_s: float, held: int, cpu_s: float,
         return QueueStats(name=name, capacity=16, max_bytes=None, items=0, bytes=0, peak_items=1,
                           peak_bytes=0, items_in=90, items_out=90, bytes_in=0, bytes_out=0,
                           time_full_s=0.0, time_empty_s=9.0, put_wait_s=0.0, get_wait_s=9.0,
-                          elapsed_s=10.0)
+                          elapsed_s=10.0, stage=STAGE_OF[name.rsplit('/', 1)[-1]])
 
     workers = WorkerPoolStats(kind="thread", workers=2, fetching=2, blocked=0, idle=0, done=0,
                               chunks=90, samples=90 * 64, bytes=0, empty_chunks=0,

@@ -30,9 +30,12 @@ from inputkit.diagnosis import (
 from inputkit.evidence import Evidence, QueueEvidence, evidence
 from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
 from inputkit.probes import GilReading, parse_idle, parse_schedstat
-from inputkit.queues import QueueStats
+from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import WorkerPoolStats
+
+# Queue names as the coordinator makes them, and the stage each is made with.
+STAGE_OF = {"chunks": Stage.CHUNKS, "batches": Stage.BATCHES, "device": Stage.DEVICE}
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 WHERE = "input 'main' on 0:cpu"
@@ -250,7 +253,8 @@ def _qstats(name: str, elapsed: float, empty: float, full: float = 0.0, items: i
     return QueueStats(name=name, capacity=capacity, max_bytes=None, items=items, bytes=nbytes,
                       peak_items=items, peak_bytes=nbytes, items_in=0, items_out=0, bytes_in=0,
                       bytes_out=0, time_full_s=full * elapsed, time_empty_s=empty * elapsed,
-                      put_wait_s=0.0, get_wait_s=0.0, elapsed_s=elapsed)
+                      put_wait_s=0.0, get_wait_s=0.0, elapsed_s=elapsed,
+                      stage=STAGE_OF[name.rsplit('/', 1)[-1]])
 
 
 def coordinator(elapsed: float, batch_empty: float, chunk_empty: float, kind: str = "thread",

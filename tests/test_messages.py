@@ -18,9 +18,12 @@ from inputkit.config.spec import _devices
 from inputkit.diagnosis import diagnose, live_warnings
 from inputkit.messages import Failure
 from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
-from inputkit.queues import QueueStats
+from inputkit.queues import QueueStats, Stage
 from inputkit.sources import SyntheticSource, build_source
 from inputkit.stats import CoordinatorStats, RunnerStats, WorkerPoolStats
+
+# Queue names as the coordinator makes them, and the stage each is made with.
+STAGE_OF = {"chunks": Stage.CHUNKS, "batches": Stage.BATCHES, "device": Stage.DEVICE}
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 FORMS = "write key=value (+key=value adds a key, ~key deletes one)"
@@ -163,7 +166,8 @@ def _queue(name: str, elapsed: float, empty: float) -> QueueStats:
     return QueueStats(name=name, capacity=16, max_bytes=None, items=0, bytes=0, peak_items=0,
                       peak_bytes=0, items_in=0, items_out=0, bytes_in=0, bytes_out=0,
                       time_full_s=0.0, time_empty_s=empty * elapsed, put_wait_s=0.0,
-                      get_wait_s=0.0, elapsed_s=elapsed)
+                      get_wait_s=0.0, elapsed_s=elapsed,
+                      stage=STAGE_OF[name.rsplit('/', 1)[-1]])
 
 
 def _stats(elapsed: float = 2.0, batches: int = 0, finished: bool = False, batch_empty: float = 0.2,

@@ -19,9 +19,12 @@ from inputkit.dashboard import plain_lines, render
 from inputkit.diagnosis import diagnose, judge, live_verdicts, live_warnings
 from inputkit.evidence import Evidence, QueueEvidence, evidence
 from inputkit.metrics import MovingWindow, Window, ray_window
-from inputkit.queues import QueueStats
+from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import ActorStats, RayStats, WorkerPoolStats
+
+# Queue names as the coordinator makes them, and the stage each is made with.
+STAGE_OF = {"chunks": Stage.CHUNKS, "batches": Stage.BATCHES, "device": Stage.DEVICE}
 
 HEAD, WORKER = "10.0.0.1", "10.0.0.2"
 MB = 10**6
@@ -49,7 +52,8 @@ def qstats(name: str, elapsed: float, empty: float = 0.0, capacity: int = 16) ->
     return QueueStats(name=name, capacity=capacity, max_bytes=None, items=0, bytes=0, peak_items=0,
                       peak_bytes=0, items_in=0, items_out=0, bytes_in=0, bytes_out=0,
                       time_full_s=0.0, time_empty_s=empty * elapsed, put_wait_s=0.0,
-                      get_wait_s=0.0, elapsed_s=elapsed)
+                      get_wait_s=0.0, elapsed_s=elapsed,
+                      stage=STAGE_OF[name.rsplit('/', 1)[-1]])
 
 
 def coordinator(elapsed: float, ray: RayStats, batches: int = 100, fetch_wall: float = 0.0,

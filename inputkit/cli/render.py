@@ -38,7 +38,7 @@ def progress_line(snapshot: RunnerStats, previous: RunnerStats | None, elapsed: 
     text.append(f"  {batches:>9,.1f} batches/s", style="cyan")
     text.append(f"  {mbs:>9,.1f} MB/s", style="magenta")
     for c in snapshot.coordinators:
-        fills = " ".join(f"{q.name.rsplit('/', 1)[-1]} {q.items}/{q.capacity}" for q in c.queues)
+        fills = " ".join(f"{q.stage.short} {q.items}/{q.capacity}" for q in c.queues)
         ray = c.workers.ray
         if ray is not None:  # where the actors run, and what this input has in flight
             fills += f" ray {len(ray.actors)} actors/{len(ray.nodes)} nodes in flight " \
