@@ -13,10 +13,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from inputkit.chunk import Chunk
+from inputkit.chunk_stream import ChunkStream
 from inputkit.messages import END, Failure
 from inputkit.queues import BoundedQueue, QueueClosed
 from inputkit.work import INDEX_FIELD, EpochEnd
@@ -127,6 +129,38 @@ class Batcher:
         self.rechunker = Rechunker(batch_size, drop_last, copy_borrowed)
         self.copied_batches = 0
         self.view_batches = 0
+        self._ready: deque[Batch | Any] = deque()  # batches made, then the message after them
+
+    def pull(self, stream: ChunkStream, stop: threading.Event | None = None) -> Batch | Any:
+        """The next finished batch, or the control message next in line (END, an EpochEnd, a
+        Failure), pulling chunks from ``stream`` as needed; QueueClosed once it stops.
+
+        The one place an epoch ends: its remainder becomes its last batch (or is dropped
+        under drop_last) before the EpochEnd or END passes, so no batch mixes two epochs.
+        The batcher thread calls it on the chunk queue; inline, the consumer's thread on the
+        inline pool.
+        """
+        ready = self._ready
+        while not ready:
+            item = stream.get(stop)
+            if isinstance(item, Chunk):
+                made = self.rechunker.add(item.fields, item.n, item.borrowed, item.nbytes)
+                if len(made) == 1:  # the usual case: straight out, no deque
+                    return self.finish(made[0])
+                ready.extend(made)
+            elif item is END or isinstance(item, EpochEnd):
+                last = self.rechunker.flush()
+                if last is not None:
+                    ready.append(last)
+                ready.append(item)
+            else:  # a Failure: passed on at once (nothing follows it)
+                return item
+        item = ready.popleft()
+        return self.finish(item) if isinstance(item, Batch) else item
+
+    def clear(self) -> None:
+        """Forget batches made and not taken (the pipeline stopped)."""
+        self._ready.clear()
 
     def finish(self, batch: Batch) -> Batch:
         if INDEX_FIELD in batch.fields:
@@ -161,24 +195,15 @@ class BatcherThread(Batcher):
         try:
             while not self._stop.is_set():
                 try:
-                    item = self._chunks.get(self._stop)
+                    item = self.pull(self._chunks, self._stop)
                 except QueueClosed:
                     return
-                if isinstance(item, Chunk):
-                    for batch in self.rechunker.add(item.fields, item.n, item.borrowed,
-                                                    item.nbytes):
-                        if not self._emit(batch):
-                            return
-                elif item is END or isinstance(item, EpochEnd):
-                    # No batch mixes two epochs: the epoch's remainder is its last batch.
-                    last = self.rechunker.flush()
-                    if last is not None and not self._emit(last):
+                if isinstance(item, Batch):
+                    if not self._batches.put(item, item.nbytes, self._stop):
                         return
-                    self._batches.put_control(item)
-                    if item is END:
-                        return
-                elif isinstance(item, Failure):
-                    self._batches.put_control(item)
+                    continue
+                self._batches.put_control(item)
+                if item is END or isinstance(item, Failure):
                     return
         except BaseException as exc:  # a bug in re-chunking must reach the consumer, not vanish
             self._batches.put_control(Failure.capture(exc, self._where))
@@ -186,7 +211,3 @@ class BatcherThread(Batcher):
     def join(self, deadline: float) -> list[str]:
         self.thread.join(max(0.0, deadline - time.monotonic()))
         return [self.thread.name] if self.thread.is_alive() else []
-
-    def _emit(self, batch: Batch) -> bool:
-        batch = self.finish(batch)
-        return self._batches.put(batch, batch.nbytes, self._stop)

@@ -1,26 +1,24 @@
 """The whole chain in the consumer's thread: ``workers.kind=inline``.
 
 In place of the batcher thread and the device stage, :class:`InlineStage` answers the
-coordinator's ``get()`` itself: it asks the :class:`~inputkit.workers.inline.InlineWorkerPool`
-for chunks (fetched there and then), re-chunks them into exact batches with the same
-:class:`~inputkit.batcher.Batcher`, and makes tensors as the device stage does. No queue,
-no thread, no wait for a wake-up: the cost of a batch is the fetch and a few microseconds.
+coordinator's ``get()`` itself: the same :class:`~inputkit.batcher.Batcher` pulls chunks
+from the :class:`~inputkit.workers.inline_pool.InlineWorkerPool` (fetched there and then:
+the pool is the chunk stream) and re-chunks them into exact batches, ending epochs as the
+batcher thread does (it is the same code), and this stage makes tensors as the device
+stage does. No queue, no thread, no wait for a wake-up: the cost of a batch is the fetch
+and a few microseconds.
 On CUDA the copy is made on the consumer's stream when the batch is taken (no prefetch).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from typing import Any
 
 from inputkit.batcher import Batch, Batcher
-from inputkit.chunk import Chunk
 from inputkit.device import CpuDeviceStage, DeviceTransform
-from inputkit.messages import END
 from inputkit.queues import BoundedQueue
-from inputkit.work import EpochEnd
-from inputkit.workers.inline import InlineWorkerPool
+from inputkit.workers.inline_pool import InlineWorkerPool
 
 
 class InlineStage:
@@ -34,7 +32,6 @@ class InlineStage:
         self.device = device
         self._pool = pool
         self._batcher = batcher
-        self._ready: deque[Any] = deque()  # batches, then the control message that follows them
         self._tensors = CpuDeviceStage(None).convert  # type: ignore[arg-type]
         self._to_device = None if device == "cpu" else _copier(device)
         # device.normalize / channels_last: after the copy, as the device stages do it.
@@ -44,28 +41,14 @@ class InlineStage:
         """Nothing runs ahead of the consumer: batches are made when it asks."""
 
     def get(self, stop: threading.Event) -> Any:
-        """The next ``(tensors, n, nbytes, indices)``, or END, an EpochEnd, a Failure; None once
-        the runner stopped."""
-        ready = self._ready
-        while not ready:
-            item = self._pool.next_item()
-            if isinstance(item, Chunk):
-                ready.extend(self._batcher.rechunker.add(item.fields, item.n, item.borrowed,
-                                                         item.nbytes))
-            elif item is END or isinstance(item, EpochEnd):
-                last = self._batcher.rechunker.flush()  # no batch mixes two epochs
-                if last is not None:
-                    ready.append(last)
-                ready.append(item)
-            else:  # a Failure, or None: stopped
-                return item
-        item = ready.popleft()
+        """The next ``(tensors, n, nbytes, indices)``, or END, an EpochEnd, a Failure; raises
+        QueueClosed once the runner stopped."""
+        item = self._batcher.pull(self._pool, stop)
         if not isinstance(item, Batch):
             return item
-        batch = self._batcher.finish(item)
         if self._transform is not None:
-            self._transform.check(batch)
-        tensors, n, nbytes, indices = self._tensors(batch)
+            self._transform.check(item)
+        tensors, n, nbytes, indices = self._tensors(item)
         if self._to_device is not None:
             tensors = self._to_device(tensors)
         if self._transform is not None:
@@ -73,7 +56,7 @@ class InlineStage:
         return tensors, n, nbytes, indices
 
     def join(self, deadline: float) -> list[str]:
-        self._ready.clear()
+        self._batcher.clear()
         return []
 
     def queue(self) -> BoundedQueue | None:

@@ -2,8 +2,10 @@
 
 A thread pool hands every chunk across two queues and three threads, and each hand-over
 waits for a wake-up and the GIL: about 30 us a batch here, more than a trivial fetch of
-tiny samples costs. Inline, the consumer's ``next()`` calls fetch (or reads the next
-work item) itself, as ``DataLoader(num_workers=0)`` does, and nothing waits. It is the
+tiny samples costs. Inline, the consumer's ``next()`` pulls a batch from the batcher, which
+pulls chunks from this pool (its ``get``: the chunk stream of inputkit/chunk_stream.py);
+``get`` calls fetch (or reads the next work item) there and then, as
+``DataLoader(num_workers=0)`` does, and nothing waits. It is the
 thread pool's own fetch, checks, processors, failure policies, statistics and
 index-range work (the same :class:`ThreadWorkerPool` code, one worker, no threads), so
 every guarantee holds; what it gives up is overlap: the consumer waits for each fetch.
@@ -25,40 +27,29 @@ from typing import Any
 
 from inputkit.errors import InputkitError, SourceExhausted
 from inputkit.messages import END, Failure
+from inputkit.queues import QueueClosed
 from inputkit.workers.base import WorkerPoolStats
 from inputkit.workers.threads import DONE, IDLE, SETUP, ThreadWorkerPool
 
 
-class Inbox:
-    """Where the inline pool (and its dispatcher) put what they make, for the consumer to take:
-    the bounded queue's ``put`` and ``put_control``, without the bound (one fetch at a time)."""
-
-    def __init__(self) -> None:
-        self.items: deque[Any] = deque()
-
-    def put(self, item: Any, nbytes: int = 0, stop: Any = None) -> bool:
-        self.items.append(item)
-        return True
-
-    def put_control(self, item: Any) -> bool:
-        self.items.append(item)
-        return True
-
-
 class InlineWorkerPool(ThreadWorkerPool):
-    """One worker, run by the caller of :meth:`next_item` (the consumer's thread)."""
+    """One worker, run by the caller of :meth:`get` (the consumer's thread): the pool is the
+    chunk stream the batcher pulls, with no queue between."""
 
     kind = "inline"
 
     def __init__(self, **kwargs: Any) -> None:
-        self.inbox = Inbox()
-        super().__init__(out=self.inbox, **kwargs)  # type: ignore[arg-type]
+        # What one step made, for get() to hand out: a chunk, or (index-range work) what the
+        # dispatcher released with it (the chunk, an EpochEnd, END); or a failure.
+        self._made: deque[Any] = deque()
+        kwargs.pop("out", None)  # there is no chunk queue: get() is the chunk stream
+        super().__init__(out=None, **kwargs)  # type: ignore[arg-type]
         self._threads = []  # the consumer is the worker
         self._wid = self._ids[0]
         self._fetch_call = functools.partial(self._source.fetch, self._wid, self._hint)
         self._set_up = False
         self._ended = False
-        self._consumer = -1  # the thread that calls next_item (for stall reports)
+        self._consumer = -1  # the thread that calls get (for stall reports)
 
     def start(self) -> None:
         """Nothing runs until the consumer asks (setup() too: it runs before the first fetch)."""
@@ -80,17 +71,18 @@ class InlineWorkerPool(ThreadWorkerPool):
         frame = sys._current_frames().get(self._consumer)
         return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
-    def next_item(self) -> Any:
-        """The next chunk, or a control message (END, EpochEnd, a Failure), fetched now.
+    def get(self, stop: threading.Event | None = None) -> Any:
+        """The chunk stream (inputkit/chunk_stream.py): the next chunk, or END, an EpochEnd, a
+        Failure, fetched now in the caller's thread; QueueClosed once stopped.
 
         A failure of the fetch (under the failure policy) comes back as a Failure that names
         the worker and source, as from a thread; KeyboardInterrupt passes straight through.
         """
-        items = self.inbox.items
+        made = self._made
         self._consumer = threading.get_ident()
-        while not items:  # (a failure, from here or the watchdog, is put in the inbox)
-            if self._stop.is_set():
-                return None
+        while not made:  # (a failure, from here or the watchdog, is put there too)
+            if self._stop.is_set() or (stop is not None and stop.is_set()):
+                raise QueueClosed(self._label)
             if self._ended:
                 raise InputkitError(f"{self._label}: iterated past the end of source "
                                     f"'{self._source.name}'")
@@ -98,10 +90,25 @@ class InlineWorkerPool(ThreadWorkerPool):
                 self._step()
             except Exception as exc:
                 self.fail(Failure.capture(exc, self._where(self._wid)))
-        return items.popleft()
+        return made.popleft()
+
+    def fail(self, failure: Any) -> None:
+        """Stop, and hand ``failure`` to the consumer next (the first failure only)."""
+        with self._lock:
+            first = not self._failed
+            self._failed = True
+        self._stop.set()
+        if first:
+            self._made.append(failure)
+            self._on_failure(failure)
+
+    def _emit(self, item: Any) -> bool:
+        """The dispatcher's way downstream: what it releases waits for get(), in order."""
+        self._made.append(item)
+        return True
 
     def _step(self) -> None:
-        """One fetch (or one work item), its result put in the inbox."""
+        """One fetch (or one work item); what it made waits in ``_made``."""
         wid, states = self._wid, self._states
         if not self._set_up:
             self._set_up = True
@@ -128,11 +135,11 @@ class InlineWorkerPool(ThreadWorkerPool):
             chunk = self._fetch(0, wid, self._fetch_call)
         except (SourceExhausted, StopIteration):
             self._finished()
-            self.inbox.put_control(END)
+            self._made.append(END)
             return
         states[wid] = IDLE
         if chunk is not None and chunk.n:
-            self.inbox.items.append(chunk)
+            self._made.append(chunk)
 
     def _finished(self) -> None:
         self._ended = True
