@@ -7,7 +7,6 @@ answer to that (their own issue).
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import threading
@@ -16,17 +15,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
-from inputkit.errors import SourceExhausted
+from inputkit.chunk import Chunk, ChunkSchema
+from inputkit.errors import SourceExhausted, WorkerFailure
 from inputkit.failures import (
     SKIP_SAMPLES,
     FailurePolicy,
     FailureTally,
     FetchTimeout,
-    Skipped,
-    call_with_policy,
     pool_log,
     samples_message,
 )
@@ -35,18 +30,26 @@ from inputkit.probes import GilProbe
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.sources.protocol import reads_epoch
-from inputkit.work import INDEX_FIELD, Dispatcher, WorkItem
+from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import (
     Activity,
     FailsOnce,
-    FetchClock,
     FetchTally,
     WorkerPoolStats,
     inside,
     overdue,
 )
-from inputkit.workers.samples import SampleRead, read_skipping
+from inputkit.workers.outcome import (
+    Done,
+    Empty,
+    FetchSkipped,
+    Got,
+    Outcome,
+    SamplesSkipped,
+    Stopped,
+    error_type,
+)
+from inputkit.workers.step import WorkerStep
 
 IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
 SETUP = "setup"  # inside the shared source's setup() for this worker id
@@ -87,12 +90,9 @@ class ThreadWorkerPool(FailsOnce):
         self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
         self._repeats = pool_log(pool)  # skip and retry messages: the first in full, then counted
         self._activity = Activity.local(len(self._ids))
-        self._clocks = [FetchClock() for _ in self._ids]
-        self._raising = policy.on_error == "raise"
+        self._steps: dict[int, WorkerStep] = {}  # each worker's step, made in its thread
         self._wheres = {wid: f"worker {wid} of {label} (source '{source.name}')" for wid in self._ids}
         self._stalls: tuple[str, ...] = ()
-        self._read: Callable[..., Any] | None = None  # the source's read(indices), once looked up
-        self._by_epoch = False  # ... and whether it takes the epoch
         self._threads = [
             threading.Thread(target=self._run, args=(index, wid),
                              name=f"{thread_prefix}-fetch-{wid}", daemon=True)
@@ -159,21 +159,32 @@ class ThreadWorkerPool(FailsOnce):
     def _where(self, wid: int) -> str:
         return self._wheres[wid]
 
+    def _step_of(self, index: int, wid: int) -> WorkerStep:
+        """Worker ``wid``'s step (workers/step.py): the shared source, its own clocks."""
+        step = self._steps.get(wid)
+        if step is None:
+            step = self._steps[wid] = WorkerStep(
+                self._source, worker_id=wid, num_workers=self._num_workers, hint=self._hint,
+                policy=self._policy, where=self._where(wid), stop=self._stop,
+                schema=self._raw_schema, chain=self._chain, out_schema=self._schema,
+                repeats=self._repeats, activity=self._activity, index=index)
+        return step
+
     def _run(self, index: int, wid: int) -> None:
         states = self._states
         self._activity.started(index)
         try:
-            setup = getattr(self._source.obj, "setup", None)
-            if callable(setup):  # threads share one source object: setup sees every worker id
+            step = self._step_of(index, wid)
+            if step.has_setup:  # threads share one source object: setup sees every worker id
                 states[wid] = SETUP  # timed like a fetch (failures.fetch_timeout)
                 self._activity.fetching(index)
-                setup(wid, self._num_workers)
+                step.setup()
                 self._activity.started(index)
                 states[wid] = IDLE
             if self._dispatcher is not None:
-                self._read_items(index, wid)
+                self._read_items(step, wid)
             else:
-                self._fetch_chunks(index, wid)
+                self._fetch_chunks(step, wid)
         except BaseException as exc:
             self.fail(Failure.capture(exc, self._where(wid)))
         finally:
@@ -184,140 +195,114 @@ class ThreadWorkerPool(FailsOnce):
             if last and not self._stop.is_set() and self._dispatcher is None:
                 self._out.put_control(END)
 
-    def _checked(self, raw: Any, wid: int, expect: int | None, key: Any) -> Chunk:
-        return self._finish(self._check_raw(raw, wid, expect), wid, key)
-
-    def _check_raw(self, raw: Any, wid: int, expect: int | None) -> Chunk:
-        """What the source returned, checked (its schema; ``expect`` samples for a read)."""
-        return check_read(self._raw_schema.check(raw, wid), expect, self._source.name)
-
-    def _finish(self, chunk: Chunk, wid: int, key: Any) -> Chunk:
-        """The processors, and their output checked; ``chunk`` itself without processors."""
-        if self._chain is None:
-            return chunk
-        return self._schema.check(self._chain.apply(chunk.fields, wid, key), wid)
-
-    def _fetch(self, index: int, wid: int, call: Callable[[], Any],
-               expect: int | None = None, key: Any = None) -> Chunk | None:
-        """One fetch, its check and the processors, under the failure policy; None when it was
-        skipped. ``expect``: the number of samples a read(indices) must return; ``key`` seeds
-        the processors (index-range work: the epoch and first index)."""
-        self._states[wid] = FETCHING
-        self._activity.fetching(index)
-        clock = self._clocks[index]
-        clock.start()
-        try:
-            if self._raising:  # on_error=raise: the policy would only re-raise
-                chunk = self._checked(call(), wid, expect, key)
-            else:
-                chunk = call_with_policy(
-                    lambda: self._checked(call(), wid, expect, key),
-                    self._policy, self._where(wid), self._stop,
-                    on_retry=lambda e: self._failures.retried(_describe(e)), repeats=self._repeats)
-        except Skipped as skipped:
-            self._activity.fetched(index, progress=False)
-            limit = self._failures.skipped(_describe(skipped.error), expect or 0)
-            if limit is not None:
-                raise limit from skipped.error
-            return None
-        except BaseException:
-            self._activity.fetched(index, progress=False)
-            raise
-        wall, cpu = clock.stop()
-        self._activity.fetched(index, progress=chunk.n > 0)
-        self._tally.fetched(chunk.n, chunk.nbytes, wall, cpu)
-        self._failures.fetched(chunk.n)  # counted as one fetch, or n samples (index-range work)
-        return chunk
-
-    def _fetch_chunks(self, index: int, wid: int) -> None:
-        fetch = self._source.fetch
-        while not self._stop.is_set():
+    def _fetch_chunks(self, step: WorkerStep, wid: int) -> None:
+        states, stop, out = self._states, self._stop, self._out
+        while not stop.is_set():
+            states[wid] = FETCHING
             try:
-                chunk = self._fetch(index, wid, functools.partial(fetch, wid, self._hint))
-            except (SourceExhausted, StopIteration):
+                chunk = self._fetched(wid, step.fetch())
+            except SourceExhausted:  # (zero-cost unless raised)
                 return
-            if chunk is None or chunk.n == 0:
+            if chunk is None:
                 continue
-            self._states[wid] = BLOCKED
-            if not self._out.put(chunk, chunk.nbytes, self._stop):
+            states[wid] = BLOCKED
+            if not out.put(chunk, chunk.nbytes, stop):
                 return
-            self._states[wid] = IDLE
+            states[wid] = IDLE
 
-    def _read_items(self, index: int, wid: int) -> None:
+    def _fetched(self, wid: int, outcome: Outcome) -> Chunk | None:
+        """Account one fetch's outcome: its chunk, or None (empty, skipped); SourceExhausted at
+        the end; past the skip ceiling, raise."""
+        if type(outcome) is Got:
+            chunk = outcome.chunk
+            if outcome.retries:
+                self._retried(outcome.retries)
+            self._tally.fetched(chunk.n, chunk.nbytes, outcome.wall, outcome.cpu)
+            self._failures.fetched(chunk.n)
+            return chunk
+        if type(outcome) is Empty:
+            self._retried(outcome.retries)
+            self._tally.fetched(0, 0, outcome.wall, outcome.cpu)
+            self._failures.fetched(0)
+            return None
+        if type(outcome) is FetchSkipped:  # logged by the step (it has the pool's log)
+            limit = self._failures.skipped(outcome.why)
+            if limit is not None:
+                raise limit
+            return None
+        if type(outcome) is Done:
+            raise SourceExhausted(self._source.name)
+        raise WorkerFailure(f"{self._where(wid)}: unexpected outcome {outcome!r}")
+
+    def _fetch(self, index: int, wid: int, call: Any = None) -> Chunk | None:
+        """One fetch of worker ``wid``, accounted (for the inline pool, which runs it in the
+        consumer's thread): its chunk, or None; SourceExhausted at the end."""
+        self._states[wid] = FETCHING
+        return self._fetched(wid, self._step_of(index, wid).fetch())
+
+    def _read_item(self, index: int, wid: int, item: WorkItem) -> bool:
+        """Read one work item of worker ``wid`` and hand its chunk to the dispatcher (for the
+        inline pool); False once the pipeline stops."""
+        self._states[wid] = FETCHING
+        step = self._step_of(index, wid)
+        return self._delivered(wid, item, step.read(item.seq, item.epoch, item.remaining))
+
+    def _read_items(self, step: WorkerStep, wid: int) -> None:
         """Index-range work: read the dispatcher's items until the stream is finished."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
+        states = self._states
         while not self._stop.is_set():
-            self._states[wid] = BLOCKED  # waiting for work is not a stall
+            states[wid] = BLOCKED  # waiting for work is not a stall
             item = dispatcher.take(self._stop)
-            if item is None or not self._read_item(index, wid, item):
+            if item is None:
                 return
+            states[wid] = FETCHING
+            if not self._delivered(wid, item, step.read(item.seq, item.epoch, item.remaining)):
+                return
+            states[wid] = IDLE
 
-    def _read_item(self, index: int, wid: int, item: WorkItem) -> bool:
-        """Read one work item and hand its chunk to the dispatcher; False once the pipeline
-        stops."""
+    def _delivered(self, wid: int, item: WorkItem, outcome: Outcome) -> bool:
+        """Account what reading ``item`` came to and hand its chunk to the dispatcher; past the
+        skip ceiling, raise. False once the pipeline stops."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        if self._read is None:
-            self._read = self._source.obj.read
-            self._by_epoch = reads_epoch(self._read)
-        indices = item.remaining
-        key = (item.epoch, int(indices[0])) if len(indices) else None
-        read = functools.partial(self._read, epoch=item.epoch) if self._by_epoch else self._read
-        if self._policy.on_error == "skip":  # a bad sample costs only itself (workers/samples.py)
-            got = self._read_skipping(index, wid, read, indices, key)
-            if got.stopped or not self._account(wid, item, got):
-                return False
-            chunk, indices = got.chunk, got.indices
-        else:
-            chunk = self._fetch(index, wid, functools.partial(read, indices),
-                                expect=len(indices), key=key)
-        if chunk is None:
-            return True
-        chunk = with_field(chunk, INDEX_FIELD, np.array(indices, dtype=np.int64))
-        self._states[wid] = BLOCKED
-        if not dispatcher.deliver(item, chunk, chunk.n, last=True):
+        if type(outcome) is Got:
+            chunk = outcome.chunk
+            self._retried(outcome.retries)
+            if outcome.skipped is not None:
+                if not self._samples_skipped(wid, item, outcome.skipped):
+                    return False
+            else:
+                self._failures.fetched(chunk.n)
+            self._tally.fetched(chunk.n, chunk.nbytes, outcome.wall, outcome.cpu)
+            self._states[wid] = BLOCKED
+            return dispatcher.deliver(item, chunk, chunk.n, last=True)
+        if type(outcome) is SamplesSkipped:
+            return self._samples_skipped(wid, item, outcome)
+        if type(outcome) is Stopped:
             return False
-        self._states[wid] = IDLE
-        return True
+        raise WorkerFailure(f"{self._where(wid)}: unexpected outcome {outcome!r}")
 
-    def _read_skipping(self, index: int, wid: int, read: Callable[[np.ndarray], Any],
-                       indices: np.ndarray, key: Any) -> SampleRead:
-        """One item under on_error=skip, timed like one fetch (its one-by-one reads too)."""
-        self._states[wid] = FETCHING
-        self._activity.fetching(index)
-        clock = self._clocks[index]
-        clock.start()
-        try:
-            got = read_skipping(read, indices, lambda raw, n: self._check_raw(raw, wid, n),
-                                lambda chunk: self._finish(chunk, wid, key), self._policy,
-                                self._where(wid), self._stop,
-                                begin=lambda: self._activity.fetching(index))
-        except BaseException:
-            self._activity.fetched(index, progress=False)
-            raise
-        self._activity.fetched(index, progress=got.chunk is not None)
-        wall, cpu = clock.stop()
-        if got.chunk is not None:
-            self._tally.fetched(got.chunk.n, got.chunk.nbytes, wall, cpu)
-        return got
-
-    def _account(self, wid: int, item: WorkItem, got: SampleRead) -> bool:
-        """Count what reading ``item`` came to, and tell the dispatcher which samples it loses;
-        past the skip ceiling, raise. False once the pipeline stops."""
+    def _samples_skipped(self, wid: int, item: WorkItem, skipped: SamplesSkipped) -> bool:
+        """Count the samples of ``item`` skipped, and tell the dispatcher which it loses (all of
+        them: the item is skipped); past the skip ceiling, raise."""
         dispatcher = self._dispatcher
         assert dispatcher is not None
-        if not got.bad:
-            self._failures.fetched(got.chunk.n if got.chunk is not None else 0)
-            return True
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, got.bad[-1][1].split(":", 1)[0],
-                          samples_message(self._where(wid), got.bad, len(got.ok)))
-        limit = self._failures.read_samples(got.bad, got.ok)
+        bad = skipped.bad
+        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
+                          samples_message(self._where(wid), bad, len(skipped.ok)))
+        limit = self._failures.read_samples(bad, skipped.ok)
         if limit is not None:
             raise limit
-        if got.chunk is None:
+        if skipped.whole_item:
             return dispatcher.skip(item)
-        return dispatcher.drop(item, [index for index, _ in got.bad])
+        return dispatcher.drop(item, [index for index, _ in bad])
+
+    def _retried(self, retries: tuple[str, ...]) -> None:
+        """Count the retries an outcome reports (the step logged them: it has the pool's log)."""
+        for text in retries:
+            self._failures.retried(text)
 
     def _emit(self, item: Any) -> bool:
         """The dispatcher's way downstream: chunks wait for room, control messages do not."""
@@ -325,6 +310,3 @@ class ThreadWorkerPool(FailsOnce):
             return self._out.put(item, item.nbytes, self._stop)
         return self._out.put_control(item)
 
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
