@@ -25,7 +25,7 @@ from inputkit.inline_stage import InlineStage
 from inputkit.messages import END, Failure
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue, QueueClosed, Stage
-from inputkit.sources.loader import BoundSource
+from inputkit.sources.loader import BoundSource, component_names
 from inputkit.stats import CoordinatorStats
 from inputkit.work import Dispatcher, EpochEnd, EpochOrders
 from inputkit.workers import WorkerPool, make_worker_pool
@@ -177,8 +177,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         self._next_s = 0.0
         self._finished = False
         self.epoch = first_epoch  # the epoch the consumer is in (index-range sources)
-        # A mixture: the field naming each sample's component, and the samples received of each.
-        self._component_field, self._component_names = _mixture_fields(spec.source)
+        # A composite source (a mixture): the field naming each sample's component, and the
+        # samples received of each (sources.capabilities.ReportsComponents).
+        self._component_field, self._component_names = component_names(spec.source)
         self._component_counts: Any = None  # a tensor beside the batches' (no sync on CUDA)
         # Index-range sources: the samples the consumer has received, per epoch (bool masks,
         # starting from what a resumed run had already received).
@@ -295,15 +296,3 @@ class Coordinator(Iterator[dict[str, Any]]):
         counts = self._component_counts
         values = counts.tolist() if counts is not None else [0] * len(self._component_names)
         return dict(zip(self._component_names, values, strict=False))
-
-
-def _mixture_fields(source: dict[str, Any]) -> tuple[str | None, tuple[str, ...]]:
-    """A mixture source's component field and its components' names (else ``None, ()``)."""
-    target = str(source.get("_target_", ""))
-    if target != "mixture" and not target.endswith("mixture.Mixture"):  # (or its short name)
-        return None, ()
-    field = source.get("component_field", "component")
-    parts = source.get("components") or []
-    names = tuple(str(p.get("name") or f"component {i}") if isinstance(p, dict) else f"component {i}"
-                  for i, p in enumerate(parts))
-    return (field or None), names

@@ -193,9 +193,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
         tracemalloc.start()
         try:
             try:
-                setup = getattr(source.obj, "setup", None)
-                if callable(setup):  # as the only worker of a private copy
-                    setup(0, 1)
+                source.setup(0, 1)  # as the only worker of a private copy
                 raw = _probe_fetch(source, spec)
                 if chain is not None:  # the sizes that flow downstream are the processed ones
                     from inputkit.chunk import ChunkSchema
@@ -230,12 +228,10 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
                               f"are unknown; {DECLARE_SIZES}")
         sizes = {field_name: (arr.shape[1:], arr.dtype.str, int(arr[:1].nbytes))
                  for field_name, arr in chunk.fields.items()}
-        scratch_of = getattr(source.obj, "read_scratch", None)
-        scratch = scratch_of() if callable(scratch_of) else (0, "")
-        in_place = callable(getattr(source.obj, "read_into", None)) and not spec.processors \
-            and indexed_length(source.obj) is not None
-        mapped_of = getattr(source.obj, "mapped_bytes", None)
-        mapped = mapped_of() if callable(mapped_of) else (0, "")
+        caps = source.caps
+        scratch = source.obj.read_scratch() if caps.read_scratch else (0, "")
+        in_place = caps.read_into and not spec.processors and indexed_length(source.obj) is not None
+        mapped = source.obj.mapped_bytes() if caps.mapped_bytes else (0, "")
         if keep is not None:
             keep[spec.name] = unclosed.pop()
         chunk_key = "epoch.chunk_size" if indexed_length(source.obj) is not None else \
@@ -245,7 +241,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                             source_bytes=own_bytes + max(0, peak - chunk.nbytes), scratch=scratch,
                             in_place=in_place, mapped=mapped, chunk_key=chunk_key,
-                            remote=remote_data(source.obj))
+                            remote=remote_data(source))
     finally:  # a probe that fails closes its copy too, rather than leave it to a finalizer
         for copy in unclosed:
             copy.close()

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from inputkit.coordinator import Abort, Coordinator, Stages
 from inputkit.distributed import RankInfo, rank_info
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
 from inputkit.sources.loader import BoundSource, build_source, import_target
-from inputkit.sources.protocol import indexed_length, sample_groups, ships_built
+from inputkit.sources.protocol import indexed_length, sample_groups
 from inputkit.startup import Prepared
 from inputkit.stats import RunnerStats
 from inputkit.watchdog import Watchdog, Watched
@@ -71,6 +71,8 @@ class Runner:
         # for the run's summary; from whichever copy of the source this process builds.
         self.source_info: dict[str, dict[str, Any]] = {}
         self._source_of: dict[str, BoundSource] = {}  # input -> the source this process holds
+        # input -> its composite source's component_positions (capabilities.ReportsComponents)
+        self._components_of: dict[str, Callable[..., dict[str, Any]]] = {}
         self._abort = Abort()
         self._lock = threading.Lock()
         self._state = "new"
@@ -139,7 +141,7 @@ class Runner:
                     length = indexed_length(source.obj) if source is not None else None
                     orders = _epoch_orders(spec, source, length)
                     if source is not None and not (spec.worker_kind == "process"
-                                                   and ships_built(source.obj)):
+                                                   and source.caps.ships_built):
                         self._drop_source(source)  # the workers build their own from the config
                         source = None
                     if source is not None:  # the copy the workers take: runner.source() answers
@@ -189,9 +191,11 @@ class Runner:
         return self
 
     def _note_info(self, name: str, source: BoundSource | None) -> None:
-        info = getattr(source.obj, "run_info", None) if source is not None else None
-        if callable(info) and name not in self.source_info:
-            self.source_info[name] = info()
+        if source is None or not source.caps.run_info or name in self.source_info:
+            return
+        self.source_info[name] = source.obj.run_info()
+        if source.caps.components:  # a composite source places its components in the state
+            self._components_of[name] = type(source.obj).component_positions
 
     def _drop_source(self, source: BoundSource) -> None:
         self._sources.remove(source)
@@ -328,11 +332,9 @@ class Runner:
                 "samples": {e: int(m.sum()) for e, m in sorted(consumed.items())},
             }
             info = self.source_info.get(name, {})
-            if info.get("mixture"):  # where each component of a mixture stands (for the record)
-                from inputkit.sources.mixture import Schedule
-
-                inputs[name]["components"] = Schedule.from_info(info).positions(
-                    epoch, consumed.get(epoch), [c["name"] for c in info["components"]])
+            positions = self._components_of.get(name)
+            if positions is not None:  # where each component of a composite source stands
+                inputs[name]["components"] = positions(info, epoch, consumed.get(epoch))
         return {"version": 1, "inputs": inputs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -468,8 +470,8 @@ def _expect_prefetcher(source: BoundSource | None) -> None:
     """Mark a source's remote shards as fed by a ShardPrefetcher now, before the coordinators
     pickle the source for process workers: a copy pickled without the mark downloaded shards
     itself beside the prefetcher (twice the downloads, evictions ranked by no order)."""
-    shards = getattr(source.obj, "remote_shards", None) if source is not None else None
-    remote = shards() if callable(shards) else None
+    remote = source.obj.remote_shards() if source is not None and source.caps.remote_shards \
+        else None
     if remote is not None:
         remote.prefetched = True
 
@@ -478,8 +480,8 @@ def _shard_prefetcher(name: str, source: BoundSource | None, dispatchers: list[A
     """A ShardPrefetcher for an input whose source keeps its shards in an object store
     (``remote_shards()``): it fills the disk cache in the dispatchers' order, and the workers
     wait for it instead of downloading. None for every other source."""
-    shards = getattr(source.obj, "remote_shards", None) if source is not None else None
-    remote = shards() if callable(shards) else None
+    remote = source.obj.remote_shards() if source is not None and source.caps.remote_shards \
+        else None
     if remote is None or not dispatchers or any(d is None for d in dispatchers):
         return None
     from inputkit import storage

@@ -38,15 +38,15 @@ class RemoteData:
     groups: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
-def remote_data(obj: Any) -> RemoteData | None:
-    """The store facts of a built source, or None when it reads local files only."""
-    shards = getattr(obj, "remote_shards", None)
-    remote = shards() if callable(shards) else None
-    groups_of = getattr(obj, "sample_groups", None)
+def remote_data(source: Any) -> RemoteData | None:
+    """The store facts of a built source (a BoundSource: its capabilities say whether it keeps
+    shards in a store), or None when it reads local files only."""
+    obj = source.obj
+    remote = obj.remote_shards() if source.caps.remote_shards else None
     if remote is not None:
         sizes = [int(s) for s in remote.sizes]
         return RemoteData(remote.urls[0], len(sizes), max(sizes, default=0), sum(sizes), True,
-                          groups=np.asarray(groups_of(), dtype=np.int64))
+                          groups=np.asarray(obj.sample_groups(), dtype=np.int64))
     if getattr(obj, "remote", None) is True:  # image_folder/image_list: an object per sample
         largest = int(getattr(obj, "largest", (0, 0))[0])  # the largest file the probe read
         where = str(getattr(obj, "path", None) or getattr(obj, "root", None) or "")

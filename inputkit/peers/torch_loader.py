@@ -47,9 +47,7 @@ class ChunkDataset(IterableDataset):  # type: ignore[type-arg]
         info = get_worker_info()
         worker_id, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         source = build_source(self.source_config)
-        setup = getattr(source.obj, "setup", None)
-        if callable(setup):
-            setup(worker_id, workers)
+        source.setup(worker_id, workers)
         while True:
             try:
                 yield tensors(source.fetch(worker_id, self.batch_size))

@@ -8,10 +8,11 @@ import inspect
 import logging
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from inputkit.errors import ConfigError
+from inputkit.sources.capabilities import NONE, Capabilities, capabilities_of
 from inputkit.sources.protocol import FetchResult, ships_built
 
 log = logging.getLogger(__name__)
@@ -23,17 +24,29 @@ NOT_ARGUMENTS = ("_target_", "_fields_")
 
 @dataclass(frozen=True)
 class BoundSource:
-    """A ready source: its display ``name`` (the ``_target_``), its ``fetch`` and the object."""
+    """A ready source: its display ``name`` (the ``_target_``), its ``fetch``, the object, and
+    what it can do beyond fetch/read (``caps``, computed and checked once, here: the rest of
+    the pipeline reads it instead of looking methods up on ``obj``)."""
 
     name: str
     fetch: Callable[[int, int], FetchResult]
     obj: Any
+    caps: Capabilities = field(default=NONE, compare=False)
+    key: InitVar[str] = "source._target_"
+
+    def __post_init__(self, key: str) -> None:
+        if self.caps is NONE:
+            object.__setattr__(self, "caps", capabilities_of(self.obj, self.name, key))
+
+    def setup(self, worker_id: int, num_workers: int) -> None:
+        """The source's own per-worker ``setup``, if it has one."""
+        if self.caps.setup:
+            self.obj.setup(worker_id, num_workers)
 
     def close(self) -> None:
         """Call the source's own ``close()`` if it has one (files, connections)."""
-        close = getattr(self.obj, "close", None)
-        if callable(close) and not inspect.isclass(self.obj):
-            close()
+        if self.caps.close:
+            self.obj.close()
 
 
 def import_target(target: str, key: str = "source._target_") -> Any:
@@ -108,24 +121,53 @@ def build_source(config: Mapping[str, Any], key: str = "source") -> BoundSource:
         fetch = getattr(instance, "fetch", None)
         if not callable(fetch):
             if callable(getattr(instance, "read", None)):  # indexable: read by index range
-                return BoundSource(name=target, fetch=_fetch_by_index_only(target), obj=instance)
+                return _bind(target, _fetch_by_index_only(target), instance, key)
             raise ConfigError(f"{key}._target_", f"{target} has neither fetch(worker_id, "
                               "batch_size_hint) nor read(indices) with __len__; see docs/plugins.md")
-        return BoundSource(name=target, fetch=fetch, obj=instance)
+        return _bind(target, fetch, instance, key)
     fetch = getattr(obj, "fetch", None)
     if not callable(fetch) and not inspect.isfunction(obj) and callable(getattr(obj, "read", None)):
-        return BoundSource(name=target, fetch=_fetch_by_index_only(target), obj=obj)
+        return BoundSource(name=target, fetch=_fetch_by_index_only(target), obj=obj, key=f"{key}._target_")
     if callable(fetch) and not inspect.isfunction(obj):
         if kwargs:
             raise ConfigError(key, f"{target} is an existing object; it takes no arguments "
                               f"(got {', '.join(sorted(kwargs))})")
-        return BoundSource(name=target, fetch=fetch, obj=obj)
+        return BoundSource(name=target, fetch=fetch, obj=obj, key=f"{key}._target_")
     if callable(obj):
         _check_fetch_signature(obj, target, kwargs, key)
         bound = functools.partial(obj, **kwargs) if kwargs else obj
         return BoundSource(name=target, fetch=bound, obj=obj)
     raise ConfigError(f"{key}._target_", f"{target} is a {type(obj).__name__}, not a class, "
                       "function or object with fetch(worker_id, batch_size_hint)")
+
+
+def _bind(target: str, fetch: Callable[[int, int], FetchResult], obj: Any, key: str) -> BoundSource:
+    """A BoundSource for ``obj``, an instance built here: when its capabilities are refused, it
+    is closed first (it may hold files)."""
+    try:
+        return BoundSource(name=target, fetch=fetch, obj=obj, key=f"{key}._target_")
+    except ConfigError:
+        close = getattr(obj, "close", None)
+        if callable(close) and not inspect.isclass(obj):
+            close()
+        raise
+
+
+def component_names(config: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+    """A composite source's component field and component names, from its config without
+    building it (capabilities.ReportsComponents); ``None, ()`` for any other source. A target
+    that cannot be imported also gives ``None, ()``: building the source reports that."""
+    target = config.get("_target_")
+    if not isinstance(target, str):
+        return None, ()
+    try:
+        obj = import_target(target)
+    except ConfigError:
+        return None, ()
+    if not (callable(getattr(obj, "component_names", None))
+            and callable(getattr(obj, "component_positions", None))):
+        return None, ()
+    return obj.component_names(config)
 
 
 def built_copy(source: BoundSource | None) -> bytes | None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from inputkit.errors import ConfigError, SourceError
-from inputkit.sources.protocol import indexed_length, reads_epoch
+from inputkit.sources.protocol import indexed_length
 
 BLOCK = 1024  # positions per block: a read touching a block draws its order (a few us)
 _CACHED = 64  # blocks' orders and components' epoch orders kept per process
@@ -185,8 +185,7 @@ class Mixture:
                     source.close()
                     raise ConfigError(f"{key}.source", f"{source.name} is read by fetch; a mixture "
                                       "reads its components by index (__len__ and read(indices))")
-                built.append(Component(name, weight / total, n, source,
-                                       reads_epoch(source.obj.read)))
+                built.append(Component(name, weight / total, n, source, source.caps.takes_epoch))
                 if n == 0:
                     raise SourceError(source.name, f"{key} ({name}) is empty: it has no samples; "
                                       "remove it from source.components or give it data")
@@ -215,9 +214,25 @@ class Mixture:
     def setup(self, worker_id: int, num_workers: int) -> None:
         """Each worker's setup, passed on to every component that has one."""
         for component in self.components:
-            setup = getattr(component.source.obj, "setup", None)
-            if callable(setup):
-                setup(worker_id, num_workers)
+            component.source.setup(worker_id, num_workers)
+
+    @classmethod
+    def component_names(cls, config: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...]]:
+        """The field naming each sample's component (None when ``component_field`` is null) and
+        the components' names, from the mixture's config (capabilities.ReportsComponents)."""
+        field = config.get("component_field", "component")
+        parts = config.get("components") or []
+        names = tuple(str(p.get("name") or f"component {i}") if isinstance(p, Mapping)
+                      else f"component {i}" for i, p in enumerate(parts))
+        return (field or None), names
+
+    @classmethod
+    def component_positions(cls, info: Mapping[str, Any], epoch: int,
+                            consumed: np.ndarray | None) -> dict[str, Any]:
+        """Where each component stands once ``consumed`` of mixture epoch ``epoch`` was
+        received, from the mixture's ``run_info()`` (no source needed)."""
+        return Schedule.from_info(info).positions(epoch, consumed,
+                                                  [c["name"] for c in info["components"]])
 
     def _component_order(self, c: int, epoch: int) -> np.ndarray | None:
         if not self.shuffle:
