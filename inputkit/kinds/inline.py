@@ -38,3 +38,13 @@ class InlinePlan:
 
 KIND = register(Kind(name="inline", summary="the consumer's thread fetches; no queues",
                      source_here=True, make_pool=make_pool, plan=InlinePlan()))
+
+
+def view() -> Any:
+    """Its verdict rules (kinds/local_views.py), imported the first time a view asks."""
+    from inputkit.kinds.local_views import INLINE
+
+    return INLINE
+
+
+KIND.view = view

@@ -80,3 +80,13 @@ class ProcessPlan:
 
 KIND = register(Kind(name="process", summary="worker processes, chunks in shared memory",
                      source_here=False, make_pool=make_pool, plan=ProcessPlan()))
+
+
+def view() -> Any:
+    """Its verdict rules (kinds/local_views.py), imported the first time a view asks."""
+    from inputkit.kinds.local_views import PROCESS
+
+    return PROCESS
+
+
+KIND.view = view

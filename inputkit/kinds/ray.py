@@ -77,3 +77,14 @@ class RayPlan:
 
 KIND = register(Kind(name="ray", summary="Ray actors, on this machine or a cluster",
                      source_here=False, make_pool=make_pool, plan=RayPlan()))
+
+
+def view() -> Any:
+    """Ray's observability (kinds/ray_view.py: its window, rules, rows and records), imported
+    the first time a view asks, so that building a pool or a plan does not import it."""
+    from inputkit.kinds.ray_view import VIEW
+
+    return VIEW
+
+
+KIND.view = view

@@ -46,3 +46,13 @@ class ThreadPlan:
 PLAN = ThreadPlan()
 KIND = register(Kind(name="thread", summary="threads in this process sharing one source",
                      source_here=True, make_pool=make_pool, plan=PLAN))
+
+
+def view() -> Any:
+    """Its verdict rules (kinds/local_views.py), imported the first time a view asks."""
+    from inputkit.kinds.local_views import THREAD
+
+    return THREAD
+
+
+KIND.view = view
