@@ -128,9 +128,6 @@ class WorkerPoolStats:
     gil: GilReading | None = None
     idle_cpu_s: float | None = None
     ray: RayStats | None = None  # Ray workers: the cluster, the actors, the object store
-    # A registered kind's own stats extension (a dataclass its view reads; summary.json shows
-    # its fields under workers.ext); None for the built-in kinds.
-    ext: Any = None
 
 
 class Activity:
