@@ -23,15 +23,8 @@ from rich.text import Text
 
 from inputkit.config.sizes import format_size
 from inputkit.diagnosis import STARVATION, Verdict, live_verdicts, live_warnings
-from inputkit.metrics import (
-    CoordinatorWindow,
-    MovingWindow,
-    NodeWindow,
-    QueueWindow,
-    RayWindow,
-    Window,
-    ray_window,
-)
+from inputkit.kinds.view import view_of
+from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
 from inputkit.workers.base import WorkerPoolStats
 
 
@@ -69,9 +62,11 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
                   f"{c.mb_per_s:,.1f} MB/s",
                   f"since start {c.stats.samples_per_s:,.0f} samples/s")
     _queue_rows(table, c)
-    ray = ray_of(c)
-    if ray is not None:
-        _ray_rows(table, w, ray)
+    own = view_of(w.kind).rows(c)  # the kind's own rows (Ray: actors by node, object store)
+    if own is not None:
+        for row in own:
+            table.add_row(*(Text(cell[0], style=cell[1]) if isinstance(cell, tuple) else cell
+                            for cell in row))
     else:
         pids = f", pids {', '.join(map(str, w.pids[:4]))}" if w.pids else ""
         kind = w.kind if w.workers == 1 else ("processes" if w.kind == "process" else f"{w.kind}s")
@@ -94,90 +89,6 @@ def _coordinator_rows(table: Table, c: CoordinatorWindow) -> None:
         # No "see summary.json" here: an embedded dashboard has none (stats() has them all).
         table.add_row("  skipped", "", "", "", Text(skipped_text(w, more="") or "",
                                                     style="yellow"))
-
-
-SHOWN_ACTORS = 4  # a node with this many actors or fewer lists each one
-
-
-def ray_of(c: CoordinatorWindow) -> RayWindow | None:
-    """The window's Ray figures (since start when the window was made without them)."""
-    if c.ray is not None or c.stats.workers.ray is None:
-        return c.ray
-    return ray_window(c.stats.workers.ray, None, c.stats.elapsed_s)
-
-
-def _states(states: dict[str, int]) -> str:
-    return ", ".join(f"{n} {state}" for state, n in states.items())
-
-
-def _pinned_style(ray: RayWindow) -> str:
-    s = ray.stats
-    pinned = s.inflight_bytes + s.held_bytes
-    return "yellow" if s.cap_bytes and pinned >= 0.9 * s.cap_bytes else ""
-
-
-def ray_facts(ray: RayWindow) -> list[str]:
-    """The pool's object-store and receive figures, as short phrases."""
-    s = ray.stats
-    cap = format_size(s.cap_bytes) if s.cap_bytes is not None else "not sized yet"
-    facts = [f"in flight {s.inflight_items:,} items {format_size(s.inflight_bytes)}",
-             f"held {format_size(s.held_bytes)} of cap {cap}",
-             f"receiver busy {ray.receive_busy:.0%}"]
-    if s.duplicates:
-        facts.append(f"duplicates dropped {s.duplicates:,}")
-    if s.spilled_bytes:
-        facts.append(f"SPILLED {format_size(s.spilled_bytes)}")
-    return facts
-
-
-def _ray_cells(ray: RayWindow) -> tuple[str, str, str]:
-    s = ray.stats
-    where = "private local Ray" if s.local else "Ray cluster"
-    ready = f"actors ready in {s.ready_s:.1f} s" if s.ready_s is not None else "actors starting"
-    return f"{where} {s.address or '(address unknown)'}", f"connected in {s.connect_s:.1f} s", ready
-
-
-def ray_where(ray: RayWindow) -> str:
-    """``Ray cluster 10.0.0.1:6379, connected in 0.4 s, actors ready in 2.5 s``."""
-    return ", ".join(_ray_cells(ray))
-
-
-def node_name(node: NodeWindow) -> str:
-    """``node 10.0.0.2``; the pool calls a node ``?`` until its actors have answered."""
-    return "node not known yet (actors starting)" if node.node == "?" else f"node {node.node}"
-
-
-def node_line(node: NodeWindow) -> str:
-    """``3 actors (2 reading, 1 starting)``: what runs on one node now."""
-    return f"{_plural(len(node.actors), 'actor')} ({_states(node.states)})"
-
-
-def actors_line(node: NodeWindow) -> str:
-    """Each actor's rate, for a node with few enough of them; empty otherwise."""
-    if len(node.actors) > SHOWN_ACTORS:
-        return ""
-    return "  ".join(f"{a.name.removeprefix('ray ')} {a.chunks_per_s:,.1f}/s" + ("" if a.state == "reading"
-                                                            else f" {a.state}")
-                     for a in node.actors)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def _ray_rows(table: Table, w: WorkerPoolStats, ray: RayWindow) -> None:
-    """Ray workers: the actors by node, what they deliver, and the object store."""
-    nodes = len(ray.nodes)
-    table.add_row("  workers", f"{_plural(w.workers, 'Ray actor')} on {_plural(nodes, 'node')}",
-                  f"reading {w.fetching}", f"idle {w.idle}",
-                  f"fetch p50 {w.fetch_p50_ms:.1f} ms  p95 {w.fetch_p95_ms:.1f} ms")
-    table.add_row("  ray", *_ray_cells(ray), "")
-    facts = ray_facts(ray)
-    table.add_row("  object store", facts[0], Text(facts[1], style=_pinned_style(ray)), facts[2],
-                  Text("  ".join(facts[3:]), style="red" if ray.stats.spilled_bytes else ""))
-    for node in ray.nodes:
-        table.add_row(f"  {node_name(node)}", node_line(node), f"{node.chunks_per_s:,.1f} chunks/s",
-                      f"{node.samples_per_s:,.0f} samples/s", actors_line(node))
 
 
 SHOWN_INDICES = 8  # skipped samples named on the dashboard and in the end-of-run lines
@@ -314,9 +225,7 @@ def plain_lines(window: Window) -> list[str]:
         lines.append(f"  {c.input}@{c.device_index}:{c.device} {c.samples_per_s:,.0f} samples/s "
                      f"{queues} workers fetching={w.fetching} blocked={w.blocked} "
                      f"p50={w.fetch_p50_ms:.1f}ms")
-        ray = ray_of(c)
-        if ray is not None:
-            lines += ray_lines(ray, f"{c.input}@{c.device_index}:{c.device}")
+        lines += view_of(w.kind).lines(c, f"{c.input}@{c.device_index}:{c.device}")
     lines += [f"  {line}" for line in storage_lines(window)]
     for c, verdict in zip(window.coordinators, live_verdicts(window), strict=True):
         lines.append(verdict_line(c, verdict))
@@ -324,16 +233,6 @@ def plain_lines(window: Window) -> list[str]:
         text = skipped_text(c.stats.workers, more="")
         if text is not None:
             lines.append(f"  skipped {c.input}@{c.device_index}:{c.device}: {text}")
-    return lines
-
-
-def ray_lines(ray: RayWindow, where: str) -> list[str]:
-    """A Ray pool as plain lines: where it runs and its object store, then one line a node."""
-    lines = [f"  ray {where}: {ray_where(ray)}; {'; '.join(ray_facts(ray))}"]
-    for node in ray.nodes:
-        each = actors_line(node)
-        lines.append(f"    {node_name(node)}: {node_line(node)} {node.chunks_per_s:,.1f} chunks/s "
-                     f"{node.samples_per_s:,.0f} samples/s" + (f" [{each}]" if each else ""))
     return lines
 
 

@@ -20,8 +20,8 @@ Besides the verdict, live warnings report:
   (``failures.stall_timeout``); one warning per stalled worker, while it lasts.
 - **failures**: the failure policies have skipped chunks or restarted worker processes
   (or Ray actors).
-- **spill**: Ray spilled objects to disk on this machine's node (the in-flight cap or
-  the queues hold more than its object store).
+- a worker kind's own warnings (its view's ``run_warnings``): Ray's **spill**, when Ray
+  spilled objects to disk on this machine's node.
 """
 
 from __future__ import annotations
@@ -29,33 +29,31 @@ from __future__ import annotations
 from typing import Any
 
 from inputkit.config.sizes import format_size
-from inputkit.evidence import Evidence, QueueEvidence, evidence, where
+from inputkit.evidence import Evidence, QueueEvidence, evidence, of_window, where
+from inputkit.kinds.view import view_of
 from inputkit.metrics import CoordinatorWindow, Window
 from inputkit.own_stages import decoding_note, delivery_bound, device_stage_bound
+from inputkit.rules import (  # noqa: F401 - the thresholds are read from here too
+    CPU_SPARE,
+    FETCH_WAITS,
+    GIL_FETCH_CPU,
+    GIL_HELD,
+    GIL_WAIT_SHARE,
+    STARVED,
+    computes,
+    gil_note,
+    no_spare_cpu,
+)
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.verdict import Verdict
 from inputkit.workers.base import WorkerPoolStats
 
 # Shares of the span the consumer's queue (batch queue, or device prefetch on CUDA) was empty.
 KEEPS_UP = 0.2  # below: the input keeps up, the consumer sets the pace
-STARVED = 0.5  # from here: the input is the bottleneck, and the verdict names the stage
+# (STARVED, from inputkit.rules: from there the input is the bottleneck; the verdict names the stage)
 # Shares of the span the chunk queue was empty, in a starved span.
 WORKERS_SLOW = 0.5  # from here: the batcher waits for chunks, the workers are the slow side
 BATCHER_SLOW = 0.2  # below: chunks wait for the batcher
-# The GIL is held (by fetch, in a fetch-bound span) when the probe finds it held at least
-# GIL_HELD of the time and waits GIL_WAIT_SHARE of sys.getswitchinterval() on average. A free
-# GIL reads under 10% and 0.25 ms; pure-Python fetch 80% and 5 ms or more; PNG decoding from
-# tar shards in 4 threads (processes 2.6x faster) 36-44% and 1.1-4.4 ms. That reading is
-# clean only with idle cores: on a saturated machine a thread that holds the GIL for a moment
-# between two C calls is preempted while holding it, and the probe's own waits for a CPU hide
-# its waits for the GIL, so the two meet (SHA-256 in 4 threads beside 4 busy processes read
-# 42% and 2.9 ms, pure Python beside 2 read 53% and 3.0 ms). There the GIL is not judged.
-GIL_WAIT_SHARE = 0.1
-GIL_HELD = 0.2
-GIL_FETCH_CPU = 0.05  # ... and fetch is what holds it when it spends this share on a CPU
-FETCH_WAITS = 0.1  # fetch on a CPU less than this share of its time: it waits (I/O, sleep)
-CPU_SPARE = 0.5  # fewer idle cores than this: more workers would find no CPU to run on
-TRANSPORT = 0.5  # process workers inside fetch less than this share of their time
 FULL = 0.8  # over-buffering: a queue full at least this share of the span
 OVERBUFFER_BUDGET_SHARE = 0.05
 OVERBUFFER_MIN_BYTES = 256 * 2**20
@@ -65,11 +63,6 @@ OVERBUFFER_MIN_BYTES = 256 * 2**20
 # and the copy in one thread (the default config, 64-sample chunks into 256-sample batches:
 # inline 0.45x the thread workers' samples/s, docs/configuration.md#inline-workers).
 HANDOVER_FETCH_MS = 0.05
-INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, wants workers
-# Ray workers: the actors feed the chunk queue through one receiver thread in this process.
-ACTORS_IDLE = 0.5  # live actors inside fetch less than this share of their time: they wait
-RECEIVE_BUSY = 0.5  # the receiver taking results in at least this share of the span
-CAP_REACHED = 0.9  # in-flight plus held bytes at this share of the cap: no call goes out
 STORAGE_WAITS = 0.5  # workers blocked on the object store at least this share of their time
 MIN_WINDOW_S = 1.0  # no live verdict or warnings from the first moments of a run
 TOO_FEW_BATCHES = 8  # with a span under MIN_WINDOW_S: too little run for a final verdict
@@ -84,8 +77,10 @@ def judge(e: Evidence) -> Verdict | None:
                            f"({e.empty_chunks:,} in {e.span_s:.1f} s): check fetch; "
                            f"failures.stall_timeout reports this as a stall", starved=True)
         return None
-    if e.kind == "inline":
-        return _inline(e)
+    view = view_of(e.kind)
+    first = view.first(e)  # a kind judged before its queues (inline: it has none)
+    if first is not None:
+        return first
     last = e.consumer_queue
     if last is None:
         return None
@@ -97,7 +92,7 @@ def judge(e: Evidence) -> Verdict | None:
             f"next(): the input keeps up, so the consumer (the training step) sets the pace. "
             f"Nothing in the input needs to change.")
     # (0: no fetch was timed; Ray's cost per chunk is the receive path's, judged below)
-    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS and e.kind != "ray" \
+    if e.chunks and 0 < e.fetch_p50_ms < HANDOVER_FETCH_MS and view.hand_over(e) \
             and not e.copied_batches:
         return _hand_over_bound(e, last, seen)
     if last.empty < STARVED:
@@ -108,25 +103,12 @@ def judge(e: Evidence) -> Verdict | None:
 
 def _hand_over_bound(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
     """Workers whose fetch is cheaper than handing its chunk on: inline is the answer."""
-    between = "threads" if e.kind == "thread" else "processes and threads"
+    between = view_of(e.kind).between
     return Verdict("hand-over-bound", f"{seen}, though each fetch took only "
                    f"{e.fetch_p50_ms * 1000:.0f} us (p50): handing its chunk between {between} "
                    f"(two queues, a wake-up at each) costs more than the fetch. Use "
                    f"workers.kind=inline: the consumer's thread fetches, re-chunks and makes "
                    f"the tensors, with no hand-over.", starved=last.empty >= STARVED)
-
-
-def _inline(e: Evidence) -> Verdict:
-    """Inline workers: the consumer runs fetch itself, so its share of the time is the figure."""
-    p50 = f"{e.fetch_p50_ms * 1000:.0f} us" if e.fetch_p50_ms < 1 else f"{e.fetch_p50_ms:.1f} ms"
-    seen = f"The consumer spent {e.in_fetch:.0%} of {e.over} inside fetch (p50 {p50})"
-    if e.in_fetch >= STARVED and e.fetch_p50_ms >= INLINE_SLOW_MS:
-        return Verdict("fetch-bound", f"{seen}, which inline workers run in its thread, one "
-                       f"fetch at a time and nothing beside the step: fetch sets the pace. Use "
-                       f"workers.kind=thread (workers.count=2 or more; workers.kind=process "
-                       f"where fetch computes in Python) to fetch beside the step.", starved=True)
-    return Verdict("inline", f"{seen}: each batch costs its fetch and no hand-over between "
-                   f"threads; nothing in the input needs to change.")
 
 
 def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
@@ -145,7 +127,7 @@ def _starved(e: Evidence, last: QueueEvidence, seen: str) -> Verdict:
                            f"chunks batch-sized (chunk size = batch_size) so that batches pass "
                            f"as views of one chunk, without a copy.", starved=True)
         return Verdict("batcher-bound", f"{waiting}, though every batch was a view of one chunk: "
-                       f"the batcher waits for a CPU or the GIL{_gil_note(e)}; no change to "
+                       f"the batcher waits for a CPU or the GIL{gil_note(e)}; no change to "
                        f"suggest.", starved=True)
     both = f"{seen} and the chunk queue {chunks.empty:.0%}: the workers and the batcher both hold it back"
     shared = _shared_limit(e, both)
@@ -163,88 +145,33 @@ def _shared_limit(e: Evidence, both: str) -> Verdict | None:
     chunks sat in the queue while fetch was the slow side. The GIL fetch holds, or a machine
     with no core to spare, limits both stages, and the remedy is the worker-side one.
     """
-    if _receive_bound(e):  # the receiver, a thread beside the batcher, holds both back
-        return _receive_verdict(e, both)
-    if e.kind == "thread" and _gil_held(e) and e.fetch_cpu_share >= GIL_FETCH_CPU:
-        return Verdict("GIL-bound", f"{both}, and fetch holds the GIL, which the batcher needs "
-                       f"too: {_gil_reading(e)}. {_use_processes(e)}", starved=True)
-    if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
-        return Verdict("CPU-bound", f"{both}, and {_computes(e)}: both stages wait for a CPU, "
+    own = view_of(e.kind).shared_limit(e, both)  # Ray's receiver; the GIL threads hold
+    if own is not None:
+        return own
+    if e.fetch_cpu_share >= FETCH_WAITS and no_spare_cpu(e):
+        return Verdict("CPU-bound", f"{both}, and {computes(e)}: both stages wait for a CPU, "
                        f"and more workers would find none; only a cheaper fetch would help.",
                        starved=True)
     return None
 
 
-def _gil_reading(e: Evidence) -> str:
-    return (f"a thread that asked for it found it held {e.gil_held:.0%} of the time and waited "
-            f"{e.gil_wait_ms:.1f} ms on average (a free GIL takes well under 0.5 ms)")
-
-
-def _use_processes(e: Evidence) -> str:
-    return (f"Use workers.kind=process (workers.count={max(2, e.workers)}): the machine had "
-            f"{_idle_note(e)} for them.")
-
-
-def _computes(e: Evidence) -> str:
-    return (f"fetch computes (it ran on a CPU {e.fetch_cpu_share:.0%} of its time, "
-            f"{e.fetch_cores:.1f} cores in all) while the {e.cores}-core machine had "
-            f"{_idle_note(e)}")
-
-
-def _gil_note(e: Evidence) -> str:
-    return f" (a thread waited {e.gil_wait_ms:.1f} ms for the GIL on average)" \
-        if e.gil_wait_ms is not None else ""
-
-
-def _idle_note(e: Evidence) -> str:
-    if e.idle_cores is not None:
-        return f"{e.idle_cores:.1f} idle cores"
-    return f"{e.fetch_cores:.1f} of its {e.cores} cores busy inside fetch"
-
-
-def _no_spare_cpu(e: Evidence) -> bool:
-    """Whether the machine has no core left for more workers to run on."""
-    if e.idle_cores is not None:
-        return e.idle_cores < CPU_SPARE
-    return e.fetch_cores > e.cores - CPU_SPARE
-
-
-def _gil_held(e: Evidence) -> bool:
-    """Whether the GIL probe found the GIL held; never judged without idle cores (above)."""
-    return e.gil_wait_ms is not None and not _no_spare_cpu(e) and e.gil_held >= GIL_HELD \
-        and e.gil_wait_ms >= GIL_WAIT_SHARE * e.switch_interval_ms
-
-
 def _workers_slow(e: Evidence, seen: str) -> Verdict:
     """The batcher waits for chunks: fetch, the GIL, the CPUs, or the hand-over from processes."""
-    if e.kind == "ray" and e.receive_busy is not None:
-        return _ray_slow(e, seen)
+    view = view_of(e.kind)
+    own = view.workers_slow(e, seen)  # Ray: the actors, the receive path, the in-flight cap
+    if own is not None:
+        return own
     if e.storage_wait is not None and e.storage_wait >= STORAGE_WAITS:
         return storage_bound(e, seen)
-    gil_held = _gil_held(e)
-    if e.kind == "thread" and gil_held:
-        if e.fetch_cpu_share < GIL_FETCH_CPU:
-            return Verdict("fetch-bound", f"{seen}: the workers are the slow side, and the GIL "
-                           f"is busy{_gil_note(e)}, though not with fetch (it waits): more "
-                           f"threads would wait for it too; no change to suggest.", starved=True)
-        return Verdict("GIL-bound", f"{seen}: the workers are the slow side, and fetch holds "
-                       f"the GIL: {_gil_reading(e)}, so the threads take turns and more of them "
-                       f"will not help. {_use_processes(e)}", starved=True)
-    if e.kind == "process" and e.in_fetch < TRANSPORT:
-        # No advice: thread workers were 0.5x to 2x as fast on the same run (4 MiB chunks,
-        # 2 cores), so no change is known to help here.
-        return Verdict("transport-bound", f"{seen}, yet the worker processes were inside fetch "
-                       f"only {e.in_fetch:.0%} of their time: the rest went to handing chunks "
-                       f"over (shared-memory slots, the pipe to this process), which more "
-                       f"workers would share; no change is known to help here.", starved=True)
-    if e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
-        return Verdict("CPU-bound", f"{seen}, and {_computes(e)}: more workers (threads or "
+    own = view.fetch_slow(e, seen)  # the GIL (threads), the hand-over (processes)
+    if own is not None:
+        return own
+    if e.fetch_cpu_share >= FETCH_WAITS and no_spare_cpu(e):
+        return Verdict("CPU-bound", f"{seen}, and {computes(e)}: more workers (threads or "
                        f"processes) would find no CPU to run on; only a cheaper fetch, or "
                        f"other machines' CPUs, would help: Ray workers run fetch on a cluster "
                        f"(workers=ray, docs/ray.md).", starved=True)
-    advice = f"Add workers (workers.count={e.workers * 2})."
-    if e.kind == "thread" and e.gil_wait_ms is None:  # the GIL was not measured
-        advice += " If fetch runs Python code, more threads will not help: workers.kind=process."
+    advice = f"Add workers (workers.count={e.workers * 2}).{view.more_workers_note(e)}"
     return Verdict("fetch-bound", f"{seen}, while the workers were inside fetch {e.in_fetch:.0%} "
                    f"of their time (p50 {e.fetch_p50_ms:.1f} ms): fetch is the slowest stage. "
                    f"{advice}", starved=True)
@@ -271,60 +198,6 @@ def _endpoint(store: Any) -> str:
 
     endpoint = store.endpoint or os.environ.get("AWS_ENDPOINT_URL")
     return f" at {endpoint}" if endpoint else ""
-
-
-def _cap_reached(e: Evidence) -> bool:
-    return e.cap_bytes is not None and e.pinned_bytes >= CAP_REACHED * e.cap_bytes
-
-
-def _receive_bound(e: Evidence) -> bool:
-    """Ray: the actors wait (not for the in-flight cap) while the receiver is busy."""
-    return e.kind == "ray" and e.receive_busy is not None and e.receive_busy >= RECEIVE_BUSY \
-        and e.in_fetch < ACTORS_IDLE and not _cap_reached(e)
-
-
-def _actors_note(e: Evidence) -> str:
-    cap = f" of a {format_size(e.cap_bytes)} cap" if e.cap_bytes is not None else ""
-    return (f"the Ray actors were inside fetch only {e.in_fetch:.0%} of their time "
-            f"({e.actors_reading:.0%} of them holding a call now; {e.inflight_items:,} items in "
-            f"flight, {format_size(e.pinned_bytes)} pinned{cap})")
-
-
-def _receive_verdict(e: Evidence, seen: str) -> Verdict:
-    return Verdict("receive-bound", f"{seen}, while {_actors_note(e)} and the receiver thread "
-                   f"in this process was busy taking results in {e.receive_busy or 0.0:.0%} of "
-                   f"it: the trainer-side receive path (getting each chunk from the object "
-                   f"store, checking it, handing it on), not the actors, sets the pace. Make "
-                   f"fewer, larger chunks (epoch.chunk_size, or source.chunk_size for a fetch "
-                   f"source), so that each receive brings more samples; where the data is on "
-                   f"this machine, local workers (workers.kind=process) skip the object store.",
-                   starved=True)
-
-
-def _ray_slow(e: Evidence, seen: str) -> Verdict:
-    """Ray actors feed the chunk queue through one receiver thread: which of them is slow."""
-    if e.in_fetch >= ACTORS_IDLE:  # the actors are busy: they are the slow side
-        if e.ray_local and e.fetch_cpu_share >= FETCH_WAITS and _no_spare_cpu(e):
-            return Verdict("CPU-bound", f"{seen}, and {_computes(e)}: the private local Ray "
-                           f"has no CPU for more actors on this machine. Add nodes (ray start "
-                           f"on more machines, then workers.ray.address=auto; docs/ray.md).",
-                           starved=True)
-        return Verdict("fetch-bound", f"{seen}, while the Ray actors were inside fetch "
-                       f"{e.in_fetch:.0%} of their time (p50 {e.fetch_p50_ms:.1f} ms): the "
-                       f"actors are the slowest stage. Add actors or nodes "
-                       f"(workers.count={e.workers * 2} where the cluster has the CPUs, ray start "
-                       f"on more machines).", starved=True)
-    if _cap_reached(e):
-        return Verdict("in-flight-bound", f"{seen}, while {_actors_note(e)}: this pipeline pins "
-                       f"its whole object-store cap, so no more calls go out. Raise "
-                       f"workers.ray.inflight_bytes where the object store has room (inputkit "
-                       f"plan counts it).", starved=True)
-    if _receive_bound(e):
-        return _receive_verdict(e, seen)
-    return Verdict("input-bound", f"{seen}, while {_actors_note(e)} and the receiver thread was "
-                   f"busy only {e.receive_busy or 0.0:.0%}: neither the actors nor the receive "
-                   f"path is clearly the limit (results may be slow to travel between nodes); "
-                   f"no change to suggest.", starved=True)
 
 
 def _capacity_key(stage: str) -> str:
@@ -372,8 +245,7 @@ def _policy_actions(w: WorkerPoolStats, retries: bool = True) -> list[str]:
     if retries and w.retries:
         done.append(f"retried {_plural(w.retries, 'fetch', 'fetches')} (failures.on_error=retry)")
     if w.restarts:
-        what = _plural(w.restarts, "Ray actor") if w.kind == "ray" else \
-            _plural(w.restarts, "worker process", "worker processes")
+        what = _plural(w.restarts, *view_of(w.kind).restart_noun)
         done.append(f"restarted {what} (failures.on_worker_death=restart)")
     return done
 
@@ -385,7 +257,8 @@ def _last_error(w: WorkerPoolStats, limit: int = 200) -> str:
 
 
 def window_evidence(window: Window, c: CoordinatorWindow) -> Evidence:
-    return evidence(c.stats, c.before, over=f"the last {window.window_s:.0f} s")
+    """The evidence of ``c`` as the window computed it (the same figures the dashboard shows)."""
+    return of_window(c, over=f"the last {window.window_s:.0f} s")
 
 
 STARVATION = "starvation: "  # the prefix of the warning that repeats a starved verdict
@@ -426,29 +299,14 @@ def live_warnings(window: Window, budget_bytes: int | None = None) -> list[str]:
         actions = _policy_actions(workers, retries=False)
         if actions:
             found.append(f"failures: {place}: {', '.join(actions)} so far")
-    found += _spill_warnings(window.stats)
+    for kind in dict.fromkeys(c.stats.workers.kind for c in window.coordinators):
+        found += view_of(kind).run_warnings(window.stats)
     memory = window.stats.memory
     if budget_bytes and memory is not None and memory.total_rss >= BUDGET_SHARE * budget_bytes:
         found.append(f"budget: the process tree holds {format_size(memory.total_rss)}, "
                      f"{memory.total_rss / budget_bytes:.0%} of memory.budget "
                      f"({format_size(budget_bytes)}); lower queue capacities or raise the budget")
     return found
-
-
-def spill_text(spilled: int) -> str:
-    return f"Ray spilled {format_size(spilled)} to disk: lower workers.ray.inflight_bytes or " \
-        "the queues"
-
-
-def _spill_warnings(stats: RunnerStats) -> list[str]:
-    """One warning per Ray address that spilled (its pools on each device share the figure)."""
-    spilled: dict[str, int] = {}
-    for c in stats.coordinators:
-        ray = c.workers.ray
-        if ray is not None and ray.spilled_bytes:
-            where_ = ray.address or "Ray"
-            spilled[where_] = max(spilled.get(where_, 0), ray.spilled_bytes)
-    return [f"spill: {address}: {spill_text(n)}" for address, n in spilled.items()]
 
 
 def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
@@ -473,9 +331,7 @@ def diagnose(stats: RunnerStats, budget_bytes: int | None = None,
         lines.append(_final_line(c, e, decoder))
         lines += [f"{e.where}: over-buffered. {text[0].upper()}{text[1:]}"
                   for text in over_buffering(e, budget_bytes)]
-        ray = c.workers.ray
-        if ray is not None and ray.spilled_bytes:
-            lines.append(f"{e.where}: {spill_text(ray.spilled_bytes)}.")
+        lines += view_of(c.workers.kind).final_lines(c, e.where)
         actions = _policy_actions(c.workers)
         if actions:
             error = _last_error(c.workers)

@@ -18,7 +18,7 @@ import numpy as np
 
 from inputkit import startup
 from inputkit.config.normalize import check_fields
-from inputkit.config.sizes import format_size, parse_size
+from inputkit.config.sizes import format_size, parse_budget, parse_size  # noqa: F401
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
 from inputkit.failures import call_with_policy
@@ -38,6 +38,7 @@ from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-ex
     SampleLayout,
     Term,
     input_terms,
+    run_terms,
 )
 from inputkit.plan_fixes import suggest_fixes
 from inputkit.sources.protocol import indexed_length
@@ -328,48 +329,16 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
 def plan_terms(spec: RunSpec, layouts: dict[str, SampleLayout],
                devices: tuple[str, ...]) -> list[Term]:
     """Every line of the plan, from each input's sample sizes."""
-    from inputkit.workers import slot_count
-
     on_gpu = any(d.startswith("cuda") for d in devices)
     terms: list[Term] = []
     for inp in spec.inputs:
         layout = layouts[inp.name]
-        terms.extend(input_terms(inp, layout, on_gpu, slot_count(inp, "cuda" if on_gpu else "cpu")))
+        terms.extend(input_terms(inp, layout, on_gpu))
         if layout.remote is not None:  # the disk cache and the download buffers
             from inputkit.storage_plan import storage_terms
 
             terms.extend(storage_terms(inp, layout.remote, layout.chunk_samples,
                                        layout.sample_bytes, len(devices)))
-    ray_inputs = [inp for inp in spec.inputs if inp.worker_kind == "ray" and inp.ray.address is None]
-    if ray_inputs:  # one private local Ray per training process, whatever the inputs
-        first = ray_inputs[0]
-        terms.append(Term(first.name, "local Ray", HOST, 1, "set", LOCAL_RAY_BYTES,
-                          first.key_prefix + "workers.ray.address",
-                          "GCS, raylet and agents (address=null starts them here)",
-                          per_device=False))
-    process_inputs = [inp for inp in spec.inputs if inp.worker_kind == "process"]
-    if process_inputs:
-        first = process_inputs[0]
-        terms.append(Term(first.name, "multiprocessing helpers", HOST, 1, "set",
-                          HELPER_PROCESSES_BYTES, first.key_prefix + "workers.kind",
-                          "resource tracker + forkserver", per_device=False))
+    terms.extend(run_terms(spec.inputs))  # each kind's helpers, once per training process
     return terms
 
-
-def parse_budget(value: Any, key: str, available: int | None = None) -> int:
-    """``16GiB`` or ``60%`` (of the RAM available now, read with psutil) -> bytes."""
-    text = str(value).strip()
-    if text.endswith("%"):
-        try:
-            share = float(text[:-1])
-        except ValueError:
-            raise ConfigError(key, f"cannot read {value!r} as a percentage; write e.g. 60%") \
-                from None
-        if not 0 < share <= 100:
-            raise ConfigError(key, f"must be a percentage in (0, 100], got {value!r}")
-        if available is None:
-            import psutil
-
-            available = int(psutil.virtual_memory().available)
-        return int(available * share / 100)
-    return parse_size(value, key)

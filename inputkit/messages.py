@@ -37,7 +37,7 @@ class Failure:
     @classmethod
     def from_report(cls, where: str, payload: bytes | None, type_name: str, message: str,
                     text: str) -> Failure:
-        """The failure another process reported (workers/process_main.error_report): the
+        """The failure another process reported (workers/outcome.Error): the
         original exception where it unpickles, else a WorkerFailure with its type and message."""
         exc: BaseException | None
         try:

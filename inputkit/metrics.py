@@ -1,21 +1,30 @@
-"""Metrics over a moving window, computed from successive ``Runner.stats()`` snapshots.
+"""One windowed pass over two snapshots: what both the live view and the diagnosis read.
 
-The core only counts (items in and out, seconds full and empty, bytes); this
-module turns two snapshots into what a person reads: rates over the last few
-seconds, the share of that window each queue was full or empty, and one flat
-JSON record per snapshot (``metrics.jsonl``) for plots and tools.
+The core only counts (items in and out, seconds full and empty, bytes, seconds inside fetch);
+:func:`coordinator_window` turns two snapshots of one coordinator into the figures over the
+span between them, once: rates, each queue's fill and its full/empty shares, the workers'
+shares inside fetch, the GIL probe and idle cores, the store's share, and the worker kind's
+own extension (its view's ``window`` hook, ``CoordinatorWindow.ext``). The dashboard and
+``metrics.jsonl`` show a :class:`Window` of them over the last few seconds
+(:class:`MovingWindow`); the diagnosis reads the same :class:`CoordinatorWindow` through
+:func:`inputkit.evidence.of_window`, over the window live or over the run after it.
+
+Without a ``before`` snapshot the span is the run from its first batch: the start-up before
+it, when every queue is empty while workers start, would read as starvation.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from inputkit.kinds.view import view_of
+from inputkit.probes import GilReading
 from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
-from inputkit.workers.base import RayStats
+from inputkit.workers.base import WorkerPoolStats
 
 
 @dataclass(frozen=True)
@@ -33,98 +42,15 @@ class QueueWindow:
     stage: Stage = Stage.OTHER
 
 
-_STATES = ("reading", "idle", "starting", "done", "dead")
-
-
-@dataclass(frozen=True)
-class ActorWindow:
-    """One Ray actor over the window: its state now and what it delivered per second."""
-
-    name: str
-    pid: int | None
-    state: str
-    chunks_per_s: float
-    samples_per_s: float
-
-
-@dataclass(frozen=True)
-class NodeWindow:
-    """The actors of one node (by its address): totals since start, rates over the window."""
-
-    node: str
-    actors: tuple[ActorWindow, ...]
-    chunks: int
-    samples: int
-    chunks_per_s: float
-    samples_per_s: float
-
-    @property
-    def states(self) -> dict[str, int]:
-        """How many actors are in each state (reading, idle, starting, done, dead, in that
-        order; a state not in that list after them)."""
-        found = Counter(a.state for a in self.actors)
-        rank = {state: i for i, state in enumerate(_STATES)}
-        return {state: found[state] for state in sorted(found, key=lambda s: rank.get(s, 99))}
-
-
-@dataclass(frozen=True)
-class RayWindow:
-    """A Ray pool over the window: per node, and the receiver's busy share of the window."""
-
-    stats: RayStats
-    nodes: tuple[NodeWindow, ...]
-    receive_busy: float
-
-    def record(self) -> dict[str, Any]:
-        """The ``ray`` entry of a coordinator in ``metrics.jsonl``."""
-        s = self.stats
-        return {"nodes": [{"node": n.node, "actors": len(n.actors), "states": n.states,
-                           "chunks": n.chunks, "samples": n.samples,
-                           "chunks_per_s": n.chunks_per_s, "samples_per_s": n.samples_per_s}
-                          for n in self.nodes],
-                "inflight_items": s.inflight_items, "inflight_bytes": s.inflight_bytes,
-                "held_bytes": s.held_bytes, "cap_bytes": s.cap_bytes,
-                "spilled_bytes": s.spilled_bytes, "duplicates": s.duplicates,
-                "receive_busy": self.receive_busy}
-
-
-def ray_window(now: RayStats, before: RayStats | None, span: float) -> RayWindow:
-    """Per-node rates between two snapshots (since start without ``before``; ``span`` is the
-    seconds between them). An actor is matched by name and pid: one that replaced a dead
-    actor (under its name, in another process) counts from 0, and one gone from the list no
-    longer counts."""
-    then = {a.name: a for a in before.actors} if before is not None else {}
-    nodes = []
-    for node, actors in now.nodes.items():
-        rows = []
-        for a in actors:
-            old = then.get(a.name)
-            if old is not None and (old.pid not in (None, a.pid) or a.chunks < old.chunks):
-                old = None  # a new actor under the old one's name
-            chunks = a.chunks - (old.chunks if old is not None else 0)
-            samples = a.samples - (old.samples if old is not None else 0)
-            rows.append(ActorWindow(name=a.name, pid=a.pid, state=a.state,
-                                    chunks_per_s=_per_s(chunks, span),
-                                    samples_per_s=_per_s(samples, span)))
-        nodes.append(NodeWindow(node=node, actors=tuple(rows),
-                                chunks=sum(a.chunks for a in actors),
-                                samples=sum(a.samples for a in actors),
-                                chunks_per_s=sum(r.chunks_per_s for r in rows),
-                                samples_per_s=sum(r.samples_per_s for r in rows)))
-    if before is not None:
-        busy = _share(now.receive_busy_s, before.receive_busy_s,
-                      now.receive_wall_s - before.receive_wall_s)
-    else:
-        busy = _share(now.receive_busy_s, 0.0, now.receive_wall_s)
-    return RayWindow(stats=now, nodes=tuple(nodes), receive_busy=busy)
-
-
-def _per_s(count: int, span: float) -> float:
-    return max(0, count) / span if span > 0 else 0.0
-
-
 @dataclass(frozen=True)
 class CoordinatorWindow:
+    """One coordinator over ``span_s`` seconds (from ``before``; without it, from its first
+    batch). Counts are over the span; shares are of the span (``in_fetch``: of the workers'
+    time, workers x span); ``fetch_cpu_share`` is CPU over wall time inside fetch;
+    ``gil_wait_ms`` None where too few probes ran, ``idle_cores`` None where unknown;
+    ``storage``: the store's figures (see :func:`_storage`), empty for local data; ``ext``:
+    the worker kind's own window (its view's ``window`` hook; None for kinds without)."""
+
     input: str
     device: str
     device_index: int
@@ -133,8 +59,135 @@ class CoordinatorWindow:
     mb_per_s: float
     queues: tuple[QueueWindow, ...]
     stats: CoordinatorStats
-    before: CoordinatorStats | None = None  # the snapshot the window starts from (diagnosis)
-    ray: RayWindow | None = None  # Ray workers: per node, over the window
+    before: CoordinatorStats | None = None  # the snapshot the window starts from
+    span_s: float = 0.0
+    batches: int = 0
+    copied_batches: int = 0
+    chunks: int = 0
+    empty_chunks: int = 0
+    workers: int = 0
+    in_fetch: float = 0.0
+    fetch_cores: float = 0.0
+    fetch_cpu_share: float = 0.0
+    gil_wait_ms: float | None = None
+    gil_held: float = 0.0
+    idle_cores: float | None = None
+    in_next: float = 0.0
+    device_busy: float = 0.0
+    storage: tuple[tuple[str, Any], ...] = ()
+    ext: Any = None
+
+    @property
+    def ray(self) -> Any:
+        """The Ray pool's window (a ``kinds.ray_view.RayWindow``), None for other kinds."""
+        return self.ext if self.stats.workers.ray is not None else None
+
+
+def share(value: float, span: float) -> float:
+    """``value`` seconds as a share of ``span`` seconds, within 0 and 1."""
+    return min(1.0, max(0.0, value / span)) if span > 0 else 0.0
+
+
+def per_s(count: float, span: float) -> float:
+    return max(0.0, count) / span if span > 0 else 0.0
+
+
+def coordinator_window(now: CoordinatorStats, before: CoordinatorStats | None = None
+                       ) -> CoordinatorWindow:
+    """Every figure of ``now`` over the span since ``before`` (or since its first batch)."""
+    w = now.workers
+    if before is not None:
+        span = now.elapsed_s - before.elapsed_s
+        then = {q.name: q for q in before.queues}
+        queues = tuple(_queue(q, then.get(q.name), span, 0.0) for q in now.queues)
+        pw: WorkerPoolStats | None = before.workers
+        rates = (per_s(now.samples - before.samples, span), per_s(now.batches - before.batches,
+                 span), per_s(now.bytes - before.bytes, span) / 1e6)
+        gil, idle = _gil(w.gil, before.workers.gil), _idle(w.idle_cpu_s,
+                                                          before.workers.idle_cpu_s, span)
+        in_next, device_busy = now.next_s - before.next_s, now.device_busy_s - before.device_busy_s
+    else:
+        startup = now.first_batch_s or 0.0
+        span = now.elapsed_s - startup
+        # A queue exists a moment before its coordinator starts and goes on after it
+        # finishes; both stretches, and the start-up, are empty time outside the span.
+        queues = tuple(_queue(q, None, span, startup + max(0.0, q.elapsed_s - now.elapsed_s))
+                       for q in now.queues)
+        pw = None
+        rates = (now.samples_per_s, now.batches_per_s, now.mb_per_s)
+        # The pool counts idle time from its own start: the whole run, not the span.
+        gil, idle = _gil(w.gil, None), _idle(w.idle_cpu_s, 0.0, now.elapsed_s)
+        in_next, device_busy = now.next_s, now.device_busy_s  # (next_s skips the first batch)
+    view = view_of(w.kind)
+    ext = view.window(w, pw, span)
+    wall = w.fetch_wall_s - (pw.fetch_wall_s if pw else 0.0)
+    cpu = w.fetch_cpu_s - (pw.fetch_cpu_s if pw else 0.0)
+    workers = view.live_workers(w, ext) or w.workers
+    return CoordinatorWindow(
+        input=now.input, device=now.device, device_index=now.device_index,
+        samples_per_s=rates[0], batches_per_s=rates[1], mb_per_s=rates[2], queues=queues,
+        stats=now, before=before, span_s=span,
+        batches=now.batches - (before.batches if before else 0),
+        copied_batches=now.copied_batches - (before.copied_batches if before else 0),
+        chunks=w.chunks - (pw.chunks if pw else 0),
+        empty_chunks=w.empty_chunks - (pw.empty_chunks if pw else 0), workers=workers,
+        in_fetch=share(wall, span * workers) if workers else 0.0,
+        fetch_cores=cpu / span if span > 0 else 0.0,
+        fetch_cpu_share=cpu / wall if wall > 0 else 0.0,
+        gil_wait_ms=gil[0], gil_held=gil[1], idle_cores=idle,
+        in_next=share(in_next, span), device_busy=share(device_busy, span),
+        storage=tuple(_storage(now, before, span).items()), ext=ext)
+
+
+def _queue(now: QueueStats, before: QueueStats | None, span: float, idle_s: float) -> QueueWindow:
+    """``idle_s``: seconds of the queue's life outside the span in which it was empty (before
+    the first batch, after the end), taken off its empty time when there is no ``before``."""
+    if before is None:
+        full, empty = now.time_full_s, now.time_empty_s - idle_s
+    else:
+        full = now.time_full_s - before.time_full_s
+        empty = now.time_empty_s - before.time_empty_s
+    return QueueWindow(name=now.name, items=now.items, capacity=now.capacity, bytes=now.bytes,
+                       max_bytes=now.max_bytes, peak_bytes=now.peak_bytes,
+                       full=share(full, span), empty=share(empty, span), stage=now.stage)
+
+
+def _storage(now: CoordinatorStats, before: CoordinatorStats | None,
+             span: float) -> dict[str, Any]:
+    """The store's share of the workers' time, from two storage readings (run-wide counters
+    divided over every worker that reads the store)."""
+    s = now.storage
+    if s is None or span <= 0:
+        return {}
+    b = before.storage if before is not None else None
+    wait_s = (s.wait_us - (b.wait_us if b else 0)) / 1e6
+    return {"storage_wait": share(wait_s, span * max(1, s.readers)),
+            "storage_where": s.where,
+            "storage_mb_per_s": (s.bytes_read - (b.bytes_read if b else 0)) / 1e6 / span,
+            "storage_retries": s.retries - (b.retries if b else 0),
+            "storage_errors": s.errors - (b.errors if b else 0)}
+
+
+_MIN_PROBES = 5  # fewer probes than this say nothing about the GIL
+
+
+def _gil(now: GilReading | None, before: GilReading | None) -> tuple[float | None, float]:
+    """Mean GIL wait per probe (ms; None without enough probes) and the share of probes that
+    found the GIL held, between two readings."""
+    if now is None:
+        return None, 0.0
+    then = before or GilReading()
+    probes = now.probes - then.probes
+    if probes < _MIN_PROBES:
+        return None, 0.0
+    return (now.wait_s - then.wait_s) / probes * 1000.0, (now.held - then.held) / probes
+
+
+def _idle(now: float | None, before: float | None, span: float) -> float | None:
+    """The machine's idle cores between two readings (idle CPU seconds per second)."""
+    if now is None or before is None or span <= 0:
+        return None
+    return max(0.0, (now - before) / span)
 
 
 @dataclass(frozen=True)
@@ -160,21 +213,25 @@ class Window:
             "planned_host_bytes": self.stats.planned_host_bytes,
             "rss_bytes": memory.total_rss if memory else None,
             "shared_bytes": memory.shared_bytes if memory else None,
-            "coordinators": [
-                {"input": c.input, "device": c.device, "device_index": c.device_index,
-                 "samples_per_s": c.samples_per_s, "batches_per_s": c.batches_per_s,
-                 "workers": {"fetching": c.stats.workers.fetching,
-                             "blocked": c.stats.workers.blocked, "idle": c.stats.workers.idle,
-                             "p50_ms": c.stats.workers.fetch_p50_ms,
-                             "p95_ms": c.stats.workers.fetch_p95_ms},
-                 "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
-                             "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
-                             "empty": q.empty} for q in c.queues],
-                 **({"ray": c.ray.record()} if c.ray is not None else {}),
-                 **({"storage": _storage_record(c)} if c.stats.storage is not None else {})}
-                for c in self.coordinators],
+            "coordinators": [_coordinator_record(c) for c in self.coordinators],
             "warnings": warnings,
         }
+
+
+def _coordinator_record(c: CoordinatorWindow) -> dict[str, Any]:
+    view = view_of(c.stats.workers.kind)
+    own = view.record(c.ext) if c.ext is not None else None
+    return {"input": c.input, "device": c.device, "device_index": c.device_index,
+            "samples_per_s": c.samples_per_s, "batches_per_s": c.batches_per_s,
+            "workers": {"fetching": c.stats.workers.fetching,
+                        "blocked": c.stats.workers.blocked, "idle": c.stats.workers.idle,
+                        "p50_ms": c.stats.workers.fetch_p50_ms,
+                        "p95_ms": c.stats.workers.fetch_p95_ms},
+            "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
+                        "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
+                        "empty": q.empty} for q in c.queues],
+            **({view.key: own} if own is not None and view.key else {}),
+            **({"storage": _storage_record(c)} if c.stats.storage is not None else {})}
 
 
 def _storage_record(c: CoordinatorWindow) -> dict[str, Any]:
@@ -186,20 +243,21 @@ def _storage_record(c: CoordinatorWindow) -> dict[str, Any]:
     return storage_record(c.stats.storage, before, span)  # type: ignore[arg-type]
 
 
-def _share(now: float, before: float, span: float) -> float:
-    return min(1.0, max(0.0, (now - before) / span)) if span > 0 else 0.0
-
-
-def _queue_window(now: QueueStats, before: QueueStats | None) -> QueueWindow:
-    if before is None:
-        full, empty = now.full_fraction, now.empty_fraction
-    else:
-        span = now.elapsed_s - before.elapsed_s
-        full = _share(now.time_full_s, before.time_full_s, span)
-        empty = _share(now.time_empty_s, before.time_empty_s, span)
-    return QueueWindow(name=now.name, items=now.items, capacity=now.capacity, bytes=now.bytes,
-                       max_bytes=now.max_bytes, peak_bytes=now.peak_bytes, full=full, empty=empty,
-                       stage=now.stage)
+def window(stats: RunnerStats, before: RunnerStats | None = None,
+           window_s: float | None = None) -> Window:
+    """The :class:`Window` from ``before`` to ``stats`` (each coordinator matched by input and
+    device; one without a match, or no ``before``: since its first batch). ``window_s``: the
+    seconds shown as the window (default: between the two snapshots)."""
+    old = {(c.input, c.device_index): c for c in before.coordinators} if before else {}
+    coordinators = tuple(coordinator_window(c, old.get((c.input, c.device_index)))
+                         for c in stats.coordinators)
+    span = window_s if window_s is not None else \
+        stats.elapsed_s - before.elapsed_s if before is not None else 0.0
+    return Window(elapsed_s=stats.elapsed_s, window_s=span,
+                  samples_per_s=sum(c.samples_per_s for c in coordinators),
+                  batches_per_s=sum(c.batches_per_s for c in coordinators),
+                  mb_per_s=sum(c.mb_per_s for c in coordinators),
+                  coordinators=coordinators, stats=stats)
 
 
 class MovingWindow:
@@ -216,32 +274,4 @@ class MovingWindow:
             self._history.popleft()
         then, old = self._history[0]
         span = now - then
-        old_by_key = {(c.input, c.device_index): c for c in old.coordinators} if span > 0 else {}
-        coordinators = []
-        for c in stats.coordinators:
-            prev = old_by_key.get((c.input, c.device_index))
-            rates = _rates(c.samples, c.batches, c.bytes, prev, span) if prev else \
-                (c.samples_per_s, c.batches_per_s, c.mb_per_s)
-            before_queues = {q.name: q for q in prev.queues} if prev else {}
-            ray = None
-            if c.workers.ray is not None:
-                old = prev.workers.ray if prev is not None else None
-                ray = ray_window(c.workers.ray, old, c.elapsed_s - prev.elapsed_s if prev
-                                 else c.elapsed_s)
-            coordinators.append(CoordinatorWindow(
-                input=c.input, device=c.device, device_index=c.device_index,
-                samples_per_s=rates[0], batches_per_s=rates[1], mb_per_s=rates[2],
-                queues=tuple(_queue_window(q, before_queues.get(q.name)) for q in c.queues),
-                stats=c, before=prev, ray=ray))
-        return Window(
-            elapsed_s=stats.elapsed_s, window_s=span,
-            samples_per_s=sum(c.samples_per_s for c in coordinators),
-            batches_per_s=sum(c.batches_per_s for c in coordinators),
-            mb_per_s=sum(c.mb_per_s for c in coordinators),
-            coordinators=tuple(coordinators), stats=stats)
-
-
-def _rates(samples: int, batches: int, nbytes: int, prev: CoordinatorStats,
-           span: float) -> tuple[float, float, float]:
-    return ((samples - prev.samples) / span, (batches - prev.batches) / span,
-            (nbytes - prev.bytes) / 1e6 / span)
+        return window(stats, old if span > 0 else None, window_s=span)

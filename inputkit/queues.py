@@ -111,6 +111,7 @@ class BoundedQueue:
         self._get_wait = 0.0
         self._items_in = self._items_out = self._bytes_in = self._bytes_out = 0
         self._peak_items = self._peak_bytes = 0
+        self._putters = self._getters = 0  # threads waiting in put / get (under the lock)
 
     def put(self, item: Any, nbytes: int = 0, stop: threading.Event | None = None,
             timeout: float | None = None) -> bool:
@@ -121,13 +122,17 @@ class BoundedQueue:
         with self._lock:
             if self._full_for(nbytes) and not self._closed:
                 began = time.monotonic()
-                while self._full_for(nbytes) and not self._closed:
-                    waited = time.monotonic() - began
-                    if (stop is not None and stop.is_set()) or \
-                            (timeout is not None and waited >= timeout):
-                        self._put_wait += waited
-                        return False
-                    self._not_full.wait(_POLL_S if timeout is None else min(_POLL_S, timeout))
+                self._putters += 1  # notified only while someone waits: a notify costs ~1 us
+                try:
+                    while self._full_for(nbytes) and not self._closed:
+                        waited = time.monotonic() - began
+                        if (stop is not None and stop.is_set()) or \
+                                (timeout is not None and waited >= timeout):
+                            self._put_wait += waited
+                            return False
+                        self._not_full.wait(_POLL_S if timeout is None else min(_POLL_S, timeout))
+                finally:
+                    self._putters -= 1
                 self._put_wait += time.monotonic() - began
             if self._closed:
                 return False
@@ -156,11 +161,15 @@ class BoundedQueue:
         with self._lock:
             if not self._items:
                 began = time.monotonic()
-                while not self._items:
-                    if self._closed or (stop is not None and stop.is_set()):
-                        self._get_wait += time.monotonic() - began
-                        raise QueueClosed(self.name)
-                    self._not_empty.wait(_POLL_S)
+                self._getters += 1
+                try:
+                    while not self._items:
+                        if self._closed or (stop is not None and stop.is_set()):
+                            self._get_wait += time.monotonic() - began
+                            raise QueueClosed(self.name)
+                        self._not_empty.wait(_POLL_S)
+                finally:
+                    self._getters -= 1
                 self._get_wait += time.monotonic() - began
             item, nbytes, counts = self._items.popleft()
             if counts:
@@ -169,7 +178,8 @@ class BoundedQueue:
                 self._bytes -= nbytes
                 self._items_out += 1
                 self._bytes_out += nbytes
-                self._not_full.notify()
+                if self._putters:
+                    self._not_full.notify()
             return item
 
     def close(self) -> None:
@@ -217,9 +227,12 @@ class BoundedQueue:
             self._bytes += nbytes
             self._items_in += 1
             self._bytes_in += nbytes
-            self._peak_items = max(self._peak_items, self._payload)
-            self._peak_bytes = max(self._peak_bytes, self._bytes)
-        self._not_empty.notify()
+            if self._payload > self._peak_items:
+                self._peak_items = self._payload
+            if self._bytes > self._peak_bytes:
+                self._peak_bytes = self._bytes
+        if self._getters:
+            self._not_empty.notify()
 
     def _at_limit(self) -> bool:
         if self._payload >= self.capacity:
@@ -229,7 +242,8 @@ class BoundedQueue:
     def _account(self) -> None:
         """Close the current full/empty time segment before the fill changes."""
         now = time.monotonic()
-        if self._at_limit():
+        if self._payload >= self.capacity or \
+                (self.max_bytes is not None and self._bytes >= self.max_bytes):  # _at_limit()
             self._time_full += now - self._since
         elif self._payload == 0:
             self._time_empty += now - self._since

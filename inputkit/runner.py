@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inputkit import startup
+from inputkit import kinds, startup
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.coordinator import Abort, Coordinator, Stages
@@ -119,7 +119,8 @@ class Runner:
                 key = f"{spec.key_prefix}source"
                 source: BoundSource | None = probed.get(name)
                 self._note_info(name, source)
-                if spec.worker_kind in ("thread", "inline"):  # they share one source object
+                if kinds.get(spec.worker_kind, f"{spec.key_prefix}workers.kind").source_here:
+                    # (thread, inline, or a registered kind of the same sort): one source object
                     if source is not None and indexed_length(source.obj) is None:
                         self._drop_source(source)  # a fetch source: the probe consumed a chunk
                         source = None

@@ -107,7 +107,8 @@ def storage_terms(inp: Any, data: RemoteData, chunk: int, sample_bytes: int,
     """The disk cache and download-buffer lines of one input (not per device: one cache and
     one prefetcher serve every device of the input)."""
     from inputkit import storage
-    from inputkit.memory_terms import BYTE_LIMIT, DISK, HOST, Term
+    from inputkit.memory_terms import kind_plan
+    from inputkit.plan_lines import BYTE_LIMIT, DISK, HOST, Term
 
     store_cfg, cache_cfg = storage.settings()
     name, p = inp.name, inp.key_prefix
@@ -135,7 +136,7 @@ def storage_terms(inp: Any, data: RemoteData, chunk: int, sample_bytes: int,
                           f"{store_cfg.concurrency} in flight per process)", per_device=False))
         return terms
     size = data.range_bytes or sample_bytes
-    processes = inp.worker_count if inp.worker_kind in ("process", "ray") else 1
+    processes = inp.worker_count if kind_plan(inp).worker_processes else 1
     per_process = store_cfg.concurrency
     if not data.range_bytes:  # a window per request: a chunk's windows at most
         per_process = min(per_process, max(1, chunk) * (inp.worker_count if processes == 1 else 1))

@@ -28,7 +28,7 @@ from inputkit.diagnosis import (
     over_buffering,
 )
 from inputkit.evidence import Evidence, QueueEvidence, evidence
-from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
+from inputkit.metrics import Window, window
 from inputkit.probes import GilReading, parse_idle, parse_schedstat
 from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
@@ -274,16 +274,8 @@ def coordinator(elapsed: float, batch_empty: float, chunk_empty: float, kind: st
 
 
 def window_of(before: CoordinatorStats, now: CoordinatorStats) -> Window:
-    span = now.elapsed_s - before.elapsed_s
-    queues = tuple(QueueWindow(name=q.name, items=q.items, capacity=q.capacity, bytes=q.bytes,
-                               max_bytes=q.max_bytes, peak_bytes=q.peak_bytes, full=0.0, empty=0.0)
-                   for q in now.queues)
-    c = CoordinatorWindow(input=now.input, device=now.device, device_index=now.device_index,
-                          samples_per_s=0.0, batches_per_s=0.0, mb_per_s=0.0, queues=queues,
-                          stats=now, before=before)
-    stats = RunnerStats(elapsed_s=now.elapsed_s, coordinators=(now,))
-    return Window(elapsed_s=now.elapsed_s, window_s=span, samples_per_s=0.0, batches_per_s=0.0,
-                  mb_per_s=0.0, coordinators=(c,), stats=stats)
+    return window(RunnerStats(elapsed_s=now.elapsed_s, coordinators=(now,)),
+                  RunnerStats(elapsed_s=before.elapsed_s, coordinators=(before,)))
 
 
 SCENARIOS = {  # (batch queue empty, chunk queue empty, pool extras) over a steady run

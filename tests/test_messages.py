@@ -17,7 +17,7 @@ from inputkit.config.errors import check_overrides, translate_config_errors
 from inputkit.config.spec import _devices
 from inputkit.diagnosis import diagnose, live_warnings
 from inputkit.messages import Failure
-from inputkit.metrics import CoordinatorWindow, QueueWindow, Window
+from inputkit.metrics import Window, window
 from inputkit.queues import QueueStats, Stage
 from inputkit.sources import SyntheticSource, build_source
 from inputkit.stats import CoordinatorStats, RunnerStats, WorkerPoolStats
@@ -187,16 +187,7 @@ def _stats(elapsed: float = 2.0, batches: int = 0, finished: bool = False, batch
 
 def _window(stats: RunnerStats) -> Window:
     """A 2-second window ending at ``stats`` (chunk queue always empty, batch queue 20%)."""
-    coordinators = tuple(
-        CoordinatorWindow(input=c.input, device=c.device, device_index=c.device_index,
-                          samples_per_s=0.0, batches_per_s=0.0, mb_per_s=0.0, stats=c,
-                          queues=tuple(QueueWindow(name=q.name, items=q.items, capacity=q.capacity,
-                                                   bytes=q.bytes, max_bytes=q.max_bytes,
-                                                   peak_bytes=q.peak_bytes, full=q.full_fraction,
-                                                   empty=q.empty_fraction) for q in c.queues))
-        for c in stats.coordinators)
-    return Window(elapsed_s=stats.elapsed_s, window_s=2.0, samples_per_s=0.0, batches_per_s=0.0,
-                  mb_per_s=0.0, coordinators=coordinators, stats=stats)
+    return window(stats, None, window_s=2.0)
 
 
 def test_only_empty_chunks_is_diagnosed_as_such():

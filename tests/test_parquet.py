@@ -175,20 +175,23 @@ def test_shuffled_indices_decode_each_row_group_touched_once_and_keep_their_orde
     assert src.read_scratch()[0] == 2 * src.group_bytes > 0
 
 
-def test_threads_share_the_cache_and_wait_for_one_decode_of_a_row_group(tmp_path):
+def test_threads_share_the_cache_and_decode_the_next_row_group_while_one_decodes(tmp_path):
+    """Thread b wants row group 0 while thread a decodes it: b decodes row group 1 (what the
+    reads after its own want) meanwhile, then waits for a's decode; each is decoded once."""
     import threading
     import time
 
     write_files(tmp_path)
     src = ParquetSource(str(tmp_path / "*.parquet"), pad={"ragged": 3})
-    entered, release = threading.Event(), threading.Event()
+    entered = {g: threading.Event() for g in (0, 1)}
+    release = {g: threading.Event() for g in (0, 1)}
     decoded: list[int] = []
     decode = src._decode_row_group
 
     def slow(g: int):
         decoded.append(g)
-        entered.set()
-        assert release.wait(30)
+        entered[g].set()
+        assert release[g].wait(30)
         return decode(g)
 
     src._decode_row_group = slow  # type: ignore[method-assign]
@@ -196,17 +199,41 @@ def test_threads_share_the_cache_and_wait_for_one_decode_of_a_row_group(tmp_path
     readers = [threading.Thread(target=lambda r=r, k=k: got.__setitem__(k, ids_of(src.read(r))))
                for k, r in (("a", np.arange(0, 10)), ("b", np.arange(10, 20)))]
     readers[0].start()
-    assert entered.wait(30)
+    assert entered[0].wait(30)
     readers[1].start()
+    assert entered[1].wait(30), "b decodes row group 1 while a decodes row group 0"
+    release[1].set()
     deadline = time.monotonic() + 30
     while src._cache.waits == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    release.set()
+    release[0].set()
     for t in readers:
         t.join(30)
-    assert src._cache.waits == 1 and decoded == [0], "one decode for both threads"
+    assert src._cache.waits == 1 and src._cache.ahead_decodes == 1 and decoded == [0, 1]
     assert src._cache.capacity == 2 * 2, "each thread brings cache_row_groups to the pool"
     assert got == {"a": list(range(10)), "b": list(range(10, 20))}
+    assert ids_of(src.read(np.arange(40, 60))) == list(range(40, 60)) and decoded == [0, 1]
+    src.close()
+
+
+def test_a_row_group_that_fails_to_decode_ahead_fails_the_read_that_wants_it(tmp_path):
+    """A decode ahead that raises caches nothing and fails no read; the read of that row
+    group decodes it again and raises its error."""
+    write_files(tmp_path)
+    src = ParquetSource(str(tmp_path / "*.parquet"), pad={"ragged": 3})
+    decode = src._decode_row_group
+
+    def broken(g: int):
+        if g == 1:
+            raise SourceError("test", "row group 1 is damaged")
+        return decode(g)
+
+    src._decode_row_group = broken  # type: ignore[method-assign]
+    src._cache.ahead(1, src._decode_row_group)
+    assert 1 not in src._cache and src._cache.ahead_decodes == 1
+    assert ids_of(src.read(np.arange(0, 10))) == list(range(10))
+    with pytest.raises(SourceError, match="row group 1 is damaged"):
+        src.read(np.arange(40, 50))
     src.close()
 
 

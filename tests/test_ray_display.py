@@ -18,7 +18,9 @@ from inputkit.cli.render import progress_line, ray_record, ray_summary_lines
 from inputkit.dashboard import plain_lines, render
 from inputkit.diagnosis import diagnose, judge, live_verdicts, live_warnings
 from inputkit.evidence import Evidence, QueueEvidence, evidence
-from inputkit.metrics import MovingWindow, Window, ray_window
+from inputkit.kinds.ray_view import RayEvidence, ray_window
+from inputkit.metrics import MovingWindow, Window
+from inputkit.metrics import window as metrics_window
 from inputkit.queues import QueueStats, Stage
 from inputkit.stats import CoordinatorStats, RunnerStats
 from inputkit.workers.base import ActorStats, RayStats, WorkerPoolStats
@@ -218,10 +220,12 @@ def ray_ev(**kw) -> Evidence:
                 queues=(QueueEvidence("chunk queue", 16, 0, 0, full=0.0, empty=0.9),
                         QueueEvidence("batch queue", 4, 0, 0, full=0.0, empty=0.85)),
                 in_fetch=0.2, fetch_cores=0.4, fetch_p50_ms=3.0, fetch_cpu_share=0.5,
-                idle_cores=1.0, chunks=300, cores=2, receive_busy=0.8, actors_reading=0.25,
-                inflight_items=2, pinned_bytes=8 * MB, cap_bytes=64 * MB, nodes=2)
+                idle_cores=1.0, chunks=300, cores=2)
+    ray = dict(receive_busy=0.8, actors_reading=0.25, inflight_items=2, pinned_bytes=8 * MB,
+               cap_bytes=64 * MB, nodes=2)
+    ray.update({k: kw.pop(k) for k in list(kw) if k in ray or k == "ray_local"})
     base.update(kw)
-    return Evidence(**base)  # type: ignore[arg-type]
+    return Evidence(**base, ext=RayEvidence(**ray))  # type: ignore[arg-type]
 
 
 def test_idle_actors_and_a_busy_receiver_are_receive_bound_with_larger_chunks_advised():
@@ -293,14 +297,12 @@ def test_the_evidence_reads_the_receivers_busy_share_and_live_actors_over_the_wi
     now = coordinator(10.0, ray_stats(2, busy_s=4.5, wall_s=10.0), batches=200, fetch_wall=4.0,
                       batch_empty=0.9, chunk_empty=0.9)
     e = evidence(now, before, over="the last 5 s")
-    assert e.receive_busy == 0.7  # 3.5 s of 5
+    assert e.ext.receive_busy == 0.7  # 3.5 s of 5
     assert e.workers == 4  # the starting actor cannot take calls
     assert e.in_fetch == 2.0 / (4 * 5.0)
-    assert e.actors_reading == 3 / 4 and e.pinned_bytes == 32 * MB and e.nodes == 2
-    window = Window(elapsed_s=10.0, window_s=5.0, samples_per_s=0.0, batches_per_s=0.0,
-                    mb_per_s=0.0, coordinators=(replace(two_snapshots().coordinators[0],
-                                                        stats=now, before=before),),
-                    stats=RunnerStats(elapsed_s=10.0, coordinators=(now,)))
+    assert e.ext.actors_reading == 3 / 4 and e.ext.pinned_bytes == 32 * MB and e.ext.nodes == 2
+    window = metrics_window(RunnerStats(elapsed_s=10.0, coordinators=(now,)),
+                            RunnerStats(elapsed_s=5.0, coordinators=(before,)))
     (live,) = live_verdicts(window)
     assert live is not None and live.kind == "receive-bound"
     # The run as a whole (no window): the same judgement, from the first batch on.
@@ -309,7 +311,7 @@ def test_the_evidence_reads_the_receivers_busy_share_and_live_actors_over_the_wi
     assert final[0].startswith("input 'main' on 0:cpu: receive-bound.")
     # A quiet receiver over the same window: not receive-bound.
     quiet = replace(now, workers=replace(now.workers, ray=ray_stats(2, busy_s=1.5, wall_s=10.0)))
-    assert evidence(quiet, before).receive_busy == 0.1
+    assert evidence(quiet, before).ext.receive_busy == 0.1
     assert diagnose(RunnerStats(elapsed_s=10.0, coordinators=(quiet,)), since=RunnerStats(
         elapsed_s=5.0, coordinators=(before,)))[0].find("receive-bound") == -1
 

@@ -78,6 +78,29 @@ def test_shuffled_and_repeated_reads_match_the_windows_in_order(tmp_path):
         assert np.array_equal(got["labels"], every["labels"][indices])
 
 
+@pytest.mark.parametrize("mode", ["stream", "per_file"])
+def test_a_shuffled_chunk_gathered_per_file_equals_the_windows_read_one_by_one(tmp_path, mode):
+    """A chunk of many runs is gathered per file (windows crossing a file copied apart, in
+    stream mode); every field equals the window read alone, which is copied run by run."""
+    write_tokens(tmp_path, [700, 40, 1300, 66, 900])
+    src = TokenSource(str(tmp_path / "*.bin"), seq_len=32, stride=20, dtype="uint16", mode=mode,
+                      fields=["tokens", "labels", "id", "input_ids"])
+    order = np.random.default_rng(1).permutation(len(src))
+    got = src.read(order)
+    alone = [src.read(np.array([i])) for i in order.tolist()]
+    for name in ("tokens", "labels", "input_ids", "id"):
+        assert np.array_equal(got[name], np.concatenate([a[name] for a in alone])), name
+    assert np.array_equal(got["tokens"][:, 0], src._starts(order)), "each window at its start"
+    if mode == "stream":
+        width = src.seq_len + 1
+        bounds = np.cumsum([700, 40, 1300, 66, 900])
+        crossing = [i for i in order.tolist() if np.any((i * 20 < bounds)
+                                                        & (bounds < i * 20 + width))]
+        assert crossing, "the data has windows that span files"
+    one_file = src.read(order[src.sample_groups()[order] == 2])  # every window from one file
+    assert np.all(np.diff(one_file["tokens"], axis=1) == 1)
+
+
 def test_per_file_windows_never_cross_a_file(tmp_path):
     write_tokens(tmp_path, [500, 130, 777])
     src = TokenSource(str(tmp_path / "*.bin"), seq_len=64, dtype="uint16", mode="per_file",
@@ -269,7 +292,7 @@ def test_bad_token_files_are_config_errors_naming_the_file_or_key(tmp_path, case
 
 
 def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
-    import inputkit.sources.tokens as tokens
+    import inputkit.sources.token_checks as tokens  # where the files are inspected
 
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "a.bin")
 
@@ -345,7 +368,8 @@ def test_a_narrowing_output_dtype_that_fits_vocab_size_checks_ids_before_the_cas
     src = TokenSource(str(tmp_path / "a.bin"), dtype="uint16", seq_len=16, vocab_size=30_000,
                       output_dtype="int16")
     src.read(np.arange(0, 90))  # windows 0..89 end at token 1440: clean
-    for indices in (np.arange(80, 100), np.array([95, 3, 93])):  # a run, and shuffled windows
+    # a run, shuffled windows, and a chunk of many runs (gathered, then read run by run)
+    for indices in (np.arange(80, 100), np.array([95, 3, 93]), np.array([1, 95, 3, 7, 93, 9])):
         with pytest.raises(SourceError, match=r"'.*a\.bin': token id 40000 at token offset "
                                               r"1,500 \(byte 3,000\) is >= vocab_size=30000"):
             src.read(indices)

@@ -22,9 +22,9 @@ from rich.console import Console
 
 from inputkit import startup
 from inputkit.cli.render import (
+    kind_records,
+    kind_summary_lines,
     progress_line,
-    ray_record,
-    ray_summary_lines,
     skipped_lines,
     skipped_record,
     summary_table,
@@ -146,7 +146,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         if c.components:
             console.print(f"components of {c.input} on {c.device_index}:{c.device}: "
                           f"{components_text(c.components)}", markup=False, highlight=False)
-    for line in ray_summary_lines(final):  # where Ray ran the actors, and what each node did
+    for line in kind_summary_lines(final):  # the kinds' own (Ray: where the actors ran)
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     for line in skipped_lines(final, "see summary.json" if output_dir is not None else ""):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -170,8 +170,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                "startup": startup_record,
                "diagnosis": diagnosis, "warnings": list(recorder.seen_warnings.values()),
                "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
-               **({"ray": ray_record(final)} if any(c.workers.ray for c in final.coordinators)
-                  else {}),
+               **kind_records(final),  # a kind's own entries (Ray's "ray")
                "sources": runner.source_info, **(extra or {})}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)

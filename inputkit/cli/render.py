@@ -115,53 +115,34 @@ def skipped_record(stats: RunnerStats) -> list[dict[str, Any]]:
             for c in stats.coordinators if c.workers.skipped_samples]
 
 
-def ray_record(stats: RunnerStats) -> list[dict[str, Any]]:
-    """summary.json's ``ray``: per input and device with Ray workers, where they ran (the
-    address, a private local Ray or not), how long connecting and starting the actors took,
-    per node its actors (by state), chunks and samples, and the object-store figures."""
-    from inputkit.metrics import ray_window
+def kind_records(stats: RunnerStats) -> dict[str, list[dict[str, Any]]]:
+    """summary.json's entries of the worker kinds that have their own (its view's ``key``:
+    ``ray``, where the actors ran and what each node did), one per input and device."""
+    from inputkit.kinds.view import view_of
 
-    found = []
+    found: dict[str, list[dict[str, Any]]] = {}
     for c in stats.coordinators:
-        ray = c.workers.ray
-        if ray is None:
-            continue
-        nodes = ray_window(ray, None, c.elapsed_s).nodes
-        found.append({"input": c.input, "device_index": c.device_index, "device": c.device,
-                      "address": ray.address, "local": ray.local, "connect_s": ray.connect_s,
-                      "ready_s": ray.ready_s, "first_batch_s": c.first_batch_s,
-                      "nodes": [{"node": n.node, "actors": len(n.actors), "states": n.states,
-                                 "chunks": n.chunks, "samples": n.samples} for n in nodes],
-                      "inflight_items": ray.inflight_items, "inflight_bytes": ray.inflight_bytes,
-                      "held_bytes": ray.held_bytes, "cap_bytes": ray.cap_bytes,
-                      "duplicates": ray.duplicates, "spilled_bytes": ray.spilled_bytes,
-                      "restarts": c.workers.restarts})
+        view = view_of(c.workers.kind)
+        entry = view.summary(c) if view.key else None
+        if entry is not None:
+            found.setdefault(view.key, []).append(entry)  # type: ignore[arg-type]
     return found
 
 
-def ray_summary_lines(stats: RunnerStats) -> list[str]:
-    """The end-of-run lines of each input with Ray workers: where they ran, how long start-up
-    took, then one line a node (its actors, chunks and samples), then duplicates and spill."""
-    from inputkit.dashboard import node_name, ray_where
-    from inputkit.metrics import ray_window
+def ray_record(stats: RunnerStats) -> list[dict[str, Any]]:
+    """summary.json's ``ray``: per input and device with Ray workers (kinds/ray_view.py)."""
+    return kind_records(stats).get("ray", [])
 
-    lines = []
-    for c in stats.coordinators:
-        ray = c.workers.ray
-        if ray is None:
-            continue
-        window = ray_window(ray, None, c.elapsed_s)
-        first = f", first batch at {_seconds(c.first_batch_s)}" if c.first_batch_s is not None \
-            else ""
-        lines.append(f"ray of input '{c.input}' on {c.device_index}:{c.device}: "
-                     f"{ray_where(window)}{first}")
-        for n in window.nodes:
-            lines.append(f"  {node_name(n)}: {len(n.actors)} actor{'s' if len(n.actors) != 1 else ''}, "
-                         f"{n.chunks:,} chunks, {n.samples:,} samples")
-        spilled = "unknown" if ray.spilled_bytes is None else format_size(ray.spilled_bytes)
-        lines.append(f"  duplicates dropped {ray.duplicates:,}, restarts {c.workers.restarts:,}, "
-                     f"spilled to disk {spilled}")
-    return lines
+
+def kind_summary_lines(stats: RunnerStats) -> list[str]:
+    """The end-of-run lines of each input whose worker kind has its own (Ray: where the
+    actors ran, start-up, one line a node, duplicates and spill)."""
+    from inputkit.kinds.view import view_of
+
+    return [line for c in stats.coordinators for line in view_of(c.workers.kind).summary_lines(c)]
+
+
+ray_summary_lines = kind_summary_lines  # (its old name)
 
 
 def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table:

@@ -1,8 +1,9 @@
-"""Parse byte sizes written by people: ``512MiB``, ``1.5GB``, ``4096``."""
+"""Parse byte sizes written by people: ``512MiB``, ``1.5GB``, ``4096``, and budgets (``60%``)."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from inputkit.errors import ConfigError
 
@@ -60,3 +61,22 @@ def size_setting_at_most(size: int) -> str:
         if size >= 10 * scale:
             return f"{size // scale}{unit}"
     return str(max(0, int(size)))
+
+
+def parse_budget(value: Any, key: str, available: int | None = None) -> int:
+    """``16GiB`` or ``60%`` (of the RAM available now, read with psutil) -> bytes."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise ConfigError(key, f"cannot read {value!r} as a percentage; write e.g. 60%") \
+                from None
+        if not 0 < share <= 100:
+            raise ConfigError(key, f"must be a percentage in (0, 100], got {value!r}")
+        if available is None:
+            import psutil
+
+            available = int(psutil.virtual_memory().available)
+        return int(available * share / 100)
+    return parse_size(value, key)

@@ -26,7 +26,7 @@ from inputkit.config.schema import (
     InputConfig,
     InputkitConfig,
 )
-from inputkit.config.sizes import parse_size
+from inputkit.config.sizes import parse_budget, parse_size
 from inputkit.errors import ConfigError
 from inputkit.failures import FailurePolicy
 from inputkit.work import EpochSpec
@@ -172,8 +172,6 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
     cache_settings(spec.cache)
     if spec.distributed not in ("auto", "off"):
         raise ConfigError("distributed", f"unknown mode '{spec.distributed}'; use auto or off")
-    from inputkit.memory import parse_budget
-
     parse_budget(spec.memory_budget, "memory.budget", available=2**40)  # check the syntax now
     if spec.memory_gpu_budget is not None:
         parse_size(spec.memory_gpu_budget, "memory.gpu_budget")

@@ -11,7 +11,8 @@ the indices touch, projected to the selected columns, never whole files. Each wo
 keeps its last ``cache_row_groups`` decoded row groups (converted to numpy); the thread
 workers of one process pool theirs into one cache of ``threads x cache_row_groups``, so the
 consecutive chunks of one row group, the usual unshuffled case, decode it once per process,
-and two threads wanting the same row group wait for one decode.
+and two threads wanting the same row group wait for one decode (the waiting thread decodes
+the next row group meanwhile, so a process's threads decode side by side).
 Shuffled indices are grouped by row group, so a read decodes each row group it touches
 once. The memory plan counts the cache per worker (``read_scratch``).
 
@@ -27,8 +28,6 @@ drops those rows alone, not their row group. pyarrow is needed (``pip install
 
 from __future__ import annotations
 
-import glob
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,16 +36,17 @@ import numpy as np
 
 from inputkit.errors import SourceError
 from inputkit.sources.parquet_cache import OpenFiles, RowGroup, RowGroupCache
-from inputkit.sources.parquet_columns import Column, column_spec, decoded_bytes, to_numpy, with_fill
+from inputkit.sources.parquet_columns import decoded_bytes, to_numpy
+from inputkit.sources.parquet_files import expand_files, footer, pyarrow_parquet
+from inputkit.sources.parquet_schema import fill_values, leaf_values, pad_lengths, select_columns
 from inputkit.sources.protocol import field_names
-from inputkit.sources.remote_files import RangeFile, is_url, list_prefix
-from inputkit.sources.remote_files import expand as remote_expand
+from inputkit.sources.remote_files import RangeFile, is_url
 from inputkit.sources.remote_files import sizes as object_sizes
 
+__all__ = ["NAME", "ParquetSource", "expand_files"]
 NAME = "inputkit.sources.parquet.ParquetSource"
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 _OPEN_FILES = 4  # Parquet files each worker keeps open (the most recently read)
-_GLOB = ("*", "?", "[")
 
 
 class ParquetSource:
@@ -66,7 +66,7 @@ class ParquetSource:
                  pad: Mapping[str, int] | None = None, pad_value: int | float = 0,
                  cache_row_groups: int = 2,
                  fill_null: int | float | Mapping[str, int | float] | None = None) -> None:
-        pq = _pyarrow_parquet()
+        pq = pyarrow_parquet()
         if isinstance(cache_row_groups, bool) or not isinstance(cache_row_groups, int) \
                 or cache_row_groups < 1:
             raise ValueError(f"cache_row_groups: expected a whole number >= 1, got "
@@ -74,17 +74,18 @@ class ParquetSource:
         self.files_arg = files
         self.files = expand_files(files)
         self.columns_arg = field_names(columns, "Parquet column names")
-        self.pad = _pad_lengths(pad)
+        self.pad = pad_lengths(pad)
         self.pad_value = pad_value
-        self.fill_null = _fill_values(fill_null)
+        self.fill_null = fill_values(fill_null)
         self.cache_row_groups = cache_row_groups
         # an object in a store: its size from one head, its footer from one or two ranged
         # reads, once; a worker's handle then reads only the column chunks a row group needs
         remote = [path for path in self.files if is_url(path)]
         self.remote_sizes = dict(zip(remote, object_sizes(remote), strict=True))
-        footers = [_footer(pq, path, self.remote_sizes.get(path)) for path in self.files]
+        footers = [footer(pq, path, self.remote_sizes.get(path)) for path in self.files]
         self.footers = footers if remote else None  # kept (and pickled) for remote handles
-        self.columns = self._select(footers)
+        self.columns = select_columns(footers, self.files, self.columns_arg, self.pad,
+                                      self.pad_value, self.fill_null)
         names = [c.name for c in self.columns]
         for key, given in (("pad", self.pad), ("fill_null", self.fill_null)):
             unused = [name for name in given if name is not None and name not in names]
@@ -103,7 +104,7 @@ class ParquetSource:
                     groups.append((f, r))
                     counts.append(group.num_rows)
                     largest = max(largest, decoded_bytes(self.columns, group.num_rows,
-                                                         _leaf_values(group, self.pad)))
+                                                         leaf_values(group, self.pad)))
         self.length = int(sum(counts))
         if self.length == 0:
             raise ValueError(f"files: the {len(self.files)} file(s) from {files!r} hold no rows")
@@ -147,7 +148,7 @@ class ParquetSource:
             while pos < n:
                 base = int(starts[g])
                 lo, hi = first + pos - base, min(stop, int(starts[g + 1])) - base
-                group = self._group(g)
+                group = self._group(g, ahead=True)
                 if group.nulls:
                     self._refuse_nulls(g, group, np.arange(lo, hi))
                 for name, arr in group.arrays.items():
@@ -219,57 +220,6 @@ class ParquetSource:
 
     # internals -------------------------------------------------------------------------------
 
-    def _select(self, footers: list[Any]) -> list[Column]:
-        """The columns to read, checked against every file's schema."""
-        first = footers[0].schema.to_arrow_schema()
-        present = list(first.names)
-        wanted = self.columns_arg if self.columns_arg is not None else present
-        missing = [name for name in wanted if name not in present]
-        if missing:
-            raise ValueError(f"columns: '{self.files[0]}' has no column '{missing[0]}'; its "
-                             f"columns are: {', '.join(present)}")
-        columns, refused = [], []
-        for name in wanted:
-            try:
-                columns.append(column_spec(name, first.field(name).type, self.pad.get(name),
-                                           self.pad_value, self.files[0]))
-            except ValueError as exc:
-                refused.append((name, str(exc)))
-        if refused:
-            message = refused[0][1]
-            if len(refused) > 1:
-                others = ", ".join(f"'{name}' ({first.field(name).type})" for name, _ in refused[1:])
-                message += f"; nor can {others} become fields"
-            if self.columns_arg is None and columns:  # every column was asked for
-                readable = ",".join(c.name for c in columns)
-                message += f"; to read the others: source.columns=[{readable}]"
-            raise ValueError(message)
-        for path, meta in zip(self.files[1:], footers[1:], strict=True):
-            schema = meta.schema.to_arrow_schema()
-            for c in columns:
-                if c.name not in schema.names:
-                    raise ValueError(f"'{path}' has no column '{c.name}', which "
-                                     f"'{self.files[0]}' has; every file needs the columns read "
-                                     f"(its columns: {', '.join(schema.names)})")
-                typ = schema.field(c.name).type
-                if str(typ) != c.arrow_type:
-                    raise ValueError(f"column '{c.name}' is {typ} in '{path}' but {c.arrow_type} "
-                                     f"in '{self.files[0]}'; every file needs the same type per "
-                                     "column (rewrite one, or leave the column out with "
-                                     "source.columns)")
-            if self.columns_arg is None:
-                extra = [name for name in schema.names if name not in present]
-                if extra:
-                    raise ValueError(f"'{path}' has a column '{extra[0]}' that '{self.files[0]}' "
-                                     "lacks; every file needs the same columns, or list the "
-                                     "columns to read in source.columns")
-        for k, c in enumerate(columns):
-            if c.name in self.fill_null:
-                columns[k] = with_fill(c, f"fill_null.{c.name}", self.fill_null[c.name])
-            elif None in self.fill_null:
-                columns[k] = with_fill(c, "fill_null", self.fill_null[None])
-        return columns
-
     def _state(self) -> OpenFiles:
         state = getattr(self._local, "state", None)
         if state is None:
@@ -280,9 +230,15 @@ class ParquetSource:
                 self._cache.capacity = self.cache_row_groups * len(self._states)
         return state
 
-    def _group(self, g: int) -> RowGroup:
-        """Row group ``g`` decoded, from this process's cache or from its file."""
+    def _group(self, g: int, ahead: bool = False) -> RowGroup:
+        """Row group ``g`` decoded, from this process's cache or from its file. ``ahead`` (a
+        read of consecutive rows): when another thread is decoding ``g``, decode the next row
+        group meanwhile, which the reads after this one want; so the thread workers of a
+        process decode row groups side by side (pyarrow releases the GIL) instead of one
+        decoding while the others wait."""
         self._state()  # counts this thread's share of the cache
+        if ahead and g + 1 < len(self.groups) and self._cache.busy(g):
+            self._cache.ahead(g + 1, self._decode_row_group)
         return self._cache.get(g, self._decode_row_group)
 
     def _refuse_nulls(self, g: int, group: RowGroup, local: np.ndarray) -> None:
@@ -338,7 +294,7 @@ class ParquetSource:
         if handle is not None:
             files.move_to_end(f)
             return handle
-        pq = _pyarrow_parquet()
+        pq = pyarrow_parquet()
         path = self.files[f]
         try:
             if path in self.remote_sizes:  # the footer read when the source was built; each
@@ -357,114 +313,5 @@ class ParquetSource:
         return handle
 
 
-def expand_files(files: str | Sequence[str]) -> list[str]:
-    """The Parquet files named by ``files``: each entry a glob (sorted), a directory (its
-    ``*.parquet`` files, recursively, sorted) or a path; each file once."""
-    entries = [files] if isinstance(files, (str, os.PathLike)) else files
-    if not isinstance(entries, Sequence) or not entries \
-            or not all(isinstance(e, (str, os.PathLike)) and str(e) for e in entries):
-        raise ValueError(f"files: expected a glob pattern, a directory, a path or a list of them, "
-                         f"got {files!r}")
-    found: list[str] = []
-    for entry in map(os.fspath, entries):
-        if is_url(entry):
-            found += _remote_files(entry)
-            continue
-        if any(ch in entry for ch in _GLOB):
-            matched = sorted(p for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
-            if not matched:
-                raise ValueError(f"files: no files match '{entry}'{_resolved(entry)}")
-        elif os.path.isdir(entry):
-            matched = sorted(glob.glob(os.path.join(glob.escape(entry), "**", "*.parquet"),
-                                       recursive=True))
-            if not matched:
-                raise ValueError(f"files: the directory '{entry}' holds no .parquet files")
-        elif os.path.isfile(entry):
-            matched = [entry]
-        else:
-            raise ValueError(f"files: no such file or directory: '{entry}'{_resolved(entry)}")
-        found += matched
-    seen: set[str] = set()
-    for path in found:
-        if path in seen:
-            raise ValueError(f"files: '{path}' is listed twice; each file is read once per epoch")
-        seen.add(path)
-    return found
-
-
-def _remote_files(entry: str) -> list[str]:
-    """The objects of one URL: a pattern (braces, globs), a ``.parquet`` object, or a prefix
-    (a URL ending in ``/`` or without ``.parquet``: its ``*.parquet`` objects, sorted)."""
-    if any(ch in entry for ch in (*_GLOB, "{")) or entry.endswith(".parquet"):
-        return remote_expand(entry, "files")
-    matched = [info.url for info in list_prefix(entry) if info.url.endswith(".parquet")]
-    if not matched:
-        raise ValueError(f"files: no .parquet objects under '{entry.rstrip('/')}/'; name the "
-                         "objects (e.g. 'files=s3://bucket/data/*.parquet') or check the prefix")
-    return matched
-
-
-def _pyarrow_parquet() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise ValueError("source=parquet needs pyarrow: pip install 'inputkit-ml[parquet]' (or "
-                         f"pip install pyarrow) ({exc})") from None
-    return pq
-
-
-def _footer(pq: Any, path: str, remote_size: int | None = None) -> Any:
-    try:
-        if remote_size is not None:  # the last 64 KiB in one ranged read (and more if needed)
-            return pq.read_metadata(RangeFile(path, remote_size, block=1 << 16))
-        return pq.read_metadata(path)
-    except SourceError:  # the store's own error names the URL and what to do
-        raise
-    except Exception as exc:  # ArrowInvalid for a bad footer, OSError for a short file
-        raise ValueError(f"'{path}' is not a Parquet file, or is corrupt or truncated: "
-                         f"{type(exc).__name__}: {exc}") from None
-
-
-def _pad_lengths(pad: Mapping[str, int] | None) -> dict[str, int]:
-    if pad is None:
-        return {}
-    if not isinstance(pad, Mapping):
-        raise ValueError(f"pad: expected {{column: length, ...}}, got {pad!r}")
-    lengths = {}
-    for name, length in pad.items():
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"pad.{name}: expected a whole number of list items >= 1, got "
-                             f"{length!r}")
-        lengths[str(name)] = int(length)
-    return lengths
-
-
-def _fill_values(fill: Any) -> dict[str | None, Any]:
-    """``fill_null`` as ``{column: value}``; one value for every column is under ``None``."""
-    if fill is None:
-        return {}
-    if isinstance(fill, Mapping):
-        return {str(name): value for name, value in fill.items()}
-    if isinstance(fill, (bool, int, float)):
-        return {None: fill}
-    raise ValueError(f"fill_null: expected a number (for every column) or {{column: number, "
-                     f"...}}, got {fill!r}")
-
-
-def _leaf_values(group: Any, pad: Mapping[str, int]) -> dict[str, int]:
-    """Leaf values per padded column in one row group (the footer's column-chunk counts)."""
-    counts: dict[str, int] = {}
-    for j in range(group.num_columns):
-        chunk = group.column(j)
-        top = chunk.path_in_schema.split(".", 1)[0]
-        if top in pad:
-            counts[top] = counts.get(top, 0) + chunk.num_values
-    return counts
-
-
 def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype)
-
-
-def _resolved(path: str) -> str:
-    return "" if os.path.isabs(path) else f" (resolved to '{os.path.abspath(path)}')"

@@ -34,6 +34,7 @@ class RowGroupCache:
         self._done: OrderedDict[int, RowGroup] = OrderedDict()
         self._pending: dict[int, threading.Event] = {}
         self.waits = 0  # times a thread waited for another's decode (tests read it)
+        self.ahead_decodes = 0  # row groups decoded ahead, while waiting (tests read it)
 
     def __contains__(self, g: int) -> bool:
         return g in self._done
@@ -66,6 +67,23 @@ class RowGroupCache:
                     while len(self._done) > self.capacity:
                         self._done.popitem(last=False)
             event.set()
+
+    def busy(self, g: int) -> bool:
+        """Whether another thread is decoding row group ``g`` now (a read of it would wait)."""
+        return g in self._pending
+
+    def ahead(self, g: int, decode: Callable[[int], RowGroup]) -> None:
+        """Decode row group ``g`` into the cache unless it is there or being decoded: what a
+        thread does instead of idling while another decodes the row group it wants. A decode
+        that fails caches nothing; the read that wants ``g`` decodes it again and raises."""
+        with self._lock:
+            if g in self._done or g in self._pending:
+                return
+            self.ahead_decodes += 1
+        try:
+            self.get(g, decode)
+        except Exception:  # noqa: BLE001 - raised again by the read that wants g, not this one
+            return
 
     def clear(self) -> None:
         with self._lock:

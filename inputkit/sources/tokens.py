@@ -28,18 +28,25 @@ from typing import Any
 import numpy as np
 
 from inputkit.errors import SourceError
-from inputkit.sources.arrays import _read_header
-from inputkit.sources.remote_files import is_url, npy_header, read_spans
+from inputkit.sources.remote_files import is_url
 from inputkit.sources.remote_files import sizes as object_sizes
+from inputkit.sources.token_checks import (
+    FIELDS,
+    NAME,
+    inspect_file,
+    positive,
+    token_dtype,
+    window_fields,
+)
 from inputkit.sources.token_files import dtype_name, expand, output_range, sample_ids
+from inputkit.sources.token_windows import WindowCopy
 
-NAME = "inputkit.sources.tokens.TokenSource"
-FIELDS = ("input_ids", "labels", "tokens", "id")  # what `fields` may list
+__all__ = ["FIELDS", "MODES", "NAME", "TokenSource"]
 MODES = ("stream", "per_file")
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 
 
-class TokenSource:
+class TokenSource(WindowCopy):
     """Windows of ``seq_len + 1`` tokens from flat token files (raw binary or ``.npy``).
 
     ``files``: a path, a glob pattern or a list of either, read in the order given (each
@@ -57,29 +64,29 @@ class TokenSource:
                  stride: int | None = None, mode: str = "stream", vocab_size: int | None = None,
                  fields: Sequence[str] | str = ("input_ids", "labels"),
                  output_dtype: str | None = "int64") -> None:
-        self.seq_len = _positive(seq_len, "seq_len")
-        self.stride = self.seq_len if stride is None else _positive(stride, "stride")
+        self.seq_len = positive(seq_len, "seq_len")
+        self.stride = self.seq_len if stride is None else positive(stride, "stride")
         if mode not in MODES:
             raise ValueError(f"mode: expected stream (one stream over all files, in order) or "
                              f"per_file (windows never cross a file), got {mode!r}")
         self.mode = mode
-        self.vocab_size = None if vocab_size is None else _positive(vocab_size, "vocab_size")
-        self.fields = _fields(fields)
-        self.declared = _dtype(dtype, "dtype") if dtype is not None else None
+        self.vocab_size = None if vocab_size is None else positive(vocab_size, "vocab_size")
+        self.fields = window_fields(fields)
+        self.declared = token_dtype(dtype, "dtype") if dtype is not None else None
         self.paths = expand(files)
         # objects in a store are read by byte ranges (their sizes from one head each), never mapped
         self.remote = [is_url(path) for path in self.paths]
         remote_sizes = dict(zip((p for p, r in zip(self.paths, self.remote, strict=True) if r),
                                 object_sizes([p for p, r in zip(self.paths, self.remote,
                                                                  strict=True) if r]), strict=True))
-        sizes = [_inspect(path, self.declared, remote_sizes.get(path)) for path in self.paths]
+        sizes = [inspect_file(path, self.declared, remote_sizes.get(path)) for path in self.paths]
         self.dtype = sizes[0][1]  # expand never returns an empty list
         for path, (_, file_dtype, _) in zip(self.paths, sizes, strict=True):
             if file_dtype != self.dtype:
                 raise ValueError(f"files: '{path}' holds {dtype_name(file_dtype)} tokens but "
                                  f"'{self.paths[0]}' holds {dtype_name(self.dtype)}; every file "
                                  "needs the same dtype (set source.dtype to check it)")
-        self.output_dtype = self.dtype if output_dtype is None else _dtype(output_dtype,
+        self.output_dtype = self.dtype if output_dtype is None else token_dtype(output_dtype,
                                                                            "output_dtype")
         output_range(self.dtype, self.output_dtype, self.vocab_size)
         # a cast that could change a value (a wider or signed file into a narrower or unsigned
@@ -218,138 +225,6 @@ class TokenSource:
         f = np.searchsorted(self.first_window, indices, side="right") - 1
         return self.file_start[f] + (indices - self.first_window[f]) * self.stride
 
-    def _copy_windows(self, starts: np.ndarray, inputs: np.ndarray | None,
-                      labels: np.ndarray | None, tokens: np.ndarray | None) -> None:
-        """Windows at stream positions ``starts`` into the output rows, cast on the way.
-
-        Windows that follow each other in the stream (a run) are one slice of the map viewed
-        as overlapping rows, so an unshuffled chunk is one copy per field; in a shuffled chunk
-        each window is its own run, one slice each. The per-run work is bookkeeping only:
-        which file, where in it, found for all runs at once."""
-        n, width, step = len(starts), self.seq_len + 1, self.stride
-        cut = np.flatnonzero(np.diff(starts) != step) + 1
-        heads = np.concatenate([[0], cut]).astype(np.int64)
-        lens = np.diff(np.concatenate([heads, [n]]))
-        firsts = starts[heads]
-        stops = firsts + (lens - 1) * step + width
-        files = np.searchsorted(self.file_start, firsts, side="right") - 1
-        inside = stops <= self.file_start[files + 1]  # the run lies in one file
-        local = firsts - self.file_start[files]
-        maps = self._open()
-        fetched = self._fetch_spans(maps, firsts.tolist(), stops.tolist()) \
-            if any(self.remote) else None
-        for k, (a, count, f, lo, one_file, first, stop) in enumerate(zip(
-                heads.tolist(), lens.tolist(), files.tolist(), local.tolist(), inside.tolist(),
-                firsts.tolist(), stops.tolist(), strict=True)):
-            if fetched is not None:
-                span = fetched[k]
-            else:
-                span = maps[f][lo:lo + stop - first] if one_file else \
-                    self._span(maps, first, stop)
-            if self.narrow:  # checked as the file holds them: the cast could hide a bad id
-                self._check_span(span, first)
-            if count == 1:
-                if inputs is not None:
-                    inputs[a] = span[:-1]
-                if labels is not None:
-                    labels[a] = span[1:]
-                if tokens is not None:
-                    tokens[a] = span
-                continue
-            rows = np.lib.stride_tricks.as_strided(
-                span, shape=(count, width), strides=(step * span.itemsize, span.itemsize),
-                writeable=False)
-            b = a + count
-            if inputs is not None:
-                inputs[a:b] = rows[:, :-1]
-            if labels is not None:
-                labels[a:b] = rows[:, 1:]
-            if tokens is not None:
-                tokens[a:b] = rows
-
-    def _fetch_spans(self, maps: list[np.ndarray], firsts: list[int],
-                     stops: list[int]) -> list[np.ndarray]:
-        """Stream tokens ``firsts[k]:stops[k]`` of each run, where some files are objects in a
-        store: every remote piece one byte range, all of a chunk's ranges fetched together
-        (``Store.read_ranges``); local pieces are slices of their maps."""
-        itemsize = self.dtype.itemsize
-        pieces: list[list[tuple[int, int, int]]] = []  # per run: (file, lo, hi) in file tokens
-        requests: list[tuple[str, int, int]] = []
-        for start, stop in zip(firsts, stops, strict=True):
-            run = []
-            f = int(np.searchsorted(self.file_start, start, side="right")) - 1
-            while start < stop:
-                base, end = int(self.file_start[f]), int(self.file_start[f + 1])
-                if end > start:
-                    hi = min(stop, end)
-                    run.append((f, start - base, hi - base))
-                    if self.remote[f]:
-                        requests.append((self.paths[f], self.offsets[f] + (start - base) * itemsize,
-                                         (hi - start) * itemsize))
-                    start = hi
-                f += 1
-            pieces.append(run)
-        try:
-            got = iter(read_spans(requests))
-        except SourceError as exc:
-            raise SourceError(NAME, f"cannot read token windows: {exc}") from exc
-        spans = []
-        for run in pieces:
-            parts = [np.frombuffer(next(got), dtype=self.dtype) if self.remote[f]
-                     else maps[f][lo:hi] for f, lo, hi in run]
-            spans.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        return spans
-
-    def _span(self, maps: list[np.ndarray], start: int, stop: int) -> np.ndarray:
-        """Stream tokens ``start:stop``: a view of one map, or the pieces of several joined."""
-        first = int(np.searchsorted(self.file_start, start, side="right")) - 1
-        base = int(self.file_start[first])
-        if stop <= self.file_start[first + 1]:
-            return maps[first][start - base:stop - base]
-        pieces = []
-        f = first
-        while start < stop:
-            base, end = int(self.file_start[f]), int(self.file_start[f + 1])
-            if end > start:
-                pieces.append(maps[f][start - base:min(stop, end) - base])
-                start = min(stop, end)
-            f += 1
-        return np.concatenate(pieces)
-
-    def _check_ids(self, out: dict[str, np.ndarray], starts: np.ndarray) -> None:
-        """Every token read lies in 0..vocab_size-1: one vectorised pass over the output."""
-        for name, shift in (("tokens", 0), ("input_ids", 0), ("labels", 1)):
-            arr = out.get(name)
-            if arr is None or not arr.size:
-                continue
-            if name == "labels" and "input_ids" in out:  # all but its last column checked
-                arr, shift = arr[:, -1:], self.seq_len
-            too_big = self.vocab_size is not None and int(arr.max()) >= self.vocab_size
-            if too_big or (self.dtype.kind == "i" and int(arr.min()) < 0):
-                bad = (arr < 0) | (arr >= self.vocab_size) if self.vocab_size is not None \
-                    else arr < 0
-                row, col = np.unravel_index(int(np.argmax(bad)), arr.shape)
-                self._bad_id(int(arr[row, col]), int(starts[row]) + int(col) + shift, name)
-
-    def _check_span(self, span: np.ndarray, first: int) -> None:
-        """The tokens of one run, stream positions ``first`` on, before a narrowing cast."""
-        low = self.dtype.kind == "i" and int(span.min()) < 0
-        if low or (self.vocab_size is not None and int(span.max()) >= self.vocab_size):
-            bad = span < 0
-            if self.vocab_size is not None:
-                bad |= span >= self.vocab_size
-            k = int(np.argmax(bad))
-            self._bad_id(int(span[k]), first + k, next(f for f in self.fields if f != "id"))
-
-    def _bad_id(self, value: int, position: int, name: str) -> None:
-        f = int(np.searchsorted(self.file_start, position, side="right")) - 1
-        offset = position - int(self.file_start[f])
-        byte = self.offsets[f] + offset * self.dtype.itemsize
-        limit = f">= vocab_size={self.vocab_size}" if value >= 0 else "negative"
-        raise SourceError(NAME, f"'{self.paths[f]}': token id {value} at token offset "
-                          f"{offset:,} (byte {byte:,}) is {limit}; check source.vocab_size and "
-                          "source.dtype against the tokenizer that wrote the file", field=name)
-
     def _open(self) -> list[np.ndarray]:
         maps = self._maps
         if maps is not None:
@@ -377,96 +252,4 @@ class TokenSource:
 
 def _fresh(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype)
-
-
-def _positive(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{key}: expected a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def _dtype(value: Any, key: str) -> np.dtype:
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        raise ValueError(f"{key}: {value!r} is not a numpy dtype; use e.g. uint16, uint32 or "
-                         "int32") from None
-    if dtype.kind not in "iu":
-        raise ValueError(f"{key}: token ids are integers; got {dtype.name} (use e.g. uint16, "
-                         "uint32, int32 or int64)")
-    return dtype
-
-
-def _fields(fields: Sequence[str] | str) -> list[str]:
-    names = [fields] if isinstance(fields, str) else list(fields) if isinstance(
-        fields, Sequence) else None
-    if not names or not all(isinstance(f, str) for f in names):
-        raise ValueError(f"fields: expected a list of {', '.join(FIELDS)}, got {fields!r}")
-    unknown = [f for f in names if f not in FIELDS]
-    if unknown:
-        raise ValueError(f"fields: '{unknown[0]}' is not a field of token windows; choose from "
-                         f"{', '.join(FIELDS)} (e.g. source.fields=[input_ids])")
-    if len(set(names)) != len(names):
-        raise ValueError(f"fields: lists a field twice: {names}")
-    return names
-
-
-def _inspect(path: str, declared: np.dtype | None,
-             remote_size: int | None = None) -> tuple[int, np.dtype, int]:
-    """(tokens, dtype, header bytes) of one file, from its size and ``.npy`` header (for an
-    object in a store, ``remote_size`` from its listing and the header by one ranged read)."""
-    if remote_size is not None:
-        size = remote_size
-        try:
-            header = npy_header(path, size)[:3] if path.endswith(".npy") else None
-        except (ValueError, EOFError) as exc:
-            raise ValueError(f"cannot read '{path}' as a .npy file: "
-                             f"{type(exc).__name__}: {exc}") from None
-        return _checked(path, declared, size, header)
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if not path.endswith(".npy"):
-                header = None
-            else:
-                try:
-                    header = _read_header(f)
-                except (ValueError, EOFError) as exc:
-                    raise ValueError(f"cannot read '{path}' as a .npy file: "
-                                     f"{type(exc).__name__}: {exc}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read '{path}': {type(exc).__name__}: {exc}; check that the "
-                         "file exists and is readable") from None
-    return _checked(path, declared, size, header)
-
-
-def _checked(path: str, declared: np.dtype | None, size: int,
-             header: tuple[tuple[int, ...], np.dtype, int] | None) -> tuple[int, np.dtype, int]:
-    """(tokens, dtype, header bytes) of a file of ``size`` bytes, checked against the keys."""
-    if header is None:
-        if declared is None:
-            raise ValueError(f"dtype: required for the raw token file '{path}' (only .npy files "
-                             "carry their dtype); set e.g. source.dtype=uint16")
-        if size % declared.itemsize:
-            raise ValueError(f"'{path}' holds {size:,} bytes, not a multiple of {declared.name}'s "
-                             f"{declared.itemsize}; check source.dtype (a uint32 file read as "
-                             "uint16?) or whether the file was cut short while written")
-        return size // declared.itemsize, declared, 0
-    shape, dtype, offset = header
-    if declared is not None and dtype != declared:
-        fix = "source.dtype=null" if dtype.name == declared.name else \
-            f"source.dtype={dtype.name} or null"
-        raise ValueError(f"dtype: '{path}' holds {dtype_name(dtype)} tokens but source.dtype is "
-                         f"{dtype_name(declared)}; set {fix} (a .npy file carries its dtype)")
-    if dtype.kind not in "iu":
-        raise ValueError(f"'{path}' holds {dtype.name}; token ids are integers (save e.g. "
-                         "np.uint16 or np.uint32 tokens)")
-    if len(shape) != 1:
-        raise ValueError(f"'{path}' holds an array of shape {shape}; a token file is flat: "
-                         "np.save(path, tokens.ravel())")
-    expected = offset + shape[0] * dtype.itemsize
-    if size < expected:
-        raise ValueError(f"'{path}' is truncated: its header promises {expected:,} bytes "
-                         f"({shape[0]:,} {dtype.name} tokens) but the file holds {size:,}")
-    return int(shape[0]), dtype, offset
 

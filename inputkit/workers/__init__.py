@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from inputkit import kinds
 from inputkit.chunk import ChunkSchema
 from inputkit.errors import ConfigError
+from inputkit.geometry import slot_count  # the planner's and the process kind's: one count
 from inputkit.messages import Failure
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
@@ -19,23 +20,6 @@ if TYPE_CHECKING:  # the config layer (OmegaConf) stays out of worker processes
     from inputkit.config.spec import InputSpec
 
 __all__ = ["ThreadWorkerPool", "WorkerPool", "WorkerPoolStats", "make_worker_pool", "slot_count"]
-
-
-def slot_count(spec: InputSpec, device: str) -> int:
-    """Shared-memory slots a process pool needs so that no stage waits on a slot.
-
-    A slot is held by a chunk in the chunk queue (capacity), by each worker writing
-    or waiting to put one (count), by the batcher's current and leftover chunks (2),
-    and by uncopied batches in the batch queue and with the consumer or the CUDA
-    staging copy (batch capacity + 2). Batches are only lent as views while at least
-    count + 2 slots are free, so the workers never wait on a consumer that keeps them.
-    """
-    queued = spec.chunk_capacity
-    if spec.chunk_capacity_bytes is not None:  # a byte limit: as many slots as it fills
-        queued = max(2, -(-spec.chunk_capacity_bytes // spec.slot_bytes))
-    batches = spec.batch_capacity if spec.batch_capacity_bytes is None else 2
-    # (The reorder buffer of epoch.ordered holds private copies, not slots.)
-    return queued + spec.worker_count + 2 + batches + 2
 
 
 def make_worker_pool(spec: InputSpec, device: str, *, source: BoundSource | None,

@@ -53,6 +53,15 @@ from inputkit.storage.inherit import snapshot
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
+from inputkit.workers.outcome import (
+    Done,
+    Empty,
+    Error,
+    FetchSkipped,
+    InSlot,
+    SamplesSkipped,
+    error_type,
+)
 from inputkit.workers.process_main import (
     BLOCKED,
     BUILDING,
@@ -396,41 +405,49 @@ class ProcessWorkerPool(FailsOnce):
         except (EOFError, OSError):
             worker.outbox.close()  # the process ended; its sentinel says how
             return True
-        kind = message[0]
-        if kind == "chunk":
-            return self._chunk(index, *message[1:])
-        if kind == "empty":
-            self._tally.fetched(0, 0, message[1], message[2])
+        kind = type(message)
+        if kind is InSlot:
+            if message.retries:
+                self._retried(index, message.retries)
+            if message.processors is not None:  # cumulative per process: a restart adds a pid
+                self._processor_totals.add(worker.process.pid, message.processors)
+            return self._chunk(index, message)
+        if kind is Empty:
+            self._retried(index, message.retries)
+            self._tally.fetched(0, 0, message.wall, message.cpu)
             self._failures.fetched()
             return True
-        if kind == "processors":  # cumulative per process: a restarted worker adds a new pid
-            self._processor_totals.add(worker.process.pid, message[1])
-            return True
-        if kind == "retry":
-            self._failures.retried(message[1])
-            self._repeats.log(logging.INFO, RETRY, _error_type(message[1]),
-                              f"{self._where(index)}: fetch failed ({message[1]}); retrying "
-                              "(failures.on_error=retry)")
-            return True
-        if kind == "skip":
-            return self._skipped(index, message[1])
-        if kind == "samples":
-            return self._samples(index, *message[1:])
-        if kind == "done":
+        if kind is FetchSkipped:
+            self._retried(index, message.retries)
+            return self._skipped(index, message.why)
+        if kind is SamplesSkipped:
+            if message.processors is not None:
+                self._processor_totals.add(worker.process.pid, message.processors)
+            return self._samples(index, message)
+        if kind is Done:
             self._worker_finished(index)
             return True
-        if kind == "error":
+        if kind is Error:
             worker.finished = True
-            self.fail(Failure.from_report(self._where(index), *message[1:]))
+            self.fail(message.failure(self._where(index)))
             return False
-        raise WorkerFailure(f"unexpected message {kind!r} from {self._where(index)}")
+        raise WorkerFailure(f"unexpected message {message!r} from {self._where(index)}")
 
-    def _chunk(self, index: int, slot: int, n: int, layout: list[Any], nbytes: int,
-               wall: float, cpu: float, in_place: bool, seq: int, last: bool) -> bool:
+    def _retried(self, index: int, retries: tuple[str, ...]) -> None:
+        """Count and log the errors a worker retried before an outcome (on_error=retry)."""
+        for text in retries:
+            self._failures.retried(text)
+            self._repeats.log(logging.INFO, RETRY, error_type(text),
+                              f"{self._where(index)}: fetch failed ({text}); retried "
+                              "(failures.on_error=retry)")
+
+    def _chunk(self, index: int, piece: InSlot) -> bool:
         arena = self._arena
         if arena is None:
             raise WorkerFailure(f"{self._label}: a chunk arrived before the pool started")
-        holder, fields = arena.view(slot, layout)
+        slot, n, nbytes, wall, cpu = piece.slot, piece.n, piece.nbytes, piece.wall, piece.cpu
+        seq, last = piece.seq, piece.last
+        holder, fields = arena.view(slot, piece.layout)
         worker = self._workers[index]
         with self._lock:
             self._in_use[slot] = nbytes
@@ -447,7 +464,8 @@ class ProcessWorkerPool(FailsOnce):
             return False
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
                       borrowed=True)
-        self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu), in_place=in_place)
+        self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu),
+                            in_place=piece.in_place)
         if self._dispatcher is None:
             if last:  # the fetch's last piece: it delivered
                 self._failures.fetched()
@@ -479,7 +497,7 @@ class ProcessWorkerPool(FailsOnce):
 
     def _skipped(self, index: int, text: str) -> bool:
         """A worker skipped a fetch: count it and, past the skip ceiling, fail the run."""
-        self._repeats.log(logging.WARNING, SKIP, _error_type(text),
+        self._repeats.log(logging.WARNING, SKIP, error_type(text),
                           f"{self._where(index)}: {SKIP}: {text}")
         limit = self._failures.skipped(text)
         if limit is not None:
@@ -487,17 +505,18 @@ class ProcessWorkerPool(FailsOnce):
             return False
         return True
 
-    def _samples(self, index: int, seq: int, bad: list[tuple[int, str]], ok: list[bool]) -> bool:
+    def _samples(self, index: int, skipped: SamplesSkipped) -> bool:
         """Index-range work: samples of the worker's current item were skipped (its good ones,
         if any, follow as pieces). Count them, and drop them from the item, so that a requeue
         after this worker's death never reads them again (workers/samples.py). Past the skip
         ceiling, fail the run."""
         dispatcher = self._dispatcher
         worker = self._workers[index]
+        seq, bad, ok = skipped.seq, skipped.bad, skipped.ok
         if dispatcher is None or not worker.items or worker.items[0].seq != seq:
             raise WorkerFailure(f"{self._where(index)} reported skipped samples of item {seq}, "
                                 "which it does not hold")
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, _error_type(bad[-1][1]),
+        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
                           samples_message(self._where(index), bad, len(ok)))
         limit = self._failures.read_samples(bad, ok)
         if limit is not None:
@@ -678,7 +697,3 @@ class _SlotRef(weakref.ref):  # type: ignore[type-arg]
     def __new__(cls, holder: Any, callback: Callable[[Any], None], slot: int) -> _SlotRef:
         return super().__new__(cls, holder, callback)
 
-
-def _error_type(text: str) -> str:
-    """``OSError`` of a worker's ``OSError: message`` (how its skips and retries are keyed)."""
-    return text.split(":", 1)[0]

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from inputkit.chunk import Chunk, ChunkSchema, private_copy
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
 from inputkit.failures import (
@@ -47,6 +45,16 @@ from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers import ray_session
 from inputkit.workers.base import ActorStats, FailsOnce, FetchTally, RayStats, WorkerPoolStats
+from inputkit.workers.outcome import (
+    Done,
+    Empty,
+    Error,
+    FetchSkipped,
+    Got,
+    Outcome,
+    SamplesSkipped,
+    error_type,
+)
 from inputkit.workers.ray_actor import ActorArgs, FetchActor
 from inputkit.workers.ray_objects import ObjectLedger, spilled_bytes, writable
 
@@ -303,11 +311,11 @@ class RayWorkerPool(FailsOnce):
             return self._setup_answer(actor, answer)
         return self._answer(actor, call, answer)
 
-    def _setup_answer(self, actor: _Actor, answer: tuple[Any, ...]) -> bool:
+    def _setup_answer(self, actor: _Actor, answer: tuple[Any, ...] | Error) -> bool:
         actor.setup_ref = None
-        if answer[0] == "error":
+        if type(answer) is Error:
             actor.finished = True
-            self.fail(Failure.from_report(self._where(actor), *answer[1:]))
+            self.fail(answer.failure(self._where(actor)))
             return False
         _, actor.pid, actor.node, actor.node_id, _ = answer
         if actor.calls:
@@ -316,55 +324,57 @@ class RayWorkerPool(FailsOnce):
             self._ready_s = time.monotonic() - self._started
         return True
 
-    def _answer(self, actor: _Actor, call: _Call, answer: tuple[Any, ...]) -> bool:
-        kind = answer[0]
-        if kind == "error":
+    def _answer(self, actor: _Actor, call: _Call, answer: Outcome) -> bool:
+        kind = type(answer)
+        if kind is Error:
             actor.finished = True
-            self.fail(Failure.from_report(self._where(actor), *answer[1:]))
+            self.fail(answer.failure(self._where(actor)))
             return False
-        if kind == "done":
+        if kind is Done:
             return self._actor_done(actor)
-        retries = answer[-1] if kind in ("empty", "skip") else answer[7] if kind == "chunk" else \
-            answer[2]
-        for text in retries:
-            self._failures.retried(text)
-            self._repeats.log(logging.INFO, RETRY, text.split(":", 1)[0],
-                              f"{self._where(actor)}: fetch failed ({text}); retrying "
-                              "(failures.on_error=retry)")
-        if kind == "empty":
-            self._tally.fetched(0, 0, answer[1], answer[2])
+        if kind is Got:
+            self._retried(actor, answer.retries)
+            return self._chunk(actor, call, answer)
+        if kind is Empty:
+            self._retried(actor, answer.retries)
+            self._tally.fetched(0, 0, answer.wall, answer.cpu)
             self._failures.fetched()
             return True
-        if kind == "skip":
-            self._repeats.log(logging.WARNING, SKIP, answer[1].split(":", 1)[0],
-                              f"{self._where(actor)}: {SKIP}: {answer[1]}")
-            limit = self._failures.skipped(answer[1])
+        if kind is FetchSkipped:
+            self._retried(actor, answer.retries)
+            self._repeats.log(logging.WARNING, SKIP, error_type(answer.why),
+                              f"{self._where(actor)}: {SKIP}: {answer.why}")
+            limit = self._failures.skipped(answer.why)
             if limit is not None:
                 self.fail(Failure(exc=limit, where=self._where(actor), traceback_text=""))
                 return False
             return True
-        if kind == "skipped":
-            _, seq, _, bad, ok, processors = answer
-            self._note_processors(actor, processors)
-            if not self._current(call, seq):
+        if kind is SamplesSkipped:  # no sample of the item could be read
+            self._note_processors(actor, answer.processors)
+            if not self._current(call, answer.seq):
                 return True
-            if not self._skipped_samples(actor, bad, ok):
+            if not self._skipped_samples(actor, answer):
                 return False
             return self._dispatcher.skip(call.item)  # type: ignore[union-attr]
-        if kind == "chunk":
-            return self._chunk(actor, call, *answer[1:])
-        raise WorkerFailure(f"unexpected answer {kind!r} from {self._where(actor)}")
+        raise WorkerFailure(f"unexpected answer {answer!r} from {self._where(actor)}")
 
-    def _chunk(self, actor: _Actor, call: _Call, seq: int, fields: dict[str, np.ndarray], n: int,
-               nbytes: int, wall: float, cpu: float, retries: list[str],
-               bad: list[tuple[int, str]], ok: list[bool], processors: Any) -> bool:
-        self._note_processors(actor, processors)
+    def _retried(self, actor: _Actor, retries: tuple[str, ...]) -> None:
+        """Count and log the errors an actor retried before an answer (on_error=retry)."""
+        for text in retries:
+            self._failures.retried(text)
+            self._repeats.log(logging.INFO, RETRY, error_type(text),
+                              f"{self._where(actor)}: fetch failed ({text}); retrying "
+                              "(failures.on_error=retry)")
+
+    def _chunk(self, actor: _Actor, call: _Call, got: Got) -> bool:
+        self._note_processors(actor, got.processors)
+        n, nbytes = got.chunk.n, got.chunk.nbytes
         actor.chunks += 1
         actor.samples += n
-        actor.fetch_wall_s += wall
-        if call.item is not None and not self._current(call, seq):
+        actor.fetch_wall_s += got.wall
+        if call.item is not None and not self._current(call, got.seq):
             return True
-        fields = {name: writable(array) for name, array in fields.items()}
+        fields = {name: writable(array) for name, array in got.chunk.fields.items()}
         self._objects.received(fields, n, nbytes)
         try:
             checked = self._schema.check(fields, self._ids[actor.index])
@@ -373,14 +383,14 @@ class RayWorkerPool(FailsOnce):
             return False
         chunk = Chunk(fields=checked.fields, n=n, nbytes=nbytes, worker_id=checked.worker_id,
                       borrowed=True)
-        self._tally.fetched(n, nbytes, wall, cpu)
+        self._tally.fetched(n, nbytes, got.wall, got.cpu)
         if call.item is None:
             self._failures.fetched()
             return self._put(chunk)
-        if bad:
-            if not self._skipped_samples(actor, bad, ok):
+        if got.skipped is not None:
+            if not self._skipped_samples(actor, got.skipped):
                 return False
-            if not self._dispatcher.drop(call.item, [i for i, _ in bad]):  # type: ignore[union-attr]
+            if not self._dispatcher.drop(call.item, [i for i, _ in got.skipped.bad]):  # type: ignore[union-attr]
                 return False
         else:
             self._failures.fetched(n)
@@ -415,8 +425,9 @@ class RayWorkerPool(FailsOnce):
         finally:
             self._waited += time.perf_counter() - began
 
-    def _skipped_samples(self, actor: _Actor, bad: list[tuple[int, str]], ok: list[bool]) -> bool:
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, bad[-1][1].split(":", 1)[0],
+    def _skipped_samples(self, actor: _Actor, skipped: SamplesSkipped) -> bool:
+        bad, ok = skipped.bad, skipped.ok
+        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
                           samples_message(self._where(actor), bad, len(ok)))
         limit = self._failures.read_samples(bad, ok)
         if limit is not None:
