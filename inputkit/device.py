@@ -162,8 +162,11 @@ class CpuDeviceStage:
     busy_s = 0.0  # no thread of its own
 
     def __init__(self, batches: BoundedQueue, transform: DeviceTransform | None = None) -> None:
+        import torch
+
         self._batches = batches
         self._transform = transform if transform is not None and transform.active else None
+        self._from_numpy = torch.from_numpy  # looked up once: convert runs on every batch
 
     def start(self) -> None:
         pass
@@ -175,11 +178,17 @@ class CpuDeviceStage:
 
     def convert(self, batch: Batch) -> tuple[dict[str, Any], int, int, Any]:
         """``(tensors, n, nbytes, indices)`` for one batch."""
-        if self._transform is not None:
-            self._transform.check(batch)
-        tensors = {name: _tensor(arr) for name, arr in batch.fields.items()}
-        if self._transform is not None:
-            tensors = self._transform.apply(tensors)
+        transform = self._transform
+        if transform is not None:
+            transform.check(batch)
+        from_numpy = self._from_numpy
+        tensors = {}
+        for name, arr in batch.fields.items():
+            flags = arr.flags  # the usual batch: writeable and C-contiguous, shared as is
+            tensors[name] = from_numpy(arr) if flags.writeable and flags.c_contiguous \
+                else _tensor(arr)
+        if transform is not None:
+            tensors = transform.apply(tensors)
         return tensors, batch.n, batch.nbytes, batch.indices
 
     def join(self, deadline: float) -> list[str]:
