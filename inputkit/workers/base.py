@@ -191,7 +191,8 @@ class FailsOnce:
     """The first failure of a pool stops its workers and reaches the consumer; later ones (a
     sibling failing as it stops) are dropped. Thread, process and Ray pools share it; each
     sets ``_lock``, ``_failed``, ``_stop`` (anything with ``set()``), ``_out`` (its chunk
-    queue, or inline's inbox) and ``_on_failure`` (which stops every pool of the runner)."""
+    queue) and ``_on_failure`` (which stops every pool of the runner). (The inline pool has
+    no queue: its own ``fail`` hands the failure to its ``get``.)"""
 
     _lock: threading.Lock
     _failed: bool
