@@ -67,7 +67,9 @@ class RayConfig:
 
 @dataclass
 class WorkersConfig:
-    kind: WorkerKind = WorkerKind.thread
+    # A registered worker kind (inputkit.kinds.names(): the built-in WorkerKind values, and any
+    # a plugin or test registers); a string checked by the spec against the registry.
+    kind: str = WorkerKind.thread.value
     count: int = 4
     # Process workers only: how they start, and the size of one shared-memory slot.
     start_method: StartMethod = StartMethod.forkserver

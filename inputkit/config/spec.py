@@ -232,15 +232,16 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
     for key, value, low in checks:
         if value < low:
             raise ConfigError(p + key, f"must be at least {low}, got {value}")
+    kind = _worker_kind(node.workers.kind, p + "workers.kind")
     # Inline, the consumer's thread is the one worker: workers.count (an experiment's, say)
     # does not apply, so workers=inline works on top of any config.
-    inline = node.workers.kind.value == "inline"
+    inline = kind == "inline"
     return InputSpec(
         name=name,
         source=source,
         batch_size=int(node.batch_size),
         drop_last=bool(node.drop_last),
-        worker_kind=node.workers.kind.value,
+        worker_kind=kind,
         worker_count=1 if inline else int(node.workers.count),
         start_method=node.workers.start_method.value,
         slot_bytes=parse_size(node.workers.slot_bytes, p + "workers.slot_bytes"),
@@ -257,6 +258,17 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         channels_last=bool(node.device.channels_last),
         ray=_ray_spec(node.workers.ray, p + "workers.ray."),
     )
+
+
+def _worker_kind(value: Any, key: str) -> str:
+    """``workers.kind``: any registered kind (the built-in ones, or one a plugin registered)."""
+    from inputkit import kinds
+
+    value = getattr(value, "value", value)  # a WorkerKind member, from code that builds configs
+    known = kinds.names()
+    if not isinstance(value, str) or value not in known:
+        raise ConfigError(key, f"Invalid value {value!r}, expected one of [{', '.join(known)}]")
+    return value
 
 
 def _ray_spec(node: DictConfig, p: str) -> RaySpec:

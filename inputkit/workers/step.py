@@ -38,6 +38,7 @@ from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, RepeatedLog, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
+from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity, FetchClock
 from inputkit.workers.outcome import (
@@ -96,19 +97,25 @@ class WorkerStep:
         self._skipping = policy.on_error == "skip"
         self._report = report_processors and chain is not None
         self._stats_sent = 0.0
-        # The source's optional capabilities, as recorded when it was bound (BoundSource.caps).
-        obj, caps = source.obj, source.caps
-        self.has_setup = caps.setup
-        self.fetch_into: Callable[..., Any] | None = obj.fetch_into if caps.fetch_into else None
-        self._read: Callable[..., Any] | None = obj.read if caps.reads else None
-        self._by_epoch = caps.takes_epoch
+        # The source's optional capabilities: looked up here and nowhere else.
+        obj = source.obj
+        setup = getattr(obj, "setup", None)
+        self.has_setup = callable(setup)
+        self._setup = setup
+        fetch_into = getattr(obj, "fetch_into", None)
+        self.fetch_into: Callable[..., Any] | None = fetch_into if callable(fetch_into) else None
+        read = getattr(obj, "read", None)
+        self._read: Callable[..., Any] | None = read if callable(read) else None
+        self._by_epoch = self._read is not None and reads_epoch(self._read)
+        read_into = getattr(obj, "read_into", None)
         # read_into writes the source's arrays into a slot: processors would replace them.
         self.read_into: Callable[..., Any] | None = \
-            obj.read_into if caps.read_into and chain is None else None
+            read_into if callable(read_into) and chain is None else None
 
     def setup(self) -> None:
         """The source's ``setup(worker_id, num_workers)``, if it has one."""
-        self.source.setup(self.worker_id, self.num_workers)
+        if self.has_setup:
+            self._setup(self.worker_id, self.num_workers)
 
     # checks --------------------------------------------------------------------------------
 
