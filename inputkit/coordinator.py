@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from inputkit import kinds
 from inputkit.batcher import Batcher, BatcherThread
 from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
@@ -133,11 +134,11 @@ class Coordinator(Iterator[dict[str, Any]]):
             length, spec.batch_size, spec.epoch, slot, num_devices, window=2 * count,
             first_epoch=first_epoch, consumed={e: m.copy() for e, m in consumed.items()},
             orders=orders)
-        # Threads share this coordinator's chain (inline: its one); processes and Ray actors
-        # build their own.
+        # Kinds whose source is built here (thread, inline) share this coordinator's chain;
+        # processes and Ray actors build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
-            if spec.processors and spec.worker_kind in ("thread", "inline") else None
+            if spec.processors and kinds.get(spec.worker_kind).source_here else None
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             processors=chain,
