@@ -10,7 +10,8 @@ tensors:
   batch_size, columns)`` file by file, each column made a tensor with ``to_numpy`` (no
   copy) and ``torch.from_numpy``; no shuffling, no exactly-once bookkeeping, no queues;
 - **inputkit**: ``source=parquet`` through the Runner, inline (the consumer's thread
-  reads), 2 thread workers and 2 process workers, unshuffled;
+  reads), 1 and 2 thread workers and 2 process workers, unshuffled (2 threads
+  should never be slower than 1);
 - **DataLoader, per row**: a map-style Dataset over the table loaded whole into numpy
   arrays (its fastest reasonable shape: nothing decoded per row), ``__getitem__`` returning
   one row, ``batch_size`` with the default collate, ``num_workers`` 0 and 2;
@@ -111,6 +112,7 @@ def inputkit_batches(paths: list[str], batch: int, workers: str, box: list[Any]
     import inputkit
 
     kind = {"inline": ["workers.kind=inline"],
+            "threads x1": ["workers.kind=thread", "workers.count=1"],
             "threads x2": ["workers.kind=thread", "workers.count=2"],
             "processes x2": ["workers.kind=process", "workers.count=2"]}[workers]
     folder = os.path.dirname(paths[0])
@@ -200,7 +202,7 @@ def main() -> None:
     if "pyarrow" not in skip:
         run("pyarrow iter_batches (the limit)", lambda: pyarrow_alone(paths, args.batch))
     if "inputkit" not in skip:
-        for workers in ("inline", "threads x2", "processes x2"):
+        for workers in ("inline", "threads x1", "threads x2", "processes x2"):
             box: list[Any] = []
             run(f"inputkit {workers}", lambda w=workers, b=box: inputkit_batches(
                 paths, args.batch, w, b))

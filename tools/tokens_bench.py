@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--tokens", type=int, default=200_000_000)
     parser.add_argument("--path", default="/tmp/inputkit_tokens_200M.bin")
+    parser.add_argument("--repeat", type=int, default=1, help="run the inputkit shapes this many "
+                        "times, interleaved (1 vs 2 thread workers side by side under one load)")
     args = parser.parse_args()
     ensure_file(args.path, args.tokens)
     rows: list[tuple[str, str, float]] = []
@@ -124,8 +126,9 @@ def main() -> None:
         ("DataLoader", "num_workers=0", lambda: timed(dataloader(args.path, 0), args.seconds)),
         ("DataLoader", "num_workers=2", lambda: timed(dataloader(args.path, 2), args.seconds)),
     ]
-    for kind, workers, chunk in [("inline", 1, 8), ("inline", 1, 64), ("thread", 1, 64),
-                                 ("thread", 2, 64), ("process", 2, 64)]:
+    shapes = [("inline", 1, 8), ("inline", 1, 64), ("thread", 1, 64), ("thread", 2, 64),
+              ("process", 2, 64)]
+    for kind, workers, chunk in shapes * args.repeat:  # each repetition runs every shape
         shape = f"{kind}" + (f" x{workers}" if kind != "inline" else "") + f", chunks of {chunk}"
         peers.append(("inputkit", shape, lambda k=kind, w=workers, c=chunk:
                       with_inputkit(args.path, k, w, c, args.seconds)))
