@@ -462,7 +462,7 @@ def _epoch_orders(spec: Any, source: BoundSource | None, length: int | None) -> 
         return None
     groups = None
     if spec.epoch.shuffle_mode == "shards":
-        groups = sample_groups(source.obj, length, f"{spec.key_prefix}epoch.shuffle",
+        groups = sample_groups(source, length, f"{spec.key_prefix}epoch.shuffle",
                                spec.source["_target_"])
     return EpochOrders(length, spec.epoch, groups)
 

@@ -20,12 +20,15 @@ restarted, and it can shuffle per epoch and keep a deterministic order
 
 All workers of one input call the *same* source object, from several threads:
 a source that keeps state (a cursor, a file handle) must guard it with a lock.
+
+What a source may offer beyond this (``setup``, ``close``, ``fetch_into``, ``read_into``...)
+is declared in :mod:`inputkit.sources.capabilities` and read from ``BoundSource.caps``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -78,21 +81,20 @@ def indexed_length(obj: object) -> int | None:
 SHARDED_SOURCES = ("image_shards", "tokens", "parquet")
 
 
-def sample_groups(obj: object, length: int, key: str, target: str) -> np.ndarray:
+def sample_groups(source: Any, length: int, key: str, target: str) -> np.ndarray:
     """The optional capability ``sample_groups() -> np.ndarray``: one group id (any integer)
     per sample, naming the shard or file that stores it (the tar shard of an image_shards
     sample, the file of a tokens or Parquet sample). ``epoch.shuffle=shards`` orders an epoch
     by these groups, so that reads stay within a window of shards (each fetched once per
     epoch into a bounded cache). ``key`` (``epoch.shuffle``) and ``target`` name the config
-    at fault when the source has no such method or gives a wrong answer."""
+    at fault when the source (a BoundSource) has no such method or gives a wrong answer."""
     from inputkit.errors import ConfigError
 
-    method = getattr(obj, "sample_groups", None)
-    if not callable(method):
+    if not source.caps.sample_groups:
         raise ConfigError(key, f"shards needs a source that stores its samples in shards and "
                           f"says which (sample_groups()): {', '.join(SHARDED_SOURCES)}; "
                           f"'{target}' has none. Use epoch.shuffle=true for a global shuffle")
-    groups = np.asarray(method())
+    groups = np.asarray(source.obj.sample_groups())
     if groups.shape != (length,) or not np.issubdtype(groups.dtype, np.integer):
         raise ConfigError(key, f"shards: '{target}'.sample_groups() must give one integer group "
                           f"id per sample ({length:,}), got dtype {groups.dtype} shape "

@@ -261,7 +261,7 @@ class _Worker:
         step, states, index = self.step, self.states, self.args.slot_index
         # A source with read_into writes each item straight into a slot (no copy), unless
         # processors transform it first or a bad sample must cost only itself.
-        in_place = step.read_into is not None and self.args.policy.on_error != "skip"
+        in_place = step.source_read_into is not None and self.args.policy.on_error != "skip"
         while not self.stop.is_set():
             states[index] = BLOCKED  # waiting for work is not a stall
             item = self.inbox.take_item()

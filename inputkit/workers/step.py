@@ -38,7 +38,6 @@ from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
 from inputkit.failures import FailurePolicy, RepeatedLog, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
-from inputkit.sources.protocol import reads_epoch
 from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity, FetchClock
 from inputkit.workers.outcome import (
@@ -97,25 +96,20 @@ class WorkerStep:
         self._skipping = policy.on_error == "skip"
         self._report = report_processors and chain is not None
         self._stats_sent = 0.0
-        # The source's optional capabilities: looked up here and nowhere else.
-        obj = source.obj
-        setup = getattr(obj, "setup", None)
-        self.has_setup = callable(setup)
-        self._setup = setup
-        fetch_into = getattr(obj, "fetch_into", None)
-        self.fetch_into: Callable[..., Any] | None = fetch_into if callable(fetch_into) else None
-        read = getattr(obj, "read", None)
-        self._read: Callable[..., Any] | None = read if callable(read) else None
-        self._by_epoch = self._read is not None and reads_epoch(self._read)
-        read_into = getattr(obj, "read_into", None)
+        # The source's optional capabilities, as recorded when it was bound (BoundSource.caps).
+        obj, caps = source.obj, source.caps
+        self.has_setup = caps.setup
+        self.fetch_into: Callable[..., Any] | None = obj.fetch_into if caps.fetch_into else None
+        self._read: Callable[..., Any] | None = obj.read if caps.reads else None
+        self._by_epoch = caps.takes_epoch
         # read_into writes the source's arrays into a slot: processors would replace them.
-        self.read_into: Callable[..., Any] | None = \
-            read_into if callable(read_into) and chain is None else None
+        # (named apart from the read_into method, which an attribute of its name would hide)
+        self.source_read_into: Callable[..., Any] | None = \
+            obj.read_into if caps.read_into and chain is None else None
 
     def setup(self) -> None:
         """The source's ``setup(worker_id, num_workers)``, if it has one."""
-        if self.has_setup:
-            self._setup(self.worker_id, self.num_workers)
+        self.source.setup(self.worker_id, self.num_workers)
 
     # checks --------------------------------------------------------------------------------
 
@@ -183,8 +177,8 @@ class WorkerStep:
 
     def read_into(self, seq: int, epoch: int, indices: np.ndarray, allocate: Any) -> Got:
         """Work item ``seq`` written by the source's ``read_into(indices, allocate)``, the index
-        field allocated beside it (no processors: :attr:`read_into` is None with them)."""
-        read_into = self.read_into
+        field allocated beside it (no processors: :attr:`source_read_into` is None with them)."""
+        read_into = self.source_read_into
         if read_into is None:
             raise TypeError(f"{self.where}: read_into is not usable here (none, or processors)")
         n = len(indices)
