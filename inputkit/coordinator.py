@@ -30,7 +30,6 @@ from inputkit.sources.loader import BoundSource, component_names
 from inputkit.stats import CoordinatorStats
 from inputkit.work import Dispatcher, EpochEnd, EpochOrders
 from inputkit.workers import WorkerPool, make_worker_pool
-from inputkit.workers.inline_pool import InlineWorkerPool
 
 
 class Abort:
@@ -119,7 +118,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         count = spec.worker_count
         self._abort = abort
         self._stop = threading.Event()
-        inline = spec.worker_kind == "inline"  # the whole chain in the consumer's thread
+        kind = kinds.get(spec.worker_kind, f"{spec.key_prefix}workers.kind")
+        # In the consumer's thread (inline): the pool is the chunk stream; no queue, no thread.
+        inline = kind.plan is not None and kind.plan.in_consumer
         self.chunk_queue = None if inline else BoundedQueue(
             f"{spec.name}/{device}/chunks", spec.chunk_capacity, spec.chunk_capacity_bytes,
             stage=Stage.CHUNKS)
@@ -138,7 +139,7 @@ class Coordinator(Iterator[dict[str, Any]]):
         # processes and Ray actors build their own.
         chain = ProcessorChain.from_config(list(spec.processors), key=f"{spec.key_prefix}processors",
                                            seed=spec.epoch.seed) \
-            if spec.processors and kinds.get(spec.worker_kind).source_here else None
+            if spec.processors and kind.source_here else None
         self.workers = make_worker_pool(
             spec, device, source=source, schema=schema, dispatcher=self.dispatcher,
             processors=chain,
@@ -150,9 +151,10 @@ class Coordinator(Iterator[dict[str, Any]]):
         transform = DeviceTransform(spec.normalize, spec.channels_last, spec.key_prefix)
         self.batcher: Batcher
         self.device_stage: Any
-        if isinstance(self.workers, InlineWorkerPool):
+        if inline:
             self.batcher = Batcher(spec.batch_size, spec.drop_last)
-            self.device_stage = InlineStage(self.workers, self.batcher, device, transform)
+            self.device_stage = InlineStage(self.workers, self.batcher, device,  # type: ignore[arg-type]
+                                            transform)
             thread = None
         else:
             assert self.chunk_queue is not None and self.batch_queue is not None

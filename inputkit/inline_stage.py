@@ -16,9 +16,9 @@ import threading
 from typing import Any
 
 from inputkit.batcher import Batch, Batcher
+from inputkit.chunk_stream import ChunkStream
 from inputkit.device import CpuDeviceStage, DeviceTransform
 from inputkit.queues import BoundedQueue
-from inputkit.workers.inline_pool import InlineWorkerPool
 
 
 class InlineStage:
@@ -27,7 +27,7 @@ class InlineStage:
     prefetch = 0
     busy_s = 0.0  # no thread of its own: its work is the consumer's time inside next()
 
-    def __init__(self, pool: InlineWorkerPool, batcher: Batcher, device: str,
+    def __init__(self, pool: ChunkStream, batcher: Batcher, device: str,
                  transform: DeviceTransform | None = None) -> None:
         self.device = device
         self._pool = pool
