@@ -24,12 +24,16 @@ threaded loaders should beat the loop by about the worker count.
 
     python tools/overhead.py                 # every workload, 3 s each
     python tools/overhead.py --seconds 5 --workload tiny
+
+"CPU us/batch" is the process's CPU time over the measured span per batch (every thread):
+what the hand-over costs in work, a steadier figure than the rate on a loaded machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,6 @@ from rich.console import Console
 from rich.table import Table
 
 import inputkit
-from inputkit.peers.compare import drain
 from inputkit.sources.synthetic import SyntheticSource
 
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -57,7 +60,10 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 
 
-def hand_rolled(workload: dict[str, Any], seconds: float) -> tuple[int, float]:
+Run = tuple[int, float, float]  # batches, seconds, CPU seconds of the process over them
+
+
+def hand_rolled(workload: dict[str, Any], seconds: float) -> Run:
     """Batches per second of a single-thread fetch + concatenate loop."""
     source = SyntheticSource(**{k: v for k, v in workload.items() if k != "batch_size"})
     batch_size = workload["batch_size"]
@@ -65,7 +71,7 @@ def hand_rolled(workload: dict[str, Any], seconds: float) -> tuple[int, float]:
     count = 0
     batches = 0
     end = time.perf_counter() + seconds
-    began = time.perf_counter()
+    began, cpu0 = time.perf_counter(), time.process_time()
     while time.perf_counter() < end:
         chunk = source.fetch(0, batch_size)
         pending.append(chunk)
@@ -78,10 +84,10 @@ def hand_rolled(workload: dict[str, Any], seconds: float) -> tuple[int, float]:
             count -= batch_size
             pending = [rest] if count else []
             batches += 1
-    return batches, time.perf_counter() - began
+    return batches, time.perf_counter() - began, time.process_time() - cpu0
 
 
-def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple[int, float]:
+def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> Run:
     """Batches per second of the seed's design in plain Python: fetcher threads ->
     queue.Queue -> one thread building exact batches -> queue.Queue -> the consumer."""
     import queue
@@ -133,7 +139,7 @@ def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple
         thread.start()
     batches_q.get()  # start-up is not what this measures
     batches = 0
-    began = time.perf_counter()
+    began, cpu0 = time.perf_counter(), time.process_time()
     end = began + seconds
     while True:
         batch = batches_q.get()
@@ -141,14 +147,14 @@ def seed_design(workload: dict[str, Any], seconds: float, workers: int) -> tuple
         batches += 1
         if time.perf_counter() >= end:
             break
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu0
     stop.set()
     for thread in threads:
         thread.join(timeout=2.0)
-    return batches, elapsed
+    return batches, elapsed, cpu
 
 
-def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int, float] | None:
+def dataloader_in_process(workload: dict[str, Any], seconds: float) -> Run | None:
     """Batches per second of ``DataLoader(batch_size=None, num_workers=0)`` over the same fetch
     (the fastest DataLoader on a trivial fetch); None where chunks are not batches (it would
     need re-chunking this loader does not do)."""
@@ -162,11 +168,25 @@ def dataloader_in_process(workload: dict[str, Any], seconds: float) -> tuple[int
 
 
 def with_inputkit(workload: dict[str, Any], seconds: float, workers: int,
-                  kind: str = "thread") -> tuple[int, float]:
+                  kind: str = "thread") -> Run:
     cfg = {"source": _source(workload), "batch_size": workload["batch_size"], "devices": "cpu",
            "workers": {"kind": kind, "count": workers}}
     with inputkit.Runner(cfg) as runner:
         return drain(runner.device(0), seconds)
+
+
+def drain(stream: Iterator[Any], seconds: float) -> Run:
+    """inputkit.peers.compare.drain (batches in ``seconds`` after the first), with the
+    process's CPU seconds over the same span."""
+    next(stream)
+    count = 0
+    began, cpu0 = time.perf_counter(), time.process_time()
+    end = began + seconds
+    for _ in stream:
+        count += 1
+        if time.perf_counter() >= end:
+            break
+    return count, time.perf_counter() - began, time.process_time() - cpu0
 
 
 def _source(workload: dict[str, Any]) -> dict[str, Any]:
@@ -179,11 +199,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 150))  # a pipe gets 80 columns: rows wrapped
     table = Table(title=f"inputkit vs a hand-rolled loop, the seed's design and DataLoader "
                         f"in-process ({args.seconds:g} s each)")
-    for column in ["workload", "loader", "batches/s", "MB/s", "vs loop", "vs seed design",
-                   "vs best peer"]:
+    for column in ["workload", "loader", "batches/s", "MB/s", "CPU us/batch", "vs loop",
+                   "vs seed design", "vs best peer"]:
         table.add_column(column, justify="left" if column in ("workload", "loader") else "right")
     for name in args.workload or sorted(WORKLOADS):
         workload = WORKLOADS[name]
@@ -203,13 +223,14 @@ def main() -> None:
             runs.append((f"inputkit, {workers} thread(s)",
                          with_inputkit(workload, args.seconds, workers)))
         base = runs[0][1][0] / runs[0][1][1]
-        seed = max(b / e for label, (b, e) in runs if label.startswith("seed design"))
+        seed = max(b / e for label, (b, e, _) in runs if label.startswith("seed design"))
         # The peers a user would pick instead: the seed's design and DataLoader (not the loop,
         # which has no checks, statistics or failure handling at all).
-        best = max(b / e for label, (b, e) in runs if label.startswith(("seed", "DataLoader")))
-        for label, (batches, elapsed) in runs:
+        best = max(b / e for label, (b, e, _) in runs if label.startswith(("seed", "DataLoader")))
+        for label, (batches, elapsed, cpu) in runs:
             rate = batches / elapsed
             table.add_row(name, label, f"{rate:,.0f}", f"{rate * batch_mb:,.0f}",
+                          f"{cpu / max(batches, 1) * 1e6:,.0f}",
                           f"{rate / base:.2f}x", f"{rate / seed:.2f}x", f"{rate / best:.2f}x")
         console.print(f"measured {name}", style="dim")
     console.print(table)

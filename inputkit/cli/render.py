@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 from rich.text import Text
 
-from inputkit.config.sizes import format_size
+from inputkit.kinds.view import view_of
 from inputkit.stats import CoordinatorStats, RunnerStats
 
 if TYPE_CHECKING:
@@ -39,10 +39,7 @@ def progress_line(snapshot: RunnerStats, previous: RunnerStats | None, elapsed: 
     text.append(f"  {mbs:>9,.1f} MB/s", style="magenta")
     for c in snapshot.coordinators:
         fills = " ".join(f"{q.stage.short} {q.items}/{q.capacity}" for q in c.queues)
-        ray = c.workers.ray
-        if ray is not None:  # where the actors run, and what this input has in flight
-            fills += f" ray {len(ray.actors)} actors/{len(ray.nodes)} nodes in flight " \
-                     f"{format_size(ray.inflight_bytes)}"
+        fills += view_of(c.workers.kind).progress(c)  # Ray: actors, nodes, in flight
         text.append(f"  [{c.input}@{c.device_index}:{c.device} {fills}]", style="dim")
     clock = f"{elapsed:.1f}s" + (f" of {limit:g}s" if limit is not None else "")
     text.append(f"  {clock}  batches {snapshot.batches:,}")
@@ -118,8 +115,6 @@ def skipped_record(stats: RunnerStats) -> list[dict[str, Any]]:
 def kind_records(stats: RunnerStats) -> dict[str, list[dict[str, Any]]]:
     """summary.json's entries of the worker kinds that have their own (its view's ``key``:
     ``ray``, where the actors ran and what each node did), one per input and device."""
-    from inputkit.kinds.view import view_of
-
     found: dict[str, list[dict[str, Any]]] = {}
     for c in stats.coordinators:
         view = view_of(c.workers.kind)
@@ -137,8 +132,6 @@ def ray_record(stats: RunnerStats) -> list[dict[str, Any]]:
 def kind_summary_lines(stats: RunnerStats) -> list[str]:
     """The end-of-run lines of each input whose worker kind has its own (Ray: where the
     actors ran, start-up, one line a node, duplicates and spill)."""
-    from inputkit.kinds.view import view_of
-
     return [line for c in stats.coordinators for line in view_of(c.workers.kind).summary_lines(c)]
 
 

@@ -336,6 +336,14 @@ class RayView(KindView):
     def lines(self, c: Any, where: str) -> list[str]:
         return ray_lines(_ray_of(c), where)
 
+    def progress(self, c: Any) -> str:
+        """Where the actors run, and what this input has in flight."""
+        ray = c.workers.ray
+        if ray is None:
+            return ""
+        return f" ray {len(ray.actors)} actors/{len(ray.nodes)} nodes in flight " \
+               f"{format_size(ray.inflight_bytes)}"
+
     def record(self, ext: RayWindow) -> dict[str, Any]:
         return ext.record()
 

@@ -19,7 +19,8 @@ The hooks, in the order the data flows:
   ``more_workers_note``: the kind's verdict rules at the points of
   :func:`inputkit.diagnosis.judge` where kinds differ (None: the generic rule).
 - ``rows(c)``: dashboard rows for the pool (None: the generic workers row); each cell a
-  string or ``(text, style)``. ``lines(c, where)``: the same as plain lines.
+  string or ``(text, style)``. ``lines(c, where)``: the same as plain lines;
+  ``progress(c)``: words for the CLI's progress line.
 - ``record(ext)``: its entry in a ``metrics.jsonl`` coordinator, under ``key``;
   ``summary(c)``: its entry in ``summary.json``'s list under ``key``, from a final
   ``CoordinatorStats``; ``summary_lines(c)``: the end-of-run lines.
@@ -79,6 +80,10 @@ class KindView:
 
     def lines(self, c: Any, where: str) -> list[str]:
         return []
+
+    def progress(self, c: Any) -> str:
+        """Words added to a ``CoordinatorStats``' part of the CLI's progress line."""
+        return ""
 
     def record(self, ext: Any) -> dict[str, Any] | None:
         return None

@@ -126,12 +126,15 @@ class FetchClock:
 
     ``time.thread_time()`` is a system call: 0.8 us here, more on a loaded machine, and
     a fetch of W1's tiny samples takes about 2 us, so two reads a fetch cost a quarter
-    of the inline loop's rate. A fetch shorter than ``FAST_S`` reads it on one call in
-    ``EVERY``; the calls between count the CPU share that read measured. Slower fetches
-    read it every time.
+    of the inline loop's rate. A fetch whose CPU time was under ``FAST_S`` (and wall time
+    under ``SLOW_WALL_S``) reads it on one call in ``EVERY``; the calls between count the
+    CPU share that read measured. Other fetches read it every time. The test is on CPU
+    time, not wall: on a loaded machine a 10 us fetch waits for a core and takes 50 to
+    100 us of wall, and reading the clock twice a fetch made the slow case slower still.
     """
 
     FAST_S = 50e-6
+    SLOW_WALL_S = 500e-6  # a fetch that waits this long (I/O) reads the clock each time
     EVERY = 16
 
     def __init__(self) -> None:
@@ -155,7 +158,7 @@ class FetchClock:
             return wall, wall * self._share
         cpu = time.thread_time() - self._cpu0
         self._share = min(1.0, cpu / wall) if wall > 0 else 1.0
-        self._skip = self.EVERY - 1 if wall < self.FAST_S else 0
+        self._skip = self.EVERY - 1 if cpu < self.FAST_S and wall < self.SLOW_WALL_S else 0
         return wall, cpu
 
 
@@ -188,7 +191,8 @@ class FailsOnce:
     """The first failure of a pool stops its workers and reaches the consumer; later ones (a
     sibling failing as it stops) are dropped. Thread, process and Ray pools share it; each
     sets ``_lock``, ``_failed``, ``_stop`` (anything with ``set()``), ``_out`` (its chunk
-    queue, or inline's inbox) and ``_on_failure`` (which stops every pool of the runner)."""
+    queue) and ``_on_failure`` (which stops every pool of the runner). (The inline pool has
+    no queue: its own ``fail`` hands the failure to its ``get``.)"""
 
     _lock: threading.Lock
     _failed: bool

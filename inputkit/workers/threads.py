@@ -7,7 +7,6 @@ answer to that (their own issue).
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -16,21 +15,28 @@ from collections.abc import Callable
 from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
-from inputkit.errors import SourceExhausted, WorkerFailure
+from inputkit.errors import SourceExhausted
 from inputkit.failures import (
-    SKIP_SAMPLES,
     FailurePolicy,
     FailureTally,
     FetchTimeout,
     pool_log,
-    samples_message,
 )
 from inputkit.messages import END, Failure
 from inputkit.probes import GilProbe
 from inputkit.processors import ProcessorChain
 from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.work import Dispatcher, WorkItem
+from inputkit.work import Dispatcher
+from inputkit.workers.accounting import (
+    BLOCKED,
+    DONE,
+    FETCHING,
+    IDLE,
+    SETUP,
+    OutcomeAccounting,
+)
+from inputkit.workers.accounting import PHASES as _PHASES
 from inputkit.workers.base import (
     Activity,
     FailsOnce,
@@ -39,24 +45,10 @@ from inputkit.workers.base import (
     inside,
     overdue,
 )
-from inputkit.workers.outcome import (
-    Done,
-    Empty,
-    FetchSkipped,
-    Got,
-    Outcome,
-    SamplesSkipped,
-    Stopped,
-    error_type,
-)
 from inputkit.workers.step import WorkerStep
 
-IDLE, FETCHING, BLOCKED, DONE = "idle", "fetching", "blocked", "done"
-SETUP = "setup"  # inside the shared source's setup() for this worker id
-_PHASES = {SETUP: "setup()"}
 
-
-class ThreadWorkerPool(FailsOnce):
+class ThreadWorkerPool(OutcomeAccounting, FailsOnce):
     kind = "thread"
 
     def __init__(self, *, source: BoundSource, schema: ChunkSchema, worker_ids: list[int],
@@ -210,43 +202,6 @@ class ThreadWorkerPool(FailsOnce):
                 return
             states[wid] = IDLE
 
-    def _fetched(self, wid: int, outcome: Outcome) -> Chunk | None:
-        """Account one fetch's outcome: its chunk, or None (empty, skipped); SourceExhausted at
-        the end; past the skip ceiling, raise."""
-        if type(outcome) is Got:
-            chunk = outcome.chunk
-            if outcome.retries:
-                self._retried(outcome.retries)
-            self._tally.fetched(chunk.n, chunk.nbytes, outcome.wall, outcome.cpu)
-            self._failures.fetched(chunk.n)
-            return chunk
-        if type(outcome) is Empty:
-            self._retried(outcome.retries)
-            self._tally.fetched(0, 0, outcome.wall, outcome.cpu)
-            self._failures.fetched(0)
-            return None
-        if type(outcome) is FetchSkipped:  # logged by the step (it has the pool's log)
-            limit = self._failures.skipped(outcome.why)
-            if limit is not None:
-                raise limit
-            return None
-        if type(outcome) is Done:
-            raise SourceExhausted(self._source.name)
-        raise WorkerFailure(f"{self._where(wid)}: unexpected outcome {outcome!r}")
-
-    def _fetch(self, index: int, wid: int, call: Any = None) -> Chunk | None:
-        """One fetch of worker ``wid``, accounted (for the inline pool, which runs it in the
-        consumer's thread): its chunk, or None; SourceExhausted at the end."""
-        self._states[wid] = FETCHING
-        return self._fetched(wid, self._step_of(index, wid).fetch())
-
-    def _read_item(self, index: int, wid: int, item: WorkItem) -> bool:
-        """Read one work item of worker ``wid`` and hand its chunk to the dispatcher (for the
-        inline pool); False once the pipeline stops."""
-        self._states[wid] = FETCHING
-        step = self._step_of(index, wid)
-        return self._delivered(wid, item, step.read(item.seq, item.epoch, item.remaining))
-
     def _read_items(self, step: WorkerStep, wid: int) -> None:
         """Index-range work: read the dispatcher's items until the stream is finished."""
         dispatcher = self._dispatcher
@@ -261,48 +216,6 @@ class ThreadWorkerPool(FailsOnce):
             if not self._delivered(wid, item, step.read(item.seq, item.epoch, item.remaining)):
                 return
             states[wid] = IDLE
-
-    def _delivered(self, wid: int, item: WorkItem, outcome: Outcome) -> bool:
-        """Account what reading ``item`` came to and hand its chunk to the dispatcher; past the
-        skip ceiling, raise. False once the pipeline stops."""
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
-        if type(outcome) is Got:
-            chunk = outcome.chunk
-            self._retried(outcome.retries)
-            if outcome.skipped is not None:
-                if not self._samples_skipped(wid, item, outcome.skipped):
-                    return False
-            else:
-                self._failures.fetched(chunk.n)
-            self._tally.fetched(chunk.n, chunk.nbytes, outcome.wall, outcome.cpu)
-            self._states[wid] = BLOCKED
-            return dispatcher.deliver(item, chunk, chunk.n, last=True)
-        if type(outcome) is SamplesSkipped:
-            return self._samples_skipped(wid, item, outcome)
-        if type(outcome) is Stopped:
-            return False
-        raise WorkerFailure(f"{self._where(wid)}: unexpected outcome {outcome!r}")
-
-    def _samples_skipped(self, wid: int, item: WorkItem, skipped: SamplesSkipped) -> bool:
-        """Count the samples of ``item`` skipped, and tell the dispatcher which it loses (all of
-        them: the item is skipped); past the skip ceiling, raise."""
-        dispatcher = self._dispatcher
-        assert dispatcher is not None
-        bad = skipped.bad
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
-                          samples_message(self._where(wid), bad, len(skipped.ok)))
-        limit = self._failures.read_samples(bad, skipped.ok)
-        if limit is not None:
-            raise limit
-        if skipped.whole_item:
-            return dispatcher.skip(item)
-        return dispatcher.drop(item, [index for index, _ in bad])
-
-    def _retried(self, retries: tuple[str, ...]) -> None:
-        """Count the retries an outcome reports (the step logged them: it has the pool's log)."""
-        for text in retries:
-            self._failures.retried(text)
 
     def _emit(self, item: Any) -> bool:
         """The dispatcher's way downstream: chunks wait for room, control messages do not."""
