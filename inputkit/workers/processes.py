@@ -16,7 +16,6 @@ and takes it back: no slot and no sample is lost with a worker.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 import queue
@@ -30,38 +29,21 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema, private_copy
+from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import ConfigError, SourceError, WorkerFailure
-from inputkit.failures import (
-    RETRY,
-    SKIP,
-    SKIP_SAMPLES,
-    FailurePolicy,
-    FailureTally,
-    FetchTimeout,
-    pool_log,
-    samples_message,
-)
-from inputkit.messages import END, Failure
+from inputkit.failures import FailurePolicy, FetchTimeout
+from inputkit.messages import Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.storage.inherit import snapshot
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
-from inputkit.workers.outcome import (
-    Done,
-    Empty,
-    Error,
-    FetchSkipped,
-    InSlot,
-    SamplesSkipped,
-    error_type,
-)
+from inputkit.workers.outcome import Empty, InSlot, SamplesSkipped
 from inputkit.workers.process_main import (
     BLOCKED,
     BUILDING,
@@ -75,6 +57,7 @@ from inputkit.workers.process_main import (
     worker_main,
 )
 from inputkit.workers.shm import SlotArena
+from inputkit.workers.supervisor import Supervisor
 
 _PRELOAD = ["inputkit.workers.process_main", "numpy"]
 _POLL_S = 0.1
@@ -146,8 +129,6 @@ class _Worker:
     outbox: Connection  # worker -> parent: chunks and news
     stacks: Connection  # worker -> parent: stack dumps (faulthandler)
     slot: int | None = None  # handed to the worker and not yet used
-    items: deque[WorkItem] = field(default_factory=deque)  # handed out, oldest first
-    finished: bool = False  # it said done or failed: its end is not a death
 
 
 _ITEMS_AHEAD = 2  # index-range items a worker holds: one it reads, one waiting, no round trip
@@ -195,12 +176,11 @@ class ProcessWorkerPool(FailsOnce):
         self._closed = False
         self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
-        pool = f"{label} (source '{source_name}')"
-        # Counts skips and holds them to the ceiling (in samples, for index-range work).
-        self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
-        # Items whose delivered samples were counted with their skipped ones ("samples").
-        self._counted: set[int] = set()
-        self._repeats = pool_log(pool)  # the workers' skips and retries, logged here, rate-limited
+        # The ledger of items, the restart policy, skip tallies, duplicates and END.
+        self._sup = Supervisor(self, len(self._ids), policy=policy, dispatcher=dispatcher,
+                               pool=f"{label} (source '{source_name}')", put=self._put, out=out,
+                               fail=self.fail, stopping=self._stop.is_set,
+                               failed=lambda: self._failed)
         self._stalls: tuple[str, ...] = ()
         self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
         self._activity: Activity | None = None
@@ -215,8 +195,6 @@ class ProcessWorkerPool(FailsOnce):
         self._views: dict[int, _SlotRef] = {}  # slot -> the reference that watches its views
         self._returner = threading.Thread(target=self._return_slots,
                                           name=f"{thread_prefix}-slots", daemon=True)
-        if dispatcher is not None:
-            dispatcher.bind(self._emit, hold=private_copy)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -231,7 +209,7 @@ class ProcessWorkerPool(FailsOnce):
         try:
             with self._hidden_main():
                 for index in range(len(self._ids)):
-                    self._workers.append(self._spawn(index))
+                    self._workers.append(self._start_worker(index))
         finally:  # stopped at exit if these workers were what started them
             OURS.note(helpers)
         with self._lock:
@@ -247,7 +225,7 @@ class ProcessWorkerPool(FailsOnce):
             self._ctx.get_start_method() == "fork"
         return main_module_hidden(needed=keep_main)
 
-    def _spawn(self, index: int) -> _Worker:
+    def _start_worker(self, index: int) -> _Worker:
         """Start the process for worker ``index`` (again, after a death)."""
         ctx, arena = self._ctx, self._arena
         assert arena is not None
@@ -297,7 +275,7 @@ class ProcessWorkerPool(FailsOnce):
         stuck = [f"{p.name} (pid {p.pid})" for p in processes if p.is_alive()]
         if self._receiver.is_alive():
             stuck.append(self._receiver.name)
-        self._repeats.flush()
+        self._sup.repeats.flush()
         self._returned.put(None)
         if self._returner.ident is not None:
             self._returner.join(max(0.1, deadline - time.monotonic()))
@@ -322,7 +300,7 @@ class ProcessWorkerPool(FailsOnce):
     def _give_slot(self, index: int) -> None:
         """Put a free slot in worker ``index``'s hand if it has none (lock held)."""
         worker = self._workers[index]
-        if worker.slot is not None or not self._free or worker.finished or self._closed:
+        if worker.slot is not None or not self._free or self._closed or self._sup.finished(index):
             return
         slot = self._free.popleft()
         worker.slot = slot
@@ -353,19 +331,11 @@ class ProcessWorkerPool(FailsOnce):
 
     def _feed(self) -> None:
         """Index-range work: keep every live worker holding up to _ITEMS_AHEAD items."""
-        dispatcher = self._dispatcher
-        if dispatcher is None:
+        if self._dispatcher is None:
             return
-        for worker in self._workers:
-            while len(worker.items) < _ITEMS_AHEAD and not worker.finished:
-                item = dispatcher.try_take()
-                if item is None:
-                    return
-                worker.items.append(item)
-                try:
-                    worker.inbox.send(("item", (item.seq, item.epoch, item.remaining)))
-                except (OSError, ValueError):  # it died; its items go back when it is reaped
-                    break
+        for index in range(len(self._workers)):
+            if not self._sup.hand_out(index, _ITEMS_AHEAD):
+                return
 
     # the receiver thread ---------------------------------------------------------------------
 
@@ -377,7 +347,7 @@ class ProcessWorkerPool(FailsOnce):
                 outboxes = {w.outbox: (i, w) for i, w in enumerate(self._workers)
                             if not w.outbox.closed}
                 sentinels = {w.process.sentinel: (i, w) for i, w in enumerate(self._workers)
-                             if not w.finished}
+                             if not self._sup.finished(i)}
                 if not outboxes and not sentinels:
                     return
                 ready = wait([*outboxes, *sentinels], timeout=_POLL_S)
@@ -408,38 +378,15 @@ class ProcessWorkerPool(FailsOnce):
         kind = type(message)
         if kind is InSlot:
             if message.retries:
-                self._retried(index, message.retries)
+                self._sup.retried(index, message.retries)
             if message.processors is not None:  # cumulative per process: a restart adds a pid
                 self._processor_totals.add(worker.process.pid, message.processors)
             return self._chunk(index, message)
         if kind is Empty:
-            self._retried(index, message.retries)
             self._tally.fetched(0, 0, message.wall, message.cpu)
-            self._failures.fetched()
-            return True
-        if kind is FetchSkipped:
-            self._retried(index, message.retries)
-            return self._skipped(index, message.why)
-        if kind is SamplesSkipped:
-            if message.processors is not None:
-                self._processor_totals.add(worker.process.pid, message.processors)
-            return self._samples(index, message)
-        if kind is Done:
-            self._worker_finished(index)
-            return True
-        if kind is Error:
-            worker.finished = True
-            self.fail(message.failure(self._where(index)))
-            return False
-        raise WorkerFailure(f"unexpected message {message!r} from {self._where(index)}")
-
-    def _retried(self, index: int, retries: tuple[str, ...]) -> None:
-        """Count and log the errors a worker retried before an outcome (on_error=retry)."""
-        for text in retries:
-            self._failures.retried(text)
-            self._repeats.log(logging.INFO, RETRY, error_type(text),
-                              f"{self._where(index)}: fetch failed ({text}); retried "
-                              "(failures.on_error=retry)")
+        elif kind is SamplesSkipped and message.processors is not None:
+            self._processor_totals.add(worker.process.pid, message.processors)
+        return self._sup.handle(index, message)
 
     def _chunk(self, index: int, piece: InSlot) -> bool:
         arena = self._arena
@@ -459,7 +406,7 @@ class ProcessWorkerPool(FailsOnce):
         try:
             chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
         except SourceError as exc:
-            worker.finished = True
+            self._sup.finish(index)
             self.fail(Failure.capture(exc, self._where(index)))
             return False
         chunk = Chunk(fields=chunk.fields, n=n, nbytes=nbytes, worker_id=chunk.worker_id,
@@ -467,23 +414,9 @@ class ProcessWorkerPool(FailsOnce):
         self._tally.fetched(n, nbytes, wall, cpu, timed=bool(wall or cpu),
                             in_place=piece.in_place)
         if self._dispatcher is None:
-            if last:  # the fetch's last piece: it delivered
-                self._failures.fetched()
-            return self._put(chunk)
-        if seq not in self._counted:  # not yet counted with the samples it skipped
-            self._failures.fetched(n)
-        if last:
-            self._counted.discard(seq)
-        item = worker.items[0]
-        if last:
-            worker.items.popleft()
-        return self._dispatcher.deliver(item, chunk, n, last)
-
-    def _emit(self, item: Any) -> bool:
-        """The dispatcher's way downstream: chunks wait for room, control messages do not."""
-        if isinstance(item, Chunk):
-            return self._put(item)
-        return self._out.put_control(item)
+            return self._sup.deliver(index, None, chunk, n, last)
+        item = self._sup.current(index, seq)
+        return item is None or self._sup.deliver(index, item, chunk, n, last)
 
     def _put(self, chunk: Chunk) -> bool:
         """Into the chunk queue; while it is full, still notice workers that die."""
@@ -495,53 +428,14 @@ class ProcessWorkerPool(FailsOnce):
                 return False
         return True
 
-    def _skipped(self, index: int, text: str) -> bool:
-        """A worker skipped a fetch: count it and, past the skip ceiling, fail the run."""
-        self._repeats.log(logging.WARNING, SKIP, error_type(text),
-                          f"{self._where(index)}: {SKIP}: {text}")
-        limit = self._failures.skipped(text)
-        if limit is not None:
-            self.fail(Failure(exc=limit, where=self._where(index), traceback_text=""))
-            return False
-        return True
-
-    def _samples(self, index: int, skipped: SamplesSkipped) -> bool:
-        """Index-range work: samples of the worker's current item were skipped (its good ones,
-        if any, follow as pieces). Count them, and drop them from the item, so that a requeue
-        after this worker's death never reads them again (workers/samples.py). Past the skip
-        ceiling, fail the run."""
-        dispatcher = self._dispatcher
-        worker = self._workers[index]
-        seq, bad, ok = skipped.seq, skipped.bad, skipped.ok
-        if dispatcher is None or not worker.items or worker.items[0].seq != seq:
-            raise WorkerFailure(f"{self._where(index)} reported skipped samples of item {seq}, "
-                                "which it does not hold")
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
-                          samples_message(self._where(index), bad, len(ok)))
-        limit = self._failures.read_samples(bad, ok)
-        if limit is not None:
-            self.fail(Failure(exc=limit, where=self._where(index), traceback_text=""))
-            return False
-        item = worker.items[0]
-        if any(ok):
-            self._counted.add(seq)  # its pieces are not counted again
-            return dispatcher.drop(item, [i for i, _ in bad])
-        worker.items.popleft()
-        return dispatcher.skip(item)
-
     def _check_deaths(self) -> None:
         """Reap workers killed or crashed (a non-zero exit) while the receiver waits on a full queue."""
         for index, worker in enumerate(self._workers):
-            if not worker.finished and index not in self._reaping \
+            if not self._sup.finished(index) and index not in self._reaping \
                     and worker.process.exitcode not in (None, 0):
                 self._reap(index)
                 if self._failed:
                     return
-
-    def _worker_finished(self, index: int) -> None:
-        self._workers[index].finished = True
-        if all(w.finished for w in self._workers) and not self._failed:
-            self._out.put_control(END)
 
     def _reap(self, index: int) -> bool:
         """A worker process ended: fine if it said done or failed; otherwise a death, which is
@@ -562,49 +456,47 @@ class ProcessWorkerPool(FailsOnce):
                     return False
         # A death leaves its unread messages: a chunk among them sits in the slot still in its
         # hand (taken back on restart), and its samples are not counted as delivered.
-        if worker.finished or self._stop.is_set():
-            worker.finished = True
+        if self._sup.finished(index):
             return True
-        policy = self._policy
-        restarts_left = policy.max_restarts is None or self._failures.restarts < policy.max_restarts
-        if policy.on_worker_death != "restart" or not restarts_left:
-            worker.finished = True
-            self.fail(self._death(index, restarts_left))
-            return False
-        self._restart(index)
-        return True
+        return self._sup.died(index)
 
-    def _restart(self, index: int) -> None:
-        """Take back what the dead worker held (its slot, its unread items) and start another."""
+    # the transport (workers/transport.py), for the supervisor ----------------------------------
+
+    def spawn(self, index: int) -> None:
+        """Take back what the dead worker ``index`` held (its slot, its pipes), start another."""
         old = self._workers[index]
-        reason = (f"worker {self._ids[index]} (pid {old.process.pid}) "
-                  f"{describe_exit(old.process.exitcode)}")
         with self._lock:
             if old.slot is not None:
                 self._free.append(old.slot)
                 old.slot = None
-        if self._dispatcher is not None:
-            for item in old.items:
-                self._dispatcher.requeue(item)
         for conn in (old.inbox, old.outbox, old.stacks):
             conn.close()
-        self._failures.restarted(reason)
         with self._hidden_main():
-            new = self._spawn(index)
+            new = self._start_worker(index)
         with self._lock:
             self._workers[index] = new
             self._give_slot(index)
         self._feed()
 
-    def _death(self, index: int, restarts_left: bool = True) -> Failure:
-        exitcode = self._workers[index].process.exitcode
-        note = "" if restarts_left else \
-            f"; it is not restarted: failures.max_restarts={self._policy.max_restarts} reached"
-        return Failure(
-            exc=WorkerFailure(f"{self._where(index)} {describe_exit(exitcode)} "
-                              "(killed, os._exit, a crash in native code, or out of memory; "
-                              f"its stderr may say more){note}"),
-            where=self._where(index), traceback_text="")
+    def send(self, index: int, item: WorkItem) -> bool:
+        try:
+            self._workers[index].inbox.send(("item", (item.seq, item.epoch, item.remaining)))
+        except (OSError, ValueError):  # it died; its items go back when it is reaped
+            return False
+        return True
+
+    def kill(self, index: int) -> None:
+        self._workers[index].process.kill()
+
+    def alive(self, index: int) -> bool:
+        return bool(self._workers[index].process.is_alive())
+
+    def exit_reason(self, index: int) -> str:
+        return (f"{describe_exit(self._workers[index].process.exitcode)} (killed, os._exit, a "
+                "crash in native code, or out of memory; its stderr may say more)")
+
+    def where(self, index: int) -> str:
+        return self._where(index)
 
     def _where(self, index: int) -> str:
         pid = self._workers[index].process.pid if index < len(self._workers) else None
@@ -638,9 +530,9 @@ class ProcessWorkerPool(FailsOnce):
             exc = FetchTimeout(f"{self._where(index)}: {what} has not returned after "
                                f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
                                f"the worker was stopped; it was stuck here:\n{stack}")
-            self._workers[index].finished = True
+            self._sup.finish(index)
             self.fail(Failure(exc=exc, where=self._where(index), traceback_text=""))
-            self._workers[index].process.kill()
+            self.kill(index)
         found = [(self._where(i), f"{what}\n{self._stack(i)}") for i, what in stalls]
         self._stalls = tuple(f"{where}: {text.splitlines()[0]}" for where, text in found)
         return found
@@ -682,7 +574,7 @@ class ProcessWorkerPool(FailsOnce):
             shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
             shm_bytes_in_use=sum(in_use.values()),
             pids=tuple(self.pids()), stalls=self._stalls,
-            processors=self._processor_totals.stats(), **self._failures.snapshot())
+            processors=self._processor_totals.stats(), **self._sup.failures.snapshot())
 
 
 class _SlotRef(weakref.ref):  # type: ignore[type-arg]
