@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from inputkit.evidence import Evidence, QueueEvidence
+from inputkit.kinds.view import view_of
 from inputkit.verdict import Verdict
 
 # The consumer inside next() at least this share of a span in which its queue kept up:
@@ -21,7 +22,7 @@ IN_NEXT = 0.5
 
 def delivery_bound(e: Evidence, last: QueueEvidence) -> Verdict | None:
     """The consumer's queue kept up, yet its thread was mostly inside inputkit's next()."""
-    if e.in_next < IN_NEXT or e.kind == "inline":  # (inline is judged by its fetch share)
+    if e.in_next < IN_NEXT or view_of(e.kind).consumer_fetches:  # (judged by its fetch share)
         return None
     per_batch = e.in_next * e.span_s / e.batches if e.batches else 0.0
     cost = f"{per_batch * 1e6:.0f} us" if per_batch < 1e-3 else f"{per_batch * 1e3:.1f} ms"
@@ -60,10 +61,11 @@ DECODE_BOUND = ("CPU-bound", "fetch-bound", "transport-bound")
 def decoding_note(c: Any, e: Evidence, verdict: Verdict, decoder: str | None = None) -> str:
     """For a run whose workers decode images and set the pace: which worker kind is right, and
     (``decoder``: the summary's ``sources.<input>.decoder``) whether OpenCV would help."""
+    decodes = view_of(e.kind).decodes  # (None, Ray's: which kind is right is a question of CPUs)
     if not c.source.startswith(IMAGE_SOURCES) or verdict.kind not in DECODE_BOUND \
-            or e.kind == "ray":  # (which kind is right for Ray is a question of CPUs, not the GIL)
+            or decodes is None:
         return ""
-    if e.kind == "process":
+    if decodes == "process":
         return (" The workers decode images, which releases the GIL: thread workers "
                 "(workers.kind=thread) decode as fast in parallel and skip the hand-over through "
                 "shared memory (measured 1.3x the images/s at three quarters of the CPU per "

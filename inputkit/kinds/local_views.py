@@ -47,6 +47,8 @@ class ThreadView(KindView):
 class ProcessView(KindView):
     """Process workers hand chunks over through shared memory and a pipe."""
 
+    decodes = "process"
+
     def fetch_slow(self, e: Evidence, seen: str) -> Verdict | None:
         if e.in_fetch >= TRANSPORT:
             return None
@@ -62,6 +64,7 @@ class InlineView(KindView):
     """Inline workers: the consumer runs fetch itself, so its share of the time is the figure."""
 
     between = "threads"
+    consumer_fetches = True
 
     def first(self, e: Evidence) -> Verdict:
         p50 = f"{e.fetch_p50_ms * 1000:.0f} us" if e.fetch_p50_ms < 1 \

@@ -169,6 +169,7 @@ class RayView(KindView):
 
     key = "ray"
     restart_noun = ("Ray actor", "Ray actors")
+    decodes = None  # which kind suits decoding on Ray is a question of CPUs, not the GIL
 
     def window(self, now: WorkerPoolStats, before: WorkerPoolStats | None,
                span: float) -> RayWindow | None:

@@ -41,6 +41,10 @@ class KindView:
     key: str | None = None  # its entry's name in metrics.jsonl and summary.json
     restart_noun: tuple[str, str] = ("worker process", "worker processes")
     between: str = "processes and threads"  # what a chunk is handed between
+    consumer_fetches: bool = False  # the consumer's thread runs fetch (inline): no hand-over
+    # Where images decode, for the image note (own_stages.decoding_note): "here" (threads in
+    # this process), "process" (worker processes), None (no advice on the kind).
+    decodes: str | None = "here"
 
     def window(self, now: Any, before: Any | None, span: float) -> Any:
         return None
