@@ -32,6 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from inputkit import kinds
+from inputkit.errors import ConfigError
+
 Cell = Any  # str, or (text, rich style)
 
 
@@ -111,15 +114,15 @@ PLAIN = KindView()
 def view_of(kind: str) -> KindView:
     """The view of the kind called ``kind``; :data:`PLAIN` for one without (or unknown here:
     stats read back from another version's summary)."""
-    from inputkit import kinds
-    from inputkit.errors import ConfigError
-
     try:
-        view = kinds.get(kind).view
+        found = kinds.get(kind)
     except ConfigError:  # an unknown kind (stats read back from elsewhere) is shown plainly
         return PLAIN
+    view = found.view
     if view is None:
         return PLAIN
-    # A kind may name its view by a function that imports it, so that building a pool or a
-    # plan does not import the observability code.
-    return view if isinstance(view, KindView) else view()
+    if not isinstance(view, KindView):
+        # A kind may name its view by a function that imports it, so that building a pool or
+        # a plan does not import the observability code; resolved once, on first use.
+        view = found.view = view()
+    return view  # type: ignore[no-any-return]
