@@ -12,29 +12,29 @@ a chunk, and a slot comes back only when every view of it (in the chunk queue,
 the batcher, a batch) has been freed. The parent hands each worker one slot at a
 time (and, for index-range work, its items), so it knows what a dead worker held
 and takes it back: no slot and no sample is lost with a worker.
+
+This pool is a transport (workers/transport.py): the ledger of items, requeue, the
+restart policy, skip tallies and duplicates are the supervisor's (workers/supervisor.py);
+starting children and reading their stacks are workers/process_os.py's. What is left
+(about 500 lines) is one job, the pipes and slots: splitting the slot hand-outs from the
+receiver would put one lock's invariants in two files.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
-import select
-import signal
-import sys
 import threading
 import time
-import types
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from inputkit.chunk import Chunk, ChunkSchema
-from inputkit.errors import ConfigError, SourceError, WorkerFailure
+from inputkit.errors import SourceError, WorkerFailure
 from inputkit.failures import FailurePolicy, FetchTimeout
 from inputkit.messages import Failure
 from inputkit.processors import ProcessorTotals
@@ -51,73 +51,17 @@ from inputkit.workers.process_main import (
     FETCHING,
     IDLE,
     SETUP,
-    STACK_SIGNAL,
     StopFlag,
     WorkerArgs,
     worker_main,
 )
+from inputkit.workers.process_os import context, describe_exit, main_module_hidden, read_stack
 from inputkit.workers.shm import SlotArena
 from inputkit.workers.supervisor import Supervisor
 
-_PRELOAD = ["inputkit.workers.process_main", "numpy"]
 _POLL_S = 0.1
 # What a worker is inside before its first fetch, for the watchdog's messages.
 _PHASES = {BUILDING: "the source's constructor", SETUP: "setup()"}
-
-
-def context(start_method: str) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context; forkserver preloads the worker module once."""
-    from inputkit.storage import counters
-
-    # the run's storage folder (counters, settings) is named in the environment before the
-    # forkserver starts: it and every worker it forks inherit that environment, not later ones
-    counters.prepare()
-    ctx = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":
-        ctx.set_forkserver_preload(_PRELOAD)  # type: ignore[attr-defined]
-    return ctx
-
-
-_MAIN_SWAP = threading.Lock()
-
-
-@contextmanager
-def main_module_hidden(needed: bool) -> Iterator[None]:
-    """Start processes without making them re-run the main program, unless the source needs it.
-
-    spawn and forkserver children re-execute ``__main__`` (a training script that imports
-    torch costs each worker a second or more). Our workers only need it when the source's
-    ``_target_`` lives in ``__main__``; otherwise multiprocessing briefly sees a bare
-    ``__main__`` while the processes start, and the children skip the re-import.
-    """
-    if needed:
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        forking = multiprocessing.get_start_method(allow_none=True)
-        if main_file is not None and not os.path.isfile(main_file) and forking != "fork":
-            raise ConfigError("workers.start_method", "the source lives in the main program, "
-                              f"which new worker processes must re-import, but it was read from "
-                              f"{main_file}; move the source into a module, or use "
-                              "workers.start_method=fork")
-        yield
-        return
-    with _MAIN_SWAP:
-        real = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            sys.modules["__main__"] = real
-
-
-def describe_exit(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "is still running"
-    if exitcode < 0:
-        try:
-            return f"was killed by signal {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
 
 
 @dataclass
@@ -537,27 +481,10 @@ class ProcessWorkerPool(FailsOnce):
         self._stalls = tuple(f"{where}: {text.splitlines()[0]}" for where, text in found)
         return found
 
-    def _stack(self, index: int, timeout: float = 1.0) -> str:
+    def _stack(self, index: int) -> str:
         """The worker's current stack (every thread), dumped by faulthandler on a signal."""
         worker = self._workers[index]
-        try:
-            os.kill(worker.process.pid, STACK_SIGNAL)
-        except (ProcessLookupError, TypeError):
-            return "(the process is gone)"
-        fd = worker.stacks.fileno()
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.05 if chunks else deadline - time.monotonic())
-            if not ready:
-                if chunks:
-                    break
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            chunks.append(data)
-        return b"".join(chunks).decode(errors="replace") or "(no stack within 1s)"
+        return read_stack(worker.process.pid, worker.stacks.fileno())
 
     # stats -----------------------------------------------------------------------------------
 

@@ -11,10 +11,12 @@ batcher and device stage do not know where a chunk was made.
 Results arrive zero-copy, and what they pin in the object store is counted by the
 pool's ObjectLedger (workers/ray_objects.py).
 
-Because the pool knows which items each actor holds, an actor that dies (its
-process killed, its node stopped) loses nothing: its unanswered items are handed
-out again, a result for an item already delivered is dropped by its sequence
-number, and under ``failures.on_worker_death=restart`` a new actor takes its place.
+This pool is a transport (workers/transport.py) under the supervisor
+(workers/supervisor.py), which keeps the ledger of which items each actor holds: an
+actor that dies (its process killed, its node stopped) loses nothing: its unanswered
+items are handed out again, a result for an item no longer open is dropped by its
+sequence number, and under ``failures.on_worker_death=restart`` a new actor takes its
+place. Room checks and death reasons are workers/ray_placement.py's.
 """
 
 from __future__ import annotations
@@ -27,36 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema, private_copy
-from inputkit.errors import ConfigError, SourceError, WorkerFailure
-from inputkit.failures import (
-    RETRY,
-    SKIP,
-    SKIP_SAMPLES,
-    FailurePolicy,
-    FailureTally,
-    FetchTimeout,
-    pool_log,
-    samples_message,
-)
-from inputkit.messages import END, Failure
+from inputkit.chunk import Chunk, ChunkSchema
+from inputkit.errors import SourceError, WorkerFailure
+from inputkit.failures import FailurePolicy, FetchTimeout
+from inputkit.messages import Failure
 from inputkit.processors import ProcessorTotals
 from inputkit.queues import BoundedQueue
 from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers import ray_session
 from inputkit.workers.base import ActorStats, FailsOnce, FetchTally, RayStats, WorkerPoolStats
-from inputkit.workers.outcome import (
-    Done,
-    Empty,
-    Error,
-    FetchSkipped,
-    Got,
-    Outcome,
-    SamplesSkipped,
-    error_type,
-)
+from inputkit.workers.outcome import Done, Empty, Error, Got, Outcome, SamplesSkipped
 from inputkit.workers.ray_actor import ActorArgs, FetchActor
 from inputkit.workers.ray_objects import ObjectLedger, spilled_bytes, writable
+from inputkit.workers.ray_placement import check_room, death_reason, placement_hint
+from inputkit.workers.supervisor import Supervisor
 
 log = logging.getLogger("inputkit.workers.ray")
 
@@ -88,8 +74,8 @@ class _Actor:
     node_id: str = ""
     calls: deque[_Call] = field(default_factory=deque)
     busy_since: float = 0.0  # when the call it is in began (0: it holds none)
-    finished: bool = False  # done, failed or dead: it gets no more calls
     dead: bool = False
+    reason: str = ""  # why it died, from Ray's error
     chunks: int = 0
     samples: int = 0
     fetch_wall_s: float = 0.0
@@ -128,15 +114,16 @@ class RayWorkerPool(FailsOnce):
         self._started = 0.0
         self._ready_s: float | None = None
         self._tally = FetchTally()
-        pool = f"{label} (source '{self._source_name}')"
-        self._failures = FailureTally(policy, pool, per_sample=dispatcher is not None)
-        self._repeats = pool_log(pool)
+        # The ledger of items, the restart policy, skip tallies, duplicates and END.
+        self._sup = Supervisor(self, len(self._ids), policy=policy, dispatcher=dispatcher,
+                               pool=f"{label} (source '{self._source_name}')", put=self._put,
+                               out=out, fail=self.fail, stopping=self._stop.is_set,
+                               failed=lambda: self._failed)
         self._processor_totals = ProcessorTotals()
         # Object-store bytes: results asked for, and received ones still referenced.
         self._objects = ObjectLedger(
             spec.ray.inflight_bytes, len(worker_ids) * spec.ray.inflight, downstream,
             dispatcher.chunk_size if dispatcher is not None else None, len(worker_ids))
-        self._duplicates = 0
         self._busy = 0.0  # receiver time spent taking results in
         self._waited = 0.0  # ... of which it waited on a full chunk queue
         self._stalls: tuple[str, ...] = ()
@@ -144,8 +131,6 @@ class RayWorkerPool(FailsOnce):
         self._session_held = False
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-ray",
                                           daemon=True)
-        if dispatcher is not None:
-            dispatcher.bind(self._emit, hold=private_copy)
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -163,21 +148,11 @@ class RayWorkerPool(FailsOnce):
 
         self._ray = ray
         if self._connected.local:
-            self._check_room()
+            check_room(self._ray, self._key, self._num_workers, options.cpus_per_actor)
         self._remote_class = ray.remote(FetchActor)
         for index in range(len(self._ids)):
             self._actors.append(self._create(index))
         self._receiver.start()
-
-    def _check_room(self) -> None:
-        """A private local Ray too small for these actors fails now, not after start_timeout."""
-        total = self._ray.cluster_resources().get("CPU", 0.0)
-        needed = self._num_workers * self._options.cpus_per_actor
-        if needed > total:
-            raise ConfigError(f"{self._key}ray.num_cpus", f"the local Ray has {total:g} CPUs, but "
-                              f"{self._num_workers} actors (workers.count on every device) x "
-                              f"{self._options.cpus_per_actor:g} (workers.ray.cpus_per_actor) "
-                              f"need {needed:g}; raise workers.ray.num_cpus or lower one of those")
 
     def _create(self, index: int) -> _Actor:
         options, spec = self._options, self._spec
@@ -216,7 +191,7 @@ class RayWorkerPool(FailsOnce):
                 except Exception as exc:  # already gone with its node
                     log.debug("killing %s: %s", actor.name, exc)
         self._by_ref.clear()
-        self._repeats.flush()
+        self._sup.repeats.flush()
         if self._session_held:
             self._session_held = False
             ray_session.release()
@@ -231,28 +206,29 @@ class RayWorkerPool(FailsOnce):
         if objects.sized:
             self._size_unsized_calls()
         for actor in self._actors:
-            while not actor.finished and len(actor.calls) < limit and not self._stop.is_set():
-                item = None
+            while not self._sup.finished(actor.index) and len(actor.calls) < limit \
+                    and not self._stop.is_set():
                 if self._dispatcher is not None:
                     # Room for a whole chunk first: an item taken is handed out.
                     if not objects.room_for(objects.estimate()):
                         return
-                    item = self._dispatcher.try_take()
+                    item = self._sup.take(actor.index)  # entered in the actor's ledger
                     if item is None:
                         return
-                    estimate = objects.estimate(len(item.remaining))
-                    ref = actor.handle.read.remote(item.seq, item.epoch, item.remaining)
-                else:
-                    estimate = objects.estimate()
-                    if not objects.room_for(estimate):
-                        return
-                    ref = actor.handle.fetch.remote()
-                call = _Call(ref=ref, item=item, estimate=estimate, sent=time.monotonic())
-                if not actor.calls and actor.setup_ref is None:
-                    actor.busy_since = call.sent
-                actor.calls.append(call)
-                self._by_ref[ref] = (actor, call)
-                objects.asked(estimate)
+                    self.send(actor.index, item)
+                    continue
+                estimate = objects.estimate()
+                if not objects.room_for(estimate):
+                    return
+                self._track(actor, actor.handle.fetch.remote(), None, estimate)
+
+    def _track(self, actor: _Actor, ref: Any, item: WorkItem | None, estimate: int) -> None:
+        call = _Call(ref=ref, item=item, estimate=estimate, sent=time.monotonic())
+        if not actor.calls and actor.setup_ref is None:
+            actor.busy_since = call.sent
+        actor.calls.append(call)
+        self._by_ref[ref] = (actor, call)
+        self._objects.asked(estimate)
 
     def _size_unsized_calls(self) -> None:
         """Count the calls sent before any answer sized a chunk (estimated at 0 bytes then)
@@ -275,7 +251,7 @@ class RayWorkerPool(FailsOnce):
                 self._feed()
                 refs = list(self._by_ref)
                 if not refs:
-                    if all(a.finished for a in self._actors):
+                    if all(self._sup.finished(a.index) for a in self._actors):
                         return
                     self._stop.wait(0.02)
                     continue
@@ -314,9 +290,7 @@ class RayWorkerPool(FailsOnce):
     def _setup_answer(self, actor: _Actor, answer: tuple[Any, ...] | Error) -> bool:
         actor.setup_ref = None
         if type(answer) is Error:
-            actor.finished = True
-            self.fail(answer.failure(self._where(actor)))
-            return False
+            return self._sup.handle(actor.index, answer)
         _, actor.pid, actor.node, actor.node_id, _ = answer
         if actor.calls:
             actor.busy_since = time.monotonic()
@@ -326,45 +300,17 @@ class RayWorkerPool(FailsOnce):
 
     def _answer(self, actor: _Actor, call: _Call, answer: Outcome) -> bool:
         kind = type(answer)
-        if kind is Error:
-            actor.finished = True
-            self.fail(answer.failure(self._where(actor)))
-            return False
-        if kind is Done:
-            return self._actor_done(actor)
         if kind is Got:
-            self._retried(actor, answer.retries)
+            self._sup.retried(actor.index, answer.retries)
             return self._chunk(actor, call, answer)
         if kind is Empty:
-            self._retried(actor, answer.retries)
             self._tally.fetched(0, 0, answer.wall, answer.cpu)
-            self._failures.fetched()
-            return True
-        if kind is FetchSkipped:
-            self._retried(actor, answer.retries)
-            self._repeats.log(logging.WARNING, SKIP, error_type(answer.why),
-                              f"{self._where(actor)}: {SKIP}: {answer.why}")
-            limit = self._failures.skipped(answer.why)
-            if limit is not None:
-                self.fail(Failure(exc=limit, where=self._where(actor), traceback_text=""))
-                return False
-            return True
-        if kind is SamplesSkipped:  # no sample of the item could be read
+        elif kind is SamplesSkipped:  # no sample of the item could be read
             self._note_processors(actor, answer.processors)
-            if not self._current(call, answer.seq):
-                return True
-            if not self._skipped_samples(actor, answer):
-                return False
-            return self._dispatcher.skip(call.item)  # type: ignore[union-attr]
-        raise WorkerFailure(f"unexpected answer {answer!r} from {self._where(actor)}")
-
-    def _retried(self, actor: _Actor, retries: tuple[str, ...]) -> None:
-        """Count and log the errors an actor retried before an answer (on_error=retry)."""
-        for text in retries:
-            self._failures.retried(text)
-            self._repeats.log(logging.INFO, RETRY, error_type(text),
-                              f"{self._where(actor)}: fetch failed ({text}); retrying "
-                              "(failures.on_error=retry)")
+        elif kind is Done and not self._sup.finished(actor.index):
+            for pending in list(actor.calls):  # a fetch source: nothing more to ask for
+                self._forget(actor, pending)
+        return self._sup.handle(actor.index, answer)
 
     def _chunk(self, actor: _Actor, call: _Call, got: Got) -> bool:
         self._note_processors(actor, got.processors)
@@ -372,8 +318,11 @@ class RayWorkerPool(FailsOnce):
         actor.chunks += 1
         actor.samples += n
         actor.fetch_wall_s += got.wall
-        if call.item is not None and not self._current(call, got.seq):
-            return True
+        item = None
+        if call.item is not None:
+            item = self._sup.current(actor.index, got.seq)
+            if item is None:  # a duplicate: dropped before its bytes are counted
+                return True
         fields = {name: writable(array) for name, array in got.chunk.fields.items()}
         self._objects.received(fields, n, nbytes)
         try:
@@ -384,33 +333,10 @@ class RayWorkerPool(FailsOnce):
         chunk = Chunk(fields=checked.fields, n=n, nbytes=nbytes, worker_id=checked.worker_id,
                       borrowed=True)
         self._tally.fetched(n, nbytes, got.wall, got.cpu)
-        if call.item is None:
-            self._failures.fetched()
-            return self._put(chunk)
-        if got.skipped is not None:
-            if not self._skipped_samples(actor, got.skipped):
-                return False
-            if not self._dispatcher.drop(call.item, [i for i, _ in got.skipped.bad]):  # type: ignore[union-attr]
-                return False
-        else:
-            self._failures.fetched(n)
-        return self._dispatcher.deliver(call.item, chunk, n, True)  # type: ignore[union-attr]
-
-    def _current(self, call: _Call, seq: int) -> bool:
-        """Whether ``call``'s item still waits for its samples; a duplicate is counted and
-        dropped (an item handed out again after a death whose first answer arrived too)."""
-        item = call.item
-        if item is not None and item.seq == seq and self._dispatcher is not None \
-                and self._dispatcher.open(item):
-            return True
-        self._duplicates += 1
-        return False
-
-    def _emit(self, item: Any) -> bool:
-        """The dispatcher's way downstream: chunks wait for room, control messages do not."""
-        if isinstance(item, Chunk):
-            return self._put(item)
-        return self._out.put_control(item)
+        if item is not None and got.skipped is not None \
+                and not self._sup.samples(actor.index, item, got.skipped):
+            return False
+        return self._sup.deliver(actor.index, item, chunk, n, True)
 
     def _put(self, chunk: Chunk) -> bool:
         """Into the chunk queue, waiting while it is full (freed views are counted meanwhile).
@@ -425,29 +351,9 @@ class RayWorkerPool(FailsOnce):
         finally:
             self._waited += time.perf_counter() - began
 
-    def _skipped_samples(self, actor: _Actor, skipped: SamplesSkipped) -> bool:
-        bad, ok = skipped.bad, skipped.ok
-        self._repeats.log(logging.WARNING, SKIP_SAMPLES, error_type(bad[-1][1]),
-                          samples_message(self._where(actor), bad, len(ok)))
-        limit = self._failures.read_samples(bad, ok)
-        if limit is not None:
-            self.fail(Failure(exc=limit, where=self._where(actor), traceback_text=""))
-            return False
-        return True
-
     def _note_processors(self, actor: _Actor, snapshot: Any) -> None:
         if snapshot is not None:
             self._processor_totals.add((actor.name, actor.pid), snapshot)
-
-    def _actor_done(self, actor: _Actor) -> bool:
-        """A fetch source is exhausted for this actor; END once it is for all of them."""
-        if not actor.finished:
-            actor.finished = True
-            for call in list(actor.calls):
-                self._forget(actor, call)
-            if all(a.finished for a in self._actors) and not self._failed:
-                self._out.put_control(END)
-        return True
 
     def _forget(self, actor: _Actor, call: _Call) -> None:
         actor.calls.remove(call)
@@ -457,61 +363,60 @@ class RayWorkerPool(FailsOnce):
     # deaths ------------------------------------------------------------------------------------
 
     def _died(self, actor: _Actor, exc: BaseException, call: _Call | None) -> bool:
-        """An actor's process or node died: hand its items out again; replace it or fail."""
+        """An actor's process or node died: forget its calls and let the supervisor hand its
+        items out again and replace it or fail the run (``call``: the one that raised)."""
         if actor.dead:  # (its other calls were forgotten and handed out again already)
             return True
-        actor.dead = actor.finished = True
-        reason = _death_reason(exc)
-        lost = [call, *actor.calls] if call is not None else list(actor.calls)
+        actor.dead = True
+        actor.reason = death_reason(exc)
         for pending in list(actor.calls):
             self._forget(actor, pending)
         if actor.setup_ref is not None:
             self._by_ref.pop(actor.setup_ref, None)
-        if self._dispatcher is not None:
-            for pending in lost:
-                if pending is not None and pending.item is not None:
-                    self._dispatcher.requeue(pending.item)
+        self.kill(actor.index)
+        return self._sup.died(actor.index)
+
+    # the transport (workers/transport.py), for the supervisor ----------------------------------
+
+    def spawn(self, index: int) -> None:
+        self._actors[index] = self._create(index)
+
+    def send(self, index: int, item: WorkItem) -> bool:
+        actor = self._actors[index]
+        estimate = self._objects.estimate(len(item.remaining))
+        self._track(actor, actor.handle.read.remote(item.seq, item.epoch, item.remaining), item,
+                    estimate)
+        return True
+
+    def kill(self, index: int) -> None:
+        actor = self._actors[index]
         try:
             self._ray.kill(actor.handle, no_restart=True)
         except Exception as kill_error:  # gone with its node
             log.debug("killing %s: %s", actor.name, kill_error)
-        if self._stop.is_set():
-            return True
-        policy = self._policy
-        restarts_left = policy.max_restarts is None or self._failures.restarts < policy.max_restarts
-        if policy.on_worker_death != "restart" or not restarts_left:
-            note = "" if restarts_left else \
-                f"; it is not restarted: failures.max_restarts={policy.max_restarts} reached"
-            self.fail(Failure(exc=WorkerFailure(f"{self._where(actor)} died: {reason}{note}"),
-                              where=self._where(actor), traceback_text=""))
-            return False
-        self._failures.restarted(f"{self._where(actor)} died: {reason}")
-        log.warning("%s died (%s); starting another (failures.on_worker_death=restart)",
-                    self._where(actor), reason)
-        self._actors[actor.index] = self._create(actor.index)
-        return True
+
+    def alive(self, index: int) -> bool:
+        return not self._actors[index].dead
+
+    def exit_reason(self, index: int) -> str:
+        return f"died: {self._actors[index].reason}"
+
+    def where(self, index: int) -> str:
+        return self._where(self._actors[index])
 
     def _check_start(self) -> None:
         """Fail an actor not placed, or not done building its source, within start_timeout."""
         timeout = self._options.start_timeout
         now = time.monotonic()
         for actor in self._actors:
-            if actor.setup_ref is not None and not actor.finished and now - actor.created > timeout:
+            if actor.setup_ref is not None and not self._sup.finished(actor.index) \
+                    and now - actor.created > timeout:
+                hint = placement_hint(self._ray, self._options.cpus_per_actor)
                 self.fail(Failure(exc=WorkerFailure(
                     f"{self._where(actor)} did not start within {timeout:g}s "
-                    f"(workers.ray.start_timeout): {self._placement_hint()}"),
+                    f"(workers.ray.start_timeout): {hint}"),
                     where=self._where(actor), traceback_text=""))
                 return
-
-    def _placement_hint(self) -> str:
-        try:
-            free = self._ray.available_resources().get("CPU", 0.0)
-            total = self._ray.cluster_resources().get("CPU", 0.0)
-        except Exception:
-            return "its source's constructor may be slow, or the cluster has no room for it"
-        return (f"the cluster has {free:g} of {total:g} CPUs free and each actor asks for "
-                f"{self._options.cpus_per_actor:g} (workers.ray.cpus_per_actor); lower "
-                "workers.count or cpus_per_actor, add nodes, or the source's constructor is slow")
 
     def _where(self, actor: _Actor) -> str:
         at = f"pid {actor.pid}, node {actor.node}" if actor.pid is not None else "not started yet"
@@ -532,19 +437,16 @@ class RayWorkerPool(FailsOnce):
         found = []
         for actor in list(self._actors):
             since = actor.busy_since
-            if actor.finished or not since:
+            if self._sup.finished(actor.index) or not since:
                 continue
             seconds = now - since
             if fetch_timeout is not None and seconds > fetch_timeout:
                 exc = FetchTimeout(f"{self._where(actor)}: one call has not returned after "
                                    f"{seconds:.1f}s (failures.fetch_timeout={fetch_timeout:g}); "
                                    "the actor was killed")
-                actor.finished = True
+                self._sup.finish(actor.index)
                 self.fail(Failure(exc=exc, where=self._where(actor), traceback_text=""))
-                try:
-                    self._ray.kill(actor.handle, no_restart=True)
-                except Exception as kill_error:
-                    log.debug("killing %s: %s", actor.name, kill_error)
+                self.kill(actor.index)
                 return []
             if stall_timeout is not None and seconds > stall_timeout:
                 found.append((self._where(actor),
@@ -570,7 +472,7 @@ class RayWorkerPool(FailsOnce):
     def stats(self) -> WorkerPoolStats:
         actors = []
         for actor in list(self._actors):
-            state = "dead" if actor.dead else DONE if actor.finished else \
+            state = "dead" if actor.dead else DONE if self._sup.finished(actor.index) else \
                 "starting" if actor.setup_ref is not None else FETCHING if actor.calls else IDLE
             actors.append(ActorStats(name=actor.name, node=actor.node, pid=actor.pid, state=state,
                                      chunks=actor.chunks, samples=actor.samples,
@@ -585,11 +487,11 @@ class RayWorkerPool(FailsOnce):
             actors=tuple(actors), inflight_items=calls, inflight_bytes=inflight,
             held_bytes=held, cap_bytes=self._objects.cap(), receive_busy_s=self._busy,
             receive_wall_s=time.monotonic() - self._started if self._started else 0.0,
-            duplicates=self._duplicates, spilled_bytes=self._spilled())
+            duplicates=self._sup.duplicates, spilled_bytes=self._spilled())
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, "blocked", DONE), pids=tuple(self.pids()),
             stalls=self._stalls, processors=self._processor_totals.stats(), ray=ray_stats,
-            **self._failures.snapshot())
+            **self._sup.failures.snapshot())
 
 
     def _spilled(self) -> int | None:
@@ -599,12 +501,3 @@ class RayWorkerPool(FailsOnce):
         if now - self._spill_read[0] >= 1.0:
             self._spill_read = (now, spilled_bytes(self._ray))
         return self._spill_read[1]
-
-
-def _death_reason(exc: BaseException) -> str:
-    """Why an actor died, in one line, from Ray's error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "because" in line or "died" in line.lower() and "unexpectedly" not in line:
-            return line[:300]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
