@@ -78,6 +78,7 @@ class Runner:
         self._state = "new"
         self._started_at = 0.0
         self.plan: MemoryPlan | None = None  # the memory plan checked by start()
+        self.auto: dict[str, Any] = {}  # input -> what workers.kind=auto chose (kinds/auto.py)
         self._resume: dict[str, tuple[int, dict[int, np.ndarray]]] = {}  # load_state_dict()
         # A runner dropped without close() (garbage-collected, or still open at interpreter
         # exit) stops its threads and processes all the same. The cleanup holds the stages
@@ -106,6 +107,12 @@ class Runner:
                 self.devices = tuple(resolve_devices(
                     self.spec.devices, self.rank.local_rank if self.rank.world_size > 1 else None))
             first_slot, slots = self.rank.device_slots(len(self.devices))
+            # workers.kind=auto: a concrete kind and count, before anything is planned or built
+            from inputkit.kinds.auto_probe import resolve
+
+            with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
+                self.spec, self.auto = resolve(self.spec, self._prepared.auto if self._prepared
+                                               else None, self.input_names)
             # The probe's copies (this one's, or the command's plan's): built once, used here.
             known, taken = self._prepared.take(self.spec) if self._prepared else ({}, {})
             probed: dict[str, BoundSource] = dict(taken)

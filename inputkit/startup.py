@@ -211,6 +211,8 @@ class Prepared:
         self.inputs: dict[str, Any] = {}  # input name -> its InputSpec when planned
         self.layouts: dict[str, Any] = {}  # input name -> SampleLayout
         self.sources: dict[str, Any] = {}  # input name -> BoundSource
+        # input name -> (its InputSpec with workers.kind=auto, the AutoChoice made for it)
+        self.auto: dict[str, Any] = {}
 
     def keep(self, spec: Any, layouts: dict[str, Any], sources: dict[str, Any]) -> None:
         """What the plan of ``spec`` found; replaces (and closes) what was kept before."""

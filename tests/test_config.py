@@ -12,7 +12,8 @@ def test_default_config_composes_into_a_single_main_input():
     spec = load_spec(compose())
     assert [s.name for s in spec.inputs] == ["main"]
     main = spec.inputs[0]
-    assert main.batch_size == 256 and main.worker_kind == "thread" and main.worker_count == 4
+    # workers: auto (conf/workers/auto.yaml): the runner chooses the kind and count
+    assert main.batch_size == 256 and main.worker_kind == "auto" and main.worker_count == 0
     assert main.source["_target_"] == "inputkit.sources.synthetic.SyntheticSource"
     assert spec.devices == ("auto",) and spec.bench_seconds == 10
 

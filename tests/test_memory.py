@@ -162,7 +162,7 @@ def test_runner_refuses_an_over_budget_plan_before_starting_anything():
 
 
 def test_bench_refuses_with_exit_3_and_the_table(tmp_path):
-    out = cli(["bench", "queue.capacity=100000", "memory.budget=1GB"], tmp_path)
+    out = cli(["bench", "workers=threads", "queue.capacity=100000", "memory.budget=1GB"], tmp_path)
     assert out.returncode == 3
     assert "chunk queue" in out.stdout and "over budget" in out.stdout
     assert out.stderr.strip().startswith("error: refused to start")

@@ -75,8 +75,8 @@ def test_a_null_schema_key_and_an_unknown_group_option():
     from inputkit.config.spec import load_spec
 
     with pytest.raises(ConfigError) as info:
-        load_spec(inputkit.compose(["workers.count=null"]))
-    assert str(info.value) == "workers.count: must be set (null is not allowed)"
+        load_spec(inputkit.compose(["device.prefetch=null"]))
+    assert str(info.value) == "device.prefetch: must be set (null is not allowed)"
     with pytest.raises(ConfigError) as info:
         inputkit.compose(["workers=nope"])
     assert "base_" not in str(info.value) and "processes" in str(info.value)

@@ -117,12 +117,16 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         spec = load_spec(compose(overrides, config_name=config_name, config_dir=config_dir))
         if not probe:
             spec = replace(spec, probe=False)
+        from inputkit.kinds.auto_probe import plan_choices
         from inputkit.startup import StartupClock
 
         with StartupClock(console=err).current():  # a slow index is shown while it is built
+            spec, auto_lines = plan_choices(spec)  # workers.kind=auto: the chosen kind's plan
             memory_plan = plan_memory(spec)
     except (ConfigError, SourceError) as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)
+    for line in auto_lines:
+        make_console().print(line, markup=False, highlight=False, soft_wrap=True)
     print_plan(make_console(), memory_plan)
     return EXIT_OVER_BUDGET if memory_plan.over_budget else 0
 

@@ -172,6 +172,8 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
                "peak_buffered_bytes": peak, "skipped_samples": skipped_record(final),
                **kind_records(final),  # a kind's own entries (Ray's "ray")
                "sources": runner.source_info, **(extra or {})}
+    if runner.auto:  # what workers.kind=auto chose per input, and why
+        summary["workers"] = {"auto": {n: c.record() for n, c in runner.auto.items()}}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         summary["run_dir"] = str(output_dir)
@@ -263,8 +265,10 @@ def _banner(runner: Any, spec: RunSpec, startup_s: float) -> str:
         limits.append(epochs)
     limit = " or ".join(limits) if limits else "the end of the input (its last epoch)"
     inputs = ", ".join(runner.input_names)
+    chosen = "".join(f"\nworkers.kind=auto for input {name}: {choice.text()}"
+                     for name, choice in runner.auto.items())
     return (f"inputkit bench: input(s) {inputs} on {', '.join(runner.devices)}, "
-            f"until {limit} (start-up took {startup_s:.2f} s)")
+            f"until {limit} (start-up took {startup_s:.2f} s){chosen}")
 
 
 class Recorder:
@@ -390,6 +394,13 @@ def check_config(cfg: DictConfig, prepared: startup.Prepared | None = None) -> N
     spec = load_spec(cfg)
     for input_spec in spec.inputs:
         import_target(input_spec.source["_target_"], key=f"{input_spec.key_prefix}source._target_")
+    from inputkit.kinds.auto_probe import resolve
+
+    unresolved = {inp.name: inp for inp in spec.inputs}
+    with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
+        spec, choices = resolve(spec)  # the plan is the chosen kind's; the runner reuses it
+    if prepared is not None:
+        prepared.auto = {name: (unresolved[name], choice) for name, choice in choices.items()}
     built: dict[str, Any] = {}
     try:
         with startup.step("probe/plan", "planning memory"):

@@ -26,6 +26,7 @@ class WorkerKind(str, Enum):
     process = "process"
     inline = "inline"
     ray = "ray"
+    auto = "auto"  # chosen from a probe of the fetch when the runner starts (kinds/auto.py)
 
 
 class StartMethod(str, Enum):
@@ -70,7 +71,8 @@ class WorkersConfig:
     # A registered worker kind (inputkit.kinds.names(): the built-in WorkerKind values, and any
     # a plugin or test registers); a string checked by the spec against the registry.
     kind: str = WorkerKind.thread.value
-    count: int = 4
+    # null: workers.kind=auto chooses it (with another kind: DEFAULT_WORKER_COUNT)
+    count: int | None = 4
     # Process workers only: how they start, and the size of one shared-memory slot.
     start_method: StartMethod = StartMethod.forkserver
     slot_bytes: Any = "16MiB"

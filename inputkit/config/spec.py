@@ -32,6 +32,7 @@ from inputkit.failures import FailurePolicy
 from inputkit.work import EpochSpec
 
 DEFAULT_INPUT = "main"
+DEFAULT_WORKER_COUNT = 4  # workers.count=null with a kind other than auto
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -226,7 +227,7 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
     batch_count, batch_bytes = _capacity(node.queue.batch_capacity, p + "queue.batch_capacity")
     checks = [
         ("batch_size", node.batch_size, 1),
-        ("workers.count", node.workers.count, 1),
+        ("workers.count", 1 if node.workers.count is None else node.workers.count, 1),
         ("device.prefetch", node.device.prefetch, 1),
     ]
     for key, value, low in checks:
@@ -242,7 +243,7 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         batch_size=int(node.batch_size),
         drop_last=bool(node.drop_last),
         worker_kind=kind,
-        worker_count=1 if inline else int(node.workers.count),
+        worker_count=1 if inline else _worker_count(node.workers.count, kind),
         start_method=node.workers.start_method.value,
         slot_bytes=parse_size(node.workers.slot_bytes, p + "workers.slot_bytes"),
         chunk_capacity=chunk_count,
@@ -258,6 +259,14 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         channels_last=bool(node.device.channels_last),
         ray=_ray_spec(node.workers.ray, p + "workers.ray."),
     )
+
+
+def _worker_count(value: int | None, kind: str) -> int:
+    """``workers.count``; null (the shipped ``workers: auto``): 0 with ``kind=auto``, which
+    chooses it when the runner starts (inputkit.kinds.auto), else ``DEFAULT_WORKER_COUNT``."""
+    if value is None:
+        return 0 if kind == "auto" else DEFAULT_WORKER_COUNT
+    return int(value)
 
 
 def _worker_kind(value: Any, key: str) -> str:

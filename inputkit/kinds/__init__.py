@@ -22,7 +22,7 @@ from inputkit.errors import ConfigError
 __all__ = ["Kind", "get", "names", "register", "unregister"]
 
 # The built-in kinds, in the order help texts list them.
-_BUILTIN = ("thread", "inline", "process", "ray")
+_BUILTIN = ("thread", "inline", "process", "ray", "auto")
 
 
 @dataclass
