@@ -199,9 +199,10 @@ def test_an_embedded_runner_gets_the_live_view_on_a_terminal():
 
 def test_bench_json_lines_parse_and_the_summary_has_a_diagnosis(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "COLUMNS": "200"}
+    # (thread workers: the shipped auto may pick inline, which has no queues to record)
     out = subprocess.run([sys.executable, "-m", "inputkit", "bench", "--json", "bench.seconds=2",
-                          "devices=cpu"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120, stdin=subprocess.DEVNULL)
+                          "devices=cpu", "workers=threads"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert "diagnosis:" in out.stdout
     [jsonl] = list((tmp_path / "outputs").rglob("metrics.jsonl"))
