@@ -104,3 +104,38 @@ def test_a_failing_fetch_falls_back_to_threads_and_leaves_the_error_to_the_pipel
 
 def broken(worker_id, n):
     raise RuntimeError("boom")
+
+
+def test_a_fetch_that_never_returns_stops_the_probe_with_an_error_naming_the_source(
+        monkeypatch):
+    """The probe waits a bounded time (PROBE_TIMEOUT_S, shortened here) and then says which
+    source hung and how to skip the probe, instead of hanging the start."""
+    import threading
+
+    from inputkit.errors import SourceError
+    from inputkit.kinds import auto_probe
+
+    never = threading.Event()
+    source = HangsOnSecond(never)
+    monkeypatch.setattr(auto_probe, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setitem(globals(), "hangs_on_second", source.fetch)
+    spec = load_spec({"source": {"_target_": f"{__name__}:hangs_on_second"}, "batch_size": 8,
+                      "workers": {"kind": "auto", "count": None}})
+    try:
+        with pytest.raises(SourceError, match=r"hangs_on_second.*did not return within 0\.5 s "
+                           r"\(1 fetch\(es\) done before it\).*workers\.kind=thread"):
+            resolve(spec)
+    finally:
+        never.set()  # the probe's thread ends with its fetch
+
+
+class HangsOnSecond:
+    def __init__(self, never):
+        self.never = never
+        self.calls = 0
+
+    def fetch(self, worker_id, n):
+        self.calls += 1
+        if self.calls > 1:
+            self.never.wait()
+        return {"x": np.zeros((n, 2), np.float32)}

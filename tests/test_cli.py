@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -259,8 +260,8 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([sys.executable, "-m", "inputkit", "bench", "--config-dir",
                              str(tmp_path / "conf"), "source=hangs", "devices=cpu",
-                             "workers.count=1", "batch_size=4", "bench.seconds=300",
-                             "bench.plot=false"],
+                             "workers.kind=thread", "workers.count=1", "batch_size=4",
+                             "bench.seconds=300", "bench.plot=false"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
@@ -283,6 +284,39 @@ def test_ctrl_c_with_a_thread_stuck_in_fetch_exits_130_with_the_summary(tmp_path
     assert "still inside fetch of fakes:HangsAfter" in stdout
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert "stopped cleanly" not in stderr and "1 thread(s) stuck in the source" in stderr, stderr
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_while_the_auto_probe_waits_on_a_stuck_fetch_exits_130_at_once(tmp_path):
+    """workers.kind=auto times fetches before the run; one that never returns must not take
+    Ctrl-C with it: exit 130 with a line saying where it was, and no traceback."""
+    import signal
+
+    marker = tmp_path / "stuck"
+    (tmp_path / "conf" / "source").mkdir(parents=True)
+    (tmp_path / "conf" / "source" / "hangs.yaml").write_text(
+        f"_target_: fakes:HangsAfter\nafter: 1\nmarker: {marker}\n")
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "inputkit", "bench", "--config-dir",
+                             str(tmp_path / "conf"), "source=hangs", "devices=cpu",
+                             "workers.kind=auto", "batch_size=4", "bench.seconds=300",
+                             "bench.plot=false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling for the stuck fetch's marker, not a barrier
+        assert marker.exists(), proc.communicate(timeout=5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted while workers.kind=auto probed fakes:HangsAfter" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
 
 
 def _invoke(args: list[str], columns: str = "80"):

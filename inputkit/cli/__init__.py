@@ -275,7 +275,11 @@ def _run_bench(argv: list[str], traceback: bool | None = None) -> int:
         return _report(err, exc, str(exc), EXIT_CONFIG, traceback)
     except KeyboardInterrupt as exc:
         word = "terminated" if terminated else "interrupted"
-        if exc.args:  # bench names the threads that did not stop (stuck inside a fetch)
+        from inputkit.kinds.auto_probe import ProbeInterrupted
+
+        if isinstance(exc, ProbeInterrupted):  # before the pipeline: auto's probe was waiting
+            err.print(f"{word} {exc}", markup=False)
+        elif exc.args:  # bench names the threads that did not stop (stuck inside a fetch)
             err.print(f"{word}: the pipeline was stopped, except {len(exc.args)} thread(s) "
                       "stuck in the source, left to end with the process", markup=False)
         else:

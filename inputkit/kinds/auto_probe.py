@@ -13,24 +13,33 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from inputkit.errors import SourceError
 from inputkit.kinds.auto import AutoChoice, Measured, decide, machine_cores
 
-__all__ = ["measure", "plan_choices", "resolve"]
+__all__ = ["PROBE_TIMEOUT_S", "ProbeInterrupted", "ProbeTimeout", "measure", "plan_choices",
+           "resolve"]
 
 PROBE_S = 0.25
 MIN_FETCHES = 3
 MAX_FETCHES = 32
 GIL_PERIOD_S = 0.002
+# The untimed fetch and the timed ones together: past this, the probe stops the start with an
+# error naming the source (a remote call that never answers must not hang `inputkit bench`).
+PROBE_TIMEOUT_S = 30.0
 
 
-def measure(source: Any, inp: Any, probe_s: float = PROBE_S) -> Measured:
+def measure(source: Any, inp: Any, probe_s: float = PROBE_S,
+            timeout_s: float | None = None) -> Measured:
     """Time fetches of ``source`` (a BoundSource, set up here as worker 0 of 1) as the workers
-    of input ``inp`` (an InputSpec) would run them, processors included."""
+    of input ``inp`` (an InputSpec) would run them, processors included. The fetches run on a
+    thread of their own, waited for at most ``timeout_s`` (PROBE_TIMEOUT_S): a fetch that hangs raises a
+    SourceError (name the kind to skip the probe), and Ctrl-C raises ProbeInterrupted at once."""
     from inputkit.chunk import ChunkSchema
     from inputkit.errors import SourceExhausted
     from inputkit.probes import GilProbe, schedstat_available
@@ -58,42 +67,98 @@ def measure(source: Any, inp: Any, probe_s: float = PROBE_S) -> Measured:
         return int(chunk.n)
 
     queued = _run_queue_s if schedstat_available() else _never_queued
-    source.setup(0, 1)
-    n = fetch(0)  # untimed: opens files, fills caches
-    walls: list[float] = []
-    cpu = wall = 0.0
+    timed = _Timed()
     gil = GilProbe("inputkit-auto-gil", period_s=GIL_PERIOD_S)
-    gil.start()
+
+    def run() -> None:  # on the probe's own thread: a stuck fetch cannot hold up the start
+        try:
+            source.setup(0, 1)
+            timed.n = fetch(0)  # untimed: opens files, fills caches
+            with timed.guard:
+                if timed.stop.is_set():
+                    return
+                gil.start()
+                timed.gil_started = True
+            ends = time.monotonic() + probe_s
+            for i in range(1, MAX_FETCHES + 1):
+                if timed.stop.is_set() or (i > MIN_FETCHES and time.monotonic() >= ends):
+                    break
+                q0, w0, c0 = queued(), time.perf_counter(), time.thread_time()
+                try:
+                    fetch(i)
+                except (SourceExhausted, StopIteration):
+                    break  # a short stream: what was timed stands
+                took = time.perf_counter() - w0
+                timed.cpu += time.thread_time() - c0
+                # A loaded machine's run queue is not the fetch's own wait: a fetch that computes
+                # but waited for a CPU must not read as one that waits (I/O).
+                took = max(took - (queued() - q0), 1e-9)
+                timed.wall += took
+                timed.walls.append(took)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, raised there
+            timed.error = exc
+        finally:
+            timed.done.set()
+
+    where = inp.source.get("_target_", "?")
+    timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
+    thread = threading.Thread(target=run, name=f"inputkit-auto-probe-{inp.name}", daemon=True)
+    thread.start()
     try:
-        ends = time.monotonic() + probe_s
-        for i in range(1, MAX_FETCHES + 1):
-            if i > MIN_FETCHES and time.monotonic() >= ends:
-                break
-            q0, w0, c0 = queued(), time.perf_counter(), time.thread_time()
-            try:
-                fetch(i)
-            except (SourceExhausted, StopIteration):
-                break  # a short stream: what was timed stands
-            took = time.perf_counter() - w0
-            cpu += time.thread_time() - c0
-            # A loaded machine's run queue is not the fetch's own wait: a fetch that computes
-            # but waited for a CPU must not read as one that waits (I/O).
-            took = max(took - (queued() - q0), 1e-9)
-            wall += took
-            walls.append(took)
+        if not timed.done.wait(timeout_s):
+            done = len(timed.walls) + (timed.n is not None)
+            raise ProbeTimeout(where, f"workers.kind=auto's probe of {inp.key_prefix}source: a fetch "
+                               f"did not return within {timeout_s:g} s ({done} "
+                               "fetch(es) done before it), so the start was stopped rather than "
+                               f"left to hang; name the kind to skip the probe ({inp.key_prefix}"
+                               "workers.kind=thread, process or inline), or fix the source")
+    except KeyboardInterrupt:
+        raise ProbeInterrupted(f"while workers.kind=auto probed {where} (input {inp.name}); "
+                               "a fetch in progress was left to end with the process") from None
     finally:
-        gil.stop()
-        gil.join(time.monotonic() + 2.0)
-    reading = gil.reading()
+        with timed.guard:
+            timed.stop.set()
+            if timed.gil_started:
+                gil.stop()
+        if timed.gil_started:
+            gil.join(time.monotonic() + 2.0)
+    if timed.error is not None:
+        raise timed.error
+    n, walls, cpu, wall = timed.n or 0, timed.walls, timed.cpu, timed.wall
+    reading = gil.reading() if timed.gil_started else None
     walls.sort()
     p50 = walls[len(walls) // 2] if walls else 0.0
     batch = inp.batch_size
     return Measured(
         fetches=len(walls), fetch_ms=p50 * 1e3, cpu_share=min(1.0, cpu / wall) if wall else 0.0,
-        gil_held=reading.held / reading.probes if reading.probes else None,
-        gil_wait_ms=reading.wait_s / reading.probes * 1e3 if reading.probes else None,
+        gil_held=reading.held / reading.probes if reading and reading.probes else None,
+        gil_wait_ms=reading.wait_s / reading.probes * 1e3 if reading and reading.probes else None,
         switch_interval_ms=sys.getswitchinterval() * 1e3,
         views=n >= batch and n % batch == 0, cores=machine_cores())
+
+
+class ProbeTimeout(SourceError):
+    """A fetch of auto's probe did not return in time: the start stops here (no fallback: the
+    memory probe and the workers would hang on the same fetch)."""
+
+
+class ProbeInterrupted(KeyboardInterrupt):
+    """Ctrl-C while auto's probe waited on a fetch: the CLI says where it was (exit 130)."""
+
+
+@dataclasses.dataclass
+class _Timed:
+    """What the probe's thread measured, read by the thread that waits for it."""
+
+    n: int | None = None
+    walls: list[float] = dataclasses.field(default_factory=list)
+    cpu: float = 0.0
+    wall: float = 0.0
+    error: BaseException | None = None
+    gil_started: bool = False
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    guard: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def _never_queued() -> float:
@@ -117,8 +182,14 @@ def _probe(inp: Any) -> AutoChoice:
         source = build_source(inp.source, key=f"{inp.key_prefix}source")
         try:
             measured = measure(source, inp)
-        finally:
+        except (ProbeTimeout, ProbeInterrupted):
+            raise  # the copy is left open: a fetch is still inside it
+        except BaseException:
             source.close()
+            raise
+        source.close()
+    except (ProbeTimeout, ProbeInterrupted):
+        raise
     except Exception as exc:  # noqa: BLE001 - raised again, with context, by the pipeline
         count = inp.worker_count or DEFAULT_WORKER_COUNT
         return AutoChoice("thread", count, f"the probe's fetch failed ({type(exc).__name__}: "
