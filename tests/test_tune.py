@@ -33,7 +33,7 @@ from inputkit.tuning.trial import MIN_SLICE_BATCHES, Measurement, Run, Settings,
 TESTS = Path(__file__).resolve().parent
 LATENCY = ["source=tiny", "source.latency_ms=20", "source.chunk_size=null", "devices=cpu"]
 THREADS = {"kinds": ("thread",), "capacities": (16,), "batch_capacities": (4,)}
-START = [*LATENCY, "queue.capacity=16", "queue.batch_capacity=4"]
+START = [*LATENCY, "workers.kind=thread", "queue.capacity=16", "queue.batch_capacity=4"]
 
 
 class Clock:
@@ -118,7 +118,8 @@ def test_points_over_budget_are_planned_but_never_started():
     """64 KiB samples in 64-sample chunks (4 MiB each): each worker and queued chunk adds 4 MiB
     to the plan. The budget admits 2 workers and refuses 4; the search starts from 8."""
     overrides = ["source=tiny", "source.fields.x.shape=[16384]", "source.chunk_size=null",
-                 "batch_size=64", "devices=cpu", "queue.capacity=2", "queue.batch_capacity=1"]
+                 "batch_size=64", "devices=cpu", "queue.capacity=2", "queue.batch_capacity=1",
+                 "workers.kind=thread"]
 
     def planned(count: int) -> int:
         cfg = inputkit.compose([*overrides, f"workers.count={count}"])
@@ -557,7 +558,8 @@ def test_ctrl_c_through_the_cli_writes_the_best_so_far_and_exits_130(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inputkit", "tune", *LATENCY, "--kinds", "thread", "--counts",
+        [sys.executable, "-m", "inputkit", "tune", *LATENCY, "workers.kind=thread",
+         "workers.count=4", "--kinds", "thread", "--counts",
          "1,2,4,8", "--capacities", "4", "--batch-capacities", "2", "--seconds", "1",
          "--warmup", "0.2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
@@ -580,3 +582,21 @@ def test_ctrl_c_through_the_cli_writes_the_best_so_far_and_exits_130(tmp_path):
     [written] = list((tmp_path / "outputs").rglob("tuned/experiment/tuned.yaml"))
     spec = load_spec(inputkit.compose(["experiment=tuned"], config_dir=written.parent.parent))
     assert (spec.inputs[0].worker_kind, spec.inputs[0].worker_count) == ("thread", 4)
+
+
+def test_an_auto_start_is_searched_from_the_kind_auto_chooses_never_as_auto():
+    """workers.kind=auto is a choice made at start, not a point: the tuner starts from what
+    auto chooses (a fetch that sleeps: thread workers, workers.count kept), says so, writes a
+    concrete kind, and refuses --kinds auto."""
+    fake = Fake(lambda c: 50.0 * c)
+    result = tune(inputkit.compose([*LATENCY, "workers.kind=auto", "workers.count=2",
+                                    "queue.capacity=16", "queue.batch_capacity=4"]),
+                  measure=fake, grids=Grids(counts=(1, 2, 4), **THREADS))
+    start = next(t for t in result.trials if t.phase == "start")
+    assert (start.point.kind, start.point.count) == ("thread", 2)
+    assert all(t.point.kind != "auto" for t in result.trials)
+    assert result.start_config["workers"]["kind"] == "thread"
+    assert any("workers.kind=auto for input main: thread x2" in n and "the search starts there"
+               in n for n in result.answers[0].notes), result.answers[0].notes
+    with pytest.raises(inputkit.ConfigError, match=r"--kinds.*auto is a choice made at start"):
+        Grids(kinds=("auto",)).checked()

@@ -166,9 +166,12 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
     devices = _devices(spec)
     on_cuda = any(d.startswith("cuda") for d in devices)
     names = [spec.bench_input] if spec.bench_input else [s.name for s in spec.inputs]
+    spec, start, auto_lines = _resolve_auto(spec, start, names)
     spaces = [input_space(spec.input(n), start, grids, usable_cpus(), on_cuda) for n in names]
     ledger = Ledger(start, devices, settings, max_trials, progress, runner_class or Runner,
                     budget=budget, measure_fn=measure)
+    for name, text in auto_lines:
+        ledger.note(name, text)
     ledger.expected = sum(upper_bound(s) for s in spaces)
     ledger.finals_left = 2 * len(spaces)  # the re-measurements' runs are kept aside
     interrupted = limited = False
@@ -197,6 +200,29 @@ def tune(cfg: Any, *, seconds: float = 2.0, warmup: float = 1.0, repeats: int = 
     if output_dir is not None:
         result = write_outputs(result, Path(output_dir), ledger)
     return result
+
+
+def _resolve_auto(spec: Any, start: dict[str, Any],
+                  names: list[str]) -> tuple[Any, dict[str, Any], list[tuple[str, str]]]:
+    """``workers.kind=auto`` inputs given the kind and count auto chooses (its probe, or thread
+    workers with the probe off), in the spec and in the starting config: the search measures
+    concrete kinds only and starts from auto's choice, and a kept start writes it out."""
+    import dataclasses
+
+    from inputkit.kinds.auto_probe import plan_choices
+    from inputkit.tuning.space import Point
+
+    wanted = [inp for inp in spec.inputs if inp.name in names and inp.worker_kind == "auto"]
+    if not wanted:
+        return spec, start, []
+    resolved, lines = plan_choices(dataclasses.replace(spec, inputs=tuple(wanted)))
+    inputs = {inp.name: inp for inp in resolved.inputs}
+    for inp in inputs.values():
+        start = Point(inp.name, inp.key_prefix, inp.worker_kind, inp.worker_count).apply(start)
+    spec = dataclasses.replace(spec, inputs=tuple(inputs.get(i.name, i) for i in spec.inputs))
+    notes = [(inp.name, f"{line}; the search starts there")
+             for inp, line in zip(wanted, lines, strict=True)]
+    return spec, start, notes
 
 
 def _with_doubts(answer: InputAnswer, ledger: Any) -> InputAnswer:

@@ -23,11 +23,15 @@ INLINE = "inline"  # runs fetch in the consumer's thread: one worker, no queues 
 RAY = "ray"  # a deployment choice (a cluster), not a local one: searched only when started on it
 
 
+AUTO = "auto"  # a choice made at start, not a setting: the search starts from what it chose
+
+
 def worker_kinds() -> tuple[str, ...]:
-    """Every worker kind the schema knows (a kind added to WorkerKind is searched too)."""
+    """Every concrete worker kind the schema knows (a kind added to WorkerKind is searched
+    too); never ``auto``, which stands for one of them."""
     from inputkit.config.schema import WorkerKind
 
-    return tuple(kind.value for kind in WorkerKind)
+    return tuple(kind.value for kind in WorkerKind if kind.value != AUTO)
 
 
 def default_kinds(start_kind: str) -> tuple[str, ...]:
@@ -66,8 +70,10 @@ class Grids:
         kinds = self.kinds if self.kinds is not None else known
         unknown = [k for k in kinds if k not in known]
         if unknown or not kinds:
-            raise ConfigError("--kinds", f"unknown worker kind(s) {', '.join(unknown) or '(none)'}; "
-                              f"choose from {', '.join(known)}")
+            why = " (auto is a choice made at start, not a point to measure: the search starts " \
+                "from what it chooses)" if AUTO in unknown else ""
+            raise ConfigError("--kinds", f"unknown worker kind(s) {', '.join(unknown) or '(none)'}"
+                              f"{why}; choose from {', '.join(known)}")
         out = {}
         for name, values in (("--counts", self.counts), ("--capacities", self.capacities),
                              ("--batch-capacities", self.batch_capacities),
@@ -191,8 +197,15 @@ class InputSpace:
 
 
 def start_point(spec: InputSpec, cfg: dict[str, Any]) -> Point:
-    """The starting config's own setting of ``spec``, with its raw capacity values."""
-    return Point(spec.name, spec.key_prefix, spec.worker_kind, spec.worker_count,
+    """The starting config's own setting of ``spec``, with its raw capacity values. An input
+    still on ``workers.kind=auto`` (tune() resolves it first) starts as thread workers, as
+    ``inputkit plan`` plans it with the probe off."""
+    kind, count = spec.worker_kind, spec.worker_count
+    if kind == AUTO:
+        from inputkit.config.spec import DEFAULT_WORKER_COUNT
+
+        kind, count = "thread", count or DEFAULT_WORKER_COUNT
+    return Point(spec.name, spec.key_prefix, kind, count,
                  _raw(cfg, spec.key_prefix, "queue", "capacity", spec.chunk_capacity),
                  _raw(cfg, spec.key_prefix, "queue", "batch_capacity", spec.batch_capacity),
                  spec.device_prefetch)
