@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -156,18 +157,22 @@ class RemoteShards:
     # the prefetcher's failure records ------------------------------------------------------------
 
     def failure_marker(self, shard: int, epoch: int) -> str:
-        """The file that says the prefetcher's download of ``shard`` failed in ``epoch``."""
-        return f"{self.cache.path(self.urls[shard])}.failed-{epoch}"
+        """The file that says the prefetcher's download of ``shard`` failed in ``epoch``, in
+        ``<cache.dir>/failed``: not in ``objects/``, whose every byte is the budget's (a
+        record written there after a failed download would be bytes nothing reserved)."""
+        return os.path.join(self.cache.root, "failed",
+                            f"{self.cache.key(self.urls[shard])}.failed-{epoch}")
 
     def mark_failed(self, shard: int, epoch: int, message: str) -> None:
-        tmp = self.failure_marker(shard, epoch) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        marker = self.failure_marker(shard, epoch)
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        with open(marker + ".tmp", "w", encoding="utf-8") as f:
             f.write(message)
-        os.replace(tmp, self.failure_marker(shard, epoch))
+        os.replace(marker + ".tmp", marker)
 
     def clear_failures(self) -> None:
         """Forget every failure record of these shards (a new run tries them again)."""
-        folder = self.cache.dir
+        folder = os.path.join(self.cache.root, "failed")
         keys = {self.cache.key(u) for u in self.urls}
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(folder):
@@ -182,15 +187,27 @@ class RemoteShards:
     def stage(self, index_one: Callable[[int, str], T], parallel: int = 4) -> list[T]:
         """``index_one(number, local_path)`` for every shard, downloading several at once into
         the cache (where they stay while the budget allows, so the first epoch starts warm on
-        them). A shard evicted before it was indexed is fetched again."""
+        them). To make room the cache evicts shards already indexed first, then the highest
+        numbers (Belady's rule on the stage's own order), never a lower-numbered shard still
+        to index: with LRU a shard downloaded but not yet indexed was evicted by another
+        thread's download and downloaded again. A shard evicted before it was indexed (by
+        another process on the same cache.dir) is fetched again."""
+        numbers = {url: number for number, url in enumerate(self.urls)}
+        indexed: set[int] = set()
+
+        def next_use(url: str) -> float:
+            number = numbers.get(url)
+            return math.inf if number is None or number in indexed else float(number)
 
         def one(number: int) -> T:
             for _ in range(3):
-                path = self.fetch(number)
+                path = self.fetch(number, next_use)
                 try:
-                    return index_one(number, path)
+                    found = index_one(number, path)
                 except FileNotFoundError:
                     continue  # evicted by another download before we read it
+                indexed.add(number)
+                return found
             raise ValueError(f"urls: '{self.urls[number]}' was evicted from the disk cache three "
                              f"times before it could be indexed: raise cache.max_bytes "
                              f"(now {self.cache.max_bytes:,})")

@@ -13,7 +13,11 @@ Why it is shaped this way:
   ``<key>.part`` that counts as its full size until the download is renamed, evicting
   cached objects that are not needed soon (given the epoch's
   order, the one whose next use is farthest: Belady's rule), and waits, bounded, when
-  everything cached is still needed.
+  everything cached is still needed;
+- a download lands (renamed, its reservation removed) under that same lock: a reservation's
+  scan of the folder (list, then size each file) must never run across a landing, or it
+  misses the object whole and admits one too many (CI saw five objects in a four-object
+  budget with process workers).
 """
 
 from __future__ import annotations
@@ -119,10 +123,15 @@ class DiskCache:
         """Bytes the folder holds or has promised: cached objects and their records, plus each
         download under way at its full size (its reservation), whatever it has written yet.
 
-        An object being fetched counts once, at the most of what its reservation promised,
-        its partial file and its file once renamed: the scan is not atomic, so a download
-        that lands mid-scan (its ``.dl`` seen before the rename, the object after, or the
-        object beside a reservation not yet removed) would otherwise count twice."""
+        An object being fetched counts once, at the most of what its reservation promised
+        (its record ``.part`` and its ``.meta`` included) and what it holds: the scan lists
+        the folder, then sizes each file. Under the budget lock (every decision to reserve)
+        that is exact: bytes are added to the folder only under that lock (a reservation; a
+        landing, which renames and ends the reservation in one step) or within a reservation
+        (its partial file); anything else only removes files. Outside the lock (a sampler) a
+        landing mid-scan may show twice (the ``.dl`` listed before the rename, the object
+        after), hence the most, not the sum; it may also be missed (listed as ``.dl`` and
+        ``.part``, both gone when sized): such a reading is a sample, not a budget."""
         sizes: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.dir):
@@ -134,10 +143,14 @@ class DiskCache:
             if not any(name == key or name.startswith(key + ".") for key in fetching):
                 total += size
         for key in fetching:
-            written = sum(v for n, v in sizes.items() if n.startswith(key + ".dl"))
-            data = max(written, sizes.get(key, 0)) + sizes.get(key + ".meta", 0)
-            reserved = _reserved(os.path.join(self.dir, key + ".part"))
-            total += max(data, reserved) + sizes[key + ".part"]
+            written = extras = 0
+            for name, size in sizes.items():
+                if name.startswith(key + ".dl"):
+                    written += size
+                elif name.startswith(key + "."):  # its record, the record's .tmp, .part
+                    extras += size
+            data = max(written, sizes.get(key, 0)) + extras
+            total += max(data, _reserved(os.path.join(self.dir, key + ".part")))
         return total
 
     def entries(self) -> list[Cached]:
@@ -197,7 +210,12 @@ class DiskCache:
                                        f"listing said {size:,} bytes, the download gave "
                                        f"{got:,}; run again to list it anew")
                 _write_meta(path + ".meta", url, size, etag)
-                os.replace(dest, path)
+                # the rename and the end of the reservation are one step for every budget scan
+                # (scans run under this lock): a scan that listed the folder before a landing
+                # and sized its files after would otherwise miss the object altogether
+                with self._budget_lock():
+                    os.replace(dest, path)
+                    _remove_download(path)
             finally:
                 _remove_download(path)
             _count("cache_misses")
@@ -387,13 +405,16 @@ def _reserved(part: str) -> int:
 
 
 def _remove_download(path: str) -> None:
-    """Remove the reservation and every temporary file of the object at ``path``."""
+    """Remove every temporary file of the object at ``path``, then its reservation: the
+    reservation goes last, so a scan never sees download bytes that nothing reserves."""
     folder, key = os.path.split(path)
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(folder):
-            if name == key + ".part" or name.startswith(key + ".dl"):
+            if name.startswith(key + ".dl"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + ".part")
 
 
 def _size_of(path: str) -> int:
