@@ -238,6 +238,52 @@ def test_a_download_that_lands_during_another_reservation_is_never_missed(tmp_pa
     assert sorted(c.url for c in cache.entries()) == ["s3://b/kept.tar", "s3://b/new.tar"]
 
 
+def _fill_in_child(root: str, max_bytes: int, who: int, count: int, size: int) -> None:
+    cache = DiskCache(root, max_bytes)
+    for i in range(count):
+        url = f"s3://b/{who}-{i}.tar"
+        with open(cache.fetch(url, size, None, _writer(bytes([i % 251]) * size)), "rb") as f:
+            if f.read(1) != bytes([i % 251]):
+                raise SystemExit(3)
+
+
+@pytest.mark.timeout(120)
+def test_processes_filling_one_folder_never_pass_its_budget(tmp_path) -> None:
+    """Four processes each fetch 40 objects of their own into a folder with room for three,
+    while this process sums the folder's files throughout: never above max_bytes. Before
+    landings took the budget lock, this failed in 4 of 5 runs (peaks of four objects)."""
+    size = 20_000
+    root = str(tmp_path / "cache")
+    cache = DiskCache(root, 3 * (size + META_BYTES))
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            total = 0
+            for name in os.listdir(cache.dir):
+                with contextlib.suppress(FileNotFoundError):  # renamed or evicted meanwhile
+                    total += os.stat(os.path.join(cache.dir, name)).st_size
+            peak[0] = max(peak[0], total)
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_fill_in_child, args=(root, cache.max_bytes, who, 40, size))
+             for who in range(4)]
+    sampler = threading.Thread(target=sample, name="test-folder-sampler")
+    sampler.start()
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(90)
+    finally:
+        stop.set()
+        sampler.join(5)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert size <= peak[0] <= cache.max_bytes, f"the folder held {peak[0]:,} > {cache.max_bytes:,}"
+    assert len(cache.entries()) <= 3
+
+
 def test_everything_still_needed_sooner_waits_then_fails_naming_the_key(tmp_path) -> None:
     size = 40_000
     cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES), wait_s=0.5)
