@@ -171,7 +171,8 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
     """Sizes from one fetch of a private copy of the source (the pipeline's copy is untouched).
 
     With ``keep``, the copy is not closed but left in ``keep[spec.name]`` for the caller (the
-    Runner reuses it instead of building the source again)."""
+    Runner reuses it instead of building the source again); a copy already there (auto's
+    probe's) is the one read."""
     from inputkit.sources.loader import build_source, import_target
 
     name = spec.source.get("_target_", "?")
@@ -184,11 +185,14 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
     # Imported before memory is traced: a module's import (torch, say) is not the source's data.
     import_target(spec.source["_target_"], key=f"{spec.key_prefix}source._target_")
     unclosed: list[Any] = []  # the copy, closed here unless it is handed to the caller
+    # A copy already in ``keep`` (workers.kind=auto's probe built it) is read, not built again.
+    source = keep.pop(spec.name, None) if keep is not None else None
     try:
         # Built untraced (tracing makes indexing a large folder five times slower): what the
         # built object holds (its index) is measured by walking it, and the read is traced.
-        with startup.step("index", f"building {spec.key_prefix}source ({name})"):
-            source = build_source(spec.source, key=f"{spec.key_prefix}source")
+        if source is None:
+            with startup.step("index", f"building {spec.key_prefix}source ({name})"):
+                source = build_source(spec.source, key=f"{spec.key_prefix}source")
         unclosed.append(source)
         own_bytes = object_bytes(source.obj)
         tracemalloc.start()

@@ -110,13 +110,19 @@ class Runner:
             # workers.kind=auto: a concrete kind and count, before anything is planned or built
             from inputkit.kinds.auto_probe import resolve
 
-            with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
-                self.spec, self.auto = resolve(self.spec, self._prepared.auto if self._prepared
-                                               else None, self.input_names)
-            # The probe's copies (this one's, or the command's plan's): built once, used here.
-            known, taken = self._prepared.take(self.spec) if self._prepared else ({}, {})
-            probed: dict[str, BoundSource] = dict(taken)
+            # The probes' copies (auto's and the memory probe's, or the command's plan's):
+            # built once, used here.
+            probed: dict[str, BoundSource] = {}
             try:
+                with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
+                    self.spec, self.auto = resolve(self.spec, self._prepared.auto if self._prepared
+                                                   else None, self.input_names, keep=probed)
+                known, taken = self._prepared.take(self.spec) if self._prepared else ({}, {})
+                for name, copy in taken.items():  # the plan's copy; one probed here is spare
+                    spare = probed.pop(name, None)
+                    if spare is not None:
+                        spare.close()
+                    probed[name] = copy
                 with startup.step("probe/plan", "planning memory"):
                     self.plan = self._check_memory(probed, known)
             finally:

@@ -147,7 +147,8 @@ CASES = [
     case("cuda-without-gpu", cli("bench", "devices=cuda"), 2,
          r"^error: devices: cuda:0 requested, but torch\.cuda\.is_available\(\) is False"),
     case("unknown-worker-kind", cli("bench", "workers.kind=fiber"), 2,
-         r"^error: workers\.kind: Invalid value 'fiber', expected one of \[thread, inline, process, ray, auto\]$"),
+         r"^error: workers\.kind: Invalid value 'fiber', expected one of "
+         r"\[thread, inline, process, ray, auto\]$"),
     case("unknown-start-method", cli("bench", "workers.start_method=thread"), 2,
          r"^error: workers\.start_method: Invalid value 'thread', expected one of "
          r"\[fork, forkserver, spawn\]$"),

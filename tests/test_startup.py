@@ -88,10 +88,15 @@ def test_bench_builds_the_index_once_and_times_the_first_batch_from_the_command_
     monkeypatch.syspath_prepend(str(TESTS))
     folder = tmp_path / "builds"
     folder.mkdir()
+    called = time.monotonic()
+    # workers.kind=auto (the default): its probe's copy is the memory probe's and the runner's
     result = bench_cli(["~source", "+source._target_=startup_fakes.CountedBuilds",
                         f"+source.builds={folder}", "+source.length=640", "devices=cpu",
-                        "batch_size=16", "bench.steps=5", "bench.plot=false"])
+                        "batch_size=16", "bench.steps=5", "bench.plot=false",
+                        "workers.kind=auto"])
+    took = time.monotonic() - called
     assert result.exit_code == 0, result.output
+    assert "workers.kind=auto for input main: " in result.output, result.output
     assert len(builds(str(folder))) == 1, result.output
     line = next(x for x in result.output.splitlines()
                 if x.startswith("first batch ") and "after the command started" in x)
@@ -107,6 +112,7 @@ def test_bench_builds_the_index_once_and_times_the_first_batch_from_the_command_
     total = record["to_first_batch_s"]
     assert sum(steps.values()) <= total + 0.01, "the steps are parts of the wait"
     assert f"first batch {total:.2f} s after the command started" in line
+    assert total <= took, "in-process, the command starts when it is called, not the process"
     assert total > summary["stats"]["coordinators"][0]["first_batch_s"], \
         "counted from the command's start, not the pipeline's"
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 import typer
 
 from inputkit.cli.help_format import Command, Group
 from inputkit.cli.tune import tune_command
+
+# Set by main() (the console script, ``python -m inputkit``): start-up counts from the process's
+# start. Unset when the typer app is called in-process (tests, a notebook).
+_AS_COMMAND: ContextVar[bool] = ContextVar("inputkit_as_command", default=False)
 
 app = typer.Typer(
     name="inputkit",
@@ -120,9 +125,15 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         from inputkit.kinds.auto_probe import plan_choices
         from inputkit.startup import StartupClock
 
-        with StartupClock(console=err).current():  # a slow index is shown while it is built
-            spec, auto_lines = plan_choices(spec)  # workers.kind=auto: the chosen kind's plan
-            memory_plan = plan_memory(spec)
+        built: dict[str, Any] = {}  # auto's probe's copies, read again by the memory probe
+        try:
+            with StartupClock(console=err).current():  # a slow index is shown while it is built
+                # workers.kind=auto: the chosen kind's plan
+                spec, auto_lines = plan_choices(spec, keep=built)
+                memory_plan = plan_memory(spec, keep=built)
+        finally:
+            for copy in built.values():
+                copy.close()
     except (ConfigError, SourceError) as exc:
         return _report(err, exc, str(exc), EXIT_CONFIG)
     for line in auto_lines:
@@ -348,7 +359,10 @@ def _bench_with_hydra(argv: list[str]) -> list[Any] | None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # Start-up is timed from the process's start, its slow steps shown on stderr; what the
     # config check builds (the probe's sources, each input's sizes) is the run's, not rebuilt.
-    clock = StartupClock(began=process_started(), console=Console(stderr=True, highlight=False))
+    # (From the process's start only when this process is the command: called in-process, as
+    # typer's CliRunner does, the process may have started long before: count from now.)
+    began = process_started() if _AS_COMMAND.get() else None
+    clock = StartupClock(began=began, console=Console(stderr=True, highlight=False))
     prepared = Prepared()
 
     def check(cfg: Any) -> None:
@@ -366,4 +380,8 @@ def _bench_with_hydra(argv: list[str]) -> list[Any] | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (``inputkit`` and ``python -m inputkit``)."""
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="inputkit")
+    token = _AS_COMMAND.set(argv is None)  # this process runs the command line it started with
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="inputkit")
+    finally:
+        _AS_COMMAND.reset(token)

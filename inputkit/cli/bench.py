@@ -397,12 +397,13 @@ def check_config(cfg: DictConfig, prepared: startup.Prepared | None = None) -> N
     from inputkit.kinds.auto_probe import resolve
 
     unresolved = {inp.name: inp for inp in spec.inputs}
-    with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
-        spec, choices = resolve(spec)  # the plan is the chosen kind's; the runner reuses it
-    if prepared is not None:
-        prepared.auto = {name: (unresolved[name], choice) for name, choice in choices.items()}
-    built: dict[str, Any] = {}
+    built: dict[str, Any] = {}  # the probes' copies: auto's, read again by the memory probe
     try:
+        with startup.step("probe/plan", "probing fetch for workers.kind=auto"):
+            # the plan is the chosen kind's; the runner reuses the choice and the copy
+            spec, choices = resolve(spec, keep=built)
+        if prepared is not None:
+            prepared.auto = {name: (unresolved[name], choice) for name, choice in choices.items()}
         with startup.step("probe/plan", "planning memory"):
             plan = plan_memory(spec, keep=built)
     except BaseException as exc:

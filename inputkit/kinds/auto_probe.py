@@ -29,6 +29,7 @@ PROBE_S = 0.25
 MIN_FETCHES = 3
 MAX_FETCHES = 32
 GIL_PERIOD_S = 0.002
+MIN_GIL_PROBES = 8  # fewer GIL probes than this over the timed fetches: the GIL is not read
 # The untimed fetch and the timed ones together: past this, the probe stops the start with an
 # error naming the source (a remote call that never answers must not hang `inputkit bench`).
 PROBE_TIMEOUT_S = 30.0
@@ -126,6 +127,8 @@ def measure(source: Any, inp: Any, probe_s: float = PROBE_S,
         raise timed.error
     n, walls, cpu, wall = timed.n or 0, timed.walls, timed.cpu, timed.wall
     reading = gil.reading() if timed.gil_started else None
+    if reading is not None and reading.probes < MIN_GIL_PROBES:
+        reading = None  # 32 fetches of 13 us: one or two probes, one unlucky wait reads as 50%
     walls.sort()
     p50 = walls[len(walls) // 2] if walls else 0.0
     batch = inp.batch_size
@@ -171,15 +174,20 @@ def _run_queue_s() -> float:
     return run_queue_s()
 
 
-def _probe(inp: Any) -> AutoChoice:
+def _probe(inp: Any, keep: dict[str, Any] | None = None) -> AutoChoice:
     """The choice for one input. A source that fails to build or fetch here is not reported
     here: the input falls back to thread workers (the reason says why), and the memory probe or
-    the workers then raise the error with their own context (the key, the policy, the sample)."""
+    the workers then raise the error with their own context (the key, the policy, the sample).
+    ``keep``: the copy measured is left there by input name (the memory probe and the runner
+    use it: one build per command) instead of closed."""
+    from inputkit import startup
     from inputkit.config.spec import DEFAULT_WORKER_COUNT
     from inputkit.sources.loader import build_source
 
     try:
-        source = build_source(inp.source, key=f"{inp.key_prefix}source")
+        key = f"{inp.key_prefix}source"
+        with startup.step("index", f"building {key} ({inp.source.get('_target_', '?')})"):
+            source = build_source(inp.source, key=key)
         try:
             measured = measure(source, inp)
         except (ProbeTimeout, ProbeInterrupted):
@@ -187,7 +195,10 @@ def _probe(inp: Any) -> AutoChoice:
         except BaseException:
             source.close()
             raise
-        source.close()
+        if keep is not None and inp.name not in keep:
+            keep[inp.name] = source
+        else:
+            source.close()
     except (ProbeTimeout, ProbeInterrupted):
         raise
     except Exception as exc:  # noqa: BLE001 - raised again, with context, by the pipeline
@@ -198,11 +209,13 @@ def _probe(inp: Any) -> AutoChoice:
 
 
 def resolve(spec: Any, earlier: dict[str, tuple[Any, AutoChoice]] | None = None,
-            names: Any = None) -> tuple[Any, dict[str, AutoChoice]]:
+            names: Any = None, keep: dict[str, Any] | None = None) -> tuple[Any, dict[str, AutoChoice]]:
     """``spec`` (a RunSpec) with every ``workers.kind=auto`` input given its chosen kind and
     count, and the choices by input name. ``earlier``: choices made before for inputs
     configured exactly the same (input name -> (its unresolved InputSpec, choice)), reused
-    rather than probed again; ``names``: only these inputs are probed (the rest stay auto)."""
+    rather than probed again; ``names``: only these inputs are probed (the rest stay auto);
+    ``keep``: receives the probe's copies by input name, for the memory probe to read
+    (plan_memory's ``keep``) and the runner to run: the caller closes what nobody takes."""
     choices: dict[str, AutoChoice] = {}
     inputs = []
     for inp in spec.inputs:
@@ -213,18 +226,19 @@ def resolve(spec: Any, earlier: dict[str, tuple[Any, AutoChoice]] | None = None,
         if before is not None and before[0] == inp:
             choice = before[1]
         else:
-            choice = _probe(inp)
+            choice = _probe(inp, keep)
         choices[inp.name] = choice
         inputs.append(dataclasses.replace(inp, worker_kind=choice.kind, worker_count=choice.count))
     return dataclasses.replace(spec, inputs=tuple(inputs)), choices
 
 
-def plan_choices(spec: Any) -> tuple[Any, list[str]]:
+def plan_choices(spec: Any, keep: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
     """For ``inputkit plan``: ``spec`` resolved, and a line per ``auto`` input saying what was
-    measured and chosen. With the probe off (``--no-probe``, memory.probe=false) nothing is
-    fetched: such an input is planned as thread workers, and the line says so."""
+    measured and chosen (``keep``: as resolve's). With the probe off (``--no-probe``,
+    memory.probe=false) nothing is fetched: such an input is planned as thread workers, and
+    the line says so."""
     if spec.probe:
-        resolved, choices = resolve(spec)
+        resolved, choices = resolve(spec, keep=keep)
         return resolved, [f"workers.kind=auto for input {name}: {choice.text()}"
                           for name, choice in choices.items()]
     from inputkit.config.spec import DEFAULT_WORKER_COUNT
