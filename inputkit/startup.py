@@ -214,6 +214,13 @@ class Prepared:
         # input name -> (its InputSpec with workers.kind=auto, the AutoChoice made for it)
         self.auto: dict[str, Any] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the built sources: a sweep launcher that runs jobs in other processes
+        (Hydra's joblib launcher pickles the task and what it holds) gets the checked sizes
+        and auto's choices, and each job builds its own source; the copies (locks, open
+        files, maps) stay with this process, which closes them."""
+        return {**self.__dict__, "sources": {}}
+
     def keep(self, spec: Any, layouts: dict[str, Any], sources: dict[str, Any]) -> None:
         """What the plan of ``spec`` found; replaces (and closes) what was kept before."""
         self.close()
