@@ -5,7 +5,7 @@ A shard is a tar file whose members are named ``<key>.<field>.<ext>``
 key form one sample. A member named ``<key>.<ext>`` (``000017.cls``) is the
 field ``<ext>``. Extensions:
 
-- ``.npy``: a numpy array (``np.load``, no pickles);
+- ``.npy``: a numpy array (no pickles; parsed by ``npy_bytes``, safe across threads);
 - ``.png``, ``.jpg``, ``.jpeg``: an image, decoded with Pillow to a uint8
   ``H x W x C`` array (grey images get ``C = 1``);
 - ``.txt``, ``.cls``, ``.json``: a whole number, e.g. a class label, as int64.
@@ -37,6 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from inputkit.errors import SourceError, SourceExhausted
+from inputkit.sources.npy_bytes import load_npy_bytes
 from inputkit.sources.protocol import field_names
 from inputkit.sources.remote_files import RangeFile, is_url
 from inputkit.sources.remote_files import expand as remote_expand
@@ -428,7 +429,7 @@ def _decode_member(path: str, m: _Member) -> np.ndarray:
     where = f"shard '{path}', member '{m.name}'"
     if m.ext == "npy":
         try:
-            return np.load(io.BytesIO(m.data), allow_pickle=False)
+            return load_npy_bytes(m.data)
         except Exception as exc:
             raise SourceError(NAME, f"{where}: cannot read it as a .npy array: "
                               f"{type(exc).__name__}: {exc}", m.field) from exc
