@@ -28,10 +28,10 @@ _EXPORTS = {
     "Runner": "inputkit.runner",
     "Source": "inputkit.sources.protocol",
     "SyntheticSource": "inputkit.sources.synthetic",
-    "CoordinatorStats": "inputkit.stats",
-    "Dashboard": "inputkit.dashboard",
-    "QueueStats": "inputkit.queues",
-    "RunnerStats": "inputkit.stats",
+    "CoordinatorStats": "inputkit.observe.stats",
+    "Dashboard": "inputkit.observe.dashboard",
+    "QueueStats": "inputkit.pipeline.queues",
+    "RunnerStats": "inputkit.observe.stats",
     "WorkerPoolStats": "inputkit.workers.base",
     "IndexableSource": "inputkit.sources.protocol",
     "ArraySource": "inputkit.sources.arrays",
@@ -39,12 +39,12 @@ _EXPORTS = {
     "TorchDatasetSource": "inputkit.sources.torch_dataset",
     "InputkitIterableDataset": "inputkit.torch_adapter",
     "ProcessorChain": "inputkit.processors",
-    "FailurePolicy": "inputkit.failures",
-    "FetchTimeout": "inputkit.failures",
-    "StallError": "inputkit.failures",
-    "SkipLimitExceeded": "inputkit.failures",
-    "MemoryBudgetError": "inputkit.memory",
-    "EpochEnd": "inputkit.work",
+    "FailurePolicy": "inputkit.pipeline.failures",
+    "FetchTimeout": "inputkit.pipeline.failures",
+    "StallError": "inputkit.pipeline.failures",
+    "SkipLimitExceeded": "inputkit.pipeline.failures",
+    "MemoryBudgetError": "inputkit.planning.memory",
+    "EpochEnd": "inputkit.pipeline.dispatcher",
     "tune": "inputkit.tuning",
     "TuneResult": "inputkit.tuning",
 }
@@ -88,7 +88,6 @@ __all__ = [
 if TYPE_CHECKING:
     from inputkit.config.compose import compose
     from inputkit.config.spec import InputSpec, RunSpec, load_spec
-    from inputkit.dashboard import Dashboard
     from inputkit.errors import (
         ConfigError,
         InputkitError,
@@ -97,20 +96,21 @@ if TYPE_CHECKING:
         SourceExhausted,
         WorkerFailure,
     )
-    from inputkit.failures import FailurePolicy, FetchTimeout, SkipLimitExceeded, StallError
-    from inputkit.memory import MemoryBudgetError
+    from inputkit.observe.dashboard import Dashboard
+    from inputkit.observe.stats import CoordinatorStats, RunnerStats
+    from inputkit.pipeline.dispatcher import EpochEnd
+    from inputkit.pipeline.failures import FailurePolicy, FetchTimeout, SkipLimitExceeded, StallError
+    from inputkit.pipeline.queues import QueueStats
+    from inputkit.planning.memory import MemoryBudgetError
     from inputkit.processors import ProcessorChain
-    from inputkit.queues import QueueStats
     from inputkit.runner import Runner
     from inputkit.sources.arrays import ArraySource
     from inputkit.sources.protocol import IndexableSource, Source
     from inputkit.sources.shards import ShardSource
     from inputkit.sources.synthetic import SyntheticSource
     from inputkit.sources.torch_dataset import TorchDatasetSource
-    from inputkit.stats import CoordinatorStats, RunnerStats
     from inputkit.torch_adapter import InputkitIterableDataset
     from inputkit.tuning import TuneResult, tune
-    from inputkit.work import EpochEnd
     from inputkit.workers.base import WorkerPoolStats
 
 

@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inputkit import kinds, startup
-from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import RunSpec, load_spec
-from inputkit.coordinator import Abort, Coordinator, Stages
-from inputkit.distributed import RankInfo, rank_info
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
+from inputkit.observe.stats import RunnerStats
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.coordinator import Abort, Coordinator, Stages
+from inputkit.pipeline.dispatcher import EpochOrders
+from inputkit.pipeline.distributed import RankInfo, rank_info
+from inputkit.pipeline.watchdog import Watchdog, Watched
 from inputkit.sources.loader import BoundSource, build_source, import_target
 from inputkit.sources.protocol import indexed_length, sample_groups
 from inputkit.startup import Prepared
-from inputkit.stats import RunnerStats
-from inputkit.watchdog import Watchdog, Watched
-from inputkit.work import EpochOrders
 
 if TYPE_CHECKING:
-    from inputkit.memory import MemoryPlan
+    from inputkit.planning.memory import MemoryPlan
 
 Batch = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class Runner:
 
     def start(self) -> Runner:
         """Resolve devices, build the sources and start every coordinator."""
-        from inputkit.device import resolve_devices
+        from inputkit.pipeline.device import resolve_devices
 
         with self._lock:
             if self._state != "new":
@@ -220,7 +220,7 @@ class Runner:
         """Plan the worst case first; refuse a plan over ``memory.budget`` unless allowed.
         ``probed`` receives the sources the probe built, which start() uses instead of building
         them again; ``known``: sizes planned before (not probed again)."""
-        from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
+        from inputkit.planning.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
 
         selected = dataclasses.replace(
             self.spec, inputs=tuple(s for s in self.spec.inputs if s.name in self.input_names))
@@ -388,7 +388,7 @@ class Runner:
 
     def stats(self) -> RunnerStats:
         """A snapshot of every coordinator's statistics (cheap; any thread)."""
-        from inputkit.procmem import read_process_memory
+        from inputkit.planning.procmem import read_process_memory
 
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
         coordinators = tuple(c.stats() for c in self._coordinators.values())
@@ -431,7 +431,7 @@ class Runner:
 def _with_storage(coordinators: tuple[Any, ...], inputs: Any) -> tuple[Any, ...]:
     """The coordinators of inputs that read from a store, with one storage reading (the
     run's counters and the cache's fill) beside their own figures."""
-    from inputkit.storage_stats import read_storage, remote_where
+    from inputkit.observe.storage_stats import read_storage, remote_where
 
     wheres = {inp.name: remote_where(inp.source) for inp in inputs}
     if not any(wheres.values()):
@@ -456,7 +456,7 @@ def _check_epoch_keys(spec: Any, length: int | None) -> None:
     """epoch.* keys other than the defaults need an indexable source; say so instead of ignoring them."""
     if length is not None:
         return
-    from inputkit.work import EpochSpec
+    from inputkit.pipeline.dispatcher import EpochSpec
 
     default = EpochSpec()
     for name in ("shuffle", "shuffle_window", "ordered", "chunk_size", "count"):

@@ -33,8 +33,8 @@ except ImportError:  # pragma: no cover - an older or newer torch without the re
 
 from inputkit.config.spec import InputSpec, RunSpec, load_spec
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
+from inputkit.pipeline.dispatcher import batches_in, epoch_share
 from inputkit.runner import Runner
-from inputkit.work import batches_in, epoch_share
 
 log = logging.getLogger(__name__)
 _STATE_KIND = "inputkit.InputkitIterableDataset"  # marks the dicts state_dict() returns
@@ -208,8 +208,8 @@ class _Pipeline:
             length = runner.coordinators(self.input)[0].length
             devices, rank = len(runner.devices), runner.rank
         else:
-            from inputkit.device import resolve_devices
-            from inputkit.distributed import rank_info
+            from inputkit.pipeline.device import resolve_devices
+            from inputkit.pipeline.distributed import rank_info
 
             if self._length is _UNKNOWN:  # a Runner's state says; else a copy of the source
                 self._length = _saved_length(self.position(), self.input)

@@ -11,7 +11,7 @@ import pytest
 from inputkit.config.spec import load_spec
 from inputkit.kinds.auto import Measured, decide
 from inputkit.kinds.auto_probe import resolve
-from inputkit.probes import schedstat_available
+from inputkit.observe.probes import schedstat_available
 
 
 def figures(**kw):

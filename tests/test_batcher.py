@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inputkit.batcher import Rechunker
+from inputkit.pipeline.batcher import Rechunker
 
 
 def chunk(start: int, n: int) -> dict[str, np.ndarray]:

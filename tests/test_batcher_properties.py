@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from inputkit.batcher import Batch, Rechunker
+from inputkit.pipeline.batcher import Batch, Rechunker
 
 # ---------------------------------------------------------------------------------------------
 # chunks whose every field encodes the sample id, so that alignment can be read back

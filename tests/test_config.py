@@ -158,8 +158,8 @@ def test_schema_defaults_match_the_runtime_policy_and_epoch_types():
     import dataclasses
 
     from inputkit.config.schema import EpochConfig, FailuresConfig
-    from inputkit.failures import FailurePolicy
-    from inputkit.work import EpochSpec
+    from inputkit.pipeline.dispatcher import EpochSpec
+    from inputkit.pipeline.failures import FailurePolicy
 
     for schema, runtime in ((FailuresConfig, FailurePolicy), (EpochConfig, EpochSpec)):
         assert dataclasses.asdict(schema()) == dataclasses.asdict(runtime())

@@ -11,9 +11,9 @@ import torch
 from conftest import make_cfg, wait_for_no_pipeline_threads
 
 from inputkit import Runner
-from inputkit.device import CpuDeviceStage, CpuThreadStage, DeviceTransform
-from inputkit.evidence import evidence
-from inputkit.float_buffers import FloatBuffers
+from inputkit.observe.evidence import evidence
+from inputkit.pipeline.device import CpuDeviceStage, CpuThreadStage, DeviceTransform
+from inputkit.pipeline.float_buffers import FloatBuffers
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 NORMALIZE = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -16,12 +16,12 @@ from conftest import make_cfg, wait_until
 from rich.console import Console
 
 from inputkit import Runner
-from inputkit.dashboard import Dashboard, plain_lines, render
-from inputkit.diagnosis import diagnose, live_warnings
-from inputkit.metrics import MovingWindow
-from inputkit.probes import GilReading
-from inputkit.queues import QueueStats, Stage
-from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.dashboard import Dashboard, plain_lines, render
+from inputkit.observe.diagnosis import diagnose, live_warnings
+from inputkit.observe.metrics import MovingWindow
+from inputkit.observe.probes import GilReading
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
+from inputkit.pipeline.queues import QueueStats, Stage
 from inputkit.workers.base import WorkerPoolStats
 
 # Queue names as the coordinator makes them, and the stage each is made with.

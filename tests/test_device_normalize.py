@@ -19,7 +19,7 @@ from conftest import make_cfg, pipeline_threads
 
 import inputkit
 from inputkit import ConfigError, Runner
-from inputkit.memory import plan_memory
+from inputkit.planning.memory import plan_memory
 
 TESTS = Path(__file__).resolve().parent
 ARRAYS = "inputkit.sources.arrays.ArraySource"
@@ -249,7 +249,7 @@ def test_inputkit_plan_shows_the_float_batch_and_names_a_bad_key(tmp_path):
 def test_a_float32_field_is_converted_into_a_new_tensor_not_in_place():
     """The batch's own array may be the source's (a view lent on CPU): it must stay as it was."""
     from inputkit.config.normalize import NormalizeSpec
-    from inputkit.device import DeviceTransform
+    from inputkit.pipeline.device import DeviceTransform
 
     pixels = np.random.default_rng(3).random((4, 3, 2, 2), dtype=np.float32)
     before = pixels.copy()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from inputkit.batcher import Batch
-from inputkit.device import CpuDeviceStage
-from inputkit.queues import BoundedQueue
+from inputkit.pipeline.batcher import Batch
+from inputkit.pipeline.device import CpuDeviceStage
+from inputkit.pipeline.queues import BoundedQueue
 
 
 def _convert(fields: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ import pytest
 from conftest import make_cfg, wait_until
 
 from inputkit import Runner
-from inputkit.diagnosis import (
+from inputkit.observe.diagnosis import (
     OVERBUFFER_MIN_BYTES,
     Verdict,
     diagnose,
@@ -27,11 +27,11 @@ from inputkit.diagnosis import (
     live_warnings,
     over_buffering,
 )
-from inputkit.evidence import Evidence, QueueEvidence, evidence
-from inputkit.metrics import Window, window
-from inputkit.probes import GilReading, parse_idle, parse_schedstat
-from inputkit.queues import QueueStats, Stage
-from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.evidence import Evidence, QueueEvidence, evidence
+from inputkit.observe.metrics import Window, window
+from inputkit.observe.probes import GilReading, parse_idle, parse_schedstat
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
+from inputkit.pipeline.queues import QueueStats, Stage
 from inputkit.workers.base import WorkerPoolStats
 
 # Queue names as the coordinator makes them, and the stage each is made with.

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_cfg
 
 from inputkit import ConfigError, Runner
-from inputkit.distributed import RankInfo, rank_info
+from inputkit.pipeline.distributed import RankInfo, rank_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = {"_target_": "inputkit.sources.synthetic.SyntheticSource", "fields": {"x": {"shape": [2]}},

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from inputkit import ConfigError, SourceError, WorkerFailure
-from inputkit.memory import MemoryBudgetError  # not exported by inputkit itself
+from inputkit.planning.memory import MemoryBudgetError  # not exported by inputkit itself
 
 TESTS = Path(__file__).resolve().parent
 SYN = "inputkit.sources.synthetic.SyntheticSource"

@@ -140,7 +140,7 @@ def test_process_workers_decode_straight_into_shared_memory(tmp_path, slot_bytes
 
 def test_the_plan_counts_each_workers_decode_and_no_private_chunk_when_written_in_place(tmp_path):
     from inputkit import load_spec
-    from inputkit.memory import plan_memory
+    from inputkit.planning.memory import plan_memory
 
     path = write_list(tmp_path, 16)
     plans = {}
@@ -181,9 +181,9 @@ def test_the_imagenet_experiments_run_from_the_cli_and_record_the_classes(tmp_pa
 def test_the_diagnosis_says_which_worker_kind_decodes_best(tmp_path, workers, advice):
     import dataclasses
 
-    from inputkit.evidence import evidence
-    from inputkit.own_stages import decoding_note as _decoding_note
-    from inputkit.verdict import Verdict
+    from inputkit.observe.evidence import evidence
+    from inputkit.observe.own_stages import decoding_note as _decoding_note
+    from inputkit.observe.verdict import Verdict
 
     path = write_list(tmp_path, 24)
     with Runner(make_cfg(source(path), batch_size=8, workers=workers)) as runner:

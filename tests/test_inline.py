@@ -19,8 +19,8 @@ import pytest
 from conftest import make_cfg, pipeline_threads, wait_for_no_pipeline_threads
 
 from inputkit import Runner, StallError, load_spec
-from inputkit.diagnosis import diagnose
-from inputkit.memory import plan_memory
+from inputkit.observe.diagnosis import diagnose
+from inputkit.planning.memory import plan_memory
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 INDEXED = {"_target_": SYN, "fields": {"x": {"shape": [2]}}, "length": 1000, "id_field": "id"}

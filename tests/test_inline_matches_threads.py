@@ -1,7 +1,7 @@
 """Inline and thread workers given the same input deliver the same stream.
 
 Inline's batches come from the same Batcher.pull as the batcher thread's (the chunk
-stream of inputkit/chunk_stream.py), so epoch ends, the last partial batch, resume
+stream of inputkit/pipeline/chunk_stream.py), so epoch ends, the last partial batch, resume
 state and failures must match thread workers' exactly, with ordered epochs.
 """
 

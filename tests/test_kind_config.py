@@ -13,8 +13,8 @@ import pytest
 from inputkit import ConfigError, compose, kinds, load_spec
 from inputkit.config.spec import InputSpec
 from inputkit.kinds.plan import shared_source
-from inputkit.memory import plan_memory
-from inputkit.plan_lines import HOST, SampleLayout, Term
+from inputkit.planning.memory import plan_memory
+from inputkit.planning.plan_lines import HOST, SampleLayout, Term
 
 SOURCE = ["source=synthetic", "devices=cpu", "batch_size=8", "+source.chunk_size=8"]
 

@@ -18,14 +18,14 @@ from rich.console import Console
 from inputkit import Runner, kinds
 from inputkit.cli.render import kind_records, kind_summary_lines
 from inputkit.config.spec import load_spec
-from inputkit.dashboard import plain_lines, render
-from inputkit.diagnosis import diagnose, live_verdicts, window_evidence
 from inputkit.kinds import Kind
 from inputkit.kinds.view import KindView
-from inputkit.metrics import window
-from inputkit.queues import Stage
-from inputkit.stats import RunnerStats
-from inputkit.verdict import Verdict
+from inputkit.observe.dashboard import plain_lines, render
+from inputkit.observe.diagnosis import diagnose, live_verdicts, window_evidence
+from inputkit.observe.metrics import window
+from inputkit.observe.stats import RunnerStats
+from inputkit.observe.verdict import Verdict
+from inputkit.pipeline.queues import Stage
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 

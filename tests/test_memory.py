@@ -13,8 +13,8 @@ from conftest import make_cfg, wait_until
 
 import inputkit
 from inputkit import ConfigError, Runner, SourceError
-from inputkit.memory import MemoryBudgetError, plan_memory
-from inputkit.queues import BoundedQueue
+from inputkit.pipeline.queues import BoundedQueue
+from inputkit.planning.memory import MemoryBudgetError, plan_memory
 
 TESTS = Path(__file__).resolve().parent
 SYN = "inputkit.sources.synthetic.SyntheticSource"
@@ -141,7 +141,7 @@ def test_plan_does_not_import_torch(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
-    assert "inputkit.memory" in imported
+    assert "inputkit.planning.memory" in imported
     assert not [m for m in imported if m == "torch" or m.startswith("torch.")]
 
 
@@ -230,7 +230,7 @@ def test_a_probe_that_fails_closes_its_copy_of_the_source():
 
 def test_ray_workers_plan_the_object_store_the_actors_and_one_local_ray():
     from inputkit.config.spec import load_spec
-    from inputkit.memory import LOCAL_RAY_BYTES, RAY_ACTOR_BYTES
+    from inputkit.planning.memory import LOCAL_RAY_BYTES, RAY_ACTOR_BYTES
 
     source = {"_target_": SYN, "fields": {"x": {"shape": [1024], "dtype": "uint8"}},
               "chunk_size": 64}

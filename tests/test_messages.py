@@ -15,12 +15,12 @@ import pytest
 from inputkit import ConfigError
 from inputkit.config.errors import check_overrides, translate_config_errors
 from inputkit.config.spec import _devices
-from inputkit.diagnosis import diagnose, live_warnings
-from inputkit.messages import Failure
-from inputkit.metrics import Window, window
-from inputkit.queues import QueueStats, Stage
+from inputkit.observe.diagnosis import diagnose, live_warnings
+from inputkit.observe.metrics import Window, window
+from inputkit.observe.stats import CoordinatorStats, RunnerStats, WorkerPoolStats
+from inputkit.pipeline.messages import Failure
+from inputkit.pipeline.queues import QueueStats, Stage
 from inputkit.sources import SyntheticSource, build_source
-from inputkit.stats import CoordinatorStats, RunnerStats, WorkerPoolStats
 
 # Queue names as the coordinator makes them, and the stage each is made with.
 STAGE_OF = {"chunks": Stage.CHUNKS, "batches": Stage.BATCHES, "device": Stage.DEVICE}

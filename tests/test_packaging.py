@@ -63,6 +63,6 @@ def test_every_install_hint_names_this_projects_distribution():
                 if found not in (name, "."):
                     wrong.append(f"{path.relative_to(ROOT)}:{lineno}: {found}")
     assert not wrong, f"install hints that name another distribution than {name!r}: {wrong}"
-    from inputkit.plots import INSTALL_HINT
+    from inputkit.observe.plots import INSTALL_HINT
 
     assert f"{name}[plot]" in INSTALL_HINT

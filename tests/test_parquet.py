@@ -273,7 +273,7 @@ def test_ragged_lists_are_padded_or_cut_and_a_null_list_is_empty(tmp_path):
 
 def test_the_memory_plan_counts_each_workers_row_group_and_no_private_chunk(tmp_path):
     from inputkit import load_spec
-    from inputkit.memory import plan_memory
+    from inputkit.planning.memory import plan_memory
 
     write_files(tmp_path)
     spec = load_spec(make_cfg(source(tmp_path), batch_size=16, workers=PROCESSES))

@@ -17,7 +17,7 @@ from imagefiles import write_folder
 
 import inputkit
 from inputkit.config.compose import compose
-from inputkit.memory import plan_memory
+from inputkit.planning.memory import plan_memory
 
 FIX = re.compile(r"\b[Ss]et (\S+)=(\S+) or less\b")
 BUDGET = "memory.budget=2GB"

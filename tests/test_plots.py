@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from inputkit import plots
+from inputkit.observe import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = 1100, 770  # 10 x 7 in at 110 dpi (the sweep)
@@ -189,7 +189,7 @@ def test_plots_does_not_import_matplotlib_or_torch_eagerly() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, inputkit.plots; "
+    code = ("import sys, inputkit.observe.plots; "
             "print(any(m == 'matplotlib' or m.startswith(('matplotlib.', 'torch')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -15,7 +15,7 @@ from imagefiles import jpeg_bytes, photo
 
 import inputkit
 from inputkit import Runner, SourceError
-from inputkit.memory import plan_memory
+from inputkit.planning.memory import plan_memory
 
 CHUNK = 16
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from inputkit.queues import BoundedQueue, QueueClosed
+from inputkit.pipeline.queues import BoundedQueue, QueueClosed
 
 
 def test_put_blocks_when_full_until_a_get():

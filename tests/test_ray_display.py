@@ -15,14 +15,14 @@ import pytest
 from rich.console import Console
 
 from inputkit.cli.render import progress_line, ray_record, ray_summary_lines
-from inputkit.dashboard import plain_lines, render
-from inputkit.diagnosis import diagnose, judge, live_verdicts, live_warnings
-from inputkit.evidence import Evidence, QueueEvidence, evidence
 from inputkit.kinds.ray_view import RayEvidence, ray_window
-from inputkit.metrics import MovingWindow, Window
-from inputkit.metrics import window as metrics_window
-from inputkit.queues import QueueStats, Stage
-from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.dashboard import plain_lines, render
+from inputkit.observe.diagnosis import diagnose, judge, live_verdicts, live_warnings
+from inputkit.observe.evidence import Evidence, QueueEvidence, evidence
+from inputkit.observe.metrics import MovingWindow, Window
+from inputkit.observe.metrics import window as metrics_window
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
+from inputkit.pipeline.queues import QueueStats, Stage
 from inputkit.workers.base import ActorStats, RayStats, WorkerPoolStats
 
 # Queue names as the coordinator makes them, and the stage each is made with.

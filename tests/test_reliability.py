@@ -14,7 +14,7 @@ import pytest
 from conftest import assert_nothing_leaked, children, make_cfg, segments, wait_until
 
 from inputkit import ConfigError, Runner, WorkerFailure
-from inputkit.failures import FetchTimeout, StallError
+from inputkit.pipeline.failures import FetchTimeout, StallError
 
 F = "faulty"
 
@@ -50,7 +50,7 @@ def drain(stream) -> list[dict]:
 def test_on_error_skip_counts_skipped_chunks_and_goes_on(workers, caplog):
     cfg = make_cfg({"_target_": f"{F}.FlakyFetch", "every": 3}, batch_size=8, workers=workers,
                    failures={"on_error": "skip"})
-    with caplog.at_level(logging.WARNING, logger="inputkit.failures"), Runner(cfg) as runner:
+    with caplog.at_level(logging.WARNING, logger="inputkit.pipeline.failures"), Runner(cfg) as runner:
         stream = runner.device(0)
         for _ in range(30):
             next(stream)
@@ -285,7 +285,7 @@ def test_fetch_timeout_covers_a_worker_stuck_building_its_source_or_in_setup(
 def test_a_stalled_worker_is_reported_with_its_stack(caplog):
     cfg = make_cfg({"_target_": f"{F}.Hangs", "after": 1, "seconds": 1.5}, batch_size=8,
                    workers={"count": 1}, failures={"stall_timeout": 0.3})
-    with caplog.at_level(logging.WARNING, logger="inputkit.watchdog"), Runner(cfg) as runner:
+    with caplog.at_level(logging.WARNING, logger="inputkit.pipeline.watchdog"), Runner(cfg) as runner:
         stream = runner.device(0)
         next(stream)
         seen: list[tuple[str, ...]] = []

@@ -21,9 +21,9 @@ from conftest import assert_nothing_leaked, children, consume_within, make_cfg, 
 from rich.console import Console
 
 from inputkit import Runner, SkipLimitExceeded
-from inputkit.dashboard import plain_lines, render
-from inputkit.failures import ERROR_CHARS, KEPT_SKIPS, FailurePolicy, FailureTally
-from inputkit.metrics import MovingWindow
+from inputkit.observe.dashboard import plain_lines, render
+from inputkit.observe.metrics import MovingWindow
+from inputkit.pipeline.failures import ERROR_CHARS, KEPT_SKIPS, FailurePolicy, FailureTally
 
 TESTS = Path(__file__).resolve().parent
 THREADS = {"count": 2}

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from inputkit import Runner
 from inputkit.errors import ConfigError
-from inputkit.shuffle import ShardLayout, epoch_order, shards_in_flight
-from inputkit.work import Dispatcher, EpochOrders, EpochSpec
+from inputkit.pipeline.dispatcher import Dispatcher, EpochOrders, EpochSpec
+from inputkit.pipeline.shuffle import ShardLayout, epoch_order, shards_in_flight
 
 GROUPED = {"_target_": "fakes.GroupedIndexed", "length": 600, "shards": 12}
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import assert_nothing_leaked, children, consume_within, make_cfg, segments
 
 from inputkit import ConfigError, Runner, SkipLimitExceeded
-from inputkit.repeats import RepeatedLog
+from inputkit.observe.repeats import RepeatedLog
 
 TESTS = Path(__file__).resolve().parent
 THREADS = {"count": 2}

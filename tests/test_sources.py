@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inputkit import ConfigError, SourceError, SourceExhausted, SyntheticSource
-from inputkit.chunk import ChunkSchema
+from inputkit.pipeline.chunk import ChunkSchema
 from inputkit.sources import build_source
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
@@ -155,7 +155,7 @@ def test_the_probes_advice_to_declare_sizes_works_for_every_source_form(target):
     """Item 10: the advice of an unknown-sizes error, followed as it says, plans and runs for a
     function, a class and an existing object (declared sizes are not passed to the source)."""
     from inputkit import compose, load_spec
-    from inputkit.memory import UnknownSampleSizes, plan_memory
+    from inputkit.planning.memory import UnknownSampleSizes, plan_memory
 
     base = [f"source={{_target_:'{target}'}}", "devices=cpu", "memory.probe=false"]
     with pytest.raises(UnknownSampleSizes) as info:

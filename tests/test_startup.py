@@ -24,8 +24,8 @@ from startup_fakes import builds
 
 import inputkit
 from inputkit import Runner, startup
-from inputkit.footprint import object_bytes
-from inputkit.memory import plan_memory
+from inputkit.planning.footprint import object_bytes
+from inputkit.planning.memory import plan_memory
 from inputkit.startup import Prepared, StartupClock
 
 TESTS = Path(__file__).resolve().parent

@@ -40,7 +40,7 @@ def test_plan_shows_the_disk_cache_and_download_buffers_apart_from_ram(
     """The disk cache's budget and the shards in use are disk lines, outside the host total;
     the download buffers are a host line; the disk lines name cache.dir and the bucket."""
     from inputkit import storage
-    from inputkit.memory import DISK, HOST, plan_memory
+    from inputkit.planning.memory import DISK, HOST, plan_memory
     from inputkit.storage.cache import META_BYTES
 
     url = _url(s3_bucket, shard_files)
@@ -72,7 +72,7 @@ def test_a_cache_too_small_for_the_shards_in_use_is_refused_with_what_fits(
 
     from inputkit import storage
     from inputkit.errors import ConfigError
-    from inputkit.memory import plan_memory
+    from inputkit.planning.memory import plan_memory
     from inputkit.storage.cache import META_BYTES
 
     url = _url(s3_bucket, shard_files)
@@ -122,7 +122,7 @@ def test_plan_of_an_image_folder_in_a_bucket_counts_its_download_buffers(s3_buck
 
     from inputkit import storage
     from inputkit.config.spec import load_spec
-    from inputkit.memory import DISK, HOST, plan_memory
+    from inputkit.planning.memory import DISK, HOST, plan_memory
 
     files = {f"imgs/c{i % 2}/p{i}.jpg": jpeg_bytes(photo(40, 32, i), quality=70)
              for i in range(12)}

@@ -62,8 +62,8 @@ def test_dashboard_metrics_and_summary_show_the_store(shards_url, shard_files, t
     and misses; metrics.jsonl's record and summary.json's stats carry the same figures."""
     from rich.console import Console
 
-    from inputkit.dashboard import plain_lines, render
-    from inputkit.metrics import MovingWindow
+    from inputkit.observe.dashboard import plain_lines, render
+    from inputkit.observe.metrics import MovingWindow
 
     _, url = shards_url
     slot = max(p.stat().st_size for p in shard_files) + META_BYTES
@@ -100,8 +100,8 @@ def test_local_data_shows_no_storage_row(tmp_path, shard_files) -> None:
     """The same shards from a local folder: no storage reading, no row."""
     from rich.console import Console
 
-    from inputkit.dashboard import render
-    from inputkit.metrics import MovingWindow
+    from inputkit.observe.dashboard import render
+    from inputkit.observe.metrics import MovingWindow
 
     cfg = make_cfg({"_target_": "inputkit.sources.image_shards.ImageShardSource",
                     "urls": str(shard_files[0].parent / "train-{000..007}.tar"),
@@ -122,7 +122,7 @@ def test_workers_waiting_on_a_slow_store_read_storage_bound(shards_url, shard_fi
     """Every request to the store held 0.25 s, a cache that holds three shards and no
     read-ahead: the workers spend most of their time waiting for shards, and the verdict
     says storage-bound, naming the bucket and the two settings to raise."""
-    from inputkit.diagnosis import diagnose
+    from inputkit.observe.diagnosis import diagnose
 
     proxy, url = shards_url
     slot = max(p.stat().st_size for p in shard_files) + META_BYTES
@@ -146,8 +146,8 @@ def test_workers_waiting_on_a_slow_store_read_storage_bound(shards_url, shard_fi
 def test_storage_bound_from_stated_evidence_and_not_without_it() -> None:
     """The rule alone: workers the slow side and blocked on the store 80% of their time read
     storage-bound; the same evidence with a store that answers at once does not."""
-    from inputkit.diagnosis import judge
-    from inputkit.evidence import Evidence, QueueEvidence
+    from inputkit.observe.diagnosis import judge
+    from inputkit.observe.evidence import Evidence, QueueEvidence
 
     def ev(wait: float | None) -> Evidence:
         queues = (QueueEvidence(stage="chunk queue", capacity=4, items=0, bytes=0, full=0.0,

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inputkit.chunk import Chunk
 from inputkit.errors import WorkerFailure
-from inputkit.failures import FailurePolicy
-from inputkit.messages import END, Failure
-from inputkit.work import Dispatcher, EpochEnd, EpochSpec, WorkItem
+from inputkit.pipeline.chunk import Chunk
+from inputkit.pipeline.dispatcher import Dispatcher, EpochEnd, EpochSpec, WorkItem
+from inputkit.pipeline.failures import FailurePolicy
+from inputkit.pipeline.messages import END, Failure
 from inputkit.workers.outcome import Got, SamplesSkipped
 from inputkit.workers.supervisor import Supervisor
 

@@ -14,7 +14,7 @@ from conftest import make_cfg
 
 import inputkit
 from inputkit import ConfigError, Runner, SourceError
-from inputkit.memory import PAGE_CACHE, plan_memory
+from inputkit.planning.memory import PAGE_CACHE, plan_memory
 from inputkit.sources.tokens import TokenSource
 
 TOKENS = "inputkit.sources.tokens.TokenSource"

@@ -11,8 +11,8 @@ from conftest import make_cfg
 from torch.utils.data import DataLoader
 
 from inputkit import InputkitError
+from inputkit.pipeline.dispatcher import batches_in, epoch_share
 from inputkit.torch_adapter import InputkitIterableDataset
-from inputkit.work import batches_in, epoch_share
 
 T = "inputkit.sources.torch_dataset.TorchDatasetSource"
 

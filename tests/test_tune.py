@@ -21,7 +21,7 @@ from rich.console import Console
 
 import inputkit
 from inputkit.config.spec import load_spec
-from inputkit.memory import plan_memory
+from inputkit.planning.memory import plan_memory
 from inputkit.tuning import Budget, Grids, Point, plain_config, tune
 from inputkit.tuning.budget import format_duration, parse_duration
 from inputkit.tuning.ledger import MEASURED, OVER_BUDGET, SKIPPED, Trial
@@ -407,7 +407,7 @@ def test_a_real_run_lists_every_trial_once_in_the_table_and_the_csv(real_run):
 
 
 def plots_available() -> bool:
-    from inputkit import plots
+    from inputkit.observe import plots
 
     return plots.matplotlib_available()
 

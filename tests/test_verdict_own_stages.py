@@ -12,11 +12,11 @@ import pytest
 from conftest import make_cfg
 
 from inputkit import Runner
-from inputkit import diagnosis as diagnosis_module
-from inputkit.diagnosis import diagnose, judge
-from inputkit.evidence import Evidence, QueueEvidence
-from inputkit.own_stages import decoding_note
-from inputkit.verdict import Verdict
+from inputkit.observe import diagnosis as diagnosis_module
+from inputkit.observe.diagnosis import diagnose, judge
+from inputkit.observe.evidence import Evidence, QueueEvidence
+from inputkit.observe.own_stages import decoding_note
+from inputkit.observe.verdict import Verdict
 
 FOLDER = "inputkit.sources.images.ImageFolderSource"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inputkit.messages import END
-from inputkit.work import Dispatcher, EpochEnd, EpochSpec
+from inputkit.pipeline.dispatcher import Dispatcher, EpochEnd, EpochSpec
+from inputkit.pipeline.messages import END
 
 
 def run_device(data, length, chunk_size, device, devices, epochs, ordered, shuffle):

@@ -18,11 +18,11 @@ import pytest
 from conftest import alive, consume_within, make_cfg, ray_processes, wait_until
 
 from inputkit import Runner
-from inputkit.chunk import ChunkSchema
-from inputkit.failures import FailurePolicy
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.dispatcher import INDEX_FIELD
+from inputkit.pipeline.failures import FailurePolicy
 from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
-from inputkit.work import INDEX_FIELD
 from inputkit.workers.outcome import (
     DONE,
     Empty,

@@ -3,7 +3,7 @@
     python tools/cpu_normalize.py [--batch 64] [--repeats 15]
 
 Converts one uint8 batch (N x 3 x 224 x 224) to float32 with ImageNet's mean and std the way
-the device stage does (inputkit.device.DeviceTransform), first into fresh memory each time (the
+the device stage does (inputkit.pipeline.device.DeviceTransform), first into fresh memory each time (the
 stage before reused buffers), then through the stage's FloatBuffers (each batch let go before
 the next, as a training loop does). Prints the best and median ms a batch of each.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from inputkit.config.normalize import NormalizeSpec
-from inputkit.device import DeviceTransform
+from inputkit.pipeline.device import DeviceTransform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -19,7 +19,7 @@ from rich.console import Console
 
 import inputkit
 from inputkit.config.overrides import layered
-from inputkit.dashboard import Dashboard
+from inputkit.observe.dashboard import Dashboard
 
 
 def run_once(overrides: list[str], seconds: float, dashboard: bool) -> float:

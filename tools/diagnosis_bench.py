@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # diagnosis_fakes: a GIL-releasing CPU-bound source
 
 from inputkit import Runner  # noqa: E402
-from inputkit.diagnosis import diagnose, judge  # noqa: E402
-from inputkit.evidence import Evidence, evidence  # noqa: E402
+from inputkit.observe.diagnosis import diagnose, judge  # noqa: E402
+from inputkit.observe.evidence import Evidence, evidence  # noqa: E402
 
 SYN = "inputkit.sources.synthetic.SyntheticSource"
 

@@ -36,8 +36,8 @@ from rich.table import Table
 import inputkit
 from inputkit.config.overrides import layered
 from inputkit.config.sizes import format_size
-from inputkit.memory import plan_memory
 from inputkit.peers.compare import WORKLOADS
+from inputkit.planning.memory import plan_memory
 
 
 def tree_pss() -> int:
@@ -60,7 +60,7 @@ def measure(overrides: list[str], seconds: float, consume_every: float) -> tuple
     top = plan.dominating()
     torch.from_numpy(np.zeros(4)) + 1  # torch's one-time set-up is not the pipeline's
     importlib.import_module("inputkit.runner")  # nor is loading inputkit's own code
-    importlib.import_module("inputkit.device")
+    importlib.import_module("inputkit.pipeline.device")
     importlib.import_module("inputkit.workers.processes")
     gc.collect()
     baseline = tree_pss()

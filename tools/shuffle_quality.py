@@ -16,7 +16,7 @@ one epoch's order per mode, and:
   (a global shuffle: about 1/shards);
 - shards per batch and held: distinct shards in a batch, and the most shards a cache holds at
   once while ``span`` (a batch, times the reads in flight) positions are read
-  (inputkit.shuffle.shards_in_flight);
+  (inputkit.pipeline.shuffle.shards_in_flight);
 - labels per batch: distinct classes in a batch, and its largest class's share, for 1,000
   classes written in class order (ImageNet written class by class: the worst case) and for
   shards whose samples are already class-mixed;
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from inputkit.shuffle import ShardLayout, epoch_order, shards_in_flight
+from inputkit.pipeline.shuffle import ShardLayout, epoch_order, shards_in_flight
 
 
 def batch_labels(labels: np.ndarray, batch: int) -> tuple[float, float]:

@@ -15,7 +15,7 @@ an ImageFolder-like Dataset or WebDataset), runs fresh processes and measures:
 Each row: seconds from the command's start (before the interpreter) to the first
 batch; PSS of the parent and of each worker (smaps_rollup: shared pages counted
 once) after ``--batches`` more batches; the index in memory (bytes per sample, the
-source object walked by inputkit.footprint, threads rows) and on disk (new files in
+source object walked by inputkit.planning.footprint, threads rows) and on disk (new files in
 the cache dir or beside the data). Images are 64 x 64 JPEGs, resized to 72 and
 center-cropped to 64 (Pillow on both sides), batches of 64, shuffled.
 

@@ -191,7 +191,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                 pickle.dump(state, f)
             result["state_bytes"] = os.path.getsize(spec["state_out"])
         if spec.get("footprint"):
-            from inputkit.footprint import object_bytes
+            from inputkit.planning.footprint import object_bytes
 
             held = owner.source() if inputkit_side else index_owner
             result["index_memory_bytes"] = object_bytes(held)

@@ -41,8 +41,8 @@ from inputkit.config.overrides import layered
 from inputkit.config.schema import usable_cpus
 from inputkit.config.sizes import format_size
 from inputkit.config.spec import load_spec
-from inputkit.device import resolve_devices
 from inputkit.peers.compare import WORKLOADS
+from inputkit.pipeline.device import resolve_devices
 from inputkit.tuning import Grids, plain_config
 from inputkit.tuning.space import input_space
 

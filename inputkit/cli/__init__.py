@@ -116,7 +116,7 @@ def _run_plan(overrides: list[str], config_dir: str | None, config_name: str,
         from inputkit.config.compose import compose
         from inputkit.config.overrides import check_repeated
         from inputkit.config.spec import load_spec
-        from inputkit.memory import plan_memory
+        from inputkit.planning.memory import plan_memory
 
         check_repeated(overrides)  # named as the command line's, before compose() sees them
         spec = load_spec(compose(overrides, config_name=config_name, config_dir=config_dir))
@@ -259,7 +259,7 @@ def _run_bench(argv: list[str], traceback: bool | None = None) -> int:
     from rich.console import Console
 
     from inputkit.errors import ConfigError, InputkitError
-    from inputkit.memory import MemoryBudgetError
+    from inputkit.planning.memory import MemoryBudgetError
 
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     terminated = []
@@ -322,7 +322,7 @@ def _sweep_plot(console: Any, points: list[tuple[list[str], dict[str, Any]]]) ->
     """sweep.png beside the points' run directories: throughput against peak buffered bytes."""
     from pathlib import Path
 
-    from inputkit import plots
+    from inputkit.observe import plots
 
     done = [(o, r) for o, r in points if "stats" in r and r.get("run_dir")]
     if len(done) < 2:

@@ -30,12 +30,12 @@ from inputkit.cli.render import (
     summary_table,
 )
 from inputkit.config.spec import RunSpec, load_spec
-from inputkit.coordinator import Coordinator
-from inputkit.dashboard import components_text, plain_lines, render
-from inputkit.diagnosis import diagnose, live_verdicts, live_warnings
-from inputkit.memory import parse_budget
-from inputkit.metrics import MovingWindow, Window
-from inputkit.stats import RunnerStats
+from inputkit.observe.dashboard import components_text, plain_lines, render
+from inputkit.observe.diagnosis import diagnose, live_verdicts, live_warnings
+from inputkit.observe.metrics import MovingWindow, Window
+from inputkit.observe.stats import RunnerStats
+from inputkit.pipeline.coordinator import Coordinator
+from inputkit.planning.memory import parse_budget
 
 
 class _Consumer:
@@ -206,7 +206,7 @@ def _plot(console: Console, records: list[dict[str, Any]], output_dir: Path, spe
     """metrics.png in the run directory when matplotlib is there; otherwise how to get it."""
     if not spec.bench_plot or len(records) < 2:
         return
-    from inputkit import plots
+    from inputkit.observe import plots
 
     if not plots.matplotlib_available():
         console.print(f"no plot: matplotlib is not installed ({plots.INSTALL_HINT})",
@@ -388,7 +388,7 @@ def make_console() -> Console:
 def check_config(cfg: DictConfig, prepared: startup.Prepared | None = None) -> None:
     """Fail fast on bad values and unimportable sources, before any job starts. ``prepared``
     keeps the sizes and the sources the plan's probe built, for the run's runner."""
-    from inputkit.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
+    from inputkit.planning.memory import MemoryBudgetError, UnknownSampleSizes, plan_memory
     from inputkit.sources.loader import import_target
 
     spec = load_spec(cfg)

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from inputkit.config.sizes import format_size
-from inputkit.memory import DISK, GPU, MemoryPlan
-from inputkit.memory_terms import BYTE_LIMIT
+from inputkit.planning.memory import DISK, GPU, MemoryPlan
+from inputkit.planning.memory_terms import BYTE_LIMIT
 
 EXIT_OVER_BUDGET = 3
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from inputkit.kinds.view import view_of
-from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
 
 if TYPE_CHECKING:
     from inputkit.sources.registry import SourceInfo
@@ -90,7 +90,7 @@ def summary_table(stats: RunnerStats, title: str,
 def skipped_lines(stats: RunnerStats, more: str = "see summary.json") -> list[str]:
     """One line per input and device that skipped samples (``failures.on_error=skip``):
     ``input 'main' on 0:cpu: 3 samples skipped (indices 5, 123, 777; see summary.json)``."""
-    from inputkit.dashboard import skipped_text
+    from inputkit.observe.dashboard import skipped_text
 
     lines = []
     for c in stats.coordinators:
@@ -142,7 +142,7 @@ def sweep_table(points: Sequence[tuple[Sequence[str], dict[str, Any]]]) -> Table
     """One row per sweep point: overrides, totals, peak buffered bytes; the best in bold and the
     cheapest point within 5% of the best throughput marked."""
     from inputkit.config.sizes import format_size
-    from inputkit.plots import cheapest_within
+    from inputkit.observe.plots import cheapest_within
 
     table = Table(title="inputkit bench sweep", title_justify="left", header_style="bold")
     for name in ["#", "overrides", "samples/s", "batches/s", "MB/s", "first batch",

@@ -1,4 +1,4 @@
-"""``device.normalize`` and ``device.channels_last``: checked here, applied by :mod:`inputkit.device`.
+"""``device.normalize`` and ``device.channels_last``: checked here, applied by the device stage.
 
 Batches travel as uint8 through every host queue and the host-to-device copy (a
 quarter of float32's bytes); the device stage turns the named fields into float32

@@ -28,8 +28,8 @@ from inputkit.config.schema import (
 )
 from inputkit.config.sizes import parse_budget, parse_size
 from inputkit.errors import ConfigError
-from inputkit.failures import FailurePolicy
-from inputkit.work import EpochSpec
+from inputkit.pipeline.dispatcher import EpochSpec
+from inputkit.pipeline.failures import FailurePolicy
 
 DEFAULT_INPUT = "main"
 DEFAULT_WORKER_COUNT = 4  # workers.count=null with a kind other than auto

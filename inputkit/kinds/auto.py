@@ -3,7 +3,7 @@
 The runner resolves ``auto`` before it plans and builds anything: a few fetches of the
 source are timed (wall and CPU time per chunk, and the GIL, read by a probe thread while
 they run: inputkit/kinds/auto_probe.py), and :func:`decide` turns those figures into a
-concrete kind and count with the thresholds the end-of-run verdict reads (inputkit.rules,
+concrete kind and count with the thresholds the end-of-run verdict reads (inputkit.observe.rules,
 the inline and hand-over rules), so that the verdict of a run auto chose never tells the
 user to change what auto chose:
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inputkit.kinds import Kind, register
-from inputkit.rules import FETCH_WAITS, GIL_FETCH_CPU, GIL_HELD, GIL_WAIT_SHARE
+from inputkit.observe.rules import FETCH_WAITS, GIL_FETCH_CPU, GIL_HELD, GIL_WAIT_SHARE
 
 __all__ = ["AutoChoice", "Measured", "decide", "machine_cores"]
 
@@ -55,7 +55,7 @@ class Measured:
     cores: int = 1
 
     def holds_gil(self) -> bool:
-        """Fetch holds the GIL: the rules of inputkit.rules.gil_held, and fetch computes."""
+        """Fetch holds the GIL: the rules of inputkit.observe.rules.gil_held, and fetch computes."""
         return self.gil_wait_ms is not None and self.gil_held is not None \
             and self.gil_held >= GIL_HELD \
             and self.gil_wait_ms >= GIL_WAIT_SHARE * self.switch_interval_ms \

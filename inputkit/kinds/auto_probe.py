@@ -5,7 +5,7 @@ config check, ``inputkit plan``) before the memory plan, so the plan and the pip
 those of the kind chosen. Each ``auto`` input's source is built once more as a private copy
 (like the memory probe's), set up as worker 0 of 1, fetched once untimed (files opened,
 caches warmed), then timed for up to ``PROBE_S`` (at least ``MIN_FETCHES`` fetches, at most
-``MAX_FETCHES``) while a :class:`~inputkit.probes.GilProbe` thread reads the GIL. The copy is
+``MAX_FETCHES``) while a :class:`~inputkit.observe.probes.GilProbe` thread reads the GIL. The copy is
 closed: the pipeline's source is untouched.
 """
 
@@ -41,9 +41,9 @@ def measure(source: Any, inp: Any, probe_s: float = PROBE_S,
     of input ``inp`` (an InputSpec) would run them, processors included. The fetches run on a
     thread of their own, waited for at most ``timeout_s`` (PROBE_TIMEOUT_S): a fetch that hangs raises a
     SourceError (name the kind to skip the probe), and Ctrl-C raises ProbeInterrupted at once."""
-    from inputkit.chunk import ChunkSchema
     from inputkit.errors import SourceExhausted
-    from inputkit.probes import GilProbe, schedstat_available
+    from inputkit.observe.probes import GilProbe, schedstat_available
+    from inputkit.pipeline.chunk import ChunkSchema
     from inputkit.sources.protocol import indexed_length
 
     chain = None
@@ -169,7 +169,7 @@ def _never_queued() -> float:
 
 
 def _run_queue_s() -> float:
-    from inputkit.probes import _run_queue_s as run_queue_s
+    from inputkit.observe.probes import _run_queue_s as run_queue_s
 
     return run_queue_s()
 

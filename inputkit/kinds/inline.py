@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from inputkit.kinds import Kind, register
 from inputkit.kinds.plan import shared_source
-from inputkit.plan_lines import HOST, SampleLayout, Term
+from inputkit.planning.plan_lines import HOST, SampleLayout, Term
 
 if TYPE_CHECKING:
     from inputkit.config.spec import InputSpec

@@ -7,10 +7,10 @@ own share inside fetch (it has no queues to read).
 
 from __future__ import annotations
 
-from inputkit.evidence import Evidence
 from inputkit.kinds.view import KindView
-from inputkit.rules import GIL_FETCH_CPU, STARVED, gil_held, gil_note, gil_reading, use_processes
-from inputkit.verdict import Verdict
+from inputkit.observe.evidence import Evidence
+from inputkit.observe.rules import GIL_FETCH_CPU, STARVED, gil_held, gil_note, gil_reading, use_processes
+from inputkit.observe.verdict import Verdict
 
 TRANSPORT = 0.5  # process workers inside fetch less than this share of their time
 INLINE_SLOW_MS = 1.0  # inline: a fetch this slow, most of the consumer's time, wants workers

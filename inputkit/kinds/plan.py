@@ -1,11 +1,11 @@
 """What a worker kind tells the memory planner: the lines of the plan its workers hold.
 
 A kind's ``plan`` (``inputkit.kinds.Kind.plan``) is an object with this protocol. The planner
-(inputkit.memory_terms) adds the lines every kind shares (the batcher, the batch queue, the
+(inputkit.planning.memory_terms) adds the lines every kind shares (the batcher, the batch queue, the
 device stage, decoding scratch) and asks the kind for the rest: the chunk queue or what holds
 chunks in its place, the workers' own copies and processes, and anything started once per
 training process. A kind module defines its plan beside its pool; this module and
-inputkit.plan_lines are all it needs to import, so planning never imports a kind's pool code.
+inputkit.planning.plan_lines are all it needs to import, so planning never imports a kind's pool code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from inputkit.config.sizes import format_size
-from inputkit.plan_lines import BYTE_LIMIT, HOST, SampleLayout, Term, limit_detail
+from inputkit.planning.plan_lines import BYTE_LIMIT, HOST, SampleLayout, Term, limit_detail
 
 if TYPE_CHECKING:
     from inputkit.config.spec import InputSpec

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from inputkit.config.sizes import format_size
-from inputkit.geometry import fits_in_slot, slot_count, slot_used_bytes
 from inputkit.kinds import Kind, register
 from inputkit.kinds.plan import chunk_queue_limit
-from inputkit.plan_lines import HOST, SHARED, SampleLayout, Term
+from inputkit.planning.geometry import fits_in_slot, slot_count, slot_used_bytes
+from inputkit.planning.plan_lines import HOST, SHARED, SampleLayout, Term
 
 if TYPE_CHECKING:
     from inputkit.config.spec import InputSpec

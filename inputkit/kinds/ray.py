@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from inputkit.config.sizes import format_size
-from inputkit.geometry import held_views
 from inputkit.kinds import Kind, register
-from inputkit.plan_lines import BYTE_LIMIT, HOST, SHARED, SampleLayout, Term, limit_detail
+from inputkit.planning.geometry import held_views
+from inputkit.planning.plan_lines import BYTE_LIMIT, HOST, SHARED, SampleLayout, Term, limit_detail
 
 if TYPE_CHECKING:
     from inputkit.config.spec import InputSpec

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from inputkit.config.sizes import format_size
-from inputkit.evidence import Evidence
 from inputkit.kinds.ray_window import (
     NodeWindow,
     RayEvidence,
@@ -20,8 +19,9 @@ from inputkit.kinds.ray_window import (
     ray_window,
 )
 from inputkit.kinds.view import KindView
-from inputkit.rules import FETCH_WAITS, computes, no_spare_cpu
-from inputkit.verdict import Verdict
+from inputkit.observe.evidence import Evidence
+from inputkit.observe.rules import FETCH_WAITS, computes, no_spare_cpu
+from inputkit.observe.verdict import Verdict
 from inputkit.workers.base import WorkerPoolStats
 
 # The actors feed the chunk queue through one receiver thread in the trainer's process.

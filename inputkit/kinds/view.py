@@ -1,7 +1,7 @@
 """What a worker kind adds to observability: its stats extension over a window, its verdict
 rules, its dashboard rows, and its entries in metrics.jsonl and summary.json.
 
-The one windowed pass (:mod:`inputkit.metrics`), the verdict (:mod:`inputkit.diagnosis`),
+The one windowed pass (:mod:`inputkit.observe.metrics`), the verdict (:mod:`inputkit.observe.diagnosis`),
 the dashboard and the CLI's renderer ask ``kinds.get(kind).view`` at fixed points instead of
 testing the kind's name; a kind with nothing of its own leaves ``Kind.view`` None and gets
 :data:`PLAIN`. ``Kind.view`` is a :class:`KindView`, or a function that returns one (imported
@@ -17,7 +17,7 @@ The hooks, in the order the data flows:
 - ``evidence(ext)``: what the kind's verdict rules read (``Evidence.ext``).
 - ``first``, ``hand_over``, ``shared_limit``, ``workers_slow``, ``fetch_slow``,
   ``more_workers_note``: the kind's verdict rules at the points of
-  :func:`inputkit.diagnosis.judge` where kinds differ (None: the generic rule).
+  :func:`inputkit.observe.diagnosis.judge` where kinds differ (None: the generic rule).
 - ``rows(c)``: dashboard rows for the pool (None: the generic workers row); each cell a
   string or ``(text, style)``. ``lines(c, where)``: the same as plain lines;
   ``progress(c)``: words for the CLI's progress line.

@@ -31,7 +31,7 @@ from torch.utils.data import IterableDataset
 
 from inputkit.errors import SourceError, SourceExhausted
 
-_TENSOR_KINDS = "biufc"  # what torch.from_numpy accepts, as in inputkit.chunk
+_TENSOR_KINDS = "biufc"  # what torch.from_numpy accepts, as in inputkit.pipeline.chunk
 _local = threading.local()  # the _WorkerState of the worker running in this thread
 
 

@@ -239,8 +239,8 @@ def _with_doubts(answer: InputAnswer, ledger: Any) -> InputAnswer:
 
 def _devices(spec: Any) -> tuple[str, ...]:
     """The devices a Runner of ``spec`` would feed (so each plan is the one it checks)."""
-    from inputkit.device import resolve_devices
-    from inputkit.distributed import rank_info
+    from inputkit.pipeline.device import resolve_devices
+    from inputkit.pipeline.distributed import rank_info
 
     rank = rank_info(spec.distributed)
     return tuple(resolve_devices(spec.devices, rank.local_rank if rank.world_size > 1 else None))

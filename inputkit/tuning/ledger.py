@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.errors import ConfigError
-from inputkit.memory import MemoryPlan, plan_memory
+from inputkit.planning.memory import MemoryPlan, plan_memory
 from inputkit.runner import Runner
 from inputkit.tuning.budget import Budget
 from inputkit.tuning.space import Point

@@ -3,7 +3,7 @@
 One panel per input. Each measured trial is a dot (colour: worker kind), the starting
 config a diamond, the answer a star; points over ``memory.budget`` (never started) are
 crosses on the floor at their planned memory, right of the budget line. Drawn on the Agg
-canvas directly (no pyplot), like :mod:`inputkit.plots`.
+canvas directly (no pyplot), like :mod:`inputkit.observe.plots`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _MB = 1e6
 
 
 def plot_trials(result: TuneResult, path: Path) -> Path:
-    from inputkit.plots import import_quietly
+    from inputkit.observe.plots import import_quietly
 
     import_quietly()  # no "generated new fontManager" line in inputkit tune's output
     from matplotlib.backends.backend_agg import FigureCanvasAgg

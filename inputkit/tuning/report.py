@@ -188,7 +188,7 @@ def write_config(result: TuneResult, tuned_dir: Path, ledger: Ledger) -> Path:
 def _plan_comments(result: TuneResult, ledger: Ledger) -> list[str]:
     """The memory plan of the tuned config, one term a line."""
     from inputkit.config.spec import load_spec
-    from inputkit.memory import plan_memory
+    from inputkit.planning.memory import plan_memory
 
     try:
         plan = plan_memory(load_spec(result.config), devices=ledger.devices)
@@ -206,7 +206,7 @@ def _plan_comments(result: TuneResult, ledger: Ledger) -> list[str]:
 
 def write_outputs(result: TuneResult, run_dir: Path, ledger: Ledger) -> TuneResult:
     """Everything into ``run_dir``; the result with ``files`` filled in."""
-    from inputkit import plots
+    from inputkit.observe import plots
     from inputkit.tuning.plot import plot_trials
 
     run_dir.mkdir(parents=True, exist_ok=True)

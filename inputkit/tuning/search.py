@@ -42,7 +42,7 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from inputkit.diagnosis import FETCH_WAITS
+from inputkit.observe.diagnosis import FETCH_WAITS
 from inputkit.tuning.ledger import OVER_BUDGET, Ledger, Trial
 from inputkit.tuning.noise import TOLERANCE, pair_noise, search_readings
 from inputkit.tuning.space import INLINE, InputSpace, Point

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from inputkit.config.spec import RunSpec
-from inputkit.diagnosis import judge
 from inputkit.errors import InputkitError
-from inputkit.evidence import evidence
+from inputkit.observe.diagnosis import judge
+from inputkit.observe.evidence import evidence
+from inputkit.observe.stats import RunnerStats
 from inputkit.runner import Runner
-from inputkit.stats import RunnerStats
 
 SLICES = 4  # measurement slices per run: their spread says how noisy the machine is
 NOISY = 0.10  # a run whose slices spread more than this (relative range) is repeated
@@ -76,7 +76,7 @@ class Run:
     samples_per_s: float
     slices: tuple[float, ...]
     slice_batches: int  # the fewest batches any slice counted (its counting noise: 1 / this)
-    verdict: str | None  # inputkit.diagnosis.judge over the measured span: its kind
+    verdict: str | None  # inputkit.observe.diagnosis.judge over the measured span: its kind
     verdict_text: str
     span_s: float = 0.0  # the measured seconds (``seconds`` times ``length``)
     length: int = 1  # how many times ``seconds`` the run measured (lengthened: > 1)

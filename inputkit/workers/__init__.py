@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from inputkit import kinds
-from inputkit.chunk import ChunkSchema
 from inputkit.errors import ConfigError
-from inputkit.geometry import slot_count  # the planner's and the process kind's: one count
-from inputkit.messages import Failure
-from inputkit.queues import BoundedQueue
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.dispatcher import Dispatcher
+from inputkit.pipeline.messages import Failure
+from inputkit.pipeline.queues import BoundedQueue
+from inputkit.planning.geometry import slot_count  # the planner's and the process kind's: one count
 from inputkit.sources.loader import BoundSource
-from inputkit.work import Dispatcher
 from inputkit.workers.base import WorkerPool, WorkerPoolStats
 from inputkit.workers.threads import ThreadWorkerPool
 

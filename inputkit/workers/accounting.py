@@ -14,10 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from inputkit.chunk import Chunk
 from inputkit.errors import SourceExhausted, WorkerFailure
-from inputkit.failures import SKIP_SAMPLES, samples_message
-from inputkit.work import WorkItem
+from inputkit.pipeline.chunk import Chunk
+from inputkit.pipeline.dispatcher import WorkItem
+from inputkit.pipeline.failures import SKIP_SAMPLES, samples_message
 from inputkit.workers.outcome import (
     Done,
     Empty,

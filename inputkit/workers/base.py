@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from inputkit.kinds.ray_stats import ActorStats, RayStats  # noqa: F401 - re-exported (their old home)
-from inputkit.probes import GilReading, machine_idle_s
+from inputkit.observe.probes import GilReading, machine_idle_s
 
 _LATENCY_WINDOW = 1024  # fetch latencies kept for the percentiles
 
@@ -70,7 +70,7 @@ class WorkerPoolStats:
     stalls: tuple[str, ...] = ()
     # Each processor step's calls and time, over every worker (processors.ProcessorStats).
     processors: tuple[Any, ...] = ()
-    # Evidence for the diagnosis (inputkit/probes.py): the GIL probe's reading (thread
+    # Evidence for the diagnosis (inputkit/observe/probes.py): the GIL probe's reading (thread
     # workers), and the machine's idle CPU seconds since the pool was made.
     gil: GilReading | None = None
     idle_cpu_s: float | None = None

@@ -3,7 +3,7 @@
 A thread pool hands every chunk across two queues and three threads, and each hand-over
 waits for a wake-up and the GIL: about 30 us a batch here, more than a trivial fetch of
 tiny samples costs. Inline, the consumer's ``next()`` pulls a batch from the batcher, which
-pulls chunks from this pool (its ``get``: the chunk stream of inputkit/chunk_stream.py);
+pulls chunks from this pool (its ``get``: the chunk stream of inputkit/pipeline/chunk_stream.py);
 ``get`` calls fetch (or reads the next work item) there and then, as
 ``DataLoader(num_workers=0)`` does, and nothing waits. The fetch (or read) runs through
 the one worker step every kind runs (workers/step.py: checks, processors, failure
@@ -25,14 +25,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from inputkit.chunk import ChunkSchema
 from inputkit.errors import InputkitError, SourceExhausted
-from inputkit.failures import FailurePolicy, FailureTally, FetchTimeout, pool_log
-from inputkit.messages import END, Failure
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.dispatcher import Dispatcher
+from inputkit.pipeline.failures import FailurePolicy, FailureTally, FetchTimeout, pool_log
+from inputkit.pipeline.messages import END, Failure
+from inputkit.pipeline.queues import QueueClosed
 from inputkit.processors import ProcessorChain
-from inputkit.queues import QueueClosed
 from inputkit.sources.loader import BoundSource
-from inputkit.work import Dispatcher
 from inputkit.workers.accounting import (
     BLOCKED,
     DONE,
@@ -147,7 +147,7 @@ class InlineWorkerPool(OutcomeAccounting):
             self._on_failure(failure)
 
     def get(self, stop: threading.Event | None = None) -> Any:
-        """The chunk stream (inputkit/chunk_stream.py): the next chunk, or END, an EpochEnd, a
+        """The chunk stream (inputkit/pipeline/chunk_stream.py): the next chunk, or END, an EpochEnd, a
         Failure, fetched now in the caller's thread; QueueClosed once stopped.
 
         A failure of the fetch (under the failure policy) comes back as a Failure that names

@@ -24,7 +24,7 @@ on the type, never on a position in a tuple.
 ``on_error=retry`` before the outcome. ``processors`` is the chain's cumulative
 snapshot (workers that report it across a boundary, at most twice a second) or None.
 
-Not frozen: like :class:`inputkit.chunk.Chunk`, one is made per chunk, and a frozen
+Not frozen: like :class:`inputkit.pipeline.chunk.Chunk`, one is made per chunk, and a frozen
 dataclass costs twice as much to make. Nothing changes one once made.
 """
 
@@ -35,8 +35,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from inputkit.chunk import Chunk
-from inputkit.messages import Failure
+from inputkit.pipeline.chunk import Chunk
+from inputkit.pipeline.messages import Failure
 
 NO_RETRIES: tuple[str, ...] = ()
 

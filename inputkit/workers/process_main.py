@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import Chunk, ChunkSchema
-from inputkit.failures import FailurePolicy
+from inputkit.pipeline.chunk import Chunk, ChunkSchema
+from inputkit.pipeline.failures import FailurePolicy
 from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source, rebind
 from inputkit.workers.base import Activity

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import SourceError, WorkerFailure
-from inputkit.failures import FailurePolicy, FetchTimeout
-from inputkit.messages import Failure
+from inputkit.pipeline.chunk import Chunk, ChunkSchema
+from inputkit.pipeline.dispatcher import Dispatcher, WorkItem
+from inputkit.pipeline.failures import FailurePolicy, FetchTimeout
+from inputkit.pipeline.messages import Failure
+from inputkit.pipeline.queues import BoundedQueue
 from inputkit.processors import ProcessorTotals
-from inputkit.queues import BoundedQueue
 from inputkit.storage.inherit import snapshot
-from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.helpers import OURS, running
 from inputkit.workers.outcome import Empty, InSlot, SamplesSkipped

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import ChunkSchema
-from inputkit.failures import FailurePolicy
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.failures import FailurePolicy
 from inputkit.processors import ProcessorChain
 from inputkit.sources.loader import build_source
 from inputkit.workers.outcome import Error, Outcome

@@ -29,13 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import SourceError, WorkerFailure
-from inputkit.failures import FailurePolicy, FetchTimeout
-from inputkit.messages import Failure
+from inputkit.pipeline.chunk import Chunk, ChunkSchema
+from inputkit.pipeline.dispatcher import Dispatcher, WorkItem
+from inputkit.pipeline.failures import FailurePolicy, FetchTimeout
+from inputkit.pipeline.messages import Failure
+from inputkit.pipeline.queues import BoundedQueue
 from inputkit.processors import ProcessorTotals
-from inputkit.queues import BoundedQueue
-from inputkit.work import Dispatcher, WorkItem
 from inputkit.workers import ray_session
 from inputkit.workers.base import ActorStats, FailsOnce, FetchTally, RayStats, WorkerPoolStats
 from inputkit.workers.outcome import Done, Empty, Error, Got, Outcome, SamplesSkipped

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import Chunk
-from inputkit.failures import FailurePolicy, Skipped, call_with_policy, describe, short_error
+from inputkit.pipeline.chunk import Chunk
+from inputkit.pipeline.failures import FailurePolicy, Skipped, call_with_policy, describe, short_error
 
 
 @dataclass

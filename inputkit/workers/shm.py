@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from inputkit.errors import ConfigError
-from inputkit.geometry import ALIGN  # every field starts on a cache line (the plan reads it too)
+from inputkit.planning.geometry import ALIGN  # every field starts on a cache line (the plan reads it too)
 
 FieldLayout = tuple[str, str, tuple[int, ...], int]  # name, dtype.str, shape (with n), offset
 

@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import Chunk, ChunkSchema, check_read, with_field
 from inputkit.errors import SourceExhausted
-from inputkit.failures import FailurePolicy, RepeatedLog, Skipped, call_with_policy
+from inputkit.pipeline.chunk import Chunk, ChunkSchema, check_read, with_field
+from inputkit.pipeline.dispatcher import INDEX_FIELD
+from inputkit.pipeline.failures import FailurePolicy, RepeatedLog, Skipped, call_with_policy
 from inputkit.processors import ProcessorChain
-from inputkit.work import INDEX_FIELD
 from inputkit.workers.base import Activity, FetchClock
 from inputkit.workers.outcome import (
     DONE,

@@ -27,9 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from inputkit.chunk import Chunk, private_copy
 from inputkit.errors import WorkerFailure
-from inputkit.failures import (
+from inputkit.pipeline.chunk import Chunk, private_copy
+from inputkit.pipeline.dispatcher import Dispatcher, WorkItem
+from inputkit.pipeline.failures import (
     RETRY,
     SKIP,
     SKIP_SAMPLES,
@@ -38,8 +39,7 @@ from inputkit.failures import (
     pool_log,
     samples_message,
 )
-from inputkit.messages import END, Failure
-from inputkit.work import Dispatcher, WorkItem
+from inputkit.pipeline.messages import END, Failure
 from inputkit.workers.outcome import Done, Empty, Error, FetchSkipped, SamplesSkipped, error_type
 from inputkit.workers.transport import Transport
 

@@ -14,20 +14,20 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from inputkit.chunk import Chunk, ChunkSchema
 from inputkit.errors import SourceExhausted
-from inputkit.failures import (
+from inputkit.observe.probes import GilProbe
+from inputkit.pipeline.chunk import Chunk, ChunkSchema
+from inputkit.pipeline.dispatcher import Dispatcher
+from inputkit.pipeline.failures import (
     FailurePolicy,
     FailureTally,
     FetchTimeout,
     pool_log,
 )
-from inputkit.messages import END, Failure
-from inputkit.probes import GilProbe
+from inputkit.pipeline.messages import END, Failure
+from inputkit.pipeline.queues import BoundedQueue
 from inputkit.processors import ProcessorChain
-from inputkit.queues import BoundedQueue
 from inputkit.sources.loader import BoundSource
-from inputkit.work import Dispatcher
 from inputkit.workers.accounting import (
     BLOCKED,
     DONE,
@@ -90,7 +90,7 @@ class ThreadWorkerPool(OutcomeAccounting, FailsOnce):
                              name=f"{thread_prefix}-fetch-{wid}", daemon=True)
             for index, wid in enumerate(self._ids)
         ]
-        # Whether fetch holds the GIL: the diagnosis reads it (inputkit/probes.py says how).
+        # Whether fetch holds the GIL: the diagnosis reads it (inputkit/observe/probes.py says how).
         self._gil = GilProbe(f"{thread_prefix}-gil-probe")
         if dispatcher is not None:
             dispatcher.bind(self._emit)

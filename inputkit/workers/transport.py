@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from inputkit.work import WorkItem
+from inputkit.pipeline.dispatcher import WorkItem
 
 
 class Transport(Protocol):

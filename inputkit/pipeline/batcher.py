@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.chunk import Chunk
-from inputkit.chunk_stream import ChunkStream
-from inputkit.messages import END, Failure
-from inputkit.queues import BoundedQueue, QueueClosed
-from inputkit.work import INDEX_FIELD, EpochEnd
+from inputkit.pipeline.chunk import Chunk
+from inputkit.pipeline.chunk_stream import ChunkStream
+from inputkit.pipeline.dispatcher import INDEX_FIELD, EpochEnd
+from inputkit.pipeline.messages import END, Failure
+from inputkit.pipeline.queues import BoundedQueue, QueueClosed
 
 
 @dataclass(slots=True)

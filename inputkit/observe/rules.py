@@ -1,13 +1,13 @@
 """Readings of the evidence that the generic verdict and the kinds' own rules share.
 
-:mod:`inputkit.diagnosis` holds the judgement's order; a kind's view (``inputkit/kinds``)
+:mod:`inputkit.observe.diagnosis` holds the judgement's order; a kind's view (``inputkit/kinds``)
 holds the rules only that kind has. Both read these predicates and phrases, so a kind's
 rule says "no spare CPU" or "fetch holds the GIL" exactly as the generic verdict does.
 """
 
 from __future__ import annotations
 
-from inputkit.evidence import Evidence
+from inputkit.observe.evidence import Evidence
 
 STARVED = 0.5  # the consumer's queue empty from this share of the span: the input limits it
 # The GIL is held (by fetch, in a fetch-bound span) when the probe finds it held at least

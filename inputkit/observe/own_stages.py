@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from inputkit.evidence import Evidence, QueueEvidence
 from inputkit.kinds.view import view_of
-from inputkit.verdict import Verdict
+from inputkit.observe.evidence import Evidence, QueueEvidence
+from inputkit.observe.verdict import Verdict
 
 # The consumer inside next() at least this share of a span in which its queue kept up:
 # inputkit's own work on its thread sets the pace, not the training step.

@@ -1,10 +1,10 @@
 """What the diagnosis reads about one coordinator over a span of time.
 
-The figures come from the one windowed pass (:func:`inputkit.metrics.coordinator_window`):
+The figures come from the one windowed pass (:func:`inputkit.observe.metrics.coordinator_window`):
 the live view judges the window the dashboard shows, the end-of-run diagnosis the run from
 its first batch on. :func:`of_window` only renames and selects; no delta is computed here,
 so the dashboard and the verdict cannot disagree on the same two snapshots. Then one
-judgement (:func:`inputkit.diagnosis.judge`). :class:`Evidence` is a plain dataclass so that
+judgement (:func:`inputkit.observe.diagnosis.judge`). :class:`Evidence` is a plain dataclass so that
 tests can state a situation directly.
 """
 
@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from inputkit.metrics import CoordinatorWindow, QueueWindow, coordinator_window
-from inputkit.stats import CoordinatorStats
+from inputkit.observe.metrics import CoordinatorWindow, QueueWindow, coordinator_window
+from inputkit.observe.stats import CoordinatorStats
 
 
 def available_cores() -> int:
@@ -47,7 +47,7 @@ class Evidence:
     ``in_fetch``: share of the workers' time spent inside fetch (summed over workers,
     divided by workers x span). ``fetch_cores``: CPU seconds spent inside fetch per
     second, over all workers. ``gil_wait_ms``: the GIL probe's mean wait for the GIL
-    in the span (thread workers; None where it was not measured, see inputkit/probes.py),
+    in the span (thread workers; None where it was not measured, see inputkit/observe/probes.py),
     ``gil_held`` the share of its probes that found the GIL held, and
     ``idle_cores`` the machine's idle CPU seconds per second in the span (None: unknown).
     ``fetch_cpu_share``: CPU time over wall time inside fetch (near 0: fetch waits).

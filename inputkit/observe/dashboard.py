@@ -1,6 +1,6 @@
 """The live dashboard: what the pipeline does right now, per device, and what is wrong with it.
 
-``render`` turns one :class:`~inputkit.metrics.Window` into a rich renderable;
+``render`` turns one :class:`~inputkit.observe.metrics.Window` into a rich renderable;
 it only reads statistics. :class:`Dashboard` shows it live for a runner that a
 training script embeds::
 
@@ -22,9 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from inputkit.config.sizes import format_size
-from inputkit.diagnosis import STARVATION, Verdict, live_verdicts, live_warnings
 from inputkit.kinds.view import view_of
-from inputkit.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
+from inputkit.observe.diagnosis import STARVATION, Verdict, live_verdicts, live_warnings
+from inputkit.observe.metrics import CoordinatorWindow, MovingWindow, QueueWindow, Window
 from inputkit.workers.base import WorkerPoolStats
 
 
@@ -137,7 +137,7 @@ def _memory_line(window: Window, budget_bytes: int | None) -> Text:
 def storage_lines(window: Window) -> list[str]:
     """One line per store the inputs read from: MB/s over the window, requests in flight,
     retries and errors, the disk cache's fill against cache.max_bytes, hits and misses."""
-    from inputkit.storage_stats import storage_line
+    from inputkit.observe.storage_stats import storage_line
 
     lines: dict[str, str] = {}
     for c in window.coordinators:
@@ -246,7 +246,7 @@ class Dashboard:
 
     def __init__(self, runner: Any, console: Console | None = None, refresh_hz: float = 4.0,
                  window_s: float = 5.0, plain_every: float = 5.0) -> None:
-        from inputkit.memory import parse_budget
+        from inputkit.planning.memory import parse_budget
 
         self.runner = runner
         self.console = console or Console()

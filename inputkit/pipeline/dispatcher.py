@@ -12,7 +12,7 @@ epoch still arrives exactly once. The same bookkeeping gives:
 - epochs: items of epoch ``e + 1`` are handed out only once epoch ``e`` is
   complete, so no batch mixes two epochs; each epoch ends with an
   :class:`EpochEnd` marker (the last one with ``END``);
-- shuffling: epoch ``e`` reads an order drawn from ``(seed, e)`` (inputkit/shuffle.py): a
+- shuffling: epoch ``e`` reads an order drawn from ``(seed, e)`` (inputkit/pipeline/shuffle.py): a
   global permutation, or with ``shuffle=shards`` a block shuffle that keeps reads within a
   window of the source's shards; every device computes the same order;
 - ``ordered``: chunks leave in seq order whatever the worker count or timing, so
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.messages import END
+from inputkit.pipeline.messages import END
 
 # Index-range chunks carry their sample indices in this hidden field through the batcher,
 # so the runner knows which samples the consumer has received (Runner.state_dict).
@@ -55,7 +55,7 @@ class EpochSpec:
 
     @property
     def shuffle_mode(self) -> str:
-        """"none", "global" or "shards" (see inputkit/shuffle.py)."""
+        """"none", "global" or "shards" (see inputkit/pipeline/shuffle.py)."""
         if self.shuffle == "shards":
             return "shards"
         return "global" if self.shuffle in (True, "global") else "none"
@@ -67,7 +67,7 @@ class EpochOrders:
     Thread-safe."""
 
     def __init__(self, length: int, spec: EpochSpec, groups: np.ndarray | None = None) -> None:
-        from inputkit.shuffle import ShardLayout
+        from inputkit.pipeline.shuffle import ShardLayout
 
         self.length = length
         self.spec = spec
@@ -86,7 +86,7 @@ class EpochOrders:
         with self._lock:
             order = self._orders.get(epoch)
             if order is None:
-                from inputkit.shuffle import epoch_order
+                from inputkit.pipeline.shuffle import epoch_order
 
                 order = epoch_order(self.length, self.spec.seed, epoch, self.mode, self.layout,
                                     self.spec.shuffle_window)

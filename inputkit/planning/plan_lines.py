@@ -1,7 +1,7 @@
 """The plan's vocabulary: a line of the plan (Term), the sizes it multiplies (SampleLayout),
 the whole plan (MemoryPlan) and the kinds of memory a line may hold.
 
-Below both the planner (inputkit.memory_terms, inputkit.memory) and each worker kind's own
+Below both the planner (inputkit.planning.memory_terms, inputkit.planning.memory) and each worker kind's own
 terms (inputkit.kinds.*.plan): a kind describes what it holds in these words without
 importing the planner, and the planner adds up lines without knowing the kinds.
 """
@@ -48,7 +48,7 @@ class SampleLayout:
     # "" when no key does: the plan's fixes offer a smaller chunk only through it.
     chunk_key: str = ""
     # What the plan needs when the source reads from an object store (shard sizes, each
-    # sample's shard): inputkit.storage_plan.RemoteData, from the probe; None for local data.
+    # sample's shard): inputkit.planning.storage_plan.RemoteData, from the probe; None for local data.
     remote: Any = field(default=None, compare=False)
 
     @property

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from inputkit.errors import InputkitError, SourceExhausted
-from inputkit.repeats import RepeatedLog
+from inputkit.observe.repeats import RepeatedLog
 
-log = logging.getLogger("inputkit.failures")
+log = logging.getLogger("inputkit.pipeline.failures")
 T = TypeVar("T")
 # failures.max_skip_share is judged only once a pool has made this many fetches: the first
 # few say little about a source (one bad file among the first three is not two thirds).

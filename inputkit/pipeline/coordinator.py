@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 
 from inputkit import kinds
-from inputkit.batcher import Batcher, BatcherThread
-from inputkit.chunk import ChunkSchema
 from inputkit.config.spec import InputSpec
-from inputkit.device import DeviceTransform, make_device_stage
 from inputkit.errors import InputkitError, WorkerFailure
-from inputkit.inline_stage import InlineStage
-from inputkit.messages import END, Failure
+from inputkit.observe.stats import CoordinatorStats
+from inputkit.pipeline.batcher import Batcher, BatcherThread
+from inputkit.pipeline.chunk import ChunkSchema
+from inputkit.pipeline.device import DeviceTransform, make_device_stage
+from inputkit.pipeline.dispatcher import Dispatcher, EpochEnd, EpochOrders
+from inputkit.pipeline.inline_stage import InlineStage
+from inputkit.pipeline.messages import END, Failure
+from inputkit.pipeline.queues import BoundedQueue, QueueClosed, Stage
 from inputkit.processors import ProcessorChain
-from inputkit.queues import BoundedQueue, QueueClosed, Stage
 from inputkit.sources.loader import BoundSource, component_names
-from inputkit.stats import CoordinatorStats
-from inputkit.work import Dispatcher, EpochEnd, EpochOrders
 from inputkit.workers import WorkerPool, make_worker_pool
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from inputkit.config.sizes import format_size, parse_size, size_setting_at_most
 from inputkit.config.spec import UNBOUNDED_ITEMS, InputSpec, RunSpec
-from inputkit.memory_terms import BYTE_LIMIT, MemoryPlan, SampleLayout, Term
+from inputkit.planning.memory_terms import BYTE_LIMIT, MemoryPlan, SampleLayout, Term
 
 Replan = Callable[[RunSpec, dict[str, SampleLayout]], MemoryPlan]
 # Counts the planner may lower (the key's end), and how each is set on an InputSpec.

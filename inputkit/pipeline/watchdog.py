@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inputkit.failures import FailurePolicy, StallError
-from inputkit.messages import Failure
+from inputkit.pipeline.failures import FailurePolicy, StallError
+from inputkit.pipeline.messages import Failure
 from inputkit.workers import WorkerPool
 
-log = logging.getLogger("inputkit.watchdog")
+log = logging.getLogger("inputkit.pipeline.watchdog")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from inputkit.config.normalize import check_fields
 from inputkit.config.sizes import format_size, parse_budget, parse_size  # noqa: F401
 from inputkit.config.spec import InputSpec, RunSpec
 from inputkit.errors import ConfigError, InputkitError, SourceError, SourceExhausted
-from inputkit.failures import call_with_policy
-from inputkit.footprint import object_bytes
-from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-exported
+from inputkit.pipeline.failures import call_with_policy
+from inputkit.planning.footprint import object_bytes
+from inputkit.planning.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-exported
     DISK,
     GPU,
     HELPER_PROCESSES_BYTES,
@@ -40,7 +40,7 @@ from inputkit.memory_terms import (  # noqa: F401 - the plan's vocabulary, re-ex
     input_terms,
     run_terms,
 )
-from inputkit.plan_fixes import suggest_fixes
+from inputkit.planning.plan_fixes import suggest_fixes
 from inputkit.sources.protocol import indexed_length
 
 
@@ -146,7 +146,7 @@ def _probe_skipping(source: Any, ranges: list[np.ndarray], policy: Any, where: s
     in the workers, a chunk whose read fails is read again one index at a time and only its
     bad samples are left out. Every sample of every chunk tried bad: a SourceError naming the
     first few with their errors."""
-    from inputkit.chunk import ChunkSchema, check_read
+    from inputkit.pipeline.chunk import ChunkSchema, check_read
     from inputkit.workers.samples import read_skipping
 
     schema = ChunkSchema(source.name)
@@ -201,7 +201,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
                 source.setup(0, 1)  # as the only worker of a private copy
                 raw = _probe_fetch(source, spec)
                 if chain is not None:  # the sizes that flow downstream are the processed ones
-                    from inputkit.chunk import ChunkSchema
+                    from inputkit.pipeline.chunk import ChunkSchema
 
                     raw = chain.apply(ChunkSchema(name).check(raw, 0).fields, 0)
             except (SourceExhausted, StopIteration) as exc:
@@ -225,7 +225,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        from inputkit.chunk import ChunkSchema
+        from inputkit.pipeline.chunk import ChunkSchema
 
         chunk = ChunkSchema(name).check(raw, 0)
         if chunk.n == 0:
@@ -241,7 +241,7 @@ def probed_layout(spec: InputSpec, keep: dict[str, Any] | None = None) -> Sample
             keep[spec.name] = unclosed.pop()
         chunk_key = "epoch.chunk_size" if indexed_length(source.obj) is not None else \
             "source.chunk_size" if spec.source.get("chunk_size") else ""
-        from inputkit.storage_plan import remote_data
+        from inputkit.planning.storage_plan import remote_data
 
         return SampleLayout(fields=sizes, chunk_samples=max(chunk.n, spec.batch_size), source="probe",
                             source_bytes=own_bytes + max(0, peak - chunk.nbytes), scratch=scratch,
@@ -309,7 +309,7 @@ def plan_memory(spec: RunSpec, devices: tuple[str, ...] | None = None,
                      inp.key_prefix)
         layouts[inp.name] = layout
         if layout.remote is not None:  # a disk cache too small for the shards in use: refused
-            from inputkit.storage_plan import check_cache
+            from inputkit.planning.storage_plan import check_cache
 
             check_cache(inp, layout.remote, layout.chunk_samples, len(devices))
 
@@ -339,7 +339,7 @@ def plan_terms(spec: RunSpec, layouts: dict[str, SampleLayout],
         layout = layouts[inp.name]
         terms.extend(input_terms(inp, layout, on_gpu))
         if layout.remote is not None:  # the disk cache and the download buffers
-            from inputkit.storage_plan import storage_terms
+            from inputkit.planning.storage_plan import storage_terms
 
             terms.extend(storage_terms(inp, layout.remote, layout.chunk_samples,
                                        layout.sample_bytes, len(devices)))

@@ -7,7 +7,7 @@ shares inside fetch, the GIL probe and idle cores, the store's share, and the wo
 own extension (its view's ``window`` hook, ``CoordinatorWindow.ext``). The dashboard and
 ``metrics.jsonl`` show a :class:`Window` of them over the last few seconds
 (:class:`MovingWindow`); the diagnosis reads the same :class:`CoordinatorWindow` through
-:func:`inputkit.evidence.of_window`, over the window live or over the run after it.
+:func:`inputkit.observe.evidence.of_window`, over the window live or over the run after it.
 
 Without a ``before`` snapshot the span is the run from its first batch: the start-up before
 it, when every queue is empty while workers start, would read as starvation.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from inputkit.kinds.view import view_of
-from inputkit.probes import GilReading
-from inputkit.queues import QueueStats, Stage
-from inputkit.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.probes import GilReading
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
+from inputkit.pipeline.queues import QueueStats, Stage
 from inputkit.workers.base import WorkerPoolStats
 
 
@@ -236,7 +236,7 @@ def _coordinator_record(c: CoordinatorWindow) -> dict[str, Any]:
 
 def _storage_record(c: CoordinatorWindow) -> dict[str, Any]:
     """The store's figures over the window (MB/s) and now (counters, the cache's fill)."""
-    from inputkit.storage_stats import storage_record
+    from inputkit.observe.storage_stats import storage_record
 
     before = c.before.storage if c.before is not None else None
     span = c.stats.elapsed_s - c.before.elapsed_s if c.before is not None else c.stats.elapsed_s

@@ -5,8 +5,8 @@ worker kind says what its workers hold (its ``plan``, inputkit.kinds.plan: the c
 or what holds chunks in its place, threads, shared-memory slots, Ray's object store, inline's
 one chunk); this module adds what every kind shares: the batcher, the batch queue, the
 device stage, and memory-mapped files (page cache, shown but never counted). The planner
-(inputkit.memory) adds them up against the budget. The vocabulary (Term, SampleLayout,
-MemoryPlan) lives in inputkit.plan_lines and is re-exported here.
+(inputkit.planning.memory) adds them up against the budget. The vocabulary (Term, SampleLayout,
+MemoryPlan) lives in inputkit.planning.plan_lines and is re-exported here.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import math
 from inputkit import kinds
 from inputkit.config.spec import InputSpec
 from inputkit.errors import ConfigError
-from inputkit.geometry import held_views  # noqa: F401 - its home before inputkit.geometry
 from inputkit.kinds.plan import KindPlan
 from inputkit.kinds.process import HELPER_PROCESSES_BYTES, WORKER_PROCESS_BYTES  # noqa: F401
 from inputkit.kinds.ray import LOCAL_RAY_BYTES, RAY_ACTOR_BYTES  # noqa: F401
-from inputkit.plan_lines import (  # noqa: F401 - the plan's vocabulary, re-exported
+from inputkit.planning.geometry import held_views  # noqa: F401 - its home before inputkit.planning.geometry
+from inputkit.planning.plan_lines import (  # noqa: F401 - the plan's vocabulary, re-exported
     BYTE_LIMIT,
     DISK,
     GPU,

@@ -1,6 +1,6 @@
 """One judgement of what limits a pipeline, shown live and after the run, with the change to try.
 
-:func:`judge` reads the :class:`~inputkit.evidence.Evidence` of one coordinator
+:func:`judge` reads the :class:`~inputkit.observe.evidence.Evidence` of one coordinator
 over a span (the live view's last seconds, or the run from its first batch)
 and returns its :class:`Verdict`. The dashboard's verdict line, the live
 starvation warning and the end-of-run diagnosis all come from it, so they
@@ -29,11 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 from inputkit.config.sizes import format_size
-from inputkit.evidence import Evidence, QueueEvidence, evidence, of_window, where
 from inputkit.kinds.view import view_of
-from inputkit.metrics import CoordinatorWindow, Window
-from inputkit.own_stages import decoding_note, delivery_bound, device_stage_bound
-from inputkit.rules import (  # noqa: F401 - the thresholds are read from here too
+from inputkit.observe.evidence import Evidence, QueueEvidence, evidence, of_window, where
+from inputkit.observe.metrics import CoordinatorWindow, Window
+from inputkit.observe.own_stages import decoding_note, delivery_bound, device_stage_bound
+from inputkit.observe.rules import (  # noqa: F401 - the thresholds are read from here too
     CPU_SPARE,
     FETCH_WAITS,
     GIL_FETCH_CPU,
@@ -44,13 +44,13 @@ from inputkit.rules import (  # noqa: F401 - the thresholds are read from here t
     gil_note,
     no_spare_cpu,
 )
-from inputkit.stats import CoordinatorStats, RunnerStats
-from inputkit.verdict import Verdict
+from inputkit.observe.stats import CoordinatorStats, RunnerStats
+from inputkit.observe.verdict import Verdict
 from inputkit.workers.base import WorkerPoolStats
 
 # Shares of the span the consumer's queue (batch queue, or device prefetch on CUDA) was empty.
 KEEPS_UP = 0.2  # below: the input keeps up, the consumer sets the pace
-# (STARVED, from inputkit.rules: from there the input is the bottleneck; the verdict names the stage)
+# (STARVED, from inputkit.observe.rules: from there the input is the bottleneck; the verdict names the stage)
 # Shares of the span the chunk queue was empty, in a starved span.
 WORKERS_SLOW = 0.5  # from here: the batcher waits for chunks, the workers are the slow side
 BATCHER_SLOW = 0.2  # below: chunks wait for the batcher

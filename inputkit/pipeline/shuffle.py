@@ -1,6 +1,6 @@
 """Epoch orders: none, a global permutation, or a block shuffle that respects shards.
 
-Pure functions over index arrays (no I/O), used by the Dispatcher (inputkit/work.py) to
+Pure functions over index arrays (no I/O), used by the Dispatcher (inputkit/pipeline/dispatcher.py) to
 draw each epoch's order and by the shard cache/prefetcher and the plan to know how many
 shards an order keeps in use at once.
 

@@ -11,7 +11,7 @@
   become float32 ``(x / scale - mean) / std`` (and/or channels-last), on the copy's
   side stream before its event is recorded (CUDA), or on CPU in a device-stage thread
   (:class:`CpuThreadStage`) ahead of the consumer, into reused float buffers
-  (inputkit/float_buffers.py), ``device.prefetch`` batches ahead. Host queues and the copy
+  (inputkit/pipeline/float_buffers.py), ``device.prefetch`` batches ahead. Host queues and the copy
   itself carry the uint8 batch.
 
 torch is imported here only, when a runner starts: ``inputkit --help`` and the
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.batcher import Batch
 from inputkit.config.normalize import NormalizeSpec, check_fields, transformed_fields
 from inputkit.errors import ConfigError
-from inputkit.float_buffers import FloatBuffers
-from inputkit.messages import END, Failure
-from inputkit.queues import BoundedQueue, QueueClosed, Stage
+from inputkit.pipeline.batcher import Batch
+from inputkit.pipeline.float_buffers import FloatBuffers
+from inputkit.pipeline.messages import END, Failure
+from inputkit.pipeline.queues import BoundedQueue, QueueClosed, Stage
 
 
 def resolve_devices(requested: tuple[str, ...], local_rank: int | None = None) -> list[str]:
@@ -81,7 +81,7 @@ class DeviceTransform:
     channels_last reorders the uint8 batch, a quarter of the float's bytes, before the
     conversion, which keeps the layout. (addcmul straight from uint8, one pass on paper, took
     twice as long on CPU: torch's mixed-dtype path.) On CPU the float batch is written into a
-    reused buffer (:class:`~inputkit.float_buffers.FloatBuffers`): fresh memory cost as much
+    reused buffer (:class:`~inputkit.pipeline.float_buffers.FloatBuffers`): fresh memory cost as much
     again in page faults. Other fields pass untouched.
     """
 

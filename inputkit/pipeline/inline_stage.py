@@ -1,7 +1,7 @@
 """The whole chain in the consumer's thread: ``workers.kind=inline``.
 
 In place of the batcher thread and the device stage, :class:`InlineStage` answers the
-coordinator's ``get()`` itself: the same :class:`~inputkit.batcher.Batcher` pulls chunks
+coordinator's ``get()`` itself: the same :class:`~inputkit.pipeline.batcher.Batcher` pulls chunks
 from the :class:`~inputkit.workers.inline_pool.InlineWorkerPool` (fetched there and then:
 the pool is the chunk stream) and re-chunks them into exact batches, ending epochs as the
 batcher thread does (it is the same code), and this stage makes tensors as the device
@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from inputkit.batcher import Batch, Batcher
-from inputkit.chunk_stream import ChunkStream
-from inputkit.device import CpuDeviceStage, DeviceTransform
-from inputkit.queues import BoundedQueue
+from inputkit.pipeline.batcher import Batch, Batcher
+from inputkit.pipeline.chunk_stream import ChunkStream
+from inputkit.pipeline.device import CpuDeviceStage, DeviceTransform
+from inputkit.pipeline.queues import BoundedQueue
 
 
 class InlineStage:

@@ -2,10 +2,10 @@
 
 Every worker kind hands the batcher one of these. Threaded kinds (thread, process, Ray)
 make chunks ahead of need into the chunk queue, which *is* their stream (a prefetch
-queue: :class:`~inputkit.queues.BoundedQueue` has this ``get``). Inline, the stream is
+queue: :class:`~inputkit.pipeline.queues.BoundedQueue` has this ``get``). Inline, the stream is
 the inline pool itself: its ``get`` fetches (or reads the next work item) in the
 caller's thread and returns what that made, with no queue in between. Either way the
-batcher (:meth:`inputkit.batcher.Batcher.pull`) sees the same four things, and the end
+batcher (:meth:`inputkit.pipeline.batcher.Batcher.pull`) sees the same four things, and the end
 of an epoch is handled once, there.
 """
 
@@ -19,8 +19,8 @@ class ChunkStream(Protocol):
     """A source of chunks for the batcher."""
 
     def get(self, stop: threading.Event | None = None) -> Any:
-        """The next item, in order: a :class:`~inputkit.chunk.Chunk` (n > 0 samples), an
-        :class:`~inputkit.work.EpochEnd` (index-range work: every sample of the epoch came
+        """The next item, in order: a :class:`~inputkit.pipeline.chunk.Chunk` (n > 0 samples), an
+        :class:`~inputkit.pipeline.dispatcher.EpochEnd` (index-range work: every sample of the epoch came
         before it), ``messages.END`` (nothing follows), or a ``messages.Failure`` (the
-        input failed; nothing follows). Raises :class:`~inputkit.queues.QueueClosed` once
+        input failed; nothing follows). Raises :class:`~inputkit.pipeline.queues.QueueClosed` once
         the stream was stopped or closed (or ``stop`` is set while waiting)."""

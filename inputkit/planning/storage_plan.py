@@ -80,7 +80,7 @@ def in_flight_span(inp: Any, chunk: int, devices: int) -> int:
 
 def shards_held(inp: Any, data: RemoteData, span: int, window: int | None = None) -> int:
     """The most shards the cache holds at once. The prefetcher keeps each shard from its first
-    to its last use (inputkit.shuffle.shards_in_flight over epoch 0's order, reads ``span``
+    to its last use (inputkit.pipeline.shuffle.shards_in_flight over epoch 0's order, reads ``span``
     positions apart), and the next ``cache.read_ahead`` shards counted from the oldest unread
     position, which are those same shards first: the larger of the two."""
     from inputkit import storage
@@ -91,7 +91,7 @@ def shards_held(inp: Any, data: RemoteData, span: int, window: int | None = None
 
 def shards_in_use(inp: Any, data: RemoteData, span: int, window: int | None = None) -> int:
     """The most shards that reads ``span`` positions apart keep in use at once."""
-    from inputkit.shuffle import epoch_order, shards_in_flight
+    from inputkit.pipeline.shuffle import epoch_order, shards_in_flight
 
     if data.groups is None or len(data.groups) == 0:
         return min(data.objects, 1)
@@ -107,8 +107,8 @@ def storage_terms(inp: Any, data: RemoteData, chunk: int, sample_bytes: int,
     """The disk cache and download-buffer lines of one input (not per device: one cache and
     one prefetcher serve every device of the input)."""
     from inputkit import storage
-    from inputkit.memory_terms import kind_plan
-    from inputkit.plan_lines import BYTE_LIMIT, DISK, HOST, Term
+    from inputkit.planning.memory_terms import kind_plan
+    from inputkit.planning.plan_lines import BYTE_LIMIT, DISK, HOST, Term
 
     store_cfg, cache_cfg = storage.settings()
     name, p = inp.name, inp.key_prefix

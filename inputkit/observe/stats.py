@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from inputkit.procmem import ProcessMemory
-from inputkit.queues import QueueStats
-from inputkit.storage_stats import StorageReading
+from inputkit.observe.storage_stats import StorageReading
+from inputkit.pipeline.queues import QueueStats
+from inputkit.planning.procmem import ProcessMemory
 from inputkit.workers.base import WorkerPoolStats
 
 __all__ = ["CoordinatorStats", "QueueStats", "RunnerStats", "WorkerPoolStats"]
@@ -74,7 +74,7 @@ class CoordinatorStats(_Rates):
     next_s: float = 0.0
     device_busy_s: float = 0.0
     # An input that reads from an object store: the run's storage counters and the disk
-    # cache's fill at this snapshot (inputkit.storage_stats); None for local data.
+    # cache's fill at this snapshot (inputkit.observe.storage_stats); None for local data.
     storage: StorageReading | None = None
 
     @property
