@@ -2,7 +2,7 @@
 
 The shards' tar headers are indexed once when the source is built (inputkit.sources.tar_index);
 reading a sample is one positioned read of its member. Decoding, transforms and errors are the
-image sources' own (inputkit.sources.images.EncodedImageSource).
+image sources' own (inputkit.sources.encoded_images.EncodedImageSource).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from inputkit.errors import shown_name
-from inputkit.sources.images import EXTENSIONS, EncodedImageSource
+from inputkit.sources.encoded_images import EXTENSIONS, EncodedImageSource
 from inputkit.sources.shard_files import ShardFiles
 
 

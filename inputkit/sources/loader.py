@@ -14,6 +14,7 @@ from typing import Any
 from inputkit.errors import ConfigError
 from inputkit.sources.capabilities import NONE, Capabilities, capabilities_of
 from inputkit.sources.protocol import FetchResult, ships_built
+from inputkit.sources.source_names import BUILTIN, plugin_targets, resolve_short_name
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ def import_target(target: str, key: str = "source._target_") -> Any:
     built-in sources and the ``inputkit.sources`` entry points (``inputkit sources``).
     """
     if ":" not in target and "." not in target and key.endswith("source._target_"):
-        from inputkit.sources.registry import BUILTIN, plugin_targets, resolve_short_name
-
         resolved = resolve_short_name(target)
         if resolved is None:
             known = ", ".join(sorted({*BUILTIN, *plugin_targets()}))

@@ -7,7 +7,8 @@ point in the ``inputkit.sources`` group::
     parquet = "mypkg.sources:ParquetSource"
 
 ``inputkit sources`` then lists it with its config keys, and a config may name it
-by its short name: ``source._target_=parquet``.
+by its short name: ``source._target_=parquet``. The table of names is
+``source_names.py`` (the loader reads it too); this module describes each source.
 """
 
 from __future__ import annotations
@@ -15,22 +16,15 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any
 
-GROUP = "inputkit.sources"
-BUILTIN = {
-    "synthetic": "inputkit.sources.synthetic.SyntheticSource",
-    "arrays": "inputkit.sources.arrays.ArraySource",
-    "tokens": "inputkit.sources.tokens.TokenSource",
-    "shards": "inputkit.sources.shards.ShardSource",
-    "parquet": "inputkit.sources.parquet.ParquetSource",
-    "mixture": "inputkit.sources.mixture.Mixture",
-    "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
-    "image_folder": "inputkit.sources.images.ImageFolderSource",
-    "image_list": "inputkit.sources.images.ImageListSource",
-    "image_shards": "inputkit.sources.image_shards.ImageShardSource",
-}
+from inputkit.sources.source_names import (
+    BUILTIN,
+    GROUP,
+    plugin_targets,
+    resolve_short_name,  # noqa: F401 - its old home, re-exported
+)
+
 _FETCH_ARGS = ("worker_id", "batch_size_hint", "batch_size")
 
 
@@ -45,23 +39,6 @@ class SourceInfo:
     summary: str = ""
     keys: tuple[tuple[str, str], ...] = ()  # (key, default or "required")
     error: str | None = None  # why it could not be imported, if it could not
-
-
-def plugin_targets() -> dict[str, tuple[str, str]]:
-    """Entry points of the ``inputkit.sources`` group: name -> (target, distribution)."""
-    found = {}
-    for ep in entry_points(group=GROUP):
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown"
-        found[ep.name] = (ep.value, dist)
-    return found
-
-
-def resolve_short_name(name: str) -> str | None:
-    """The ``_target_`` behind a short name (a built-in or a plugin), or None."""
-    if name in BUILTIN:
-        return BUILTIN[name]
-    plugin = plugin_targets().get(name)
-    return plugin[0] if plugin is not None else None
 
 
 def available_sources() -> list[SourceInfo]:

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from typing import Any
 
+from inputkit.sources.tar_shard import _index_arrays
+
 _FRAME = struct.Struct("<Q")
 
 
@@ -88,8 +90,6 @@ def index_in_children(shards: list[str], images: set[str], label: str | None, wo
 
 
 def _main() -> None:
-    from inputkit.sources.tar_index import _index_arrays
-
     jobs, images, label = pickle.loads(sys.stdin.buffer.read())
     out = sys.stdout.buffer
     for number, path in jobs:
