@@ -246,8 +246,8 @@ CASES = [
          r"^error: source\._target_: module 'fakes' has no attribute 'nope' \(from 'fakes:nope'\)$"),
     case("target-not-a-name", plugin("fakes"), 2,
          r"^error: source\._target_: 'fakes' is neither an importable name \(pkg\.module:fn, "
-         r"pkg\.module\.Class\) nor a known source \(arrays, image_folder, image_list, "
-         r"image_shards, mixture, parquet, shards, synthetic, tokens, torch_dataset\); "
+         r"pkg\.module\.Class\) nor a known source \(arrays, hf, image_folder, "
+         r"image_list, image_shards, mixture, parquet, shards, synthetic, tokens, torch_dataset\); "
          r"`inputkit sources` lists them$"),
     case("target-import-raises",
          plugin("catalogue_broken:fetch", files={"catalogue_broken.py": "RATE = 1 / 0\n"}), 2,

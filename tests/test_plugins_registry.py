@@ -75,5 +75,5 @@ def test_an_unknown_short_name_lists_the_known_ones(plugin_path, tmp_path):
               plugin_path, tmp_path)
     assert out.returncode == 2
     assert "source._target_: 'nosuch' is neither an importable name" in out.stderr
-    assert ("known source (arrays, broken, const, image_folder, image_list, image_shards, mixture, "
-            "parquet, shards, synthetic, tokens, torch_dataset)") in out.stderr
+    assert ("known source (arrays, broken, const, hf, image_folder, image_list, image_shards, "
+            "mixture, parquet, shards, synthetic, tokens, torch_dataset)") in out.stderr

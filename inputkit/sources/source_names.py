@@ -17,6 +17,7 @@ BUILTIN = {
     "tokens": "inputkit.sources.tokens.TokenSource",
     "shards": "inputkit.sources.shards.ShardSource",
     "parquet": "inputkit.sources.parquet.ParquetSource",
+    "hf": "inputkit.sources.hf.HFSource",
     "mixture": "inputkit.sources.mixture.Mixture",
     "torch_dataset": "inputkit.sources.torch_dataset.TorchDatasetSource",
     "image_folder": "inputkit.sources.images.ImageFolderSource",
