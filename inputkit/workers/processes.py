@@ -15,22 +15,18 @@ and takes it back: no slot and no sample is lost with a worker.
 
 This pool is a transport (workers/transport.py): the ledger of items, requeue, the
 restart policy, skip tallies and duplicates are the supervisor's (workers/supervisor.py);
-starting children and reading their stacks are workers/process_os.py's. What is left
-(about 500 lines) is one job, the pipes and slots: splitting the slot hand-outs from the
-receiver would put one lock's invariants in two files.
+starting, restarting and stopping the children is workers/process_children.py's (with
+workers/process_os.py's helpers); the free list and the slots in each worker's hand are
+workers/process_slots.py's. What is left here is the receiver: reading the pipes, turning
+a slot into a chunk, reaping the dead, and the pool's watchdog and stats.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from inputkit.errors import SourceError, WorkerFailure
@@ -41,40 +37,19 @@ from inputkit.pipeline.messages import Failure
 from inputkit.pipeline.queues import BoundedQueue
 from inputkit.processors import ProcessorTotals
 from inputkit.storage.inherit import snapshot
-from inputkit.workers.base import Activity, FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
-from inputkit.workers.helpers import OURS, running
+from inputkit.workers.base import FailsOnce, FetchTally, WorkerPoolStats, inside, overdue
 from inputkit.workers.outcome import Empty, InSlot, SamplesSkipped
-from inputkit.workers.process_main import (
-    BLOCKED,
-    BUILDING,
-    DONE,
-    FETCHING,
-    IDLE,
-    SETUP,
-    StopFlag,
-    WorkerArgs,
-    worker_main,
-)
-from inputkit.workers.process_os import context, describe_exit, main_module_hidden, read_stack
-from inputkit.workers.shm import SlotArena
+from inputkit.workers.process_children import Children
+from inputkit.workers.process_main import BLOCKED, BUILDING, DONE, FETCHING, IDLE, SETUP, WorkerArgs
+from inputkit.workers.process_os import context, describe_exit, read_stack
+from inputkit.workers.process_slots import SlotHands
 from inputkit.workers.supervisor import Supervisor
+
+__all__ = ["ProcessWorkerPool", "context"]  # context: tests and tools import it from here
 
 _POLL_S = 0.1
 # What a worker is inside before its first fetch, for the watchdog's messages.
 _PHASES = {BUILDING: "the source's constructor", SETUP: "setup()"}
-
-
-@dataclass
-class _Worker:
-    """The parent's view of one worker process: its pipes, the slot in its hand, its items."""
-
-    process: Any
-    inbox: Connection  # parent -> worker: slots and items
-    outbox: Connection  # worker -> parent: chunks and news
-    stacks: Connection  # worker -> parent: stack dumps (faulthandler)
-    slot: int | None = None  # handed to the worker and not yet used
-
-
 _ITEMS_AHEAD = 2  # index-range items a worker holds: one it reads, one waiting, no round trip
 
 
@@ -104,21 +79,19 @@ class ProcessWorkerPool(FailsOnce):
         self._on_failure = on_failure
         self._policy = policy
         self._dispatcher = dispatcher
-        self._ctx = context(start_method)
-        self._slots = slots
-        self._slot_bytes = slot_bytes
-        self._stop = StopFlag(self._ctx)
+        ctx = context(start_method)
+        # A forked child re-imports nothing: hiding the main module would only hide it from it.
+        keep_main = source_name.startswith("__main__") or ctx.get_start_method() == "fork"
+        self._children = Children(ctx, len(self._ids), args=self._args, keep_main=keep_main)
+        self._workers = self._children.workers
+        self._stop = self._children.stop
         self._receiver_stop = threading.Event()
-        # Slots, hands and inbox sends.
-        self._lock = threading.Lock()
-        self._arena: SlotArena | None = None
-        self._free: deque[int] = deque()
-        self._states: Any = None
-        self._stamps: Any = None
-        self._workers: list[_Worker] = []
+        # The free list, each worker's slot; its lock also guards replacing a worker.
+        self._slots = SlotHands(slots, slot_bytes, len(self._ids), offer=self._offer,
+                                wanted=lambda index: not self._sup.finished(index),
+                                thread_name=f"{thread_prefix}-slots")
+        self._lock = self._slots.lock  # FailsOnce's, as before the slots had a module
         self._failed = False
-        self._closed = False
-        self._in_use: dict[int, int] = {}  # slot -> bytes, for stats
         self._tally = FetchTally()
         # The ledger of items, the restart policy, skip tallies, duplicates and END.
         self._sup = Supervisor(self, len(self._ids), policy=policy, dispatcher=dispatcher,
@@ -127,74 +100,32 @@ class ProcessWorkerPool(FailsOnce):
                                failed=lambda: self._failed)
         self._stalls: tuple[str, ...] = ()
         self._reaping: set[int] = set()  # workers being reaped (a reap can re-enter via _put)
-        self._activity: Activity | None = None
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-receiver",
                                           daemon=True)
-        # A slot comes back when its last view is freed, which happens wherever the consumer
-        # drops a batch, usually the main thread. The weak reference's callback is a C method
-        # (SimpleQueue.put) so that no Python code runs there: a Ctrl-C that arrives while a
-        # finalizer runs Python code is lost ("Exception ignored in ...") and the slot with it.
-        # This thread does the work of giving the slot back.
-        self._returned: queue.SimpleQueue[_SlotRef | None] = queue.SimpleQueue()
-        self._views: dict[int, _SlotRef] = {}  # slot -> the reference that watches its views
-        self._returner = threading.Thread(target=self._return_slots,
-                                          name=f"{thread_prefix}-slots", daemon=True)
 
     # lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        ctx = self._ctx
-        self._arena = SlotArena.create(self._slots, self._slot_bytes)
-        self._free.extend(range(self._slots))
-        self._states = ctx.RawArray("b", len(self._ids))
-        self._stamps = ctx.RawArray("d", 2 * len(self._ids))
-        self._activity = Activity(self._stamps, len(self._ids))
-        helpers = running()
-        try:
-            with self._hidden_main():
-                for index in range(len(self._ids)):
-                    self._workers.append(self._start_worker(index))
-        finally:  # stopped at exit if these workers were what started them
-            OURS.note(helpers)
-        with self._lock:
-            for index in range(len(self._ids)):
-                self._give_slot(index)
+        self._slots.open()
+        self._children.open()
+        self._children.start_all()
+        self._slots.give_all()
         self._feed()
-        self._returner.start()
+        self._slots.start()
         self._receiver.start()
 
-    def _hidden_main(self) -> Any:
-        # A forked child re-imports nothing: hiding the main module would only hide it from it.
-        keep_main = self._source_name.startswith("__main__") or \
-            self._ctx.get_start_method() == "fork"
-        return main_module_hidden(needed=keep_main)
-
-    def _start_worker(self, index: int) -> _Worker:
-        """Start the process for worker ``index`` (again, after a death)."""
-        ctx, arena = self._ctx, self._arena
-        assert arena is not None
-        inbox_read, inbox = ctx.Pipe(duplex=False)
-        outbox, outbox_write = ctx.Pipe(duplex=False)
-        stacks, stacks_write = ctx.Pipe(duplex=False)
-        os.set_blocking(stacks.fileno(), False)
-        wid = self._ids[index]
-        args = WorkerArgs(
-            worker_id=wid, slot_index=index, num_workers=self._num_workers,
+    def _args(self, index: int) -> WorkerArgs:
+        """What worker ``index`` starts with (again, after a death)."""
+        arena = self._slots.arena
+        assert arena is not None  # start() opened it before any worker starts
+        return WorkerArgs(
+            worker_id=self._ids[index], slot_index=index, num_workers=self._num_workers,
             batch_size_hint=self._hint, source_config=self._source_config,
-            source_key=self._source_key, arena=arena.handle(), slots=self._slots,
-            slot_bytes=self._slot_bytes, policy=self._policy,
+            source_key=self._source_key, arena=arena.handle(), slots=self._slots.slots,
+            slot_bytes=self._slots.slot_bytes, policy=self._policy,
             indexed=self._dispatcher is not None, pool_size=len(self._ids),
             processors=self._processors[0], processors_seed=self._processors[1],
             processors_key=self._processors[2], built=self._built, storage_env=snapshot())
-        self._states[index] = IDLE
-        self._activity.started(index)  # type: ignore[union-attr]
-        process = ctx.Process(target=worker_main, name=f"inputkit-worker-{wid}", daemon=True,
-                              args=(args, inbox_read, outbox_write, self._stop, self._states,
-                                    self._stamps, stacks_write))
-        process.start()
-        for end in (inbox_read, outbox_write, stacks_write):
-            end.close()  # the child holds its ends; EOF then means the child is gone
-        return _Worker(process=process, inbox=inbox, outbox=outbox, stacks=stacks)
 
     def stop(self) -> None:
         self._stop.set()
@@ -205,73 +136,30 @@ class ProcessWorkerPool(FailsOnce):
         self._receiver_stop.set()
         if self._receiver.ident is not None:  # start() may have failed before starting it
             self._receiver.join(max(0.0, deadline - time.monotonic()))
-        processes = [w.process for w in self._workers]
-        for process in processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()  # a fetch that does not return: processes can be stopped
-        for process in processes:
-            process.join(0.5)
-            if process.is_alive():
-                process.kill()
-                process.join(0.5)
-        stuck = [f"{p.name} (pid {p.pid})" for p in processes if p.is_alive()]
+        stuck = self._children.join(deadline)
         if self._receiver.is_alive():
             stuck.append(self._receiver.name)
         self._sup.repeats.flush()
-        self._returned.put(None)
-        if self._returner.ident is not None:
-            self._returner.join(max(0.1, deadline - time.monotonic()))
-            if self._returner.is_alive():
-                stuck.append(self._returner.name)
+        if not self._slots.stop(max(0.1, deadline - time.monotonic())):
+            stuck.append(self._slots.returner_name)
         self._release_resources()
         return stuck
 
     def _release_resources(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for worker in self._workers:
-            for conn in (worker.inbox, worker.outbox, worker.stacks):
-                conn.close()
-        if self._arena is not None:
-            self._arena.close()
+        if not self._slots.close():
+            return
+        self._children.close()
+        self._slots.free()
 
     # slots and items -------------------------------------------------------------------------
 
-    def _give_slot(self, index: int) -> None:
-        """Put a free slot in worker ``index``'s hand if it has none (lock held)."""
-        worker = self._workers[index]
-        if worker.slot is not None or not self._free or self._closed or self._sup.finished(index):
-            return
-        slot = self._free.popleft()
-        worker.slot = slot
+    def _offer(self, index: int, slot: int) -> bool:
+        """Send worker ``index`` a free slot (the slots' lock held); False when it died."""
         try:
-            worker.inbox.send(("slot", slot))
-        except (OSError, ValueError):  # it died: its sentinel will say so; take the slot back
-            worker.slot = None
-            self._free.appendleft(slot)
-
-    def _return_slots(self) -> None:
-        """The returner thread: give back each slot whose last view was freed, until join()."""
-        while (ref := self._returned.get()) is not None:
-            self._release_slot(ref.slot)
-
-    def _release_slot(self, slot: int) -> None:
-        """Every view of ``slot`` is gone: give it to a worker that has none."""
-        with self._lock:
-            self._views.pop(slot, None)
-            self._in_use.pop(slot, None)
-            if self._closed:
-                return
-            self._free.append(slot)
-            for index in range(len(self._workers)):
-                if self._workers[index].slot is None:
-                    self._give_slot(index)
-                    if not self._free:
-                        break
+            self._workers[index].inbox.send(("slot", slot))
+        except (OSError, ValueError):  # it died: its sentinel will say so
+            return False
+        return True
 
     def _feed(self) -> None:
         """Index-range work: keep every live worker holding up to _ITEMS_AHEAD items."""
@@ -333,20 +221,11 @@ class ProcessWorkerPool(FailsOnce):
         return self._sup.handle(index, message)
 
     def _chunk(self, index: int, piece: InSlot) -> bool:
-        arena = self._arena
-        if arena is None:
+        if self._slots.arena is None:
             raise WorkerFailure(f"{self._label}: a chunk arrived before the pool started")
-        slot, n, nbytes, wall, cpu = piece.slot, piece.n, piece.nbytes, piece.wall, piece.cpu
+        n, nbytes, wall, cpu = piece.n, piece.nbytes, piece.wall, piece.cpu
         seq, last = piece.seq, piece.last
-        holder, fields = arena.view(slot, piece.layout)
-        worker = self._workers[index]
-        with self._lock:
-            self._in_use[slot] = nbytes
-            # The slot goes back to the workers when every view of it has been freed.
-            self._views[slot] = _SlotRef(holder, self._returned.put, slot)
-            worker.slot = None
-            self._give_slot(index)
-        del holder
+        fields = self._slots.received(index, piece.slot, piece.layout, nbytes)
         try:
             chunk = self._schema.check(fields, self._ids[index])  # the same fields across workers
         except SourceError as exc:
@@ -408,18 +287,11 @@ class ProcessWorkerPool(FailsOnce):
 
     def spawn(self, index: int) -> None:
         """Take back what the dead worker ``index`` held (its slot, its pipes), start another."""
-        old = self._workers[index]
-        with self._lock:
-            if old.slot is not None:
-                self._free.append(old.slot)
-                old.slot = None
-        for conn in (old.inbox, old.outbox, old.stacks):
-            conn.close()
-        with self._hidden_main():
-            new = self._start_worker(index)
-        with self._lock:
+        self._slots.take_back(index)
+        new = self._children.restart(index)
+        with self._slots.lock:
             self._workers[index] = new
-            self._give_slot(index)
+            self._slots.give(index)
         self._feed()
 
     def send(self, index: int, item: WorkItem) -> bool:
@@ -443,7 +315,7 @@ class ProcessWorkerPool(FailsOnce):
         return self._where(index)
 
     def _where(self, index: int) -> str:
-        pid = self._workers[index].process.pid if index < len(self._workers) else None
+        pid = self._children.pid(index)
         return (f"worker {self._ids[index]} (pid {pid}) of {self._label} "
                 f"(source '{self._source_name}')")
 
@@ -455,18 +327,18 @@ class ProcessWorkerPool(FailsOnce):
         one per worker (plus two) are free, batches are copied out so that slots flow back
         even to a consumer that keeps every batch.
         """
-        with self._lock:
-            return self._slots - len(self._in_use) < len(self._ids) + 2
+        return self._slots.scarce(len(self._ids))
 
     # the watchdog ----------------------------------------------------------------------------
 
     def watch(self, now: float, fetch_timeout: float | None,
               stall_timeout: float | None) -> list[tuple[str, str]]:
         """Fail (and kill) a worker past fetch_timeout; describe stalled workers with stacks."""
-        if self._activity is None or self._failed:
+        activity = self._children.activity
+        if activity is None or self._failed:
             return []
-        states = list(self._states)
-        timeouts, stalls = overdue(self._activity, states, (BLOCKED, DONE), now,
+        states = list(self._children.states)
+        timeouts, stalls = overdue(activity, states, (BLOCKED, DONE), now,
                                    fetch_timeout, stall_timeout, _PHASES)
         for index, seconds in timeouts[:1]:
             stack = self._stack(index)
@@ -489,30 +361,17 @@ class ProcessWorkerPool(FailsOnce):
     # stats -----------------------------------------------------------------------------------
 
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w.process.pid is not None]
+        return self._children.pids()
 
     def stats(self) -> WorkerPoolStats:
-        states = [IDLE if s in _PHASES else s for s in self._states] \
-            if self._states is not None else [IDLE] * len(self._ids)
-        with self._lock:
-            in_use = dict(self._in_use)
+        raw = self._children.states
+        states = [IDLE if s in _PHASES else s for s in raw] \
+            if raw is not None else [IDLE] * len(self._ids)
+        slots_in_use, bytes_in_use = self._slots.in_use()
         return self._tally.stats(
-            self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots,
-            shm_slot_bytes=self._slot_bytes, shm_slots_in_use=len(in_use),
-            shm_bytes_in_use=sum(in_use.values()),
+            self.kind, states, (IDLE, FETCHING, BLOCKED, DONE), shm_slots=self._slots.slots,
+            shm_slot_bytes=self._slots.slot_bytes, shm_slots_in_use=slots_in_use,
+            shm_bytes_in_use=bytes_in_use,
             pids=tuple(self.pids()), stalls=self._stalls,
             processors=self._processor_totals.stats(), **self._sup.failures.snapshot())
-
-
-class _SlotRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to the array every view of one slot keeps alive, and that slot."""
-
-    __slots__ = ("slot",)
-
-    def __init__(self, holder: Any, callback: Callable[[Any], None], slot: int) -> None:
-        super().__init__(holder, callback)
-        self.slot = slot
-
-    def __new__(cls, holder: Any, callback: Callable[[Any], None], slot: int) -> _SlotRef:
-        return super().__new__(cls, holder, callback)
 
