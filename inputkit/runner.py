@@ -85,6 +85,9 @@ class Runner:
         # and sources, not the runner, so it does not keep the runner alive.
         self._stages: list[Stages | Watchdog] = []
         self._cleanup = _Cleanup(self._stages, self._sources)
+        # metrics.tensorboard / metrics.wandb written from a thread (observe/reporter.py);
+        # inputkit bench sets False: it writes the same records from its watch loop.
+        self.report_metrics = True
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -197,6 +200,11 @@ class Runner:
             for coordinator in self._coordinators.values():
                 coordinator.start()
             self._watchdog.start()
+            if self.report_metrics and any(self.spec.metrics.get(k)
+                                           for k in ("tensorboard", "wandb")):
+                from inputkit.observe.reporter import MetricsReporter
+
+                self._stages.insert(0, MetricsReporter.start_for(self))  # type: ignore[arg-type]
         except BaseException:
             self._state = "running"
             self.close()

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ from inputkit.cli.render import (
 )
 from inputkit.config.spec import RunSpec, load_spec
 from inputkit.observe.dashboard import components_text, plain_lines, render
-from inputkit.observe.diagnosis import diagnose, live_verdicts, live_warnings
+from inputkit.observe.diagnosis import diagnose
 from inputkit.observe.metrics import MovingWindow, Window
+from inputkit.observe.records import snapshot_record
+from inputkit.observe.sinks import Sink, close_sinks, open_sinks
+from inputkit.observe.sinks import check as check_sinks
 from inputkit.observe.stats import RunnerStats
 from inputkit.pipeline.coordinator import Coordinator
 from inputkit.planning.memory import parse_budget
@@ -87,6 +91,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
 
     names = [spec.bench_input] if spec.bench_input else [s.name for s in spec.inputs]
     runner = Runner(spec, inputs=names, prepared=prepared)
+    runner.report_metrics = False  # the Recorder writes the sinks, from the watch loop
     stop = threading.Event()
     clock = startup.current() or startup.StartupClock()
     interrupted = False
@@ -99,7 +104,9 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
             else None
         if jsonl is not None:
             jsonl.parent.mkdir(parents=True, exist_ok=True)
-        recorder = Recorder(budget, jsonl)
+        recorder = Recorder(budget, jsonl, open_sinks(
+            spec.metrics, start_wandb=True, run_dir=output_dir,
+            config=(extra or {}).get("config")))
         started = time.monotonic()  # the time limit counts from here, after start-up
         startup_s = clock.elapsed(started)  # from the command's start
         consumers = [_Consumer(c, spec.bench_steps, stop) for c in runner.coordinators()]
@@ -279,8 +286,10 @@ class Recorder:
     diagnosis judges the run from there, past the start-up.
     """
 
-    def __init__(self, budget_bytes: int | None, jsonl: Path | None) -> None:
+    def __init__(self, budget_bytes: int | None, jsonl: Path | None,
+                 sinks: Sequence[Sink] = ()) -> None:
         self.window = MovingWindow(5.0)
+        self.sinks = tuple(sinks)
         self.budget_bytes = budget_bytes
         self.records: deque[dict[str, Any]] = deque(maxlen=20_000)
         self.seen_warnings: dict[str, str] = {}  # first words (kind and place) -> latest text
@@ -294,7 +303,7 @@ class Recorder:
                 all(c.batches for c in stats.coordinators):
             self.streaming = stats
         window = self.window.update(stats)
-        warnings = live_warnings(window, self.budget_bytes)
+        record, warnings = snapshot_record(window, self.budget_bytes)
         new = []
         for text in warnings:
             key = _warning_key(text)
@@ -302,12 +311,11 @@ class Recorder:
                 new.append(text)
                 self.first_seen[key] = window.elapsed_s
             self.seen_warnings[key] = text
-        record = window.record(warnings)
-        for entry, verdict in zip(record["coordinators"], live_verdicts(window), strict=True):
-            entry["verdict"] = verdict.kind if verdict is not None else None
         self.records.append(record)
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
+        for sink in self.sinks:  # TensorBoard, W&B (metrics.*): the same record
+            sink.write(record)
         return window, warnings, new
 
     @property
@@ -317,6 +325,7 @@ class Recorder:
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
+        close_sinks(self.sinks)
 
 
 def _warning_key(text: str) -> str:
@@ -392,6 +401,7 @@ def check_config(cfg: DictConfig, prepared: startup.Prepared | None = None) -> N
     from inputkit.sources.loader import import_target
 
     spec = load_spec(cfg)
+    check_sinks(spec.metrics)  # a missing tensorboard or wandb package, before any start
     for input_spec in spec.inputs:
         import_target(input_spec.source["_target_"], key=f"{input_spec.key_prefix}source._target_")
     from inputkit.kinds.auto_probe import resolve

@@ -188,6 +188,19 @@ class BenchConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Where the run's figures go besides metrics.jsonl (run-wide; docs/metrics.md)."""
+
+    # A directory for TensorBoard event files (needs the tensorboard extra); null: none.
+    tensorboard: str | None = None
+    # Log to the active W&B run (bench starts one when none is; needs the wandb extra).
+    wandb: bool = False
+    # Seconds between writes from an embedded Runner; null: bench.progress_interval
+    # (inputkit bench writes at its dashboard's rate, with metrics.jsonl).
+    interval: float | None = None
+
+
+@dataclass
 class StorageConfig:
     """How to reach s3://, gs://, az:// and http(s):// data (run-wide; docs/storage.md).
     Unset keys come from the standard environment variables (AWS_ENDPOINT_URL, AWS_REGION...)."""
@@ -256,6 +269,7 @@ class InputkitConfig(InputConfig):
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 INPUT_KEYS = ("source", "batch_size", "drop_last", "workers", "queue", "device", "failures", "epoch",

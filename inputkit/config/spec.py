@@ -99,6 +99,8 @@ class RunSpec:
     # the run-wide storage and cache groups, checked; storage.configure() takes them
     storage: Mapping[str, Any] = field(default_factory=dict)
     cache: Mapping[str, Any] = field(default_factory=dict)
+    # the metrics group: TensorBoard / W&B sinks (inputkit.observe.sinks), checked
+    metrics: Mapping[str, Any] = field(default_factory=dict)
 
     def input(self, name: str, key: str = "bench.input") -> InputSpec:
         """The input called ``name``; a ConfigError naming ``key`` lists the known ones."""
@@ -166,11 +168,15 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         distributed=str(root.distributed),
         storage=_group(root, "storage"),
         cache=_group(root, "cache"),
+        metrics=_group(root, "metrics"),
     )
     from inputkit.storage.settings import cache_settings, storage_settings
 
     storage_settings(spec.storage)  # a bad value is a ConfigError naming storage.X now
     cache_settings(spec.cache)
+    interval = spec.metrics.get("interval")
+    if interval is not None and interval <= 0:
+        raise ConfigError("metrics.interval", f"must be positive seconds or null, got {interval}")
     if spec.distributed not in ("auto", "off"):
         raise ConfigError("distributed", f"unknown mode '{spec.distributed}'; use auto or off")
     parse_budget(spec.memory_budget, "memory.budget", available=2**40)  # check the syntax now

@@ -223,10 +223,13 @@ def _coordinator_record(c: CoordinatorWindow) -> dict[str, Any]:
     own = view.record(c.ext) if c.ext is not None else None
     return {"input": c.input, "device": c.device, "device_index": c.device_index,
             "samples_per_s": c.samples_per_s, "batches_per_s": c.batches_per_s,
+            "mb_per_s": c.mb_per_s, "consumer_wait": c.in_next,  # share of the window in next()
             "workers": {"fetching": c.stats.workers.fetching,
                         "blocked": c.stats.workers.blocked, "idle": c.stats.workers.idle,
                         "p50_ms": c.stats.workers.fetch_p50_ms,
-                        "p95_ms": c.stats.workers.fetch_p95_ms},
+                        "p95_ms": c.stats.workers.fetch_p95_ms,
+                        "restarts": c.stats.workers.restarts,  # since start, as the pool counts
+                        "skipped_samples": c.stats.workers.skipped_samples},
             "queues": [{"stage": q.stage, "items": q.items, "capacity": q.capacity,
                         "bytes": q.bytes, "max_bytes": q.max_bytes, "full": q.full,
                         "empty": q.empty} for q in c.queues],
