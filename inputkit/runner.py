@@ -21,19 +21,25 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from inputkit import kinds, startup
 from inputkit.config.spec import RunSpec, load_spec
-from inputkit.errors import ConfigError, InputkitError, ShutdownError
+from inputkit.errors import InputkitError, ShutdownError
+from inputkit.observe.run_snapshot import run_snapshot
 from inputkit.observe.stats import RunnerStats
 from inputkit.pipeline.chunk import ChunkSchema
 from inputkit.pipeline.coordinator import Abort, Coordinator, Stages
-from inputkit.pipeline.dispatcher import EpochOrders
 from inputkit.pipeline.distributed import RankInfo, rank_info
+from inputkit.pipeline.input_setup import (
+    check_epoch_keys,
+    epoch_orders,
+    expect_prefetcher,
+    shard_prefetcher,
+)
+from inputkit.pipeline.resume import VERSION, Resume, check_resume, input_state, read_state
+from inputkit.pipeline.shutdown import Cleanup
 from inputkit.pipeline.watchdog import Watchdog, Watched
 from inputkit.sources.loader import BoundSource, build_source, import_target
-from inputkit.sources.protocol import indexed_length, sample_groups
+from inputkit.sources.protocol import indexed_length
 from inputkit.startup import Prepared
 
 if TYPE_CHECKING:
@@ -79,12 +85,12 @@ class Runner:
         self._started_at = 0.0
         self.plan: MemoryPlan | None = None  # the memory plan checked by start()
         self.auto: dict[str, Any] = {}  # input -> what workers.kind=auto chose (kinds/auto.py)
-        self._resume: dict[str, tuple[int, dict[int, np.ndarray]]] = {}  # load_state_dict()
+        self._resume: dict[str, Resume] = {}  # load_state_dict()
         # A runner dropped without close() (garbage-collected, or still open at interpreter
         # exit) stops its threads and processes all the same. The cleanup holds the stages
         # and sources, not the runner, so it does not keep the runner alive.
         self._stages: list[Stages | Watchdog] = []
-        self._cleanup = _Cleanup(self._stages, self._sources)
+        self._cleanup = Cleanup(self._stages, self._sources)
         # metrics.tensorboard / metrics.wandb written from a thread (observe/reporter.py);
         # inputkit bench sets False: it writes the same records from its watch loop.
         self.report_metrics = True
@@ -147,7 +153,7 @@ class Runner:
                         self._note_info(name, source)
                     self._source_of[name] = source
                     length = indexed_length(source.obj)
-                    orders = _epoch_orders(spec, source, length)
+                    orders = epoch_orders(spec, source, length)
                 else:  # processes (or actors) build their own, or take a copy of this one
                     if source is None:  # fail here, not in every worker
                         target = import_target(spec.source["_target_"], key=f"{key}._target_")
@@ -156,23 +162,23 @@ class Runner:
                                 source = build_source(spec.source, key=key)
                             self._sources.append(source)
                     length = indexed_length(source.obj) if source is not None else None
-                    orders = _epoch_orders(spec, source, length)
+                    orders = epoch_orders(spec, source, length)
                     if source is not None and not (spec.worker_kind == "process"
                                                    and source.caps.ships_built):
                         self._drop_source(source)  # the workers build their own from the config
                         source = None
                     if source is not None:  # the copy the workers take: runner.source() answers
                         self._source_of[name] = source
-                _check_epoch_keys(spec, length)
+                check_epoch_keys(spec, length)
                 if spec.processors:  # a bad processor config fails here, naming processors[i]
                     from inputkit.processors import ProcessorChain
 
                     ProcessorChain.from_config(list(spec.processors),
                                                key=f"{spec.key_prefix}processors")
                 schema = ChunkSchema(spec.source["_target_"])
-                resume = self._resume_for(spec, length)
+                resume = check_resume(self._resume.get(name), name, length)
                 if length is not None:  # (then every device has a dispatcher: a prefetcher runs)
-                    _expect_prefetcher(source)  # before process workers take a pickled copy
+                    expect_prefetcher(source)  # before process workers take a pickled copy
                 for index, device in enumerate(self.devices):
                     coordinator = Coordinator(spec, device, index, source, schema, self._abort,
                                               slots, length, slot=first_slot + index,
@@ -185,7 +191,7 @@ class Runner:
                                                if t.input == name}
                     self._coordinators[(name, index)] = coordinator
                     self._stages.append(coordinator.stages)
-                prefetcher = _shard_prefetcher(name, source, [
+                prefetcher = shard_prefetcher(name, source, [
                     self._coordinators[(name, i)].dispatcher for i in range(len(self.devices))])
                 if prefetcher is not None:  # before the workers start (and take the source)
                     self._stages.append(prefetcher.start())
@@ -333,80 +339,23 @@ class Runner:
         Under torchrun every rank saves its own; together they cover the epoch."""
         if self._state == "new":
             raise InputkitError("state_dict(): the runner has not started")
-        inputs: dict[str, Any] = {}
-        for name in self.input_names:
-            coordinators = self.coordinators(name)
-            length = coordinators[0].length
-            if length is None:
-                inputs[name] = {"resumable": False}
-                continue
-            epoch = min(c.epoch for c in coordinators)
-            consumed: dict[int, np.ndarray] = {}
-            for c in coordinators:
-                for e, mask in list(c.consumed.items()):
-                    if e >= epoch:
-                        consumed[e] = consumed[e] | mask if e in consumed else mask.copy()
-            spec = self.spec.input(name)
-            inputs[name] = {
-                "resumable": True, "length": length, "epoch": epoch,
-                "shuffle": spec.epoch.shuffle, "seed": spec.epoch.seed,
-                "consumed": {e: np.packbits(m).tobytes() for e, m in sorted(consumed.items())},
-                "samples": {e: int(m.sum()) for e, m in sorted(consumed.items())},
-            }
-            info = self.source_info.get(name, {})
-            positions = self._components_of.get(name)
-            if positions is not None:  # where each component of a composite source stands
-                inputs[name]["components"] = positions(info, epoch, consumed.get(epoch))
-        return {"version": 1, "inputs": inputs}
+        inputs = {name: input_state(self.spec.input(name), self.coordinators(name),
+                                    self.source_info.get(name, {}), self._components_of.get(name))
+                  for name in self.input_names}
+        return {"version": VERSION, "inputs": inputs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict` (call before start()): each index-range input starts
         in the saved epoch and reads only the samples not yet received."""
         if self._state != "new":
             raise InputkitError("load_state_dict(): call it before start(), on a new Runner")
-        if not isinstance(state, dict) or state.get("version") != 1:
-            raise InputkitError("load_state_dict(): not an inputkit runner state (expected the "
-                                "dict that Runner.state_dict() returned, version 1)")
-        for name, saved in state.get("inputs", {}).items():
-            if name not in self.input_names:
-                raise InputkitError(f"load_state_dict(): the state has input '{name}', this runner "
-                                    f"has {', '.join(self.input_names)}")
-            if not saved.get("resumable"):
-                log.warning("input '%s' reads by fetch and starts from the beginning", name)
-                continue
-            length = int(saved["length"])
-            masks = {int(e): np.unpackbits(np.frombuffer(raw, np.uint8), count=length).astype(bool)
-                     for e, raw in saved["consumed"].items()}
-            self._resume[name] = (int(saved["epoch"]), masks)
-
-    def _resume_for(self, spec: Any, length: int | None) -> tuple[int, dict[int, np.ndarray]] | None:
-        resume = self._resume.get(spec.name)
-        if resume is None:
-            return None
-        if length is None:
-            raise InputkitError(f"load_state_dict(): input '{spec.name}' was saved as an index-range "
-                                "input, but its source now reads by fetch")
-        masks = resume[1]
-        if any(len(m) != length for m in masks.values()):
-            saved = len(next(iter(masks.values())))
-            raise InputkitError(f"load_state_dict(): input '{spec.name}' was saved with {saved:,} "
-                                f"samples per epoch, but its source now has {length:,}; the "
-                                "saved positions do not apply")
-        return resume
+        self._resume.update(read_state(state, self.input_names))
 
     def stats(self) -> RunnerStats:
         """A snapshot of every coordinator's statistics (cheap; any thread)."""
-        from inputkit.planning.procmem import read_process_memory
-
         elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
-        coordinators = tuple(c.stats() for c in self._coordinators.values())
-        coordinators = _with_storage(coordinators, self.spec.inputs)
-        pids = [pid for c in coordinators for pid in c.workers.pids]
-        shared = sum(c.workers.shm_bytes_in_use for c in coordinators)
-        return RunnerStats(elapsed_s=elapsed, coordinators=coordinators,
-                           planned_host_bytes=self.plan.host_bytes if self.plan else None,
-                           memory=read_process_memory(
-                               pids, shared, [d for d in set(self.devices) if d != "cpu"]))
+        return run_snapshot(self._coordinators.values(), self.spec.inputs, self.plan,
+                            self.devices, elapsed)
 
     def coordinators(self, input: str | None = None) -> list[Coordinator]:
         """The coordinators of one input (or all), in device order."""
@@ -435,130 +384,3 @@ class Runner:
                                 f"{len(self.devices)} device(s): {', '.join(self.devices)}")
         return self._coordinators[(name, index)]
 
-
-def _with_storage(coordinators: tuple[Any, ...], inputs: Any) -> tuple[Any, ...]:
-    """The coordinators of inputs that read from a store, with one storage reading (the
-    run's counters and the cache's fill) beside their own figures."""
-    from inputkit.observe.storage_stats import read_storage, remote_where
-
-    wheres = {inp.name: remote_where(inp.source) for inp in inputs}
-    if not any(wheres.values()):
-        return coordinators
-    readers: dict[str, int] = {}
-    for c in coordinators:
-        if wheres.get(c.input) is not None:
-            readers[wheres[c.input]] = readers.get(wheres[c.input], 0) + c.workers.workers
-    readings: dict[str, Any] = {}
-    out = []
-    for c in coordinators:
-        where = wheres.get(c.input)
-        if where is not None:
-            if where not in readings:
-                readings[where] = dataclasses.replace(read_storage(where), readers=readers[where])
-            c = dataclasses.replace(c, storage=readings[where])
-        out.append(c)
-    return tuple(out)
-
-
-def _check_epoch_keys(spec: Any, length: int | None) -> None:
-    """epoch.* keys other than the defaults need an indexable source; say so instead of ignoring them."""
-    if length is not None:
-        return
-    from inputkit.pipeline.dispatcher import EpochSpec
-
-    default = EpochSpec()
-    for name in ("shuffle", "shuffle_window", "ordered", "chunk_size", "count"):
-        if getattr(spec.epoch, name) != getattr(default, name):
-            raise ConfigError(
-                f"{spec.key_prefix}epoch.{name}",
-                f"needs an indexable source (one with __len__ and read(indices)), and "
-                f"'{spec.source['_target_']}' is read by fetch(worker_id, batch_size); "
-                "see docs/reliability.md")
-
-
-def _epoch_orders(spec: Any, source: BoundSource | None, length: int | None) -> EpochOrders | None:
-    """The input's epoch orders, shared by its devices; ``shuffle=shards`` takes the source's
-    shards (``sample_groups()``) here, before a process-worker source is dropped."""
-    if length is None or source is None:
-        return None
-    groups = None
-    if spec.epoch.shuffle_mode == "shards":
-        groups = sample_groups(source, length, f"{spec.key_prefix}epoch.shuffle",
-                               spec.source["_target_"])
-    return EpochOrders(length, spec.epoch, groups)
-
-
-def _expect_prefetcher(source: BoundSource | None) -> None:
-    """Mark a source's remote shards as fed by a ShardPrefetcher now, before the coordinators
-    pickle the source for process workers: a copy pickled without the mark downloaded shards
-    itself beside the prefetcher (twice the downloads, evictions ranked by no order)."""
-    remote = source.obj.remote_shards() if source is not None and source.caps.remote_shards \
-        else None
-    if remote is not None:
-        remote.prefetched = True
-
-
-def _shard_prefetcher(name: str, source: BoundSource | None, dispatchers: list[Any]) -> Any:
-    """A ShardPrefetcher for an input whose source keeps its shards in an object store
-    (``remote_shards()``): it fills the disk cache in the dispatchers' order, and the workers
-    wait for it instead of downloading. None for every other source."""
-    remote = source.obj.remote_shards() if source is not None and source.caps.remote_shards \
-        else None
-    if remote is None or not dispatchers or any(d is None for d in dispatchers):
-        return None
-    from inputkit import storage
-    from inputkit.storage.prefetch import ShardPrefetcher
-
-    return ShardPrefetcher(remote, source.obj.sample_groups(), dispatchers,
-                           storage.settings()[1].read_ahead, name=name)
-
-
-def _shut_down(stages: list[Stages | Watchdog], sources: list[BoundSource], timeout: float) -> list[str]:
-    """Stop every coordinator's stages, wait until the deadline, close the sources; list what is
-    stuck. Takes the stages, not the coordinators, so the runner's cleanup holds nothing that
-    leads back to the runner."""
-    deadline = time.monotonic() + timeout
-    for stage in stages:
-        stage.stop()
-    stuck: list[str] = []
-    for stage in stages:
-        stuck.extend(stage.join(deadline))
-    for source in sources:
-        source.close()
-    return stuck
-
-
-class _Cleanup:
-    """Stops a runner's stages and closes its sources, once: from close(), from the watchdog's
-    thread when the runner is garbage-collected without close(), or at interpreter exit.
-
-    Holds the stages and sources, not the runner, so that it does not keep the runner alive.
-    """
-
-    def __init__(self, stages: list[Stages | Watchdog], sources: list[BoundSource]) -> None:
-        self._stages = stages
-        self._sources = sources
-        self._lock = threading.Lock()
-        self._done = False
-
-    def __call__(self, timeout: float, unregister: bool = True) -> list[str]:
-        """Shut down (the first call only); the threads still running after ``timeout``."""
-        with self._lock:
-            if self._done:
-                return []
-            self._done = True
-        if unregister:  # not from inside atexit's own call of at_exit
-            atexit.unregister(self.at_exit)
-        return _shut_down(self._stages, self._sources, timeout)
-
-    def orphaned(self) -> None:
-        self._quietly(self(2.0))
-
-    def at_exit(self) -> None:
-        self._quietly(self(2.0, unregister=False))
-
-    @staticmethod
-    def _quietly(stuck: list[str]) -> None:
-        if stuck:
-            log.warning("a runner that was never closed left %d thread(s) running: %s",
-                        len(stuck), ", ".join(s.splitlines()[0] for s in stuck))
