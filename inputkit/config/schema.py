@@ -3,17 +3,22 @@
 The dataclasses are registered in Hydra's ConfigStore (``base_config``,
 ``workers/base_workers``) and referenced from the YAML defaults lists in
 ``conf/``, so a misspelt key or a wrong type fails at composition with the key
-named. Range checks (a positive batch size, a known device) live in
-:mod:`inputkit.config.validate`.
+named. The ``failures``, ``epoch`` and ``workers.ray`` groups are derived from their
+checked records (config/records.py) by :func:`schema_of`. Range checks (a positive batch
+size, a known device) live in config/spec.py and config/groups.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from omegaconf import MISSING
+
+from inputkit.config.records import CONFIG_TYPE, EpochSpec, FailurePolicy, RaySpec
 
 
 class WorkerKind(str, Enum):
@@ -29,6 +34,20 @@ class WorkerKind(str, Enum):
     auto = "auto"  # chosen from a probe of the fetch when the runner starts (kinds/auto.py)
 
 
+def schema_of(record: type, name: str) -> type:
+    """The Hydra structured config of a checked record (config/records.py): the same keys,
+    types and defaults, in the same order, but mutable (overrides write into it), and with
+    the looser config type a field declares (``CONFIG_TYPE``: a size where the record holds
+    bytes). Deriving it keeps one field list per concept."""
+    hints = typing.get_type_hints(record)
+    fields = [(f.name, f.metadata.get(CONFIG_TYPE, hints[f.name]), field(default=f.default))
+              for f in dataclasses.fields(record)]
+    schema = dataclasses.make_dataclass(name, fields)
+    # Where pickle (Hydra's joblib launcher pickles composed configs) and messages find it.
+    schema.__module__, schema.__qualname__, schema.__doc__ = __name__, name, record.__doc__
+    return schema
+
+
 class StartMethod(str, Enum):
     """How worker processes start. forkserver (the default) forks each worker from a clean
     server process that has preloaded numpy and the worker code: fast, and it inherits no
@@ -40,30 +59,7 @@ class StartMethod(str, Enum):
     spawn = "spawn"
 
 
-@dataclass
-class RayConfig:
-    """Ray workers (``workers=ray``): where the actors run and how much they may have in flight."""
-
-    # null: start a private local Ray for this run (never attach to a cluster a leftover
-    # /tmp/ray file points at); auto: the cluster `ray start` made on this machine (or
-    # RAY_ADDRESS); host:port: a cluster's head (GCS); ray://host:port: through Ray Client.
-    address: str | None = None
-    # The private local Ray only: the CPUs it may use (null: the cores this process may run on).
-    num_cpus: float | None = None
-    # CPUs each actor asks Ray for (a fraction packs more actors than cores).
-    cpus_per_actor: float = 1.0
-    # SPREAD: actors over as many nodes as have room; DEFAULT: Ray's own placement (packs).
-    scheduling: str = "SPREAD"
-    # Work items (or fetch calls) each actor holds at once: one it reads, the rest queued.
-    inflight: int = 2
-    # The most object-store bytes this input on one device may pin: results not yet received
-    # plus received chunks still referenced (null: what the queues can hold anyway).
-    inflight_bytes: Any = None
-    # Passed to each actor as Ray's runtime_env (pip, env_vars, working_dir...).
-    runtime_env: dict[str, Any] | None = None
-    # Seconds to reach the cluster, and for every actor to be placed and build its source.
-    connect_timeout: float = 15.0
-    start_timeout: float = 120.0
+RayConfig = schema_of(RaySpec, "RayConfig")
 
 
 @dataclass
@@ -86,51 +82,9 @@ ON_WORKER_DEATH = ("raise", "restart")
 ON_STALL = ("warn", "raise")
 
 
-@dataclass
-class FailuresConfig:
-    # A fetch that raises: raise (stop with the original exception), skip or retry.
-    on_error: str = "raise"
-    # retry: how many more calls before the error is raised, and the wait before the
-    # first of them (doubled after each).
-    retries: int = 3
-    retry_backoff: float = 0.05
-    # A worker process that dies: raise, or restart a new one in its place.
-    on_worker_death: str = "raise"
-    # restart: the most restarts per input and device before a death is raised (null: no limit).
-    max_restarts: int | None = 10
-    # Seconds one fetch may take before it fails as a FetchTimeout naming the worker (null: none).
-    fetch_timeout: float | None = None
-    # Seconds a stage may make no progress (stuck in one fetch, only empty chunks) before it
-    # is reported with its stack (null: no watchdog).
-    stall_timeout: float | None = 60.0
-    on_stall: str = "warn"
-    # skip: the run fails with SkipLimitExceeded after this many skipped fetches in a row
-    # (null: no limit) ...
-    max_consecutive_skips: int | None = 100
-    # ... or when more than this share of all fetches were skipped, judged from 100
-    # fetches on (null: no limit).
-    max_skip_share: float | None = 0.5
-
-
-@dataclass
-class EpochConfig:
-    """Indexable sources (``__len__`` and ``read(indices)``) are read by index range."""
-
-    # Epochs to stream (null: endless); each `for batch in runner.device(i)` is one epoch.
-    count: int | None = 1
-    # Samples per read() call (null: the batch size).
-    chunk_size: int | None = None
-    # A new order each epoch, drawn from (seed, epoch): false (index order), true (a global
-    # permutation) or shards (a block shuffle that keeps reads within a few of the source's
-    # shards: for shards in object storage; see docs/storage.md).
-    shuffle: Any = False
-    # shuffle=shards: shards per block; a block's samples are shuffled among themselves, so
-    # a cache holds about 2x this many shards.
-    shuffle_window: int = 8
-    seed: int = 0
-    # Deliver chunks in index order: same config + seed -> same batches, whatever the
-    # worker count or timing.
-    ordered: bool = False
+# The groups whose checked record is declared once in config/records.py.
+FailuresConfig = schema_of(FailurePolicy, "FailuresConfig")
+EpochConfig = schema_of(EpochSpec, "EpochConfig")
 
 
 @dataclass

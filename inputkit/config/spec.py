@@ -17,39 +17,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from inputkit.config.errors import config_error_from
+from inputkit.config.groups import epoch_spec, failure_policy, plain, ray_spec
 from inputkit.config.normalize import NormalizeSpec, parse_normalize
-from inputkit.config.schema import (
-    INPUT_KEYS,
-    ON_ERROR,
-    ON_STALL,
-    ON_WORKER_DEATH,
-    InputConfig,
-    InputkitConfig,
-)
+from inputkit.config.records import EpochSpec, FailurePolicy, RaySpec
+from inputkit.config.schema import INPUT_KEYS, InputConfig, InputkitConfig
 from inputkit.config.sizes import parse_budget, parse_size
 from inputkit.errors import ConfigError
-from inputkit.pipeline.dispatcher import EpochSpec
-from inputkit.pipeline.failures import FailurePolicy
 
 DEFAULT_INPUT = "main"
 DEFAULT_WORKER_COUNT = 4  # workers.count=null with a kind other than auto
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _INPUT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-@dataclass(frozen=True)
-class RaySpec:
-    """The checked ``workers.ray`` config (docs/ray.md)."""
-
-    address: str | None = None
-    num_cpus: float | None = None
-    cpus_per_actor: float = 1.0
-    scheduling: str = "SPREAD"
-    inflight: int = 2
-    inflight_bytes: int | None = None
-    runtime_env: dict[str, Any] | None = None
-    connect_timeout: float = 15.0
-    start_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -258,12 +236,12 @@ def _input_spec(name: str, node: DictConfig, key_prefix: str) -> InputSpec:
         batch_capacity_bytes=batch_bytes,
         device_prefetch=int(node.device.prefetch),
         key_prefix=key_prefix,
-        failures=_failure_policy(node.failures, p + "failures."),
-        epoch=_epoch_spec(node.epoch, p + "epoch."),
+        failures=failure_policy(node.failures, p + "failures."),
+        epoch=epoch_spec(node.epoch, p + "epoch."),
         processors=_processors(node.processors, p + "processors"),
-        normalize=parse_normalize(_plain(node.device.normalize), p + "device.normalize"),
+        normalize=parse_normalize(plain(node.device.normalize), p + "device.normalize"),
         channels_last=bool(node.device.channels_last),
-        ray=_ray_spec(node.workers.ray, p + "workers.ray."),
+        ray=ray_spec(node.workers.ray, p + "workers.ray."),
     )
 
 
@@ -286,39 +264,6 @@ def _worker_kind(value: Any, key: str) -> str:
     return value
 
 
-def _ray_spec(node: DictConfig, p: str) -> RaySpec:
-    for key, low in (("cpus_per_actor", 0.0), ("connect_timeout", 0.0), ("start_timeout", 0.0)):
-        if not node[key] > low:
-            raise ConfigError(p + key, f"must be more than {low:g}, got {node[key]}")
-    if node.inflight < 1:
-        raise ConfigError(p + "inflight", f"must be at least 1, got {node.inflight}")
-    if node.num_cpus is not None and not node.num_cpus > 0:
-        raise ConfigError(p + "num_cpus", f"must be more than 0 (or null), got {node.num_cpus}")
-    if node.scheduling not in ("SPREAD", "DEFAULT"):
-        raise ConfigError(p + "scheduling", f"must be SPREAD or DEFAULT, got {node.scheduling!r}")
-    address = node.address
-    if address is not None and not str(address).strip():
-        raise ConfigError(p + "address", "is empty; use null (a private local Ray), auto, "
-                          "host:port or ray://host:port")
-    if address is not None and node.num_cpus is not None:
-        raise ConfigError(p + "num_cpus", f"sizes the private local Ray, but address={address} "
-                          "names a cluster; set the CPUs where the cluster starts (ray start "
-                          "--num-cpus), or drop one of the two")
-    inflight_bytes = None if node.inflight_bytes is None else \
-        parse_size(node.inflight_bytes, p + "inflight_bytes")
-    return RaySpec(address=None if address is None else str(address).strip(),
-                   num_cpus=None if node.num_cpus is None else float(node.num_cpus),
-                   cpus_per_actor=float(node.cpus_per_actor), scheduling=str(node.scheduling),
-                   inflight=int(node.inflight),
-                   inflight_bytes=inflight_bytes, runtime_env=_plain(node.runtime_env),
-                   connect_timeout=float(node.connect_timeout),
-                   start_timeout=float(node.start_timeout))
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
 def _processors(node: Any, key: str) -> tuple[dict[str, Any], ...]:
     configs = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     out = []
@@ -328,64 +273,6 @@ def _processors(node: Any, key: str) -> tuple[dict[str, Any], ...]:
                               f"arguments}}, got {config!r}; see docs/processors.md")
         out.append(config)
     return tuple(out)
-
-
-def _failure_policy(node: DictConfig, p: str) -> FailurePolicy:
-    for key, value, allowed in (("on_error", node.on_error, ON_ERROR),
-                                ("on_worker_death", node.on_worker_death, ON_WORKER_DEATH),
-                                ("on_stall", node.on_stall, ON_STALL)):
-        if value not in allowed:
-            raise ConfigError(p + key, f"unknown policy '{value}'; use one of: {', '.join(allowed)}")
-    if node.retries < 0:
-        raise ConfigError(p + "retries", f"must be >= 0, got {node.retries}")
-    if node.retry_backoff < 0:
-        raise ConfigError(p + "retry_backoff", f"must be >= 0 seconds, got {node.retry_backoff}")
-    if node.max_restarts is not None and node.max_restarts < 0:
-        raise ConfigError(p + "max_restarts", f"must be >= 0 or null (no limit), got {node.max_restarts}")
-    for key in ("fetch_timeout", "stall_timeout"):
-        value = node[key]
-        if value is not None and value <= 0:
-            raise ConfigError(p + key, f"must be a positive number of seconds or null (off), got {value}")
-    if node.max_consecutive_skips is not None and node.max_consecutive_skips < 1:
-        raise ConfigError(p + "max_consecutive_skips",
-                          f"must be at least 1, or null (no limit), got {node.max_consecutive_skips}")
-    share = node.max_skip_share
-    if share is not None and not 0 < share <= 1:
-        raise ConfigError(p + "max_skip_share", "must be more than 0 and at most 1, or null "
-                          f"(no limit), got {share:g}")
-    return FailurePolicy(
-        on_error=node.on_error, retries=int(node.retries), retry_backoff=float(node.retry_backoff),
-        on_worker_death=node.on_worker_death,
-        max_restarts=None if node.max_restarts is None else int(node.max_restarts),
-        fetch_timeout=None if node.fetch_timeout is None else float(node.fetch_timeout),
-        stall_timeout=None if node.stall_timeout is None else float(node.stall_timeout),
-        on_stall=node.on_stall,
-        max_consecutive_skips=None if node.max_consecutive_skips is None
-        else int(node.max_consecutive_skips),
-        max_skip_share=None if share is None else float(share))
-
-
-def _epoch_spec(node: DictConfig, p: str) -> EpochSpec:
-    if node.count is not None and node.count < 1:
-        raise ConfigError(p + "count", f"must be at least 1, or null for endless, got {node.count}")
-    if node.chunk_size is not None and node.chunk_size < 1:
-        raise ConfigError(p + "chunk_size", f"must be at least 1, or null for the batch size, "
-                          f"got {node.chunk_size}")
-    shuffle = node.shuffle
-    if isinstance(shuffle, str) and shuffle.strip().lower() in ("shards", "global"):
-        shuffle = True if shuffle.strip().lower() == "global" else "shards"
-    if not isinstance(shuffle, bool) and shuffle != "shards":
-        raise ConfigError(p + "shuffle", f"expected false (index order), true (a global "
-                          f"permutation) or shards (a block shuffle over the source's shards), "
-                          f"got {shuffle!r}")
-    window = node.get("shuffle_window", 8)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(p + "shuffle_window", f"must be a whole number of shards, at least 1, "
-                          f"got {window!r}")
-    return EpochSpec(count=None if node.count is None else int(node.count),
-                     chunk_size=None if node.chunk_size is None else int(node.chunk_size),
-                     shuffle=shuffle, seed=int(node.seed), ordered=bool(node.ordered),
-                     shuffle_window=int(window))
 
 
 def _devices(value: Any) -> tuple[str, ...]:

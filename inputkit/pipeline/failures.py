@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from inputkit.config.records import FailurePolicy  # declared once there; public here too
 from inputkit.errors import InputkitError, SourceExhausted
 from inputkit.observe.repeats import RepeatedLog
 
@@ -58,22 +58,6 @@ class SkipLimitExceeded(InputkitError):
     def __reduce__(self) -> tuple[type, tuple[str, str, int, int, str]]:
         return (type(self), (str(self), self.key, self.skipped_chunks, self.skipped_samples,
                              self.last_error))
-
-
-@dataclass(frozen=True)
-class FailurePolicy:
-    """The checked ``failures`` config of one input (picklable, for worker processes)."""
-
-    on_error: str = "raise"
-    retries: int = 3
-    retry_backoff: float = 0.05
-    on_worker_death: str = "raise"
-    max_restarts: int | None = 10
-    fetch_timeout: float | None = None
-    stall_timeout: float | None = 60.0
-    on_stall: str = "warn"
-    max_consecutive_skips: int | None = 100
-    max_skip_share: float | None = 0.5
 
 
 class Skipped(Exception):  # noqa: N818 - a signal between the policy and its pool
