@@ -44,7 +44,7 @@ _EXPORTS = {
     "StallError": "inputkit.pipeline.failures",
     "SkipLimitExceeded": "inputkit.pipeline.failures",
     "MemoryBudgetError": "inputkit.planning.memory",
-    "EpochEnd": "inputkit.pipeline.dispatcher",
+    "EpochEnd": "inputkit.pipeline.epochs",
     "tune": "inputkit.tuning",
     "TuneResult": "inputkit.tuning",
 }
@@ -98,7 +98,7 @@ if TYPE_CHECKING:
     )
     from inputkit.observe.dashboard import Dashboard
     from inputkit.observe.stats import CoordinatorStats, RunnerStats
-    from inputkit.pipeline.dispatcher import EpochEnd
+    from inputkit.pipeline.epochs import EpochEnd
     from inputkit.pipeline.failures import FailurePolicy, FetchTimeout, SkipLimitExceeded, StallError
     from inputkit.pipeline.queues import QueueStats
     from inputkit.planning.memory import MemoryBudgetError

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - an older or newer torch without the re
 
 from inputkit.config.spec import InputSpec, RunSpec, load_spec
 from inputkit.errors import ConfigError, InputkitError, ShutdownError
-from inputkit.pipeline.dispatcher import batches_in, epoch_share
+from inputkit.pipeline.epochs import batches_in, epoch_share
 from inputkit.runner import Runner
 
 log = logging.getLogger(__name__)

@@ -174,6 +174,7 @@ def test_a_download_that_lands_during_another_reservation_is_never_missed(tmp_pa
     Landing takes the budget lock, so A's scan sees B before or after, whole; A then evicts
     the object needed later (B's: not needed again) and the folder stays within budget."""
     from inputkit.storage import cache as cache_mod
+    from inputkit.storage import file_locks
 
     size = 40_000
     cache = DiskCache(str(tmp_path), 2 * (size + META_BYTES), wait_s=20.0)
@@ -181,7 +182,7 @@ def test_a_download_that_lands_during_another_reservation_is_never_missed(tmp_pa
     cache.fetch("s3://b/kept.tar", size, None, _writer(b"k" * size), order.__getitem__)
     downloaded, listed, b_at_budget, b_done = (threading.Event() for _ in range(4))
     threads: dict[str, threading.Thread] = {}
-    real_scandir, real_try = os.scandir, cache_mod._try_lock_path
+    real_scandir, real_try = os.scandir, file_locks.try_lock
 
     def scandir(path):
         if path != cache.dir or threading.current_thread() is not threads.get("a") \
@@ -211,7 +212,7 @@ def test_a_download_that_lands_during_another_reservation_is_never_missed(tmp_pa
         return size
 
     monkeypatch.setattr(os, "scandir", scandir)
-    monkeypatch.setattr(cache_mod, "_try_lock_path", try_lock)
+    monkeypatch.setattr(file_locks, "try_lock", try_lock)
     errors: list[BaseException] = []
 
     def run(url: str, download, done: threading.Event | None = None) -> None:

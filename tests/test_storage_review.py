@@ -211,7 +211,7 @@ def test_read_many_waits_for_the_processs_request_slots(s3, bucket):
     given back."""
     import threading
 
-    from inputkit.storage.store import _slots
+    from inputkit.storage.request_gate import request_slots
 
     urls = [f"s3://{bucket}/obj-{i}" for i in range(3)]
     for url in urls:
@@ -219,7 +219,7 @@ def test_read_many_waits_for_the_processs_request_slots(s3, bucket):
     store = open_store(urls[0])
     store.head(urls[0])  # the client built before the slots are taken
     concurrency = storage.settings()[0].concurrency
-    slots = _slots(concurrency)
+    slots = request_slots(concurrency)
     for _ in range(concurrency):
         assert slots.acquire(timeout=10)
     got: list[object] = []

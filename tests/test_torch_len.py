@@ -11,7 +11,7 @@ from conftest import make_cfg
 from torch.utils.data import DataLoader
 
 from inputkit import InputkitError
-from inputkit.pipeline.dispatcher import batches_in, epoch_share
+from inputkit.pipeline.epochs import batches_in, epoch_share
 from inputkit.torch_adapter import InputkitIterableDataset
 
 T = "inputkit.sources.torch_dataset.TorchDatasetSource"

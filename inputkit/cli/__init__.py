@@ -13,6 +13,8 @@ from typing import Any
 
 import typer
 
+from inputkit.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED
+from inputkit.cli.exit_codes import report_error as _report
 from inputkit.cli.help_format import Command, Group
 from inputkit.cli.tune import tune_command
 
@@ -28,10 +30,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True,
                  "help_option_names": ["--help", "-h"]}
@@ -337,15 +335,6 @@ def _sweep_plot(console: Any, points: list[tuple[list[str], dict[str, Any]]]) ->
                        "samples_per_s": r["stats"]["samples_per_s"],
                        "peak_buffered_bytes": r["peak_buffered_bytes"]} for o, r in done], path)
     console.print(f"sweep plot: {path}", markup=False, highlight=False)
-
-
-def _report(err: Any, exc: BaseException, text: str, code: int,
-            traceback: bool | None = None) -> int:
-    """Print ``error: text``, the exception's notes and hints on stderr (cli.failure_text);
-    ``traceback`` None: as INPUTKIT_TRACEBACK says."""
-    from inputkit.cli.failure_text import report, traceback_wanted
-
-    return report(err, exc, text, code, traceback_wanted([])[1] if traceback is None else traceback)
 
 
 def _bench_with_hydra(argv: list[str]) -> list[Any] | None:

@@ -82,7 +82,8 @@ def run_tune(argv: list[str], options: dict[str, Any]) -> int:
     """The command's body: exit code 0, 1 (a failure), 2 (a bad config), 130/143 (stopped)."""
     from rich.console import Console
 
-    from inputkit.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED, _report
+    from inputkit.cli.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_TERMINATED
+    from inputkit.cli.exit_codes import report_error as _report
     from inputkit.cli.failure_text import traceback_wanted
     from inputkit.errors import ConfigError, InputkitError
 

@@ -23,6 +23,9 @@ epoch still arrives exactly once. The same bookkeeping gives:
   complete without a chunk (:meth:`Dispatcher.skip`); one that lost only some forgets
   those (:meth:`Dispatcher.drop`) and delivers the rest, so delivered + skipped is
   every sample of the epoch.
+
+Each epoch's order, its end marker and the arithmetic of a device's share live in
+``epochs.py``; this module keeps the bookkeeping of what is handed out and what came back.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from inputkit.config.records import EpochSpec  # declared once there; imported from here too
+from inputkit.pipeline.epochs import EpochEnd, EpochOrders
 from inputkit.pipeline.messages import END
 
 # Index-range chunks carry their sample indices in this hidden field through the batcher,
@@ -43,47 +46,23 @@ from inputkit.pipeline.messages import END
 INDEX_FIELD = "__inputkit_index__"
 
 
-class EpochOrders:
-    """Each epoch's order for every device of one input: drawn once per epoch and shared
-    (read-only arrays); the last two epochs are kept, since devices may be one epoch apart.
-    Thread-safe."""
-
-    def __init__(self, length: int, spec: EpochSpec, groups: np.ndarray | None = None) -> None:
-        from inputkit.pipeline.shuffle import ShardLayout
-
-        self.length = length
-        self.spec = spec
-        self.mode = spec.shuffle_mode
-        if self.mode == "shards" and groups is None:
-            raise ValueError("epoch.shuffle=shards needs the source's sample_groups()")
-        self.layout = ShardLayout.of(groups) if self.mode == "shards" and groups is not None \
-            else None
-        self._lock = threading.Lock()
-        self._orders: dict[int, np.ndarray] = {}
-
-    def get(self, epoch: int) -> np.ndarray | None:
-        """Epoch ``epoch``'s order (read-only), or None for index order (never materialized)."""
-        if self.mode == "none":
-            return None
-        with self._lock:
-            order = self._orders.get(epoch)
-            if order is None:
-                from inputkit.pipeline.shuffle import epoch_order
-
-                order = epoch_order(self.length, self.spec.seed, epoch, self.mode, self.layout,
-                                    self.spec.shuffle_window)
-                order.flags.writeable = False
-                self._orders[epoch] = order
-                for old in [e for e in self._orders if e < epoch - 1]:
-                    del self._orders[old]
-            return order
-
-
 @dataclass(frozen=True)
-class EpochEnd:
-    """Control message: every sample of ``epoch`` has been delivered (or skipped)."""
+class EpochSpec:
+    """The checked ``epoch`` config of one input."""
 
-    epoch: int
+    count: int | None = 1
+    chunk_size: int | None = None
+    shuffle: bool | str = False  # False (index order), True (global) or "shards"
+    seed: int = 0
+    ordered: bool = False
+    shuffle_window: int = 8  # shuffle=shards: shards per block whose samples are shuffled together
+
+    @property
+    def shuffle_mode(self) -> str:
+        """"none", "global" or "shards" (see inputkit/pipeline/shuffle.py)."""
+        if self.shuffle == "shards":
+            return "shards"
+        return "global" if self.shuffle in (True, "global") else "none"
 
 
 @dataclass
@@ -382,25 +361,3 @@ class Dispatcher:
                 else:
                     markers = self._close_epoch_locked()
         return all(self._emit(m) for m in markers)
-
-
-def epoch_share(length: int, chunk_size: int, slot: int, slots: int) -> int:
-    """Samples of a whole epoch of ``length`` that device slot ``slot`` of ``slots`` reads.
-
-    The same split as :class:`Dispatcher`: chunks ``slot, slot + slots, ...`` of
-    ``chunk_size`` samples, the epoch's last chunk holding the remainder. A resumed
-    epoch gives a slot at most this many.
-    """
-    chunks = -(-length // chunk_size)
-    if slot >= chunks:
-        return 0
-    mine = len(range(slot, chunks, slots))
-    short = chunks * chunk_size - length  # what the epoch's last chunk lacks
-    return mine * chunk_size - (short if (chunks - 1 - slot) % slots == 0 else 0)
-
-
-def batches_in(samples: int, batch_size: int, drop_last: bool) -> int:
-    """Batches the batcher makes of one epoch's ``samples``: whole ones, and the remainder as
-    a partial last batch unless ``drop_last``."""
-    whole, rest = divmod(samples, batch_size)
-    return whole + (1 if rest and not drop_last else 0)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from inputkit.storage.counters import stats
 from inputkit.storage.errors import StorageError
-from inputkit.storage.locations import expand, is_remote
+from inputkit.storage.locations import expand
 from inputkit.storage.settings import (
     CacheSettings,
     StorageSettings,
@@ -17,6 +17,7 @@ from inputkit.storage.settings import (
     configure,
     settings,
 )
+from inputkit.storage.urls import is_remote
 
 if TYPE_CHECKING:
     from inputkit.storage.store import ObjectInfo, Store

@@ -18,29 +18,37 @@ Why it is shaped this way:
   scan of the folder (list, then size each file) must never run across a landing, or it
   misses the object whole and admits one too many (CI saw five objects in a four-object
   budget with process workers).
+
+The folder's names and records are read and written in ``cache_files.py``; the locks are
+``file_locks.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
-import json
 import math
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from inputkit.storage import file_locks
+from inputkit.storage.cache_files import (
+    META_BYTES,
+    folder_usage,
+    mtime,
+    read_meta,
+    remove_download,
+    size_of,
+    touch,
+    write_meta,
+)
 from inputkit.storage.errors import StorageError
 
-# What a .meta file may take: reserved with the object so the total stays under the budget.
-META_BYTES = 4096
 _BUDGET_LOCK = ".budget.lock"
-_POLL_S = 0.02
+_POLL_S = file_locks.POLL_S
 
 NextUse = Callable[[str], float]  # url -> when it is needed next (math.inf: not this epoch)
 
@@ -107,7 +115,7 @@ class DiskCache:
         """The local file of ``url`` when a complete copy of this size (and etag, when both are
         known) is cached; else None. Counts nothing."""
         path = self.path(url)
-        meta = _read_meta(path + ".meta")
+        meta = read_meta(path + ".meta")
         if meta is None or meta.get("url") != url or meta.get("size") != size:
             return None
         if etag is not None and meta.get("etag") is not None and meta["etag"] != etag:
@@ -132,26 +140,7 @@ class DiskCache:
         landing mid-scan may show twice (the ``.dl`` listed before the rename, the object
         after), hence the most, not the sum; it may also be missed (listed as ``.dl`` and
         ``.part``, both gone when sized): such a reading is a sample, not a budget."""
-        sizes: dict[str, int] = {}
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.dir):
-                with contextlib.suppress(FileNotFoundError):
-                    sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-        fetching = {name[:-5] for name in sizes if name.endswith(".part")}
-        total = 0
-        for name, size in sizes.items():
-            if not any(name == key or name.startswith(key + ".") for key in fetching):
-                total += size
-        for key in fetching:
-            written = extras = 0
-            for name, size in sizes.items():
-                if name.startswith(key + ".dl"):
-                    written += size
-                elif name.startswith(key + "."):  # its record, the record's .tmp, .part
-                    extras += size
-            data = max(written, sizes.get(key, 0)) + extras
-            total += max(data, _reserved(os.path.join(self.dir, key + ".part")))
-        return total
+        return folder_usage(self.dir)
 
     def entries(self) -> list[Cached]:
         """Every complete object in the folder (with a record that matches its file)."""
@@ -161,7 +150,7 @@ class DiskCache:
                 if not name.endswith(".meta"):
                     continue
                 path = os.path.join(self.dir, name[:-5])
-                meta = _read_meta(path + ".meta")
+                meta = read_meta(path + ".meta")
                 if meta is None:
                     continue
                 with contextlib.suppress(FileNotFoundError):
@@ -188,18 +177,18 @@ class DiskCache:
         path = self.path(url)
         found = self.cached(url, size, etag)
         if found is not None:
-            _touch(found)
+            touch(found)
             _count("cache_hits")
             return found
         with self._object_lock(url):
             found = self.cached(url, size, etag)  # another process may have just made it
             if found is not None:
-                _touch(found)
+                touch(found)
                 _count("cache_hits")
                 return found
             self._remove(path)  # a stale copy (size or etag changed), if any
             part, dest = path + ".part", path + ".dl"
-            _remove_download(path)  # left by a crashed download (we hold its lock)
+            remove_download(path)  # left by a crashed download (we hold its lock)
             self._reserve(url, part, size, next_use)
             try:
                 written = download(url, dest)
@@ -209,15 +198,15 @@ class DiskCache:
                     raise StorageError(url, "other", f"'{url}' changed while it was read: the "
                                        f"listing said {size:,} bytes, the download gave "
                                        f"{got:,}; run again to list it anew")
-                _write_meta(path + ".meta", url, size, etag)
+                write_meta(path + ".meta", url, size, etag)
                 # the rename and the end of the reservation are one step for every budget scan
                 # (scans run under this lock): a scan that listed the folder before a landing
                 # and sized its files after would otherwise miss the object altogether
                 with self._budget_lock():
                     os.replace(dest, path)
-                    _remove_download(path)
+                    remove_download(path)
             finally:
-                _remove_download(path)
+                remove_download(path)
             _count("cache_misses")
             _count("cache_bytes", size)
             return path
@@ -250,7 +239,7 @@ class DiskCache:
         try:
             return self._remove(self.path(url))
         finally:
-            _unlock(lock)
+            file_locks.unlock(lock)
 
     # internals ----------------------------------------------------------------------------------
 
@@ -268,7 +257,7 @@ class DiskCache:
                 for victim in self._victims(mine, next_use, exclude=url):
                     if used + need <= self.max_bytes:
                         break
-                    freed = _size_of(victim.path) + _size_of(victim.path + ".meta")
+                    freed = size_of(victim.path) + size_of(victim.path + ".meta")
                     if self.evict(victim.url):
                         used -= freed
                 if used + need <= self.max_bytes:
@@ -287,8 +276,8 @@ class DiskCache:
         """Cached objects that may go to make room, the first to go first."""
         others = [c for c in self.entries() if c.url != exclude]
         if next_use is None:
-            return sorted(others, key=lambda c: _mtime(c.path))
-        ranked = [(next_use(c.url), _mtime(c.path), c) for c in others]
+            return sorted(others, key=lambda c: mtime(c.path))
+        ranked = [(next_use(c.url), mtime(c.path), c) for c in others]
         return [c for rank, _, c in sorted(ranked, key=lambda r: (-r[0], r[1]))
                 if rank > mine or rank == math.inf]
 
@@ -303,12 +292,12 @@ class DiskCache:
             full = os.path.join(self.dir, name)
             if name.endswith(".part"):
                 url_path = full[:-5]
-                lock = _try_lock_path(url_path + ".lock")
+                lock = file_locks.try_lock(url_path + ".lock")
                 if lock is not None:
                     try:
-                        _remove_download(url_path)
+                        remove_download(url_path)
                     finally:
-                        _unlock(lock)
+                        file_locks.unlock(lock)
             elif name.endswith(".meta") and not os.path.exists(full[:-5]) \
                     and not os.path.exists(full[:-5] + ".part"):
                 with contextlib.suppress(FileNotFoundError):
@@ -324,113 +313,13 @@ class DiskCache:
 
     @contextlib.contextmanager
     def _budget_lock(self) -> Iterator[None]:
-        with _locked(os.path.join(self.dir, _BUDGET_LOCK), self.wait_s, "the cache's budget lock"):
+        with file_locks.locked(os.path.join(self.dir, _BUDGET_LOCK), self.wait_s, "the cache's budget lock"):
             yield
 
     @contextlib.contextmanager
     def _object_lock(self, url: str) -> Iterator[None]:
-        with _locked(self.path(url) + ".lock", self.wait_s + 600.0, f"'{url}''s download"):
+        with file_locks.locked(self.path(url) + ".lock", self.wait_s + 600.0, f"'{url}''s download"):
             yield
 
     def _try_object_lock(self, url: str) -> int | None:
-        return _try_lock_path(self.path(url) + ".lock")
-
-
-# Threads of one process each open the lock file, so flock excludes them from one another too.
-_held = threading.local()
-
-
-@contextlib.contextmanager
-def _locked(path: str, seconds: float, what: str) -> Iterator[None]:
-    deadline = time.monotonic() + seconds
-    while True:
-        fd = _try_lock_path(path)
-        if fd is not None:
-            break
-        if time.monotonic() > deadline:
-            raise StorageError(path, "other", f"waited {seconds:g} s for {what} ({path}): "
-                               "another process holds it; is a stuck run using this cache.dir?")
-        time.sleep(_POLL_S)
-    try:
-        yield
-    finally:
-        _unlock(fd)
-
-
-def _try_lock_path(path: str) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
-
-
-def _unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _read_meta(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _write_meta(path: str, url: str, size: int, etag: str | None) -> None:
-    text = json.dumps({"url": url, "size": size, "etag": etag})
-    if len(text.encode()) > META_BYTES - 64:
-        raise StorageError(url, "other", f"the URL is {len(url):,} characters long; the disk "
-                           f"cache records at most {META_BYTES - 64:,} bytes beside an object")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _reserved(part: str) -> int:
-    try:
-        with open(part) as f:
-            return int(f.read() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
-
-
-def _remove_download(path: str) -> None:
-    """Remove every temporary file of the object at ``path``, then its reservation: the
-    reservation goes last, so a scan never sees download bytes that nothing reserves."""
-    folder, key = os.path.split(path)
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(folder):
-            if name.startswith(key + ".dl"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, name))
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path + ".part")
-
-
-def _size_of(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return 0.0
-
-
-def _touch(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.utime(path)
+        return file_locks.try_lock(self.path(url) + ".lock")

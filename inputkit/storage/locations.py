@@ -1,8 +1,9 @@
-"""Where data lives: is a path remote, which store holds it, and what a pattern expands to.
+"""What a path or pattern expands to: braces, local globs, remote globs by listing the store.
 
 Local paths expand exactly as the shard source always did (braces, then globs, sorted, every
 miss an error naming the key); remote ones list the store from the prefix before the first
-wildcard, so one LIST request covers a glob however many objects it matches.
+wildcard, so one LIST request covers a glob however many objects it matches. Parsing a URL
+(``is_remote``, ``parse``, ``Location``) lives in ``storage/urls.py``, which the store reads too.
 """
 
 from __future__ import annotations
@@ -12,73 +13,12 @@ import glob
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from inputkit.storage.errors import StorageError
+from inputkit.storage.urls import SCHEMES, has_scheme, parse
 
-#: scheme -> the kind of store that serves it
-SCHEMES = {
-    "s3": "s3", "s3a": "s3",
-    "gs": "gcs", "gcs": "gcs",
-    "az": "azure", "azure": "azure", "abfs": "azure", "abfss": "azure",
-    "http": "http", "https": "http",
-}
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB = re.compile(r"[*?[]")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
-
-
-@dataclass(frozen=True)
-class Location:
-    """A remote URL split into what picks the store (``kind``, ``scheme``, ``bucket``) and the
-    object's ``key`` inside it. For http(s) the bucket is ``host[:port]``."""
-
-    kind: str
-    scheme: str
-    bucket: str
-    key: str
-
-    @property
-    def base(self) -> str:
-        """The URL of the store's root: ``s3://bucket``, ``https://host:port``."""
-        return f"{self.scheme}://{self.bucket}"
-
-    def url(self, key: str) -> str:
-        """The URL of ``key`` in the same store."""
-        return f"{self.base}/{key}"
-
-
-def is_remote(path: str) -> bool:
-    """True for a URL a store serves (s3, gs, az/azure/abfs[s], http[s]); False for a local path.
-
-    Any other ``scheme://`` is neither: ``parse`` refuses it naming the schemes it knows."""
-    match = _SCHEME.match(path) if isinstance(path, str) else None
-    return match is not None and match.group(1).lower() in SCHEMES
-
-
-def has_scheme(path: str) -> bool:
-    """True when ``path`` starts with some ``scheme://``, known or not."""
-    return isinstance(path, str) and _SCHEME.match(path) is not None
-
-
-def parse(url: str, key: str | None = None) -> Location:
-    """Split ``url`` into its store and object key; an unknown scheme or a missing bucket is a
-    StorageError naming the URL (and ``key``, the config key that set it)."""
-    match = _SCHEME.match(url)
-    if match is None:
-        raise StorageError(url, "other", "not a URL; remote data is written scheme://bucket/path "
-                           f"(schemes: {', '.join(sorted(SCHEMES))})", key)
-    scheme = match.group(1).lower()
-    if scheme not in SCHEMES:
-        raise StorageError(url, "other", f"unknown scheme '{scheme}://'; use one of "
-                           f"{', '.join(s + '://' for s in sorted(SCHEMES))} or a local path", key)
-    rest = url[match.end():]
-    bucket, _, object_key = rest.partition("/")
-    if not bucket:
-        what = "host" if SCHEMES[scheme] == "http" else "bucket (or container)"
-        raise StorageError(url, "other", f"names no {what}; write {scheme}://<{what.split()[0]}>/"
-                           "<path>", key)
-    return Location(SCHEMES[scheme], scheme, bucket, object_key)
 
 
 def expand_braces(pattern: str) -> list[str]:

@@ -2,7 +2,9 @@
 
 A Store pickles as its base URL and settings; the client is rebuilt lazily in each process,
 so a source holding one can travel to a worker process. Every request goes through
-``retry.call`` (counted, backed off, bounded) and is counted in ``storage.stats()``.
+``retry.call`` (counted, backed off, bounded) and is counted in ``storage.stats()``. How each
+cloud's client is configured lives in ``clients.py``; the process's bound on requests in
+flight in ``request_gate.py``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,15 @@ import contextlib
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from inputkit.storage import counters, retry
+from inputkit.storage import clients, counters, retry
+from inputkit.storage.clients import obstore_module
 from inputkit.storage.errors import StorageError
-from inputkit.storage.locations import Location, parse
+from inputkit.storage.request_gate import acquire, request_slots, run_async
 from inputkit.storage.settings import StorageSettings, settings
-
-INSTALL_HINT = "pip install 'inputkit-ml[storage]'"
+from inputkit.storage.urls import Location, parse
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,6 @@ class Store:
     def _build(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not build a client")
 
-    def _client_options(self, endpoint: str | None) -> dict[str, Any]:
-        cfg = self.settings
-        options: dict[str, Any] = {
-            "timeout": timedelta(seconds=cfg.timeout_s),
-            "connect_timeout": timedelta(seconds=cfg.connect_timeout_s),
-        }
-        if (endpoint or self.base.scheme).startswith("http") and \
-                not (endpoint or self.base.scheme).startswith("https"):
-            options["allow_http"] = True
-        return options
-
     # requests ---------------------------------------------------------------------------------
 
     def _path(self, url: str) -> str:
@@ -85,12 +74,12 @@ class Store:
         return where.key
 
     def _call(self, url: str, request: Any) -> Any:
-        with _slots(self.settings.concurrency):
+        with request_slots(self.settings.concurrency):
             return retry.call(url, self.settings, request)
 
     def list(self, url_prefix: str) -> list[ObjectInfo]:
         """Every object whose URL starts with ``url_prefix``, sorted by URL."""
-        obs = _obstore()
+        obs = obstore_module()
         key = self._path(url_prefix)
         folder = key.rsplit("/", 1)[0] if "/" in key else ""
         client = self.client()
@@ -119,7 +108,7 @@ class Store:
         below = bisect.bisect_left(urls, url + "/")
         if below < len(urls) and urls[below].startswith(url + "/"):
             return True
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
 
         def probe() -> bool:
@@ -135,13 +124,13 @@ class Store:
 
     def head(self, url: str) -> ObjectInfo:
         """The object's size and etag (one HEAD request)."""
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
         return self._info(self._call(url, lambda: obs.head(client, path)))
 
     def read(self, url: str) -> bytes:
         """The whole object."""
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
         with counters.waiting():
             data = self._call(url, lambda: bytes(obs.get(client, path).bytes()))
@@ -151,7 +140,7 @@ class Store:
     def read_range(self, url: str, start: int, length: int) -> bytes:
         """``length`` bytes from ``start``; a range past the object's end is an error."""
         _check_range(url, start, length)
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
         with counters.waiting():
             data = self._call(url, lambda: bytes(obs.get_range(client, path, start=start,
@@ -168,7 +157,7 @@ class Store:
             _check_range(url, start, length)
         if not starts:
             return []
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
         with counters.waiting():
             parts = self._call(url, lambda: [bytes(b) for b in obs.get_ranges(
@@ -183,18 +172,18 @@ class Store:
         in its place as a StorageError (retries done), so one bad object fails alone."""
         if not urls:
             return []
-        obs = _obstore()
+        obs = obstore_module()
         client = self.client()
         paths = [self._path(u) for u in urls]
         with counters.waiting():
-            return _run_async(lambda: self._gather(obs, client, list(urls), paths))
+            return run_async(lambda: self._gather(obs, client, list(urls), paths))
 
     async def _gather(self, obs: Any, client: Any, urls: list[str],
                       paths: list[str]) -> list[bytes | StorageError]:
         gate = asyncio.Semaphore(self.settings.concurrency)
         # the process's gate too: several threads each in read_many (thread workers) or
         # beside blocking reads must together keep storage.concurrency requests in flight
-        slots = _slots(self.settings.concurrency)
+        slots = request_slots(self.settings.concurrency)
 
         async def one(url: str, path: str) -> bytes | StorageError:
             async def request() -> bytes:
@@ -202,7 +191,7 @@ class Store:
                 return bytes(await response.bytes_async())
 
             async with gate:
-                await _acquire(slots)
+                await acquire(slots)
                 try:
                     data = await retry.call_async(url, self.settings, request)
                 except StorageError as exc:
@@ -222,7 +211,7 @@ class Store:
         version (If-Match): an object replaced since, even by one of the same size, is a
         StorageError naming the URL, never other bytes under an index built for the old ones.
         """
-        obs = _obstore()
+        obs = obstore_module()
         path, client = self._path(url), self.client()
         partial = f"{dest_path}.part-{os.getpid()}-{threading.get_ident()}"
         # a web server's etags may be weak (W/"..."), which If-Match never matches
@@ -272,25 +261,7 @@ class S3Store(Store):
     kind = "s3"
 
     def _build(self) -> Any:
-        from obstore.store import S3Store as Client
-
-        from inputkit.storage.credentials import aws_profile, environment_endpoint
-
-        cfg = self.settings
-        config: dict[str, Any] = aws_profile()
-        if environment_endpoint():  # the client reads AWS_ENDPOINT_URL, not the _S3 one
-            config["endpoint"] = environment_endpoint()
-        if cfg.endpoint:
-            config["endpoint"] = cfg.endpoint
-        if cfg.region:
-            config["region"] = cfg.region
-        if cfg.anonymous:
-            config["skip_signature"] = True
-        config.update(cfg.options)
-        endpoint = config.get("endpoint")
-        return _built(self.base, lambda: Client(
-            self.base.bucket, config=config, client_options=self._client_options(endpoint),
-            retry_config={"max_retries": 0}))
+        return clients.s3_client(self.base, self.settings)
 
 
 class GCSStore(Store):
@@ -299,18 +270,7 @@ class GCSStore(Store):
     kind = "gcs"
 
     def _build(self) -> Any:
-        from obstore.store import GCSStore as Client
-
-        cfg = self.settings
-        config: dict[str, Any] = {}
-        if cfg.anonymous:
-            config["skip_signature"] = True
-        config.update(cfg.options)
-        if cfg.endpoint:  # an emulator (fake-gcs-server) or a private endpoint
-            config["base_url"] = cfg.endpoint
-        return _built(self.base, lambda: Client(
-            self.base.bucket, config=config, client_options=self._client_options(cfg.endpoint),
-            retry_config={"max_retries": 0}))
+        return clients.gcs_client(self.base, self.settings)
 
 
 class AzureStore(Store):
@@ -319,32 +279,7 @@ class AzureStore(Store):
     kind = "azure"
 
     def _build(self) -> Any:
-        from obstore.store import AzureStore as Client
-
-        from inputkit.storage.credentials import azure_connection_string
-
-        cfg = self.settings
-        config: dict[str, Any] = azure_connection_string()
-        container, _, account = self.base.bucket.partition("@")
-        if account:  # abfss://container@account.dfs.core.windows.net
-            config["account_name"] = account.split(".", 1)[0]
-        config.update(cfg.options)
-        if not config.get("account_name"):
-            config["account_name"] = os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
-        if not config["account_name"] and not os.environ.get("AZURE_STORAGE_USE_EMULATOR"):
-            raise StorageError(self.base.base, "other", "names no storage account; set "
-                               "AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_CONNECTION_STRING), "
-                               "or write abfss://<container>@<account>.dfs.core.windows.net/...")
-        if not config["account_name"]:
-            del config["account_name"]  # the emulator's own account
-        if cfg.anonymous:
-            config["skip_signature"] = True
-        if cfg.endpoint:
-            config["endpoint"] = cfg.endpoint
-        return _built(self.base, lambda: Client(
-            container, config=config,
-            client_options=self._client_options(config.get("endpoint")),
-            retry_config={"max_retries": 0}))
+        return clients.azure_client(self.base, self.settings)
 
 
 class HTTPStore(Store):
@@ -353,11 +288,7 @@ class HTTPStore(Store):
     kind = "http"
 
     def _build(self) -> Any:
-        from obstore.store import HTTPStore as Client
-
-        return _built(self.base, lambda: Client.from_url(
-            self.base.base, client_options=self._client_options(self.base.scheme),
-            retry_config={"max_retries": 0}))
+        return clients.http_client(self.base, self.settings)
 
     def list(self, url_prefix: str) -> list[ObjectInfo]:
         """Refused: a web server has no listing; name the files (brace ranges expand locally)."""
@@ -394,60 +325,6 @@ def _store_for(url: str, cfg: StorageSettings) -> Store:
 
 def _rebuild(base_url: str, cfg: StorageSettings) -> Store:
     return _store_for(base_url, cfg)
-
-
-def _run_async(make: Any) -> Any:
-    """``asyncio.run(make())``, also from a thread whose event loop is running (a notebook's,
-    an async framework's, with inline workers), where asyncio.run refuses: there the
-    coroutine runs to completion on a helper thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    with ThreadPoolExecutor(1, thread_name_prefix="inputkit-storage-async") as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()
-
-
-def _obstore() -> Any:
-    try:
-        import obstore
-    except ImportError as exc:
-        raise ImportError(f"reading s3://, gs://, az:// or http(s):// data needs obstore: "
-                          f"{INSTALL_HINT}") from exc
-    return obstore
-
-
-def _built(base: Location, make: Any) -> Any:
-    _obstore()
-    try:
-        return make()
-    except Exception as exc:  # noqa: BLE001 - a bad option or credential names the store
-        raise StorageError(base.base, "other", f"cannot set up the client: {exc}; check the "
-                           "storage.* keys and the credentials in the environment") from exc
-
-
-_slot_lock = threading.Lock()
-_slot_gate: tuple[int, int, threading.BoundedSemaphore] | None = None
-
-
-def _slots(concurrency: int) -> threading.BoundedSemaphore:
-    """The process's gate on blocking requests in flight (storage.concurrency)."""
-    global _slot_gate
-    gate = _slot_gate
-    if gate is None or gate[0] != os.getpid() or gate[1] != concurrency:
-        with _slot_lock:
-            gate = _slot_gate
-            if gate is None or gate[0] != os.getpid() or gate[1] != concurrency:
-                gate = _slot_gate = (os.getpid(), concurrency, threading.BoundedSemaphore(concurrency))
-    return gate[2]
-
-
-async def _acquire(slots: threading.BoundedSemaphore) -> None:
-    """Take a slot of the process's gate without blocking the event loop."""
-    pause = 0.0005
-    while not slots.acquire(blocking=False):
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, 0.02)
 
 
 def _check_range(url: str, start: int, length: int) -> None:
