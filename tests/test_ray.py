@@ -344,3 +344,16 @@ def test_a_consumer_keeping_one_small_field_of_every_batch_pins_no_more_than_the
     assert sorted(int(i) for ids in kept for i in ids) == list(range(64 * 150))
     assert max(pinned) <= 24 * chunk, "more objects pinned than workers.ray.inflight_bytes"
     assert copied >= 100, "batches past the cap were copies, so the kept ids pin nothing"
+
+
+def test_an_actor_never_placed_fails_the_run_naming_workers_ray_start_timeout():
+    """An actor asking for more CPUs than the Ray has is never placed: past start_timeout the
+    run fails naming the actor, the key and why (workers/ray_lifecycle.py, RayActors.late)."""
+    cfg = ray_cfg({"_target_": SYN, "fields": {"x": {"shape": [4]}}}, actors=1,
+                  cpus_per_actor=4, ray={"start_timeout": 2})
+    with Runner(cfg) as runner, pytest.raises(WorkerFailure) as info:
+        next(runner.device(0))
+    message = str(info.value)
+    assert "ray worker 0 (Ray actor, not started yet)" in message
+    assert "did not start within 2s (workers.ray.start_timeout)" in message
+    no_actors_left()

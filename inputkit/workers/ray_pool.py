@@ -16,17 +16,17 @@ This pool is a transport (workers/transport.py) under the supervisor
 actor that dies (its process killed, its node stopped) loses nothing: its unanswered
 items are handed out again, a result for an item no longer open is dropped by its
 sequence number, and under ``failures.on_worker_death=restart`` a new actor takes its
-place. Room checks and death reasons are workers/ray_placement.py's.
+place. Creating, placing and killing actors is workers/ray_lifecycle.py's; the calls in
+flight and the byte cap they are fed within, workers/ray_calls.py's; room checks and
+death reasons, workers/ray_placement.py's. What is left here is the receiver: taking
+answers in, turning them into chunks, the deaths, and the pool's watchdog and stats.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from inputkit.errors import SourceError, WorkerFailure
@@ -36,49 +36,15 @@ from inputkit.pipeline.failures import FailurePolicy, FetchTimeout
 from inputkit.pipeline.messages import Failure
 from inputkit.pipeline.queues import BoundedQueue
 from inputkit.processors import ProcessorTotals
-from inputkit.workers import ray_session
-from inputkit.workers.base import ActorStats, FailsOnce, FetchTally, RayStats, WorkerPoolStats
+from inputkit.workers.base import FailsOnce, FetchTally, RayStats, WorkerPoolStats
 from inputkit.workers.outcome import Done, Empty, Error, Got, Outcome, SamplesSkipped
-from inputkit.workers.ray_actor import ActorArgs, FetchActor
+from inputkit.workers.ray_calls import Calls
+from inputkit.workers.ray_lifecycle import DONE, FETCHING, IDLE, Actor, Call, RayActors
 from inputkit.workers.ray_objects import ObjectLedger, spilled_bytes, writable
-from inputkit.workers.ray_placement import check_room, death_reason, placement_hint
+from inputkit.workers.ray_placement import death_reason
 from inputkit.workers.supervisor import Supervisor
 
-log = logging.getLogger("inputkit.workers.ray")
-
 _POLL_S = 0.1
-IDLE, FETCHING, DONE = "idle", "reading", "done"
-
-
-@dataclass
-class _Call:
-    """One call handed to an actor and not yet answered."""
-
-    ref: Any
-    item: WorkItem | None  # index-range work; None for a fetch call
-    estimate: int  # the bytes its result is expected to pin
-    sent: float
-
-
-@dataclass
-class _Actor:
-    """The pool's view of one actor: its handle, where it runs, what it holds."""
-
-    index: int
-    name: str
-    handle: Any
-    setup_ref: Any  # None once setup() answered
-    created: float
-    pid: int | None = None
-    node: str = "?"
-    node_id: str = ""
-    calls: deque[_Call] = field(default_factory=deque)
-    busy_since: float = 0.0  # when the call it is in began (0: it holds none)
-    dead: bool = False
-    reason: str = ""  # why it died, from Ray's error
-    chunks: int = 0
-    samples: int = 0
-    fetch_wall_s: float = 0.0
 
 
 class RayWorkerPool(FailsOnce):
@@ -90,9 +56,6 @@ class RayWorkerPool(FailsOnce):
                  dispatcher: Dispatcher | None = None, downstream: tuple[int, int] = (8, 0)) -> None:
         """``spec``: the InputSpec (its ``ray`` options and source); ``downstream``: how many
         received chunks, and bytes, the queues and batcher can hold (the default byte cap)."""
-        self._spec = spec
-        self._options = spec.ray
-        self._key = f"{spec.key_prefix}workers."
         self._source_name = spec.source["_target_"]
         self._schema = schema
         self._ids = list(worker_ids)
@@ -106,13 +69,10 @@ class RayWorkerPool(FailsOnce):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._failed = False
-        self._ray: Any = None
-        self._connected: ray_session.Connected | None = None
-        self._remote_class: Any = None
-        self._actors: list[_Actor] = []
-        self._by_ref: dict[Any, tuple[_Actor, _Call | None]] = {}  # every ref awaited
-        self._started = 0.0
-        self._ready_s: float | None = None
+        # The actors, where each runs, and the hold on the Ray session.
+        self._actors = RayActors(spec=spec, worker_ids=self._ids, num_workers=num_workers,
+                                 batch_size_hint=batch_size_hint, policy=policy,
+                                 where=self._where)
         self._tally = FetchTally()
         # The ledger of items, the restart policy, skip tallies, duplicates and END.
         self._sup = Supervisor(self, len(self._ids), policy=policy, dispatcher=dispatcher,
@@ -124,11 +84,13 @@ class RayWorkerPool(FailsOnce):
         self._objects = ObjectLedger(
             spec.ray.inflight_bytes, len(worker_ids) * spec.ray.inflight, downstream,
             dispatcher.chunk_size if dispatcher is not None else None, len(worker_ids))
+        # Every ref awaited; each actor fed up to workers.ray.inflight calls within the cap.
+        self._calls = Calls(self._objects, spec.ray.inflight, self._sup, self._stop,
+                            indexed=dispatcher is not None)
         self._busy = 0.0  # receiver time spent taking results in
         self._waited = 0.0  # ... of which it waited on a full chunk queue
         self._stalls: tuple[str, ...] = ()
         self._spill_read: tuple[float, int | None] = (float("-inf"), None)  # (when, bytes)
-        self._session_held = False
         self._receiver = threading.Thread(target=self._receive, name=f"{thread_prefix}-ray",
                                           daemon=True)
 
@@ -137,42 +99,10 @@ class RayWorkerPool(FailsOnce):
     def start(self) -> None:
         """Reach Ray (starting a private local one if asked) and create the actors; they build
         their sources in the background, the receiver waits for them."""
-        options = self._options
-        self._started = time.monotonic()
-        # Every device's actors (num_workers counts them all) must fit a private local Ray.
-        self._connected = ray_session.acquire(options.address, options.num_cpus,
-                                              options.connect_timeout, self._key,
-                                              needed_cpus=self._num_workers * options.cpus_per_actor)
-        self._session_held = True
-        import ray
-
-        self._ray = ray
-        if self._connected.local:
-            check_room(self._ray, self._key, self._num_workers, options.cpus_per_actor)
-        self._remote_class = ray.remote(FetchActor)
+        self._actors.connect()
         for index in range(len(self._ids)):
-            self._actors.append(self._create(index))
+            self._calls.setup(self._actors.create(index))
         self._receiver.start()
-
-    def _create(self, index: int) -> _Actor:
-        options, spec = self._options, self._spec
-        wid = self._ids[index]
-        args = ActorArgs(worker_id=wid, num_workers=self._num_workers,
-                         batch_size_hint=self._hint, source_config=spec.source,
-                         source_key=f"{spec.key_prefix}source", policy=self._policy,
-                         processors=tuple(spec.processors), processors_seed=spec.epoch.seed,
-                         processors_key=f"{spec.key_prefix}processors")
-        extra: dict[str, Any] = {}
-        if options.runtime_env:
-            extra["runtime_env"] = dict(options.runtime_env)
-        handle = self._remote_class.options(
-            num_cpus=options.cpus_per_actor, max_restarts=0, max_task_retries=0,
-            max_concurrency=1, scheduling_strategy=options.scheduling, **extra).remote(args)
-        now = time.monotonic()  # building the source is timed like a call (fetch_timeout)
-        actor = _Actor(index=index, name=f"ray worker {wid}", handle=handle,
-                       setup_ref=handle.setup.remote(), created=now, busy_since=now)
-        self._by_ref[actor.setup_ref] = (actor, None)
-        return actor
 
     def stop(self) -> None:
         self._stop.set()
@@ -183,75 +113,23 @@ class RayWorkerPool(FailsOnce):
         if self._receiver.ident is not None:
             self._receiver.join(max(0.0, deadline - time.monotonic()))
         stuck = [self._receiver.name] if self._receiver.is_alive() else []
-        ray = self._ray
-        if ray is not None and ray.is_initialized():
-            for actor in self._actors:
-                try:
-                    ray.kill(actor.handle, no_restart=True)
-                except Exception as exc:  # already gone with its node
-                    log.debug("killing %s: %s", actor.name, exc)
-        self._by_ref.clear()
+        self._actors.close()
+        self._calls.clear()
         self._sup.repeats.flush()
-        if self._session_held:
-            self._session_held = False
-            ray_session.release()
+        self._actors.release()
         return stuck
-
-    # handing out -------------------------------------------------------------------------------
-
-    def _feed(self) -> None:
-        """Give every live actor calls up to workers.ray.inflight, within the byte cap."""
-        objects = self._objects
-        limit = self._options.inflight if objects.sized else 1  # unsized: one call each
-        if objects.sized:
-            self._size_unsized_calls()
-        for actor in self._actors:
-            while not self._sup.finished(actor.index) and len(actor.calls) < limit \
-                    and not self._stop.is_set():
-                if self._dispatcher is not None:
-                    # Room for a whole chunk first: an item taken is handed out.
-                    if not objects.room_for(objects.estimate()):
-                        return
-                    item = self._sup.take(actor.index)  # entered in the actor's ledger
-                    if item is None:
-                        return
-                    self.send(actor.index, item)
-                    continue
-                estimate = objects.estimate()
-                if not objects.room_for(estimate):
-                    return
-                self._track(actor, actor.handle.fetch.remote(), None, estimate)
-
-    def _track(self, actor: _Actor, ref: Any, item: WorkItem | None, estimate: int) -> None:
-        call = _Call(ref=ref, item=item, estimate=estimate, sent=time.monotonic())
-        if not actor.calls and actor.setup_ref is None:
-            actor.busy_since = call.sent
-        actor.calls.append(call)
-        self._by_ref[ref] = (actor, call)
-        self._objects.asked(estimate)
-
-    def _size_unsized_calls(self) -> None:
-        """Count the calls sent before any answer sized a chunk (estimated at 0 bytes then)
-        at the size now known, before another call is weighed against the cap: otherwise
-        each actor's first answer lands uncounted and the pool pins a chunk over its cap."""
-        for actor in self._actors:
-            for call in actor.calls:
-                if call.estimate == 0:
-                    call.estimate = self._objects.estimate(
-                        None if call.item is None else len(call.item.remaining))
-                    self._objects.asked(call.estimate)
 
     # the receiver thread -----------------------------------------------------------------------
 
     def _receive(self) -> None:
-        ray = self._ray
+        ray = self._actors.ray
         try:
             while not self._stop.is_set():
                 self._objects.drain()
-                self._feed()
-                refs = list(self._by_ref)
+                self._calls.feed(self._actors.actors)
+                refs = self._calls.refs()
                 if not refs:
-                    if all(self._sup.finished(a.index) for a in self._actors):
+                    if all(self._sup.finished(a.index) for a in self._actors.actors):
                         return
                     self._stop.wait(0.02)
                     continue
@@ -271,34 +149,27 @@ class RayWorkerPool(FailsOnce):
 
     def _take(self, ref: Any) -> bool:
         """One answer: an actor's setup or a call. False when the receiver should end."""
-        entry = self._by_ref.pop(ref, None)
+        entry = self._calls.answered(ref)
         if entry is None:
             return True  # an answer of an actor already taken for dead
         actor, call = entry
-        if call is not None:
-            actor.calls.remove(call)
-            self._objects.answered(call.estimate)
-            actor.busy_since = time.monotonic() if actor.calls else 0.0
+        ray = self._actors.ray
         try:
-            answer = self._ray.get(ref)
-        except self._ray.exceptions.RayError as exc:  # its process or node died
+            answer = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # its process or node died
             return self._died(actor, exc, call)
         if call is None:
             return self._setup_answer(actor, answer)
         return self._answer(actor, call, answer)
 
-    def _setup_answer(self, actor: _Actor, answer: tuple[Any, ...] | Error) -> bool:
+    def _setup_answer(self, actor: Actor, answer: tuple[Any, ...] | Error) -> bool:
         actor.setup_ref = None
         if type(answer) is Error:
             return self._sup.handle(actor.index, answer)
-        _, actor.pid, actor.node, actor.node_id, _ = answer
-        if actor.calls:
-            actor.busy_since = time.monotonic()
-        if self._ready_s is None and all(a.setup_ref is None for a in self._actors):
-            self._ready_s = time.monotonic() - self._started
+        self._actors.placed(actor, answer)
         return True
 
-    def _answer(self, actor: _Actor, call: _Call, answer: Outcome) -> bool:
+    def _answer(self, actor: Actor, call: Call, answer: Outcome) -> bool:
         kind = type(answer)
         if kind is Got:
             self._sup.retried(actor.index, answer.retries)
@@ -309,10 +180,10 @@ class RayWorkerPool(FailsOnce):
             self._note_processors(actor, answer.processors)
         elif kind is Done and not self._sup.finished(actor.index):
             for pending in list(actor.calls):  # a fetch source: nothing more to ask for
-                self._forget(actor, pending)
+                self._calls.forget(actor, pending)
         return self._sup.handle(actor.index, answer)
 
-    def _chunk(self, actor: _Actor, call: _Call, got: Got) -> bool:
+    def _chunk(self, actor: Actor, call: Call, got: Got) -> bool:
         self._note_processors(actor, got.processors)
         n, nbytes = got.chunk.n, got.chunk.nbytes
         actor.chunks += 1
@@ -351,74 +222,53 @@ class RayWorkerPool(FailsOnce):
         finally:
             self._waited += time.perf_counter() - began
 
-    def _note_processors(self, actor: _Actor, snapshot: Any) -> None:
+    def _note_processors(self, actor: Actor, snapshot: Any) -> None:
         if snapshot is not None:
             self._processor_totals.add((actor.name, actor.pid), snapshot)
 
-    def _forget(self, actor: _Actor, call: _Call) -> None:
-        actor.calls.remove(call)
-        self._by_ref.pop(call.ref, None)
-        self._objects.answered(call.estimate)
-
     # deaths ------------------------------------------------------------------------------------
 
-    def _died(self, actor: _Actor, exc: BaseException, call: _Call | None) -> bool:
+    def _died(self, actor: Actor, exc: BaseException, call: Call | None) -> bool:
         """An actor's process or node died: forget its calls and let the supervisor hand its
         items out again and replace it or fail the run (``call``: the one that raised)."""
         if actor.dead:  # (its other calls were forgotten and handed out again already)
             return True
         actor.dead = True
         actor.reason = death_reason(exc)
-        for pending in list(actor.calls):
-            self._forget(actor, pending)
-        if actor.setup_ref is not None:
-            self._by_ref.pop(actor.setup_ref, None)
+        self._calls.forget_actor(actor)
         self.kill(actor.index)
         return self._sup.died(actor.index)
 
     # the transport (workers/transport.py), for the supervisor ----------------------------------
 
     def spawn(self, index: int) -> None:
-        self._actors[index] = self._create(index)
+        self._calls.setup(self._actors.create(index))
 
     def send(self, index: int, item: WorkItem) -> bool:
-        actor = self._actors[index]
-        estimate = self._objects.estimate(len(item.remaining))
-        self._track(actor, actor.handle.read.remote(item.seq, item.epoch, item.remaining), item,
-                    estimate)
+        self._calls.send(self._actors.actors[index], item)
         return True
 
     def kill(self, index: int) -> None:
-        actor = self._actors[index]
-        try:
-            self._ray.kill(actor.handle, no_restart=True)
-        except Exception as kill_error:  # gone with its node
-            log.debug("killing %s: %s", actor.name, kill_error)
+        self._actors.kill(index)
 
     def alive(self, index: int) -> bool:
-        return not self._actors[index].dead
+        return not self._actors.actors[index].dead
 
     def exit_reason(self, index: int) -> str:
-        return f"died: {self._actors[index].reason}"
+        return f"died: {self._actors.actors[index].reason}"
 
     def where(self, index: int) -> str:
-        return self._where(self._actors[index])
+        return self._where(self._actors.actors[index])
 
     def _check_start(self) -> None:
         """Fail an actor not placed, or not done building its source, within start_timeout."""
-        timeout = self._options.start_timeout
-        now = time.monotonic()
-        for actor in self._actors:
-            if actor.setup_ref is not None and not self._sup.finished(actor.index) \
-                    and now - actor.created > timeout:
-                hint = placement_hint(self._ray, self._options.cpus_per_actor)
-                self.fail(Failure(exc=WorkerFailure(
-                    f"{self._where(actor)} did not start within {timeout:g}s "
-                    f"(workers.ray.start_timeout): {hint}"),
-                    where=self._where(actor), traceback_text=""))
-                return
+        late = self._actors.late(self._sup.finished)
+        if late is not None:
+            actor, message = late
+            self.fail(Failure(exc=WorkerFailure(message), where=self._where(actor),
+                              traceback_text=""))
 
-    def _where(self, actor: _Actor) -> str:
+    def _where(self, actor: Actor) -> str:
         at = f"pid {actor.pid}, node {actor.node}" if actor.pid is not None else "not started yet"
         return f"{actor.name} (Ray actor, {at}) of {self._label} (source '{self._source_name}')"
 
@@ -435,7 +285,7 @@ class RayWorkerPool(FailsOnce):
         if self._failed:
             return []
         found = []
-        for actor in list(self._actors):
+        for actor in list(self._actors.actors):
             since = actor.busy_since
             if self._sup.finished(actor.index) or not since:
                 continue
@@ -459,45 +309,30 @@ class RayWorkerPool(FailsOnce):
 
     def pids(self) -> list[int]:
         """The actors' processes on this machine's node (their memory is this machine's)."""
-        here = self._local_node()
-        return [a.pid for a in self._actors if a.pid is not None and a.node_id == here
-                and not a.dead]
-
-    def _local_node(self) -> str:
-        try:
-            return str(self._ray.get_runtime_context().get_node_id()) if self._ray else ""
-        except Exception:
-            return ""
+        return self._actors.pids()
 
     def stats(self) -> WorkerPoolStats:
-        actors = []
-        for actor in list(self._actors):
-            state = "dead" if actor.dead else DONE if self._sup.finished(actor.index) else \
-                "starting" if actor.setup_ref is not None else FETCHING if actor.calls else IDLE
-            actors.append(ActorStats(name=actor.name, node=actor.node, pid=actor.pid, state=state,
-                                     chunks=actor.chunks, samples=actor.samples,
-                                     fetch_wall_s=actor.fetch_wall_s, node_id=actor.node_id))
+        actors = self._actors.stats(self._sup.finished)
         states = [s.state for s in actors]
         inflight, held = self._objects.snapshot()
-        calls = sum(len(a.calls) for a in self._actors)
-        connected = self._connected
+        calls = sum(len(a.calls) for a in self._actors.actors)
+        connected, started = self._actors.connected, self._actors.started
         ray_stats = RayStats(
             address=connected.address if connected else "", local=bool(connected and connected.local),
-            connect_s=connected.started_s if connected else 0.0, ready_s=self._ready_s,
+            connect_s=connected.started_s if connected else 0.0, ready_s=self._actors.ready_s,
             actors=tuple(actors), inflight_items=calls, inflight_bytes=inflight,
             held_bytes=held, cap_bytes=self._objects.cap(), receive_busy_s=self._busy,
-            receive_wall_s=time.monotonic() - self._started if self._started else 0.0,
+            receive_wall_s=time.monotonic() - started if started else 0.0,
             duplicates=self._sup.duplicates, spilled_bytes=self._spilled())
         return self._tally.stats(
             self.kind, states, (IDLE, FETCHING, "blocked", DONE), pids=tuple(self.pids()),
             stalls=self._stalls, processors=self._processor_totals.stats(), ray=ray_stats,
             **self._sup.failures.snapshot())
 
-
     def _spilled(self) -> int | None:
         """What Ray spilled, read from disk at most once a second (stats() runs several times a
         second on a dashboard; the folder listing is the same in between)."""
         now = time.monotonic()
         if now - self._spill_read[0] >= 1.0:
-            self._spill_read = (now, spilled_bytes(self._ray))
+            self._spill_read = (now, spilled_bytes(self._actors.ray))
         return self._spill_read[1]
