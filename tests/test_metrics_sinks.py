@@ -201,3 +201,21 @@ def test_an_embedded_runner_writes_tensorboard_from_its_own_thread(tmp_path):
     assert len(steps) == reporter.written >= 4  # (the last one at close)
     assert steps[-1].value >= 3 * 64 and [e.step for e in steps] == list(range(len(steps)))
     assert "inputkit/coordinators/main/0/queues/batch_queue/full" in acc.Tags()["scalars"]
+
+
+@pytest.mark.timeout(300)
+def test_each_point_of_a_bench_sweep_is_a_tensorboard_run_of_its_own(tmp_path):
+    """``bench -m``: point N's events go to ``metrics.tensorboard``/N (as its run directory is
+    named), one step per line of that point's own metrics.jsonl, never mixed."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "inputkit", "bench", "-m", "queue.capacity=2,8",
+                          "bench.seconds=1", "devices=cpu", "workers=threads", "bench.plot=false",
+                          f"metrics.tensorboard={tmp_path / 'tb'}"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=250, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["0", "1"]
+    for point in ("0", "1"):
+        [jsonl] = list((tmp_path / "multirun").rglob(f"{point}/metrics.jsonl"))
+        records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        written = events(tmp_path / "tb" / point).Scalars("inputkit/samples")
+        assert [e.value for e in written] == [float(r["samples"]) for r in records]

@@ -35,7 +35,7 @@ from inputkit.observe.dashboard import components_text, plain_lines, render
 from inputkit.observe.diagnosis import diagnose
 from inputkit.observe.metrics import MovingWindow, Window
 from inputkit.observe.records import snapshot_record
-from inputkit.observe.sinks import Sink, close_sinks, open_sinks
+from inputkit.observe.sinks import Sink, close_sinks, open_sinks, per_sweep_point
 from inputkit.observe.sinks import check as check_sinks
 from inputkit.observe.stats import RunnerStats
 from inputkit.pipeline.coordinator import Coordinator
@@ -105,7 +105,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
         if jsonl is not None:
             jsonl.parent.mkdir(parents=True, exist_ok=True)
         recorder = Recorder(budget, jsonl, open_sinks(
-            spec.metrics, start_wandb=True, run_dir=output_dir,
+            per_sweep_point(spec.metrics), start_wandb=True, run_dir=output_dir,
             config=(extra or {}).get("config")))
         started = time.monotonic()  # the time limit counts from here, after start-up
         startup_s = clock.elapsed(started)  # from the command's start

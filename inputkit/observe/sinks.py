@@ -1,6 +1,6 @@
 """Metric sinks: the records of ``metrics.jsonl`` written where people already look.
 
-``metrics.tensorboard=DIR`` writes them as TensorBoard scalars (torch's ``SummaryWriter``),
+``metrics.tensorboard=DIR`` writes them as TensorBoard scalars (torch's event file writer),
 ``metrics.wandb=true`` logs them to the active W&B run (``inputkit bench`` starts one when
 none is). A sink receives the very record ``metrics.jsonl`` gets (:mod:`records`) and
 :func:`flatten` names its figures by their path in it, so every view shows the same numbers
@@ -84,6 +84,22 @@ def open_sinks(metrics: Mapping[str, Any], *, start_wandb: bool = False,
     return sinks
 
 
+def per_sweep_point(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``metrics`` for one point of a Hydra sweep (``inputkit bench -m``): its event files in
+    ``metrics.tensorboard``'s subfolder named for the job's number, as its run directory is,
+    so TensorBoard shows each point as a run of its own instead of mixing their steps. Outside
+    a sweep, unchanged."""
+    out = dict(metrics)
+    if not out.get("tensorboard"):
+        return out
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        out["tensorboard"] = str(Path(out["tensorboard"]) / str(HydraConfig.get().job.num))
+    return out
+
+
 def close_sinks(sinks: Iterable[Sink]) -> None:
     """Close every sink; one that fails is logged, and the others still close."""
     for sink in sinks:
@@ -93,4 +109,5 @@ def close_sinks(sinks: Iterable[Sink]) -> None:
             log.exception("closing the metric sink %s failed", type(sink).__name__)
 
 
-__all__ = ["PREFIX", "Sink", "check", "close_sinks", "flatten", "open_sinks", "wanted"]
+__all__ = ["PREFIX", "Sink", "check", "close_sinks", "flatten", "open_sinks", "per_sweep_point",
+           "wanted"]
