@@ -38,31 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from inputkit.config.records import EpochSpec  # declared once there; imported from here too
 from inputkit.pipeline.epochs import EpochEnd, EpochOrders
 from inputkit.pipeline.messages import END
 
 # Index-range chunks carry their sample indices in this hidden field through the batcher,
 # so the runner knows which samples the consumer has received (Runner.state_dict).
 INDEX_FIELD = "__inputkit_index__"
-
-
-@dataclass(frozen=True)
-class EpochSpec:
-    """The checked ``epoch`` config of one input."""
-
-    count: int | None = 1
-    chunk_size: int | None = None
-    shuffle: bool | str = False  # False (index order), True (global) or "shards"
-    seed: int = 0
-    ordered: bool = False
-    shuffle_window: int = 8  # shuffle=shards: shards per block whose samples are shuffled together
-
-    @property
-    def shuffle_mode(self) -> str:
-        """"none", "global" or "shards" (see inputkit/pipeline/shuffle.py)."""
-        if self.shuffle == "shards":
-            return "shards"
-        return "global" if self.shuffle in (True, "global") else "none"
 
 
 @dataclass

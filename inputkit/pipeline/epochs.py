@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from inputkit.pipeline.dispatcher import EpochSpec
+    from inputkit.config.records import EpochSpec
 
 
 class EpochOrders:
