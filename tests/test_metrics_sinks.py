@@ -219,3 +219,18 @@ def test_each_point_of_a_bench_sweep_is_a_tensorboard_run_of_its_own(tmp_path):
         records = [json.loads(line) for line in jsonl.read_text().splitlines()]
         written = events(tmp_path / "tb" / point).Scalars("inputkit/samples")
         assert [e.value for e in written] == [float(r["samples"]) for r in records]
+
+
+def test_a_tuner_trial_leaves_the_metrics_sinks_alone(tmp_path):
+    """A trial of ``inputkit tune`` is a short private run, not the run the sinks watch: with
+    metrics.wandb=true and no W&B run it still runs (a Runner would refuse), and writes no
+    TensorBoard events."""
+    from inputkit.config.spec import load_spec
+    from inputkit.tuning.trial import Settings, run_once
+
+    spec = load_spec(make_cfg(SRC, workers={"kind": "thread", "count": 1},
+                              metrics={"wandb": True, "tensorboard": str(tmp_path / "tb")}))
+    run = run_once(spec, "main", Settings(seconds=0.4, warmup=0.1))
+    assert run.rate > 0
+    assert not (tmp_path / "tb").exists()
+    assert wait_for_no_pipeline_threads() == []

@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from inputkit.config.spec import RunSpec
@@ -171,6 +171,7 @@ def run_once(spec: RunSpec, input_name: str, settings: Settings,
     (KeyboardInterrupt) closes the runner and joins the consumers before it goes on up."""
     stop = threading.Event()
     consumers: list[_Consumer] = []
+    spec = replace(spec, metrics={})  # metrics.tensorboard/wandb watch a run, never a trial
     try:
         with runner_class(spec, inputs=[input_name]) as runner:
             try:  # the consumers are told to stop before the runner closes under them
