@@ -187,6 +187,9 @@ class Coordinator(Iterator[dict[str, Any]]):
         # Index-range sources: the samples the consumer has received, per epoch (bool masks,
         # starting from what a resumed run had already received).
         self.consumed: dict[int, np.ndarray] = {e: m.copy() for e, m in consumed.items()}
+        # The sample indices of the batch handed out last (None: not index-range work), so an
+        # integration that counts batches trained (inputkit.lightning) can take one back.
+        self.last_indices: np.ndarray | None = None
 
     def start(self) -> None:
         self._started_at = time.monotonic()
@@ -218,6 +221,7 @@ class Coordinator(Iterator[dict[str, Any]]):
                 if mask is None:
                     mask = self.consumed[self.epoch] = np.zeros(self.length, dtype=bool)
                 mask[indices] = True
+            self.last_indices = indices
             if self._first_batch_s is None and self._started_at is not None:
                 self._first_batch_s = time.monotonic() - self._started_at
             self._batches += 1
