@@ -261,9 +261,9 @@ def test_shards_from_a_bucket_stream_the_samples_of_the_local_shards(tmp_path, s
                                                                      monkeypatch, gz):
     """Plain and gzip shards, streamed in ranged reads (a small block here, so one shard is
     many requests): the same samples, in the same order, as the local shards."""
-    import inputkit.sources.shards as shards_module
+    import inputkit.sources.shard_stream as stream_module
 
-    monkeypatch.setattr(shards_module, "_REMOTE_BLOCK", 4096)
+    monkeypatch.setattr(stream_module, "_REMOTE_BLOCK", 4096)
     write_shards(tmp_path / "sh", [23, 17, 9], gz=gz)
     put_folder(s3_bucket, tmp_path / "sh", "sh")
     ext = "tar.gz" if gz else "tar"
@@ -294,9 +294,9 @@ def test_shards_over_https_style_urls_through_the_runner(tmp_path, http_server):
 
 def test_shards_missing_or_vanishing_object_fails_naming_its_url(tmp_path, s3_bucket,
                                                                   monkeypatch):
-    import inputkit.sources.shards as shards_module
+    import inputkit.sources.shard_stream as stream_module
 
-    monkeypatch.setattr(shards_module, "_REMOTE_BLOCK", 4096)
+    monkeypatch.setattr(stream_module, "_REMOTE_BLOCK", 4096)
     write_shards(tmp_path / "sh", [40])
     put_folder(s3_bucket, tmp_path / "sh", "sh")
     missing = s3_bucket.url("sh/train-001.tar")
