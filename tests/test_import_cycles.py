@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1] / "inputkit"
 # there; the test fails on any other cycle (or on one of these growing). Remove an entry when
 # its cycle is broken.
 KNOWN: dict[frozenset[str], str] = {
-    frozenset({"inputkit.sources.loader", "inputkit.sources.registry"}):
-        "short source names resolve through the registry, which describes sources by loading them",
-    frozenset({"inputkit.sources.tar_index", "inputkit.sources.tar_index_pool"}):
-        "the pool's child process (its _main) runs the indexer it was started from",
-    frozenset({"inputkit.sources.image_shards", "inputkit.sources.images"}):
-        "images.ImageShardSource, the name from before the split, imported when asked for",
 }
 
 
