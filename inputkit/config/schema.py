@@ -139,6 +139,8 @@ class BenchConfig:
     json: bool = True
     # Save metrics.png (throughput and queue fill over time) when matplotlib is installed.
     plot: bool = True
+    # html: write report.html beside summary.json (one self-contained page); null: none.
+    report: str | None = "html"
 
 
 @dataclass

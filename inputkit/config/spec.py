@@ -69,6 +69,7 @@ class RunSpec:
     bench_dashboard: bool = True
     bench_json: bool = True
     bench_plot: bool = True
+    bench_report: str | None = "html"
     memory_budget: Any = "50%"
     memory_gpu_budget: Any = None
     allow_over_budget: bool = False
@@ -139,6 +140,7 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
         bench_dashboard=bool(bench.dashboard),
         bench_json=bool(bench.json),
         bench_plot=bool(bench.plot),
+        bench_report=_report(bench.report),
         memory_budget=root.memory.budget,
         memory_gpu_budget=root.memory.gpu_budget,
         allow_over_budget=bool(root.memory.allow_over_budget),
@@ -163,6 +165,15 @@ def load_spec(cfg: DictConfig | Mapping[str, Any] | InputkitConfig) -> RunSpec:
     if bench.input is not None:
         spec.input(bench.input)  # raises a ConfigError naming the known inputs
     return spec
+
+
+def _report(value: Any) -> str | None:
+    """bench.report: ``html`` (report.html beside summary.json) or none (null or ``none``)."""
+    if value is None or str(value).lower() in ("none", "false"):
+        return None
+    if str(value).lower() != "html":
+        raise ConfigError("bench.report", f"must be html or null (no report), got {value!r}")
+    return "html"
 
 
 def _group(root: DictConfig, name: str) -> dict[str, Any]:
