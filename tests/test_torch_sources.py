@@ -16,6 +16,10 @@ from inputkit import ConfigError, InputkitError, Runner, SourceError, SourceExha
 from inputkit.sources.torch_dataset import TorchDatasetSource, worker_info
 from inputkit.torch_adapter import InputkitIterableDataset
 
+# Process workers import torch in each child (8-11 s each on a loaded 2-core machine), and
+# several tests start two runs: a hang guard, not a speed limit.
+pytestmark = pytest.mark.timeout(240)
+
 T = "inputkit.sources.torch_dataset.TorchDatasetSource"
 PROCESSES = {"kind": "process", "count": 2}
 
