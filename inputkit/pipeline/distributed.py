@@ -11,6 +11,7 @@ exactly one device of one rank. ``devices=auto`` picks the rank's own GPU
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from inputkit.errors import ConfigError
@@ -39,8 +40,23 @@ def rank_info(mode: str = "auto") -> RankInfo:
         except ValueError:
             raise ConfigError("distributed", f"environment variable {name}={raw!r} is not a whole "
                               "number; check the launcher, or set distributed=off") from None
+    if "RANK" not in os.environ and values["WORLD_SIZE"] > 1:  # Lightning's DDP sets no RANK
+        return _from_process_group()
     info = RankInfo(values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"])
     if info.world_size < 1 or not 0 <= info.rank < info.world_size:
         raise ConfigError("distributed", f"RANK={info.rank} is not in 0..WORLD_SIZE-1 "
                           f"(WORLD_SIZE={info.world_size}); check the launcher, or set distributed=off")
     return info
+
+
+def _from_process_group() -> RankInfo:
+    """The rank from torch.distributed's process group (never imported here: only read when
+    the training script has started it), for launchers that do not set ``RANK``."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return RankInfo(dist.get_rank(), dist.get_world_size(),
+                        int(os.environ.get("LOCAL_RANK", "0") or 0))
+    raise ConfigError("distributed", f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but RANK is "
+                      "not, and no torch.distributed process group is running to ask; start "
+                      "the input after the process group (under Lightning: in train_dataloader, "
+                      "as inputkit.lightning does), set RANK, or set distributed=off")
