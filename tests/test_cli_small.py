@@ -160,9 +160,9 @@ def test_a_fetch_source_that_ends_is_said_to_have_ended(tmp_path, monkeypatch):
 @pytest.mark.parametrize("seconds, text", [(0.03, "30 ms"), (0.0004, "0 ms"), (0.2, "0.2 s"),
                                            (10.06, "10.1 s")])
 def test_a_short_run_is_shown_in_milliseconds_not_as_zero_seconds(seconds, text):
-    from inputkit.cli.bench import _duration
+    from inputkit.cli.bench_report import duration
 
-    assert _duration(seconds) == text
+    assert duration(seconds) == text
 
 
 @pytest.fixture
