@@ -139,6 +139,7 @@ def test_an_empty_component_or_different_fields_name_the_component(tmp_path):
         Mixture([part(10, 1.0, "a")], component_field="id")
 
 
+@pytest.mark.timeout(240)  # three runs of the example in subprocesses: 51-67 s at load ~11
 def test_the_pretraining_example_resumes_with_exactly_the_windows_of_an_uninterrupted_run(
         tmp_path):
     import subprocess
