@@ -156,3 +156,32 @@ def test_resumed_steps_passes_keep_epoch_boundaries(devices, saved_after, kind):
     assert [len(p) for p in passes] == [1000 - saved_after, 1000, 1000, 0]
     assert sorted(first + passes[0]) == list(range(1000))
     assert sorted(passes[1]) == sorted(passes[2]) == list(range(1000))
+
+
+def test_masks_of_epochs_left_behind_are_dropped_and_resume_still_exact():
+    """A long run does not keep one mask (a byte per sample) per epoch it has finished: only
+    the least epoch of the input's devices and the one before it stay; a state saved after
+    many epochs still resumes exactly."""
+    many = make_cfg(SOURCE, batch_size=32, devices=["cpu", "cpu"], workers={"count": 2},
+                    epoch={"count": 7, "shuffle": True, "seed": 4, "chunk_size": 16})
+    with Runner(many) as runner:
+        streams = [runner.device(i) for i in range(2)]
+        for _ in range(5):  # five whole epochs on both devices
+            for stream in streams:
+                list(stream)
+        held = {e for c in runner.coordinators() for e in c.consumed}
+        assert held <= {4, 5}, f"masks still held for epochs {sorted(held)}"
+        partial = []
+        for b in streams[0]:
+            partial.extend(b["id"].tolist())
+            if len(partial) > 200:
+                break
+        state = runner.state_dict()
+    assert state["inputs"]["main"]["epoch"] == 5
+    resumed = Runner(make_cfg(SOURCE, batch_size=32, devices=["cpu"], workers={"count": 2},
+                              epoch={"count": 7, "shuffle": True, "seed": 4, "chunk_size": 16}))
+    resumed.load_state_dict(state)
+    with resumed:
+        epochs = rest_of_epochs(resumed)
+    assert sorted(partial + epochs[0]) == list(range(1000)), "epoch 5: each sample exactly once"
+    assert sorted(epochs[1]) == list(range(1000)), "epoch 6: whole"

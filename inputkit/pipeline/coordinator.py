@@ -244,6 +244,7 @@ class Coordinator(Iterator[dict[str, Any]]):
             raise StopIteration
         if isinstance(item, EpochEnd):  # iterating again goes on with the next epoch
             self.epoch = item.epoch + 1
+            self._forget_old_epochs()
             raise StopIteration
         if isinstance(item, Failure):  # from the batcher or the device stage
             self._abort.fail(item, self)
@@ -254,6 +255,17 @@ class Coordinator(Iterator[dict[str, Any]]):
             raise WorkerFailure(f"{self.label} stopped because {failure.where} failed: "
                                 f"{type(failure.exc).__name__}: {failure.exc}") from failure.exc
         raise InputkitError(f"{self.label}: the runner was closed while waiting for a batch")
+
+    def _forget_old_epochs(self) -> None:
+        """Drop the masks no state can need again, so they do not grow by a byte per sample
+        per epoch: ``state_dict`` saves from the least epoch of this input's devices on, and
+        an integration taking a handed-out batch back (inputkit.lightning) reads at most the
+        epoch before it."""
+        group = self.owner.coordinators(self.spec.name) if self.owner is not None else [self]
+        keep_from = min(c.epoch for c in group) - 1
+        for c in group:
+            for epoch in [e for e in list(c.consumed) if e < keep_from]:
+                c.consumed.pop(epoch, None)
 
     @property
     def first_batch_at(self) -> float | None:
