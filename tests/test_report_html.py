@@ -1,8 +1,5 @@
 """report.html: the bench run's self-contained page, read back as a browser and a person would.
 
-(This commit: the page and the key; the real bench run, its browser screenshot and the
-comparison with summary.json come with bench's call, next.)
-
 One real ``inputkit bench`` over an image folder whose path holds ``<script>`` and one
 corrupt image (skipped with ``failures.on_error=skip``), so the page has a skipped sample
 whose error names that path. The page is parsed with ``html.parser`` and compared with the
@@ -12,12 +9,20 @@ screenshots it when one is on PATH.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from imagefiles import write_folder
 
 from inputkit import ConfigError, compose, load_spec
 from inputkit.observe.report_charts import MAX_POINTS, thin
@@ -87,6 +92,100 @@ class Page(HTMLParser):
 
     def text(self, section: str) -> str:
         return "".join(self.texts.get(section, []))
+
+
+@pytest.fixture(scope="module")
+def bench_page(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real bench over images in ``.../<script>alert x/`` with one corrupt file: its run
+    directory's report.html, summary.json and metrics.jsonl."""
+    tmp = tmp_path_factory.mktemp("report")
+    data = write_folder(tmp / f"{EVIL} x", classes=2, per_class=6)
+    (data / "class_0" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "inputkit", "bench", "--json", "bench.seconds=2", "devices=cpu",
+         "workers=threads", "workers.count=2", "batch_size=4", "epoch.count=null",
+         "source=image_folder", f"source.path='{data}'", "failures.on_error=skip",
+         "hydra.run.dir=run"], cwd=tmp, env=env, capture_output=True, text=True, timeout=240,
+        stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp / "run"
+    assert f"report: {run / 'report.html'}" in out.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"dir": run, "html": (run / "report.html").read_text(encoding="utf-8"),
+            "summary": json.loads((run / "summary.json").read_text()), "records": records,
+            "data": data}
+
+
+@pytest.mark.timeout(300)
+def test_every_section_is_there_and_says_what_summary_json_says(bench_page):
+    """Each part of the page holds the run's own figures: the verdict lines, one row per input
+    and device, the workers, every skipped sample (with its error), each start-up step, the
+    plan's lines and its verdict, and the config as YAML equal to summary.json's."""
+    page, summary = Page(bench_page["html"]), bench_page["summary"]
+    assert [s for s in SECTIONS if s in page.texts] == SECTIONS
+    assert page.verdicts == summary["diagnosis"] and summary["diagnosis"]
+
+    [inputs] = page.tables["inputs"]
+    coordinators = summary["stats"]["coordinators"]
+    assert [(r[0], r[1], r[3], r[4]) for r in inputs[1:]] == [
+        (c["input"], f"{c['device_index']}:{c['device']}", f"{c['batches']:,}",
+         f"{c['samples']:,}") for c in coordinators]
+
+    workers = page.tables["workers"][0]
+    assert [(r[2], r[3], r[5]) for r in workers[1:]] == [
+        (c["workers"]["kind"], str(c["workers"]["workers"]), f"{c['workers']['chunks']:,}")
+        for c in coordinators]
+
+    [skipped_entry] = summary["skipped_samples"]
+    [skipped] = page.tables["skipped"]
+    listed = Counter((s["index"], s["error"]) for s in skipped_entry["samples"])
+    assert {(int(r[0]), r[2]): int(r[1]) for r in skipped[1:]} == listed  # each epoch's skip
+    assert len(skipped) - 1 == len(listed)  # one row per sample and error
+    assert skipped_entry["count"] >= 1 and "broken.jpg" in skipped[1][2]
+
+    steps = {r[0]: float(r[1]) for r in page.tables["startup"][0][1:]}
+    record = summary["startup"]
+    assert steps["the command's start to the first batch"] == pytest.approx(
+        record["to_first_batch_s"], abs=1e-3)
+    assert len(steps) == len(record)  # each step, and the total
+    assert "probe/plan" in steps and "workers start" in steps
+
+    plan_rows = page.tables["plan"][0][1:]
+    assert {r[1] for r in plan_rows} >= {"chunk queue", "batch queue",
+                                         "host memory (RAM + shared + pinned)"}
+    assert "fits:" in page.text("plan") or "over budget:" in page.text("plan")
+
+    [config_yaml, *_] = page.pres["config"]
+    assert yaml.safe_load(config_yaml) == summary["config"]
+    assert summary["config"]["bench"]["report"] == "html"
+
+
+@pytest.mark.timeout(300)
+def test_charts_draw_every_record(bench_page):
+    """Three charts (throughput, queue fill, buffered bytes); the throughput line has one
+    point per record of metrics.jsonl (fewer than MAX_POINTS here), each queue a line."""
+    page, records = Page(bench_page["html"]), bench_page["records"]
+    assert page.tags.count("svg") == 3
+    assert len(records) >= 2
+    lines = page.lines["charts"]
+    assert lines[0] == len(records)  # total samples/s
+    queues = len(records[-1]["coordinators"][0]["queues"])
+    assert lines[1:1 + queues] == [len(records)] * queues
+    assert "throughput" in page.text("charts") and "queue fill" in page.text("charts")
+
+
+@pytest.mark.timeout(300)
+def test_a_path_with_script_shows_as_text(bench_page):
+    """The data folder's ``<script>`` reaches the page escaped: no script element anywhere,
+    the text (config, skipped sample errors) shows the path as it is."""
+    page = Page(bench_page["html"])
+    assert "script" not in page.tags
+    assert str(bench_page["data"]) in page.text("config")
+    assert EVIL in page.text("skipped")
+    assert "&lt;script&gt;alert" in bench_page["html"]
+    assert "<script" not in bench_page["html"]
+    assert not any(t in page.tags for t in ("link", "img", "iframe"))  # nothing fetched
 
 
 def test_names_from_the_config_are_escaped_in_tables_and_chart_legends():
@@ -162,3 +261,44 @@ def test_bench_writes_the_page_only_when_asked_and_only_into_a_run_directory(tmp
 
 def _chromium() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (Debian: apt-get install "
+                    "chromium); the page's browser check needs a real browser")
+def test_chromium_renders_the_page_with_its_charts(bench_page, tmp_path):
+    """Debian's Chromium, headless, screenshots the page as a person would open it: the PNG has
+    the window's size, and the chart region (the rows where the charts' line colours are) is
+    drawn: the blue and orange queue lines and the black throughput line are there, with
+    many distinct colours (text, grid, anti-aliasing), not a blank or an error page."""
+    import numpy as np
+    from PIL import Image
+
+    shot = tmp_path / "page.png"
+    out = subprocess.run(
+        [_chromium() or "", "--headless", "--no-sandbox", "--disable-gpu",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+         "--window-size=1280,2000", (bench_page["dir"] / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(tmp_path)})
+    assert shot.exists(), out.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    pixels = np.asarray(image).astype(np.int16)
+
+    def near(colour: tuple[int, int, int]) -> list[int]:
+        """The row of each pixel within 40 of ``colour`` on every channel."""
+        close = (np.abs(pixels - np.array(colour, dtype=np.int16)) <= 40).all(axis=2)
+        return np.nonzero(close)[0].tolist()
+
+    # The legends' swatches always show (a line may lie under another, both at 0).
+    blue = near((0x1F, 0x77, 0xB4))  # chunk queue and buffered bytes: lines and swatches
+    orange = near((0xFF, 0x7F, 0x0E))  # the batch queue's line and swatch
+    assert len(blue) > 30 and len(orange) > 30, (len(blue), len(orange))
+    top, bottom = min(blue + orange), max(blue + orange)  # the charts, legends included
+    assert bottom - top > 300, (top, bottom)  # the fill chart's legend down to the memory one
+    region = image.crop((0, top, image.width, bottom + 1))
+    colours = region.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 50, len(colours)
+    white = sum(n for n, c in colours if min(c) >= 245)
+    assert white < 0.97 * region.width * region.height  # lines and text, not a blank page

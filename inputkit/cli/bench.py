@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from inputkit import startup
+from inputkit.cli.bench_html import write_bench_report
 from inputkit.cli.bench_report import banner, duration, ended_by, report
 from inputkit.cli.bench_watch import Consumer, watch
 from inputkit.config.spec import RunSpec, load_spec
@@ -90,6 +91,7 @@ def run_bench(spec: RunSpec, console: Console, output_dir: Path | None = None,
     summary = report(console, runner, final, recorder, clock, spec=spec, title=title,
                      running_at=running_at, startup_s=startup_s, elapsed=elapsed,
                      output_dir=output_dir, extra=extra)
+    write_bench_report(console, spec, output_dir, summary, list(recorder.records), runner.plan)
     if interrupted:
         raise KeyboardInterrupt(*left_running)  # the CLI's last line names what did not stop
     return summary
