@@ -210,6 +210,26 @@ def test_names_from_the_config_are_escaped_in_tables_and_chart_legends():
         assert evil in page.text(section), section
 
 
+def test_an_inline_run_says_why_it_has_no_queues_and_what_auto_chose():
+    """The default often runs inline: no queue exists, so the page says so instead of an empty
+    table and an empty fill chart, and auto's choice reads as a table row, reason and all."""
+    coordinator = {"input": "main", "device": "cpu", "device_index": 0, "samples_per_s": 5.0,
+                   "queues": []}
+    records = [{"t": t, "samples_per_s": 10.0, "buffered_bytes": 0, "planned_host_bytes": 1,
+                "coordinators": [coordinator]} for t in (0.5, 1.0)]
+    reason = "fetch is cheap (32 fetches: 563 us each)"
+    summary = {"stats": {"coordinators": [{**coordinator, "source": "s",
+                                           "workers": {"kind": "inline", "workers": 1}}]},
+               "diagnosis": ["input 'main' on 0:cpu: inline."],
+               "workers": {"auto": {"main": {"kind": "inline", "count": 1, "reason": reason,
+                                             "measured": {"fetches": 32}}}}}
+    page = Page(render_report(summary, records))
+    assert "no queues: every input ran inline" in page.text("verdict")
+    assert "queue fill" not in page.text("charts") and "throughput" in page.text("charts")
+    workers = page.text("workers")
+    assert reason in workers and "fetches 32" in workers and "{" not in workers
+
+
 def test_thinning_keeps_the_extremes():
     """A long run is drawn with at most about MAX_POINTS points a line, and a one-sample dip
     or spike still shows; NaN (not recorded) points are left out."""

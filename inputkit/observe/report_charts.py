@@ -116,7 +116,7 @@ def line_chart(xs: Sequence[float], lines: Sequence[Line], *, title: str, y_labe
         out.append(f'<text x="{WIDTH - RIGHT + 40}" y="{ly + 4}">{escape(line.label)}'
                    f"{'' if pts else ' (not recorded)'}</text>")
     out.append("</svg>")
-    return "\n".join(out)
+    return f'<h4 class="chart-title">{escape(title)}</h4>\n' + "\n".join(out)
 
 
 def _name(c: dict[str, Any]) -> str:
@@ -166,12 +166,14 @@ def run_charts(records: Sequence[dict[str, Any]]) -> list[str]:
                                           for r in records], COLOURS[0]),
               Line("planned worst case", [_mb(r.get("planned_host_bytes")) for r in records],
                    "#000000", 1.0, dashed=True)]
-    return [line_chart(xs, rate, title="throughput (samples per second, over the last 5 s)",
-                       y_label="samples/s"),
-            line_chart(xs, fills, title="queue fill (share of each queue's limit: 1 = full)",
-                       y_label="fill (0-1)", y_max=1.0),
-            line_chart(xs, memory, title="bytes buffered in the queues against the plan (MB)",
-                       y_label="MB")]
+    charts = [line_chart(xs, rate, title="throughput (samples per second, over the last 5 s)",
+                         y_label="samples/s")]
+    if fills:  # none when every input ran inline (no queue between stages)
+        charts.append(line_chart(xs, fills, y_label="fill (0-1)", y_max=1.0,
+                                 title="queue fill (share of each queue's limit: 1 = full)"))
+    charts.append(line_chart(xs, memory, title="bytes buffered in the queues against the plan "
+                             "(MB)", y_label="MB"))
+    return charts
 
 
 def _mb(value: Any) -> float:

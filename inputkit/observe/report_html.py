@@ -96,7 +96,9 @@ def _verdict(summary: dict[str, Any]) -> str:
                  "time, what fills it waits on what reads it.</p>")
     parts.append(table(["input", "device", "queue", "items now", "full", "empty",
                         "put wait (s)", "get wait (s)", "peak bytes"], rows,
-                       numeric=(3, 4, 5, 6, 7, 8)))
+                       numeric=(3, 4, 5, 6, 7, 8)) if rows else empty(
+        "no queues: every input ran inline (workers.kind=inline), its whole chain in the "
+        "training loop's thread; the verdict reads the time spent inside fetch"))
     return section("verdict", "Verdict", "\n".join(parts))
 
 
@@ -161,8 +163,11 @@ def _workers(summary: dict[str, Any]) -> str:
              if rows else empty("no workers ran")]
     auto = summary.get("workers", {}).get("auto", {})
     if auto:
-        parts.append("<h3>workers.kind=auto</h3>")
-        parts.append(f"<pre>{esc(json.dumps(auto, indent=2, default=str))}</pre>")
+        parts.append("<h3>What workers.kind=auto chose</h3>")
+        parts.append(table(["input", "kind", "count", "why", "measured"], [
+            [name, choice.get("kind"), choice.get("count"), choice.get("reason", ""),
+             ", ".join(f"{k} {v}" for k, v in (choice.get("measured") or {}).items())]
+            for name, choice in auto.items() if isinstance(choice, dict)], numeric=(2,)))
     nodes = [[entry.get("input"), _device(entry), n.get("node"), n.get("actors"),
               ", ".join(f"{k} {v}" for k, v in (n.get("states") or {}).items()),
               f"{n.get('chunks', 0):,}", f"{n.get('samples', 0):,}"]

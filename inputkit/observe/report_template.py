@@ -32,6 +32,7 @@ th { background: #eef0f3; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #fff; border: 1px solid #d6d9de; padding: 10px; overflow-x: auto;
       font-size: 12px; }
+h4.chart-title { margin: 14px 0 2px; font-size: 13px; font-weight: 600; color: #333; }
 svg.chart { background: #fff; border: 1px solid #d6d9de; margin: 4px 0 12px; max-width: 100%;
             height: auto; display: block; }
 svg.chart text { font: 11px system-ui, sans-serif; fill: #333; }
