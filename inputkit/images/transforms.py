@@ -83,13 +83,17 @@ class Transforms:
 
     def plan(self, width: int, height: int, seed: int, epoch: int, index: int) -> Geometry:
         """Sample every step for one image of ``width`` x ``height`` pixels."""
-        rng = random.Random(f"{seed}:{epoch}:{index}")
+        # Seeded at the first draw: seeding costs more than the rest of a plan, and a list
+        # that draws nothing (resize, center_crop) needs none.
+        rng: random.Random | None = None
         # The virtual image the steps see (vw x vh) is the box (bx0, by0)-(bx1, by1) of the source.
         vw, vh = width, height
         bx0, by0, bx1, by1 = 0.0, 0.0, float(width), float(height)
         flip = False
         sampled: list[tuple[str, Any]] = []
         for step in self.steps:
+            if rng is None and step.name in ("horizontal_flip", "random_resized_crop"):
+                rng = random.Random(f"{seed}:{epoch}:{index}")
             if step.name == "horizontal_flip":
                 hit = rng.random() < step.p
                 flip ^= hit

@@ -33,6 +33,7 @@ from inputkit.images.transforms import Transforms, bad_key
 from inputkit.sources.hf_columns import choose_columns
 from inputkit.sources.hf_layout import find_dataset
 from inputkit.sources.hf_tables import (
+    EncodedImages,
     Segment,
     one_array,
     open_arrow,
@@ -199,30 +200,32 @@ class HFSource:
                 self._refuse_null(g, c.name, int(local[bad[0]]))
             out[c.name][rows] = values
         for name in self.images:
-            self._decode(g, name, segment.arrow[name], rows, local, out[name], epoch)
+            self._decode(g, name, segment.images[name], rows, local, out[name], epoch)
 
-    def _decode(self, g: int, name: str, array: Any, rows: np.ndarray, local: np.ndarray,
-                out: np.ndarray, epoch: int) -> None:
-        """Decode and transform the images at rows ``local`` of segment ``g`` into ``out``."""
-        # the struct's fields, its own nulls merged into both
-        fields = dict(zip([f.name for f in array.type], array.flatten(), strict=True))
-        encoded, paths = fields["bytes"], fields["path"]
+    def _decode(self, g: int, name: str, images: EncodedImages, rows: np.ndarray,
+                local: np.ndarray, out: np.ndarray, epoch: int) -> None:
+        """Decode and transform the images at rows ``local`` of segment ``g`` into ``out``.
+        Each row's bytes are sliced from the segment's buffer (no pyarrow scalar per row)."""
         base = int(self.starts[g])
         decode, transforms, seed = self.decoder.decode_into, self.transforms, self.seed
-        for row, i in zip(rows.tolist(), local.tolist(), strict=True):
-            index = base + i
-            data = encoded[i].as_py()
-            if data is None:
-                data = self._image_file(g, name, i, paths[i].as_py())
+        data = images.data
+        begins, ends = images.spans(local)
+        missing = images.missing[local].tolist() if images.missing is not None else None
+        most_bytes, most_pixels = self.largest_image
+        for k, (row, i) in enumerate(zip(rows.tolist(), local.tolist(), strict=True)):
+            if missing is not None and missing[k]:
+                encoded = self._image_file(g, name, i, images.paths[i].as_py())
+            else:
+                encoded = bytes(data[begins[k]:ends[k]])
             try:
-                geometry = decode(data, out[row], transforms, seed, epoch, index)
+                geometry = decode(encoded, out[row], transforms, seed, epoch, base + i)
             except (ImageError, ValueError) as exc:
                 raise SourceError(NAME, f"{self._where(g, i)}, column '{name}': {exc}",
                                   field=name) from exc
-            pixels = geometry.size[0] * geometry.size[1]
-            if len(data) > self.largest_image[0] or pixels > self.largest_image[1]:
-                self.largest_image = (max(len(data), self.largest_image[0]),
-                                      max(pixels, self.largest_image[1]))
+            width, height = geometry.size
+            most_bytes = max(most_bytes, len(encoded))
+            most_pixels = max(most_pixels, width * height)
+        self.largest_image = (most_bytes, most_pixels)
 
     def _image_file(self, g: int, name: str, i: int, path: str | None) -> bytes:
         """An image stored as a path only (its bytes not embedded): the file's bytes."""

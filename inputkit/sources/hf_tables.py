@@ -20,9 +20,44 @@ _ARROW_FILE_MAGIC = b"ARROW1"
 class Segment(RowGroup):
     """One record batch or row group: ``arrays`` holds the columns converted whole (numbers and
     fixed-size lists: views of the mapped file where Arrow allows, with ``nulls`` their rows that
-    hold a null), ``arrow`` the columns taken row by row at read time (padded lists, images)."""
+    hold a null), ``arrow`` the padded lists taken at read time, ``images`` the image columns."""
 
     arrow: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, EncodedImages] = field(default_factory=dict)
+
+
+@dataclass
+class EncodedImages:
+    """One segment's image column (``datasets``' struct of ``bytes`` and ``path``) laid out for
+    reading row by row without a pyarrow scalar per row: the bytes' offsets as a numpy array and
+    their data as a memoryview (both views of the mapped file or the decoded row group), which
+    rows have no bytes (``missing``: an image stored as a path, or a null), and the paths."""
+
+    offsets: np.ndarray
+    data: memoryview
+    missing: np.ndarray | None  # bool per row; None when every row has its bytes
+    paths: Any
+
+    @classmethod
+    def of(cls, array: Any) -> EncodedImages:
+        import pyarrow as pa
+
+        # flatten: the struct's fields with its own nulls (and offset) merged into each
+        fields = dict(zip([f.name for f in array.type], array.flatten(), strict=True))
+        encoded = fields["bytes"]
+        width = 8 if pa.types.is_large_binary(encoded.type) else 4
+        _, offsets, data = encoded.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int64 if width == 8 else np.int32,
+                                count=len(encoded) + 1, offset=encoded.offset * width)
+        missing = None
+        if encoded.null_count:
+            missing = encoded.is_null().to_numpy(zero_copy_only=False)
+        return cls(offsets, memoryview(data if data is not None else b""), missing,
+                   fields["path"])
+
+    def spans(self, local: np.ndarray) -> tuple[list[int], list[int]]:
+        """Where rows ``local``'s bytes begin and end in ``data``."""
+        return self.offsets[local].tolist(), self.offsets[local + 1].tolist()
 
 
 def open_arrow(path: str) -> tuple[Any, list[Any], Any]:
@@ -74,7 +109,7 @@ def segment_of(columns: list[Column], images: list[str], arrays: dict[str, Any])
         if len(bad):
             segment.nulls[c.name] = bad
     for name in images:
-        segment.arrow[name] = arrays[name]
+        segment.images[name] = EncodedImages.of(arrays[name])
     return segment
 
 
