@@ -19,7 +19,9 @@ datasets = pytest.importorskip("datasets", reason="the tests make their datasets
 Image = pytest.importorskip("PIL.Image", reason="the image tests need Pillow (the images extra)")
 
 from inputkit import ConfigError, Runner  # noqa: E402
+from inputkit.errors import SourceError  # noqa: E402
 from inputkit.sources.hf import HFSource  # noqa: E402
+from inputkit.sources.hf_tables import EncodedImages  # noqa: E402
 
 HF = "inputkit.sources.hf.HFSource"
 ROWS = 300
@@ -219,6 +221,52 @@ def test_an_image_stored_as_a_path_is_read_from_its_file(tmp_path):
     got = src.read(np.array([2, 1, 0]))["img"]
     assert [np.array_equal(g.transpose(1, 2, 0), p) for g, p in zip(got, pictures(3)[::-1],
                                                                       strict=True)] == [True] * 3
+
+
+def test_embedded_path_only_and_null_images_in_one_segment_each_read_from_their_own_row(
+        tmp_path):
+    """Rows' bytes are sliced from the segment's buffer by its offsets: a path-only row (no
+    bytes) or a null row between embedded ones must not shift them; large_binary offsets too."""
+    n = 9
+    pics = pictures(n)
+    values = []
+    for i, picture in enumerate(pics):
+        if i == 7:
+            values.append(None)  # no image at all
+        elif i % 3 == 0:
+            Image.fromarray(picture).save(tmp_path / f"{i}.png")
+            values.append({"bytes": None, "path": str(tmp_path / f"{i}.png")})
+        else:
+            values.append({"bytes": encoded(picture, "PNG"), "path": None})
+    kind = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
+    table = pa.table({"img": pa.array(values, kind), "id": pa.array(range(n), pa.int64())})
+    (tmp_path / "data").mkdir()
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, str(tmp_path / "data" / "train-00000-of-00001.parquet"))
+    src = HFSource(str(tmp_path), transforms=[{"resize": [12, 10]}])
+    wanted = np.array([8, 0, 5, 3, 1, 6, 2, 4])
+    got = src.read(wanted)
+    assert got["id"].tolist() == wanted.tolist()
+    for image, i in zip(got["img"], wanted.tolist(), strict=True):
+        assert np.array_equal(image.transpose(1, 2, 0), pics[i]), f"row {i}"
+    with pytest.raises(SourceError, match=r"row 7 .*column 'img' is null \(no image\)"):
+        src.read(np.array([6, 7]))
+    src.close()
+
+
+def test_encoded_images_of_a_sliced_struct_array_start_at_its_offset():
+    """A sliced Arrow array's buffers start before its first row: the offsets must be read
+    from the slice's own offset."""
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    whole = pa.array([{"bytes": bytes([k]) * (k + 1), "path": None} for k in range(6)]
+                     + [{"bytes": None, "path": "p6"}], kind)
+    images = EncodedImages.of(whole.slice(2))
+    begins, ends = images.spans(np.array([0, 3, 1]))
+    assert [bytes(images.data[b:e]) for b, e in zip(begins, ends, strict=True)] == [
+        b"\x02" * 3, b"\x05" * 6, b"\x03" * 4]
+    assert images.missing is not None and images.missing.tolist() == [False] * 4 + [True]
+    assert images.paths[4].as_py() == "p6"
 
 
 # bad input -------------------------------------------------------------------------------------
