@@ -129,6 +129,24 @@ def test_index_range_exactly_once_on_two_devices_with_shuffle():
     no_actors_left()
 
 
+def test_batches_that_are_views_of_their_chunk_pin_nothing_after_the_epoch():
+    """Chunks of exactly a batch: every batch is a view of its object, and its index field too.
+    Once the consumer drops them, nothing may keep one: the coordinator's record of the last
+    batch's samples (read by inputkit.lightning) is a copy, not a view pinning its object."""
+    cfg = ray_cfg({"_target_": SYN, "fields": {"x": {"shape": [4], "dtype": "float32"}},
+                   "length": 640, "id_field": "id"}, batch_size=64, devices=["cpu"],
+                  epoch={"shuffle": True, "chunk_size": 64})
+    with Runner(cfg) as runner:
+        [ids] = consume_all(runner, 1)
+
+        def released() -> bool:
+            [pool] = [c.workers.ray for c in runner.stats().coordinators]
+            return pool.inflight_items == 0 and pool.held_bytes == 0
+
+        wait_until(released, 10, "objects still pinned after the epoch")
+    assert sorted(ids.tolist()) == list(range(640))
+
+
 def test_fetch_source_with_random_chunk_sizes_exact_batches_on_two_devices():
     cfg = ray_cfg({"_target_": "fakes:Sharded", "length": 2000, "max_chunk": 90},
                   batch_size=50, devices=["cpu", "cpu"])

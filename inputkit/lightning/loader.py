@@ -53,9 +53,8 @@ class InputkitLoader:
             coordinator = runner.coordinators(self.input_dataset.input)[self.input_dataset.device] \
                 if runner is not None else None
             if coordinator is not None:
-                indices = coordinator.last_indices
-                self._taken.append((self._handed, coordinator.epoch,
-                                    None if indices is None else indices.copy()))
+                # (the coordinator's own copy, replaced by the next batch's)
+                self._taken.append((self._handed, coordinator.epoch, coordinator.last_indices))
             yield batch
         self._ended = True
 

@@ -221,7 +221,10 @@ class Coordinator(Iterator[dict[str, Any]]):
                 if mask is None:
                     mask = self.consumed[self.epoch] = np.zeros(self.length, dtype=bool)
                 mask[indices] = True
-            self.last_indices = indices
+            # A copy: the batch's index field may be a view of its chunk, and a view kept
+            # here would pin that chunk (a Ray object, a shared-memory slot) until the next
+            # batch; a batch's indices are a few hundred integers.
+            self.last_indices = None if indices is None else indices.copy()
             if self._first_batch_s is None and self._started_at is not None:
                 self._first_batch_s = time.monotonic() - self._started_at
             self._batches += 1
