@@ -39,17 +39,6 @@ def test_decide_on_figures():
     assert unmeasured.kind == "thread" and "GIL not measured" in unmeasured.reason
 
 
-def test_under_a_launcher_with_its_own_start_method_a_gil_fetch_gets_threads(monkeypatch):
-    """A Hydra sweep on joblib runs each job in a loky worker, whose start method is 'loky':
-    a forkserver child of it fails ("cannot find context for 'loky'", seen in CI), so auto
-    gives a GIL-holding fetch threads there and says why."""
-    import multiprocessing
-
-    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none=False: "loky")
-    choice = decide(figures(fetch_ms=5, gil_held=0.8, gil_wait_ms=4.0))
-    assert choice.kind == "thread" and "loky" in choice.reason
-
-
 def sleepy(worker_id, n):
     time.sleep(0.005)
     return {"x": np.zeros((n, 2), np.float32)}

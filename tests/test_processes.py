@@ -137,6 +137,37 @@ def test_every_start_method_works(method):
         assert sorted(ids_of(list(runner.device(0)))) == list(range(500))
 
 
+LOKY_JOB = """
+import multiprocessing, sys
+from joblib import Parallel, delayed
+
+def job():
+    from inputkit import Runner
+    cfg = {"source": {"_target_": "inputkit.sources.synthetic.SyntheticSource", "fields": {},
+                      "length": 300, "id_field": "id", "chunk_size": 40},
+           "devices": "cpu", "batch_size": 50, "workers": {"kind": "process", "count": 2}}
+    with Runner(cfg) as runner:
+        ids = sorted(i for b in runner.device(0) for i in b["id"].tolist())
+    return multiprocessing.get_start_method(allow_none=True), ids
+
+[(method, ids)] = Parallel(n_jobs=2, backend="loky")([delayed(job)()])
+print(method, ids == list(range(300)))
+"""
+
+
+@pytest.mark.timeout(240)
+def test_process_workers_start_inside_a_joblib_loky_job(tmp_path):
+    """A Hydra sweep on joblib runs each job in a loky worker, whose default start method is
+    'loky': a forkserver child used to inherit that name and die ("cannot find context for
+    'loky'"). The workers start, deliver every sample, and leave the job's method as it was."""
+    script = tmp_path / "loky_job.py"
+    script.write_text(LOKY_JOB)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=220, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["loky", "True"], out.stdout + out.stderr[-2000:]
+
+
 def test_a_chunk_larger_than_a_slot_is_split_and_arrives_intact():
     cfg = proc_cfg({"_target_": SYN, "fields": {"x": {"shape": [100], "dtype": "float64"}},
                     "length": 1000, "id_field": "id", "chunk_size": 300},

@@ -105,14 +105,9 @@ def decide(m: Measured, count: int | None = None) -> AutoChoice:
     kind=auto) is kept. Never Ray."""
     seen = m.text()
     per_core = max(2, min(m.cores, MAX_CORE_WORKERS))
-    if m.holds_gil() and processes_can_start():
+    if m.holds_gil():
         return _choice("process", count, per_core, f"fetch holds the GIL while it computes "
                        f"({seen}): threads would take turns, processes run side by side", m)
-    if m.holds_gil():
-        return _choice("thread", count, per_core, f"fetch holds the GIL ({seen}), but this "
-                       f"process runs under a launcher with its own start method "
-                       f"({_start_method()!r}: joblib's loky), whose children cannot start "
-                       f"process workers: threads", m)
     if m.fetch_ms < INLINE_SLOW_MS and m.views:
         return _choice("inline", 1, 1, f"fetch is cheap ({seen}): handing its chunk between "
                        f"threads would cost about as much as the fetch", m)
@@ -124,19 +119,6 @@ def decide(m: Measured, count: int | None = None) -> AutoChoice:
         else "fetch computes with the GIL released"
     return _choice("thread", count, per_core, f"{why} ({seen}): threads work beside the "
                    f"consumer, one per core", m)
-
-
-def _start_method() -> str | None:
-    import multiprocessing
-
-    return multiprocessing.get_start_method(allow_none=True)
-
-
-def processes_can_start() -> bool:
-    """Whether process workers can start from here: not under a launcher that installed its
-    own multiprocessing start method (a Hydra sweep on joblib runs each job in a loky worker,
-    and a forkserver child of it fails: "cannot find context for 'loky'")."""
-    return _start_method() in (None, "fork", "spawn", "forkserver")
 
 
 def _choice(kind: str, given: int | None, chosen: int, reason: str, m: Measured) -> AutoChoice:

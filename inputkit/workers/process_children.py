@@ -20,7 +20,7 @@ from typing import Any
 from inputkit.workers.base import Activity
 from inputkit.workers.helpers import OURS, running
 from inputkit.workers.process_main import IDLE, StopFlag, WorkerArgs, worker_main
-from inputkit.workers.process_os import main_module_hidden
+from inputkit.workers.process_os import children_named_as, main_module_hidden
 
 
 @dataclass
@@ -94,7 +94,8 @@ class Children:
                               daemon=True,
                               args=(args, inbox_read, outbox_write, self.stop, self.states,
                                     self._stamps, stacks_write))
-        process.start()
+        with children_named_as(ctx):  # not a launcher's own start method (joblib's loky)
+            process.start()
         for end in (inbox_read, outbox_write, stacks_write):
             end.close()  # the child holds its ends; EOF then means the child is gone
         return Child(process=process, inbox=inbox, outbox=outbox, stacks=stacks)

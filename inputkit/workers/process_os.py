@@ -67,6 +67,33 @@ def main_module_hidden(needed: bool) -> Iterator[None]:
             sys.modules["__main__"] = real
 
 
+_STANDARD_METHODS = (None, "fork", "spawn", "forkserver")
+_DEFAULT_SWAP = threading.Lock()
+
+
+@contextmanager
+def children_named_as(ctx: multiprocessing.context.BaseContext) -> Iterator[None]:
+    """Start processes whose preparation names ``ctx``'s start method, not a launcher's own.
+
+    A child started by spawn or forkserver first sets the start method its parent had as the
+    default (``spawn.get_preparation_data``). Under a launcher that installed its own (a
+    Hydra sweep on joblib runs each job in a loky worker, whose default is ``'loky'``), the
+    child cannot find that method and dies ("cannot find context for 'loky'"). While our
+    workers start, the default context is ours; any other start method is left as it is.
+    """
+    default = multiprocessing.context._default_context  # type: ignore[attr-defined]
+    if default.get_start_method(allow_none=True) in _STANDARD_METHODS:
+        yield
+        return
+    with _DEFAULT_SWAP:
+        launcher = default._actual_context
+        default._actual_context = ctx
+        try:
+            yield
+        finally:
+            default._actual_context = launcher
+
+
 def describe_exit(exitcode: int | None) -> str:
     """How a child ended, as a predicate: ``"was killed by signal SIGKILL"``."""
     if exitcode is None:
