@@ -11,6 +11,7 @@ from typing import Any
 
 from inputkit.sources.hf_layout import hf_features
 from inputkit.sources.parquet_columns import Column, column_spec, with_fill
+from inputkit.sources.parquet_schema import refusal
 
 _ENCODED = ("Audio", "Video", "Pdf")  # struct features inputkit does not decode
 
@@ -56,14 +57,8 @@ def choose_columns(schemas: list[Any], files: list[str], columns_arg: list[str] 
         except ValueError as exc:
             refused.append((name, str(exc)))
     if refused:
-        message = refused[0][1]
-        if len(refused) > 1:
-            others = ", ".join(f"'{name}' ({first.field(name).type})" for name, _ in refused[1:])
-            message += f"; nor can {others} become fields"
-        readable = [c.name for c in columns] + images
-        if columns_arg is None and readable:
-            message += f"; to read the others: source.columns=[{','.join(readable)}]"
-        raise ValueError(message)
+        raise ValueError(refusal(refused, first, [c.name for c in columns] + images,
+                                 every_column=columns_arg is None))
     read = [c.name for c in columns] + images
     for key, given in (("pad", pad), ("fill_null", fill_null)):
         unused = [name for name in given if name is not None and name not in read]

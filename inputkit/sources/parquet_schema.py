@@ -30,14 +30,8 @@ def select_columns(footers: list[Any], files: list[str], columns_arg: list[str] 
         except ValueError as exc:
             refused.append((name, str(exc)))
     if refused:
-        message = refused[0][1]
-        if len(refused) > 1:
-            others = ", ".join(f"'{name}' ({first.field(name).type})" for name, _ in refused[1:])
-            message += f"; nor can {others} become fields"
-        if columns_arg is None and columns:  # every column was asked for
-            readable = ",".join(c.name for c in columns)
-            message += f"; to read the others: source.columns=[{readable}]"
-        raise ValueError(message)
+        raise ValueError(refusal(refused, first, [c.name for c in columns],
+                                 every_column=columns_arg is None))
     for path, meta in zip(files[1:], footers[1:], strict=True):
         schema = meta.schema.to_arrow_schema()
         for c in columns:
@@ -101,3 +95,17 @@ def leaf_values(group: Any, pad: Mapping[str, int]) -> dict[str, int]:
         if top in pad:
             counts[top] = counts.get(top, 0) + chunk.num_values
     return counts
+
+
+def refusal(refused: list[tuple[str, str]], schema: Any, readable: list[str], *,
+            every_column: bool) -> str:
+    """One message for the columns that cannot become fields: the first one's reason, the
+    others with their types, and (when every column was asked for) the setting that reads
+    the rest."""
+    message = refused[0][1]
+    if len(refused) > 1:
+        others = ", ".join(f"'{name}' ({schema.field(name).type})" for name, _ in refused[1:])
+        message += f"; nor can {others} become fields"
+    if every_column and readable:
+        message += f"; to read the others: source.columns=[{','.join(readable)}]"
+    return message
